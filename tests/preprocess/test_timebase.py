@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from mapkit.preprocess.timebase import frame_of, frame_time, n_frames
+
+
+@pytest.mark.parametrize("sr", [22050, 44100, 48000, 16000])
+def test_n_frames_boundaries(sr):
+    # n*100 divisible by sr: exactly on a frame boundary
+    n = sr * 3
+    assert n_frames(n, sr) == 301
+    assert n_frames(n - 1, sr) == 300
+    assert n_frames(0, sr) == 1
+    # matches the centred STFT frame count when the hop is an integer
+    hop = sr // 100
+    if sr % 100 == 0:
+        for k in (hop - 1, hop, hop + 1, 10 * hop + 7):
+            assert n_frames(k, sr) == 1 + k // hop
+
+
+def test_n_frames_exact_integer_arithmetic():
+    # 22050 * 7 / 100 is not an integer hop: floor(n*100/sr) must not suffer float error
+    for n in range(0, 5000, 7):
+        assert n_frames(n, 22050) == 1 + (n * 100) // 22050
+    with pytest.raises(ValueError):
+        n_frames(-1, 44100)
+
+
+def test_frame_of_rounds_half_away_from_zero():
+    assert frame_of(0.005) == 1  # python round() would give 0 here (half to even)
+    assert frame_of(0.025) == 3
+    assert frame_of(-0.005) == -1
+    assert frame_of(0.0049) == 0
+    arr = frame_of(np.array([0.0, 0.004, 0.006, 1.234]))
+    assert arr.dtype == np.int64 and arr.tolist() == [0, 0, 1, 123]
+    assert frame_time(123) == pytest.approx(1.23)
