@@ -1,0 +1,306 @@
+"""Run per-song work in parallel; write results in the parent; report every item.
+
+The shape of every batch command (``extract``, ``build-targets``):
+
+- **workers compute**: ``work(item)`` is a pure function of one item, run in
+  worker processes (joblib/loky, ``jobs`` of them) or on a Dask cluster;
+- **the parent writes**: ``write(item, value)`` runs in this process, one call
+  at a time, as results arrive (in any order), so each HDF5 shard has exactly
+  one writer (DESIGN.md section 9);
+- **a bad item never stops the run**: an exception raised by ``work`` becomes a
+  ``failed`` :class:`ItemResult` with its reason (a
+  :class:`~mapkit.errors.MapkitError` gives its own reason; anything else its
+  type and message). A worker process that dies (a crash in a decoder, out of
+  memory) breaks the joblib pool: the items that were in flight are then run
+  again one by one, each in a fresh process, and the one that kills its
+  process again is ``failed`` with "worker process died"; the rest of the run
+  goes on in a new pool. With ``jobs=1`` the work runs in this process (no pool,
+  no protection against crashes). An exception raised by ``write`` (e.g. the
+  disk is full) is a failure of the run itself and propagates.
+
+Reports (:class:`RunReport`, :func:`write_report`) go to
+``STORE/reports/<command>-<UTC timestamp>-<pid>.json``: settings, counts and
+every item with its status (``ok``, ``skipped`` = already present,
+``failed``, ``quarantined``) and reason.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mapkit
+from mapkit.errors import MapkitError
+
+STATUSES = ("ok", "skipped", "failed", "quarantined")
+
+#: How each status reads in a summary line.
+STATUS_WORDS = {"ok": "written", "skipped": "already present", "failed": "failed", "quarantined": "quarantined"}
+
+BACKENDS = ("joblib", "dask")
+
+
+@dataclass
+class ItemResult:
+    """What happened to one item: ``status`` is one of :data:`STATUSES`."""
+
+    song_id: str
+    source: str
+    status: str
+    reason: str = ""
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}")
+
+
+@dataclass(frozen=True)
+class WorkFailure:
+    """An exception raised by ``work`` in a worker, as plain picklable data.
+
+    (MapkitError subclasses do not survive pickling: their ``__init__`` takes
+    two arguments, so they are turned into this before leaving the worker.)
+    """
+
+    error_type: str
+    path: str | None
+    reason: str
+
+
+def _guarded(work, i, item):
+    """Run ``work(item)`` in a worker; return ``(i, True, value)`` or ``(i, False, WorkFailure)``."""
+    try:
+        return i, True, work(item)
+    except MapkitError as e:
+        return i, False, WorkFailure(type(e).__name__, e.path, e.reason)
+    except Exception as e:  # noqa: BLE001 - an unexpected error is one item's failure, not the run's
+        return i, False, WorkFailure(type(e).__name__, None, f"{type(e).__name__}: {e}")
+
+
+def _failure_reason(item, failure: WorkFailure) -> str:
+    if failure.path and failure.path != str(getattr(item, "path", "")):
+        return f"{failure.path}: {failure.reason}"
+    return failure.reason
+
+
+def default_jobs() -> int:
+    """All cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, desc="songs",
+              progress=True) -> list[ItemResult]:
+    """Run ``work`` over ``items`` in parallel and ``write`` each result in this process.
+
+    Parameters
+    ----------
+    items : sequence
+        Picklable items with ``song_id`` and ``path`` attributes (e.g.
+        :class:`~mapkit.preprocess.sources.Source`), used to name them in results.
+    work : callable
+        ``work(item) -> value``, run in a worker. Must be picklable (a module-level
+        function or a ``functools.partial`` of one) and a pure function of ``item``.
+    write : callable
+        ``write(item, value) -> ItemResult``, run in this process for each
+        successful ``work``, one at a time, in order of completion.
+    jobs : int, optional
+        Worker processes (joblib) or, for Dask without a scheduler, local
+        workers; default all cores. ``1`` runs everything in this process.
+    backend : {"joblib", "dask"}
+    scheduler : str, optional
+        Dask scheduler address (``tcp://host:8786``). Without it, a
+        ``distributed.LocalCluster`` with ``jobs`` single-threaded workers is started.
+    desc : str
+        Unit name for the tqdm progress bar (on stderr).
+    progress : bool
+        Show the progress bar.
+
+    Returns
+    -------
+    list of ItemResult
+        One per item, in the order of ``items``.
+    """
+    from tqdm import tqdm
+
+    items = list(items)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    jobs = default_jobs() if jobs is None else int(jobs)
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    results: list[ItemResult | None] = [None] * len(items)
+    bar = tqdm(total=len(items), desc=desc, unit="song", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    n_failed = 0
+
+    def handle(i, ok, value):
+        nonlocal n_failed
+        item = items[i]
+        if ok:
+            result = write(item, value)
+        else:
+            result = ItemResult(item.song_id, str(item.path), "failed", _failure_reason(item, value))
+        results[i] = result
+        if result.status in ("failed", "quarantined"):
+            n_failed += 1
+            bar.set_postfix(failed=n_failed, refresh=False)
+        bar.update(1)
+
+    try:
+        if not items:
+            pass
+        elif backend == "dask":
+            _run_dask(items, work, handle, jobs, scheduler)
+        elif jobs == 1:
+            for i, item in enumerate(items):
+                handle(*_guarded(work, i, item))
+        else:
+            _run_joblib(items, work, handle, jobs)
+    finally:
+        bar.close()
+    return results
+
+
+def _run_joblib(items, work, handle, jobs):
+    from joblib import Parallel, delayed
+    from joblib.externals.loky.process_executor import BrokenProcessPool, TerminatedWorkerError
+
+    pending = set(range(len(items)))
+    while pending:
+        dispatched = []
+
+        def tasks():
+            # joblib pulls tasks lazily (pre_dispatch), so this records which were handed out
+            for i in sorted(pending):
+                dispatched.append(i)
+                yield delayed(_guarded)(work, i, items[i])
+
+        results = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks())
+        crashed = False
+        while True:
+            try:
+                i, ok, value = next(results)
+            except StopIteration:
+                break
+            except (TerminatedWorkerError, BrokenProcessPool):
+                crashed = True
+                break
+            pending.discard(i)
+            handle(i, ok, value)
+        if crashed:
+            # Only the items in flight can have killed the pool: run each alone.
+            for i in [i for i in dispatched if i in pending]:
+                pending.discard(i)
+                handle(*_run_isolated(work, i, items[i]))
+
+
+def _run_isolated(work, i, item):
+    """Run one item in a fresh single-worker process; a dead worker is this item's failure."""
+    from joblib.externals.loky import ProcessPoolExecutor
+    from joblib.externals.loky.process_executor import BrokenProcessPool, TerminatedWorkerError
+
+    with ProcessPoolExecutor(max_workers=1) as ex:
+        try:
+            return ex.submit(_guarded, work, i, item).result()
+        except (TerminatedWorkerError, BrokenProcessPool) as e:
+            return i, False, WorkFailure(type(e).__name__, None,
+                                         "worker process died while processing this item "
+                                         "(crash in a decoder or out of memory)")
+
+
+def _run_dask(items, work, handle, jobs, scheduler):
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+        scheduler = cluster
+    try:
+        with Client(scheduler) as client:
+            futures = {client.submit(_guarded, work, i, item, pure=False): i for i, item in enumerate(items)}
+            for future in as_completed(futures):
+                i = futures.pop(future)
+                if future.status == "error":  # e.g. KilledWorker: the item killed its workers
+                    e = future.exception()
+                    handle(i, False, WorkFailure(type(e).__name__, None, f"{type(e).__name__}: {e}"))
+                else:
+                    handle(*future.result())
+                future.release()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+@dataclass
+class RunReport:
+    """The outcome of one batch run.
+
+    ``items``: one :class:`ItemResult` per input; ``problems``: ``(path,
+    reason)`` of store-level issues (an unreadable shard); ``report_path``: the
+    JSON report written to ``STORE/reports/``.
+    """
+
+    command: str
+    items: list
+    report_path: Path | None = None
+    problems: list = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict:
+        counts = {s: 0 for s in STATUSES}
+        for r in self.items:
+            counts[r.status] += 1
+        return counts
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every item is ok or already present, 2 when some failed or were quarantined."""
+        c = self.counts
+        return 2 if (c["failed"] or c["quarantined"] or self.problems) else 0
+
+    def summary(self, unit: str = "songs") -> str:
+        """One line, e.g. ``extract: 10 songs: 8 written, 1 already present, 1 failed (see reports/...)``."""
+        c = self.counts
+        parts = [f"{c['ok']} {STATUS_WORDS['ok']}"]
+        parts += [f"{c[s]} {STATUS_WORDS[s]}" for s in STATUSES[1:] if c[s]]
+        if self.problems:
+            parts.append(f"{len(self.problems)} unreadable shard{'s' if len(self.problems) != 1 else ''}")
+        line = f"{self.command}: {len(self.items)} {unit}: " + ", ".join(parts)
+        if self.report_path is not None:
+            line += f" (see {self.report_path})"
+        return line
+
+
+def write_report(reports_dir, report: RunReport, settings=None, extra: dict | None = None) -> Path:
+    """Write ``report`` as ``<reports_dir>/<command>-<UTC timestamp>-<pid>.json`` (atomically).
+
+    Sets and returns ``report.report_path``. The JSON holds the command,
+    mapkit and schema versions, the settings and their hash, ``extra`` (e.g.
+    input folder, store), the counts, the problems and every item.
+    """
+    from mapkit.datasets.store import utc_timestamp, write_json_atomic
+
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    path = reports_dir / f"{report.command}-{utc_timestamp()}-{os.getpid()}.json"
+    obj = {
+        "command": report.command,
+        "mapkit_version": mapkit.__version__,
+        "schema_version": mapkit.SCHEMA_VERSION,
+        "finished": utc_timestamp(),
+        "settings": None if settings is None else settings.to_dict(),
+        "settings_hash": None if settings is None else settings.hash,
+        **(extra or {}),
+        "counts": report.counts,
+        "exit_code": report.exit_code,
+        "problems": [{"path": p, "reason": r} for p, r in report.problems],
+        "items": [asdict(r) for r in report.items],
+    }
+    report.report_path = path
+    write_json_atomic(path, obj)
+    return path

@@ -1,0 +1,197 @@
+"""``mapkit extract``: songs -> padded log-mel features in the store's HDF5 shards.
+
+One run (:func:`extract`):
+
+1. find the songs of the input folder (:func:`mapkit.preprocess.sources.discover`;
+   duplicate song ids stop the run);
+2. take the store's lock (a second run on the same store stops here);
+3. read the index of the complete feature shards. Songs already stored with
+   the same audio SHA-256 and the same settings hash are skipped (the worker
+   hashes the audio file, which is cheap, and computes nothing else);
+   ``force=True`` computes and stores them again (the new copy, in a newer
+   shard, wins: see :mod:`mapkit.datasets.store`);
+4. compute features in workers (:func:`mapkit.preprocess.features.song_features`)
+   and write them in this process into new shards;
+5. recompute ``stats.json`` from the stored songs and write the run's report.
+
+Settings are never mixed: when the store already holds features made with
+other settings (another settings hash), the run refuses with a
+:class:`~mapkit.errors.StoreError`, ``force`` included; use another store, or
+delete ``STORE/features`` to rebuild it with the new settings.
+
+Each song is stored as group ``/songs/<song_id>`` of a feature shard, with the
+datasets ``placement`` [T+14, 3, 80] and ``selection`` [T+2, 100] (float16,
+time first) and the attrs of DESIGN.md section 8, plus ``<stage>_band_sum``
+and ``<stage>_band_sumsq`` (float64 per-band sums over the song's T unpadded
+frames) from which ``stats.json`` is computed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mapkit.datasets.runner import ItemResult, RunReport, run_items, write_report
+from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
+                                   shard_file_attrs)
+from mapkit.errors import StoreError
+from mapkit.settings import FeatureSettings
+
+COMMAND = "extract"
+
+#: Songs per feature shard: a kill loses at most this many songs' work.
+DEFAULT_SHARD_SONGS = 64
+#: Bytes of feature data per shard (whichever limit comes first).
+DEFAULT_SHARD_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class ExtractTask:
+    """One song to extract; ``known_sha256`` is the audio hash already stored (skip if equal)."""
+
+    source: object  # mapkit.preprocess.sources.Source
+    known_sha256: str | None = None
+
+    @property
+    def song_id(self) -> str:
+        return self.source.song_id
+
+    @property
+    def path(self) -> str:
+        return str(self.source.path)
+
+
+@dataclass(frozen=True)
+class AlreadyPresent:
+    """Worker result: the stored song has the same audio hash; nothing computed."""
+
+    audio_sha256: str
+
+
+def _source_sha256(source) -> str:
+    from mapkit.preprocess.audio import audio_sha256, open_source_audio
+
+    f, _name, data = open_source_audio(source)
+    with f:
+        return audio_sha256(data if data is not None else f)
+
+
+def extract_one(task: ExtractTask, settings: FeatureSettings):
+    """Worker: :class:`AlreadyPresent` when the audio hash is the stored one, else the song's features."""
+    from mapkit.preprocess.features import song_features
+
+    if task.known_sha256 is not None and _source_sha256(task.source) == task.known_sha256:
+        return AlreadyPresent(task.known_sha256)
+    return song_features(task.source, settings)
+
+
+def feature_item(song) -> ShardItem:
+    """The shard item of one song's features (DESIGN.md section 8).
+
+    ``song`` is a :class:`mapkit.preprocess.features.SongFeatures`.
+    """
+    attrs = {
+        "n_frames": int(song.n_frames),
+        "pad_placement": np.asarray(song.pad_placement, dtype=np.int64),
+        "pad_selection": np.asarray(song.pad_selection, dtype=np.int64),
+        "sample_rate": int(song.sample_rate),
+        "n_samples": int(song.n_samples),
+        "duration_s": float(song.duration_s),
+        "audio_sha256": str(song.audio_sha256),
+        "source": str(song.source),
+    }
+    for stage in FEATURE_STAGES:
+        sums = song.band_sums[stage]
+        if int(sums["count"]) != int(song.n_frames):
+            raise StoreError(song.source, f"{stage} band sums over {sums['count']} frames, expected {song.n_frames}")
+        attrs[f"{stage}_band_sum"] = np.asarray(sums["sum"], dtype=np.float64)
+        attrs[f"{stage}_band_sumsq"] = np.asarray(sums["sum_sq"], dtype=np.float64)
+    return ShardItem(
+        group=f"{KIND_ROOTS['features']}/{song.song_id}",
+        datasets={"placement": np.asarray(song.placement, dtype=np.float16),
+                  "selection": np.asarray(song.selection, dtype=np.float16)},
+        attrs=attrs,
+    )
+
+
+def check_settings(index, settings: FeatureSettings, store_root) -> None:
+    """Refuse a store whose stored features were made with other settings."""
+    others = sorted(h for h in index.settings_hashes if h != settings.hash)
+    if others:
+        raise StoreError(store_root, f"store holds features made with other settings (hash {', '.join(others)}; "
+                                     f"this run: {settings.hash}); use another --store or delete "
+                                     f"{Path(store_root) / 'features'} to rebuild")
+
+
+def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = FeatureSettings(), jobs=None,
+            force: bool = False, backend: str = "joblib", scheduler=None, progress: bool = True,
+            shard_songs: int = DEFAULT_SHARD_SONGS, shard_bytes: int = DEFAULT_SHARD_BYTES) -> RunReport:
+    """Extract the features of every song under ``input_dir`` into ``store``.
+
+    Parameters
+    ----------
+    input_dir : path
+        A folder of level folders and/or ``.zip`` files, or of bare audio files
+        (or one of them).
+    store : path or Store
+        The store folder (created when missing).
+    settings : FeatureSettings
+    jobs : int, optional
+        Worker processes; default all cores; 1 = in this process.
+    force : bool
+        Recompute songs that are already stored with the same audio and settings.
+    backend : {"joblib", "dask"}
+    scheduler : str, optional
+        Dask scheduler address (backend "dask").
+    progress : bool
+        tqdm progress bar on stderr.
+    shard_songs, shard_bytes : int
+        When a shard is full and committed.
+
+    Returns
+    -------
+    RunReport
+        Every song with its status (``ok``, ``skipped`` = already present,
+        ``failed`` with the reason), the report's path and the exit code
+        (0 all stored, 2 some failed).
+
+    Raises
+    ------
+    MapkitError
+        The run could not proceed: input missing, duplicate song ids.
+    StoreError
+        The store is locked by another run, or holds features of other settings.
+    """
+    from mapkit.preprocess.sources import discover
+
+    store = store if isinstance(store, Store) else Store(store)
+    sources = discover(os.path.abspath(input_dir))
+    with store.lock(COMMAND):
+        index = store.index("features")
+        check_settings(index, settings, store.root)
+        tasks = [ExtractTask(s, None if force or s.song_id not in index else
+                             str(index[s.song_id].attrs.get("audio_sha256")))
+                 for s in sources]
+        writer = ShardWriter(store.features_dir, shard_file_attrs("features", settings),
+                             max_items=shard_songs, max_bytes=shard_bytes)
+
+        def write(task: ExtractTask, value) -> ItemResult:
+            if isinstance(value, AlreadyPresent):
+                return ItemResult(task.song_id, task.path, "skipped", "already present (same audio and settings)")
+            writer.write(feature_item(value))
+            return ItemResult(task.song_id, task.path, "ok")
+
+        with writer:
+            results = run_items(tasks, functools.partial(extract_one, settings=settings), write, jobs=jobs,
+                                backend=backend, scheduler=scheduler, desc=COMMAND, progress=progress)
+        index = store.index("features")
+        store.write_feature_stats(index)
+        report = RunReport(COMMAND, results, problems=index.problems)
+        write_report(store.reports_dir, report, settings,
+                     extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
+                            "backend": backend, "stored_songs": len(index)})
+    return report
