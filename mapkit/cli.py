@@ -51,3 +51,44 @@ def main():
 
 
 # --- commands: each below is one function of the library ---
+
+
+@main.command("extract")
+@click.argument("input_dir", metavar="INPUT", type=click.Path())
+@store_option
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: all cores; 1 = no pool).")
+@click.option("--force", is_flag=True, help="Recompute songs already stored with the same audio and settings.")
+@click.option("--backend", type=click.Choice(["joblib", "dask"]), default="joblib", show_default=True,
+              help="Where the per-song work runs.")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (--backend dask; "
+                   "default: a local cluster of --jobs workers).")
+@click.option("--shard-songs", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Songs per HDF5 shard (a killed run loses at most one shard in progress).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_songs, no_progress):
+    """Audio -> padded log-mel features of both stages in the store's HDF5 shards.
+
+    INPUT is a folder of level folders and/or .zip files (the audio is found
+    through each info file), or a folder of bare audio files (.egg .ogg .wav
+    .flac .mp3). Songs already stored with the same audio and settings are
+    skipped, so an interrupted run is finished by running it again. A song
+    that cannot be read is reported (STORE/reports/) and skipped; the exit
+    code is then 2. stats.json (per-band mean/std) is updated at the end.
+
+    \b
+    Example:
+      mapkit extract ~/BeatSaber/CustomLevels --store data/ --jobs 8
+      mapkit extract songs/ --backend dask --scheduler tcp://10.0.0.5:8786
+    """
+    from mapkit.errors import MapkitError
+    from mapkit.extract import extract
+
+    try:
+        report = extract(input_dir, store=store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
+                         progress=not no_progress, shard_songs=shard_songs)
+    except MapkitError as e:
+        fail(str(e))
+    click.echo(report.summary(), err=True)
+    sys.exit(report.exit_code)
