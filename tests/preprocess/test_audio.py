@@ -1,0 +1,195 @@
+import hashlib
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mapkit.errors import AudioError
+from mapkit.preprocess.audio import audio_sha256, decode_audio, open_source_audio, resample
+from mapkit.preprocess.sources import Source
+
+
+def tone(n, sr, freq=440.0, amp=0.3):
+    t = np.arange(n) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def write(path, data, sr, fmt="WAV", subtype="FLOAT"):
+    sf.write(str(path), data, sr, format=fmt, subtype=subtype)
+    return path
+
+
+def encoded(data, sr, fmt, subtype) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, data, sr, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("sr", [22050, 44100, 48000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_decode_mono_is_mean_of_channels(tmp_path, sr, channels):
+    left = tone(sr // 2 + 7, sr, 440)
+    right = tone(sr // 2 + 7, sr, 660, amp=0.5)
+    data = left if channels == 1 else np.stack([left, right], axis=1)
+    path = write(tmp_path / "a.wav", data, sr)
+    y, got_sr = decode_audio(path)
+    assert got_sr == sr and y.dtype == np.float32 and y.shape == (len(left),)
+    expected = left if channels == 1 else (left + right) * np.float32(0.5)
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_decode_three_channels_and_file_object_and_blocks(tmp_path, monkeypatch):
+    import mapkit.preprocess.audio as audio
+
+    monkeypatch.setattr(audio, "DECODE_BLOCK", 1000)  # many blocks, last one partial
+    sr = 16000
+    chans = np.stack([tone(4321, sr, f) for f in (200, 300, 500)], axis=1)
+    path = write(tmp_path / "c.wav", chans, sr)
+    with open(path, "rb") as f:
+        y, _ = decode_audio(f)
+    np.testing.assert_allclose(y, chans.sum(axis=1) / 3, atol=1e-7)
+
+
+def test_decode_ogg_vorbis_stereo(tmp_path):
+    sr = 44100
+    data = np.stack([tone(sr, sr), tone(sr, sr, 880)], axis=1)
+    path = write(tmp_path / "song.egg", data, sr, "OGG", "VORBIS")
+    y, got_sr = decode_audio(path)
+    assert got_sr == sr and len(y) == sr
+    # lossy codec: close to the mean of the channels, not equal
+    assert np.sqrt(np.mean((y - data.mean(axis=1)) ** 2)) < 0.01
+
+
+def test_one_sample_file_is_legal(tmp_path):
+    path = write(tmp_path / "one.wav", np.array([0.5], dtype=np.float32), 44100)
+    y, sr = decode_audio(path)
+    assert y.tolist() == [0.5] and sr == 44100
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"", "empty file (0 bytes)"),
+        (b"this is not audio" * 50, "not a readable audio file"),
+        (b"RIFF\x00\x00\x00\x00WAVE", "not a readable audio file"),
+    ],
+)
+def test_unreadable_files_name_file_and_reason(tmp_path, payload, reason):
+    path = tmp_path / "bad.ogg"
+    path.write_bytes(payload)
+    with pytest.raises(AudioError) as e:
+        decode_audio(path)
+    assert e.value.path == str(path)
+    assert e.value.reason.startswith(reason)
+
+
+def test_error_uses_given_name_for_file_objects():
+    with pytest.raises(AudioError) as e:
+        decode_audio(io.BytesIO(b""), name="level.zip!song.egg")
+    assert e.value.path == "level.zip!song.egg"
+
+
+@pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_16"), ("OGG", "VORBIS"), ("FLAC", "PCM_16")])
+def test_truncated_files_are_rejected(fmt, subtype):
+    sr = 44100
+    data = encoded(np.stack([tone(3 * sr, sr), tone(3 * sr, sr, 550)], axis=1), sr, fmt, subtype)
+    y, _ = decode_audio(io.BytesIO(data))  # the whole file is fine
+    assert len(y) == 3 * sr
+    with pytest.raises(AudioError) as e:
+        decode_audio(io.BytesIO(data[: int(len(data) * 0.7)]), name="cut")
+    assert e.value.reason.startswith("truncated"), e.value.reason
+
+
+def test_no_samples(tmp_path):
+    path = write(tmp_path / "zero.wav", np.zeros((0, 2), dtype=np.float32), 44100)
+    with pytest.raises(AudioError, match="no samples"):
+        decode_audio(path)
+
+
+def test_silent_file_is_rejected(tmp_path):
+    path = write(tmp_path / "silent.wav", np.zeros(1000, dtype=np.float32), 44100, subtype="PCM_16")
+    with pytest.raises(AudioError, match="silent: all samples are zero"):
+        decode_audio(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_rejected(tmp_path, bad):
+    data = tone(1000, 44100)
+    data[500] = bad
+    path = write(tmp_path / "nan.wav", data, 44100)
+    with pytest.raises(AudioError, match="non-finite"):
+        decode_audio(path)
+
+
+@pytest.mark.parametrize("sr_in, sr_out", [(44100, 16000), (48000, 44100), (22050, 44100)])
+def test_resample_length_and_content(sr_in, sr_out):
+    y = tone(sr_in, sr_in, 440)
+    out = resample(y, sr_in, sr_out)
+    assert out.dtype == np.float32 and len(out) == round(len(y) * sr_out / sr_in)
+    # the tone survives: compare with the tone sampled at the new rate, away from the edges
+    ref = tone(len(out), sr_out, 440)
+    assert np.max(np.abs(out[1000:-1000] - ref[1000:-1000])) < 1e-3
+
+
+def test_resample_same_rate_is_identity():
+    y = tone(100, 44100)
+    assert resample(y, 44100, 44100) is y
+
+
+def test_audio_sha256_of_path_bytes_and_file_object(tmp_path):
+    payload = bytes(range(256)) * 9000
+    path = tmp_path / "x.ogg"
+    path.write_bytes(payload)
+    want = hashlib.sha256(payload).hexdigest()
+    assert audio_sha256(path) == want
+    assert audio_sha256(payload) == want
+    with open(path, "rb") as f:
+        assert audio_sha256(f) == want
+        assert f.tell() == 0  # put back for decoding
+
+
+def make_level(folder, audio_name="song.egg", info_song_name="Song.EGG", sr=44100):
+    folder.mkdir()
+    (folder / "Info.dat").write_text(json.dumps({"_version": "2.0.0", "_songFilename": info_song_name}))
+    if audio_name:
+        write(folder / audio_name, tone(sr // 10, sr), sr, "OGG", "VORBIS")
+    return folder
+
+
+def test_open_source_audio_level_folder_case_insensitive(tmp_path):
+    level = make_level(tmp_path / "lvl")
+    f, name, data = open_source_audio(Source("lvl", str(level), "level"))
+    with f:
+        assert data is None
+        assert name.endswith("song.egg")
+        y, sr = decode_audio(f, name)
+    assert sr == 44100 and len(y) == 4410
+
+
+def test_open_source_audio_zip(tmp_path):
+    level = make_level(tmp_path / "lvl")
+    zpath = tmp_path / "lvl.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for p in level.iterdir():
+            z.write(p, p.name)
+    f, name, data = open_source_audio(Source("lvl", str(zpath), "level"))
+    assert data == (level / "song.egg").read_bytes()
+    assert "!" in name and name.endswith("song.egg")
+    y, _ = decode_audio(f, name)
+    assert len(y) == 4410
+
+
+def test_open_source_audio_missing_audio_is_audio_error(tmp_path):
+    level = make_level(tmp_path / "lvl", audio_name=None)
+    with pytest.raises(AudioError, match="missing"):
+        open_source_audio(Source("lvl", str(level), "level"))
+
+
+def test_open_source_audio_bare_file(tmp_path):
+    path = write(tmp_path / "a.wav", tone(100, 8000), 8000)
+    f, name, data = open_source_audio(Source("a", str(path), "audio"))
+    with f:
+        assert name == str(path) and data is None and f.read(4) == b"RIFF"
