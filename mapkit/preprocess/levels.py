@@ -1,0 +1,833 @@
+"""Exact level reading for every Beat Saber format (DESIGN.md sections 1 and 3, formats.md part 1).
+
+:func:`read_level` reads a level folder or BeatSaver ``.zip`` (without
+unpacking it) into a :class:`Level`: the info file's facts and, per
+characteristic and difficulty named by the info file, a :class:`Difficulty`
+holding its normalised notes, its :class:`~mapkit.preprocess.tempo.TempoMap`,
+the counts of what was read and of what was dropped, by reason, and a
+quarantine reason when it must not be used for training.
+
+Formats
+-------
+- legacy v1: ``info.json`` with ``difficultyLevels[].jsonPath``; each
+  difficulty file carries its own ``_beatsPerMinute`` (the base BPM of its beats);
+- v2 (``_version`` 2.0.0-2.6.0): ``_notes``; tempo from events of type 100
+  (BPM in ``_floatValue``); type-10 events are ambiguous (pre-1.18 BPM change
+  or a light) and only flagged;
+- v3 (3.0.0-3.3.0): ``colorNotes``/``bombNotes``; omitted fields default to 0;
+  tempo from ``bpmEvents {b, m}``;
+- v4 (4.0.0-4.1.0): objects index shared ``*Data`` arrays (an index out of
+  range makes the file unreadable: corruption); tempo from the audio data
+  file's ``bpmData`` regions (or 2.0.0 ``_regions``) named by the v4 info file.
+  A v4 info file may point to v2/v3 beatmaps, which keep their own events.
+
+The version is the declared ``_version``/``version`` and the one sniffed from
+the keys; the keys decide how the file is parsed (they hold the data), and a
+disagreement is flagged (``version_mismatch``).
+
+Notes
+-----
+Every note becomes one ``NOTE_DTYPE`` record (time_s, beat, column, row,
+color, direction), colour 0 red, 1 blue, 3 bomb (direction 0). Notes that
+cannot be a training target are dropped and counted in ``Difficulty.drops``
+by one stable reason key, checked in this order:
+
+=====================  ==============================================================
+``fake``               Noodle Extensions fake note (v2 ``_customData._fake``, v3 ``customData.fake*``)
+``missing_field``      a v1/v2 note without one of its fields (v3/v4 fields default to 0)
+``bad_value``          a field that is not a number (strings must parse strictly: ``"1"`` ok)
+``non_finite``         a number that is infinite or NaN (e.g. ``1e400`` in JSON)
+``unknown_type``       ``_type`` not in {0, 1, 3} (v2) or colour ``c`` not in {0, 1} (v3/v4)
+``fractional_position`` a non-integer column/row below 1000 in magnitude
+``off_grid``           column not in 0-3 or row not in 0-2 (incl. Mapping Extensions +-1000 values)
+``bad_direction``      a colour note's cut direction not an integer 0-8 (e.g. ME angles 1000-1360)
+``negative_time``      the note's time in seconds is < 0
+``duplicate``          a second note at the same beat in the same cell (the first is kept)
+=====================  ==============================================================
+
+Notes after the end of the audio are not known here (the audio is not read);
+targets drop them.
+
+Quarantine
+----------
+A difficulty is quarantined (``quarantine`` is its reason, the first that
+applies) when its file is unreadable or corrupt, its tempo is invalid (a BPM
+<= 0 or not finite, inconsistent regions), its info entry names an unknown
+difficulty or repeats one, the info file says it requires Mapping Extensions
+or Noodle Extensions, the level is quarantined, or more than
+``settings.max_drop_fraction`` of its notes were dropped.
+
+A level is quarantined when its ``_songTimeOffset`` is non-zero and
+``settings.song_offset == "quarantine"`` (the default). With ``"apply"`` the
+offset is **added** to every note time (``t = tempo(beat) + offset``, so a
+positive offset makes notes later; see :mod:`mapkit.preprocess.tempo`), and the
+difficulty's tempo map includes it.
+
+Examples
+--------
+>>> level = read_level("tests/fixtures/maps/JOURNEY", characteristic="all")  # doctest: +SKIP
+>>> [(d.characteristic, d.difficulty, len(d.notes)) for d in level.difficulties]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mapkit.errors import LevelError
+from mapkit.preprocess.container import LevelContainer
+from mapkit.preprocess.jsonio import load_json_bytes
+from mapkit.preprocess.notes import BOMB, N_COLUMNS, N_DIRECTIONS, N_ROWS, NOTE_DTYPE, sort_notes
+from mapkit.preprocess.tempo import TempoError, TempoMap
+from mapkit.settings import TargetSettings
+
+#: Canonical difficulty names, easiest first.
+DIFFICULTIES = ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")
+
+#: Drop reasons, in the order they are checked.
+DROP_REASONS = ("fake", "missing_field", "bad_value", "non_finite", "unknown_type", "fractional_position",
+                "off_grid", "bad_direction", "negative_time", "duplicate")
+
+#: Requirements that change what a note's fields mean: such difficulties are quarantined.
+MODDED_REQUIREMENTS = ("mapping extensions", "noodle extensions")
+
+_DIFFICULTY_ALIASES = {
+    "easy": "Easy",
+    "normal": "Normal",
+    "hard": "Hard",
+    "expert": "Expert",
+    "expertplus": "ExpertPlus",
+    "expert+": "ExpertPlus",
+    "ex+": "ExpertPlus",
+}
+
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_VERSION_RE = re.compile(r"\d+")
+_MISSING = object()
+
+
+def canonical_difficulty(name: str) -> str:
+    """The canonical difficulty name: ``"Expert+"``, ``"expertplus"``, ``"Expert Plus"`` -> ``"ExpertPlus"``.
+
+    Case, spaces, ``_`` and ``-`` are ignored.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not one of Easy, Normal, Hard, Expert, ExpertPlus (or an alias).
+
+    >>> canonical_difficulty("Expert+"), canonical_difficulty("expertplus"), canonical_difficulty(" hard ")
+    ('ExpertPlus', 'ExpertPlus', 'Hard')
+    """
+    key = re.sub(r"[\s_\-]", "", str(name)).lower()
+    try:
+        return _DIFFICULTY_ALIASES[key]
+    except KeyError:
+        raise ValueError(f"unknown difficulty name {name!r}") from None
+
+
+def _major(version) -> str | None:
+    """Major version digit of a declared version (``"3.3.0 "`` and ``"v3"`` -> ``"3"``), or None."""
+    if version is None:
+        return None
+    m = _VERSION_RE.search(str(version))
+    return m.group(0) if m else None
+
+
+def _strict_number(value):
+    """``(float, was_string)`` for a JSON number or a strictly numeric string; ``(None, ...)`` otherwise."""
+    if isinstance(value, bool):
+        return None, False
+    if isinstance(value, (int, float)):
+        return float(value), False
+    if isinstance(value, str) and _NUMBER_RE.fullmatch(value.strip()):
+        return float(value), True
+    return None, isinstance(value, str)
+
+
+def _as_list(doc: dict, key: str, where: str) -> list:
+    """``doc[key]`` as a list; absent or null -> []; any other type is corruption."""
+    value = doc.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise LevelError(where, f"{key!r} is not a list but {type(value).__name__}")
+    return value
+
+
+def _as_dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+# --- note records --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _RawNote:
+    """One note as found in a file, fields still raw JSON values (``_MISSING`` when absent)."""
+
+    beat: object
+    x: object
+    y: object
+    type: object        # v2 ``_type``; v3/v4 colour ``c``; BOMB for v3/v4 bombs
+    direction: object
+    fake: bool
+    allowed_types: tuple  # valid values of ``type``
+    is_bomb: bool         # counted as a bomb when read
+
+
+def _v2_notes(doc: dict, where: str) -> list[_RawNote]:
+    out = []
+    for n in _as_list(doc, "_notes", where):
+        if not isinstance(n, dict):
+            out.append(_RawNote(_MISSING, 0, 0, 0, 0, False, (0, 1, BOMB), False))
+            continue
+        t = n.get("_type", _MISSING)
+        tv, _ = _strict_number(t)
+        out.append(_RawNote(n.get("_time", _MISSING), n.get("_lineIndex", _MISSING), n.get("_lineLayer", _MISSING),
+                            t, n.get("_cutDirection", _MISSING), _as_dict(n.get("_customData")).get("_fake") is True,
+                            (0, 1, BOMB), tv == BOMB))
+    return out
+
+
+def _v3_notes(doc: dict, where: str) -> list[_RawNote]:
+    custom = _as_dict(doc.get("customData"))
+    out = []
+    for fake, color_key, bomb_key in ((False, "colorNotes", "bombNotes"), (True, "fakeColorNotes", "fakeBombNotes")):
+        src = doc if not fake else custom
+        for n in _as_list(src, color_key, where):
+            n = n if isinstance(n, dict) else {"b": _MISSING}
+            out.append(_RawNote(n.get("b", 0), n.get("x", 0), n.get("y", 0), n.get("c", 0), n.get("d", 0),
+                                fake, (0, 1), False))
+        for n in _as_list(src, bomb_key, where):
+            n = n if isinstance(n, dict) else {"b": _MISSING}
+            out.append(_RawNote(n.get("b", 0), n.get("x", 0), n.get("y", 0), BOMB, 0, fake, (BOMB,), True))
+    return out
+
+
+def _v4_index(obj: dict, key: str, data: list, array: str, k: int, where: str) -> dict:
+    i = obj.get(key, 0)
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(data):
+        raise LevelError(where, f"corrupt v4 index: {array}[{k}].{key} = {i!r}, "
+                                f"but its data array has {len(data)} entries")
+    entry = data[i]
+    return entry if isinstance(entry, dict) else {}
+
+
+def _v4_notes(doc: dict, where: str) -> list[_RawNote]:
+    color_data = _as_list(doc, "colorNotesData", where)
+    bomb_data = _as_list(doc, "bombNotesData", where)
+    out = []
+    for k, n in enumerate(_as_list(doc, "colorNotes", where)):
+        n = _as_dict(n)
+        d = _v4_index(n, "i", color_data, "colorNotes", k, where)
+        out.append(_RawNote(n.get("b", 0), d.get("x", 0), d.get("y", 0), d.get("c", 0), d.get("d", 0),
+                            False, (0, 1), False))
+    for k, n in enumerate(_as_list(doc, "bombNotes", where)):
+        n = _as_dict(n)
+        d = _v4_index(n, "i", bomb_data, "bombNotes", k, where)
+        out.append(_RawNote(n.get("b", 0), d.get("x", 0), d.get("y", 0), BOMB, 0, False, (BOMB,), True))
+    # the other objects are not targets, but their indices are checked: a bad one is corruption too
+    checks = (("obstacles", (("i", "obstaclesData"),)),
+              ("arcs", (("hi", "colorNotesData"), ("ti", "colorNotesData"), ("ai", "arcsData"))),
+              ("chains", (("i", "colorNotesData"), ("ci", "chainsData"))))
+    for array, keys in checks:
+        for k, obj in enumerate(_as_list(doc, array, where)):
+            for key, data_name in keys:
+                _v4_index(_as_dict(obj), key, _as_list(doc, data_name, where), array, k, where)
+    return out
+
+
+def _check_note(raw: _RawNote):
+    """``(reason, None)`` for a note to drop, else ``(None, (beat, column, row, color, direction))``.
+
+    Also returns how many fields were numeric strings, as a third element.
+    """
+    if raw.fake:
+        return "fake", None, 0
+    fields = (raw.beat, raw.x, raw.y, raw.type, raw.direction)
+    if any(v is _MISSING for v in fields):
+        return "missing_field", None, 0
+    values, n_strings = [], 0
+    for v in fields:
+        num, was_string = _strict_number(v)
+        if num is None:
+            return "bad_value", None, 0
+        n_strings += was_string
+        values.append(num)
+    beat, x, y, typ, direction = values
+    if raw.is_bomb:
+        direction = 0.0  # the game ignores a bomb's direction
+    if not all(math.isfinite(v) for v in (beat, x, y, typ, direction)):
+        return "non_finite", None, n_strings
+    if typ != int(typ) or int(typ) not in raw.allowed_types:
+        return "unknown_type", None, n_strings
+    if x != int(x) or y != int(y):
+        if abs(x) >= 1000 or abs(y) >= 1000:  # Mapping Extensions precision placement
+            return "off_grid", None, n_strings
+        return "fractional_position", None, n_strings
+    if not (0 <= x < N_COLUMNS and 0 <= y < N_ROWS):
+        return "off_grid", None, n_strings
+    if direction != int(direction) or not 0 <= direction < N_DIRECTIONS:
+        return "bad_direction", None, n_strings
+    return None, (beat, int(x), int(y), int(typ), int(direction)), n_strings
+
+
+def normalise_notes(raw_notes, tempo: TempoMap):
+    """Raw note records -> sorted ``NOTE_DTYPE`` array, drops by reason, count of numeric strings.
+
+    Parameters
+    ----------
+    raw_notes : iterable of _RawNote
+    tempo : TempoMap
+        Times the beats of these notes.
+
+    Returns
+    -------
+    notes : np.ndarray of NOTE_DTYPE
+        Kept notes, sorted by (time_s, column, row), no duplicates.
+    drops : Counter
+        reason -> count (see the module docstring for the reasons).
+    n_strings : int
+        How many numeric fields were given as strings (accepted, flagged).
+    """
+    drops: Counter = Counter()
+    kept = []
+    n_strings = 0
+    for raw in raw_notes:
+        reason, note, ns = _check_note(raw)
+        n_strings += ns
+        if reason is not None:
+            drops[reason] += 1
+        else:
+            kept.append(note)
+    arr = np.zeros(len(kept), dtype=NOTE_DTYPE)
+    if kept:
+        beat, col, row, color, direction = (np.array(c) for c in zip(*kept))
+        arr["beat"], arr["column"], arr["row"], arr["color"], arr["direction"] = beat, col, row, color, direction
+        arr["time_s"] = tempo.seconds(beat)
+    negative = arr["time_s"] < 0
+    if negative.any():
+        drops["negative_time"] += int(negative.sum())
+        arr = arr[~negative]
+    arr = sort_notes(arr)  # stable: of duplicates, the first in file order comes first
+    if len(arr) > 1:
+        same = ((arr["beat"][1:] == arr["beat"][:-1]) & (arr["column"][1:] == arr["column"][:-1])
+                & (arr["row"][1:] == arr["row"][:-1]))
+        if same.any():
+            drops["duplicate"] += int(same.sum())
+            arr = arr[np.concatenate([[True], ~same])]
+    return arr, drops, n_strings
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+@dataclass
+class Difficulty:
+    """One difficulty of one characteristic, as read.
+
+    ``notes`` holds only kept notes (``NOTE_DTYPE``, sorted by time, column,
+    row; bombs included with color 3). ``counts`` are objects as read (notes =
+    colour notes, including ones later dropped); ``drops`` maps reason -> count,
+    so ``counts["notes"] + counts["bombs"] == len(notes) + sum(drops.values())``.
+    ``tempo`` times this difficulty's notes. ``quarantine`` is None when usable.
+    """
+
+    characteristic: str
+    difficulty: str
+    filename: str | None
+    declared_version: str | None = None
+    sniffed_version: str | None = None
+    version_mismatch: bool = False
+    njs: float | None = None
+    tempo: TempoMap | None = None
+    notes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=NOTE_DTYPE))
+    drops: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    quarantine: str | None = None
+    warnings: list = field(default_factory=list)
+    editor_bpm_changes: list = field(default_factory=list)
+    requirements: list = field(default_factory=list)
+
+    @property
+    def n_dropped(self) -> int:
+        return int(sum(self.drops.values()))
+
+    def to_json(self, notes: bool = True) -> dict:
+        """Facts as plain JSON types; with ``notes`` the full note list (dicts in ``notes`` order)."""
+        colors = self.notes["color"]
+        d = {
+            "characteristic": self.characteristic,
+            "difficulty": self.difficulty,
+            "filename": self.filename,
+            "declared_version": self.declared_version,
+            "sniffed_version": self.sniffed_version,
+            "version_mismatch": self.version_mismatch,
+            "njs": self.njs,
+            "tempo": self.tempo.to_json() if self.tempo is not None else None,
+            "counts": dict(self.counts),
+            "kept": {"notes": int((colors != BOMB).sum()), "bombs": int((colors == BOMB).sum())},
+            "drops": dict(self.drops),
+            "quarantine": self.quarantine,
+            "warnings": list(self.warnings),
+            "editor_bpm_changes": list(self.editor_bpm_changes),
+            "requirements": list(self.requirements),
+        }
+        if notes:
+            d["notes"] = [
+                {"time_s": float(n["time_s"]), "beat": float(n["beat"]), "column": int(n["column"]),
+                 "row": int(n["row"]), "color": int(n["color"]), "direction": int(n["direction"])}
+                for n in self.notes
+            ]
+        return d
+
+
+@dataclass
+class Level:
+    """A level's info-file facts and its difficulties (those of the characteristic(s) asked for)."""
+
+    song_id: str
+    path: str
+    info_version: str
+    bpm: float
+    song_filename: str | None
+    song_time_offset: float
+    editor_bpm_changes: list
+    difficulties: list
+    quarantine: str | None = None
+    warnings: list = field(default_factory=list)
+    info_filename: str | None = None
+    characteristics: list = field(default_factory=list)
+
+    def get(self, characteristic: str, difficulty: str) -> Difficulty | None:
+        """The difficulty ``characteristic``/``difficulty`` (names compared case-insensitively), or None."""
+        want = difficulty.lower()
+        try:
+            want = canonical_difficulty(difficulty).lower()
+        except ValueError:
+            pass
+        for d in self.difficulties:
+            if d.characteristic.lower() == characteristic.lower() and d.difficulty.lower() == want:
+                return d
+        return None
+
+    def to_json(self, notes: bool = True) -> dict:
+        return {
+            "song_id": self.song_id,
+            "path": self.path,
+            "info_filename": self.info_filename,
+            "info_version": self.info_version,
+            "bpm": self.bpm if math.isfinite(self.bpm) else None,
+            "song_filename": self.song_filename,
+            "song_time_offset": self.song_time_offset,
+            "characteristics": list(self.characteristics),
+            "editor_bpm_changes": list(self.editor_bpm_changes),
+            "quarantine": self.quarantine,
+            "warnings": list(self.warnings),
+            "difficulties": [d.to_json(notes=notes) for d in self.difficulties],
+        }
+
+
+# --- info file -------------------------------------------------------------------------------------
+
+@dataclass
+class _Entry:
+    """One difficulty as listed by the info file."""
+
+    characteristic: str
+    difficulty: str
+    filename: object
+    njs: object
+    requirements: list
+
+
+def _requirements(*customs) -> list[str]:
+    out = []
+    for c in customs:
+        c = _as_dict(c)
+        for key in ("_requirements", "requirements"):
+            reqs = c.get(key)
+            if isinstance(reqs, list):
+                out.extend(str(r) for r in reqs)
+    return out
+
+
+def _info_entries(info: dict, major: str, where: str) -> list[_Entry]:
+    entries = []
+    if major == "1":
+        for d in _as_list(info, "difficultyLevels", where):
+            d = _as_dict(d)
+            entries.append(_Entry(str(d.get("characteristic") or "Standard"), str(d.get("difficulty")),
+                                  d.get("jsonPath"), None, _requirements(d.get("customData"))))
+    elif major == "4":
+        level_reqs = _requirements(info.get("customData"))
+        for d in _as_list(info, "difficultyBeatmaps", where):
+            d = _as_dict(d)
+            entries.append(_Entry(str(d.get("characteristic", "Standard")), str(d.get("difficulty")),
+                                  d.get("beatmapDataFilename"), d.get("noteJumpMovementSpeed"),
+                                  level_reqs + _requirements(d.get("customData"))))
+    else:
+        level_reqs = _requirements(info.get("_customData"))
+        for s in _as_list(info, "_difficultyBeatmapSets", where):
+            s = _as_dict(s)
+            name = str(s.get("_beatmapCharacteristicName", "Standard"))
+            for d in _as_list(s, "_difficultyBeatmaps", where):
+                d = _as_dict(d)
+                entries.append(_Entry(name, str(d.get("_difficulty")), d.get("_beatmapFilename"),
+                                      d.get("_noteJumpMovementSpeed"),
+                                      level_reqs + _requirements(d.get("_customData"))))
+    return entries
+
+
+def _sniff_info(info: dict) -> str | None:
+    if "difficultyLevels" in info:
+        return "1"
+    if "_difficultyBeatmapSets" in info:
+        return "2"
+    if "difficultyBeatmaps" in info:
+        return "4"
+    return None
+
+
+_V4_KEYS = ("colorNotesData", "bombNotesData", "obstaclesData", "arcsData", "chainsData", "njsEvents",
+            "spawnRotations")
+_V3_KEYS = ("burstSliders", "sliders", "bpmEvents", "rotationEvents", "basicBeatmapEvents",
+            "colorBoostBeatmapEvents", "lightColorEventBoxGroups", "waypoints")
+_V3_V4_KEYS = ("colorNotes", "bombNotes", "obstacles")
+
+
+def _sniff_difficulty(doc: dict, legacy: bool, declared_major: str | None) -> str | None:
+    """Format major from the keys (formats.md 1.7); ``None`` when the keys say nothing."""
+    if any(k in doc for k in _V4_KEYS):
+        return "4"
+    if any(k in doc for k in _V3_KEYS):
+        return "3"
+    if any(k in doc for k in _V3_V4_KEYS):
+        # v3 and v4 share these names; a v4 object holds an index "i", a v3 one its fields
+        for k in _V3_V4_KEYS:
+            for obj in doc[k] if isinstance(doc.get(k), list) else ():
+                if isinstance(obj, dict) and ({"x", "y", "c", "d", "w", "h"} & obj.keys()):
+                    return "3"
+                if isinstance(obj, dict) and "i" in obj:
+                    return "4"
+        return declared_major if declared_major in ("3", "4") else "3"
+    if any(k in doc for k in ("_notes", "_events", "_obstacles")):
+        return "1" if legacy else "2"
+    return None
+
+
+def _finite_number(value, what: str, where: str) -> float:
+    num, _ = _strict_number(value)
+    if num is None or not math.isfinite(num):
+        raise LevelError(where, f"{what} is not a finite number: {value!r}")
+    return num
+
+
+def _read_regions(container: LevelContainer, name: str, base_bpm: float) -> TempoMap:
+    """Tempo map of a v4 level from its audio data file (``bpmData`` or 2.0.0 ``_regions``)."""
+    where = container.describe(name)
+    doc = load_json_bytes(container.read_bytes(name), where)
+    if not isinstance(doc, dict):
+        raise LevelError(where, "audio data file is not a JSON object")
+    if "_regions" in doc:
+        regions = [(r.get("_startSampleIndex", 0), r.get("_endSampleIndex", 0), r.get("_startBeat", 0),
+                    r.get("_endBeat", 0)) for r in map(_as_dict, _as_list(doc, "_regions", where))]
+        rate = doc.get("_songFrequency", 0)
+    else:
+        regions = [(r.get("si", 0), r.get("ei", 0), r.get("sb", 0), r.get("eb", 0))
+                   for r in map(_as_dict, _as_list(doc, "bpmData", where))]
+        rate = doc.get("songFrequency", 0)
+    try:
+        return TempoMap.from_regions(base_bpm, regions, rate)
+    except TempoError as e:
+        raise LevelError(where, f"invalid tempo: {e}") from None
+
+
+# --- one difficulty file -------------------------------------------------------------------------
+
+def _editor_bpm_changes(doc: dict, major: str) -> list[dict]:
+    """Editor-only BPM changes (they do not move notes), for reports."""
+    out = []
+    if major == "3":
+        for c in map(_as_dict, _as_list(_as_dict(doc.get("customData")), "BPMChanges", "-")):
+            out.append({"beat": c.get("b"), "bpm": c.get("m"), "source": "customData.BPMChanges"})
+        return out
+    custom = _as_dict(doc.get("_customData"))
+    sources = ((custom, "_BPMChanges", "_BPM", "_customData._BPMChanges"),
+               (custom, "_bpmChanges", "_bpm", "_customData._bpmChanges"),
+               (doc, "_BPMChanges", "_BPM", "_BPMChanges"))
+    for where, key, bpm_key, name in sources:
+        value = where.get(key)
+        if isinstance(value, list):
+            for c in map(_as_dict, value):
+                out.append({"beat": c.get("_time"), "bpm": c.get(bpm_key), "source": name})
+    return out
+
+
+def _read_difficulty(container, entry: _Entry, diff: Difficulty, level_bpm: float, legacy: bool,
+                     regions_tempo, warnings: list) -> list:
+    """Fill ``diff`` from its file; raises LevelError/TempoError when it is unreadable. Returns raw notes."""
+    if not isinstance(entry.filename, str) or not entry.filename:
+        raise LevelError(container.describe(container.info_name()),
+                         f"info entry {entry.characteristic}/{entry.difficulty} names no beatmap file")
+    where = container.describe(entry.filename)
+    doc = load_json_bytes(container.read_bytes(entry.filename), where)
+    if not isinstance(doc, dict):
+        raise LevelError(where, f"difficulty file is a JSON {type(doc).__name__}, not an object")
+    declared = doc.get("_version", doc.get("version"))
+    diff.declared_version = None if declared is None else str(declared)
+    declared_major = _major(declared)
+    if declared is not None and (not isinstance(declared, str) or not re.fullmatch(r"\d+\.\d+\.\d+", declared)):
+        warnings.append(f"unusual version string {declared!r}, read as major {declared_major}")
+    sniffed = _sniff_difficulty(doc, legacy, declared_major)
+    if sniffed is None:
+        sniffed = declared_major if declared_major in ("2", "3", "4") else None
+        if sniffed is None and legacy:
+            sniffed = "1"
+    if sniffed is None:
+        raise LevelError(where, f"cannot tell the format version (declared {declared!r}, no known keys)")
+    diff.sniffed_version = sniffed
+    # 1 and 2 share one shape; a legacy level's v2-declared file is still timed by its own BPM
+    same = declared_major == sniffed or {declared_major, sniffed} == {"1", "2"}
+    diff.version_mismatch = declared_major is not None and not same
+    if diff.version_mismatch:
+        warnings.append(f"declared version {declared!r} but the keys say v{sniffed}; read as v{sniffed}")
+
+    if sniffed in ("1", "2"):
+        raw = _v2_notes(doc, where)
+        obstacles, arcs, chains = (len(_as_list(doc, k, where)) for k in ("_obstacles", "_sliders", "_chains"))
+        base = level_bpm
+        if sniffed == "1":
+            if "_beatsPerMinute" in doc:
+                base = _finite_number(doc["_beatsPerMinute"], "_beatsPerMinute", where)
+                if base != level_bpm:
+                    warnings.append(f"difficulty BPM {base:g} differs from info BPM {level_bpm:g}; "
+                                    f"the difficulty's own BPM times its beats")
+            else:
+                warnings.append("legacy difficulty file has no _beatsPerMinute; info BPM used")
+            if _strict_number(doc.get("_shuffle", 0))[0] not in (0, None):
+                warnings.append(f"_shuffle {doc.get('_shuffle')!r} is non-zero (deprecated swing, ignored)")
+            if diff.njs is None and doc.get("_noteJumpSpeed") is not None:
+                diff.njs = _strict_number(doc.get("_noteJumpSpeed"))[0]
+        events = [_as_dict(e) for e in _as_list(doc, "_events", where)]
+        tempo_events, n_type10 = [], 0
+        for e in events:
+            etype = _strict_number(e.get("_type"))[0]
+            if etype == 100:
+                if "_floatValue" not in e:
+                    raise TempoError(f"type-100 (BPM) event at beat {e.get('_time')!r} has no _floatValue")
+                tempo_events.append((e.get("_time", 0), e.get("_floatValue")))
+            elif etype == 10:
+                n_type10 += 1
+        if n_type10:
+            warnings.append(f"{n_type10} type-10 events (a BPM change before game 1.18, a light after): not applied")
+        tempo = TempoMap.from_bpm_events(base, tempo_events) if tempo_events else TempoMap.constant(base)
+    elif sniffed == "3":
+        raw = _v3_notes(doc, where)
+        obstacles, arcs, chains = (len(_as_list(doc, k, where)) for k in ("obstacles", "sliders", "burstSliders"))
+        events = [_as_dict(e) for e in _as_list(doc, "bpmEvents", where)]
+        tempo_events = [(e.get("b", 0), e.get("m", 0)) for e in events]
+        tempo = TempoMap.from_bpm_events(level_bpm, tempo_events) if tempo_events else TempoMap.constant(level_bpm)
+    else:
+        raw = _v4_notes(doc, where)
+        obstacles, arcs, chains = (len(_as_list(doc, k, where)) for k in ("obstacles", "arcs", "chains"))
+        if isinstance(regions_tempo, Exception):
+            raise regions_tempo
+        tempo = regions_tempo if regions_tempo is not None else TempoMap.constant(level_bpm)
+        if _as_list(doc, "bpmEvents", where):
+            warnings.append("v4 beatmap has bpmEvents (deprecated): ignored, the audio data regions time it")
+    warnings.extend(tempo.warnings)
+    diff.tempo = tempo
+    diff.editor_bpm_changes = _editor_bpm_changes(doc, "3" if sniffed in ("3", "4") else "2")
+    if diff.editor_bpm_changes:
+        warnings.append(f"{len(diff.editor_bpm_changes)} editor-only BPM changes reported, not applied")
+    n_bombs = sum(r.is_bomb for r in raw)
+    diff.counts = {"notes": len(raw) - n_bombs, "bombs": n_bombs, "obstacles": obstacles, "arcs": arcs,
+                   "chains": chains}
+    return raw
+
+
+def _modded(requirements: list[str]) -> str | None:
+    for r in requirements:
+        for mod in MODDED_REQUIREMENTS:
+            if r.strip().lower().startswith(mod):
+                return r
+    return None
+
+
+# --- the level -------------------------------------------------------------------------------------
+
+def read_level(path, settings: TargetSettings = TargetSettings(), characteristic: str | None = "Standard") -> Level:
+    """Read one level (folder or ``.zip``) exactly; see the module docstring for every rule.
+
+    Parameters
+    ----------
+    path : str or Path
+        A level folder or a BeatSaver ``.zip``.
+    settings : TargetSettings
+        ``song_offset`` ("quarantine" or "apply") and ``max_drop_fraction``.
+    characteristic : str or None
+        Which characteristic to read (case-insensitive), ``None`` or ``"all"`` for every one.
+
+    Returns
+    -------
+    Level
+        Its ``difficulties`` are in info-file order. A broken difficulty file
+        is recorded on its difficulty (``quarantine="unreadable: ..."``).
+
+    Raises
+    ------
+    LevelError
+        The level itself is unreadable: not a folder or zip, no info file,
+        invalid info JSON, no difficulty list, a base BPM that is not a
+        finite number > 0.
+    """
+    with LevelContainer(path) as container:
+        return _read_level(container, settings, characteristic)
+
+
+def _read_level(container: LevelContainer, settings: TargetSettings, characteristic) -> Level:
+    info = container.read_info_json()
+    info_name = container.info_name()
+    iwhere = container.describe(info_name)
+    if not isinstance(info, dict):
+        raise LevelError(iwhere, f"info file is a JSON {type(info).__name__}, not an object")
+    warnings: list[str] = []
+    declared = info.get("_version", info.get("version"))
+    sniffed = _sniff_info(info)
+    if sniffed is None:
+        raise LevelError(iwhere, "info file lists no difficulties (no _difficultyBeatmapSets, "
+                                 "difficultyBeatmaps or difficultyLevels)")
+    if declared is not None and _major(declared) != sniffed:
+        warnings.append(f"info declares version {declared!r} but its keys say v{sniffed}; read as v{sniffed}")
+    info_version = str(declared) if declared is not None else sniffed
+    legacy = sniffed == "1"
+
+    audio = _as_dict(info.get("audio"))
+    if sniffed == "4":
+        bpm_value, song_filename = audio.get("bpm"), audio.get("songFilename")
+    elif legacy:
+        bpm_value = info.get("beatsPerMinute")
+        song_filename = next((d.get("audioPath") for d in map(_as_dict, _as_list(info, "difficultyLevels", iwhere))
+                              if d.get("audioPath")), None)
+    else:
+        bpm_value, song_filename = info.get("_beatsPerMinute"), info.get("_songFilename")
+    try:
+        bpm = TempoMap.constant(_finite_number(bpm_value, "BPM", iwhere)).base_bpm
+    except TempoError:
+        if not legacy:
+            raise LevelError(iwhere, f"invalid BPM {bpm_value!r}: must be a finite number > 0") from None
+        bpm = math.nan  # legacy v1: each difficulty file carries its own BPM
+        warnings.append(f"info BPM {bpm_value!r} is invalid; legacy difficulties use their own BPM")
+    except LevelError:
+        if not legacy:
+            raise
+        bpm = math.nan
+        warnings.append(f"info BPM {bpm_value!r} is invalid; legacy difficulties use their own BPM")
+    if song_filename is not None and not isinstance(song_filename, str):
+        song_filename = None
+    if song_filename is None:
+        warnings.append("info file names no song file")
+    elif container.find(song_filename) is None:
+        warnings.append(f"song file {song_filename!r} named by the info file is not in the level")
+
+    quarantine = None
+    offset = _strict_number(info.get("_songTimeOffset", 0))[0]
+    if offset is None or not math.isfinite(offset):
+        quarantine = f"_songTimeOffset {info.get('_songTimeOffset')!r} is not a finite number"
+        offset = 0.0
+    elif offset != 0:
+        if settings.song_offset == "quarantine":
+            quarantine = (f"non-zero _songTimeOffset {offset:g} s (not applied; "
+                          f"--song-offset apply adds it to every note time)")
+        else:
+            warnings.append(f"_songTimeOffset {offset:g} s applied: added to every note time")
+    shuffle = _strict_number(info.get("_shuffle", 0))[0]
+    if shuffle not in (0, None):
+        warnings.append(f"_shuffle {shuffle:g} is non-zero (deprecated swing, ignored)")
+    applied_offset = offset if (offset and settings.song_offset == "apply") else 0.0
+
+    regions_tempo = None
+    audio_data = audio.get("audioDataFilename") if sniffed == "4" else None
+    entries = _info_entries(info, sniffed, iwhere)
+    all_chars = []
+    for e in entries:
+        if e.characteristic not in all_chars:
+            all_chars.append(e.characteristic)
+    want_all = characteristic is None or str(characteristic).lower() == "all"
+    chosen = [e for e in entries if want_all or e.characteristic.lower() == str(characteristic).lower()]
+
+    difficulties, seen, editor_changes = [], set(), []
+    for entry in chosen:
+        dwarn: list[str] = []
+        try:
+            name = canonical_difficulty(entry.difficulty)
+            bad_name = None
+        except ValueError as err:
+            name, bad_name = entry.difficulty, str(err)
+        filename = entry.filename if isinstance(entry.filename, str) else None
+        njs = _strict_number(entry.njs)[0] if entry.njs is not None else None
+        diff = Difficulty(entry.characteristic, name, filename, njs=njs, warnings=dwarn,
+                          requirements=list(entry.requirements))
+        raw = []
+        try:
+            if audio_data and regions_tempo is None:
+                try:
+                    regions_tempo = _read_regions(container, audio_data, bpm)
+                except LevelError as err:  # only v4 beatmaps need it: remembered, raised for them
+                    regions_tempo = err
+            raw = _read_difficulty(container, entry, diff, bpm, legacy, regions_tempo, dwarn)
+            if applied_offset:
+                diff.tempo = diff.tempo.shifted(applied_offset)
+            diff.notes, drops, n_strings = normalise_notes(raw, diff.tempo)
+            diff.drops = {r: drops[r] for r in DROP_REASONS if drops.get(r)}
+            if n_strings:
+                dwarn.append(f"{n_strings} numeric fields written as strings (parsed strictly)")
+        except LevelError as err:
+            diff.quarantine = f"unreadable: {err.path}: {err.reason}"
+        except TempoError as err:
+            diff.quarantine = f"invalid tempo: {err}"
+        key = (entry.characteristic.lower(), name)
+        modded = _modded(entry.requirements)
+        n_read = diff.counts.get("notes", 0) + diff.counts.get("bombs", 0)
+        if diff.quarantine is None:
+            if bad_name:
+                diff.quarantine = bad_name
+            elif key in seen:
+                diff.quarantine = f"duplicate difficulty: {entry.characteristic}/{name} listed twice in the info file"
+            elif modded:
+                diff.quarantine = f"requires {modded}"
+            elif quarantine:
+                diff.quarantine = f"level quarantined: {quarantine}"
+            elif n_read and diff.n_dropped / n_read > settings.max_drop_fraction:
+                detail = ", ".join(f"{r} {c}" for r, c in diff.drops.items())
+                diff.quarantine = (f"dropped {diff.n_dropped} of {n_read} notes "
+                                   f"({100 * diff.n_dropped / n_read:.1f}% > {100 * settings.max_drop_fraction:g}%): "
+                                   f"{detail}")
+        if diff.quarantine is None and n_read == 0:
+            dwarn.append("no notes")
+        seen.add(key)
+        editor_changes.extend({"characteristic": diff.characteristic, "difficulty": diff.difficulty, **c}
+                              for c in diff.editor_bpm_changes)
+        difficulties.append(diff)
+    if not want_all and not chosen:
+        warnings.append(f"no {characteristic} difficulties (level has: {', '.join(all_chars) or 'none'})")
+
+    return Level(
+        song_id=container.name,
+        path=str(container.path),
+        info_version=info_version,
+        bpm=bpm,
+        song_filename=song_filename,
+        song_time_offset=offset,
+        editor_bpm_changes=editor_changes,
+        difficulties=difficulties,
+        quarantine=quarantine,
+        warnings=warnings,
+        info_filename=info_name,
+        characteristics=all_chars,
+    )
