@@ -169,10 +169,11 @@ class TempoMap:
         segments = [(0.0, 0.0, base)]
         for b, m in sorted(by_beat.items()):
             b0, s0, m0 = segments[-1]
-            if b == b0:
+            s = s0 + (b - b0) * 60.0 / m0
+            if b == b0 or s == s0:  # same instant (s == s0: beats too close for float seconds)
                 segments[-1] = (b0, s0, m)
             elif m != m0:
-                segments.append((b, s0 + (b - b0) * 60.0 / m0, m))
+                segments.append((b, s, m))
         return cls(base, segments, source=source, warnings=warnings)
 
     @classmethod
