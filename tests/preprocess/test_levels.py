@@ -1,0 +1,508 @@
+import gzip
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mapkit.errors import LevelError
+from mapkit.preprocess.levels import DROP_REASONS, canonical_difficulty, read_level
+from mapkit.preprocess.notes import BOMB, NOTE_DTYPE
+from mapkit.settings import TargetSettings
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "maps"
+LENIENT = TargetSettings(max_drop_fraction=1.0)
+
+
+# --- helpers: synthetic levels --------------------------------------------------------------------
+
+def write_json(path: Path, doc, encoding="utf-8", gzipped=False, bom=False):
+    data = json.dumps(doc).encode(encoding)
+    if bom:
+        data = b"\xef\xbb\xbf" + data
+    if gzipped:
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def v2_info(bpm=120, files=(("Standard", "Expert", "Expert.dat"),), **extra):
+    sets = {}
+    for char, diff, fname in files:
+        sets.setdefault(char, []).append({"_difficulty": diff, "_difficultyRank": 7, "_beatmapFilename": fname,
+                                          "_noteJumpMovementSpeed": 16, "_noteJumpStartBeatOffset": 0})
+    info = {"_version": "2.0.0", "_songName": "t", "_beatsPerMinute": bpm, "_songTimeOffset": 0, "_shuffle": 0,
+            "_songFilename": "song.ogg", "_coverImageFilename": "cover.jpg",
+            "_difficultyBeatmapSets": [{"_beatmapCharacteristicName": c, "_difficultyBeatmaps": d}
+                                       for c, d in sets.items()]}
+    info.update(extra)
+    return info
+
+
+def n2(time, x=1, y=0, t=0, d=1, **extra):
+    note = {"_time": time, "_lineIndex": x, "_lineLayer": y, "_type": t, "_cutDirection": d}
+    note.update(extra)
+    return note
+
+
+def make_v2_level(tmp_path, notes, name="lvl", info=None, events=(), **doc_extra):
+    root = tmp_path / name
+    root.mkdir()
+    write_json(root / "Info.dat", info or v2_info())
+    doc = {"_version": "2.5.0", "_notes": notes, "_obstacles": [], "_events": list(events)}
+    doc.update(doc_extra)
+    write_json(root / "Expert.dat", doc)
+    return root
+
+
+def only(level):
+    assert len(level.difficulties) == 1
+    return level.difficulties[0]
+
+
+# --- real fixture levels ---------------------------------------------------------------------------
+
+def expected_counts(level_dir: Path):
+    """(characteristic, difficulty) -> (colour notes, bombs), counted straight from the JSON files."""
+    info = json.loads((level_dir / "Info.dat").read_text())
+    out = {}
+    for s in info["_difficultyBeatmapSets"]:
+        for b in s["_difficultyBeatmaps"]:
+            doc = json.loads((level_dir / b["_beatmapFilename"]).read_text())
+            if "_notes" in doc:
+                colour = sum(1 for n in doc["_notes"] if n["_type"] in (0, 1))
+                bombs = sum(1 for n in doc["_notes"] if n["_type"] == 3)
+            else:
+                colour, bombs = len(doc["colorNotes"]), len(doc["bombNotes"])
+            out[(s["_beatmapCharacteristicName"], b["_difficulty"])] = (colour, bombs, doc.get("_version", doc.get("version")))
+    return out
+
+
+@pytest.mark.parametrize("name", ["JOURNEY", "werewolf howls"])
+def test_fixture_levels_read_exactly(name):
+    level = read_level(FIXTURES / name, characteristic="all")
+    expected = expected_counts(FIXTURES / name)
+    assert {(d.characteristic, d.difficulty) for d in level.difficulties} == set(expected)
+    info = json.loads((FIXTURES / name / "Info.dat").read_text())
+    assert level.bpm == info["_beatsPerMinute"] and level.info_version == "2.0.0"
+    assert level.song_filename == info["_songFilename"] and level.quarantine is None
+    for d in level.difficulties:
+        colour, bombs, version = expected[(d.characteristic, d.difficulty)]
+        assert d.counts["notes"] == colour and d.counts["bombs"] == bombs
+        assert d.quarantine is None and d.drops == {}
+        assert len(d.notes) == colour + bombs
+        assert int((d.notes["color"] == BOMB).sum()) == bombs
+        assert d.declared_version == version and not d.version_mismatch
+        assert d.notes.dtype == NOTE_DTYPE
+        # constant tempo: time = beat * 60 / BPM; sorted by time, column, row
+        np.testing.assert_allclose(d.notes["time_s"], d.notes["beat"] * 60 / level.bpm)
+        keys = list(zip(d.notes["time_s"], d.notes["column"], d.notes["row"]))
+        assert keys == sorted(keys)
+
+
+def test_journey_has_v2_and_v3_difficulties_in_one_level():
+    level = read_level(FIXTURES / "JOURNEY", characteristic="all")
+    versions = {(d.characteristic, d.difficulty): d.sniffed_version for d in level.difficulties}
+    assert versions[("OneSaber", "ExpertPlus")] == "3"
+    assert versions[("Standard", "ExpertPlus")] == "2"
+    assert level.get("onesaber", "Expert+").counts["notes"] == 1227 == len(
+        json.loads((FIXTURES / "JOURNEY" / "ExpertPlusOneSaber.dat").read_text())["colorNotes"])
+
+
+def test_characteristic_filter():
+    standard = read_level(FIXTURES / "JOURNEY")
+    assert {d.characteristic for d in standard.difficulties} == {"Standard"}
+    assert [d.difficulty for d in standard.difficulties] == ["Easy", "Normal", "Hard", "Expert", "ExpertPlus"]
+    one = read_level(FIXTURES / "JOURNEY", characteristic="onesaber")
+    assert [(d.characteristic, d.difficulty) for d in one.difficulties] == [("OneSaber", "ExpertPlus")]
+    assert set(standard.characteristics) == {"Standard", "OneSaber"}
+    none = read_level(FIXTURES / "JOURNEY", characteristic="360Degree")
+    assert none.difficulties == [] and any("no 360Degree difficulties" in w for w in none.warnings)
+
+
+def test_zip_reads_like_the_folder(tmp_path):
+    src = FIXTURES / "werewolf howls"
+    zpath = tmp_path / "ww.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in src.iterdir():
+            z.write(f, f"werewolf howls/{f.name}")  # one top-level folder, as some uploads have
+    from_zip = read_level(zpath)
+    from_dir = read_level(src)
+    assert from_zip.song_id == "ww"
+    for a, b in zip(from_zip.difficulties, from_dir.difficulties):
+        assert np.array_equal(a.notes, b.notes) and a.counts == b.counts
+
+
+def test_level_to_json_is_plain_json():
+    level = read_level(FIXTURES / "werewolf howls")
+    doc = json.loads(json.dumps(level.to_json()))
+    d = doc["difficulties"][0]
+    assert d["kept"]["notes"] + d["kept"]["bombs"] == len(d["notes"]) == d["counts"]["notes"] + d["counts"]["bombs"]
+    assert set(d["notes"][0]) == {"time_s", "beat", "column", "row", "color", "direction"}
+    assert d["tempo"]["segments"] == [{"beat": 0.0, "second": 0.0, "bpm": 222.0}]
+    assert "notes" not in level.to_json(notes=False)["difficulties"][0]
+
+
+# --- formats ---------------------------------------------------------------------------------------
+
+def test_legacy_v1_uses_each_difficulty_files_own_bpm(tmp_path):
+    root = tmp_path / "old"
+    root.mkdir()
+    write_json(root / "info.json", {"songName": "old", "beatsPerMinute": 120, "difficultyLevels": [
+        {"difficulty": "Expert", "difficultyRank": 4, "audioPath": "song.ogg", "jsonPath": "Expert.json"},
+        {"difficulty": "Hard", "difficultyRank": 3, "audioPath": "song.ogg", "jsonPath": "Hard.json"}]})
+    write_json(root / "Expert.json", {"_version": "1.5.0", "_beatsPerMinute": 60, "_noteJumpSpeed": 10,
+                                      "_notes": [n2(2)], "_obstacles": [], "_events": []})
+    write_json(root / "Hard.json", {"_version": "1.5.0", "_beatsPerMinute": 120,
+                                    "_notes": [n2(2)], "_obstacles": [], "_events": []})
+    level = read_level(root)
+    assert level.info_version == "1" and level.song_filename == "song.ogg" and level.bpm == 120
+    expert, hard = level.difficulties
+    assert expert.sniffed_version == "1" and not expert.version_mismatch
+    assert expert.notes["time_s"].tolist() == [2.0] and expert.njs == 10
+    assert any("differs from info BPM" in w for w in expert.warnings)
+    assert hard.notes["time_s"].tolist() == [1.0] and not hard.warnings
+
+
+def test_v3_missing_fields_default_to_zero(tmp_path):
+    root = tmp_path / "v3"
+    root.mkdir()
+    write_json(root / "Info.dat", v2_info(bpm=60))
+    write_json(root / "Expert.dat", {"version": "3.3.0", "colorNotes": [{"b": 10}, {"b": 2, "x": 3, "y": 2, "c": 1, "d": 8}],
+                                     "bombNotes": [{"b": 1, "x": 1}], "obstacles": [{"b": 1}], "burstSliders": [{}]})
+    d = only(read_level(root))
+    assert d.sniffed_version == "3" and d.declared_version == "3.3.0"
+    assert d.counts == {"notes": 2, "bombs": 1, "obstacles": 1, "arcs": 0, "chains": 1}
+    assert d.notes.tolist() == [(1.0, 1.0, 1, 0, BOMB, 0), (2.0, 2.0, 3, 2, 1, 8), (10.0, 10.0, 0, 0, 0, 0)]
+
+
+def test_v3_bpm_events_are_applied_and_editor_changes_are_not(tmp_path):
+    root = tmp_path / "v3"
+    root.mkdir()
+    write_json(root / "Info.dat", v2_info(bpm=120))
+    write_json(root / "Expert.dat", {"version": "3.2.0", "bpmEvents": [{"b": 16, "m": 240}],
+                                     "colorNotes": [{"b": 20, "x": 1, "c": 0, "d": 1}],
+                                     "customData": {"BPMChanges": [{"b": 4, "m": 60, "p": 4, "o": 0}]}})
+    level = read_level(root)
+    d = only(level)
+    assert d.notes["time_s"].tolist() == [9.0]
+    assert d.editor_bpm_changes == [{"beat": 4, "bpm": 60, "source": "customData.BPMChanges"}]
+    assert level.editor_bpm_changes[0]["difficulty"] == "Expert"
+
+
+def v4_level(tmp_path, beatmap, regions=None, audio_data_name="BPMInfo.dat"):
+    root = tmp_path / "v4"
+    root.mkdir()
+    info = {"version": "4.0.0", "song": {"title": "t"},
+            "audio": {"songFilename": "song.ogg", "songDuration": 30, "bpm": 120,
+                      "audioDataFilename": audio_data_name},
+            "difficultyBeatmaps": [{"characteristic": "Standard", "difficulty": "Expert",
+                                    "beatmapDataFilename": "Expert.dat", "noteJumpMovementSpeed": 18}]}
+    write_json(root / "Info.dat", info)
+    if regions is not None:
+        write_json(root / audio_data_name, {"version": "4.0.0", "songFrequency": 44100, "songSampleCount": 882000,
+                                            "bpmData": [{"si": a, "ei": b, "sb": c, "eb": d} for a, b, c, d in regions]})
+    write_json(root / "Expert.dat", beatmap)
+    return root
+
+
+def test_v4_index_arrays_and_audio_data_regions(tmp_path):
+    beatmap = {"version": "4.0.0",
+               "colorNotes": [{"b": 30, "i": 0}, {"b": 10, "i": 1}, {"b": 30, "r": 0, "i": 1}],
+               "colorNotesData": [{"x": 1, "y": 0, "c": 0, "d": 1}, {"x": 2, "y": 1, "c": 1, "d": 8}],
+               "bombNotes": [{"b": 0}], "bombNotesData": [{"x": 3}],
+               "obstacles": [], "arcs": [], "chains": []}
+    root = v4_level(tmp_path, beatmap, regions=[(0, 441000, 0, 20), (441000, 882000, 20, 60)])
+    level = read_level(root)
+    d = only(level)
+    assert level.info_version == "4.0.0" and level.bpm == 120 and d.njs == 18
+    assert d.sniffed_version == "4" and d.tempo.source == "regions"
+    assert d.notes.tolist() == [(0.0, 0.0, 3, 0, BOMB, 0), (5.0, 10.0, 2, 1, 1, 8),
+                                (12.5, 30.0, 1, 0, 0, 1), (12.5, 30.0, 2, 1, 1, 8)]
+
+
+def test_v4_without_audio_data_uses_the_base_bpm(tmp_path):
+    beatmap = {"version": "4.1.0", "colorNotes": [{"b": 30}], "colorNotesData": [{}]}
+    root = v4_level(tmp_path, beatmap, regions=None, audio_data_name=None)
+    d = only(read_level(root))
+    assert d.notes["time_s"].tolist() == [15.0] and d.tempo.is_constant
+
+
+def test_v4_missing_audio_data_file_quarantines_v4_beatmaps(tmp_path):
+    beatmap = {"version": "4.0.0", "colorNotes": [{"b": 1}], "colorNotesData": [{}]}
+    d = only(read_level(v4_level(tmp_path, beatmap, regions=None)))
+    assert d.quarantine.startswith("unreadable:") and "BPMInfo.dat" in d.quarantine and "not found" in d.quarantine
+
+
+def test_v4_index_out_of_range_is_corruption(tmp_path):
+    beatmap = {"version": "4.0.0", "colorNotes": [{"b": 1, "i": 0}, {"b": 2, "i": 5}],
+               "colorNotesData": [{"x": 1}]}
+    d = only(read_level(v4_level(tmp_path, beatmap, regions=[(0, 44100, 0, 2)])))
+    assert "corrupt v4 index: colorNotes[1].i = 5" in d.quarantine and "1 entries" in d.quarantine
+    assert len(d.notes) == 0
+
+
+def test_v4_obstacle_index_out_of_range_is_corruption_too(tmp_path):
+    beatmap = {"version": "4.0.0", "obstacles": [{"b": 1, "i": 0}], "obstaclesData": []}
+    d = only(read_level(v4_level(tmp_path, beatmap, regions=[(0, 44100, 0, 2)])))
+    assert "corrupt v4 index: obstacles[0].i = 0" in d.quarantine
+
+
+def test_v4_info_may_point_to_a_v2_beatmap(tmp_path):
+    beatmap = {"_version": "2.6.0", "_notes": [n2(16)], "_events": []}
+    d = only(read_level(v4_level(tmp_path, beatmap, regions=[(0, 441000, 0, 40)])))
+    assert d.sniffed_version == "2" and d.notes["time_s"].tolist() == [8.0] and d.tempo.is_constant
+
+
+def test_gzipped_info_and_difficulty(tmp_path):
+    root = tmp_path / "gz"
+    root.mkdir()
+    write_json(root / "Info.dat", v2_info(bpm=60), gzipped=True)
+    write_json(root / "Expert.dat", {"_version": "2.0.0", "_notes": [n2(3), n2(1, t=3, d=5)]}, gzipped=True)
+    d = only(read_level(root))
+    assert d.notes.tolist() == [(1.0, 1.0, 1, 0, BOMB, 0), (3.0, 3.0, 1, 0, 0, 1)]
+
+
+@pytest.mark.parametrize("encoding, bom", [("utf-16", False), ("utf-16-le", False), ("utf-8", True)])
+def test_utf16_and_bom_files(tmp_path, encoding, bom):
+    root = tmp_path / "enc"
+    root.mkdir()
+    write_json(root / "info.DAT", v2_info(bpm=60), encoding=encoding, bom=bom)  # any case
+    write_json(root / "Expert.dat", {"_version": "2.0.0", "_notes": [n2(3)]}, encoding=encoding, bom=bom)
+    level = read_level(root)
+    assert level.info_filename == "info.DAT" and only(level).notes["time_s"].tolist() == [3.0]
+
+
+# --- versions --------------------------------------------------------------------------------------
+
+def test_declared_and_sniffed_versions_disagree(tmp_path):
+    root = tmp_path / "mm"
+    root.mkdir()
+    write_json(root / "Info.dat", v2_info(bpm=60))
+    write_json(root / "Expert.dat", {"_version": "2.0.0", "colorNotes": [{"b": 1, "x": 2}]})
+    d = only(read_level(root))
+    assert d.declared_version == "2.0.0" and d.sniffed_version == "3" and d.version_mismatch
+    assert d.notes["column"].tolist() == [2] and any("keys say v3" in w for w in d.warnings)
+
+
+def test_unusual_version_string_is_read_by_its_major_digit(tmp_path):
+    root = tmp_path / "vv"
+    root.mkdir()
+    write_json(root / "Info.dat", v2_info(bpm=60))
+    write_json(root / "Expert.dat", {"version": "v3"})
+    d = only(read_level(root))
+    assert d.sniffed_version == "3" and not d.version_mismatch and d.quarantine is None
+    assert any("unusual version string 'v3'" in w for w in d.warnings)
+
+
+def test_file_without_version_or_known_keys_is_unreadable(tmp_path):
+    root = make_v2_level(tmp_path, [])
+    write_json(root / "Expert.dat", {"hello": 1})
+    assert "cannot tell the format version" in only(read_level(root)).quarantine
+
+
+# --- tempo in levels -------------------------------------------------------------------------------
+
+def test_v2_type_100_events_apply_and_editor_changes_do_not(tmp_path):
+    events = [{"_time": 16, "_type": 100, "_value": 1, "_floatValue": 240}, {"_time": 3, "_type": 10, "_value": 1}]
+    d = only(read_level(make_v2_level(tmp_path, [n2(20)], events=events)))
+    assert d.notes["time_s"].tolist() == [9.0]
+    assert any("type-10" in w for w in d.warnings)
+    editor = {"_customData": {"_BPMChanges": [{"_time": 16, "_BPM": 240, "_beatsPerBar": 4, "_metronomeOffset": 4}]},
+              "_BPMChanges": [{"_time": 8, "_BPM": 0}]}
+    d2 = only(read_level(make_v2_level(tmp_path, [n2(20)], name="editor", **editor)))
+    assert d2.notes["time_s"].tolist() == [10.0]
+    assert [c["source"] for c in d2.editor_bpm_changes] == ["_customData._BPMChanges", "_BPMChanges"]
+    assert d2.tempo.is_constant
+
+
+@pytest.mark.parametrize("bpm", ["0", "-5", "1e400"])  # 1e400 is valid JSON that Python reads as inf
+def test_invalid_tempo_event_quarantines_the_difficulty(tmp_path, bpm):
+    root = make_v2_level(tmp_path, [n2(1)])
+    (root / "Expert.dat").write_text('{"_version":"2.5.0","_notes":[],'
+                                     '"_events":[{"_time":16,"_type":100,"_value":1,"_floatValue":%s}]}' % bpm)
+    d = only(read_level(root))
+    assert d.quarantine.startswith("invalid tempo:") and "must be a finite number > 0" in d.quarantine
+
+
+def test_type_100_event_without_float_value_quarantines(tmp_path):
+    d = only(read_level(make_v2_level(tmp_path, [n2(1)], events=[{"_time": 4, "_type": 100, "_value": 1}])))
+    assert "has no _floatValue" in d.quarantine
+
+
+@pytest.mark.parametrize("bpm", [0, -120, "fast", None])
+def test_invalid_info_bpm_makes_the_level_unreadable(tmp_path, bpm):
+    with pytest.raises(LevelError, match="BPM") as e:
+        read_level(make_v2_level(tmp_path, [n2(1)], info=v2_info(bpm=bpm)))
+    assert e.value.path.endswith("Info.dat")
+
+
+def test_song_time_offset_quarantines_by_default_and_is_added_when_applied(tmp_path):
+    root = make_v2_level(tmp_path, [n2(2)], info=v2_info(bpm=60, _songTimeOffset=0.5))
+    level = read_level(root)
+    assert "_songTimeOffset 0.5" in level.quarantine
+    assert only(level).quarantine.startswith("level quarantined: non-zero _songTimeOffset")
+    applied = read_level(root, settings=TargetSettings(song_offset="apply"))
+    d = only(applied)
+    assert applied.quarantine is None and d.quarantine is None
+    assert d.notes["time_s"].tolist() == [2.5] and d.tempo.seconds(2) == 2.5  # added: later in the audio
+    assert applied.song_time_offset == 0.5
+
+
+def test_shuffle_is_flagged(tmp_path):
+    level = read_level(make_v2_level(tmp_path, [n2(2)], info=v2_info(_shuffle=1)))
+    assert any("_shuffle 1" in w for w in level.warnings) and level.quarantine is None
+
+
+# --- drops by reason -------------------------------------------------------------------------------
+
+DROP_CASES = {
+    "fake": n2(1, _customData={"_fake": True}),
+    "missing_field": {"_time": 1, "_lineIndex": 1, "_type": 0, "_cutDirection": 1},
+    "bad_value": n2(1, x="left"),
+    "unknown_type": n2(1, t=2),
+    "fractional_position": n2(1, x=1.5),
+    "off_grid": n2(1, x=4),
+    "bad_direction": n2(1, d=9),
+    "negative_time": n2(-1),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(DROP_CASES))
+def test_each_drop_reason_is_counted(tmp_path, reason):
+    good = [n2(2), n2(3, t=1, x=2)]
+    d = only(read_level(make_v2_level(tmp_path, good + [DROP_CASES[reason]]), settings=LENIENT))
+    assert d.drops == {reason: 1}
+    assert len(d.notes) == 2 and d.quarantine is None
+    assert d.counts["notes"] + d.counts["bombs"] == len(d.notes) + d.n_dropped
+
+
+def test_mapping_extensions_values_are_off_grid(tmp_path):
+    notes = [n2(1, x=1000), n2(1, x=-2000), n2(1, y=1500.5), n2(1, x=2, y=3), n2(1, d=1045), n2(2)]
+    d = only(read_level(make_v2_level(tmp_path, notes), settings=LENIENT))
+    assert d.drops == {"off_grid": 4, "bad_direction": 1}
+
+
+def test_non_finite_numbers_are_dropped(tmp_path):
+    root = make_v2_level(tmp_path, [])
+    # 1e400 is valid JSON that Python reads as inf; NaN literals are rejected by the reader itself
+    (root / "Expert.dat").write_text('{"_version":"2.0.0","_notes":[{"_time":1e400,"_lineIndex":1,"_lineLayer":0,'
+                                     '"_type":0,"_cutDirection":1},{"_time":1,"_lineIndex":1,"_lineLayer":0,'
+                                     '"_type":1,"_cutDirection":1}]}')
+    d = only(read_level(root, settings=LENIENT))
+    assert d.drops == {"non_finite": 1} and len(d.notes) == 1
+
+
+def test_duplicates_are_deduplicated_keeping_the_first(tmp_path):
+    notes = [n2(1, d=3), n2(1, d=5, t=1), n2(1, x=2)]
+    d = only(read_level(make_v2_level(tmp_path, notes), settings=LENIENT))
+    assert d.drops == {"duplicate": 1}
+    assert d.notes[["column", "color", "direction"]].tolist() == [(1, 0, 3), (2, 0, 1)]
+
+
+def test_string_numbers_parse_strictly_and_are_flagged(tmp_path):
+    notes = [n2("1.5", x="2", t="1"), n2("1e0", x=" 3 ")]
+    d = only(read_level(make_v2_level(tmp_path, notes)))
+    assert d.drops == {} and d.notes["beat"].tolist() == [1.0, 1.5]
+    assert any("5 numeric fields written as strings" in w for w in d.warnings)
+    d2 = only(read_level(make_v2_level(tmp_path, [n2("0x10"), n2(True)], name="bad"), settings=LENIENT))
+    assert d2.drops == {"bad_value": 2}
+
+
+def test_v3_fake_notes_are_counted_as_fake(tmp_path):
+    root = tmp_path / "v3"
+    root.mkdir()
+    write_json(root / "Info.dat", v2_info(bpm=60))
+    write_json(root / "Expert.dat", {"version": "3.0.0", "colorNotes": [{"b": 1, "c": 5}, {"b": 2}],
+                                     "customData": {"fakeColorNotes": [{"b": 1}], "fakeBombNotes": [{"b": 1}]}})
+    d = only(read_level(root, settings=LENIENT))
+    assert d.drops == {"fake": 2, "unknown_type": 1} and len(d.notes) == 1
+    assert d.counts["notes"] == 3 and d.counts["bombs"] == 1
+
+
+def test_too_many_drops_quarantine_with_the_reasons(tmp_path):
+    notes = [n2(i) for i in range(1, 20)] + [n2(30, x=4)]  # 1 of 20 = 5%: not more than 5%
+    assert only(read_level(make_v2_level(tmp_path, notes))).quarantine is None
+    notes.append(n2(31, x=1.5))  # 2 of 21 > 5%
+    d = only(read_level(make_v2_level(tmp_path, notes, name="more")))
+    assert d.quarantine == "dropped 2 of 21 notes (9.5% > 5%): fractional_position 1, off_grid 1"
+
+
+@pytest.mark.parametrize("req", ["Mapping Extensions", "Noodle Extensions", "Mapping Extensions-Precision Placement"])
+def test_modded_requirements_quarantine(tmp_path, req):
+    info = v2_info()
+    info["_difficultyBeatmapSets"][0]["_difficultyBeatmaps"][0]["_customData"] = {"_requirements": [req]}
+    d = only(read_level(make_v2_level(tmp_path, [n2(1)], info=info)))
+    assert d.quarantine == f"requires {req}"
+    chroma = v2_info()
+    chroma["_difficultyBeatmapSets"][0]["_difficultyBeatmaps"][0]["_customData"] = {"_requirements": ["Chroma"]}
+    assert only(read_level(make_v2_level(tmp_path, [n2(1)], name="chroma", info=chroma))).quarantine is None
+
+
+def test_drop_reason_keys_are_the_documented_ones():
+    assert set(DROP_CASES) | {"non_finite", "duplicate"} == set(DROP_REASONS)
+
+
+# --- broken inputs ---------------------------------------------------------------------------------
+
+def test_a_broken_difficulty_does_not_stop_the_others(tmp_path):
+    root = tmp_path / "broken"
+    root.mkdir()
+    write_json(root / "Info.dat", v2_info(files=[("Standard", "Hard", "Hard.dat"), ("Standard", "Expert", "Expert.dat"),
+                                                 ("Standard", "ExpertPlus", "Missing.dat")]))
+    (root / "Hard.dat").write_text('{"_version": "2.0.0", "_notes": [')
+    write_json(root / "Expert.dat", {"_version": "2.0.0", "_notes": [n2(1)]})
+    hard, expert, plus = read_level(root).difficulties
+    assert hard.quarantine.startswith("unreadable:") and "Hard.dat" in hard.quarantine and "invalid JSON" in hard.quarantine
+    assert expert.quarantine is None and len(expert.notes) == 1
+    assert "Missing.dat" in plus.quarantine and "file not found" in plus.quarantine
+
+
+def test_notes_that_are_not_a_list_are_corruption(tmp_path):
+    root = make_v2_level(tmp_path, [])
+    write_json(root / "Expert.dat", {"_version": "2.0.0", "_notes": {"0": 1}})
+    assert "'_notes' is not a list" in only(read_level(root)).quarantine
+
+
+def test_level_without_info_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LevelError, match="no Info.dat"):
+        read_level(tmp_path / "empty")
+
+
+def test_invalid_info_json_names_the_file(tmp_path):
+    root = make_v2_level(tmp_path, [])
+    (root / "Info.dat").write_text("{ nope")
+    with pytest.raises(LevelError, match="invalid JSON") as e:
+        read_level(root)
+    assert e.value.path.endswith("Info.dat")
+
+
+def test_info_without_a_difficulty_list(tmp_path):
+    root = make_v2_level(tmp_path, [])
+    write_json(root / "Info.dat", {"_version": "2.0.0", "_beatsPerMinute": 100})
+    with pytest.raises(LevelError, match="lists no difficulties"):
+        read_level(root)
+
+
+def test_unknown_and_repeated_difficulty_names(tmp_path):
+    root = make_v2_level(tmp_path, [n2(1)], info=v2_info(files=[
+        ("Standard", "expert+", "Expert.dat"), ("Standard", "ExpertPlus", "Expert.dat"), ("Standard", "Insane", "Expert.dat")]))
+    a, b, c = read_level(root).difficulties
+    assert a.difficulty == "ExpertPlus" and a.quarantine is None
+    assert b.quarantine == "duplicate difficulty: Standard/ExpertPlus listed twice in the info file"
+    assert c.difficulty == "Insane" and c.quarantine == "unknown difficulty name 'Insane'"
+
+
+@pytest.mark.parametrize("name, canonical", [("Expert+", "ExpertPlus"), ("expertplus", "ExpertPlus"),
+                                             ("Expert Plus", "ExpertPlus"), ("EASY", "Easy"), ("normal", "Normal"),
+                                             ("Hard", "Hard"), ("expert", "Expert")])
+def test_canonical_difficulty(name, canonical):
+    assert canonical_difficulty(name) == canonical
+
+
+def test_canonical_difficulty_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown difficulty name 'Extreme'"):
+        canonical_difficulty("Extreme")
