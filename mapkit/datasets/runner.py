@@ -279,6 +279,8 @@ class RunReport:
 def write_report(reports_dir, report: RunReport, settings=None, extra: dict | None = None) -> Path:
     """Write ``report`` as ``<reports_dir>/<command>-<UTC timestamp>-<pid>.json`` (atomically).
 
+    A second report of the same second and process gets ``-2``, ``-3``... before ``.json``.
+
     Sets and returns ``report.report_path``. The JSON holds the command,
     mapkit and schema versions, the settings and their hash, ``extra`` (e.g.
     input folder, store), the counts, the problems and every item.
@@ -287,7 +289,12 @@ def write_report(reports_dir, report: RunReport, settings=None, extra: dict | No
 
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    path = reports_dir / f"{report.command}-{utc_timestamp()}-{os.getpid()}.json"
+    stem = f"{report.command}-{utc_timestamp()}-{os.getpid()}"
+    path = reports_dir / f"{stem}.json"
+    n = 1
+    while path.exists():  # a second run within one second in one process (library use)
+        n += 1
+        path = reports_dir / f"{stem}-{n}.json"
     obj = {
         "command": report.command,
         "mapkit_version": mapkit.__version__,
