@@ -92,3 +92,41 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
         fail(str(e))
     click.echo(report.summary(), err=True)
     sys.exit(report.exit_code)
+
+
+@main.command("inspect")
+@click.argument("levels", metavar="LEVEL...", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON document per level (one line each), with the full normalised note list.")
+@click.option("--characteristic", default="Standard", show_default=True,
+              help="Characteristic to read (case-insensitive), or 'all'.")
+@click.option("--song-offset", type=click.Choice(["quarantine", "apply"]), default="quarantine", show_default=True,
+              help="A non-zero _songTimeOffset quarantines the level, or is added to every note time.")
+def inspect_command(levels, as_json, characteristic, song_offset):
+    """Show what mapkit reads from levels: versions, tempo, notes, drops, quarantine.
+
+    Each LEVEL is a level folder, a BeatSaver .zip, or a folder of levels.
+    Per level: info version, BPM, audio file, and per characteristic and
+    difficulty: file version (declared and from the keys), tempo map, note
+    and bomb counts, notes dropped by reason, quarantine reason. An
+    unreadable level is reported on stderr (file and reason), the others
+    are still shown, and the exit code is 1.
+
+    \b
+    Example:
+      mapkit inspect tests/fixtures/maps/JOURNEY --characteristic all
+      mapkit inspect ~/BeatSaber/CustomLevels/ --json > levels.jsonl
+    """
+    from mapkit.preprocess.levels import inspect_levels
+    from mapkit.settings import TargetSettings
+
+    settings = TargetSettings(song_offset=song_offset)
+    failed = 0
+    for result in inspect_levels(levels, settings=settings, as_json=as_json, characteristic=characteristic):
+        if result.error is not None:
+            failed += 1
+            click.echo(f"error: {result.error}", err=True)
+        else:
+            click.echo(result.text)
+    sys.exit(1 if failed else 0)
+
