@@ -80,9 +80,13 @@ class LevelContainer:
 
     def find(self, name: str) -> str | None:
         """The real name of file ``name`` in this level, matched case-insensitively, or None."""
-        want = name.replace("\\", "/").lstrip("./").lower()
-        if self._members is None and (self.path / name).is_file():
-            return name
+        parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+        if not parts or ".." in parts or name.startswith(("/", "\\")):
+            return None  # a name may not leave the level (``../``, absolute paths)
+        rel = "/".join(parts)
+        want = rel.lower()
+        if self._members is None and (self.path / rel).is_file():
+            return rel
         for n in self.names():
             if n.lower() == want:
                 return n

@@ -506,3 +506,12 @@ def test_canonical_difficulty(name, canonical):
 def test_canonical_difficulty_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown difficulty name 'Extreme'"):
         canonical_difficulty("Extreme")
+
+
+def test_file_names_from_the_info_cannot_leave_the_level(tmp_path):
+    write_json(tmp_path / "outside.dat", {"_version": "2.0.0", "_notes": [n2(1)]})
+    root = make_v2_level(tmp_path, [n2(1)], info=v2_info(files=[("Standard", "Hard", "../outside.dat"),
+                                                               ("Standard", "Expert", "./Expert.dat")]))
+    hard, expert = read_level(root).difficulties
+    assert hard.quarantine.startswith("unreadable:") and "file not found" in hard.quarantine
+    assert expert.quarantine is None and len(expert.notes) == 1
