@@ -130,3 +130,37 @@ def inspect_command(levels, as_json, characteristic, song_offset):
             click.echo(result.text)
     sys.exit(1 if failed else 0)
 
+
+@main.command("demo")
+@click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False))
+@click.option("--levels", "n_levels", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Number of generated levels (cycling v2, v3, v4 formats).")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=4.0), default=30.0, show_default=True,
+              help="Length of each rendered song in seconds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--no-songs", is_flag=True, help="Do not copy the Debian fretsonfire songs into DIR/songs.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def demo_command(out_dir, n_levels, duration_s, seed, no_songs, no_progress):
+    """Write a deterministic demo set: real-format levels with matching audio, plus real songs.
+
+    DIR/levels/ gets levels in the v2, v3 and v4 formats (with tempo changes;
+    one as a BeatSaver .zip), each with a song.egg rendered from its notes: a
+    drum hit exactly on every note over soft chords. When Debian's
+    fretsonfire-songs packages are installed, two real songs are copied to
+    DIR/songs/ for extract and generate. Prints what was written and the
+    next commands.
+
+    \b
+    Example:
+      mapkit demo demo/
+      mapkit extract demo/levels && mapkit build-targets demo/levels
+      mapkit demo small/ --levels 3 --duration 10 --seed 1 --no-songs
+    """
+    from mapkit.demo import make_demo, quickstart_text
+
+    try:
+        demo = make_demo(out_dir, n_levels=n_levels, duration_s=duration_s, seed=seed,
+                         include_fretsonfire=not no_songs, progress=not no_progress)
+    except (OSError, ValueError) as e:
+        fail(f"{out_dir}: {e}")
+    click.echo(quickstart_text(demo))
