@@ -1,0 +1,525 @@
+"""The two models of the generator (DESIGN.md section 4).
+
+Stage 1, :class:`PlacementModel`: a C-LSTM in the shape of Dance Dance
+Convolution (Donahue et al. 2017). It reads a window of ``L`` output frames with
+their +-``context`` frames of placement features, ``[B, L + 2*context, 3, 80]``
+(the padded rows ``[s, s + L + 14)`` of the store), and returns one "any note"
+logit per output frame, ``[B, L]``. Output ``k`` sees padded rows
+``s+k .. s+k+14``, i.e. frames ``f-7 .. f+7`` of frame ``f = s+k`` (centred).
+
+Stage 2, :class:`SelectionModel`: a pre-LN encoder-decoder transformer over the
+notes of a level. Source position ``i`` is the stage-2 feature row of token
+``i``'s frame (100 normalised mel bands) plus 4 raw gaps (``gap_prev_s,
+gap_next_s, gap_prev_beats, gap_next_beats``, all >= 0); the model itself takes
+``log1p`` of the gaps, so the dataset and generation feed the stored values
+unchanged. The decoder predicts token ``i`` from tokens ``< i`` and the whole
+source, and supports incremental decoding with cached keys and values
+(:meth:`SelectionModel.start_cache`, :meth:`SelectionModel.decode_step`).
+
+Configs are frozen dataclasses with a stable hash (see :mod:`mapkit.settings`),
+so a checkpoint records exactly which architecture it holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mapkit.preprocess.targets import N_SPECIAL, PAD
+from mapkit.settings import _Settings
+
+#: Difficulty index of the conditioning input.
+DIFFICULTIES = ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")
+
+
+# --------------------------------------------------------------------------- stage 1
+
+
+@dataclass(frozen=True)
+class PlacementConfig(_Settings):
+    """Architecture of the stage-1 C-LSTM.
+
+    ``conv_filters``, ``conv_time_kernels`` and ``conv_mel_kernels`` describe
+    the conv blocks (conv, ReLU, max-pool over mel by ``pool_mel``), valid in
+    both axes. DDC: 10 filters of 7x3, then 20 of 3x3.
+    """
+
+    KIND = "placement_model"
+
+    n_channels: int = 3  # one per FFT size
+    n_mels: int = 80
+    context: int = 7
+    conv_filters: tuple = (10, 20)
+    conv_time_kernels: tuple = (7, 3)
+    conv_mel_kernels: tuple = (3, 3)
+    pool_mel: int = 3
+    #: units of the dense layer between the conv features and the LSTM (0: none)
+    dense_units: int = 256
+    n_difficulties: int = len(DIFFICULTIES)
+    #: size of the learned difficulty embedding concatenated to every frame
+    difficulty_dim: int = 8
+    lstm_units: int = 200
+    lstm_layers: int = 2
+    bidirectional: bool = False
+    dropout: float = 0.5
+    #: size of an optional multi-class head (5: empty, red, blue, both, bombs); 0 = none
+    n_classes: int = 0
+
+    def __post_init__(self):
+        if not (len(self.conv_filters) == len(self.conv_time_kernels) == len(self.conv_mel_kernels)):
+            raise ValueError("conv_filters, conv_time_kernels and conv_mel_kernels differ in length")
+        if self.context_rows < 1:
+            raise ValueError(f"the conv kernels need more than {2 * self.context + 1} context frames")
+        if self.conv_mel_bins < 1:
+            raise ValueError(f"the conv blocks leave no mel bins of {self.n_mels}")
+
+    @property
+    def window(self) -> int:
+        """Input frames per output frame: ``2 * context + 1``."""
+        return 2 * self.context + 1
+
+    @property
+    def context_rows(self) -> int:
+        """Rows of the conv output (valid in time) that one output frame's context spans."""
+        return self.window - sum(k - 1 for k in self.conv_time_kernels)
+
+    @property
+    def conv_mel_bins(self) -> int:
+        """Mel bins left after the conv blocks."""
+        m = self.n_mels
+        for k in self.conv_mel_kernels:
+            m = (m - k + 1) // self.pool_mel
+        return m
+
+    @property
+    def frame_features(self) -> int:
+        """Length of one output frame's flattened conv features."""
+        return self.conv_filters[-1] * self.context_rows * self.conv_mel_bins
+
+
+PLACEMENT_PRESETS = {
+    "tiny": PlacementConfig(conv_filters=(4, 4), dense_units=16, difficulty_dim=4, lstm_units=16, lstm_layers=1,
+                            dropout=0.0),
+    "default": PlacementConfig(),
+}
+
+
+class PlacementModel(nn.Module):
+    """Stage-1 C-LSTM: placement features -> one "any note" logit per frame.
+
+    The conv blocks run once over the whole window ``[B, 3, L+14, 80]`` (valid in
+    time) and each output frame then gathers its ``context_rows`` rows of the
+    conv output. This equals running the convs on every frame's own 15-frame
+    patch (convs and mel pooling never mix time rows outside a kernel), at
+    about ``1/7`` of the cost.
+
+    Parameters
+    ----------
+    config : PlacementConfig
+    """
+
+    def __init__(self, config: PlacementConfig = PLACEMENT_PRESETS["default"]):
+        super().__init__()
+        self.config = config
+        c = config
+        convs = []
+        in_ch = c.n_channels
+        for filters, kt, km in zip(c.conv_filters, c.conv_time_kernels, c.conv_mel_kernels):
+            convs += [nn.Conv2d(in_ch, filters, (kt, km)), nn.ReLU(), nn.MaxPool2d((1, c.pool_mel))]
+            in_ch = filters
+        self.convs = nn.Sequential(*convs)
+        if c.dense_units:
+            self.dense = nn.Sequential(nn.Linear(c.frame_features, c.dense_units), nn.ReLU(), nn.Dropout(c.dropout))
+            lstm_in = c.dense_units
+        else:
+            self.dense = nn.Dropout(c.dropout)
+            lstm_in = c.frame_features
+        self.difficulty = nn.Embedding(c.n_difficulties, c.difficulty_dim)
+        self.lstm = nn.LSTM(lstm_in + c.difficulty_dim, c.lstm_units, num_layers=c.lstm_layers, batch_first=True,
+                            bidirectional=c.bidirectional, dropout=c.dropout if c.lstm_layers > 1 else 0.0)
+        lstm_out = c.lstm_units * (2 if c.bidirectional else 1)
+        self.head_dropout = nn.Dropout(c.dropout)
+        self.onset_head = nn.Linear(lstm_out, 1)
+        self.class_head = nn.Linear(lstm_out, c.n_classes) if c.n_classes else None
+
+    def frame_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Flattened conv features of every output frame's context.
+
+        Parameters
+        ----------
+        features : torch.Tensor [B, L + 2*context, n_channels, n_mels]
+
+        Returns
+        -------
+        torch.Tensor [B, L, config.frame_features]
+            Per frame: channel-major, then context row, then mel bin.
+        """
+        c = self.config
+        if features.ndim != 4 or features.shape[2:] != (c.n_channels, c.n_mels):
+            raise ValueError(f"expected features [B, L+{2 * c.context}, {c.n_channels}, {c.n_mels}], "
+                             f"got {list(features.shape)}")
+        n_out = features.shape[1] - 2 * c.context
+        if n_out < 1:
+            raise ValueError(f"a window of {features.shape[1]} rows has no output frame (context {c.context})")
+        y = self.convs(features.permute(0, 2, 1, 3))  # [B, C, L + context_rows - 1, M]
+        y = y.unfold(2, c.context_rows, 1)  # [B, C, L, M, rows]
+        return y.permute(0, 2, 1, 4, 3).reshape(features.shape[0], n_out, c.frame_features)
+
+    def forward(self, features: torch.Tensor, difficulty: torch.Tensor, return_classes: bool = False):
+        """Onset logits of every output frame.
+
+        Parameters
+        ----------
+        features : torch.Tensor [B, L + 2*context, n_channels, n_mels] float32
+            Per-band normalised placement features (padded rows ``[s, s+L+14)``).
+        difficulty : torch.Tensor [B] int64
+            Difficulty index, 0..4 = Easy..ExpertPlus.
+        return_classes : bool
+            Also return the multi-class logits (needs ``config.n_classes > 0``).
+
+        Returns
+        -------
+        onset : torch.Tensor [B, L]
+            Logit of "any note" on each frame (``sigmoid`` gives the probability).
+        classes : torch.Tensor [B, L, n_classes]
+            Only with ``return_classes``.
+        """
+        x = self.dense(self.frame_features(features))
+        d = self.difficulty(difficulty)[:, None, :].expand(-1, x.shape[1], -1)
+        h, _ = self.lstm(torch.cat([x, d], dim=-1))
+        h = self.head_dropout(h)
+        onset = self.onset_head(h).squeeze(-1)
+        if not return_classes:
+            return onset
+        if self.class_head is None:
+            raise ValueError("this PlacementModel has no class head (config.n_classes == 0)")
+        return onset, self.class_head(h)
+
+
+def onset_loss(logits: torch.Tensor, frame_class: torch.Tensor, pos_weight: float | None = None) -> torch.Tensor:
+    """Binary cross-entropy of "any note" (``frame_class > 0``), mean over frames.
+
+    Parameters
+    ----------
+    logits : torch.Tensor [B, L]
+    frame_class : torch.Tensor [B, L] integer
+        The stored stage-1 classes (0 empty, 1..4 a note of some kind).
+    pos_weight : float, optional
+        Weight of the positive frames, against the class imbalance.
+    """
+    target = (frame_class > 0).to(logits.dtype)
+    pw = None if pos_weight is None else torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+    return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)
+
+
+# --------------------------------------------------------------------------- stage 2
+
+
+@dataclass(frozen=True)
+class SelectionConfig(_Settings):
+    """Architecture of the stage-2 encoder-decoder transformer (pre-LN)."""
+
+    KIND = "selection_model"
+
+    #: 4 special tokens (PAD, BOS, EOS, UNK) + the vocabulary's states
+    vocab_size: int = N_SPECIAL + 2000
+    n_mels: int = 100
+    #: gap_prev_s, gap_next_s, gap_prev_beats, gap_next_beats (log1p inside the model)
+    n_gaps: int = 4
+    d_model: int = 512
+    n_encoder_layers: int = 6
+    n_decoder_layers: int = 6
+    n_heads: int = 8
+    d_ff: int = 2048
+    dropout: float = 0.1
+    label_smoothing: float = 0.1
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if self.vocab_size <= N_SPECIAL:
+            raise ValueError(f"vocab_size {self.vocab_size} leaves no state tokens")
+
+    @property
+    def src_dim(self) -> int:
+        return self.n_mels + self.n_gaps
+
+
+SELECTION_PRESETS = {
+    "tiny": SelectionConfig(d_model=32, n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_ff=64),
+    "default": SelectionConfig(),
+}
+
+
+def sinusoidal_positions(positions: torch.Tensor, d_model: int) -> torch.Tensor:
+    """Sinusoidal position encodings (Vaswani et al. 2017) of integer ``positions``.
+
+    Returns ``[len(positions), d_model]``: even columns ``sin(p / 10000^(2i/d))``,
+    odd columns the matching ``cos``. Position 0 is the first token (BOS).
+    """
+    half = torch.arange(0, d_model, 2, device=positions.device, dtype=torch.float32)
+    angle = positions.to(torch.float32)[:, None] * torch.exp(half * (-math.log(10000.0) / d_model))[None, :]
+    out = torch.zeros(len(positions), d_model, device=positions.device)
+    out[:, 0::2] = torch.sin(angle)
+    out[:, 1::2] = torch.cos(angle[:, : d_model // 2])
+    return out
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention over ``F.scaled_dot_product_attention``.
+
+    Split in two so keys/values can be cached: :meth:`project_kv` and
+    :meth:`attend`. Masks are boolean, ``True`` = may attend, broadcastable to
+    ``[B, heads, T_query, T_key]``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        self.q = nn.Linear(d_model, d_model)
+        self.k = nn.Linear(d_model, d_model)
+        self.v = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, H, T, d_head]
+        return x.view(x.shape[0], x.shape[1], self.n_heads, self.d_head).transpose(1, 2)
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``x`` [B, T, D], each ``[B, H, T, d_head]``."""
+        return self._heads(self.k(x)), self._heads(self.v(x))
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of queries from ``x`` [B, T, D] over keys ``k`` / values ``v``."""
+        q = self._heads(self.q(x))
+        if k.shape[0] != q.shape[0]:  # one source shared by several beams
+            k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        k, v = self.project_kv(kv)
+        return self.attend(x, k, v, mask)
+
+
+def _feed_forward(c: SelectionConfig) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(c.d_model, c.d_ff), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(c.d_ff, c.d_model))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN encoder layer: ``x + SelfAttn(LN x)``, then ``x + FF(LN x)``."""
+
+    def __init__(self, c: SelectionConfig):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
+        self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
+        self.ff = _feed_forward(c)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.drop(self.attn(h, h, mask))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN decoder layer: causal self-attention, cross-attention, feed-forward."""
+
+    def __init__(self, c: SelectionConfig):
+        super().__init__()
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(c.d_model) for _ in range(3))
+        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
+        self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
+        self.ff = _feed_forward(c)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x, self_k, self_v, self_mask, cross_k, cross_v, cross_mask) -> torch.Tensor:
+        """One layer given its attention keys/values (full or cached); see :class:`SelectionModel`."""
+        x = x + self.drop(self.self_attn.attend(self.norm1(x), self_k, self_v, self_mask))
+        x = x + self.drop(self.cross_attn.attend(self.norm2(x), cross_k, cross_v, cross_mask))
+        return x + self.drop(self.ff(self.norm3(x)))
+
+
+class DecoderCache:
+    """Keys/values of an incremental decode: self-attention grows, cross-attention is fixed.
+
+    Made by :meth:`SelectionModel.start_cache`. ``self_k[i]``/``self_v[i]``
+    are buffers ``[B, H, capacity, d_head]`` of which the first ``length``
+    positions are filled; ``cross_k[i]``/``cross_v[i]`` hold the memory's
+    projections (batch 1 when one source is shared by all rows).
+    """
+
+    def __init__(self, self_k, self_v, cross_k, cross_v, cross_mask):
+        self.self_k, self.self_v = self_k, self_v
+        self.cross_k, self.cross_v = cross_k, cross_v
+        self.cross_mask = cross_mask
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.self_k[0].shape[2]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Make row ``b`` a copy of row ``index[b]`` (beam search back-pointers)."""
+        n = self.length
+        for buf in self.self_k + self.self_v:
+            buf[:, :, :n] = buf[index, :, :n]
+        if self.cross_k[0].shape[0] > 1:
+            self.cross_k = [k[index] for k in self.cross_k]
+            self.cross_v = [v[index] for v in self.cross_v]
+            if self.cross_mask is not None:
+                self.cross_mask = self.cross_mask[index]
+
+
+class SelectionModel(nn.Module):
+    """Stage-2 encoder-decoder transformer: note sources -> state tokens.
+
+    Masks are boolean ``[B, S]`` / ``[B, T]``, ``True`` on real positions and
+    ``False`` on padding (right-padded batches). The decoder is always causal.
+
+    Parameters
+    ----------
+    config : SelectionConfig
+    """
+
+    def __init__(self, config: SelectionConfig = SELECTION_PRESETS["default"]):
+        super().__init__()
+        c = self.config = config
+        self.src_proj = nn.Linear(c.src_dim, c.d_model)
+        self.tgt_embed = nn.Embedding(c.vocab_size, c.d_model, padding_idx=PAD)
+        nn.init.normal_(self.tgt_embed.weight, std=c.d_model ** -0.5)  # scaled by sqrt(d_model) in use
+        with torch.no_grad():
+            self.tgt_embed.weight[PAD].zero_()
+        self.drop = nn.Dropout(c.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.n_encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_decoder_layers))
+        self.enc_norm, self.dec_norm = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
+        self.out = nn.Linear(c.d_model, c.vocab_size)
+
+    # -- pieces
+    def source_vectors(self, src: torch.Tensor) -> torch.Tensor:
+        """Model input of the raw source ``[..., n_mels + 4]``: mel as is, ``log1p`` of the gaps."""
+        c = self.config
+        if src.shape[-1] != c.src_dim:
+            raise ValueError(f"expected source vectors of {c.src_dim} values, got {src.shape[-1]}")
+        return torch.cat([src[..., : c.n_mels], torch.log1p(src[..., c.n_mels:])], dim=-1)
+
+    def _embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.tgt_embed(tokens) * math.sqrt(self.config.d_model)
+        return self.drop(x + sinusoidal_positions(positions, self.config.d_model))
+
+    @staticmethod
+    def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+        return None if mask is None else mask[:, None, None, :].bool()
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder output (memory) ``[B, S, d_model]`` of sources ``[B, S, n_mels + 4]``."""
+        positions = torch.arange(src.shape[1], device=src.device)
+        x = self.src_proj(self.source_vectors(src)) + sinusoidal_positions(positions, self.config.d_model)
+        x = self.drop(x)
+        mask = self._key_mask(src_mask)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return self.enc_norm(x)
+
+    def decode(self, memory: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor,
+               tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, T, vocab]`` of the next token at every position of ``tgt_in`` [B, T]."""
+        n = tgt_in.shape[1]
+        x = self._embed_tokens(tgt_in, torch.arange(n, device=tgt_in.device))
+        self_mask = torch.ones(n, n, dtype=torch.bool, device=tgt_in.device).tril()[None, None]
+        if tgt_mask is not None:
+            self_mask = self_mask & self._key_mask(tgt_mask)
+        cross_mask = self._key_mask(src_mask)
+        for layer in self.decoder:
+            h = layer.norm1(x)
+            sk, sv = layer.self_attn.project_kv(h)
+            ck, cv = layer.cross_attn.project_kv(memory)
+            x = layer(x, sk, sv, self_mask, ck, cv, cross_mask)
+        return self.out(self.dec_norm(x))
+
+    def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor,
+                tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits.
+
+        Parameters
+        ----------
+        src : torch.Tensor [B, S, n_mels + 4] float
+            Per token position: normalised mel row, then the 4 raw gaps (>= 0).
+        src_mask : torch.Tensor [B, S] bool or None
+            ``True`` on real positions.
+        tgt_in : torch.Tensor [B, T] int64
+            Decoder input, ``tokens[:, :-1]`` (BOS, t1, ..., tn).
+        tgt_mask : torch.Tensor [B, T] bool or None
+            ``True`` on real tokens (``tgt_in != PAD``).
+
+        Returns
+        -------
+        torch.Tensor [B, T, vocab_size]
+            Logits of ``tokens[:, 1:]``.
+        """
+        return self.decode(self.encode(src, src_mask), src_mask, tgt_in, tgt_mask)
+
+    # -- incremental decoding
+    def start_cache(self, memory: torch.Tensor, src_mask: torch.Tensor | None, batch_size: int,
+                    capacity: int) -> DecoderCache:
+        """An empty cache for ``batch_size`` rows decoding up to ``capacity`` tokens.
+
+        ``memory`` [B_m, S, d_model] with ``B_m`` equal to ``batch_size`` or 1
+        (one source shared by all rows, e.g. the beams of one song). The
+        cross-attention keys/values are computed here, once.
+        """
+        c = self.config
+        d_head = c.d_model // c.n_heads
+        shape = (batch_size, c.n_heads, capacity, d_head)
+        kw = dict(dtype=memory.dtype, device=memory.device)
+        cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder]
+        return DecoderCache([torch.zeros(shape, **kw) for _ in self.decoder],
+                            [torch.zeros(shape, **kw) for _ in self.decoder],
+                            [k for k, _ in cross], [v for _, v in cross], self._key_mask(src_mask))
+
+    def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """Logits ``[B, vocab]`` of the token after ``tokens`` [B], the next input of every row.
+
+        Appends the tokens' keys/values to ``cache``; equals the last position
+        of :meth:`decode` on the whole prefix.
+        """
+        pos = cache.length
+        if pos >= cache.capacity:
+            raise ValueError(f"decoder cache is full ({cache.capacity} tokens)")
+        x = self._embed_tokens(tokens[:, None], torch.tensor([pos], device=tokens.device))
+        for i, layer in enumerate(self.decoder):
+            k, v = layer.self_attn.project_kv(layer.norm1(x))
+            cache.self_k[i][:, :, pos: pos + 1] = k
+            cache.self_v[i][:, :, pos: pos + 1] = v
+            x = layer(x, cache.self_k[i][:, :, : pos + 1], cache.self_v[i][:, :, : pos + 1], None,
+                      cache.cross_k[i], cache.cross_v[i], cache.cross_mask)
+        cache.length = pos + 1
+        return self.out(self.dec_norm(x))[:, 0]
+
+
+def selection_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.1) -> torch.Tensor:
+    """Label-smoothed cross-entropy, mean over non-PAD targets.
+
+    Parameters
+    ----------
+    logits : torch.Tensor [B, T, vocab]
+    targets : torch.Tensor [B, T] int64
+        ``tokens[:, 1:]``; PAD positions are ignored.
+    label_smoothing : float
+        Mass spread uniformly over the vocabulary (PyTorch's definition).
+    """
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=PAD,
+                           label_smoothing=label_smoothing)
+
+
+def token_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    """``(correct, counted)`` arg-max predictions over non-PAD targets."""
+    real = targets != PAD
+    return int(((logits.argmax(-1) == targets) & real).sum()), int(real.sum())
