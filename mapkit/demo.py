@@ -460,7 +460,13 @@ def _v4_info(plan: _Plan, duration_s: float) -> dict:
                   "previewDuration": round(min(10.0, duration_s / 2), 3)},
         "songPreviewFilename": "song.egg", "coverImageFilename": "cover.png",
         "environmentNames": ["DefaultEnvironment"],
-        "colorSchemes": [],
+        # beatmapColorSchemeIdx 0 must name a scheme (BeatSaver rejects indices out of range)
+        "colorSchemes": [{
+            "colorSchemeName": "mapkit demo", "overrideNotes": True, "saberAColor": "C81414FF",
+            "saberBColor": "288ED2FF", "obstaclesColor": "FF3030FF", "overrideLights": False,
+            "environmentColor0": "D91616FF", "environmentColor1": "30ACFFFF",
+            "environmentColor0Boost": "D216D9FF", "environmentColor1Boost": "00FFA5FF",
+        }],
         "difficultyBeatmaps": [{
             "characteristic": "Standard", "difficulty": d,
             "beatmapAuthors": {"mappers": ["mapkit"], "lighters": ["mapkit"]},

@@ -79,6 +79,9 @@ def test_each_format_uses_its_own_tempo_keys(demo):
 
     info4 = json.loads(v4["Info.dat"])
     assert info4["version"] == "4.0.1" and info4["audio"]["audioDataFilename"] == "BPMInfo.dat"
+    for entry in info4["difficultyBeatmaps"]:
+        assert 0 <= entry["beatmapColorSchemeIdx"] < len(info4["colorSchemes"])
+        assert entry["lightshowDataFilename"] in v4 and entry["beatmapDataFilename"] in v4
     audio_data = json.loads(v4["BPMInfo.dat"])
     assert audio_data["songFrequency"] == SAMPLE_RATE
     assert audio_data["songSampleCount"] == demo.levels[2].n_samples
