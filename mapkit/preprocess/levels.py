@@ -35,7 +35,8 @@ by one stable reason key, checked in this order:
 =====================  ==============================================================
 ``fake``               Noodle Extensions fake note (v2 ``_customData._fake``, v3 ``customData.fake*``)
 ``missing_field``      a v1/v2 note without one of its fields (v3/v4 fields default to 0)
-``bad_value``          a field that is not a number (strings must parse strictly: ``"1"`` ok)
+``bad_value``          a field that is not a number (strings must parse strictly: ``"1"`` ok), or a
+                       note that is not a JSON object
 ``non_finite``         a number that is infinite or NaN (e.g. ``1e400`` in JSON)
 ``unknown_type``       ``_type`` not in {0, 1, 3} (v2) or colour ``c`` not in {0, 1} (v3/v4)
 ``fractional_position`` a non-integer column/row below 1000 in magnitude
@@ -184,7 +185,7 @@ def _v2_notes(doc: dict, where: str) -> list[_RawNote]:
     out = []
     for n in _as_list(doc, "_notes", where):
         if not isinstance(n, dict):
-            out.append(_RawNote(_MISSING, 0, 0, 0, 0, False, (0, 1, BOMB), False))
+            out.append(_RawNote(None, 0, 0, 0, 0, False, (0, 1, BOMB), False))  # -> bad_value
             continue
         t = n.get("_type", _MISSING)
         tv, _ = _strict_number(t)
@@ -200,11 +201,11 @@ def _v3_notes(doc: dict, where: str) -> list[_RawNote]:
     for fake, color_key, bomb_key in ((False, "colorNotes", "bombNotes"), (True, "fakeColorNotes", "fakeBombNotes")):
         src = doc if not fake else custom
         for n in _as_list(src, color_key, where):
-            n = n if isinstance(n, dict) else {"b": _MISSING}
+            n = n if isinstance(n, dict) else {"b": None}  # not an object -> bad_value
             out.append(_RawNote(n.get("b", 0), n.get("x", 0), n.get("y", 0), n.get("c", 0), n.get("d", 0),
                                 fake, (0, 1), False))
         for n in _as_list(src, bomb_key, where):
-            n = n if isinstance(n, dict) else {"b": _MISSING}
+            n = n if isinstance(n, dict) else {"b": None}
             out.append(_RawNote(n.get("b", 0), n.get("x", 0), n.get("y", 0), BOMB, 0, fake, (BOMB,), True))
     return out
 

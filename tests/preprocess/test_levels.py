@@ -515,3 +515,14 @@ def test_file_names_from_the_info_cannot_leave_the_level(tmp_path):
     hard, expert = read_level(root).difficulties
     assert hard.quarantine.startswith("unreadable:") and "file not found" in hard.quarantine
     assert expert.quarantine is None and len(expert.notes) == 1
+
+
+def test_notes_that_are_not_objects_are_bad_values(tmp_path):
+    d = only(read_level(make_v2_level(tmp_path, [n2(1), 7, "note", None]), settings=LENIENT))
+    assert d.drops == {"bad_value": 3} and len(d.notes) == 1
+    root = tmp_path / "v3"
+    root.mkdir()
+    write_json(root / "Info.dat", v2_info(bpm=60))
+    write_json(root / "Expert.dat", {"version": "3.0.0", "colorNotes": [{"b": 1}, [1, 2]], "bombNotes": [3]})
+    d3 = only(read_level(root, settings=LENIENT))
+    assert d3.drops == {"bad_value": 2} and d3.counts["bombs"] == 1
