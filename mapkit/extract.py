@@ -38,7 +38,7 @@ import numpy as np
 from mapkit.datasets.runner import ItemResult, RunReport, run_items, write_report
 from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
                                    shard_file_attrs)
-from mapkit.errors import StoreError
+from mapkit.errors import MapkitError, StoreError
 from mapkit.settings import FeatureSettings
 
 COMMAND = "extract"
@@ -162,7 +162,7 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
     Raises
     ------
     MapkitError
-        The run could not proceed: input missing, duplicate song ids.
+        The run could not proceed: input missing or without songs, duplicate song ids.
     StoreError
         The store is locked by another run, or holds features of other settings.
     """
@@ -170,6 +170,8 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
 
     store = store if isinstance(store, Store) else Store(store)
     sources = discover(os.path.abspath(input_dir))
+    if not sources:  # most likely the wrong folder: say so rather than "0 songs, all fine"
+        raise MapkitError(input_dir, "no songs found (level folders, .zip files or audio files)")
     with store.lock(COMMAND):
         index = store.index("features")
         check_settings(index, settings, store.root)

@@ -295,7 +295,7 @@ def test_killed_runs_then_a_rerun_equal_a_store_built_in_one_go(tmp_path):
     stored_after_kill = []
     for _ in range(3):
         # kill at a random point: after a random number of newly committed shards, plus a random delay
-        target = complete_shards(store) + int(rng.integers(1, 4))
+        target = complete_shards(store) + int(rng.integers(1, 3))
         proc = subprocess.Popen(cmd(store), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while proc.poll() is None and complete_shards(store) < target and time.monotonic() < deadline:
@@ -326,6 +326,11 @@ def test_killed_runs_then_a_rerun_equal_a_store_built_in_one_go(tmp_path):
     np.testing.assert_allclose(stats["placement"]["mean"], ref_stats["placement"]["mean"], rtol=1e-12)
 
 
-def test_unknown_input_raises_a_named_error(tmp_path):
+def test_unknown_or_empty_input_raises_a_named_error(tmp_path):
     with pytest.raises(MapkitError, match="input does not exist"):
         extract(tmp_path / "nope", store=tmp_path / "s", jobs=1, progress=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no songs here")
+    with pytest.raises(MapkitError, match="no songs found") as e:
+        extract(tmp_path / "empty", store=tmp_path / "s", jobs=1, progress=False)
+    assert e.value.path == str(tmp_path / "empty")
