@@ -170,7 +170,9 @@ def log_mel(
     mel = _mel_matrix(int(sr), int(n_fft), int(n_mels))
     half = n_fft // 2
     block = max(1, BLOCK_BYTES // (n_fft * 4))
+    # buffers reused by every block: no page faults from fresh multi-MB arrays
     frames = np.empty((block, n_fft), dtype=np.float32)
+    power = np.empty((block, half + 1), dtype=np.float32)
     for f0 in range(0, n_frames, block):
         f1 = min(n_frames, f0 + block)
         k = f1 - f0
@@ -178,9 +180,11 @@ def log_mel(
         view = np.lib.stride_tricks.sliding_window_view(seg, n_fft)[::hop]
         np.multiply(view, window, out=frames[:k])
         spec = scipy.fft.rfft(frames[:k], axis=-1, overwrite_x=True)
-        power = np.square(spec.real)
-        power += np.square(spec.imag)
-        out[f0:f1] = (mel @ power.T).T
+        # |X|^2 = re^2 + im^2, squared in place on the interleaved float32 view (no sqrt, no temporaries)
+        parts = spec.view(np.float32)
+        np.square(parts, out=parts)
+        np.add(parts[:, 0::2], parts[:, 1::2], out=power[:k])
+        out[f0:f1] = (mel @ power[:k].T).T
     out += np.float32(log_floor)
     np.log(out, out=out)
     return out
