@@ -34,18 +34,16 @@ serial number, random in libsndfile, is replaced by one derived from the seed).
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
-import struct
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mapkit.audio_out import _ogg_crc, encode_ogg_vorbis  # noqa: F401 (_ogg_crc: re-exported for tests)
 from mapkit.imageio import png_bytes
 from mapkit.preprocess.notes import BLUE, BOMB, NOTE_DTYPE, RED, sort_notes
 from mapkit.preprocess.tempo import TempoMap
@@ -581,49 +579,6 @@ def render_audio(plan: _Plan, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     if peak > 0.95:
         audio *= 0.95 / peak
     return audio.astype(np.float32)
-
-
-# Ogg page CRC: polynomial 0x04C11DB7, not reflected, init 0, no final xor. zlib's CRC-32 is the
-# reflected form of the same polynomial, so reflect bytes in and the 32-bit result out.
-_REFLECT_BYTE = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
-
-
-def _ogg_crc(page: bytes) -> int:
-    raw = ~zlib.crc32(page.translate(_REFLECT_BYTE), 0xFFFFFFFF) & 0xFFFFFFFF
-    return int(f"{raw:032b}"[::-1], 2)
-
-
-def _set_ogg_serial(data: bytes, serial: int) -> bytes:
-    """``data`` (one logical Ogg stream) with every page's serial number set to ``serial`` and CRCs redone."""
-    buf = bytearray(data)
-    pos = 0
-    while pos < len(buf):
-        if buf[pos:pos + 4] != b"OggS":
-            raise ValueError(f"not an Ogg page at byte {pos}")
-        n_segments = buf[pos + 26]
-        end = pos + 27 + n_segments + sum(buf[pos + 27:pos + 27 + n_segments])
-        struct.pack_into("<I", buf, pos + 14, serial)
-        struct.pack_into("<I", buf, pos + 22, 0)
-        struct.pack_into("<I", buf, pos + 22, _ogg_crc(bytes(buf[pos:end])))
-        pos = end
-    return bytes(buf)
-
-
-def encode_ogg_vorbis(audio: np.ndarray, sample_rate: int, serial: int = 0, quality: float = 0.6) -> bytes:
-    """Ogg Vorbis bytes of ``audio`` ([n, channels] float), deterministic for a given ``serial``.
-
-    Written in blocks of one second: a single ``soundfile.write`` of more than
-    ~2M frames to Ogg crashes libsndfile (DESIGN.md section 9).
-    """
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    # libsndfile's compression level for Vorbis is 1 - quality
-    with sf.SoundFile(buf, "w", samplerate=sample_rate, channels=audio.shape[1], format="OGG",
-                      subtype="VORBIS", compression_level=1.0 - quality) as f:
-        for i in range(0, len(audio), sample_rate):
-            f.write(audio[i:i + sample_rate])
-    return _set_ogg_serial(buf.getvalue(), serial)
 
 
 # --- cover ----------------------------------------------------------------------------------------
