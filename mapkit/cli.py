@@ -198,3 +198,59 @@ def validate_command(store, as_json, no_progress):
     else:
         click.echo(report.summary())
     sys.exit(report.exit_code)
+
+
+@main.command("build-targets")
+@click.argument("input_dir", metavar="INPUT", type=click.Path())
+@store_option
+@click.option("--characteristic", default="Standard", show_default=True,
+              help="Characteristic to read (case-insensitive), or 'all'.")
+@click.option("--vocab-size", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="States in the vocabulary (top K by count); the rest become UNK.")
+@click.option("--rebuild-vocab", is_flag=True,
+              help="Count states again over these and all stored levels, write a new vocab.json and "
+                   "re-encode every stored level (implies --force).")
+@click.option("--song-offset", type=click.Choice(["quarantine", "apply"]), default="quarantine", show_default=True,
+              help="A non-zero _songTimeOffset quarantines the level, or is added to every note time.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: all cores; 1 = no pool).")
+@click.option("--force", is_flag=True, help="Redo levels already stored with the same files, audio and settings.")
+@click.option("--backend", type=click.Choice(["joblib", "dask"]), default="joblib", show_default=True,
+              help="Where the per-level work runs.")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (--backend dask; "
+                   "default: a local cluster of --jobs workers).")
+@click.option("--shard-levels", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Levels per HDF5 shard (a killed run loses at most one shard in progress).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_vocab, song_offset, jobs, force,
+                          backend, scheduler, shard_levels, no_progress):
+    """Levels -> per-frame classes and state-token sequences in the store's HDF5 shards.
+
+    INPUT is a folder of level folders and/or .zip files (the same folder as
+    for extract: every level needs its song's features, so run extract
+    first). Per characteristic and difficulty: notes on frames round(t*100),
+    frame_class [T], notes, tokens with their frames and gaps. The first run
+    counts the states and writes vocab.json; later runs encode with it (unseen
+    states become UNK). Levels already stored with the same files, audio and
+    settings are skipped. Quarantined difficulties and unreadable levels are
+    reported (STORE/reports/) and the exit code is then 2.
+
+    \b
+    Example:
+      mapkit extract CustomLevels/ && mapkit build-targets CustomLevels/
+      mapkit build-targets CustomLevels/ --characteristic all --vocab-size 4000 --rebuild-vocab
+    """
+    from mapkit.build_targets import build_targets
+    from mapkit.errors import MapkitError
+    from mapkit.settings import TargetSettings
+
+    settings = TargetSettings(song_offset=song_offset, vocab_size=vocab_size)
+    try:
+        report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
+                               force=force, rebuild_vocab=rebuild_vocab, backend=backend, scheduler=scheduler,
+                               progress=not no_progress, shard_levels=shard_levels)
+    except MapkitError as e:
+        fail(str(e))
+    click.echo(report.summary(unit="items"), err=True)
+    sys.exit(report.exit_code)

@@ -1,0 +1,759 @@
+"""``mapkit build-targets``: levels -> per-frame classes and token sequences in the store's HDF5 shards.
+
+One run (:func:`build_targets`):
+
+1. find the levels of the input folder (level folders and ``.zip`` files;
+   :func:`mapkit.preprocess.sources.discover`);
+2. take the store's lock; read the feature index (every level needs its song's
+   features: their ``n_frames`` is T) and the targets index;
+3. refuse to mix: stored targets made with other settings, or encoded with
+   another vocabulary than ``vocab.json`` (:class:`~mapkit.errors.StoreError`);
+4. **workers** read each level (:func:`mapkit.preprocess.levels.read_level`)
+   and compute everything but tokens (:func:`difficulty_targets`): notes on
+   frames, notes beyond the audio dropped, quarantine, the 12-cell state of
+   every note-bearing frame;
+5. **the parent** takes the vocabulary from ``vocab.json``, or, when there is
+   none (or ``rebuild_vocab``), counts the states of this run's levels and of
+   the stored levels this run does not rewrite, keeps the top
+   ``settings.vocab_size`` and writes ``vocab.json``; then it encodes every
+   level and writes it into new targets shards (:func:`level_item`). With a
+   known vocabulary, levels are written as they arrive; otherwise the worker
+   results wait in an unnamed temporary file in the store (bounded memory);
+6. write the run's report: one item per level/characteristic/difficulty.
+
+Layout (DESIGN.md section 8, docs/store.md), per level group
+``/levels/<song_id>`` and per difficulty group ``<Characteristic>/<Difficulty>``:
+
+=================  =============  ===================================================
+``frame_class``    [T] uint8      0 empty, 1 red, 2 blue, 3 red+blue, 4 bombs only
+``notes``          [N] records    ``STORED_NOTE_DTYPE``: time_s, beat, frame, column,
+                                  row, color (0 red, 1 blue, 3 bomb), direction
+``states``         [n, 12] uint8  the grid state of each note-bearing frame
+``tokens``         [n+2] int32    BOS, one token per state (UNK when unseen), EOS
+``token_frames``   [n+2] int32    -1 (BOS), the state frames, T (EOS)
+``gap_prev_s`` ... [n+2] float32  gap_prev_s, gap_next_s, gap_prev_beats, gap_next_beats
+=================  =============  ===================================================
+
+A state's time and beat (for its gaps) are those of the earliest note on its
+frame. A note at ``t`` s sits on frame ``frame_of(t)`` = round(t * 100);
+notes whose frame is outside [0, T) are dropped and counted (reason
+``beyond_audio``); a difficulty losing more than ``settings.max_drop_fraction``
+of its notes that way is quarantined ("notes beyond audio: wrong audio or
+offset?"). Quarantined difficulties are not written; they are listed in the
+level's ``quarantined_json`` attr and reported. A level is written even when
+none of its difficulties is usable (a level group without difficulty groups),
+so that a newer reading always replaces an older one.
+
+Resume: a level is skipped when the targets index holds it with the same
+settings hash, characteristic selection, level files hash
+(:func:`level_files_sha256`), features audio SHA-256 and features settings
+hash, and with the current vocabulary; ``force`` redoes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import pickle
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mapkit.datasets.runner import ItemResult, RunReport, run_items, write_report
+from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, shard_file_attrs, write_json_atomic
+from mapkit.errors import MapkitError, StoreError
+from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
+from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, token_sequence
+from mapkit.preprocess.timebase import frame_of
+from mapkit.settings import FeatureSettings, TargetSettings
+
+COMMAND = "build-targets"
+
+#: Levels per targets shard: a kill loses at most this many levels' work.
+DEFAULT_SHARD_LEVELS = 256
+#: Bytes of target data per shard (whichever limit comes first).
+DEFAULT_SHARD_BYTES = 1 << 30
+
+#: Drop reason of notes whose frame lies outside [0, T) (past the end of the audio).
+BEYOND_AUDIO = "beyond_audio"
+
+#: Files whose bytes make up a level's identity for resuming (info, beatmaps, v4 audio data).
+LEVEL_FILE_SUFFIXES = (".dat", ".json")
+
+#: Datasets of one difficulty group, in the order they are written.
+DIFFICULTY_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames",
+                       "gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
+
+NO_FEATURES = "no features (run mapkit extract first)"
+
+
+# --- pure functions: one difficulty ---------------------------------------------------------------
+
+@dataclass
+class DifficultyTargets:
+    """Everything about one difficulty except its tokens (which need the vocabulary).
+
+    ``notes`` are the kept notes (``STORED_NOTE_DTYPE``, sorted by time, column,
+    row); ``state_frames``/``states`` the note-bearing frames and their 12-cell
+    states; ``state_times_s``/``state_beats`` the time and beat of the earliest
+    note of each state; ``drops`` every drop by reason, those of level reading
+    plus ``beyond_audio``; ``quarantine`` the reason not to use it, or None
+    (then the arrays are empty). ``attrs`` are the level-reading facts stored
+    as attributes of the difficulty group.
+    """
+
+    characteristic: str
+    difficulty: str
+    quarantine: str | None
+    notes: np.ndarray
+    state_frames: np.ndarray
+    states: np.ndarray
+    state_times_s: np.ndarray
+    state_beats: np.ndarray
+    end_beat: float
+    collisions: int
+    drops: dict
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """``Characteristic/Difficulty``: the group path under the level, and the report item name."""
+        return f"{self.characteristic}/{self.difficulty}"
+
+
+def place_notes(notes: np.ndarray, n_frames: int, fps: int = 100):
+    """Put notes on frames: ``(kept STORED_NOTE_DTYPE array, beyond_audio count)``.
+
+    Parameters
+    ----------
+    notes : np.ndarray of NOTE_DTYPE
+        Sorted by (time_s, column, row).
+    n_frames : int
+        T of the song.
+    fps : int
+
+    Returns
+    -------
+    stored : np.ndarray of STORED_NOTE_DTYPE
+        The notes whose frame ``frame_of(time_s)`` lies in [0, T), in the same order.
+    n_beyond : int
+        How many were dropped (frame < 0 or >= T).
+    """
+    frames = frame_of(np.asarray(notes["time_s"], dtype=np.float64), fps) if len(notes) else np.zeros(0, np.int64)
+    inside = (frames >= 0) & (frames < n_frames)
+    kept = notes[inside]
+    out = np.zeros(len(kept), dtype=STORED_NOTE_DTYPE)
+    for name in kept.dtype.names:
+        out[name] = kept[name]
+    out["frame"] = frames[inside]
+    return out, int((~inside).sum())
+
+
+def _jsonable(value):
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSettings = TargetSettings()
+                       ) -> DifficultyTargets:
+    """Targets of one difficulty as read by :func:`~mapkit.preprocess.levels.read_level`, on a song of T frames.
+
+    Parameters
+    ----------
+    diff : mapkit.preprocess.levels.Difficulty
+    n_frames : int
+        T, from the song's features.
+    info_bpm : float
+        The info file's BPM (stored as an attribute).
+    settings : TargetSettings
+        ``fps`` and ``max_drop_fraction``.
+
+    Returns
+    -------
+    DifficultyTargets
+        Quarantined (with empty arrays) when reading quarantined it, when more
+        than ``max_drop_fraction`` of its notes lie beyond the audio ("notes
+        beyond audio: wrong audio or offset?"), or when all its drops together
+        pass that fraction.
+    """
+    n_read = int(diff.counts.get("notes", 0) + diff.counts.get("bombs", 0))
+    drops = dict(diff.drops)
+    quarantine = diff.quarantine
+    notes = np.zeros(0, STORED_NOTE_DTYPE)
+    if quarantine is None:
+        notes, n_beyond = place_notes(diff.notes, n_frames, settings.fps)
+        if n_beyond:
+            drops[BEYOND_AUDIO] = n_beyond
+        n_dropped = int(sum(drops.values()))
+        end_s = (n_frames - 1) / settings.fps
+        limit = f"{100 * settings.max_drop_fraction:g}%"
+        if n_read and n_beyond / n_read > settings.max_drop_fraction:
+            quarantine = (f"notes beyond audio: wrong audio or offset? ({n_beyond} of {n_read} notes "
+                          f"({100 * n_beyond / n_read:.1f}% > {limit}) after the last frame at {end_s:.2f} s)")
+        elif n_read and n_dropped / n_read > settings.max_drop_fraction:
+            detail = ", ".join(f"{r} {c}" for r, c in drops.items())
+            quarantine = (f"dropped {n_dropped} of {n_read} notes ({100 * n_dropped / n_read:.1f}% > {limit}): "
+                          f"{detail}")
+    if quarantine is not None:
+        notes = np.zeros(0, STORED_NOTE_DTYPE)
+    state_frames, states, collisions = note_states(notes["frame"], notes["column"], notes["row"],
+                                                   notes["color"], notes["direction"])
+    # notes are sorted by time, so the first note of each frame is its earliest
+    first = np.searchsorted(notes["frame"], state_frames, side="left") if len(notes) else np.zeros(0, np.int64)
+    tempo = diff.tempo
+    end_beat = float(tempo.beats((n_frames - 1) / settings.fps)) if tempo is not None else 0.0
+    colors = notes["color"]
+    attrs = {
+        "characteristic": diff.characteristic,
+        "difficulty": diff.difficulty,
+        "filename": diff.filename or "",
+        "info_bpm": float(info_bpm),
+        "tempo_map": _jsonable(tempo.to_json()) if tempo is not None else "",
+        "njs": float(diff.njs) if diff.njs is not None else math.nan,
+        "declared_version": diff.declared_version or "",
+        "sniffed_version": diff.sniffed_version or "",
+        "version_mismatch": bool(diff.version_mismatch),
+        "n_frames": int(n_frames),
+        "n_kept": int(len(notes)),
+        "n_notes": int((colors != BOMB).sum()),
+        "n_bombs": int((colors == BOMB).sum()),
+        "n_read": n_read,
+        "n_dropped": int(sum(drops.values())),
+        "counts_json": _jsonable(diff.counts),
+        "drops_json": _jsonable(drops),
+        "collisions": int(collisions),
+        "n_states": int(len(state_frames)),
+        "end_beat": end_beat,
+        "warnings_json": _jsonable(list(diff.warnings)),
+    }
+    return DifficultyTargets(
+        characteristic=diff.characteristic, difficulty=diff.difficulty, quarantine=quarantine, notes=notes,
+        state_frames=state_frames, states=states,
+        state_times_s=np.asarray(notes["time_s"][first], np.float64),
+        state_beats=np.asarray(notes["beat"][first], np.float64),
+        end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs)
+
+
+def _bad_group_name(name: str) -> bool:
+    return name in ("", ".", "..") or "/" in name
+
+
+# --- one level: worker side -----------------------------------------------------------------------
+
+def level_files_sha256(path) -> str:
+    """SHA-256 identifying a level's content for resuming: every ``.dat``/``.json`` file of the level.
+
+    Files are taken in sorted name order; each contributes its name, its
+    length and its bytes. The audio and images are not included (the audio is
+    identified by the features' ``audio_sha256``).
+    """
+    from mapkit.preprocess.container import LevelContainer
+
+    h = hashlib.sha256()
+    with LevelContainer(path) as c:
+        for name in c.names():
+            if name.lower().endswith(LEVEL_FILE_SUFFIXES):
+                data = c.read_bytes(name)
+                h.update(name.encode("utf-8") + b"\0" + str(len(data)).encode() + b"\0")
+                h.update(data)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TargetTask:
+    """One level to process, with the facts of its song's features.
+
+    ``known_level_sha256`` is the stored level's files hash when everything
+    else about the stored copy matches (the worker skips the level when its
+    files hash equal), else None.
+    """
+
+    source: object  # mapkit.preprocess.sources.Source
+    n_frames: int
+    audio_sha256: str
+    features_settings_hash: str
+    known_level_sha256: str | None = None
+
+    @property
+    def song_id(self) -> str:
+        return self.source.song_id
+
+    @property
+    def path(self) -> str:
+        return str(self.source.path)
+
+
+@dataclass(frozen=True)
+class AlreadyPresent:
+    """Worker result: the stored level has the same files hash; nothing computed."""
+
+    level_sha256: str
+
+
+@dataclass
+class LevelTargets:
+    """Worker result: one level's targets (without tokens) and its facts."""
+
+    song_id: str
+    source: str
+    level_sha256: str
+    info_version: str
+    info_bpm: float
+    song_time_offset: float
+    n_frames: int
+    audio_sha256: str
+    features_settings_hash: str
+    difficulties: list
+    #: ``[(item name, reason)]`` of what is quarantined: difficulties, or the level itself
+    quarantined: list
+    warnings: list
+
+
+def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> AlreadyPresent | LevelTargets:
+    """Worker: :class:`AlreadyPresent` when the level files are the stored ones, else the level's targets."""
+    from mapkit.preprocess.levels import read_level
+
+    level_sha = level_files_sha256(task.path)
+    if task.known_level_sha256 is not None and level_sha == task.known_level_sha256:
+        return AlreadyPresent(level_sha)
+    level = read_level(task.path, settings=settings, characteristic=characteristic)
+    diffs, quarantined = [], []
+    for d in level.difficulties:
+        dt = difficulty_targets(d, task.n_frames, level.bpm, settings)
+        if dt.quarantine is None and (_bad_group_name(dt.characteristic) or _bad_group_name(dt.difficulty)):
+            dt.quarantine = f"characteristic/difficulty name {dt.name!r} cannot be an HDF5 group name"
+        if dt.quarantine is not None:
+            quarantined.append((f"{task.song_id}/{dt.name}", dt.quarantine))
+            dt = dataclasses.replace(dt, notes=dt.notes[:0], state_frames=dt.state_frames[:0],
+                                     states=dt.states[:0], state_times_s=dt.state_times_s[:0],
+                                     state_beats=dt.state_beats[:0])
+        diffs.append(dt)
+    if not level.difficulties:
+        want = "any" if _is_all(characteristic) else characteristic
+        quarantined.append((task.song_id, f"no {want} difficulties (level has: "
+                                          f"{', '.join(level.characteristics) or 'none'})"))
+    return LevelTargets(
+        song_id=task.song_id, source=task.path, level_sha256=level_sha, info_version=level.info_version,
+        info_bpm=float(level.bpm), song_time_offset=float(level.song_time_offset), n_frames=task.n_frames,
+        audio_sha256=task.audio_sha256, features_settings_hash=task.features_settings_hash,
+        difficulties=diffs, quarantined=quarantined, warnings=list(level.warnings))
+
+
+def _is_all(characteristic) -> bool:
+    return characteristic is None or str(characteristic).lower() == "all"
+
+
+def characteristic_selection(characteristic) -> str:
+    """The selection as stored: ``"all"``, or the characteristic name as given."""
+    return "all" if _is_all(characteristic) else str(characteristic)
+
+
+# --- one level: parent side -----------------------------------------------------------------------
+
+def count_states(level: LevelTargets, counts: Counter) -> None:
+    """Add the states of the usable difficulties of ``level`` to ``counts`` (keyed by the state's 12 bytes)."""
+    for d in level.difficulties:
+        if d.quarantine is None and len(d.states):
+            _count_state_array(d.states, counts)
+
+
+def _count_state_array(states: np.ndarray, counts: Counter) -> None:
+    unique, n = np.unique(np.ascontiguousarray(states, dtype=np.uint8), axis=0, return_counts=True)
+    for row, c in zip(unique, n.tolist()):
+        counts[row.tobytes()] += c
+
+
+def difficulty_datasets(d: DifficultyTargets, n_frames: int, vocab: Vocabulary, fps: int = 100) -> dict:
+    """The datasets of one usable difficulty, encoded with ``vocab`` (see the module docstring)."""
+    tokens = vocab.encode(d.states)
+    seq = token_sequence(d.state_frames, tokens, d.state_times_s, d.state_beats, n_frames, d.end_beat, fps)
+    return {
+        "frame_class": frame_class(d.notes["frame"], d.notes["color"], n_frames),
+        "notes": d.notes,
+        "states": np.ascontiguousarray(d.states, dtype=np.uint8),
+        "tokens": seq.tokens,
+        "token_frames": seq.token_frames,
+        "gap_prev_s": seq.gap_prev_s,
+        "gap_next_s": seq.gap_next_s,
+        "gap_prev_beats": seq.gap_prev_beats,
+        "gap_next_beats": seq.gap_next_beats,
+    }
+
+
+def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int = 100) -> ShardItem:
+    """The shard item of one level: its usable difficulties encoded with ``vocab``, and all its attrs."""
+    datasets, sub_attrs, written, n_states = {}, {}, [], 0
+    for d in level.difficulties:
+        if d.quarantine is not None:
+            continue
+        arrays = difficulty_datasets(d, level.n_frames, vocab, fps)
+        for name in DIFFICULTY_DATASETS:
+            datasets[f"{d.name}/{name}"] = arrays[name]
+        sub_attrs[d.name] = {**d.attrs, "vocab_hash": vocab.hash, "n_unk": int((arrays["tokens"] == 3).sum()),
+                             "features_settings_hash": level.features_settings_hash,
+                             "audio_sha256": level.audio_sha256}
+        written.append(d.name)
+        n_states += len(d.states)
+    attrs = {
+        "song_id": level.song_id,
+        "source": level.source,
+        "info_version": level.info_version,
+        "info_bpm": float(level.info_bpm),
+        "song_time_offset": float(level.song_time_offset),
+        "level_sha256": level.level_sha256,
+        "characteristic": selection,
+        "n_frames": int(level.n_frames),
+        "audio_sha256": level.audio_sha256,
+        "features_settings_hash": level.features_settings_hash,
+        "vocab_hash": vocab.hash,
+        "n_states": int(n_states),
+        "difficulties_json": json.dumps(written),
+        "quarantined_json": json.dumps([list(q) for q in level.quarantined]),
+        "warnings_json": json.dumps(level.warnings),
+    }
+    return ShardItem(group=f"{KIND_ROOTS['targets']}/{level.song_id}", datasets=datasets, attrs=attrs,
+                     subgroup_attrs=sub_attrs)
+
+
+def level_results(level: LevelTargets) -> list[ItemResult]:
+    """One report item per difficulty (``song_id/Characteristic/Difficulty``), and one per level-wide problem."""
+    out = []
+    quarantined = dict(level.quarantined)
+    for d in level.difficulties:
+        name = f"{level.song_id}/{d.name}"
+        if name in quarantined:
+            out.append(ItemResult(name, level.source, "quarantined", quarantined.pop(name)))
+        else:
+            kept, read = d.attrs["n_kept"], d.attrs["n_read"]
+            out.append(ItemResult(name, level.source, "ok", f"{kept} of {read} notes kept, {d.attrs['n_states']} "
+                                                            f"states, {d.attrs['collisions']} collisions"))
+    out.extend(ItemResult(name, level.source, "quarantined", reason) for name, reason in quarantined.items())
+    return out
+
+
+def stored_level_results(entry, source: str) -> list[ItemResult]:
+    """Report items of a level skipped because it is stored: its difficulties, and what was quarantined."""
+    out = [ItemResult(f"{entry.song_id}/{name}", source, "skipped", "already present (same level, audio and settings)")
+           for name in json.loads(entry.attrs.get("difficulties_json", "[]"))]
+    out += [ItemResult(name, source, "quarantined", reason)
+            for name, reason in json.loads(entry.attrs.get("quarantined_json", "[]"))]
+    if not out:
+        out.append(ItemResult(entry.song_id, source, "skipped", "already present (same level, audio and settings)"))
+    return out
+
+
+def reencode_stored(entry, vocab: Vocabulary) -> ShardItem:
+    """A stored level re-encoded with ``vocab`` from its stored ``states`` (everything else copied)."""
+    from mapkit.datasets.store import open_shard
+
+    datasets, sub_attrs = {}, {}
+    with open_shard(entry.shard, features=False) as f:
+        g = f[entry.group]
+        attrs = {k: v for k, v in g.attrs.items()}
+        for name in json.loads(entry.attrs.get("difficulties_json", "[]")):
+            dg = g[name]
+            arrays = {k: dg[k][()] for k in DIFFICULTY_DATASETS}
+            tokens = arrays["tokens"].copy()
+            tokens[1:-1] = vocab.encode(arrays["states"])
+            arrays["tokens"] = tokens
+            for k in DIFFICULTY_DATASETS:
+                datasets[f"{name}/{k}"] = arrays[k]
+            sub_attrs[name] = {**{k: v for k, v in dg.attrs.items()}, "vocab_hash": vocab.hash,
+                               "n_unk": int((tokens == 3).sum())}
+    attrs["vocab_hash"] = vocab.hash
+    return ShardItem(group=entry.group, datasets=datasets, attrs=attrs, subgroup_attrs=sub_attrs)
+
+
+def stored_state_counts(entry, counts: Counter) -> None:
+    """Add the stored ``states`` of a stored level to ``counts``."""
+    from mapkit.datasets.store import open_shard
+
+    with open_shard(entry.shard, features=False) as f:
+        g = f[entry.group]
+        for name in json.loads(entry.attrs.get("difficulties_json", "[]")):
+            states = g[name]["states"][()]
+            if len(states):
+                _count_state_array(states, counts)
+
+
+# --- store checks -----------------------------------------------------------------------------------
+
+def check_settings(index, settings: TargetSettings, store_root) -> None:
+    """Refuse stored targets made with other settings (``vocab_size`` aside: see :func:`check_vocab`)."""
+    same_but_vocab = dataclasses.replace(settings, vocab_size=0)
+    for h in sorted(index.settings_hashes):
+        if h == settings.hash:
+            continue
+        entry = next(e for e in index.values() if e.settings_hash == h)
+        try:
+            stored = TargetSettings.from_json(str(entry.file_attrs.get("settings_json", "")))
+        except (ValueError, TypeError):
+            stored = None
+        if stored is not None and dataclasses.replace(stored, vocab_size=0) == same_but_vocab:
+            continue
+        raise StoreError(store_root, f"store holds targets made with other settings (hash {h}; this run: "
+                                     f"{settings.hash}); use another --store or delete "
+                                     f"{os.path.join(str(store_root), 'targets')} and vocab.json to rebuild")
+
+
+def load_vocab(store: Store) -> tuple[Vocabulary, dict] | None:
+    """``(vocabulary, its JSON)`` from ``vocab.json``, or None when there is none."""
+    try:
+        text = store.vocab_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        d = json.loads(text)
+        return Vocabulary.from_json(d), d
+    except (ValueError, KeyError, TypeError) as e:
+        raise StoreError(store.vocab_path, f"unreadable vocabulary: {e}") from None
+
+
+def vocab_bound(entry) -> bool:
+    """Whether a stored level's tokens depend on the vocabulary: it has at least one state.
+
+    A level without states (zero notes, or nothing usable) is ``[BOS, EOS]``
+    under every vocabulary, so it never conflicts with one.
+    """
+    return int(entry.attrs.get("n_states", 1)) > 0
+
+
+def check_vocab(index, vocab: Vocabulary, vocab_json: dict, settings: TargetSettings, store: Store) -> None:
+    """Refuse a ``vocab.json`` that is not the vocabulary of the stored targets, or of another size setting."""
+    stored_size = vocab_json.get("vocab_size")
+    if stored_size is not None and int(stored_size) != settings.vocab_size:
+        raise StoreError(store.vocab_path, f"vocabulary built with vocab size {stored_size}, this run asks for "
+                                           f"{settings.vocab_size}; add --rebuild-vocab to rebuild it and "
+                                           f"re-encode every stored level")
+    others = sorted({str(e.file_attrs.get("vocab_hash")) for e in index.values() if vocab_bound(e)} - {vocab.hash})
+    if others:
+        raise StoreError(store.vocab_path, f"vocab.json (hash {vocab.hash}) is not the vocabulary of the stored "
+                                           f"targets (hash {', '.join(others)}); add --rebuild-vocab to re-encode "
+                                           f"every stored level with a new vocabulary")
+
+
+def _features_fps(entry, cache: dict) -> int | None:
+    s = str(entry.file_attrs.get("settings_json", ""))
+    if s not in cache:
+        try:
+            cache[s] = FeatureSettings.from_json(s).fps
+        except (ValueError, TypeError):
+            cache[s] = None
+    return cache[s]
+
+
+def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings, n_levels: int) -> dict:
+    """The content of ``vocab.json``: the vocabulary, and what it was counted over."""
+    total = int(sum(counts.values()))
+    covered = int(sum(vocab.counts))
+    return {**vocab.to_json(), "vocab_size": settings.vocab_size, "n_levels": int(n_levels),
+            "n_state_frames": total, "n_distinct_states": len(counts),
+            "coverage": covered / total if total else 1.0, "targets_settings_hash": settings.hash}
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = TargetSettings(),
+                  characteristic="Standard", jobs=None, force: bool = False, rebuild_vocab: bool = False,
+                  backend: str = "joblib", scheduler=None, progress: bool = True,
+                  shard_levels: int = DEFAULT_SHARD_LEVELS, shard_bytes: int = DEFAULT_SHARD_BYTES) -> RunReport:
+    """Build the targets of every level under ``input_dir`` into ``store``.
+
+    Parameters
+    ----------
+    input_dir : path
+        A folder of level folders and/or ``.zip`` files (or one of them).
+    store : path or Store
+        The store; its features must already hold the levels' songs (``mapkit extract``).
+    settings : TargetSettings
+        ``fps``, ``song_offset``, ``max_drop_fraction``, ``vocab_size``.
+    characteristic : str
+        Which characteristic to read (``"Standard"``), or ``"all"``.
+    jobs : int, optional
+        Worker processes; default all cores; 1 = in this process.
+    force : bool
+        Redo levels already stored with the same files, audio and settings.
+    rebuild_vocab : bool
+        Count the states again over this run's levels and every stored level,
+        write a new ``vocab.json`` and re-encode every stored level (implies ``force``).
+    backend : {"joblib", "dask"}
+    scheduler : str, optional
+        Dask scheduler address (backend "dask").
+    progress : bool
+        tqdm progress bars on stderr.
+    shard_levels, shard_bytes : int
+        When a shard is full and committed.
+
+    Returns
+    -------
+    RunReport
+        One item per level/characteristic/difficulty (``song_id/Standard/Expert``)
+        or per level for level-wide outcomes: ``ok``, ``skipped`` (already
+        present), ``quarantined`` (with the reason; not written) or ``failed``
+        (unreadable level, no features). Exit code 0, or 2 when something
+        was quarantined or failed.
+
+    Raises
+    ------
+    MapkitError
+        No levels in ``input_dir``, or duplicate song ids.
+    StoreError
+        The store is locked, holds targets of other settings, or its
+        ``vocab.json`` is not the vocabulary of its targets (or of another
+        ``vocab_size``) and ``rebuild_vocab`` is not set.
+    """
+    from mapkit.preprocess.sources import discover
+
+    store = store if isinstance(store, Store) else Store(store)
+    sources = discover(os.path.abspath(input_dir), kinds=("level",))
+    if not sources:
+        raise MapkitError(input_dir, "no levels found (level folders or .zip files with an info file)")
+    selection = characteristic_selection(characteristic)
+    force = force or rebuild_vocab
+    with store.lock(COMMAND):
+        features = store.index("features")
+        targets = store.index("targets")
+        check_settings(targets, settings, store.root)
+        loaded = None if rebuild_vocab else load_vocab(store)
+        vocab = None
+        if loaded is not None:
+            vocab = loaded[0]
+            check_vocab(targets, vocab, loaded[1], settings, store)
+
+        early: dict[int, list[ItemResult]] = {}  # source index -> results decided before any work
+        tasks, task_pos, fps_cache = [], [], {}
+        for i, s in enumerate(sources):
+            f = features.get(s.song_id)
+            if f is None or "n_frames" not in f.attrs:
+                early[i] = [ItemResult(s.song_id, str(s.path), "failed", NO_FEATURES)]
+                continue
+            ffps = _features_fps(f, fps_cache)
+            if ffps != settings.fps:
+                early[i] = [ItemResult(s.song_id, str(s.path), "failed",
+                                       f"features made at {ffps} frames per second, targets at {settings.fps}")]
+                continue
+            audio_sha, fhash = str(f.attrs.get("audio_sha256", "")), f.settings_hash
+            known = None
+            t = targets.get(s.song_id)
+            if (not force and vocab is not None and t is not None and t.settings_hash == settings.hash
+                    and str(t.attrs.get("characteristic", "")).lower() == selection.lower()
+                    and t.attrs.get("audio_sha256") == audio_sha and t.attrs.get("features_settings_hash") == fhash
+                    and (t.file_attrs.get("vocab_hash") == vocab.hash or not vocab_bound(t))):
+                known = str(t.attrs.get("level_sha256"))
+            tasks.append(TargetTask(s, int(f.attrs["n_frames"]), audio_sha, fhash, known))
+            task_pos.append(i)
+
+        task_of = {t.song_id: k for k, t in enumerate(tasks)}
+        per_task: dict[int, list[ItemResult]] = {}
+        written_ids: set = set()
+        work = functools.partial(targets_one, settings=settings, characteristic=characteristic)
+        file_attrs = shard_file_attrs("targets", settings)
+
+        def new_writer(v: Vocabulary) -> ShardWriter:
+            return ShardWriter(store.targets_dir, {**file_attrs, "vocab_hash": v.hash},
+                               max_items=shard_levels, max_bytes=shard_bytes)
+
+        def outcome(task, value) -> list[ItemResult]:
+            if isinstance(value, AlreadyPresent):
+                return stored_level_results(targets[task.song_id], task.path)
+            return level_results(value)
+
+        def summary(results: list[ItemResult], task) -> ItemResult:
+            bad = [r for r in results if r.status in ("failed", "quarantined")]
+            status = bad[0].status if bad else results[0].status
+            return ItemResult(task.song_id, task.path, status, bad[0].reason if bad else "")
+
+        run_counts = Counter()
+        n_counted = 0
+        if vocab is not None:
+            # the vocabulary is known: encode and write each level as it arrives
+            writer = new_writer(vocab)
+
+            def write(task, value) -> ItemResult:
+                results = outcome(task, value)
+                if isinstance(value, LevelTargets):
+                    writer.write(level_item(value, vocab, selection, settings.fps))
+                    written_ids.add(task.song_id)
+                per_task[task_of[task.song_id]] = results
+                return summary(results, task)
+
+            with writer:
+                ran = run_items(tasks, work, write, jobs=jobs, backend=backend, scheduler=scheduler,
+                                desc=COMMAND, progress=progress)
+        else:
+            # first pass: compute and count; results wait in an unnamed temporary file
+            with tempfile.TemporaryFile(dir=store.root, prefix=".build-targets-spool-") as spool:
+                spooled: list[tuple[int, int]] = []  # (task position, file offset)
+
+                def collect(task, value) -> ItemResult:
+                    nonlocal n_counted
+                    k = task_of[task.song_id]
+                    results = outcome(task, value)
+                    per_task[k] = results
+                    if isinstance(value, LevelTargets):
+                        count_states(value, run_counts)
+                        n_counted += 1
+                        spooled.append((k, spool.tell()))
+                        pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                        written_ids.add(task.song_id)
+                    return summary(results, task)
+
+                ran = run_items(tasks, work, collect, jobs=jobs, backend=backend, scheduler=scheduler,
+                                desc=COMMAND, progress=progress)
+                # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
+                kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
+                counts = Counter(run_counts)
+                for e in kept_stored:
+                    stored_state_counts(e, counts)
+                vocab = Vocabulary.from_counts(counts, settings.vocab_size)
+                if not rebuild_vocab:
+                    stale = sorted({str(e.file_attrs.get("vocab_hash")) for e in kept_stored if vocab_bound(e)}
+                                   - {vocab.hash})
+                    if stale:
+                        raise StoreError(store.vocab_path,
+                                         f"no vocab.json, and the vocabulary counted now (hash {vocab.hash}) is "
+                                         f"not the one of the stored targets (hash {', '.join(stale)}); add "
+                                         f"--rebuild-vocab to re-encode every stored level")
+                if counts:  # an empty vocabulary would turn every later level into UNK: never saved
+                    write_json_atomic(store.vocab_path,
+                                      vocab_document(vocab, counts, settings, n_counted + len(kept_stored)))
+                spooled.sort()
+                n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
+                from tqdm import tqdm
+
+                with new_writer(vocab) as writer, tqdm(total=n_write, desc=f"{COMMAND} write", unit="level",
+                                                       file=sys.stderr, disable=not progress) as bar:
+                    for _k, offset in spooled:
+                        spool.seek(offset)
+                        writer.write(level_item(pickle.load(spool), vocab, selection, settings.fps))
+                        bar.update(1)
+                    if rebuild_vocab:
+                        for e in kept_stored:
+                            writer.write(reencode_stored(e, vocab))
+                            bar.update(1)
+                if rebuild_vocab:
+                    # every level they held is now in a newer shard, encoded with the new vocabulary
+                    for old in targets.shards:
+                        old.unlink()
+
+        items: list[ItemResult] = []
+        pos_of_task = {i: k for k, i in enumerate(task_pos)}
+        for i in range(len(sources)):
+            if i in early:
+                items.extend(early[i])
+            else:
+                k = pos_of_task[i]
+                items.extend(per_task.get(k) or [ran[k]])
+        index = store.index("targets")
+        report = RunReport(COMMAND, items, problems=index.problems)
+        write_report(store.reports_dir, report, settings,
+                     extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
+                            "rebuild_vocab": rebuild_vocab, "characteristic": selection, "backend": backend,
+                            "vocab_hash": vocab.hash, "vocab_tokens": len(vocab), "stored_levels": len(index)})
+    return report
