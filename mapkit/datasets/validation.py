@@ -268,25 +268,31 @@ def _scan_shards(store: Store, kind: str, report: ValidationReport) -> list[_Sha
             continue
         settings = _settings_of(kind, attrs, report, where)
         shards.append(_Shard(path, _shard_number(path.name), attrs, settings, ids))
-    hashes = Counter(str(s.attrs.get("settings_hash")) for s in shards)
-    if len(hashes) > 1:
-        common = hashes.most_common(1)[0][0]
-        for s in shards:
-            h = str(s.attrs.get("settings_hash"))
-            if h != common:
-                report.add("settings_hash", str(s.path), f"{kind} settings hash {h} differs from {common} of "
-                                                         f"the other shards", hash=h, expected=common)
     return shards
 
 
-def _winners(shards: list[_Shard], report: ValidationReport) -> dict:
-    """``{item_id: shard}``: of several copies, the one in the highest-numbered shard (newest wins)."""
+def _winners(shards: list[_Shard], kind: str, report: ValidationReport) -> dict:
+    """``{item_id: shard}``: of several copies, the one in the highest-numbered shard (newest wins).
+
+    Also checks that the shards holding these copies (the live shards) share
+    one settings hash. Shards holding only superseded copies are dead bytes
+    that no reader sees (e.g. targets before ``--rebuild-vocab``): not checked.
+    """
     out = {}
     for s in shards:  # ascending shard number
         for i in s.ids:
             if i in out:
                 report.counts["superseded"] = report.counts.get("superseded", 0) + 1
             out[i] = s
+    live = {id(s): s for s in out.values()}.values()
+    hashes = Counter(str(s.attrs.get("settings_hash")) for s in live)
+    if len(hashes) > 1:
+        common = hashes.most_common(1)[0][0]
+        for s in live:
+            h = str(s.attrs.get("settings_hash"))
+            if h != common:
+                report.add("settings_hash", str(s.path), f"{kind} settings hash {h} differs from {common} of "
+                                                         f"the other shards", hash=h, expected=common)
     return out
 
 
@@ -557,7 +563,8 @@ def _walk_levels(song_group):
                 yield f"{characteristic}/{difficulty}", dg
 
 
-def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int, report: ValidationReport) -> int:
+def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int, report: ValidationReport,
+                shard_vocab_hash=None) -> int:
     """Every targets check of one level group; returns its number of notes.
 
     Parameters
@@ -573,6 +580,11 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
         Hash of ``vocab.json`` and settings hash of the feature shards.
     fps : int
     report : ValidationReport
+    shard_vocab_hash : str, optional
+        The ``vocab_hash`` of the level's shard.
+
+    A level without states (``[BOS, EOS]``) is the same under every
+    vocabulary, so only levels with states must name the hash of ``vocab.json``.
     """
     from mapkit.preprocess.targets import BOS, EOS, frame_class
     from mapkit.preprocess.tempo import TempoMap
@@ -599,9 +611,6 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
         report.add("settings_hash", where, f"features_settings_hash {attrs['features_settings_hash']} but the "
                                            f"feature shards have {features_hash}",
                    stored=attrs["features_settings_hash"], expected=features_hash)
-    if vocab_hash is not None and attrs.get("vocab_hash") not in (None, vocab_hash):
-        report.add("vocab_hash", where, f"vocab_hash {attrs['vocab_hash']}, vocab.json has {vocab_hash}",
-                   stored=attrs["vocab_hash"], expected=vocab_hash)
 
     fc = dg["frame_class"][()]
     if fc.shape != (T,):
@@ -674,6 +683,11 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
                     report.add("tokens", where, f"{diff.size} tokens are not their state's token; token {i + 1} is "
                                                 f"{int(tokens[i + 1])}, the vocabulary gives {int(enc[i])}",
                                count=int(diff.size), index=i + 1, stored=int(tokens[i + 1]), expected=int(enc[i]))
+    if vocab_hash is not None and n_tok > 2:
+        for what, h in (("level", attrs.get("vocab_hash")), ("shard", shard_vocab_hash)):
+            if h is not None and str(h) != vocab_hash:
+                report.add("vocab_hash", where, f"{what} vocab_hash {h}, vocab.json has {vocab_hash}",
+                           stored=str(h), expected=vocab_hash)
     if token_frames.shape != tokens.shape:
         report.add("token_frames", where, f"{len(token_frames)} token frames for {n_tok} tokens")
     else:
@@ -769,9 +783,9 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -
     target_shards = _scan_shards(store, "targets", report)
     report.counts["feature_shards"] = len(feature_shards)
     report.counts["target_shards"] = len(target_shards)
-    songs_at = _winners(feature_shards, report)
-    levels_at = _winners(target_shards, report)
-    features_hash = _one_hash(feature_shards, "settings_hash")
+    songs_at = _winners(feature_shards, "features", report)
+    levels_at = _winners(target_shards, "targets", report)
+    features_hash = _one_hash([songs_at[i] for i in songs_at], "settings_hash")
 
     bar = tqdm(total=len(songs_at) + len(levels_at), desc="validate", unit="song", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
@@ -811,11 +825,6 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -
         if target_shards:
             vocab = _load_vocab(store, report)
             vocab_hash = vocab.hash if vocab is not None else None
-            for s in target_shards:
-                h = s.attrs.get("vocab_hash")
-                if vocab_hash is not None and h is not None and str(h) != vocab_hash:
-                    report.add("vocab_hash", str(s.path), f"shard vocab_hash {h}, vocab.json has {vocab_hash}",
-                               stored=str(h), expected=vocab_hash)
             for shard in target_shards:
                 mine = [i for i in shard.ids if levels_at[i] is shard]
                 if not mine:
@@ -835,7 +844,7 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -
                                 try:
                                     report.counts["notes"] += check_level(
                                         dg, where, song_facts.get(song_id), vocab, vocab_hash, features_hash,
-                                        fps, report)
+                                        fps, report, shard_vocab_hash=shard.attrs.get("vocab_hash"))
                                 except Exception as e:  # noqa: BLE001 - a damaged level is a finding
                                     report.add("shard_readable", where, f"cannot read level: {type(e).__name__}: {e}")
                                 report.counts["levels"] += 1

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings as hsettings, strategies as st
 
+from mapkit.build_targets import build_targets
 from mapkit.cli import main
 from mapkit.datasets.store import Store
 from mapkit.datasets.validation import (MAX_PROBLEMS, ValidationReport, float16_sum_tolerances, scan_features,
@@ -22,11 +23,13 @@ SILENCE = FeatureSettings().silence_value
 
 @pytest.fixture(scope="module")
 def sound_store(tmp_path_factory):
-    """A demo store (2 levels of 6 s), features in two shards."""
+    """A demo store (2 levels of 6 s, 5 difficulties), features and targets in two shards each."""
     base = tmp_path_factory.mktemp("valid")
     demo = make_demo(base / "demo", n_levels=2, duration_s=6, include_fretsonfire=False, progress=False)
     store = base / "store"
     report = extract(demo.levels_dir, store=store, jobs=1, progress=False, shard_songs=1)
+    assert report.exit_code == 0
+    report = build_targets(demo.levels_dir, store=store, jobs=1, progress=False, shard_levels=1)
     assert report.exit_code == 0
     return {"store": store, "songs": [lv.song_id for lv in demo.levels]}
 
@@ -37,6 +40,11 @@ def store(sound_store, tmp_path):
     dst = tmp_path / "store"
     shutil.copytree(sound_store["store"], dst)
     return dst
+
+
+def level_location(store, song_id, name="Standard/Expert"):
+    e = Store(store).index("targets")[song_id]
+    return e.shard, f"{e.group}/{name}"
 
 
 def song_location(store, song_id):
@@ -63,6 +71,8 @@ def test_a_sound_store_is_clean(sound_store):
     report = validate_store(sound_store["store"], progress=False)
     assert report.ok, report.summary()
     assert report.counts["songs"] == 2 and report.counts["feature_shards"] == 2
+    assert report.counts["levels"] == 5 and report.counts["target_shards"] == 2
+    assert report.counts["notes"] > 20
     assert report.problems == [] and report.exit_code == 0
     assert report.summary().endswith("valid: every check passed")
     json.dumps(report.to_json())  # JSON-ready
@@ -173,8 +183,9 @@ def test_truncated_shard_is_reported_not_crashed_on(store, sound_store):
     [p] = problems(report, "shard_readable")
     assert p["where"] == str(shard) and "cannot read shard" in p["message"]
     assert report.counts["songs"] == 1  # the other shard was still checked
-    # stats.json still counts the lost song: that is named too
+    # stats.json still counts the lost song, and its levels have no features: both named too
     assert report.checks_failed() == {"shard_readable", "stats"}
+    assert {w["check"] for w in report.warnings} == {"target_song"}
 
 
 def test_foreign_and_partial_files(store):
@@ -299,3 +310,183 @@ def test_float16_tolerance_bounds_the_cast(n, loc, scale, seed):
     x64 = x.astype(np.float64)
     assert np.all(np.abs(x64.sum(0) - y.sum(0)) <= tol_sum)
     assert np.all(np.abs((x64 * x64).sum(0) - (y * y).sum(0)) <= tol_sq)
+
+
+# --- targets --------------------------------------------------------------------------------------
+
+
+def test_shortened_target_is_named_with_both_lengths(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        fc = f[group]["frame_class"][:-1]
+        del f[group]["frame_class"]
+        f[group].create_dataset("frame_class", data=fc)
+    [p] = assert_only(validate_store(store, progress=False), "target_length", f"{sid}/Standard/Expert")
+    assert p["numbers"]["length"] == p["numbers"]["n_frames"] - 1
+
+
+def test_level_with_another_T_than_its_song(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = level_location(store, sid, "Standard/Normal")
+    with h5py.File(shard, "r+") as f:
+        T = int(f[group].attrs["n_frames"])
+        f[group].attrs["n_frames"] = T + 8
+    report = validate_store(store, progress=False)
+    found = problems(report, "target_length")
+    assert found[0]["numbers"] == {"n_frames": T + 8, "features_n_frames": T}
+    assert f"{sid}/Standard/Normal" in found[0]["where"]
+
+
+def test_shifted_note_frame_is_named(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        notes = f[group]["notes"][()]
+        notes["frame"][4] += 1
+        f[group]["notes"][...] = notes
+    report = validate_store(store, progress=False)
+    [p] = problems(report, "note_frames")
+    assert f"{sid}/Standard/Expert" in p["where"]
+    assert p["numbers"]["index"] == 4 and p["numbers"]["frame"] == p["numbers"]["expected"] + 1
+    assert p["numbers"]["expected"] == round(p["numbers"]["time_s"] * 100)
+    # the stored classes and token frames no longer match the shifted note either
+    assert report.checks_failed() <= {"note_frames", "frame_class", "token_frames"}
+
+
+def test_note_beyond_T(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        T = int(f[group].attrs["n_frames"])
+        notes = f[group]["notes"][()]
+        notes["frame"][-1] = T
+        notes["time_s"][-1] = T / 100
+        f[group]["notes"][...] = notes
+    report = validate_store(store, progress=False)
+    found = [p for p in problems(report, "note_frames") if "outside" in p["message"]]
+    assert found and found[0]["numbers"]["frame"] == T and found[0]["numbers"]["n_frames"] == T
+
+
+def test_frame_class_disagreeing_with_notes(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        frame = int(f[group]["notes"]["frame"][2])
+        fc = f[group]["frame_class"]
+        old = int(fc[frame])
+        fc[frame] = 4 if old != 4 else 1
+    [p] = assert_only(validate_store(store, progress=False), "frame_class", sid)
+    assert p["numbers"]["frame"] == frame and p["numbers"]["from_notes"] == old
+
+
+def test_token_beyond_the_vocabulary(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid, "Standard/Easy")
+    size = len(json.loads(Store(store).vocab_path.read_text())["states"]) + 4
+    with h5py.File(shard, "r+") as f:
+        f[group]["tokens"][2] = size
+    [p] = assert_only(validate_store(store, progress=False), "tokens", f"{sid}/Standard/Easy")
+    assert p["numbers"] == {"count": 1, "index": 2, "token": size, "vocab_size": size}
+
+
+def test_token_not_its_state(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        tokens = f[group]["tokens"]
+        tokens[1] = 4 if tokens[1] != 4 else 5
+    [p] = assert_only(validate_store(store, progress=False), "tokens")
+    assert p["numbers"]["index"] == 1 and "vocabulary gives" in p["message"]
+
+
+def test_bos_eos_out_of_place(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        f[group]["tokens"][0] = 2
+    [p] = assert_only(validate_store(store, progress=False), "tokens")
+    assert "must start with BOS" in p["message"]
+
+
+def test_token_frames_not_increasing(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        tf = f[group]["token_frames"]
+        tf[3] = tf[2]
+    found = assert_only(validate_store(store, progress=False), "token_frames", sid)
+    assert any("not strictly increasing" in p["message"] and p["numbers"]["index"] == 3 for p in found)
+
+
+def test_non_finite_gap(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid, "Standard/Normal")
+    with h5py.File(shard, "r+") as f:
+        f[group]["gap_next_beats"][1] = np.inf
+    [p] = assert_only(validate_store(store, progress=False), "gaps", f"{sid}/Standard/Normal")
+    assert p["numbers"]["index"] == 1 and "gap_next_beats" in p["message"]
+
+
+def test_tempo_map_broken_or_not_timing_the_notes(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        good = f[group].attrs["tempo_map"]
+        tm = json.loads(good)
+        tm["segments"][0]["bpm"] = float("nan")
+        f[group].attrs["tempo_map"] = json.dumps(tm)
+    [p] = assert_only(validate_store(store, progress=False), "tempo_map", sid)
+    assert "invalid tempo map" in p["message"]
+    with h5py.File(shard, "r+") as f:
+        tm = json.loads(good)
+        tm["base_bpm"] *= 2
+        for seg in tm["segments"]:
+            seg["bpm"] *= 2
+            seg["second"] /= 2
+        f[group].attrs["tempo_map"] = json.dumps(tm)
+    [p] = assert_only(validate_store(store, progress=False), "tempo_map", sid)
+    assert p["numbers"]["seconds_from_tempo"] != pytest.approx(p["numbers"]["time_s"])
+
+
+def test_vocab_json_edited_or_replaced(store):
+    st_store = Store(store)
+    vocab = json.loads(st_store.vocab_path.read_text())
+    edited = dict(vocab, states=[vocab["states"][1], vocab["states"][0]] + vocab["states"][2:])
+    st_store.vocab_path.write_text(json.dumps(edited))
+    [p] = assert_only(validate_store(store, progress=False), "vocab", "vocab.json")
+    assert "does not match its states" in p["message"]
+    # a self-consistent but different vocabulary: every level names another hash, tokens disagree
+    del edited["hash"]
+    st_store.vocab_path.write_text(json.dumps(edited))
+    report = validate_store(store, progress=False)
+    assert report.checks_failed() == {"vocab_hash", "tokens"}
+    assert problems(report, "vocab_hash")[0]["numbers"]["stored"] == vocab["hash"]
+    st_store.vocab_path.unlink()
+    assert_only(validate_store(store, progress=False), "vocab")
+
+
+def test_targets_of_other_audio(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = song_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        f[group].attrs["audio_sha256"] = "0" * 64
+    found = assert_only(validate_store(store, progress=False), "target_song", sid)
+    assert len(found) == 2  # both difficulties of that level
+
+
+def test_targets_shard_truncated_or_of_other_settings(store, sound_store):
+    from mapkit.settings import TargetSettings
+
+    shard, _ = level_location(store, sound_store["songs"][1])
+    other = TargetSettings(max_drop_fraction=0.5)
+    with h5py.File(shard, "r+") as f:
+        f.attrs["settings_json"] = other.to_json()
+        f.attrs["settings_hash"] = other.hash
+    [p] = assert_only(validate_store(store, progress=False), "settings_hash", shard.name)
+    assert p["numbers"]["hash"] == other.hash
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 3000])
+    report = validate_store(store, progress=False)
+    assert report.checks_failed() == {"shard_readable"}
+    assert report.counts["levels"] == 3  # the other level's three difficulties
