@@ -1,0 +1,478 @@
+"""PyTorch datasets over the store (DESIGN.md section 4).
+
+:class:`PlacementDataset` (stage 1) yields windows of ``L`` output frames with
+their +-7 context rows of placement features, per-band normalised, the
+difficulty index and the per-frame classes. :class:`SelectionDataset`
+(stage 2) yields one level each: its tokens and, per token, the normalised
+stage-2 feature row of the token's frame and the four gaps;
+:func:`collate_selection` pads a batch with PAD and builds the masks.
+
+Both read the HDF5 shards lazily. ``__init__`` reads only metadata (the
+store's indexes, one pass over the target groups) and closes every file;
+``__getitem__`` opens the shards it needs in the process that calls it, with
+handles cached per process id, so each DataLoader worker has its own
+handles (they cannot be pickled, DESIGN.md section 9) and a forked worker
+never reuses its parent's. Nothing depends on DataLoader internals: every
+item is a pure function of ``(index, epoch, seed)`` and the store.
+
+The train/validation split is by song (:func:`split_by_song`), so a song's
+levels are all on one side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mapkit.datasets.store import Store, open_shard
+from mapkit.errors import StoreError
+from mapkit.preprocess.targets import PAD, Vocabulary, one_hot_states
+from mapkit.settings import FeatureSettings
+from mapkit.train.models import DIFFICULTIES
+
+#: Difficulty name -> conditioning index of the stage-1 model (Easy 0 .. ExpertPlus 4).
+DIFFICULTY_INDEX = {name: i for i, name in enumerate(DIFFICULTIES)}
+#: The four stored gap datasets, in the order the stage-2 model reads them.
+GAP_NAMES = ("gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
+
+
+# --------------------------------------------------------------------------- split
+
+
+def song_unit(song_id: str, seed: int = 0) -> float:
+    """A number in [0, 1) fixed by ``song_id`` and ``seed`` (SHA-256), the same on every machine."""
+    digest = hashlib.sha256(f"{seed}:{song_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def split_by_song(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs=None) -> tuple[list, list]:
+    """Split songs into ``(train, validation)`` lists, deterministically by song id.
+
+    A song is in validation when ``song_unit(song_id, seed) < val_fraction``,
+    so adding songs to a store never moves an existing song to the other
+    side. When that leaves validation empty although ``val_fraction > 0`` and
+    there are at least two songs, the song with the smallest unit value goes
+    to validation: a split asked for is never silently empty.
+
+    Parameters
+    ----------
+    song_ids : iterable of str
+    val_fraction : float in [0, 1)
+    seed : int
+    val_songs : iterable of str, optional
+        Explicit validation songs; when given, ``val_fraction`` is ignored.
+        Songs named here but absent from ``song_ids`` raise ``ValueError``.
+
+    Returns
+    -------
+    train, val : list of str, sorted
+    """
+    ids = sorted(set(song_ids))
+    if val_songs is not None:
+        val = set(val_songs)
+        missing = sorted(val - set(ids))
+        if missing:
+            raise ValueError(f"validation songs not in the store: {', '.join(missing)}")
+    else:
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+        units = {s: song_unit(s, seed) for s in ids}
+        val = {s for s in ids if units[s] < val_fraction}
+        if not val and val_fraction > 0 and len(ids) >= 2:
+            val = {min(ids, key=lambda s: (units[s], s))}
+    return [s for s in ids if s not in val], [s for s in ids if s in val]
+
+
+# --------------------------------------------------------------------------- store metadata
+
+
+@dataclass(frozen=True)
+class LevelRef:
+    """Where one level's features and targets are.
+
+    ``target_group`` is ``levels/<song_id>/<Characteristic>/<Difficulty>``.
+    """
+
+    song_id: str
+    characteristic: str
+    difficulty: str
+    n_frames: int
+    feature_shard: str
+    feature_group: str
+    target_shard: str
+    target_group: str
+
+    @property
+    def difficulty_index(self) -> int:
+        return DIFFICULTY_INDEX[self.difficulty]
+
+    @property
+    def name(self) -> str:
+        return f"{self.song_id}/{self.characteristic}/{self.difficulty}"
+
+
+def store_levels(store, song_ids=None, characteristic: str = "Standard", difficulties=None) -> list[LevelRef]:
+    """Every level of the store with both features and targets, in a stable order.
+
+    Reads only metadata and closes every file. Songs with targets but no
+    features (or the reverse) are left out; a level whose ``frame_class``
+    length differs from the song's ``n_frames`` is a :class:`StoreError`
+    (``mapkit validate`` reports these; training must never guess).
+
+    Parameters
+    ----------
+    store : Store or path
+    song_ids : iterable of str, optional
+        Only these songs (default: all).
+    characteristic : str
+        Characteristic to use ("Standard"), compared case-insensitively.
+    difficulties : iterable of str, optional
+        Only these difficulties (canonical names, e.g. "Expert").
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    features = store.index("features")
+    targets = store.index("targets")
+    wanted = None if song_ids is None else set(song_ids)
+    allowed = None if difficulties is None else set(difficulties)
+    out = []
+    for song_id in sorted(set(features) & set(targets)):
+        if wanted is not None and song_id not in wanted:
+            continue
+        fe, te = features[song_id], targets[song_id]
+        n_frames = int(fe.attrs["n_frames"])
+        with open_shard(te.shard, features=False) as f:
+            song = f[te.group]
+            for char_name in sorted(song):
+                if char_name.lower() != characteristic.lower():
+                    continue
+                for diff_name in sorted(song[char_name], key=lambda d: DIFFICULTY_INDEX.get(d, 99)):
+                    if diff_name not in DIFFICULTY_INDEX or (allowed is not None and diff_name not in allowed):
+                        continue
+                    group = song[char_name][diff_name]
+                    if "frame_class" not in group:
+                        continue
+                    if group["frame_class"].shape[0] != n_frames:
+                        raise StoreError(te.shard, f"{group.name}: frame_class has {group['frame_class'].shape[0]} "
+                                                   f"frames, the song's features {n_frames}; run mapkit validate")
+                    out.append(LevelRef(song_id, char_name, diff_name, n_frames, str(fe.shard), fe.group,
+                                        str(te.shard), group.name.lstrip("/")))
+    return out
+
+
+def stage_stats(stats: dict, stage: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` float32 arrays of one stage from ``stats.json``; std floored at 1e-6."""
+    s = stats.get(stage) or {}
+    if s.get("mean") is None or s.get("std") is None:
+        raise StoreError("stats.json", f"no {stage} statistics: run mapkit extract first")
+    mean = np.asarray(s["mean"], dtype=np.float32)
+    std = np.maximum(np.asarray(s["std"], dtype=np.float32), np.float32(1e-6))  # a constant band must not divide by 0
+    return mean, std
+
+
+class _Handles:
+    """h5py files opened on first use, per process: a forked or spawned worker opens its own."""
+
+    def __init__(self):
+        self.pid = None
+        self.files = {}
+
+    def get(self, path: str, features: bool):
+        if self.pid != os.getpid():
+            self.files = {}  # inherited through fork: never use the parent's handles
+            self.pid = os.getpid()
+        f = self.files.get(path)
+        if f is None:
+            f = self.files[path] = open_shard(path, features=features)
+        return f
+
+    def close(self):
+        if self.pid == os.getpid():
+            for f in self.files.values():
+                f.close()
+        self.files = {}
+
+    def __getstate__(self):  # pickled into spawned workers: without handles
+        return {"pid": None, "files": {}}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+def _item_rng(seed: int, epoch: int, index: int, purpose: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(epoch), int(index), int(purpose)])
+
+
+# --------------------------------------------------------------------------- stage 1
+
+
+class PlacementDataset(torch.utils.data.Dataset):
+    """Stage-1 windows: ``L`` output frames of one level with their +-``context`` feature rows.
+
+    An epoch holds ``ceil(T / L)`` windows of every level (a song shorter than
+    ``L`` gives one, padded), so every song is seen in proportion to its
+    length. Window ``k`` of a level starts at ``k * L`` plus a jitter drawn
+    from ``(seed, epoch, index)`` (``jitter=True``, training) and is clipped
+    to ``[0, T - L]``, so it never reads outside the song; without jitter the
+    windows tile the song exactly (the last one overlaps its neighbour).
+    Call :meth:`set_epoch` before each epoch.
+
+    Each item is a dict:
+
+    - ``features`` float32 ``[L + 2*context, 3, 80]``: padded placement rows
+      ``[s, s + L + 2*context)``, i.e. frames ``s - context .. s + L - 1 + context``,
+      normalised per band: ``(x - mean) / std``;
+    - ``frame_class`` int64 ``[L]``: stored classes of frames ``s .. s + L - 1``;
+    - ``mask`` bool ``[L]``: False on the frames past the end of a song shorter
+      than ``L`` (their features are the silence value, their class 0);
+    - ``difficulty`` int64 (Easy 0 .. ExpertPlus 4), ``level`` int64 (index
+      into :attr:`levels`), ``start`` int64 (``s``).
+
+    Parameters
+    ----------
+    store : Store or path
+    song_ids : iterable of str, optional
+        The songs of this split (default: all).
+    stats : dict
+        ``stats.json`` contents (a checkpoint's copy when resuming); default the store's.
+    window : int
+        ``L``, output frames per item.
+    context : int
+        Context frames each side; must equal the stored placement pad.
+    characteristic, difficulties : see :func:`store_levels`
+    jitter : bool
+        Random window offsets (training) or exact tiling (validation).
+    seed : int
+    feature_settings : FeatureSettings
+        For the silence value of the padding.
+    """
+
+    def __init__(self, store, song_ids=None, stats: dict | None = None, window: int = 100, context: int = 7,
+                 characteristic: str = "Standard", difficulties=None, jitter: bool = True, seed: int = 0,
+                 feature_settings: FeatureSettings = FeatureSettings()):
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        store = store if isinstance(store, Store) else Store(store)
+        self.levels = store_levels(store, song_ids, characteristic, difficulties)
+        self.window = int(window)
+        self.context = int(context)
+        self.jitter = bool(jitter)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.silence = np.float32(feature_settings.silence_value)
+        self.mean, self.std = stage_stats(stats if stats is not None else store.read_stats(), "placement")
+        counts = [max(1, -(-lv.n_frames // self.window)) for lv in self.levels]
+        #: item index -> (level index, window number k)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._handles = _Handles()
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def set_epoch(self, epoch: int):
+        """Draw this epoch's window offsets (training); items are a pure function of (index, epoch, seed)."""
+        self.epoch = int(epoch)
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(level index, start frame)`` of item ``index`` in the current epoch."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} of {len(self)}")
+        li = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        k = index - int(self._offsets[li])
+        n_frames = self.levels[li].n_frames
+        start = k * self.window
+        if self.jitter:
+            start += int(_item_rng(self.seed, self.epoch, index, 1).integers(-(self.window // 2), self.window // 2 + 1))
+        return li, int(min(max(start, 0), max(n_frames - self.window, 0)))
+
+    def read_window(self, level: LevelRef, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised features, classes and mask of frames ``[start, start + L)`` of ``level``."""
+        L, c = self.window, self.context
+        n = min(L, level.n_frames - start)  # < L only for a song shorter than L
+        fshard = self._handles.get(level.feature_shard, features=True)
+        rows = fshard[level.feature_group]["placement"][start: start + n + 2 * c]
+        x = np.full((L + 2 * c,) + rows.shape[1:], self.silence, dtype=np.float32)
+        x[: len(rows)] = rows
+        x -= self.mean
+        x /= self.std
+        tshard = self._handles.get(level.target_shard, features=False)
+        classes = np.zeros(L, dtype=np.int64)
+        classes[:n] = tshard[level.target_group]["frame_class"][start: start + n]
+        mask = np.zeros(L, dtype=bool)
+        mask[:n] = True
+        return x, classes, mask
+
+    def __getitem__(self, index: int) -> dict:
+        li, start = self.locate(index)
+        level = self.levels[li]
+        x, classes, mask = self.read_window(level, start)
+        return {"features": torch.from_numpy(x), "frame_class": torch.from_numpy(classes),
+                "mask": torch.from_numpy(mask), "difficulty": torch.tensor(level.difficulty_index),
+                "level": torch.tensor(li), "start": torch.tensor(start)}
+
+    def level_features(self, li: int) -> np.ndarray:
+        """The whole normalised padded placement array ``[T + 2*context, 3, 80]`` of level ``li``."""
+        level = self.levels[li]
+        x = self._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
+        return (x.astype(np.float32) - self.mean) / self.std
+
+    def level_classes(self, li: int) -> np.ndarray:
+        """The stored ``frame_class`` [T] (uint8) of level ``li``."""
+        level = self.levels[li]
+        return self._handles.get(level.target_shard, features=False)[level.target_group]["frame_class"][:]
+
+    def positive_fraction(self) -> float:
+        """Fraction of frames with a note (``frame_class > 0``) over all levels (reads every target)."""
+        pos = total = 0
+        for li in range(len(self.levels)):
+            c = self.level_classes(li)
+            pos += int(np.count_nonzero(c))
+            total += len(c)
+        return pos / total if total else 0.0
+
+    def close(self):
+        self._handles.close()
+
+
+# --------------------------------------------------------------------------- stage 2
+
+
+class SelectionDataset(torch.utils.data.Dataset):
+    """Stage-2 items: one level each, its tokens and a source vector per token.
+
+    Each item is a dict:
+
+    - ``tokens`` int64 ``[n+2]``: BOS, states, EOS (the only integer data);
+    - ``src`` float32 ``[n+2, 100 + 4]``: per token, the normalised stage-2 row
+      of its frame (padded row ``frame + 1``; BOS and EOS read the pad rows)
+      followed by ``gap_prev_s, gap_next_s, gap_prev_beats, gap_next_beats``
+      exactly as stored (floats, never truncated);
+    - ``token_frames`` int64 ``[n+2]``, ``difficulty`` int64, ``level`` int64;
+    - ``one_hot`` float32 ``[n+2, 12, 20]`` only with ``one_hot=True``: the seed
+      design's state tensors, made from the tokens (not stored).
+
+    With ``max_tokens`` a longer level yields a contiguous crop of that many
+    positions, its start drawn from ``(seed, epoch, index)`` (training) or
+    the first ones (``jitter=False``).
+
+    Parameters
+    ----------
+    store : Store or path
+    song_ids, stats, characteristic, difficulties, seed : as :class:`PlacementDataset`
+    vocab : Vocabulary, optional
+        For ``one_hot`` (default: the store's vocab.json).
+    one_hot : bool
+    max_tokens : int, optional
+    jitter : bool
+    """
+
+    def __init__(self, store, song_ids=None, stats: dict | None = None, characteristic: str = "Standard",
+                 difficulties=None, vocab: Vocabulary | None = None, one_hot: bool = False,
+                 max_tokens: int | None = None, jitter: bool = True, seed: int = 0):
+        store = store if isinstance(store, Store) else Store(store)
+        self.levels = store_levels(store, song_ids, characteristic, difficulties)
+        self.mean, self.std = stage_stats(stats if stats is not None else store.read_stats(), "selection")
+        self.one_hot = bool(one_hot)
+        self.vocab = vocab
+        if self.one_hot and self.vocab is None:
+            self.vocab = read_vocab(store)
+        if max_tokens is not None and max_tokens < 2:
+            raise ValueError(f"max_tokens must be >= 2, got {max_tokens}")
+        self.max_tokens = max_tokens
+        self.jitter = bool(jitter)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._handles = _Handles()
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+
+    def read_level(self, li: int) -> dict:
+        """The whole (uncropped) item of level ``li`` as numpy arrays."""
+        level = self.levels[li]
+        g = self._handles.get(level.target_shard, features=False)[level.target_group]
+        tokens = g["tokens"][:].astype(np.int64)
+        frames = g["token_frames"][:].astype(np.int64)
+        gaps = np.stack([g[name][:] for name in GAP_NAMES], axis=1).astype(np.float32)
+        # The whole song's rows in one read: fancy indexing in h5py is slower than this for dense levels.
+        rows = self._handles.get(level.feature_shard, features=True)[level.feature_group]["selection"][:]
+        if frames.size and (frames[0] + 1 < 0 or frames[-1] + 1 >= len(rows)):
+            raise StoreError(level.target_shard, f"{level.target_group}: token frames outside the features; "
+                                                 f"run mapkit validate")
+        mel = (rows[frames + 1].astype(np.float32) - self.mean) / self.std
+        return {"tokens": tokens, "token_frames": frames, "src": np.concatenate([mel, gaps], axis=1)}
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} of {len(self)}")
+        d = self.read_level(index)
+        n = len(d["tokens"])
+        if self.max_tokens is not None and n > self.max_tokens:
+            start = 0
+            if self.jitter:
+                start = int(_item_rng(self.seed, self.epoch, index, 2).integers(0, n - self.max_tokens + 1))
+            d = {k: v[start: start + self.max_tokens] for k, v in d.items()}
+        item = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in d.items()}
+        item["difficulty"] = torch.tensor(self.levels[index].difficulty_index)
+        item["level"] = torch.tensor(index)
+        if self.one_hot:
+            item["one_hot"] = torch.from_numpy(one_hot_states(d["tokens"], self.vocab))
+        return item
+
+    def close(self):
+        self._handles.close()
+
+
+def read_vocab(store) -> Vocabulary:
+    """The store's ``vocab.json`` as a :class:`Vocabulary` (hash checked)."""
+    import json
+
+    store = store if isinstance(store, Store) else Store(store)
+    try:
+        return Vocabulary.from_json(json.loads(store.vocab_path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise StoreError(store.vocab_path, "no vocab.json: run mapkit build-targets first") from None
+    except (ValueError, KeyError) as e:
+        raise StoreError(store.vocab_path, f"unreadable vocabulary: {e}") from None
+
+
+def collate_selection(items: list[dict]) -> dict:
+    """Right-pad a batch of :class:`SelectionDataset` items.
+
+    Returns a dict with ``tokens`` int64 ``[B, S]`` padded with PAD,
+    ``src`` float32 ``[B, S, 104]`` padded with 0.0, ``mask`` bool ``[B, S]``
+    (True on real positions), ``token_frames`` int64 padded with -2 (no
+    frame), ``lengths`` int64 ``[B]``, ``difficulty`` and ``level`` ``[B]``,
+    and ``one_hot`` ``[B, S, 12, 20]`` (zeros on padding) when the items have it.
+    Tensors keep their dtypes: nothing but tokens is an integer.
+    """
+    lengths = torch.tensor([len(it["tokens"]) for it in items], dtype=torch.int64)
+    S = int(lengths.max()) if len(items) else 0
+    B = len(items)
+    out = {
+        "tokens": torch.full((B, S), PAD, dtype=torch.int64),
+        "token_frames": torch.full((B, S), -2, dtype=torch.int64),
+        "src": torch.zeros((B, S, items[0]["src"].shape[1]) if B else (0, 0, 0), dtype=torch.float32),
+        "mask": torch.zeros((B, S), dtype=torch.bool),
+        "lengths": lengths,
+        "difficulty": torch.stack([it["difficulty"] for it in items]) if B else torch.zeros(0, dtype=torch.int64),
+        "level": torch.stack([it["level"] for it in items]) if B else torch.zeros(0, dtype=torch.int64),
+    }
+    has_one_hot = B and "one_hot" in items[0]
+    if has_one_hot:
+        out["one_hot"] = torch.zeros((B, S) + tuple(items[0]["one_hot"].shape[1:]), dtype=torch.float32)
+    for b, it in enumerate(items):
+        n = int(lengths[b])
+        out["tokens"][b, :n] = it["tokens"]
+        out["token_frames"][b, :n] = it["token_frames"]
+        out["src"][b, :n] = it["src"]
+        out["mask"][b, :n] = True
+        if has_one_hot:
+            out["one_hot"][b, :n] = it["one_hot"]
+    return out

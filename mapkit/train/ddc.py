@@ -1,0 +1,226 @@
+"""Stage 1 training, ``mapkit train ddc``: where notes go in time (DESIGN.md section 4).
+
+The C-LSTM (:class:`~mapkit.train.models.PlacementModel`) learns "any note"
+per frame from windows of :class:`~mapkit.datasets.torch_datasets.PlacementDataset`,
+conditioned on the difficulty, with a positively weighted binary
+cross-entropy (notes are rare frames). Validation predicts every validation
+level whole (:func:`predict_probabilities`), picks peaks and reports onset
+precision, recall and F1 at +-20 ms (2 frames) at the threshold that
+maximises F1; that threshold and the peak-picking settings go into the
+checkpoint, so generation picks peaks exactly as validated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mapkit.datasets.store import Store
+from mapkit.settings import FeatureSettings
+from mapkit.train.loop import RunOptions, Stage, TrainConfig, TrainResult, fit
+from mapkit.train.models import PLACEMENT_PRESETS, PlacementConfig, onset_loss
+
+
+@dataclass(frozen=True)
+class DDCConfig(TrainConfig):
+    """Stage-1 training: the model, the windows, the loss weighting and peak picking.
+
+    ``pos_weight`` None: the ratio of empty to note frames in the training
+    split. ``smoothing``, ``min_gap_frames`` and ``tolerance_frames`` are
+    those of :mod:`mapkit.train.peaks` (2 frames = +-20 ms).
+    """
+
+    KIND = "train_ddc"
+
+    model: PlacementConfig = field(default_factory=lambda: PLACEMENT_PRESETS["default"])
+    window: int = 100
+    pos_weight: float | None = None
+    smoothing: int = 5
+    min_gap_frames: int = 5
+    tolerance_frames: int = 2
+    eval_batch_size: int = 64
+
+
+def ddc_config(preset: str = "default", **overrides) -> DDCConfig:
+    """A :class:`DDCConfig` with the model of ``preset`` ("tiny" or "default") and ``overrides``.
+
+    ``tiny`` also uses small batches and a short warm-up, for tests and CPUs.
+    """
+    if preset not in PLACEMENT_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PLACEMENT_PRESETS)}")
+    base = {"model": PLACEMENT_PRESETS[preset]}
+    if preset == "tiny":
+        base.update(batch_size=16, warmup_steps=20, lr=3e-3, log_every=10)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return DDCConfig(**base)
+
+
+def predict_probabilities(model, placement, difficulty: int, mean, std, silence: float, window: int = 100,
+                          batch_size: int = 64, device="cpu", autocast=None) -> np.ndarray:
+    """Per-frame note probability ``[T]`` of a whole song, in windows as in training.
+
+    The song's frames are cut into windows of ``window`` output frames
+    (starts ``0, L, 2L, ...``; the last window ends at frame ``T`` and only its
+    new frames are kept), each read with its +-context rows, so every frame
+    is predicted once, with the LSTM state of its window, as trained. A song
+    shorter than ``window`` is padded with the silence value.
+
+    Parameters
+    ----------
+    model : PlacementModel
+        In eval mode.
+    placement : np.ndarray [T + 2*context, 3, 80]
+        The song's raw (not normalised) padded placement features.
+    difficulty : int
+        0..4 = Easy..ExpertPlus.
+    mean, std : np.ndarray [3, 80]
+        Normalisation (the checkpoint's ``stats``).
+    silence : float
+        Raw feature value of silence (``FeatureSettings.silence_value``).
+    window, batch_size : int
+    device : str or torch.device
+    autocast : callable, optional
+        A context-manager factory (mixed precision) wrapped around the forward passes.
+
+    Returns
+    -------
+    np.ndarray [T] float32
+    """
+    context = model.config.context
+    x = (np.asarray(placement, dtype=np.float32) - mean) / std
+    n_frames = x.shape[0] - 2 * context
+    if n_frames < 1:
+        raise ValueError(f"{x.shape[0]} feature rows hold no frame (context {context})")
+    if n_frames < window:
+        pad = np.full((window - n_frames,) + x.shape[1:], (silence - mean) / std, dtype=np.float32)
+        x = np.concatenate([x, pad])
+    starts = list(range(0, max(n_frames - window, 0) + 1, window))
+    if starts[-1] + window < n_frames:
+        starts.append(n_frames - window)
+    out = np.zeros(max(n_frames, window), dtype=np.float32)
+    rows = window + 2 * context
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i: i + batch_size]
+        xb = torch.from_numpy(np.stack([x[s: s + rows] for s in chunk])).to(device)
+        db = torch.full((len(chunk),), int(difficulty), dtype=torch.int64, device=device)
+        with torch.no_grad(), (autocast() if autocast else torch.autocast("cpu", enabled=False)):
+            p = torch.sigmoid(model(xb, db).float()).cpu().numpy()
+        for s, row in zip(chunk, p):
+            out[s: s + window] = row  # the clipped last window overwrites only frames it shares
+    return out[:n_frames]
+
+
+class DDCStage(Stage):
+    """Stage 1 for :func:`~mapkit.train.loop.fit`."""
+
+    name = "ddc"
+    model_kind = "placement"
+    metric = "f1"
+    maximize = True
+
+    def __init__(self, store: Store, config: DDCConfig):
+        self.store = store
+        self.config = config
+        self.pos_weight = config.pos_weight
+        self.threshold = None
+        self.feature_settings = FeatureSettings()
+
+    def prepare(self, stats, train_songs, val_songs, seed):
+        from mapkit.datasets.torch_datasets import PlacementDataset
+
+        c = self.config
+        index = self.store.index("features")
+        some = next(iter(index.values()))
+        self.feature_settings = FeatureSettings.from_json(some.file_attrs["settings_json"])
+        kw = dict(stats=stats, window=c.window, context=c.model.context, characteristic=c.characteristic,
+                  difficulties=c.difficulties, seed=seed, feature_settings=self.feature_settings)
+        self.train_dataset = PlacementDataset(self.store, train_songs, jitter=True, **kw)
+        self.val_dataset = PlacementDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None
+        if not self.train_dataset.levels:
+            from mapkit.train.loop import TrainingError
+
+            raise TrainingError(self.store.root, f"no {c.characteristic} level in the training songs")
+        if self.pos_weight is None:
+            p = self.train_dataset.positive_fraction()
+            self.pos_weight = (1.0 - p) / p if p > 0 else 1.0
+
+    def model_config(self):
+        return self.config.model
+
+    def loss(self, model, batch, device):
+        logits = model(batch["features"], batch["difficulty"])
+        mask = batch["mask"]
+        if bool(mask.all()):
+            return onset_loss(logits.float(), batch["frame_class"], self.pos_weight)
+        # Padded frames of songs shorter than a window carry no target.
+        return onset_loss(logits.float()[mask], batch["frame_class"][mask], self.pos_weight)
+
+    def evaluate(self, model, device, autocast) -> dict:
+        from mapkit.train.peaks import best_threshold, f1_from_counts, onset_counts, pick_peaks
+
+        c, ds = self.config, self.val_dataset
+        probs, truths, losses = [], [], []
+        for li, level in enumerate(ds.levels):
+            raw = ds._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
+            p = predict_probabilities(model, raw, level.difficulty_index, ds.mean, ds.std, float(ds.silence),
+                                      c.window, c.eval_batch_size, device, autocast)
+            classes = ds.level_classes(li)
+            probs.append(p)
+            truths.append(np.flatnonzero(classes > 0))
+            logits = torch.logit(torch.from_numpy(p).clamp(1e-7, 1 - 1e-7))
+            losses.append((float(onset_loss(logits, torch.from_numpy(classes.astype(np.int64)),
+                                            self.pos_weight)), len(p)))
+        th, _ = best_threshold(probs, truths, min_gap_frames=c.min_gap_frames, smoothing=c.smoothing,
+                               tolerance_frames=c.tolerance_frames)
+        totals = np.zeros(3, dtype=np.int64)
+        for p, t in zip(probs, truths):
+            totals += onset_counts(pick_peaks(p, th, c.min_gap_frames, c.smoothing), t, c.tolerance_frames)
+        precision, recall, f1 = f1_from_counts(*totals)
+        self.threshold = th
+        return {"loss": sum(l * n for l, n in losses) / sum(n for _, n in losses), "precision": float(precision),
+                "recall": float(recall), "f1": float(f1), "threshold": float(th)}
+
+    def checkpoint_extras(self) -> dict:
+        c = self.config
+        return {"pos_weight": self.pos_weight, "window": c.window,
+                "peak_picking": {"threshold": self.threshold, "smoothing": c.smoothing,
+                                 "min_gap_frames": c.min_gap_frames, "tolerance_frames": c.tolerance_frames}}
+
+    def restore(self, checkpoint):
+        self.pos_weight = checkpoint["pos_weight"]
+        self.threshold = checkpoint["peak_picking"]["threshold"]
+
+    def close(self):
+        for ds in (self.train_dataset, self.val_dataset):
+            if ds is not None:
+                ds.close()
+
+
+def train_ddc(store, out_dir="mapkit-runs/ddc", config: DDCConfig | None = None,
+              options: RunOptions = RunOptions()) -> TrainResult:
+    """Train the stage-1 model on ``store``; checkpoints, logs and plot go to ``out_dir``.
+
+    Parameters
+    ----------
+    store : Store or path
+        A store with features, targets and stats.json.
+    out_dir : path
+        ``last.pt``, ``best.pt`` (highest validation F1), ``metrics.jsonl``, ``curves.png``.
+    config : DDCConfig
+        Default ``ddc_config("default")``.
+    options : RunOptions
+        Device, mixed precision, workers, ``resume``.
+
+    Returns
+    -------
+    TrainResult
+        ``metrics`` holds the last validation ``loss, precision, recall, f1, threshold``.
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    config = config or ddc_config()
+    return fit(DDCStage(store, config), store, out_dir, config, options)
+
+
+__all__ = ["DDCConfig", "DDCStage", "ddc_config", "predict_probabilities", "train_ddc"]
