@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from mapkit.cli import main
 from mapkit.datasets.store import Store, open_shard
+from mapkit.datasets.validation import validate_store
 from mapkit.errors import MapkitError, StoreError
 from mapkit.extract import extract
 from mapkit.preprocess.timebase import n_frames
@@ -324,6 +325,7 @@ def test_killed_runs_then_a_rerun_equal_a_store_built_in_one_go(tmp_path):
     stats = json.loads((store / "stats.json").read_text())
     assert stats["n_frames"] == ref_stats["n_frames"] and stats["n_songs"] == 24
     np.testing.assert_allclose(stats["placement"]["mean"], ref_stats["placement"]["mean"], rtol=1e-12)
+    assert validate_store(store, progress=False).ok  # and the resumed store passes every check
 
 
 def test_unknown_or_empty_input_raises_a_named_error(tmp_path):
