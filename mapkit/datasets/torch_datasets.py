@@ -405,8 +405,8 @@ class SelectionDataset(torch.utils.data.Dataset):
         if frames.size and (frames[0] + 1 < 0 or frames[-1] + 1 >= len(rows)):
             raise StoreError(level.target_shard, f"{level.target_group}: token frames outside the features; "
                                                  f"run mapkit validate")
-        mel = (rows[frames + 1].astype(np.float32) - self.mean) / self.std
-        return {"tokens": tokens, "token_frames": frames, "src": np.concatenate([mel, gaps], axis=1)}
+        src = selection_source(rows, frames, gaps, self.mean, self.std)
+        return {"tokens": tokens, "token_frames": frames, "src": src}
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
@@ -427,6 +427,30 @@ class SelectionDataset(torch.utils.data.Dataset):
 
     def close(self):
         self._handles.close()
+
+
+def selection_source(selection: np.ndarray, token_frames: np.ndarray, gaps: np.ndarray, mean: np.ndarray,
+                     std: np.ndarray) -> np.ndarray:
+    """Stage-2 source vectors ``[n+2, n_mels + 4]`` of one level: training and generation both call this.
+
+    Parameters
+    ----------
+    selection : np.ndarray [T + 2, n_mels]
+        Raw padded stage-2 features (float16 as stored, or float32).
+    token_frames : np.ndarray [n+2] int
+        Frame of each token; BOS -1 and EOS T read the pad rows (row = frame + 1).
+    gaps : np.ndarray [n+2, 4]
+        ``gap_prev_s, gap_next_s, gap_prev_beats, gap_next_beats``, used as they are.
+    mean, std : np.ndarray [n_mels]
+        Per-band normalisation (:func:`stage_stats`).
+
+    Returns
+    -------
+    np.ndarray [n+2, n_mels + 4] float32
+        The normalised feature row of each token's frame, then its four gaps.
+    """
+    mel = (np.asarray(selection)[np.asarray(token_frames) + 1].astype(np.float32) - mean) / std
+    return np.concatenate([mel, np.asarray(gaps, dtype=np.float32)], axis=1)
 
 
 def read_vocab(store) -> Vocabulary:
