@@ -6,6 +6,7 @@ decoded back to notes.
 """
 
 import json
+from collections import Counter
 import shutil
 
 import h5py
@@ -574,3 +575,26 @@ def test_cli(edge, tmp_path):
     assert r.exit_code == 1 and "--rebuild-vocab" in r.output
     r = runner.invoke(main, ["build-targets", str(tmp_path / "nowhere"), "--store", str(store)])
     assert r.exit_code == 1 and "nowhere" in r.output
+
+
+def test_vocabulary_encode_equals_tuple_lookup():
+    """Vocabulary.encode (bytes lookup) gives the token of the exact state, for any integer values and dtypes."""
+    rng = np.random.default_rng(0)
+    states = rng.integers(0, 4, size=(300, 12))
+    states[::7] = states[1]  # repeats
+    states[5, 3] = 256  # values no uint8 holds must not alias to 0
+    states[6, 0] = -1
+    counts = Counter(tuple(int(x) for x in s) for s in states[:200])
+    counts[tuple([256 - 256] * 11 + [0])] += 1
+    counts[(256,) + (0,) * 11] += 2
+    vocab = Vocabulary.from_counts(counts, size=150)
+    lut = {s: i + 4 for i, s in enumerate(vocab.states)}
+    want = [lut.get(tuple(int(x) for x in s), UNK) for s in states]
+    for dtype in (np.int64, np.int16):
+        assert vocab.encode(states.astype(dtype)).tolist() == want
+    small = states[(states >= 0).all(1) & (states <= 255).all(1)]
+    assert vocab.encode(small.astype(np.uint8)).tolist() == [lut.get(tuple(int(x) for x in s), UNK) for s in small]
+    aliased = np.zeros((1, 12), np.int64)
+    aliased[0, 0] = 256
+    assert vocab.encode(aliased).tolist() == [lut[(256,) + (0,) * 11]]
+    assert vocab.encode(np.zeros((0, 12), np.uint8)).tolist() == []

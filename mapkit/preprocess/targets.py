@@ -128,10 +128,27 @@ class Vocabulary:
             object.__setattr__(self, "_lut", lut)
         return lut
 
+    def _byte_lookup(self) -> dict:
+        lut = self.__dict__.get("_byte_lut")
+        if lut is None:
+            lut = {bytes(s): i + N_SPECIAL for i, s in enumerate(self.states) if all(0 <= x <= 255 for x in s)}
+            object.__setattr__(self, "_byte_lut", lut)
+        return lut
+
     def encode(self, states: np.ndarray) -> np.ndarray:
         """Tokens (int32) of ``states`` [n, 12]; unseen states become UNK."""
-        lut = self._lookup()
-        return np.array([lut.get(tuple(int(x) for x in s), UNK) for s in np.asarray(states)], dtype=np.int32)
+        states = np.asarray(states)
+        if states.ndim != 2 or len(states) == 0:
+            lut = self._lookup()
+            return np.array([lut.get(tuple(int(x) for x in s), UNK) for s in states], dtype=np.int32)
+        # rows as raw bytes: one dict lookup per state, ~30x faster than building tuples
+        in_range = np.all((states >= 0) & (states <= 255), axis=1)
+        rows = np.ascontiguousarray(np.where(in_range[:, None], states, 0), dtype=np.uint8)
+        lut = self._byte_lookup()
+        out = np.array([lut.get(k, UNK) for k in rows.view(f"V{rows.shape[1]}").ravel().tolist()], dtype=np.int32)
+        for i in np.flatnonzero(~in_range):  # values no uint8 holds: compared exactly, as ints
+            out[i] = self._lookup().get(tuple(int(x) for x in states[i]), UNK)
+        return out
 
     def decode(self, token: int):
         """The 12-tuple state of a state token, or None for a special token."""
