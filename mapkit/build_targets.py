@@ -6,8 +6,9 @@ One run (:func:`build_targets`):
    :func:`mapkit.preprocess.sources.discover`);
 2. take the store's lock; read the feature index (every level needs its song's
    features: their ``n_frames`` is T) and the targets index;
-3. refuse to mix: stored targets made with other settings, or encoded with
-   another vocabulary than ``vocab.json`` (:class:`~mapkit.errors.StoreError`);
+3. refuse to mix: stored targets made with other settings or another
+   characteristic selection, or encoded with another vocabulary than
+   ``vocab.json`` (:class:`~mapkit.errors.StoreError`);
 4. **workers** read each level (:func:`mapkit.preprocess.levels.read_level`)
    and compute everything but tokens (:func:`difficulty_targets`): notes on
    frames, notes beyond the audio dropped, quarantine, the 12-cell state of
@@ -45,7 +46,7 @@ none of its difficulties is usable (a level group without difficulty groups),
 so that a newer reading always replaces an older one.
 
 Resume: a level is skipped when the targets index holds it with the same
-settings hash, characteristic selection, level files hash
+settings hash, level files hash
 (:func:`level_files_sha256`), features audio SHA-256 and features settings
 hash, and with the current vocabulary; ``force`` redoes it.
 """
@@ -502,6 +503,21 @@ def check_settings(index, settings: TargetSettings, store_root) -> None:
                                      f"{os.path.join(str(store_root), 'targets')} and vocab.json to rebuild")
 
 
+def check_selection(index, selection: str, store_root) -> None:
+    """Refuse stored targets built with another characteristic selection.
+
+    A level is stored as one group holding the difficulties of one selection;
+    a run with another selection would replace them (newest wins), so a store
+    keeps one selection. Use ``all`` to have every characteristic.
+    """
+    others = sorted({str(e.attrs.get("characteristic", "")) for e in index.values()
+                     if str(e.attrs.get("characteristic", "")).lower() != selection.lower()})
+    if others:
+        raise StoreError(store_root, f"store holds targets built with --characteristic {', '.join(others)}, this run "
+                                     f"asks for {selection}; use the same one, another --store, or delete "
+                                     f"{os.path.join(str(store_root), 'targets')} and vocab.json to rebuild")
+
+
 def load_vocab(store: Store) -> tuple[Vocabulary, dict] | None:
     """``(vocabulary, its JSON)`` from ``vocab.json``, or None when there is none."""
     try:
@@ -604,7 +620,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
     MapkitError
         No levels in ``input_dir``, or duplicate song ids.
     StoreError
-        The store is locked, holds targets of other settings, or its
+        The store is locked, holds targets of other settings or of another
+        characteristic selection, or its
         ``vocab.json`` is not the vocabulary of its targets (or of another
         ``vocab_size``) and ``rebuild_vocab`` is not set.
     """
@@ -620,6 +637,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         features = store.index("features")
         targets = store.index("targets")
         check_settings(targets, settings, store.root)
+        check_selection(targets, selection, store.root)
         loaded = None if rebuild_vocab else load_vocab(store)
         vocab = None
         if loaded is not None:
@@ -642,7 +660,6 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             known = None
             t = targets.get(s.song_id)
             if (not force and vocab is not None and t is not None and t.settings_hash == settings.hash
-                    and str(t.attrs.get("characteristic", "")).lower() == selection.lower()
                     and t.attrs.get("audio_sha256") == audio_sha and t.attrs.get("features_settings_hash") == fhash
                     and (t.file_attrs.get("vocab_hash") == vocab.hash or not vocab_bound(t))):
                 known = str(t.attrs.get("level_sha256"))

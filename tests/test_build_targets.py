@@ -261,10 +261,10 @@ def v2_note(beat, x, y, typ, d=1):
     return {"_time": beat, "_lineIndex": x, "_lineLayer": y, "_type": typ, "_cutDirection": d}
 
 
-def write_v2_level(folder, bpm, difficulties, n_samples, events=(), seed=0):
+def write_v2_level(folder, bpm, difficulties, n_samples, events=(), seed=0, characteristic="Standard"):
     """A v2 level with a 'song.egg' of ``n_samples`` samples; ``difficulties`` maps name -> notes."""
     folder.mkdir(parents=True)
-    sets = [{"_beatmapCharacteristicName": "Standard", "_difficultyBeatmaps": [
+    sets = [{"_beatmapCharacteristicName": characteristic, "_difficultyBeatmaps": [
         {"_difficulty": name, "_difficultyRank": 1 + 2 * i, "_beatmapFilename": f"{name}.dat",
          "_noteJumpMovementSpeed": 10} for i, name in enumerate(difficulties)]}]
     info = {"_version": "2.0.0", "_songName": folder.name, "_beatsPerMinute": bpm, "_songTimeOffset": 0,
@@ -598,3 +598,56 @@ def test_vocabulary_encode_equals_tuple_lookup():
     aliased[0, 0] = 256
     assert vocab.encode(aliased).tolist() == [lut[(256,) + (0,) * 11]]
     assert vocab.encode(np.zeros((0, 12), np.uint8)).tolist() == []
+
+
+def test_characteristic_selection(edge, tmp_path):
+    """A level without the chosen characteristic is reported; a store keeps one selection."""
+    store = copy_store(edge, tmp_path)
+    with pytest.raises(StoreError, match="--characteristic Standard"):
+        build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, characteristic="all", jobs=1, progress=False)
+    inputs = tmp_path / "one"
+    write_v2_level(inputs / "onesaber", 60, {"Expert": [v2_note(1, 0, 0, 1)]}, (EDGE_T - 1) * HOP,
+                   characteristic="OneSaber")
+    extract(inputs, store=store, jobs=1, progress=False)
+    report = build_targets(inputs, store=store, settings=BIG_VOCAB, jobs=1, progress=False)
+    assert [(r.song_id, r.status) for r in report.items] == [("onesaber", "quarantined")]
+    assert "no Standard difficulties (level has: OneSaber)" in report.items[0].reason
+    assert read_levels(store)["onesaber"]["attrs"]["difficulties_json"] == "[]"
+    fresh = tmp_path / "fresh"
+    extract(inputs, store=fresh, jobs=1, progress=False)
+    report = build_targets(inputs, store=fresh, settings=BIG_VOCAB, characteristic="oneSABER", jobs=1,
+                           progress=False)
+    assert [(r.song_id, r.status) for r in report.items] == [("onesaber/OneSaber/Expert", "ok")]
+
+
+def test_interrupted_run_resumes_to_the_same_targets(edge, tmp_path, monkeypatch):
+    """A run that dies while writing keeps its committed shards (one level each); the next run finishes the job."""
+    import mapkit.build_targets as bt
+
+    store = tmp_path / "store"
+    shutil.copytree(edge["store"], store)
+    shutil.rmtree(store / "targets")
+    (store / "vocab.json").unlink()
+    real_item, calls = bt.level_item, []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real_item(*args, **kwargs)
+
+    monkeypatch.setattr(bt, "level_item", dying)
+    with pytest.raises(OSError, match="disk full"):
+        build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, jobs=1, progress=False, shard_levels=1)
+    monkeypatch.setattr(bt, "level_item", real_item)
+    assert len(Store(store).shards("targets")) == 2 and Store(store).vocab_path.exists()
+    report = build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, jobs=1, progress=False)
+    st = [r.status for r in report.items]
+    assert st.count("skipped") >= 2 and "ok" in st
+    got = read_levels(store)
+    assert got.keys() == edge["targets"].keys()
+    for sid, lv in edge["targets"].items():
+        for key, d in lv.items():
+            if key != "attrs":
+                np.testing.assert_array_equal(got[sid][key]["tokens"], d["tokens"])
+                np.testing.assert_array_equal(got[sid][key]["notes"], d["notes"])
