@@ -254,3 +254,207 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
         fail(str(e))
     click.echo(report.summary(unit="items"), err=True)
     sys.exit(report.exit_code)
+
+
+# --- train: stage 1 (ddc) and stage 2 (transformer) ---
+
+
+def _train_options(f):
+    """The options both `mapkit train` stages share (applied bottom-up, so listed in reverse)."""
+    options = [
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+        click.option("--stop-at", type=click.IntRange(min=1), default=None,
+                     help="Stop after this step (checkpointing) as if interrupted; go on later with --resume."),
+        click.option("--resume", is_flag=True, help="Continue from OUT/last.pt exactly where it stopped."),
+        click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="DataLoader worker processes (each opens its own HDF5 handles)."),
+        click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto",
+                     show_default=True, help="Mixed precision (auto: on with CUDA)."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1..."),
+        click.option("--log-every", type=click.IntRange(min=1), default=None, help="Steps between train-loss logs."),
+        click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Steps between validations."),
+        click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
+                     help="Steps between checkpoints (OUT/last.pt; also written at the end)."),
+        click.option("--difficulty", "difficulties", multiple=True,
+                     help="Train on these difficulties only (repeatable; default all)."),
+        click.option("--characteristic", default="Standard", show_default=True, help="Characteristic to train on."),
+        click.option("--val-song", "val_songs", multiple=True,
+                     help="Validation song id (repeatable; overrides --val-fraction)."),
+        click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1,
+                     show_default=True, help="Songs held out for validation (by a hash of the song id)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--grad-clip", type=click.FloatRange(min=0.0, min_open=True), default=None,
+                     help="Gradient clipping by global norm."),
+        click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear learning-rate warm-up."),
+        click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=None, help="Peak learning rate."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Items per step and process."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help="Stop after this many epochs (whichever of --epochs/--max-steps comes first)."),
+        click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps."),
+        click.option("--preset", type=click.Choice(["tiny", "default"]), default="default", show_default=True,
+                     help="Model size: default (as DeepSaber/DDC) or tiny (tests, CPU)."),
+        store_option,
+    ]
+    for option in options:
+        f = option(f)
+    return f
+
+
+def _train_config_kwargs(kw: dict) -> dict:
+    """Config overrides from the shared options (None = the preset's value)."""
+    return dict(max_steps=kw["max_steps"], epochs=kw["epochs"], batch_size=kw["batch_size"], lr=kw["lr"],
+                warmup_steps=kw["warmup_steps"], grad_clip=kw["grad_clip"], seed=kw["seed"],
+                val_fraction=kw["val_fraction"], val_songs=tuple(kw["val_songs"]) or None,
+                characteristic=kw["characteristic"], difficulties=tuple(kw["difficulties"]) or None,
+                checkpoint_every=kw["checkpoint_every"], eval_every=kw["eval_every"], log_every=kw["log_every"])
+
+
+def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
+    from mapkit.errors import MapkitError
+    from mapkit.train.loop import RunOptions
+
+    options = RunOptions(device=kw["device"], amp=kw["amp"], num_workers=kw["workers"], resume=kw["resume"],
+                         progress=not kw["no_progress"], stop_at=kw["stop_at"])
+    try:
+        config = config_fn(kw["preset"], **config_overrides, **_train_config_kwargs(kw))
+        result = train_fn(kw["store"], out, config, options)
+    except MapkitError as e:
+        fail(str(e))
+    except ValueError as e:
+        fail(f"bad training settings: {e}")
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.metrics.items())
+        click.echo(f"step {result.step}{' (stopped early)' if result.stopped_early else ''}; "
+                   f"validation: {metrics or 'none (no validation songs)'}")
+        click.echo(f"checkpoint: {result.last}; log: {result.metrics_path}; curves: {result.plot_path}")
+
+
+@main.group("train")
+def train_group():
+    """Train the two models on a store: `ddc` (stage 1), then `transformer` (stage 2).
+
+    Both split the store's songs into training and validation (a song is
+    never in both), log to OUT/metrics.jsonl, plot OUT/curves.png, and
+    write OUT/last.pt (every --checkpoint-every steps and at the end) and
+    OUT/best.pt. On several GPUs run them under torchrun.
+
+    \b
+    Example:
+      mapkit train ddc --store data/ --max-steps 20000
+      torchrun --nproc_per_node 4 -m mapkit train transformer --store data/
+    """
+
+
+@train_group.command("ddc")
+@_train_options
+@click.option("--out", type=click.Path(file_okay=False), default="mapkit-runs/ddc", show_default=True,
+              help="Folder of checkpoints, metrics.jsonl and curves.png.")
+@click.option("--window", type=click.IntRange(min=1), default=None, help="Output frames per training item (100).")
+@click.option("--pos-weight", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Weight of note frames in the loss (default: empty/note frame ratio of the training split).")
+@click.option("--smoothing", type=click.IntRange(min=0), default=None,
+              help="Odd smoothing window (frames) before peak picking (5).")
+@click.option("--min-gap", "min_gap_frames", type=click.IntRange(min=1), default=None,
+              help="Minimum frames between picked peaks (5).")
+def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
+    """Stage 1: the C-LSTM that says on which frames notes go.
+
+    Trains on windows of placement features (+-7 context frames) with the
+    difficulty as input. Validation: onset precision/recall/F1 at +-20 ms
+    after peak picking; the F1-best threshold is saved in the checkpoint for
+    `mapkit generate`.
+
+    \b
+    Example:
+      mapkit train ddc --store data/ --out mapkit-runs/ddc --max-steps 20000
+      mapkit train ddc --preset tiny --max-steps 300 --device cpu
+      mapkit train ddc --resume --max-steps 40000
+    """
+    from mapkit.train.ddc import ddc_config, train_ddc
+
+    _run_training(train_ddc, ddc_config, out, kw, window=window, pos_weight=pos_weight, smoothing=smoothing,
+                  min_gap_frames=min_gap_frames)
+
+
+@train_group.command("transformer")
+@_train_options
+@click.option("--out", type=click.Path(file_okay=False), default="mapkit-runs/transformer", show_default=True,
+              help="Folder of checkpoints, metrics.jsonl and curves.png.")
+@click.option("--d-model", type=click.IntRange(min=1), default=None, help="Model width (512).")
+@click.option("--layers", "n_layers", type=click.IntRange(min=1), default=None,
+              help="Encoder and decoder layers each (6).")
+@click.option("--heads", "n_heads", type=click.IntRange(min=1), default=None, help="Attention heads (8).")
+@click.option("--d-ff", type=click.IntRange(min=1), default=None, help="Feed-forward width (4 x d-model).")
+@click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=None, help="Dropout (0.1).")
+@click.option("--max-tokens", type=click.IntRange(min=2), default=None,
+              help="Longer levels are cropped to a random window of this many tokens (1024).")
+def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, max_tokens, **kw):
+    """Stage 2: the encoder-decoder that says which notes go on each note frame.
+
+    Encoder over per-note stage-2 features and gaps, causal decoder over
+    state tokens, label smoothing 0.1. Validation: token accuracy and
+    perplexity. The vocabulary is saved in the checkpoint.
+
+    \b
+    Example:
+      mapkit train transformer --store data/ --max-steps 100000
+      mapkit train transformer --preset tiny --max-steps 300 --device cpu
+      mapkit train transformer --d-model 256 --layers 4 --heads 4
+    """
+    from mapkit.train.transformer import train_transformer, transformer_config
+
+    _run_training(train_transformer, transformer_config, out, kw, d_model=d_model, n_layers=n_layers,
+                  n_heads=n_heads, d_ff=d_ff, dropout=dropout, max_tokens=max_tokens)
+
+
+# --- generate: both models -> a playable level ---
+
+
+@main.command("generate")
+@click.argument("song", type=click.Path())
+@click.option("--placement", type=click.Path(dir_okay=False), default="mapkit-runs/ddc/last.pt", show_default=True,
+              help="Stage-1 checkpoint (mapkit train ddc).")
+@click.option("--selection", type=click.Path(dir_okay=False), default="mapkit-runs/transformer/last.pt",
+              show_default=True, help="Stage-2 checkpoint (mapkit train transformer).")
+@click.option("--difficulty", default="Expert", show_default=True,
+              help="Easy, Normal, Hard, Expert or ExpertPlus (conditions stage 1; names the difficulty file).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="mapkit-generated", show_default=True,
+              help="Folder for the level folder <song>-mapkit/ and its .zip.")
+@click.option("--beam-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Beams of the stage-2 search (1 = greedy).")
+@click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Sample stage 2 at this temperature instead of beam search.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --temperature sampling.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Note threshold of the peak picking (default: the checkpoint's validated one).")
+@click.option("--no-snap", is_flag=True, help="Keep exact note times instead of snapping to 1/16 beat within 10 ms.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
+def generate_command(song, placement, selection, difficulty, out_dir, beam_size, temperature, seed, threshold,
+                     no_snap, device):
+    """Generate a playable level for SONG with the two trained models.
+
+    SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
+    .zip. Writes OUT/<song>-mapkit/ (Info.dat v2.1.0, <Difficulty>Standard.dat
+    v3.3.0, song.egg, cover.png) and OUT/<song>-mapkit.zip for Beat Saber or
+    BeatSaver. The BPM is estimated from the audio; note times come from
+    stage-1 peaks, notes from a stage-2 beam search.
+
+    \b
+    Example:
+      mapkit generate song.ogg
+      mapkit generate song.ogg --difficulty Hard --out levels/ --beam-size 4
+      mapkit generate song.ogg --temperature 0.8 --seed 3 --no-snap
+    """
+    from mapkit.errors import MapkitError
+    from mapkit.generate import generate
+
+    try:
+        level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
+                         beam_size=beam_size, temperature=temperature, seed=seed, threshold=threshold,
+                         snap=not no_snap, out_dir=out_dir)
+    except MapkitError as e:
+        fail(str(e))
+    click.echo(level.summary())
