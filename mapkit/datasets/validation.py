@@ -92,6 +92,8 @@ SONG_ATTRS = ("n_frames", "pad_placement", "pad_selection", "sample_rate", "n_sa
 LEVEL_DATASETS = ("frame_class", "notes", "tokens", "token_frames", "gap_prev_s", "gap_next_s",
                   "gap_prev_beats", "gap_next_beats")
 GAP_NAMES = LEVEL_DATASETS[4:]
+#: Attributes of a level that are checked.
+LEVEL_ATTRS = ("n_frames", "audio_sha256", "features_settings_hash", "vocab_hash", "tempo_map")
 
 #: |beat -> seconds - time_s| allowed for a stored note (float64 arithmetic on the same numbers).
 NOTE_TIME_ATOL = 1e-6
@@ -335,27 +337,31 @@ def scan_features(ds, pad: tuple, n_frames: int, silence, block_rows: int = BLOC
     """
     lo, hi = int(pad[0]), int(pad[0]) + int(n_frames)
     silence = np.asarray(silence, dtype=ds.dtype)
-    out = _Scan(sum=np.zeros(ds.shape[1:]), sum_sq=np.zeros(ds.shape[1:]), sum_abs=np.zeros(ds.shape[1:]))
+    bands = tuple(ds.shape[1:])
+    out = _Scan(sum=np.zeros(bands), sum_sq=np.zeros(bands), sum_abs=np.zeros(bands))
     for start in range(0, ds.shape[0], block_rows):
         block = np.asarray(ds[start:start + block_rows])
+        flat = block.reshape(len(block), -1)
         rows = np.arange(start, start + len(block))
-        bad_rows = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        finite = np.isfinite(flat)
+        bad_rows = ~finite.all(axis=1)
         if bad_rows.any():
-            out.nonfinite += int((~np.isfinite(block)).sum())
+            out.nonfinite += int((~finite).sum())
             if out.first_nonfinite_row < 0:
                 out.first_nonfinite_row = int(rows[bad_rows][0])
         in_pad = (rows < lo) | (rows >= hi)
         if in_pad.any():
-            not_silent = (block[in_pad] != silence).reshape(int(in_pad.sum()), -1).any(axis=1)
+            not_silent = (flat[in_pad] != silence).any(axis=1)
             if not_silent.any():
                 out.bad_pad += int(not_silent.sum())
                 if out.first_bad_pad_row < 0:
                     out.first_bad_pad_row = int(rows[in_pad][not_silent][0])
-        body = block[~in_pad].astype(np.float64)
+        # float16 -> float32 is exact; sums and products accumulate in float64
+        body = flat[~in_pad].astype(np.float32)
         if len(body):
-            out.sum += body.sum(axis=0)
-            out.sum_sq += np.einsum("t...,t...->...", body, body)
-            out.sum_abs += np.abs(body).sum(axis=0)
+            out.sum += body.sum(axis=0, dtype=np.float64).reshape(bands)
+            out.sum_sq += np.einsum("ti,ti->i", body, body, dtype=np.float64).reshape(bands)
+            out.sum_abs += np.abs(body).sum(axis=0, dtype=np.float64).reshape(bands)
     return out
 
 
@@ -589,7 +595,9 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
     from mapkit.preprocess.targets import BOS, EOS, frame_class
     from mapkit.preprocess.tempo import TempoMap
 
-    attrs = _attrs_dict(dg.attrs)
+    # only the attributes checked (a level has many): reading each costs
+    attrs = {k: v.decode() if isinstance(v, bytes) else v
+             for k in LEVEL_ATTRS if (v := dg.attrs.get(k)) is not None}
     missing = [k for k in LEVEL_DATASETS if k not in dg]
     if missing:
         report.add("shard_readable", where, f"level without datasets {missing}", missing=missing)
