@@ -102,7 +102,9 @@ def _mel_matrix(sr: int, n_fft: int, n_mels: int):
 def hann_window(n_fft: int) -> np.ndarray:
     """Periodic Hann window (``scipy.signal.get_window("hann", n_fft)``), float32."""
     k = np.arange(n_fft, dtype=np.float64)
-    return (0.5 - 0.5 * np.cos(2.0 * np.pi * k / n_fft)).astype(np.float32)
+    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * k / n_fft)).astype(np.float32)
+    window.flags.writeable = False  # cached and shared
+    return window
 
 
 def _segment(y: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -164,6 +166,8 @@ def log_mel(
     y = np.asarray(y, dtype=np.float32)
     if out is None:
         out = np.empty((n_frames, n_mels), dtype=np.float32)
+    if n_fft % 2 or n_fft <= 0 or hop <= 0:
+        raise ValueError(f"need an even n_fft > 0 and hop > 0, got n_fft={n_fft}, hop={hop}")
     if out.shape != (n_frames, n_mels):
         raise ValueError(f"out has shape {out.shape}, need {(n_frames, n_mels)}")
     window = hann_window(n_fft)
