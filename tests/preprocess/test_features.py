@@ -206,3 +206,17 @@ def test_song_features_errors_are_audio_errors(tmp_path):
     with pytest.raises(AudioError) as e:
         song_features(Source("lvl", str(level), "level"))
     assert "gone.egg" in e.value.path and "missing" in e.value.reason
+
+
+def test_feature_path_does_not_import_librosa(tmp_path):
+    # every worker process and `mapkit generate` would pay ~1.3 s of librosa imports
+    import subprocess
+    import sys
+
+    path = tmp_path / "a.wav"
+    sf.write(str(path), music_like(0.5, 22050), 22050)
+    code = ("import sys; from mapkit.preprocess.features import song_features; "
+            "from mapkit.preprocess.sources import Source; "
+            f"song_features(Source('a', {str(path)!r}, 'audio')); print('librosa' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
