@@ -214,7 +214,7 @@ def test_feature_path_does_not_import_librosa(tmp_path):
     import sys
 
     path = tmp_path / "a.wav"
-    sf.write(str(path), music_like(0.5, 22050), 22050)
+    sf.write(str(path), music_like(1.0, 22050), 22050)
     code = ("import sys; from mapkit.preprocess.features import song_features; "
             "from mapkit.preprocess.sources import Source; "
             f"song_features(Source('a', {str(path)!r}, 'audio')); print('librosa' in sys.modules)")
