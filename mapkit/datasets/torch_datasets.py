@@ -174,29 +174,47 @@ def stage_stats(stats: dict, stage: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Handles:
-    """h5py files opened on first use, per process: a forked or spawned worker opens its own."""
+    """h5py files and datasets opened on first use, per process: a forked or spawned worker opens its own.
+
+    Dataset objects are cached too: an h5py group lookup costs more than
+    reading a 100-frame window.
+    """
 
     def __init__(self):
         self.pid = None
         self.files = {}
+        self.datasets = {}
+
+    def _check_pid(self):
+        if self.pid != os.getpid():
+            self.files, self.datasets = {}, {}  # inherited through fork: never use the parent's handles
+            self.pid = os.getpid()
 
     def get(self, path: str, features: bool):
-        if self.pid != os.getpid():
-            self.files = {}  # inherited through fork: never use the parent's handles
-            self.pid = os.getpid()
+        """The open shard at ``path``."""
+        self._check_pid()
         f = self.files.get(path)
         if f is None:
             f = self.files[path] = open_shard(path, features=features)
         return f
 
+    def dataset(self, path: str, group: str, name: str, features: bool):
+        """Dataset ``group/name`` of the shard at ``path``."""
+        self._check_pid()
+        key = (path, group, name)
+        d = self.datasets.get(key)
+        if d is None:
+            d = self.datasets[key] = self.get(path, features)[group][name]
+        return d
+
     def close(self):
         if self.pid == os.getpid():
             for f in self.files.values():
                 f.close()
-        self.files = {}
+        self.files, self.datasets = {}, {}
 
     def __getstate__(self):  # pickled into spawned workers: without handles
-        return {"pid": None, "files": {}}
+        return {"pid": None, "files": {}, "datasets": {}}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -292,15 +310,18 @@ class PlacementDataset(torch.utils.data.Dataset):
         """Normalised features, classes and mask of frames ``[start, start + L)`` of ``level``."""
         L, c = self.window, self.context
         n = min(L, level.n_frames - start)  # < L only for a song shorter than L
-        fshard = self._handles.get(level.feature_shard, features=True)
-        rows = fshard[level.feature_group]["placement"][start: start + n + 2 * c]
-        x = np.full((L + 2 * c,) + rows.shape[1:], self.silence, dtype=np.float32)
-        x[: len(rows)] = rows
+        rows = self._handles.dataset(level.feature_shard, level.feature_group, "placement", True)[
+            start: start + n + 2 * c]
+        if n == L:
+            x = rows.astype(np.float32)
+        else:
+            x = np.full((L + 2 * c,) + rows.shape[1:], self.silence, dtype=np.float32)
+            x[: len(rows)] = rows
         x -= self.mean
         x /= self.std
-        tshard = self._handles.get(level.target_shard, features=False)
         classes = np.zeros(L, dtype=np.int64)
-        classes[:n] = tshard[level.target_group]["frame_class"][start: start + n]
+        classes[:n] = self._handles.dataset(level.target_shard, level.target_group, "frame_class", False)[
+            start: start + n]
         mask = np.zeros(L, dtype=bool)
         mask[:n] = True
         return x, classes, mask
