@@ -432,8 +432,10 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
               help="Note threshold of the peak picking (default: the checkpoint's validated one).")
 @click.option("--no-snap", is_flag=True, help="Keep exact note times instead of snapping to 1/16 beat within 10 ms.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Torch CPU threads. 1 is fastest on small CPUs: decoding is a long chain of small steps.")
 def generate_command(song, placement, selection, difficulty, out_dir, beam_size, temperature, seed, threshold,
-                     no_snap, device):
+                     no_snap, device, threads):
     """Generate a playable level for SONG with the two trained models.
 
     SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
@@ -448,9 +450,12 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
       mapkit generate song.ogg --difficulty Hard --out levels/ --beam-size 4
       mapkit generate song.ogg --temperature 0.8 --seed 3 --no-snap
     """
+    import torch
+
     from mapkit.errors import MapkitError
     from mapkit.generate import generate
 
+    torch.set_num_threads(threads)
     try:
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
                          beam_size=beam_size, temperature=temperature, seed=seed, threshold=threshold,

