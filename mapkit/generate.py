@@ -354,7 +354,8 @@ def info_json(title: str, bpm: float, difficulty: str, beatmap_filename: str, du
     return {
         "_version": "2.1.0", "_songName": title, "_songSubName": "", "_songAuthorName": "",
         "_levelAuthorName": "mapkit", "_beatsPerMinute": float(bpm), "_shuffle": 0, "_shufflePeriod": 0.5,
-        "_previewStartTime": round(min(12.0, duration_s / 3), 3), "_previewDuration": round(min(10.0, duration_s / 3), 3),
+        "_previewStartTime": round(min(12.0, duration_s / 3), 3),
+        "_previewDuration": round(min(10.0, duration_s / 3), 3),
         "_songFilename": "song.egg", "_coverImageFilename": "cover.png",
         "_environmentName": "DefaultEnvironment", "_allDirectionsEnvironmentName": "GlassDesertEnvironment",
         "_environmentNames": ["DefaultEnvironment"],
@@ -552,11 +553,11 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     """
     import torch
 
+    from mapkit.datasets.torch_datasets import selection_source
     from mapkit.imageio import png_bytes
     from mapkit.preprocess.features import song_features
     from mapkit.preprocess.levels import canonical_difficulty
     from mapkit.preprocess.targets import token_sequence
-    from mapkit.datasets.torch_datasets import selection_source
     from mapkit.train.ddc import predict_probabilities
     from mapkit.train.decoding import beam_search, sample
     from mapkit.train.models import DIFFICULTIES

@@ -258,6 +258,12 @@ def test_bad_inputs_are_named(song, tmp_path):
     with pytest.raises(MapkitError, match="vocabulary"):
         other = dict(s_ckpt, vocab=Vocabulary.from_counts({(1,) + (0,) * 11: 1}, 1).to_json())
         generate_level(song / "clicks.ogg", placement, selection, p_ckpt, other, out_dir=tmp_path)
+    no_threshold = dict(p_ckpt, peak_picking=dict(p_ckpt["peak_picking"], threshold=None))
+    with pytest.raises(MapkitError, match="threshold"):
+        generate_level(song / "clicks.ogg", placement, selection, no_threshold, s_ckpt, out_dir=tmp_path)
+    gen = generate_level(song / "clicks.ogg", placement, selection, no_threshold, s_ckpt, threshold=0.0,
+                         beam_size=1, out_dir=tmp_path)
+    assert len(gen.peak_frames) > 0
     (tmp_path / "empty.ogg").write_bytes(b"")
     with pytest.raises(MapkitError, match="empty file"):
         generate_level(tmp_path / "empty.ogg", placement, selection, p_ckpt, s_ckpt, out_dir=tmp_path)
