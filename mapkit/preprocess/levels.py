@@ -145,7 +145,10 @@ def _strict_number(value):
     if isinstance(value, bool):
         return None, False
     if isinstance(value, (int, float)):
-        return float(value), False
+        try:
+            return float(value), False
+        except OverflowError:  # an integer beyond float range is as infinite as 1e400
+            return (math.inf if value > 0 else -math.inf), False
     if isinstance(value, str) and _NUMBER_RE.fullmatch(value.strip()):
         return float(value), True
     return None, isinstance(value, str)
@@ -167,47 +170,71 @@ def _as_dict(value) -> dict:
 
 # --- note records --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _RawNote:
-    """One note as found in a file, fields still raw JSON values (``_MISSING`` when absent)."""
+# What a note's ``type`` may be: any of red, blue, bomb (v1/v2 ``_type``), a colour (v3/v4 ``c``),
+# or only a bomb (v3/v4 bomb arrays, whose type is BOMB by construction)
+_ANY_TYPE, _COLOUR_TYPE, _BOMB_TYPE = 0, 1, 2
 
-    beat: object
-    x: object
-    y: object
-    type: object        # v2 ``_type``; v3/v4 colour ``c``; BOMB for v3/v4 bombs
-    direction: object
-    fake: bool
-    allowed_types: tuple  # valid values of ``type``
-    is_bomb: bool         # counted as a bomb when read
+# Stand-ins for notes that are not JSON objects: their beat is not a number -> bad_value
+_V2_NOT_AN_OBJECT = {"_time": None, "_lineIndex": 0, "_lineLayer": 0, "_type": 0, "_cutDirection": 0}
+_V3_NOT_AN_OBJECT = {"b": None}
+
+# How a raw field parsed (see _number_column)
+_NUMBER, _STRING, _BAD, _ABSENT = 0, 1, 2, 3
 
 
-def _v2_notes(doc: dict, where: str) -> list[_RawNote]:
-    out = []
-    for n in _as_list(doc, "_notes", where):
-        if not isinstance(n, dict):
-            out.append(_RawNote(None, 0, 0, 0, 0, False, (0, 1, BOMB), False))  # -> bad_value
-            continue
-        t = n.get("_type", _MISSING)
-        tv, _ = _strict_number(t)
-        out.append(_RawNote(n.get("_time", _MISSING), n.get("_lineIndex", _MISSING), n.get("_lineLayer", _MISSING),
-                            t, n.get("_cutDirection", _MISSING), _as_dict(n.get("_customData")).get("_fake") is True,
-                            (0, 1, BOMB), tv == BOMB))
-    return out
+@dataclass
+class _RawNotes:
+    """A file's notes as columns of raw JSON values (``_MISSING`` when absent), in file order.
+
+    ``type`` is the v2 ``_type``, the v3/v4 colour ``c``, or BOMB for v3/v4
+    bombs; ``fake`` flags Noodle Extensions fakes; ``kind`` says which types
+    are allowed (``_ANY_TYPE``, ``_COLOUR_TYPE``, ``_BOMB_TYPE``).
+    """
+
+    beat: list = field(default_factory=list)
+    x: list = field(default_factory=list)
+    y: list = field(default_factory=list)
+    type: list = field(default_factory=list)
+    direction: list = field(default_factory=list)
+    fake: list = field(default_factory=list)
+    kind: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.beat)
+
+    def extend(self, beat, x, y, type, direction, fake, kind: int):
+        """Append equally long columns; ``fake`` is one bool for all of them or a list."""
+        n = len(beat)
+        self.beat += beat
+        self.x += x
+        self.y += y
+        self.type += type
+        self.direction += direction
+        self.fake += fake if isinstance(fake, list) else [fake] * n
+        self.kind += [kind] * n
 
 
-def _v3_notes(doc: dict, where: str) -> list[_RawNote]:
+def _v2_notes(doc: dict, where: str) -> _RawNotes:
+    notes = [n if isinstance(n, dict) else _V2_NOT_AN_OBJECT for n in _as_list(doc, "_notes", where)]
+    raw = _RawNotes()
+    raw.extend(*([n.get(key, _MISSING) for n in notes]
+                 for key in ("_time", "_lineIndex", "_lineLayer", "_type", "_cutDirection")),
+               fake=[isinstance(c := n.get("_customData"), dict) and c.get("_fake") is True for n in notes],
+               kind=_ANY_TYPE)
+    return raw
+
+
+def _v3_notes(doc: dict, where: str) -> _RawNotes:
     custom = _as_dict(doc.get("customData"))
-    out = []
+    raw = _RawNotes()
     for fake, color_key, bomb_key in ((False, "colorNotes", "bombNotes"), (True, "fakeColorNotes", "fakeBombNotes")):
         src = doc if not fake else custom
-        for n in _as_list(src, color_key, where):
-            n = n if isinstance(n, dict) else {"b": None}  # not an object -> bad_value
-            out.append(_RawNote(n.get("b", 0), n.get("x", 0), n.get("y", 0), n.get("c", 0), n.get("d", 0),
-                                fake, (0, 1), False))
-        for n in _as_list(src, bomb_key, where):
-            n = n if isinstance(n, dict) else {"b": None}
-            out.append(_RawNote(n.get("b", 0), n.get("x", 0), n.get("y", 0), BOMB, 0, fake, (BOMB,), True))
-    return out
+        colour = [n if isinstance(n, dict) else _V3_NOT_AN_OBJECT for n in _as_list(src, color_key, where)]
+        raw.extend(*([n.get(key, 0) for n in colour] for key in "bxycd"), fake=fake, kind=_COLOUR_TYPE)
+        bombs = [n if isinstance(n, dict) else _V3_NOT_AN_OBJECT for n in _as_list(src, bomb_key, where)]
+        raw.extend(*([n.get(key, 0) for n in bombs] for key in "bxy"), [BOMB] * len(bombs), [0] * len(bombs),
+                   fake=fake, kind=_BOMB_TYPE)
+    return raw
 
 
 def _v4_index(obj: dict, key: str, data: list, array: str, k: int, where: str) -> dict:
@@ -219,19 +246,24 @@ def _v4_index(obj: dict, key: str, data: list, array: str, k: int, where: str) -
     return entry if isinstance(entry, dict) else {}
 
 
-def _v4_notes(doc: dict, where: str) -> list[_RawNote]:
+def _v4_notes(doc: dict, where: str) -> _RawNotes:
     color_data = _as_list(doc, "colorNotesData", where)
     bomb_data = _as_list(doc, "bombNotesData", where)
-    out = []
+    raw = _RawNotes()
+    rows = []
     for k, n in enumerate(_as_list(doc, "colorNotes", where)):
         n = _as_dict(n)
         d = _v4_index(n, "i", color_data, "colorNotes", k, where)
-        out.append(_RawNote(n.get("b", 0), d.get("x", 0), d.get("y", 0), d.get("c", 0), d.get("d", 0),
-                            False, (0, 1), False))
+        rows.append((n.get("b", 0), d.get("x", 0), d.get("y", 0), d.get("c", 0), d.get("d", 0)))
+    if rows:
+        raw.extend(*map(list, zip(*rows)), fake=False, kind=_COLOUR_TYPE)
+    rows = []
     for k, n in enumerate(_as_list(doc, "bombNotes", where)):
         n = _as_dict(n)
         d = _v4_index(n, "i", bomb_data, "bombNotes", k, where)
-        out.append(_RawNote(n.get("b", 0), d.get("x", 0), d.get("y", 0), BOMB, 0, False, (BOMB,), True))
+        rows.append((n.get("b", 0), d.get("x", 0), d.get("y", 0), BOMB, 0))
+    if rows:
+        raw.extend(*map(list, zip(*rows)), fake=False, kind=_BOMB_TYPE)
     # the other objects are not targets, but their indices are checked: a bad one is corruption too
     checks = (("obstacles", (("i", "obstaclesData"),)),
               ("arcs", (("hi", "colorNotesData"), ("ti", "colorNotesData"), ("ai", "arcsData"))),
@@ -240,50 +272,58 @@ def _v4_notes(doc: dict, where: str) -> list[_RawNote]:
         for k, obj in enumerate(_as_list(doc, array, where)):
             for key, data_name in keys:
                 _v4_index(_as_dict(obj), key, _as_list(doc, data_name, where), array, k, where)
-    return out
+    return raw
 
 
-def _check_note(raw: _RawNote):
-    """``(reason, None)`` for a note to drop, else ``(None, (beat, column, row, color, direction))``.
+def _number_column(values: list) -> tuple[np.ndarray, np.ndarray]:
+    """Raw JSON values -> (float64 values, how each parsed: ``_NUMBER``, ``_STRING``, ``_BAD``, ``_ABSENT``).
 
-    Also returns how many fields were numeric strings, as a third element.
+    Numbers (not bools) and strictly numeric strings (see :func:`_strict_number`)
+    are values; anything else is NaN with state ``_BAD``, or ``_ABSENT`` for ``_MISSING``.
     """
-    if raw.fake:
-        return "fake", None, 0
-    fields = (raw.beat, raw.x, raw.y, raw.type, raw.direction)
-    if any(v is _MISSING for v in fields):
-        return "missing_field", None, 0
-    values, n_strings = [], 0
-    for v in fields:
+    if set(map(type, values)) <= {int, float}:  # the usual case: plain JSON numbers
+        try:
+            return np.array(values, dtype=np.float64), np.zeros(len(values), dtype=np.int8)
+        except OverflowError:  # an integer beyond float range: the exact per-value path below
+            pass
+    nums = np.full(len(values), np.nan)
+    states = np.empty(len(values), dtype=np.int8)
+    for i, v in enumerate(values):
+        if v is _MISSING:
+            states[i] = _ABSENT
+            continue
         num, was_string = _strict_number(v)
         if num is None:
-            return "bad_value", None, 0
-        n_strings += was_string
-        values.append(num)
-    beat, x, y, typ, direction = values
-    if raw.is_bomb:
-        direction = 0.0  # the game ignores a bomb's direction
-    if not all(math.isfinite(v) for v in (beat, x, y, typ, direction)):
-        return "non_finite", None, n_strings
-    if typ != int(typ) or int(typ) not in raw.allowed_types:
-        return "unknown_type", None, n_strings
-    if x != int(x) or y != int(y):
-        if abs(x) >= 1000 or abs(y) >= 1000:  # Mapping Extensions precision placement
-            return "off_grid", None, n_strings
-        return "fractional_position", None, n_strings
-    if not (0 <= x < N_COLUMNS and 0 <= y < N_ROWS):
-        return "off_grid", None, n_strings
-    if direction != int(direction) or not 0 <= direction < N_DIRECTIONS:
-        return "bad_direction", None, n_strings
-    return None, (beat, int(x), int(y), int(typ), int(direction)), n_strings
+            states[i] = _BAD
+        else:
+            nums[i], states[i] = num, _STRING if was_string else _NUMBER
+    return nums, states
 
 
-def normalise_notes(raw_notes, tempo: TempoMap):
-    """Raw note records -> sorted ``NOTE_DTYPE`` array, drops by reason, count of numeric strings.
+def _is_integer(values: np.ndarray) -> np.ndarray:
+    return np.floor(values) == values
+
+
+def _is_bomb(kind: np.ndarray, typ: np.ndarray) -> np.ndarray:
+    """Which notes are bombs: those of the bomb arrays, and v1/v2 notes whose ``_type`` parses to 3."""
+    return (kind != _COLOUR_TYPE) & (typ == BOMB)
+
+
+def _count_bombs(raw_notes: _RawNotes) -> int:
+    """Bombs as read (dropped ones included)."""
+    return int(_is_bomb(np.array(raw_notes.kind, dtype=np.int8), _number_column(raw_notes.type)[0]).sum())
+
+
+def normalise_notes(raw_notes: _RawNotes, tempo: TempoMap):
+    """Raw note columns -> sorted ``NOTE_DTYPE`` array, drops by reason, count of numeric strings.
+
+    Each note is dropped for the first reason of ``DROP_REASONS`` that applies
+    to it (see the module docstring); the checks run on whole columns.
 
     Parameters
     ----------
-    raw_notes : iterable of _RawNote
+    raw_notes : _RawNotes
+        A file's notes, as read by ``_v2_notes``, ``_v3_notes`` or ``_v4_notes``.
     tempo : TempoMap
         Times the beats of these notes.
 
@@ -292,25 +332,49 @@ def normalise_notes(raw_notes, tempo: TempoMap):
     notes : np.ndarray of NOTE_DTYPE
         Kept notes, sorted by (time_s, column, row), no duplicates.
     drops : Counter
-        reason -> count (see the module docstring for the reasons).
+        reason -> count, only reasons that dropped notes (see the module docstring).
     n_strings : int
-        How many numeric fields were given as strings (accepted, flagged).
+        How many numeric fields were given as strings (accepted, flagged),
+        counted on notes whose fields are all present and numeric.
     """
+    (beat, x, y, typ, direction), states = zip(*(
+        _number_column(c) for c in (raw_notes.beat, raw_notes.x, raw_notes.y, raw_notes.type, raw_notes.direction)))
+    states = np.stack(states)
+    fake = np.array(raw_notes.fake, dtype=bool)
+    kind = np.array(raw_notes.kind, dtype=np.int8)
+    direction = np.where(_is_bomb(kind, typ), 0.0, direction)  # the game ignores a bomb's direction
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(beat) & np.isfinite(x) & np.isfinite(y) & np.isfinite(typ) & np.isfinite(direction)
+        allowed = (((kind == _ANY_TYPE) & np.isin(typ, (0, 1, BOMB)))
+                   | ((kind == _COLOUR_TYPE) & np.isin(typ, (0, 1)))
+                   | ((kind == _BOMB_TYPE) & (typ == BOMB)))
+        fractional = ~(_is_integer(x) & _is_integer(y))
+        placement_ext = (np.abs(x) >= 1000) | (np.abs(y) >= 1000)  # Mapping Extensions precision placement
+        on_grid = (x >= 0) & (x < N_COLUMNS) & (y >= 0) & (y < N_ROWS)
+        good_direction = _is_integer(direction) & (direction >= 0) & (direction < N_DIRECTIONS)
+    checks = (("fake", fake),
+              ("missing_field", (states == _ABSENT).any(axis=0)),
+              ("bad_value", (states == _BAD).any(axis=0)),
+              ("non_finite", ~finite),
+              ("unknown_type", ~allowed),
+              ("off_grid", fractional & placement_ext),
+              ("fractional_position", fractional),
+              ("off_grid", ~on_grid),
+              ("bad_direction", ~good_direction))
     drops: Counter = Counter()
-    kept = []
+    kept = np.ones(len(beat), dtype=bool)
     n_strings = 0
-    for raw in raw_notes:
-        reason, note, ns = _check_note(raw)
-        n_strings += ns
-        if reason is not None:
-            drops[reason] += 1
-        else:
-            kept.append(note)
-    arr = np.zeros(len(kept), dtype=NOTE_DTYPE)
-    if kept:
-        beat, col, row, color, direction = (np.array(c) for c in zip(*kept))
-        arr["beat"], arr["column"], arr["row"], arr["color"], arr["direction"] = beat, col, row, color, direction
-        arr["time_s"] = tempo.seconds(beat)
+    for reason, dropped in checks:
+        if reason == "non_finite":  # notes past the missing/bad checks: their string fields are counted
+            n_strings = int((states[:, kept] == _STRING).sum())
+        hit = dropped & kept
+        if hit.any():
+            drops[reason] += int(hit.sum())
+            kept &= ~hit
+    arr = np.zeros(int(kept.sum()), dtype=NOTE_DTYPE)
+    arr["beat"], arr["column"], arr["row"] = beat[kept], x[kept], y[kept]
+    arr["color"], arr["direction"] = typ[kept], direction[kept]
+    arr["time_s"] = tempo.seconds(arr["beat"])
     negative = arr["time_s"] < 0
     if negative.any():
         drops["negative_time"] += int(negative.sum())
@@ -614,16 +678,17 @@ def _read_difficulty(container, entry: _Entry, diff: Difficulty, level_bpm: floa
                 warnings.append(f"_shuffle {doc.get('_shuffle')!r} is non-zero (deprecated swing, ignored)")
             if diff.njs is None and doc.get("_noteJumpSpeed") is not None:
                 diff.njs = _strict_number(doc.get("_noteJumpSpeed"))[0]
-        events = [_as_dict(e) for e in _as_list(doc, "_events", where)]
-        tempo_events, n_type10 = [], 0
-        for e in events:
-            etype = _strict_number(e.get("_type"))[0]
-            if etype == 100:
-                if "_floatValue" not in e:
-                    raise TempoError(f"type-100 (BPM) event at beat {e.get('_time')!r} has no _floatValue")
-                tempo_events.append((e.get("_time", 0), e.get("_floatValue")))
-            elif etype == 10:
-                n_type10 += 1
+        # thousands of light events: their types are gathered in one pass, only BPM events visited
+        events = [e for e in _as_list(doc, "_events", where) if isinstance(e, dict)]
+        etypes = [e.get("_type") for e in events]
+        if not set(map(type, etypes)) <= {int}:  # floats, numeric strings, junk: parsed strictly
+            etypes = [_strict_number(t)[0] for t in etypes]
+        n_type10 = etypes.count(10)
+        tempo_events = []
+        for e in (events[i] for i, t in enumerate(etypes) if t == 100) if 100 in etypes else ():
+            if "_floatValue" not in e:
+                raise TempoError(f"type-100 (BPM) event at beat {e.get('_time')!r} has no _floatValue")
+            tempo_events.append((e.get("_time", 0), e.get("_floatValue")))
         if n_type10:
             warnings.append(f"{n_type10} type-10 events (a BPM change before game 1.18, a light after): not applied")
         tempo = TempoMap.from_bpm_events(base, tempo_events) if tempo_events else TempoMap.constant(base)
@@ -646,7 +711,7 @@ def _read_difficulty(container, entry: _Entry, diff: Difficulty, level_bpm: floa
     diff.editor_bpm_changes = _editor_bpm_changes(doc, "3" if sniffed in ("3", "4") else "2")
     if diff.editor_bpm_changes:
         warnings.append(f"{len(diff.editor_bpm_changes)} editor-only BPM changes reported, not applied")
-    n_bombs = sum(r.is_bomb for r in raw)
+    n_bombs = _count_bombs(raw)
     diff.counts = {"notes": len(raw) - n_bombs, "bombs": n_bombs, "obstacles": obstacles, "arcs": arcs,
                    "chains": chains}
     return raw

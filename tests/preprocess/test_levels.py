@@ -1,15 +1,21 @@
 import gzip
 import json
+import math
 import shutil
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mapkit.errors import LevelError
-from mapkit.preprocess.levels import DROP_REASONS, canonical_difficulty, read_level
+from mapkit.preprocess.levels import (_MISSING, DROP_REASONS, _strict_number, _v2_notes, _v3_notes,
+                                      canonical_difficulty, normalise_notes, read_level)
 from mapkit.preprocess.notes import BOMB, NOTE_DTYPE
+from mapkit.preprocess.tempo import TempoMap
 from mapkit.settings import TargetSettings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "maps"
@@ -526,3 +532,130 @@ def test_notes_that_are_not_objects_are_bad_values(tmp_path):
     write_json(root / "Expert.dat", {"version": "3.0.0", "colorNotes": [{"b": 1}, [1, 2]], "bombNotes": [3]})
     d3 = only(read_level(root, settings=LENIENT))
     assert d3.drops == {"bad_value": 2} and d3.counts["bombs"] == 1
+
+
+# --- the column-wise note checks equal the per-note rules ------------------------------------------
+
+def reference_check(beat, x, y, typ, direction, fake, allowed, is_bomb):
+    """One note, checked field by field in DROP_REASONS order: ``(reason, kept fields, numeric strings)``."""
+    if fake:
+        return "fake", None, 0
+    fields = (beat, x, y, typ, direction)
+    if any(v is _MISSING for v in fields):
+        return "missing_field", None, 0
+    parsed = [_strict_number(v) for v in fields]
+    if any(num is None for num, _ in parsed):
+        return "bad_value", None, 0
+    n_strings = sum(s for _, s in parsed)
+    beat, x, y, typ, direction = (num for num, _ in parsed)
+    if is_bomb:
+        direction = 0.0
+    if not all(math.isfinite(v) for v in (beat, x, y, typ, direction)):
+        return "non_finite", None, n_strings
+    if typ != int(typ) or int(typ) not in allowed:
+        return "unknown_type", None, n_strings
+    if x != int(x) or y != int(y):
+        return ("off_grid" if abs(x) >= 1000 or abs(y) >= 1000 else "fractional_position"), None, n_strings
+    if not (0 <= x < 4 and 0 <= y < 3):
+        return "off_grid", None, n_strings
+    if direction != int(direction) or not 0 <= direction < 9:
+        return "bad_direction", None, n_strings
+    return None, (beat, int(x), int(y), int(typ), int(direction)), n_strings
+
+
+def reference_normalise(checked, bpm):
+    """Kept notes timed, negative times dropped, sorted stably, later duplicates dropped."""
+    drops, kept, n_strings = Counter(), [], 0
+    for reason, note, ns in checked:
+        n_strings += ns
+        if reason:
+            drops[reason] += 1
+        else:
+            kept.append((note[0] * 60 / bpm,) + note)
+    drops["negative_time"] += sum(1 for n in kept if n[0] < 0)
+    kept = sorted((n for n in kept if n[0] >= 0), key=lambda n: (n[0], n[2], n[3]))
+    out = []
+    for n in kept:
+        if out and (out[-1][1], out[-1][2], out[-1][3]) == (n[1], n[2], n[3]):
+            drops["duplicate"] += 1
+        else:
+            out.append(n)
+    return out, +drops, n_strings
+
+
+raw_values = st.sampled_from([0, 1, 2, 3, 8, 9, -1, 4, 1.0, 2.5, -0.5, 1000, -2000, 1500.5, 1045, float("inf"),
+                              float("nan"), 10 ** 400, -(10 ** 400), "1", " 2 ", "1e0", "0x10", "left", "", True,
+                              False, None, [1], {"a": 1}])
+maybe = st.one_of(raw_values, st.just(_MISSING))
+V2_KEYS = ("_time", "_lineIndex", "_lineLayer", "_type", "_cutDirection")
+v2_note = st.one_of(
+    st.fixed_dictionaries({}, optional={**{k: raw_values for k in V2_KEYS},
+                                        "_customData": st.sampled_from([{"_fake": True}, {"_fake": 1}, {}, 5])}),
+    st.builds(lambda t, x, y, c, d: {"_time": t, "_lineIndex": x, "_lineLayer": y, "_type": c, "_cutDirection": d},
+              st.integers(-2, 6), st.integers(-1, 4), st.integers(0, 3), st.sampled_from([0, 1, 2, 3]),
+              st.integers(0, 9)),
+    raw_values)  # not an object
+v3_note = st.one_of(st.fixed_dictionaries({}, optional={k: raw_values for k in "bxycd"}),
+                    st.builds(lambda b, x, y, c, d: {"b": b, "x": x, "y": y, "c": c, "d": d}, st.integers(-2, 6),
+                              st.integers(-1, 4), st.integers(0, 3), st.integers(0, 2), st.integers(0, 9)),
+                    raw_values)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(v2_note, max_size=30))
+def test_v2_note_checks_equal_the_per_note_rules(notes):
+    checked = []
+    for n in notes:
+        if not isinstance(n, dict):
+            checked.append(reference_check(None, 0, 0, 0, 0, False, (0, 1, 3), False))
+            continue
+        t = n.get("_type", _MISSING)
+        custom = n.get("_customData")
+        checked.append(reference_check(*(n.get(k, _MISSING) for k in V2_KEYS),
+                                       isinstance(custom, dict) and custom.get("_fake") is True, (0, 1, 3),
+                                       _strict_number(t)[0] == 3))
+    expected, expected_drops, expected_strings = reference_normalise(checked, 120)
+    arr, drops, n_strings = normalise_notes(_v2_notes({"_notes": notes}, "x.dat"), TempoMap.constant(120))
+    assert arr.tolist() == expected
+    assert +drops == expected_drops and n_strings == expected_strings
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(v3_note, max_size=12), st.lists(v3_note, max_size=8), st.lists(v3_note, max_size=4),
+       st.lists(v3_note, max_size=4))
+def test_v3_note_checks_equal_the_per_note_rules(colour, bombs, fake_colour, fake_bombs):
+    checked = []
+    for group, fake, is_bomb in ((colour, False, False), (bombs, False, True), (fake_colour, True, False),
+                                 (fake_bombs, True, True)):
+        for n in group:
+            n = n if isinstance(n, dict) else {"b": None}
+            b, x, y = (n.get(k, 0) for k in "bxy")
+            c, d = (3, 0) if is_bomb else (n.get("c", 0), n.get("d", 0))
+            checked.append(reference_check(b, x, y, c, d, fake, (3,) if is_bomb else (0, 1), is_bomb))
+    doc = {"colorNotes": colour, "bombNotes": bombs,
+           "customData": {"fakeColorNotes": fake_colour, "fakeBombNotes": fake_bombs}}
+    expected, expected_drops, expected_strings = reference_normalise(checked, 60)
+    arr, drops, n_strings = normalise_notes(_v3_notes(doc, "x.dat"), TempoMap.constant(60))
+    assert arr.tolist() == expected
+    assert +drops == expected_drops and n_strings == expected_strings
+
+
+def test_integers_beyond_float_range_are_non_finite(tmp_path):
+    root = make_v2_level(tmp_path, [])
+    huge = "1" + "0" * 400
+    (root / "Expert.dat").write_text('{"_version":"2.0.0","_notes":[{"_time":1,"_lineIndex":%s,"_lineLayer":0,'
+                                     '"_type":0,"_cutDirection":1},{"_time":2,"_lineIndex":1,"_lineLayer":0,'
+                                     '"_type":3,"_cutDirection":-%s}]}' % (huge, huge))
+    d = only(read_level(root, settings=LENIENT))
+    assert d.drops == {"non_finite": 1} and d.notes.tolist() == [(1.0, 2.0, 1, 0, BOMB, 0)]  # a bomb's direction
+    assert d.counts == {"notes": 1, "bombs": 1, "obstacles": 0, "arcs": 0, "chains": 0}   # is ignored
+
+
+def test_event_types_parse_strictly(tmp_path):
+    events = [{"_time": 8, "_type": "100", "_floatValue": 240}, {"_time": 1, "_type": 10.0},
+              {"_time": 1, "_type": "10"}, {"_time": 2, "_type": True}, {"_time": 3, "_type": 100.5}, 7]
+    d = only(read_level(make_v2_level(tmp_path, [n2(12)], events=events)))
+    assert d.notes["time_s"].tolist() == [5.0]  # 8 beats at 120 BPM, then 4 at 240
+    assert any(w.startswith("2 type-10 events") for w in d.warnings)
+    d2 = only(read_level(make_v2_level(tmp_path, [n2(1)], name="plain", events=[{"_time": 0, "_type": 4}] * 3)))
+    assert d2.tempo.is_constant and not any("type-10" in w for w in d2.warnings)
