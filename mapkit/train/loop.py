@@ -28,6 +28,7 @@ loss of a batch and the validation metrics. Everything else lives here:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import math
@@ -475,7 +476,7 @@ def plot_metrics(metrics_path, png_path) -> Path:
 # --------------------------------------------------------------------------- the stage protocol
 
 
-class Stage:
+class Stage(abc.ABC):
     """What :func:`fit` needs from a stage; ``mapkit.train.ddc`` and ``.transformer`` implement it.
 
     Attributes set by the stage: ``name`` ("ddc"), ``model_kind``
@@ -489,23 +490,24 @@ class Stage:
     maximize = False
     need_vocab = False
 
+    @abc.abstractmethod
     def prepare(self, stats: dict, train_songs: list, val_songs: list, seed: int):
         """Build the datasets (and anything derived from the training data)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def model_config(self):
         """The resolved model config (e.g. with the store's vocabulary size)."""
-        raise NotImplementedError
 
     train_dataset = None
     collate_fn = None
 
+    @abc.abstractmethod
     def loss(self, model, batch: dict, device) -> torch.Tensor:
-        raise NotImplementedError
+        """The training loss of one batch."""
 
+    @abc.abstractmethod
     def evaluate(self, model, device, autocast) -> dict:
         """Validation metrics (rank 0 only), a dict of floats including :attr:`metric`."""
-        raise NotImplementedError
 
     def checkpoint_extras(self) -> dict:
         """Stage-specific entries of the checkpoint (threshold, vocabulary...)."""
