@@ -290,7 +290,7 @@ def _train_options(f):
         click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=None, help="Peak learning rate."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Items per step and process."),
         click.option("--epochs", type=click.IntRange(min=1), default=None,
-                     help="Stop after this many epochs (whichever of --epochs/--max-steps comes first)."),
+                     help="Stop after this many epochs (whichever of --epochs/--max-steps comes first; with only --max-steps, epochs are unlimited)."),
         click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps."),
         click.option("--preset", type=click.Choice(["tiny", "default"]), default="default", show_default=True,
                      help="Model size: default (as DeepSaber/DDC) or tiny (tests, CPU)."),

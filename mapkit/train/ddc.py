@@ -53,7 +53,10 @@ def ddc_config(preset: str = "default", **overrides) -> DDCConfig:
     base = {"model": PLACEMENT_PRESETS[preset]}
     if preset == "tiny":
         base.update(batch_size=16, warmup_steps=20, lr=3e-3, log_every=10)
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "max_steps" in given and "epochs" not in given:
+        given["epochs"] = None  # an explicit step budget is not cut short by the preset's epochs
+    base.update(given)
     return DDCConfig(**base)
 
 

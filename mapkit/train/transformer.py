@@ -65,7 +65,10 @@ def transformer_config(preset: str = "default", d_model=None, n_layers=None, n_h
     base = {"model": replace(model, **sizes)}
     if preset == "tiny":
         base.update(batch_size=8, warmup_steps=20, lr=3e-3, weight_decay=0.0, log_every=10)
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "max_steps" in given and "epochs" not in given:
+        given["epochs"] = None  # an explicit step budget is not cut short by the preset's epochs
+    base.update(given)
     return TransformerConfig(**base)
 
 

@@ -225,3 +225,14 @@ def test_two_process_gloo_run_keeps_the_ranks_identical(store, tmp_path):
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["step"] == 4
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # dropout streams differ per rank
+
+
+def test_an_explicit_step_budget_is_not_cut_short_by_the_presets_epochs():
+    from mapkit.train.ddc import ddc_config
+    from mapkit.train.transformer import transformer_config
+
+    for make in (ddc_config, transformer_config):
+        assert make("tiny").epochs is not None
+        assert make("tiny", max_steps=300).epochs is None
+        both = make("tiny", max_steps=300, epochs=2)
+        assert (both.max_steps, both.epochs) == (300, 2)
