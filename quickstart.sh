@@ -23,14 +23,16 @@ echo "== 5/7 train stage 1 (tiny preset, $STEPS steps)"
 mapkit train ddc --store "$STORE" --out "$RUNS/ddc" --preset tiny --max-steps "$STEPS"
 echo "== 6/7 train stage 2 (tiny preset, $STEPS steps)"
 mapkit train transformer --store "$STORE" --out "$RUNS/transformer" --preset tiny --max-steps "$STEPS"
-echo "== 7/7 generate a level"
-SONG=$(ls "$DEMO"/input/songs/*.ogg 2>/dev/null | head -1 || true)
-if [ -z "$SONG" ]; then
-  SONG=$(ls -d "$DEMO"/input/levels/*/ | head -1)
-fi
-mapkit generate "$SONG" --placement "$RUNS/ddc/last.pt" --selection "$RUNS/transformer/last.pt" \
-  --difficulty Expert --out "$DEMO/generated"
-mapkit inspect "$DEMO"/generated/*/ > /dev/null && echo "generated level reads back with mapkit inspect"
+echo "== 7/7 generate levels: a demo song (like the training data) and, when installed, a real song"
+SONGS=("$(ls -d "$DEMO"/input/levels/*/ | head -1)")
+REAL=$(ls "$DEMO"/input/songs/*.ogg 2>/dev/null | head -1 || true)
+[ -n "$REAL" ] && SONGS+=("$REAL")
+for SONG in "${SONGS[@]}"; do
+  mapkit generate "$SONG" --placement "$RUNS/ddc/last.pt" --selection "$RUNS/transformer/last.pt" \
+    --difficulty Expert --out "$DEMO/generated"
+done
+mapkit inspect "$DEMO"/generated/*/ > /dev/null && echo "generated levels read back with mapkit inspect"
+echo "(the demo models learned from 6 synthetic songs: on real music they place few notes until trained on real levels)"
 
 cat <<MSG
 
