@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mapkit.datasets.runner import ItemResult, RunReport, run_items, write_report
+from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
 from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, shard_file_attrs, write_json_atomic
 from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
@@ -267,7 +267,7 @@ def level_files_sha256(path) -> str:
 
 
 @dataclass(frozen=True)
-class TargetTask:
+class TargetTask(SourceItem):
     """One level to process, with the facts of its song's features.
 
     ``known_level_sha256`` is the stored level's files hash when everything
@@ -280,14 +280,6 @@ class TargetTask:
     audio_sha256: str
     features_settings_hash: str
     known_level_sha256: str | None = None
-
-    @property
-    def song_id(self) -> str:
-        return self.source.song_id
-
-    @property
-    def path(self) -> str:
-        return str(self.source.path)
 
 
 @dataclass(frozen=True)

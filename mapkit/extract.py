@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mapkit.datasets.runner import ItemResult, RunReport, run_items, write_report
+from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
 from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
                                    shard_file_attrs)
 from mapkit.errors import MapkitError, StoreError
@@ -50,19 +50,11 @@ DEFAULT_SHARD_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
-class ExtractTask:
+class ExtractTask(SourceItem):
     """One song to extract; ``known_sha256`` is the audio hash already stored (skip if equal)."""
 
     source: object  # mapkit.preprocess.sources.Source
     known_sha256: str | None = None
-
-    @property
-    def song_id(self) -> str:
-        return self.source.song_id
-
-    @property
-    def path(self) -> str:
-        return str(self.source.path)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,20 @@ STATUS_WORDS = {"ok": "written", "skipped": "already present", "failed": "failed
 BACKENDS = ("joblib", "dask")
 
 
+class SourceItem:
+    """Base of the items of a run over input songs: ``song_id`` and ``path`` come from ``self.source``."""
+
+    source: object  # mapkit.preprocess.sources.Source
+
+    @property
+    def song_id(self) -> str:
+        return self.source.song_id
+
+    @property
+    def path(self) -> str:
+        return str(self.source.path)
+
+
 @dataclass
 class ItemResult:
     """What happened to one item: ``status`` is one of :data:`STATUSES`."""
