@@ -29,6 +29,27 @@ store_option = click.option(
 )
 
 
+def parallel_options(unit: str, force_help: str):
+    """The options of a batch command over input songs: --jobs, --force, --backend, --scheduler."""
+    options = [
+        click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+                     help="Worker processes (default: all cores; 1 = no pool)."),
+        click.option("--force", is_flag=True, help=force_help),
+        click.option("--backend", type=click.Choice(["joblib", "dask"]), default="joblib", show_default=True,
+                     help=f"Where the per-{unit} work runs."),
+        click.option("--scheduler", metavar="ADDRESS", default=None,
+                     help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (--backend dask; "
+                          "default: a local cluster of --jobs workers)."),
+    ]
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 def fail(message: str, code: int = 1):
     """Print ``message`` to stderr and exit with ``code``."""
     click.echo(f"error: {message}", err=True)
@@ -56,14 +77,7 @@ def main():
 @main.command("extract")
 @click.argument("input_dir", metavar="INPUT", type=click.Path())
 @store_option
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: all cores; 1 = no pool).")
-@click.option("--force", is_flag=True, help="Recompute songs already stored with the same audio and settings.")
-@click.option("--backend", type=click.Choice(["joblib", "dask"]), default="joblib", show_default=True,
-              help="Where the per-song work runs.")
-@click.option("--scheduler", metavar="ADDRESS", default=None,
-              help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (--backend dask; "
-                   "default: a local cluster of --jobs workers).")
+@parallel_options("song", "Recompute songs already stored with the same audio and settings.")
 @click.option("--shard-songs", type=click.IntRange(min=1), default=64, show_default=True,
               help="Songs per HDF5 shard (a killed run loses at most one shard in progress).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -212,14 +226,7 @@ def validate_command(store, as_json, no_progress):
                    "re-encode every stored level (implies --force).")
 @click.option("--song-offset", type=click.Choice(["quarantine", "apply"]), default="quarantine", show_default=True,
               help="A non-zero _songTimeOffset quarantines the level, or is added to every note time.")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: all cores; 1 = no pool).")
-@click.option("--force", is_flag=True, help="Redo levels already stored with the same files, audio and settings.")
-@click.option("--backend", type=click.Choice(["joblib", "dask"]), default="joblib", show_default=True,
-              help="Where the per-level work runs.")
-@click.option("--scheduler", metavar="ADDRESS", default=None,
-              help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (--backend dask; "
-                   "default: a local cluster of --jobs workers).")
+@parallel_options("level", "Redo levels already stored with the same files, audio and settings.")
 @click.option("--shard-levels", type=click.IntRange(min=1), default=256, show_default=True,
               help="Levels per HDF5 shard (a killed run loses at most one shard in progress).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

@@ -35,12 +35,7 @@ SR = 22050
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def click_track(bpm: float, seconds: float, offset: float = 0.237, seed: int = 0) -> np.ndarray:

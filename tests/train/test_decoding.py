@@ -14,12 +14,7 @@ CONFIG = SelectionConfig(vocab_size=VOCAB, d_model=32, n_encoder_layers=2, n_dec
                          dropout=0.1)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

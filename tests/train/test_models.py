@@ -19,13 +19,7 @@ from mapkit.train.models import (
 
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Intra-op threads on a shared 2-core machine spin against other processes (70 s instead of 1 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY_SEL = SelectionConfig(vocab_size=40, d_model=32, n_encoder_layers=2, n_decoder_layers=2, n_heads=4, d_ff=64,

@@ -30,13 +30,7 @@ def store(tmp_path_factory):
     return build_tiny_store(tmp_path_factory.mktemp("tiny"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: a second OpenMP thread only waits (measured 2-8x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def same_weights(a: dict, b: dict) -> bool:
