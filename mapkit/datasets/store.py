@@ -38,6 +38,7 @@ import errno
 import fcntl
 import json
 import os
+import time
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -337,6 +338,20 @@ def open_shard(path, features: bool = True):
     return h5py.File(path, "r")
 
 
+def _lock_holder(fd, wait_s: float = 2.0) -> str:
+    """The holder line of a lock file whose flock another run holds.
+
+    The holder writes its line just after taking the lock, so an empty file
+    means "just started": read again for up to ``wait_s`` seconds.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        if holder or time.monotonic() > deadline:
+            return holder or "unknown"
+        time.sleep(0.02)
+
+
 class Store:
     """A store folder (DESIGN.md section 8). Creating the object touches nothing on disk."""
 
@@ -390,20 +405,23 @@ class Store:
         """
         self.create()
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        held = False
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise
-                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
-                raise StoreError(self.root, f"store is in use by another run ({holder}); "
+                raise StoreError(self.root, f"store is in use by another run ({_lock_holder(fd)}); "
                                             f"wait for it to finish or use another --store") from None
+            held = True
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}, mapkit {command}, since {utc_timestamp()}\n".encode(), 0)
             self.remove_partials()
             yield self
         finally:
+            if held:  # a finished run leaves no holder behind to be misreported
+                os.ftruncate(fd, 0)
             # Closing the descriptor releases the flock.
             os.close(fd)
 

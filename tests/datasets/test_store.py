@@ -258,3 +258,29 @@ def test_report_counts_exit_code_summary_and_json(tmp_path):
     assert RunReport("extract", [ItemResult("a", "/a", "skipped")]).exit_code == 0
     with pytest.raises(ValueError):
         ItemResult("a", "/a", "done")
+
+
+def test_a_finished_run_leaves_no_holder_line(tmp_path):
+    store = Store(tmp_path / "s")
+    with store.lock("extract"):
+        assert f"pid {os.getpid()}" in store.lock_path.read_text()
+    assert store.lock_path.read_text() == ""
+
+
+def test_the_refused_run_waits_for_a_just_started_holder_to_write_its_line(tmp_path):
+    import fcntl
+    import threading
+
+    store = Store(tmp_path / "s")
+    store.create()
+    fd = os.open(store.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken, line not written yet
+        writer = threading.Timer(0.2, lambda: os.pwrite(fd, b"pid 4242, mapkit extract, since now\n", 0))
+        writer.start()
+        with pytest.raises(StoreError, match="pid 4242"):
+            with store.lock("extract"):
+                pass
+        writer.join()
+    finally:
+        os.close(fd)
