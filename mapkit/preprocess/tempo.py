@@ -47,6 +47,12 @@ class TempoError(ValueError):
     """A tempo map cannot be built: invalid BPM, invalid region, inconsistent regions."""
 
 
+#: Continuity tolerance of a segment's start second, relative to ``max(1 s, |second|)``: the
+#: constructors compute each start from the previous segment (regions: from sample counts, which
+#: agree to a few float64 roundings), so a sound map is far inside it and a real jump far outside.
+CONTINUITY_RTOL = 1e-9
+
+
 def _check_bpm(bpm, what: str) -> float:
     try:
         value = float(bpm)
@@ -69,7 +75,15 @@ class TempoMap:
     base_bpm : float > 0
         The info file's BPM (legacy v1: the difficulty file's BPM).
     segments : sequence of (beat, second, bpm)
-        Sorted by beat, strictly increasing in beat and second, continuous.
+        Sorted by beat, strictly increasing in beat and second, continuous:
+        each ``second`` equals the previous segment's ``second + (beat -
+        previous beat) * 60 / previous bpm`` within :data:`CONTINUITY_RTOL`.
+
+    Raises
+    ------
+    TempoError
+        Non-finite values, a BPM <= 0, segments not strictly increasing, or a
+        discontinuity (the message names the segment, its beat and both seconds).
     source : str
         Where the tempo came from: ``"constant"``, ``"bpm_events"``, ``"regions"``.
     warnings : sequence of str
@@ -91,6 +105,15 @@ class TempoMap:
             raise TempoError("tempo map segments need BPM > 0")
         if np.any(np.diff(seg[:, 0]) <= 0) or np.any(np.diff(seg[:, 1]) <= 0):
             raise TempoError("tempo map segments must be strictly increasing in beat and second")
+        # continuity: each segment starts where the previous one has got to by its beat
+        expected = seg[:-1, 1] + (seg[1:, 0] - seg[:-1, 0]) * 60.0 / seg[:-1, 2]
+        jump = np.abs(seg[1:, 1] - expected)
+        bad = np.flatnonzero(jump > CONTINUITY_RTOL * np.maximum(1.0, np.abs(expected)))
+        if bad.size:
+            k = int(bad[0]) + 1
+            raise TempoError(f"tempo map is not continuous: segment {k} starts at beat {seg[k, 0]:g} on "
+                             f"{seg[k, 1]:.9g} s, but segment {k - 1} ({seg[k - 1, 2]:g} BPM from beat "
+                             f"{seg[k - 1, 0]:g} at {seg[k - 1, 1]:.9g} s) reaches that beat at {expected[k - 1]:.9g} s")
         object.__setattr__(self, "_base_bpm", base)
         for name, col in (("_beat", 0), ("_second", 1), ("_bpm", 2)):
             arr = seg[:, col].copy()

@@ -176,3 +176,44 @@ def test_events_map_is_monotone_and_invertible(base, events, beats):
     assert np.all(np.diff(t) >= 0)
     np.testing.assert_allclose(tm.beats(t), b, rtol=1e-9, atol=1e-6)
     assert tm.seconds(0) == 0.0
+
+
+# --- continuity ------------------------------------------------------------------------------------
+
+def test_a_discontinuous_segment_list_is_rejected_with_the_numbers():
+    # 120 BPM from 0 s reaches beat 8 at 4 s, not 2 s: seconds(7.9) = 3.95 > seconds(8) = 2.0 otherwise
+    with pytest.raises(TempoError, match=r"not continuous: segment 1 starts at beat 8 on 2 s.*reaches that beat "
+                                         r"at 4 s"):
+        TempoMap(120, [(0, 0, 120), (8, 2, 150)])
+
+
+def test_a_discontinuous_stored_tempo_map_is_rejected_by_from_json():
+    d = TempoMap.from_bpm_events(120, [(16, 240)]).to_json()
+    d["segments"][1]["second"] += 0.5
+    with pytest.raises(TempoError, match="segment 1 starts at beat 16 on 8.5 s"):
+        TempoMap.from_json(d)
+
+
+def test_continuity_tolerance_accepts_float_rounding_only():
+    exact = 4.0
+    TempoMap(120, [(0, 0, 120), (8, exact * (1 + 1e-12), 150)])  # a few roundings: accepted
+    with pytest.raises(TempoError, match="not continuous"):
+        TempoMap(120, [(0, 0, 120), (8, exact + 1e-6, 150)])  # one microsecond: a jump
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(30, 400), st.lists(st.tuples(st.integers(1, 10 ** 6), st.integers(1, 10 ** 6),
+                                              st.floats(0.01, 50), st.one_of(st.just(0.0), st.floats(0.01, 20))), max_size=5),
+       st.sampled_from([22050, 44100, 48000]), st.floats(-2, 2))
+def test_every_regions_map_is_continuous_and_survives_json_and_shift(base, steps, sr, offset):
+    # regions built back to back or with gaps spanning both samples and beats (valid by construction)
+    regions, si, sb = [], 0, 0.0
+    for length, gap_samples, beats, gap_beats in steps:
+        if gap_beats > 0:
+            si, sb = si + gap_samples, sb + gap_beats
+        regions.append((si, si + length, sb, sb + beats))
+        si, sb = si + length, sb + beats
+    tm = TempoMap.from_regions(base, regions, sr)
+    back = TempoMap.from_json(json.loads(json.dumps(tm.shifted(offset).to_json())))
+    b = np.linspace(-1, sb + 10, 400)
+    assert np.all(np.diff(back.seconds(b)) > 0)
