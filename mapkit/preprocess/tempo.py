@@ -113,7 +113,8 @@ class TempoMap:
             k = int(bad[0]) + 1
             raise TempoError(f"tempo map is not continuous: segment {k} starts at beat {seg[k, 0]:g} on "
                              f"{seg[k, 1]:.9g} s, but segment {k - 1} ({seg[k - 1, 2]:g} BPM from beat "
-                             f"{seg[k - 1, 0]:g} at {seg[k - 1, 1]:.9g} s) reaches that beat at {expected[k - 1]:.9g} s")
+                             f"{seg[k - 1, 0]:g} at {seg[k - 1, 1]:.9g} s) reaches that beat at "
+                             f"{expected[k - 1]:.9g} s")
         object.__setattr__(self, "_base_bpm", base)
         for name, col in (("_beat", 0), ("_second", 1), ("_bpm", 2)):
             arr = seg[:, col].copy()

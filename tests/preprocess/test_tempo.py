@@ -202,8 +202,9 @@ def test_continuity_tolerance_accepts_float_rounding_only():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.floats(30, 400), st.lists(st.tuples(st.integers(1, 10 ** 6), st.integers(1, 10 ** 6),
-                                              st.floats(0.01, 50), st.one_of(st.just(0.0), st.floats(0.01, 20))), max_size=5),
+@given(st.floats(30, 400),
+       st.lists(st.tuples(st.integers(1, 10 ** 6), st.integers(1, 10 ** 6), st.floats(0.01, 50),
+                          st.one_of(st.just(0.0), st.floats(0.01, 20))), max_size=5),
        st.sampled_from([22050, 44100, 48000]), st.floats(-2, 2))
 def test_every_regions_map_is_continuous_and_survives_json_and_shift(base, steps, sr, offset):
     # regions built back to back or with gaps spanning both samples and beats (valid by construction)
