@@ -74,7 +74,7 @@ def main():
 # --- commands: each below is one function of the library ---
 
 
-@main.command("extract")
+@main.command("extract", short_help="Audio -> log-mel features of both stages.")
 @click.argument("input_dir", metavar="INPUT", type=click.Path())
 @store_option
 @parallel_options("song", "Recompute songs already stored with the same audio and settings.")
@@ -108,7 +108,7 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
     sys.exit(report.exit_code)
 
 
-@main.command("inspect")
+@main.command("inspect", short_help="Show what mapkit reads from levels.")
 @click.argument("levels", metavar="LEVEL...", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON document per level (one line each), with the full normalised note list.")
@@ -145,7 +145,7 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     sys.exit(1 if failed else 0)
 
 
-@main.command("demo")
+@main.command("demo", short_help="Write a deterministic demo set of levels.")
 @click.argument("out_dir", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("--levels", "n_levels", type=click.IntRange(min=1), default=6, show_default=True,
               help="Number of generated levels (cycling v2, v3, v4 formats).")
@@ -180,7 +180,7 @@ def demo_command(out_dir, n_levels, duration_s, seed, no_songs, no_progress):
     click.echo(quickstart_text(demo))
 
 
-@main.command("validate")
+@main.command("validate", short_help="Check every invariant of a store.")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -214,7 +214,7 @@ def validate_command(store, as_json, no_progress):
     sys.exit(report.exit_code)
 
 
-@main.command("build-targets")
+@main.command("build-targets", short_help="Levels -> per-frame classes and tokens.")
 @click.argument("input_dir", metavar="INPUT", type=click.Path())
 @store_option
 @click.option("--characteristic", default="Standard", show_default=True,
@@ -339,7 +339,7 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
         click.echo(f"checkpoint: {result.last}; log: {result.metrics_path}; curves: {result.plot_path}")
 
 
-@main.group("train")
+@main.group("train", short_help="Train stage 1 (ddc) or stage 2 (transformer).")
 def train_group():
     """Train the two models on a store: `ddc` (stage 1), then `transformer` (stage 2).
 
@@ -355,7 +355,7 @@ def train_group():
     """
 
 
-@train_group.command("ddc")
+@train_group.command("ddc", short_help="Stage 1: on which frames notes go.")
 @_train_options
 @click.option("--out", type=click.Path(file_okay=False), default="mapkit-runs/ddc", show_default=True,
               help="Folder of checkpoints, metrics.jsonl and curves.png.")
@@ -386,7 +386,7 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
                   min_gap_frames=min_gap_frames)
 
 
-@train_group.command("transformer")
+@train_group.command("transformer", short_help="Stage 2: which notes go on them.")
 @_train_options
 @click.option("--out", type=click.Path(file_okay=False), default="mapkit-runs/transformer", show_default=True,
               help="Folder of checkpoints, metrics.jsonl and curves.png.")
@@ -420,7 +420,7 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
 # --- generate: both models -> a playable level ---
 
 
-@main.command("generate")
+@main.command("generate", short_help="Generate a playable level for a song.")
 @click.argument("song", type=click.Path())
 @click.option("--placement", type=click.Path(dir_okay=False), default="mapkit-runs/ddc/last.pt", show_default=True,
               help="Stage-1 checkpoint (mapkit train ddc).")
@@ -449,7 +449,9 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
     .zip. Writes OUT/<song>-mapkit/ (Info.dat v2.1.0, <Difficulty>Standard.dat
     v3.3.0, song.egg, cover.png) and OUT/<song>-mapkit.zip for Beat Saber or
     BeatSaver. The BPM is estimated from the audio; note times come from
-    stage-1 peaks, notes from a stage-2 beam search.
+    stage-1 peaks, notes from a stage-2 beam search. Exit code 2: the level
+    was written but something is off (e.g. no notes found; said on stderr).
+    Checkpoints are loaded with pickle: load only checkpoints you trust.
 
     \b
     Example:
@@ -470,3 +472,6 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())
+    for warning in level.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    sys.exit(2 if level.warnings else 0)

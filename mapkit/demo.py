@@ -218,7 +218,7 @@ def _title(seed: int, index: int) -> str:
 
 def _tempo_events(rng, base_bpm: int, duration_s: float) -> list:
     """One or two real tempo changes, on bar lines, inside the song."""
-    n_bars = max(2, int(duration_s * base_bpm / 60.0 / 4))
+    n_bars = max(2, int(TempoMap.constant(base_bpm).beats(duration_s) / 4))
     fractions = (0.4, 0.7) if n_bars >= 6 else (0.5,)
     bars = sorted({max(1, int(round(n_bars * f))) for f in fractions})
     events, bpm = [], float(base_bpm)
@@ -240,7 +240,7 @@ def _regions(base_bpm: float, events, n_samples: int, sample_rate: int) -> list:
             ei, eb = starts[k + 1], segs[k + 1][0]
         else:
             ei = n_samples
-            eb = round(beat + (ei - si) / sample_rate * bpm / 60.0, 6)
+            eb = round(beat + TempoMap.constant(bpm).beats((ei - si) / sample_rate), 6)  # the last segment's tempo
         regions.append((si, ei, float(beat), float(eb)))
     return regions
 

@@ -11,13 +11,16 @@
 Timing. The level has one constant BPM, estimated from the audio
 (:func:`estimate_tempo`), ``_songTimeOffset`` 0 and beat 0 at audio time 0
 (BeatSaver rejects offsets). A note at ``t`` seconds sits at beat
-``t * bpm / 60``. With snapping, a beat is moved to the nearest 1/16 beat
-when that moves the note by at most ``tolerance_s`` (10 ms, one frame) and
-keeps the notes' order; otherwise it stays exact. Either way the level plays
-every note within ``tolerance_s`` of the frame stage 1 put it on, and the
-notes of :class:`GeneratedLevel` hold exactly the times the level plays
-(``beat * 60 / bpm``). The grid's phase is that of audio time 0, not of the
-music's downbeat: aligning it would need a lead-in tempo change.
+``TempoMap.constant(bpm).beats(t)`` (the one beats <-> seconds rule,
+:class:`~mapkit.preprocess.tempo.TempoMap`). With snapping, a beat is moved
+to the nearest 1/16 beat only when the note stays on its own stage-1 frame
+(the snapped time rounds to the same frame, :func:`~mapkit.preprocess.timebase.frame_of`),
+moves by at most ``tolerance_s`` and keeps the notes' order; otherwise it
+stays exact. Either way every note's time rounds to exactly the frame
+stage 1 chose, and the notes of :class:`GeneratedLevel` hold exactly the
+times the level plays (``TempoMap.constant(bpm).seconds(beat)``). The grid's
+phase is that of audio time 0, not of the music's downbeat: aligning it
+would need a lead-in tempo change.
 
 Stage-2 sources are built as in training: the normalised stage-2 feature row
 of each token's frame (BOS on frame -1, EOS on frame T, i.e. the pad rows)
@@ -43,7 +46,8 @@ import numpy as np
 
 from mapkit.errors import MapkitError
 from mapkit.preprocess.notes import BOMB, NOTE_DTYPE, sort_notes
-from mapkit.preprocess.timebase import FPS, frame_time
+from mapkit.preprocess.tempo import TempoMap
+from mapkit.preprocess.timebase import FPS, frame_of, frame_time
 from mapkit.settings import FeatureSettings
 
 #: Where ``mapkit train ddc`` / ``mapkit train transformer`` write their last checkpoints by default.
@@ -240,25 +244,34 @@ def estimate_tempo(envelope: np.ndarray, fps: float = FPS, min_bpm: float = MIN_
 
 
 def snap_beats(beats, bpm: float, divisions: int = SNAP_DIVISIONS, tolerance_s: float = SNAP_TOLERANCE_S,
-               end_beat: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
-    """Move beats onto a ``1/divisions`` grid when that moves them by at most ``tolerance_s``.
+               end_beat: float = math.inf, fps: int = FPS) -> tuple[np.ndarray, np.ndarray]:
+    """Move beats onto a ``1/divisions`` grid where that keeps each note on its own frame.
 
-    A beat is snapped only if the snapped value keeps the order strict: it
-    must stay above the previous output beat and below the next beat's
-    exact value (and below ``end_beat``), so no two notes ever merge.
+    A beat is snapped only when all of these hold:
+
+    - the note stays on its frame: ``frame_of(seconds(snapped)) ==
+      frame_of(seconds(exact))`` (:func:`~mapkit.preprocess.timebase.frame_of`,
+      seconds by ``TempoMap.constant(bpm)``), so every note's time still
+      rounds to exactly the frame stage 1 chose;
+    - it moves by at most ``tolerance_s``;
+    - the order stays strict: the snapped beat stays above the previous
+      output beat and below the next beat's exact value (and below
+      ``end_beat``), so no two notes ever merge.
 
     Parameters
     ----------
     beats : np.ndarray [n]
         Exact beats, strictly increasing, >= 0.
     bpm : float
-        Tempo of the beats (for the tolerance in seconds).
+        Constant tempo of the beats, beat 0 at 0 s.
     divisions : int
         Grid lines per beat (16: 1/16 beat).
     tolerance_s : float
         Largest move, in seconds.
     end_beat : float
         Snapped beats must stay below this (the end of the song).
+    fps : int
+        Frame rate of the frames notes must stay on.
 
     Returns
     -------
@@ -270,8 +283,10 @@ def snap_beats(beats, bpm: float, divisions: int = SNAP_DIVISIONS, tolerance_s: 
     exact = np.asarray(beats, dtype=np.float64)
     if exact.size and (np.any(np.diff(exact) <= 0) or exact[0] < 0):
         raise ValueError("beats must be >= 0 and strictly increasing")
+    tempo = TempoMap.constant(bpm)
     grid = np.floor(exact * divisions + 0.5) / divisions  # half up: beats are >= 0
-    close = np.abs(grid - exact) * 60.0 / bpm <= tolerance_s
+    exact_s, grid_s = tempo.seconds(exact), tempo.seconds(grid)
+    close = (np.abs(grid_s - exact_s) <= tolerance_s) & (frame_of(grid_s, fps) == frame_of(exact_s, fps))
     out = exact.copy()
     snapped = np.zeros(len(exact), dtype=bool)
     previous = -math.inf
@@ -463,10 +478,11 @@ class GeneratedLevel:
     """What :func:`generate_level` made.
 
     ``notes`` (NOTE_DTYPE, sorted) are exactly the notes written, with the
-    time the level plays them at (``beat * 60 / bpm``). ``peak_frames`` are
+    time the level plays them at (``TempoMap.constant(bpm).seconds(beat)``). ``peak_frames`` are
     the stage-1 peaks (one state each), ``snapped`` says which of them were
     moved onto the beat grid. ``timings`` maps stage -> seconds: features,
-    tempo, stage1, peaks, stage2, writing.
+    tempo, stage1, peaks, stage2, writing. ``warnings`` says what is off
+    about a level that was still written (e.g. no notes found).
     """
 
     song_id: str
@@ -481,6 +497,7 @@ class GeneratedLevel:
     duration_s: float
     score: float
     timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
     def summary(self) -> str:
         """One human-readable paragraph: where, how many notes, BPM, time per stage."""
@@ -544,6 +561,8 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     Returns
     -------
     GeneratedLevel
+        A song where stage 1 finds no note still gets its (empty) level,
+        with a "no notes found" entry in ``warnings``.
 
     Raises
     ------
@@ -607,18 +626,18 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     frames = pick_peaks(probs, th, p_setup.min_gap_frames, p_setup.smoothing)
     exact_s = frame_time(frames)
     frames, exact_s = frames[exact_s < feats.duration_s], exact_s[exact_s < feats.duration_s]  # inside the audio
-    exact_beats = exact_s * bpm / 60.0
-    end_beat = feats.duration_s * bpm / 60.0
+    tempo = TempoMap.constant(bpm)
+    exact_beats = tempo.beats(exact_s)
     if snap:
-        beats, snapped = snap_beats(exact_beats, bpm, end_beat=end_beat)
+        beats, snapped = snap_beats(exact_beats, bpm, end_beat=tempo.beats(feats.duration_s), fps=settings.fps)
     else:
         beats, snapped = exact_beats, np.zeros(len(frames), dtype=bool)
-    times = beats * 60.0 / bpm
+    times = tempo.seconds(beats)
     timings["peaks"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     seq = token_sequence(frames, np.zeros(len(frames), np.int32), times, beats, T,
-                         end_beat=frame_time(T - 1) * bpm / 60.0, fps=settings.fps)
+                         end_beat=tempo.beats(frame_time(T - 1)), fps=settings.fps)
     gaps = np.stack([seq.gap_prev_s, seq.gap_next_s, seq.gap_prev_beats, seq.gap_next_beats], axis=1)
     src = torch.from_numpy(selection_source(feats.selection, seq.token_frames, gaps, s_setup.mean, s_setup.std))
     with torch.inference_mode():
@@ -646,9 +665,13 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     }
     folder, zip_path = write_level(out_dir, level_name, files)
     timings["writing"] = time.perf_counter() - clock
+    warnings = []
+    if len(frames) == 0:
+        warnings.append(f"no notes found: stage 1 put no peak above the threshold {th:g} in the "
+                        f"{feats.duration_s:.2f} s of {source.path}; the level was written without notes")
     return GeneratedLevel(song_id=source.song_id, folder=folder, zip_path=zip_path, difficulty=difficulty, bpm=bpm,
                           notes=notes, peak_frames=frames, snapped=snapped, n_frames=T, duration_s=feats.duration_s,
-                          score=hyp.score, timings=timings)
+                          score=hyp.score, timings=timings, warnings=warnings)
 
 
 def missing_checkpoints(placement, selection) -> str | None:

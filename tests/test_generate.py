@@ -12,6 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mapkit.cli import main
 from mapkit.errors import MapkitError
@@ -27,6 +29,8 @@ from mapkit.generate import (
 from mapkit.preprocess.features import placement_features
 from mapkit.preprocess.levels import read_level
 from mapkit.preprocess.targets import Vocabulary
+from mapkit.preprocess.tempo import TempoMap
+from mapkit.preprocess.timebase import frame_of
 from mapkit.settings import FeatureSettings
 from mapkit.train.loop import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
 from mapkit.train.models import PLACEMENT_PRESETS, PlacementModel, SelectionConfig, SelectionModel
@@ -53,28 +57,45 @@ def click_track(bpm: float, seconds: float, offset: float = 0.237, seed: int = 0
 # --------------------------------------------------------------------------- pure functions
 
 
-def test_snap_moves_beats_within_the_tolerance_onto_the_grid():
-    bpm = 120.0  # 1/16 beat = 31.25 ms; 10 ms = 0.02 beat
-    exact = np.array([1.0 + 0.015, 2.0 + 0.03, 3.0625 - 0.01, 4.5])
+def test_snap_moves_beats_onto_the_grid_only_within_their_own_frame():
+    bpm = 120.0  # 1/16 beat = 31.25 ms, frames 10 ms apart
+    frames = np.array([50, 51, 52, 53, 56])
+    exact = TempoMap.constant(bpm).beats(frames / 100.0)  # 1.0, 1.02, 1.04, 1.06, 1.12
     beats, snapped = snap_beats(exact, bpm)
-    assert snapped.tolist() == [True, False, True, True]
-    assert beats.tolist() == [1.0, 2.03, 3.0625, 4.5]
-    assert np.all(np.abs(beats - exact) * 60 / bpm <= 0.010 + 1e-12)
-    # a looser tolerance snaps the second too; a tighter one none but the exact grid point
-    assert snap_beats(exact, bpm, tolerance_s=0.016)[1].tolist() == [True, True, True, True]
-    assert snap_beats(exact, bpm, tolerance_s=0.001)[1].tolist() == [False, False, False, True]
+    # frame 51 is 10 ms from beat 1.0 (within the tolerance) but that time rounds to frame 50: it stays
+    assert snapped.tolist() == [True, False, False, True, True]
+    assert beats.tolist() == [1.0, 1.02, 1.04, 1.0625, 1.125]
+    assert snap_beats(exact, bpm, tolerance_s=0.016)[1].tolist() == [True, False, False, True, True]
+    assert snap_beats(exact, bpm, tolerance_s=0.002)[1].tolist() == [True, False, False, True, False]
+    assert snap_beats(exact, bpm, tolerance_s=0.001)[1].tolist() == [True, False, False, False, False]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 30_000), min_size=1, max_size=60, unique=True),
+       st.floats(60.0, 240.0, allow_nan=False), st.sampled_from([4, 8, 16]))
+def test_snapped_notes_keep_their_stage1_frames(frames, bpm, divisions):
+    frames = np.sort(np.array(frames))
+    tempo = TempoMap.constant(bpm)
+    exact = tempo.beats(frames / 100.0)
+    beats, snapped = snap_beats(exact, bpm, divisions=divisions)
+    assert np.array_equal(frame_of(tempo.seconds(beats)), frames)
+    assert np.all(np.diff(beats) > 0)
+    assert np.all(np.abs(tempo.seconds(beats) - tempo.seconds(exact)) <= 0.010 + 1e-12)
+    on_grid = np.floor(beats * divisions + 0.5) / divisions == beats
+    assert np.all(on_grid[snapped]) and np.array_equal(beats[~snapped], exact[~snapped])
 
 
 def test_snap_never_merges_or_reorders_notes():
-    bpm = 60.0  # 1/16 beat = 62.5 ms: two notes 10 ms apart both lie within 10 ms of one grid point
-    exact = np.array([0.995, 1.005, 1.009])
+    bpm = 60.0  # 1/16 beat = 62.5 ms: three notes on frame 100 all lie within 10 ms of beat 1.0
+    exact = np.array([0.998, 1.001, 1.003])
     beats, snapped = snap_beats(exact, bpm, tolerance_s=0.010)
     assert np.all(np.diff(beats) > 0)
     assert snapped.tolist() == [True, False, False]  # the others would collide with beat 1.0
     # the next note's exact beat bounds a snap from above, the end of the song too
     beats, snapped = snap_beats(np.array([0.99, 0.999]), bpm, tolerance_s=0.010)
     assert snapped.tolist() == [False, True] and np.all(np.diff(beats) > 0)
-    assert snap_beats(np.array([9.995]), bpm, end_beat=10.0)[1].tolist() == [False]
+    assert snap_beats(np.array([9.998]), bpm, end_beat=10.0)[1].tolist() == [False]
+    assert snap_beats(np.array([9.998]), bpm)[1].tolist() == [True]
     assert snap_beats(np.array([]), bpm)[0].shape == (0,)
     with pytest.raises(ValueError):
         snap_beats(np.array([1.0, 1.0]), bpm)
@@ -153,9 +174,10 @@ def test_level_folder_and_zip_hold_the_generated_notes(generated):
     assert len(gen.peak_frames) > 10 and len(gen.notes) >= len(gen.peak_frames)
     assert gen.bpm == pytest.approx(120.0, abs=0.05)
     assert np.all(gen.notes["time_s"] >= 0) and np.all(gen.notes["time_s"] < gen.duration_s)
-    # every note plays within the snap tolerance of its stage-1 frame
+    # every note plays on exactly its stage-1 frame, within the snap tolerance of its centre
     times = np.unique(gen.notes["time_s"])
     assert len(times) == len(gen.peak_frames)
+    assert np.array_equal(frame_of(times), gen.peak_frames)
     assert np.all(np.abs(times - gen.peak_frames / 100.0) <= 0.010 + 1e-9)
     assert gen.snapped.any()
     for path in (gen.folder, gen.zip_path):
@@ -317,3 +339,25 @@ def test_bench_prints_the_split_by_stage(song):
         assert stage in out.stdout, stage
     total = [line for line in out.stdout.splitlines() if line.strip().startswith("total")][0]
     assert math.isfinite(float(total.split()[1]))
+
+
+def test_a_song_without_notes_is_written_with_a_warning_and_exit_2(tmp_path):
+    placement, selection, p_ckpt, s_ckpt = tiny_models()
+    p_ckpt = dict(p_ckpt, peak_picking=dict(p_ckpt["peak_picking"], threshold=0.999))  # above what it outputs
+    p = _save(tmp_path / "ddc" / "last.pt", placement, "placement", p_ckpt)
+    s = _save(tmp_path / "transformer" / "last.pt", selection, "selection", s_ckpt)
+    sf.write(tmp_path / "blip.wav", np.full(1, 0.1, np.float32), SR)  # a one-sample song: one frame
+    gen = generate(tmp_path / "blip.wav", placement=p, selection=s, out_dir=tmp_path / "lib")
+    assert len(gen.notes) == 0 and len(gen.warnings) == 1 and gen.warnings[0].startswith("no notes found")
+    assert "blip.wav" in gen.warnings[0]
+    r = CliRunner().invoke(main, ["generate", str(tmp_path / "blip.wav"), "--placement", str(p),
+                                  "--selection", str(s), "--out", str(tmp_path / "cli")])
+    assert r.exit_code == 2, r.output
+    assert "warning: no notes found" in r.stderr and "no notes found" not in r.stdout
+    folder = tmp_path / "cli" / f"blip{LEVEL_SUFFIX}"
+    assert str(folder) in r.stdout
+    diff = read_level(folder).get("Standard", "Expert")
+    assert diff is not None and diff.quarantine is None and len(diff.notes) == 0
+    with zipfile.ZipFile(tmp_path / "cli" / f"blip{LEVEL_SUFFIX}.zip") as z:
+        assert z.testzip() is None
+    # a song with notes has no warning and exits 0 (test_cli_generates_from_checkpoints)
