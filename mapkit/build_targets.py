@@ -46,7 +46,7 @@ none of its difficulties is usable (a level group without difficulty groups),
 so that a newer reading always replaces an older one.
 
 Resume: a level is skipped when the targets index holds it with the same
-settings hash, level files hash
+characteristic selection, settings hash, level files hash
 (:func:`level_files_sha256`), features audio SHA-256 and features settings
 hash, and with the current vocabulary; ``force`` redoes it.
 """
@@ -72,7 +72,7 @@ from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, sha
 from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
 from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, token_sequence
-from mapkit.preprocess.timebase import frame_of
+from mapkit.preprocess.timebase import frame_of, frame_time
 from mapkit.settings import FeatureSettings, TargetSettings
 
 COMMAND = "build-targets"
@@ -192,7 +192,7 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
         if n_beyond:
             drops[BEYOND_AUDIO] = n_beyond
         n_dropped = int(sum(drops.values()))
-        end_s = (n_frames - 1) / settings.fps
+        end_s = frame_time(n_frames - 1, settings.fps)
         limit = f"{100 * settings.max_drop_fraction:g}%"
         if n_read and n_beyond / n_read > settings.max_drop_fraction:
             quarantine = (f"notes beyond audio: wrong audio or offset? ({n_beyond} of {n_read} notes "
@@ -208,7 +208,7 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
     # notes are sorted by time, so the first note of each frame is its earliest
     first = np.searchsorted(notes["frame"], state_frames, side="left") if len(notes) else np.zeros(0, np.int64)
     tempo = diff.tempo
-    end_beat = float(tempo.beats((n_frames - 1) / settings.fps)) if tempo is not None else 0.0
+    end_beat = float(tempo.beats(frame_time(n_frames - 1, settings.fps))) if tempo is not None else 0.0
     colors = notes["color"]
     attrs = {
         "characteristic": diff.characteristic,
@@ -495,19 +495,67 @@ def check_settings(index, settings: TargetSettings, store_root) -> None:
                                      f"{os.path.join(str(store_root), 'targets')} and vocab.json to rebuild")
 
 
+def holds_difficulties(entry) -> bool:
+    """Whether a stored level group holds at least one difficulty group (a missing list counts as holding)."""
+    try:
+        return bool(json.loads(entry.attrs.get("difficulties_json", '["?"]')))
+    except ValueError:
+        return True
+
+
+def same_selection(entry, selection: str) -> bool:
+    """Whether a stored level was built with the characteristic selection ``selection`` (case-insensitive)."""
+    return str(entry.attrs.get("characteristic", "")).lower() == selection.lower()
+
+
 def check_selection(index, selection: str, store_root) -> None:
     """Refuse stored targets built with another characteristic selection.
 
     A level is stored as one group holding the difficulties of one selection;
     a run with another selection would replace them (newest wins), so a store
-    keeps one selection. Use ``all`` to have every characteristic.
+    keeps one selection. Use ``all`` to have every characteristic. Level
+    groups without difficulty groups hold nothing of their selection and do
+    not count: a run that found nothing cannot pin the store to its selection.
     """
     others = sorted({str(e.attrs.get("characteristic", "")) for e in index.values()
-                     if str(e.attrs.get("characteristic", "")).lower() != selection.lower()})
+                     if holds_difficulties(e) and not same_selection(e, selection)})
     if others:
         raise StoreError(store_root, f"store holds targets built with --characteristic {', '.join(others)}, this run "
                                      f"asks for {selection}; use the same one, another --store, or delete "
                                      f"{os.path.join(str(store_root), 'targets')} and vocab.json to rebuild")
+
+
+def check_characteristic_present(sources, characteristic, input_dir) -> None:
+    """Refuse a characteristic that no level of the run has (a typo would otherwise quarantine every level).
+
+    Reads only info files, stopping at the first level that lists
+    ``characteristic``; ``"all"`` always passes, and so does a run where no
+    info file is readable (each level is then reported on its own).
+
+    Raises
+    ------
+    MapkitError
+        Naming ``input_dir`` and the characteristics the levels do have.
+    """
+    from mapkit.preprocess.levels import info_characteristics
+
+    if _is_all(characteristic):
+        return
+    want = str(characteristic).lower()
+    found, n_read = [], 0
+    for s in sources:
+        try:
+            names = info_characteristics(s.path)
+        except MapkitError:
+            continue
+        n_read += 1
+        if any(c.lower() == want for c in names):
+            return
+        found.extend(c for c in names if c not in found)
+    if n_read:
+        raise MapkitError(input_dir, f"no level has {characteristic} difficulties (the levels have: "
+                                     f"{', '.join(found) or 'none'}); nothing written. Use --characteristic "
+                                     f"with one of those, or all")
 
 
 def load_vocab(store: Store) -> tuple[Vocabulary, dict] | None:
@@ -610,7 +658,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
     Raises
     ------
     MapkitError
-        No levels in ``input_dir``, or duplicate song ids.
+        No levels in ``input_dir``, duplicate song ids, or no level has a
+        difficulty of ``characteristic`` (nothing is written).
     StoreError
         The store is locked, holds targets of other settings or of another
         characteristic selection, or its
@@ -624,6 +673,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
     if not sources:
         raise MapkitError(input_dir, "no levels found (level folders or .zip files with an info file)")
     selection = characteristic_selection(characteristic)
+    check_characteristic_present(sources, characteristic, input_dir)
     force = force or rebuild_vocab
     with store.lock(COMMAND):
         features = store.index("features")
@@ -652,6 +702,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             known = None
             t = targets.get(s.song_id)
             if (not force and vocab is not None and t is not None and t.settings_hash == settings.hash
+                    and same_selection(t, selection)
                     and t.attrs.get("audio_sha256") == audio_sha and t.attrs.get("features_settings_hash") == fhash
                     and (t.file_attrs.get("vocab_hash") == vocab.hash or not vocab_bound(t))):
                 known = str(t.attrs.get("level_sha256"))
@@ -694,7 +745,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
 
             with writer:
                 ran = run_items(tasks, work, write, jobs=jobs, backend=backend, scheduler=scheduler,
-                                desc=COMMAND, progress=progress)
+                                desc=COMMAND, progress=progress, unit="level")
         else:
             # first pass: compute and count; results wait in an unnamed temporary file
             with tempfile.TemporaryFile(dir=store.root, prefix=".build-targets-spool-") as spool:
@@ -714,7 +765,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                     return summary(results, task)
 
                 ran = run_items(tasks, work, collect, jobs=jobs, backend=backend, scheduler=scheduler,
-                                desc=COMMAND, progress=progress)
+                                desc=COMMAND, progress=progress, unit="level")
                 # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
                 kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
                 counts = Counter(run_counts)

@@ -41,6 +41,20 @@ def expected_frame(t):
     return np.floor(np.asarray(t, dtype=np.float64) * 100 + 0.5).astype(np.int64)
 
 
+def raw_v3_notes(path, bpm):
+    """The same tuples for a v3 file (colorNotes and bombNotes), straight from the JSON; it must hold no bpmEvents."""
+    doc = json.loads(path.read_bytes())
+    assert doc.get("bpmEvents", []) == []  # constant tempo: time = beat * 60 / BPM
+    rows = []
+    for n in doc["colorNotes"]:
+        t = n["b"] * 60.0 / bpm
+        rows.append((t, n["b"], int(expected_frame(t)), n["x"], n["y"], n["c"], n["d"]))
+    for n in doc["bombNotes"]:
+        t = n["b"] * 60.0 / bpm
+        rows.append((t, n["b"], int(expected_frame(t)), n["x"], n["y"], 3, 0))
+    return rows
+
+
 def raw_v2_notes(path, bpm):
     """(time_s, beat, frame, column, row, color, direction) of every note of a v2 file, straight from the JSON."""
     doc = json.loads(path.read_bytes())
@@ -130,20 +144,22 @@ def test_real_levels_all_written(real):
 def test_real_note_frames_from_raw_json(real):
     """Every stored note equals the raw JSON note, timed at beat*60/BPM and on frame floor(t*100 + 0.5)."""
     checked = 0
-    for name, bpm in (("JOURNEY", 185.0), ("werewolf howls", 222.0)):
-        lv = real["targets"][name]
-        for diff in ("Easy", "Normal", "Hard", "Expert", "ExpertPlus"):
-            stored = lv[f"Standard/{diff}"]["notes"]
-            raw = raw_v2_notes(real["levels"] / name / f"{diff}Standard.dat", bpm)
-            assert len(stored) == len(raw) > 0
-            np.testing.assert_array_equal(stored["frame"], expected_frame(stored["time_s"]))
-            got = sorted(zip(stored["frame"].tolist(), stored["column"].tolist(), stored["row"].tolist(),
-                             stored["color"].tolist(), stored["direction"].tolist(), stored["beat"].tolist()))
-            want = sorted((r[2], r[3], r[4], r[5], r[6], r[1]) for r in raw)
-            assert got == want
-            np.testing.assert_allclose(stored["time_s"], stored["beat"] * 60.0 / bpm, rtol=0, atol=1e-9)
-            checked += len(stored)
-    assert checked > 9000
+    files = [(name, bpm, f"Standard/{diff}", f"{diff}Standard.dat", raw_v2_notes)
+             for name, bpm in (("JOURNEY", 185.0), ("werewolf howls", 222.0))
+             for diff in ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")]
+    files.append(("JOURNEY", 185.0, "OneSaber/ExpertPlus", "ExpertPlusOneSaber.dat", raw_v3_notes))  # v3.1.0
+    for name, bpm, key, filename, raw_notes in files:
+        stored = real["targets"][name][key]["notes"]
+        raw = raw_notes(real["levels"] / name / filename, bpm)
+        assert len(stored) == len(raw) > 0
+        np.testing.assert_array_equal(stored["frame"], expected_frame(stored["time_s"]))
+        got = sorted(zip(stored["frame"].tolist(), stored["column"].tolist(), stored["row"].tolist(),
+                         stored["color"].tolist(), stored["direction"].tolist(), stored["beat"].tolist()))
+        want = sorted((r[2], r[3], r[4], r[5], r[6], r[1]) for r in raw)
+        assert got == want
+        np.testing.assert_allclose(stored["time_s"], stored["beat"] * 60.0 / bpm, rtol=0, atol=1e-9)
+        checked += len(stored)
+    assert checked > 10000
 
 
 def test_real_frame_class_length_is_features_T(real):
@@ -236,7 +252,14 @@ def test_vocab_json(real):
 
 
 def test_no_ragged_windows(real):
-    """Every window start of a song whose T is not a multiple of L gives full-length features and classes."""
+    """Every window start of a song whose T is not a multiple of L, read through the training reader.
+
+    ``PlacementDataset.read_window`` for every start in [0, T - L] and every
+    item of a few (jittered and tiling) epochs: L + 14 feature rows that are
+    the stored rows, L classes that are the stored classes, no masked frame.
+    """
+    from mapkit.datasets.torch_datasets import PlacementDataset
+
     store = Store(real["store"])
     fe = store.index("features")["werewolf howls"]
     te = store.index("targets")["werewolf howls"]
@@ -245,13 +268,40 @@ def test_no_ragged_windows(real):
     with open_shard(te.shard, features=False) as f:
         classes = f[te.group]["Standard/Expert/frame_class"][()]
     T = int(fe.attrs["n_frames"])
-    L = next(w for w in (100, 97, 128) if T % w)
-    assert T % L != 0 and placement.shape[0] == T + 14 and classes.shape == (T,)
-    starts = np.arange(0, T - L + 1)
-    assert len(starts) == T - L + 1
-    for s in starts:
-        assert placement[s: s + L + 14].shape[0] == L + 14
-        assert classes[s: s + L].shape[0] == L
+    windows = [w for w in (97, 100, 128) if T % w]
+    assert len(windows) >= 2 and placement.shape[0] == T + 14 and classes.shape == (T,)
+    for L in windows:
+        for jitter in (False, True):
+            ds = PlacementDataset(store, song_ids=["werewolf howls"], window=L, difficulties=["Expert"],
+                                  jitter=jitter, seed=L)
+            try:
+                assert [lv.name for lv in ds.levels] == ["werewolf howls/Standard/Expert"]
+                level = ds.levels[0]
+                assert level.n_frames == T
+                rows = (placement.astype(np.float32) - ds.mean) / ds.std
+                if not jitter:
+                    for s in range(T - L + 1):
+                        x, c, m = ds.read_window(level, s)
+                        assert x.shape == (L + 14, 3, 80) and c.shape == (L,) and m.all()
+                        assert np.array_equal(c, classes[s: s + L]) and np.array_equal(x, rows[s: s + L + 14])
+                assert len(ds) == -(-T // L)
+                starts = set()
+                for epoch in range(3):
+                    ds.set_epoch(epoch)
+                    for i in range(len(ds)):
+                        item = ds[i]
+                        s = int(item["start"])
+                        starts.add(s)
+                        assert 0 <= s <= T - L
+                        assert tuple(item["features"].shape) == (L + 14, 3, 80)
+                        assert tuple(item["frame_class"].shape) == (L,) and bool(item["mask"].all())
+                        np.testing.assert_array_equal(item["frame_class"].numpy(), classes[s: s + L])
+                if jitter:  # windows move between epochs
+                    assert len(starts) > len(ds)
+                else:  # the same tiling every epoch, its last window ending on the last frame
+                    assert len(starts) == len(ds) and max(starts) == T - L
+            finally:
+                ds.close()
 
 
 # --- small levels for the edge cases --------------------------------------------------------------
@@ -608,16 +658,73 @@ def test_characteristic_selection(edge, tmp_path):
     inputs = tmp_path / "one"
     write_v2_level(inputs / "onesaber", 60, {"Expert": [v2_note(1, 0, 0, 1)]}, (EDGE_T - 1) * HOP,
                    characteristic="OneSaber")
+    write_v2_level(inputs / "standard", 60, {"Hard": [v2_note(1, 0, 0, 1)]}, (EDGE_T - 1) * HOP, seed=4)
     extract(inputs, store=store, jobs=1, progress=False)
     report = build_targets(inputs, store=store, settings=BIG_VOCAB, jobs=1, progress=False)
-    assert [(r.song_id, r.status) for r in report.items] == [("onesaber", "quarantined")]
+    assert [(r.song_id, r.status) for r in report.items] == [("onesaber", "quarantined"),
+                                                             ("standard/Standard/Hard", "ok")]
     assert "no Standard difficulties (level has: OneSaber)" in report.items[0].reason
     assert read_levels(store)["onesaber"]["attrs"]["difficulties_json"] == "[]"
     fresh = tmp_path / "fresh"
     extract(inputs, store=fresh, jobs=1, progress=False)
-    report = build_targets(inputs, store=fresh, settings=BIG_VOCAB, characteristic="oneSABER", jobs=1,
+    report = build_targets(inputs / "onesaber", store=fresh, settings=BIG_VOCAB, characteristic="oneSABER", jobs=1,
                            progress=False)
     assert [(r.song_id, r.status) for r in report.items] == [("onesaber/OneSaber/Expert", "ok")]
+
+
+def test_unknown_characteristic_fails_up_front_and_writes_nothing(edge, tmp_path):
+    """A typo in --characteristic is exit 1 naming what the levels have; the store stays as it was."""
+    store = copy_store(edge, tmp_path)
+    before = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    r = CliRunner().invoke(main, ["build-targets", str(edge["inputs"]), "--store", str(store),
+                                  "--characteristic", "bogus", "--no-progress", "--jobs", "1"])
+    assert r.exit_code == 1
+    assert "no level has bogus difficulties (the levels have: Standard); nothing written" in r.output
+    after = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    assert after == before  # no shard, no report, no vocabulary
+    # the correct run afterwards is not refused and has nothing to do
+    again = build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, jobs=1, progress=False)
+    assert statuses(again)["edges/Standard/Expert"] == "skipped"
+
+
+def test_empty_level_groups_of_another_selection_neither_pin_nor_resume(edge, tmp_path, monkeypatch):
+    """A store holding only empty level groups of a wrong selection (as older versions wrote them).
+
+    A run with the right selection is not refused, and does not skip those
+    levels as "already present": it reads them and writes their difficulties.
+    """
+    import mapkit.build_targets as bt
+
+    store = copy_store(edge, tmp_path)
+    shutil.rmtree(store / "targets")  # keep features and vocab.json
+    monkeypatch.setattr(bt, "check_characteristic_present", lambda *args: None)
+    bogus = build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, characteristic="bogus", jobs=1,
+                          progress=False)
+    monkeypatch.undo()
+    assert {r.status for r in bogus.items} == {"quarantined"}
+    stored = Store(store).index("targets")
+    assert stored.keys() == edge["targets"].keys()
+    assert {e.attrs["characteristic"] for e in stored.values()} == {"bogus"}
+    assert {e.attrs["difficulties_json"] for e in stored.values()} == {"[]"}
+    report = build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, jobs=1, progress=False)
+    assert statuses(report) == statuses(edge["report"])
+    got = read_levels(store)
+    for sid, lv in edge["targets"].items():
+        assert got[sid]["attrs"]["characteristic"] == "Standard"
+        for key, d in lv.items():
+            if key != "attrs":
+                np.testing.assert_array_equal(got[sid][key]["tokens"], d["tokens"])
+    # and now the store holds Standard difficulties: another selection is refused again
+    with pytest.raises(StoreError, match="--characteristic Standard"):
+        build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, characteristic="all", jobs=1, progress=False)
+
+
+def test_build_targets_progress_counts_levels(edge, tmp_path, capsys):
+    store = copy_store(edge, tmp_path)
+    build_targets(edge["inputs"] / "edge", store=store, settings=BIG_VOCAB, jobs=1, progress=True, force=True)
+    err = capsys.readouterr().err
+    assert "level/s" in err or "s/level" in err
+    assert "song" not in err
 
 
 def test_interrupted_run_resumes_to_the_same_targets(edge, tmp_path, monkeypatch):

@@ -108,7 +108,7 @@ def default_jobs() -> int:
 
 
 def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, desc="songs",
-              progress=True) -> list[ItemResult]:
+              progress=True, unit: str = "song") -> list[ItemResult]:
     """Run ``work`` over ``items`` in parallel and ``write`` each result in this process.
 
     Parameters
@@ -130,9 +130,11 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
         Dask scheduler address (``tcp://host:8786``). Without it, a
         ``distributed.LocalCluster`` with ``jobs`` single-threaded workers is started.
     desc : str
-        Unit name for the tqdm progress bar (on stderr).
+        Label of the tqdm progress bar (on stderr).
     progress : bool
         Show the progress bar.
+    unit : str
+        What one item is, as the progress bar counts it (``"song"``, ``"level"``).
 
     Returns
     -------
@@ -148,7 +150,7 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     results: list[ItemResult | None] = [None] * len(items)
-    bar = tqdm(total=len(items), desc=desc, unit="song", file=sys.stderr, disable=not progress,
+    bar = tqdm(total=len(items), desc=desc, unit=unit, file=sys.stderr, disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
     n_failed = 0
 

@@ -22,8 +22,10 @@ class LevelContainer:
     """Read-only view of the files of one level folder or ``.zip``.
 
     ``name`` is the song id: the folder's name, or the zip's name without ``.zip``.
-    A zip whose members all sit in one top-level folder is read as if that folder
-    were the root.
+    A zip is read from its root folder (:func:`zip_root`): where its shallowest
+    info file sits, so a zip of ``Song/Info.dat`` or ``Pack/Song/Info.dat``
+    reads like a zip of ``Info.dat``. macOS ``__MACOSX/`` sidecar entries are
+    not part of the level.
     """
 
     def __init__(self, path):
@@ -36,11 +38,8 @@ class LevelContainer:
                 self._zip = zipfile.ZipFile(self.path)
             except (zipfile.BadZipFile, OSError) as e:
                 raise LevelError(self.path, f"not a readable zip file: {e}") from None
-            members = [m for m in self._zip.namelist() if not m.endswith("/")]
-            tops = {m.split("/", 1)[0] for m in members}
-            prefix = ""
-            if len(tops) == 1 and all("/" in m for m in members):
-                prefix = tops.pop() + "/"
+            members = [m for m in self._zip.namelist() if not m.endswith("/") and not _is_macos_sidecar(m)]
+            prefix = zip_root(members)
             self._members = {m[len(prefix):]: m for m in members if m.startswith(prefix)}
         elif self.path.is_dir():
             self._members = None
@@ -155,6 +154,35 @@ class LevelContainer:
         if real is None:
             raise LevelError(self.describe(wanted), "audio file named by the info file is missing")
         return real
+
+
+def _is_macos_sidecar(member: str) -> bool:
+    return member.split("/", 1)[0] == "__MACOSX"
+
+
+def zip_root(members: list[str]) -> str:
+    """The folder prefix (``""`` or ``"a/b/"``) a level zip is read from, given its file members.
+
+    The folder of the shallowest info file (``info.dat`` before ``info.json``,
+    then by name). Without any info file: the single top-level folder when
+    every member not starting with a dot sits in one, else the zip's root.
+    Dot-entries (``.DS_Store``) and ``__MACOSX/`` never decide the root.
+
+    >>> zip_root(["Song/Info.dat", "Song/song.egg", "__MACOSX/Song/._Info.dat", ".DS_Store"])
+    'Song/'
+    >>> zip_root(["Info.dat", "Extra/info.dat"])
+    ''
+    """
+    members = [m for m in members
+               if not _is_macos_sidecar(m) and not any(part.startswith(".") for part in m.split("/"))]
+    infos = [m for m in members if m.rsplit("/", 1)[-1].lower() in INFO_NAMES]
+    if infos:
+        best = min(infos, key=lambda m: (m.count("/"), INFO_NAMES.index(m.rsplit("/", 1)[-1].lower()), m))
+        return best[: best.rfind("/") + 1]
+    tops = {m.split("/", 1)[0] for m in members}
+    if len(tops) == 1 and all("/" in m for m in members):
+        return tops.pop() + "/"
+    return ""
 
 
 def zlib_error():

@@ -467,6 +467,8 @@ class Level:
     warnings: list = field(default_factory=list)
     info_filename: str | None = None
     characteristics: list = field(default_factory=list)
+    #: why the info's song offset could not be read (then ``song_time_offset`` is 0 and the level quarantined)
+    song_time_offset_error: str | None = None
 
     def get(self, characteristic: str, difficulty: str) -> Difficulty | None:
         """The difficulty ``characteristic``/``difficulty`` (names compared case-insensitively), or None."""
@@ -489,6 +491,7 @@ class Level:
             "bpm": self.bpm if math.isfinite(self.bpm) else None,
             "song_filename": self.song_filename,
             "song_time_offset": self.song_time_offset,
+            "song_time_offset_error": self.song_time_offset_error,
             "characteristics": list(self.characteristics),
             "editor_bpm_changes": list(self.editor_bpm_changes),
             "quarantine": self.quarantine,
@@ -511,12 +514,15 @@ class _Entry:
 
 
 def _requirements(*customs) -> list[str]:
+    """The mod requirements of custom-data dicts; one written as a string instead of a list counts too."""
     out = []
     for c in customs:
         c = _as_dict(c)
         for key in ("_requirements", "requirements"):
             reqs = c.get(key)
-            if isinstance(reqs, list):
+            if isinstance(reqs, str):
+                out.append(reqs)
+            elif isinstance(reqs, list):
                 out.extend(str(r) for r in reqs)
     return out
 
@@ -546,6 +552,38 @@ def _info_entries(info: dict, major: str, where: str) -> list[_Entry]:
                                       d.get("_noteJumpMovementSpeed"),
                                       level_reqs + _requirements(d.get("_customData"))))
     return entries
+
+
+def _characteristic_names(entries: list[_Entry]) -> list[str]:
+    """The distinct characteristic names of the info entries, in info-file order."""
+    return list(dict.fromkeys(e.characteristic for e in entries))
+
+
+def info_characteristics(path) -> list[str]:
+    """The characteristics a level's info file lists (info-file order), reading only the info file.
+
+    Parameters
+    ----------
+    path : str or Path
+        A level folder or ``.zip``.
+
+    Returns
+    -------
+    list of str
+        Empty when the info file lists no difficulties.
+
+    Raises
+    ------
+    LevelError
+        No info file, or it is not a readable JSON object.
+    """
+    with LevelContainer(path) as container:
+        info = container.read_info_json()
+        where = container.describe(container.info_name())
+        if not isinstance(info, dict):
+            raise LevelError(where, f"info file is a JSON {type(info).__name__}, not an object")
+        sniffed = _sniff_info(info)
+        return _characteristic_names(_info_entries(info, sniffed, where)) if sniffed else []
 
 
 def _sniff_info(info: dict) -> str | None:
@@ -775,6 +813,8 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
 
     audio = _as_dict(info.get("audio"))
     if sniffed == "4":
+        if audio.get("bpm") is None:
+            raise LevelError(iwhere, "v4 info has no audio.bpm")
         bpm_value, song_filename = audio.get("bpm"), audio.get("songFilename")
     elif legacy:
         bpm_value = info.get("beatsPerMinute")
@@ -801,10 +841,11 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
     elif container.find(song_filename) is None:
         warnings.append(f"song file {song_filename!r} named by the info file is not in the level")
 
-    quarantine = None
+    quarantine = offset_error = None
     offset = _strict_number(info.get("_songTimeOffset", 0))[0]
     if offset is None or not math.isfinite(offset):
-        quarantine = f"_songTimeOffset {info.get('_songTimeOffset')!r} is not a finite number"
+        offset_error = f"{info.get('_songTimeOffset')!r} is not a finite number"
+        quarantine = f"_songTimeOffset {offset_error}"
         offset = 0.0
     elif offset != 0:
         if settings.song_offset == "quarantine":
@@ -820,10 +861,7 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
     regions_tempo = None
     audio_data = audio.get("audioDataFilename") if sniffed == "4" else None
     entries = _info_entries(info, sniffed, iwhere)
-    all_chars = []
-    for e in entries:
-        if e.characteristic not in all_chars:
-            all_chars.append(e.characteristic)
+    all_chars = _characteristic_names(entries)
     want_all = characteristic is None or str(characteristic).lower() == "all"
     chosen = [e for e in entries if want_all or e.characteristic.lower() == str(characteristic).lower()]
 
@@ -896,6 +934,7 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
         warnings=warnings,
         info_filename=info_name,
         characteristics=all_chars,
+        song_time_offset_error=offset_error,
     )
 
 
@@ -914,9 +953,11 @@ class InspectResult:
 def format_level(level: Level) -> str:
     """A human-readable report of ``level``: info facts, then one block per difficulty."""
     bpm = f"{level.bpm:g}" if math.isfinite(level.bpm) else "invalid"
+    offset = (f"{level.song_time_offset:g} s" if level.song_time_offset_error is None
+              else f"invalid ({level.song_time_offset_error})")
     lines = [f"{level.song_id}  ({level.path})",
              f"  info {level.info_filename} v{level.info_version} | BPM {bpm} | audio {level.song_filename} | "
-             f"song offset {level.song_time_offset:g} s | characteristics: {', '.join(level.characteristics)}"]
+             f"song offset {offset} | characteristics: {', '.join(level.characteristics)}"]
     if level.quarantine:
         lines.append(f"  QUARANTINED: {level.quarantine}")
     lines.extend(f"  warning: {w}" for w in level.warnings)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mapkit.preprocess.notes import BOMB, BLUE, N_COLUMNS, N_DIRECTIONS, N_ROWS, RED
+from mapkit.preprocess.timebase import frame_time
 
 EMPTY, RED_ONLY, BLUE_ONLY, RED_AND_BLUE, BOMBS_ONLY = 0, 1, 2, 3, 4
 N_CELLS = N_COLUMNS * N_ROWS
@@ -199,12 +200,12 @@ def token_sequence(state_frames, state_tokens, state_times_s, state_beats, n_fra
 
     ``state_times_s``/``state_beats`` are the time and beat of each state (the
     earliest note of its frame). BOS counts as time 0 s / beat 0 and EOS as the
-    end of the song, ``(n_frames - 1) / fps`` s and ``end_beat``, so the first
-    note's previous gap is its time from the start and the last note's next gap
-    is its time to the end. BOS has gap_prev 0 and EOS gap_next 0. Gaps are
+    end of the song: the last frame's time ``frame_time(n_frames - 1)`` and
+    ``end_beat``. So the first note's previous gap is its time from the start
+    and the last note's next gap is its time to the end. BOS has gap_prev 0 and EOS gap_next 0. Gaps are
     float32, never truncated.
     """
-    end_s = (n_frames - 1) / fps
+    end_s = frame_time(n_frames - 1, fps)
     times = np.concatenate([[0.0], np.asarray(state_times_s, np.float64), [end_s]])
     beats = np.concatenate([[0.0], np.asarray(state_beats, np.float64), [float(end_beat)]])
     dt, db = np.diff(times), np.diff(beats)

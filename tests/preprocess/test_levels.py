@@ -659,3 +659,130 @@ def test_event_types_parse_strictly(tmp_path):
     assert any(w.startswith("2 type-10 events") for w in d.warnings)
     d2 = only(read_level(make_v2_level(tmp_path, [n2(1)], name="plain", events=[{"_time": 0, "_type": 4}] * 3)))
     assert d2.tempo.is_constant and not any("type-10" in w for w in d2.warnings)
+
+
+# --- review fixes: requirements as a string, v4 info facts, arcs/chains, 2.0.0 audio data, zips ----------
+
+@pytest.mark.parametrize("where", ["difficulty", "level"])
+def test_a_requirement_written_as_a_string_quarantines_too(tmp_path, where):
+    info = v2_info()
+    custom = {"_requirements": "Mapping Extensions"}  # a string, not a list
+    if where == "level":
+        info["_customData"] = custom
+    else:
+        info["_difficultyBeatmapSets"][0]["_difficultyBeatmaps"][0]["_customData"] = custom
+    d = only(read_level(make_v2_level(tmp_path, [n2(1)], info=info)))
+    assert d.requirements == ["Mapping Extensions"] and d.quarantine == "requires Mapping Extensions"
+
+
+def test_a_v4_requirement_written_as_a_string_quarantines_too(tmp_path):
+    beatmap = {"version": "4.0.0", "colorNotes": [{"b": 1}], "colorNotesData": [{}]}
+    root = v4_level(tmp_path, beatmap, regions=None, audio_data_name=None)
+    info = json.loads((root / "Info.dat").read_text())
+    info["difficultyBeatmaps"][0]["customData"] = {"requirements": "Noodle Extensions"}
+    write_json(root / "Info.dat", info)
+    assert only(read_level(root)).quarantine == "requires Noodle Extensions"
+
+
+def test_v4_info_without_audio_bpm_says_so(tmp_path):
+    root = v4_level(tmp_path, {"version": "4.0.0", "colorNotes": []}, regions=None, audio_data_name=None)
+    info = json.loads((root / "Info.dat").read_text())
+    del info["audio"]
+    write_json(root / "Info.dat", info)
+    with pytest.raises(LevelError) as e:
+        read_level(root)
+    assert e.value.reason == "v4 info has no audio.bpm" and e.value.path.endswith("Info.dat")
+
+
+def test_arc_and_chain_counts_of_every_format(tmp_path):
+    """Arcs and chains are not notes, but are counted per format: v2.6 _sliders, v3 sliders/burstSliders, v4 arcs/chains."""
+    v2 = make_v2_level(tmp_path, [n2(1)], name="v26", _sliders=[{"_colorType": 0}] * 2)
+    c = only(read_level(v2)).counts
+    assert (c["arcs"], c["chains"], c["notes"]) == (2, 0, 1)
+    v3 = make_v2_level(tmp_path, [], name="v3")
+    write_json(v3 / "Expert.dat", {"version": "3.2.0", "colorNotes": [{"b": 1, "x": 1, "y": 0, "c": 0, "d": 1}],
+                                   "sliders": [{"b": 1}] * 3, "burstSliders": [{"b": 2}] * 4})
+    c = only(read_level(v3)).counts
+    assert (c["arcs"], c["chains"], c["notes"]) == (3, 4, 1)
+    v4 = v4_level(tmp_path, {"version": "4.0.0", "colorNotes": [{"b": 1, "i": 0}], "colorNotesData": [{"x": 1}],
+                             "arcs": [{"hb": 1, "tb": 2}] * 5, "arcsData": [{}], "chains": [{"hb": 1}] * 6,
+                             "chainsData": [{}]}, regions=None, audio_data_name=None)
+    c = only(read_level(v4)).counts
+    assert (c["arcs"], c["chains"], c["notes"]) == (5, 6, 1)
+
+
+def test_v4_info_with_a_2_0_0_audio_data_file_uses_its_regions(tmp_path):
+    """An older AudioData (``_version`` 2.0.0, ``_regions``) times v4 beatmaps like ``bpmData`` does."""
+    beatmap = {"version": "4.0.0", "colorNotes": [{"b": 10, "i": 0}, {"b": 30, "i": 0}], "colorNotesData": [{}]}
+    root = v4_level(tmp_path, beatmap, regions=None, audio_data_name="AudioData.dat")
+    write_json(root / "AudioData.dat", {"_version": "2.0.0", "_songSampleCount": 882000, "_songFrequency": 44100,
+                                        "_regions": [
+                                            {"_startSampleIndex": 0, "_endSampleIndex": 441000,
+                                             "_startBeat": 0, "_endBeat": 20},
+                                            {"_startSampleIndex": 441000, "_endSampleIndex": 882000,
+                                             "_startBeat": 20, "_endBeat": 60}]})
+    d = only(read_level(root))
+    assert d.quarantine is None and d.tempo.source == "regions"
+    assert d.notes["time_s"].tolist() == [5.0, 12.5]  # DESIGN.md section 1: beat 30 -> 12.5 s
+
+
+def test_info_characteristics_reads_only_the_info_file(tmp_path):
+    from mapkit.preprocess.levels import info_characteristics
+
+    raw = json.loads((FIXTURES / "JOURNEY" / "Info.dat").read_text())["_difficultyBeatmapSets"]
+    assert info_characteristics(FIXTURES / "JOURNEY") == [s["_beatmapCharacteristicName"] for s in raw]
+    assert sorted(info_characteristics(FIXTURES / "JOURNEY")) == ["OneSaber", "Standard"]
+    root = make_v2_level(tmp_path, [n2(1)], info=v2_info(files=(("Lawless", "Expert", "Expert.dat"),
+                                                               ("Standard", "Hard", "Missing.dat"),
+                                                               ("Lawless", "Hard", "Expert.dat"))))
+    assert info_characteristics(root) == ["Lawless", "Standard"]
+    (tmp_path / "none").mkdir()
+    with pytest.raises(LevelError, match="no Info.dat"):
+        info_characteristics(tmp_path / "none")
+
+
+def zip_of(path: Path, members: dict) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["macosx", "dotfiles", "deeper", "deeper_with_readme"])
+def test_zip_root_ignores_sidecars_and_finds_a_deeper_info_file(tmp_path, layout):
+    src = FIXTURES / "werewolf howls"
+    files = {f.name: f.read_bytes() for f in src.iterdir()}
+    if layout == "macosx":  # what macOS's "Compress" adds next to the level folder
+        members = {f"werewolf/{n}": b for n, b in files.items()}
+        members.update({f"__MACOSX/werewolf/._{n}": b"\0\5\26\7" for n in files})
+    elif layout == "dotfiles":
+        members = {f"werewolf/{n}": b for n, b in files.items()}
+        members.update({".DS_Store": b"junk", "._werewolf": b"junk"})
+    elif layout == "deeper":
+        members = {f"pack/werewolf/{n}": b for n, b in files.items()}
+    else:  # a file beside the level folder: the shallowest info file still decides
+        members = {f"pack/werewolf/{n}": b for n, b in files.items()}
+        members.update({"README.txt": b"hi", "pack/other/Info.txt": b"not an info file"})
+    level = read_level(zip_of(tmp_path / "ww.zip", members))
+    reference = read_level(src)
+    assert len(level.difficulties) == len(reference.difficulties) == 5
+    for a, b in zip(level.difficulties, reference.difficulties):
+        assert a.difficulty == b.difficulty and np.array_equal(a.notes, b.notes) and a.quarantine is None
+
+
+def test_zip_root_is_the_shallowest_info_file():
+    from mapkit.preprocess.container import zip_root
+
+    assert zip_root(["a/b/Info.dat", "a/Info.dat", "a/song.egg"]) == "a/"
+    assert zip_root(["x/info.json", "y/INFO.DAT"]) == "y/"  # same depth: Info.dat before legacy info.json
+    assert zip_root(["__MACOSX/Info.dat", "s/Info.dat"]) == "s/"
+    assert zip_root([".hidden/Info.dat", "s/Info.dat"]) == "s/"
+    assert zip_root(["s/song.egg", "s/cover.jpg", ".DS_Store"]) == "s/"  # no info: the single top folder
+    assert zip_root(["song.egg", "s/cover.jpg"]) == ""
+
+
+def test_zip_without_any_info_file_names_the_reason(tmp_path):
+    z = zip_of(tmp_path / "broken.zip", {"broken/song.egg": b"x", "__MACOSX/broken/._song.egg": b"y"})
+    with pytest.raises(LevelError) as e:
+        read_level(z)
+    assert e.value.reason == "no Info.dat (or legacy info.json) in level"
