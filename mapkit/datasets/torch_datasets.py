@@ -346,12 +346,20 @@ class PlacementDataset(torch.utils.data.Dataset):
         return self._handles.get(level.target_shard, features=False)[level.target_group]["frame_class"][:]
 
     def positive_fraction(self) -> float:
-        """Fraction of frames with a note (``frame_class > 0``) over all levels (reads every target)."""
+        """Fraction of frames with a note (``frame_class > 0``) over all levels (reads every target).
+
+        Closes this process' handles afterwards: it runs in the training
+        parent before DataLoader workers start, which must inherit no open
+        h5py file.
+        """
         pos = total = 0
-        for li in range(len(self.levels)):
-            c = self.level_classes(li)
-            pos += int(np.count_nonzero(c))
-            total += len(c)
+        try:
+            for li in range(len(self.levels)):
+                c = self.level_classes(li)
+                pos += int(np.count_nonzero(c))
+                total += len(c)
+        finally:
+            self.close()
         return pos / total if total else 0.0
 
     def close(self):

@@ -148,6 +148,7 @@ class DDCStage(Stage):
         if self.pos_weight is None:
             p = self.train_dataset.positive_fraction()
             self.pos_weight = (1.0 - p) / p if p > 0 else 1.0
+        self.train_dataset.close()  # no h5py handle open in the parent when the DataLoader workers start
 
     def model_config(self):
         return self.config.model

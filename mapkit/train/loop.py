@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -50,6 +51,8 @@ LAST, BEST = "last.pt", "best.pt"
 METRICS_FILE, PLOT_FILE = "metrics.jsonl", "curves.png"
 #: Config fields that may change when resuming (a run can be extended, its logging changed).
 RESUMABLE_CHANGES = frozenset({"max_steps", "epochs", "checkpoint_every", "eval_every", "log_every"})
+#: Environment variable and default (minutes) of the DDP collective timeout (:func:`dist_timeout`).
+DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_MIN = "MAPKIT_DIST_TIMEOUT_MIN", 120.0
 
 
 class TrainingError(MapkitError):
@@ -174,8 +177,30 @@ def amp_dtype(amp: str, device: torch.device):
     raise ValueError(f"amp must be auto, off, bf16 or fp16, got {amp!r}")
 
 
+def dist_timeout() -> datetime.timedelta:
+    """How long a rank waits in a collective: ``MAPKIT_DIST_TIMEOUT_MIN`` minutes, default 120.
+
+    Rank 0 validates (a whole-song pass over the validation split) while the
+    other ranks wait in the next collective; torch's defaults (10 min for
+    NCCL, 30 for gloo) would kill a long validation, so the default is
+    generous. A hung rank is still noticed, after this long.
+    """
+    text = os.environ.get(DIST_TIMEOUT_ENV, "")
+    try:
+        minutes = float(text) if text else DEFAULT_DIST_TIMEOUT_MIN
+    except ValueError:
+        raise ValueError(f"{DIST_TIMEOUT_ENV} must be a number of minutes, got {text!r}") from None
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"{DIST_TIMEOUT_ENV} must be > 0 minutes, got {text!r}")
+    return datetime.timedelta(minutes=minutes)
+
+
 def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group when started by ``torchrun`` (env ``WORLD_SIZE`` > 1); else one process."""
+    """Join the process group when started by ``torchrun`` (env ``WORLD_SIZE`` > 1); else one process.
+
+    The group's collective timeout is :func:`dist_timeout` (2 hours unless
+    ``MAPKIT_DIST_TIMEOUT_MIN`` says otherwise).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -186,7 +211,7 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
         use_cuda = torch.cuda.is_available() and device_name != "cpu" and not device_name.startswith("cpu")
         if use_cuda:
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=dist_timeout())
     return info
 
 
@@ -305,9 +330,14 @@ def store_fingerprint(store: Store, need_vocab: bool) -> dict:
     return out
 
 
-def check_fingerprint(checkpoint: dict, fingerprint: dict, path, keys=None):
-    """Refuse (``TrainingError``) when the checkpoint's store hashes differ from ``fingerprint``'s."""
-    keys = keys or ("feature_settings_hash", "target_settings_hash", "vocab_hash")
+def check_fingerprint(checkpoint: dict, fingerprint: dict, path, need_vocab: bool = True):
+    """Refuse (``TrainingError``) when the checkpoint's store hashes differ from ``fingerprint``'s.
+
+    The vocabulary hash is compared only when ``need_vocab`` (stage 2):
+    stage 1 never reads the vocabulary, so a rebuilt ``vocab.json`` does
+    not stop it from resuming.
+    """
+    keys = ("feature_settings_hash", "target_settings_hash") + (("vocab_hash",) if need_vocab else ())
     bad = [f"{k} {checkpoint.get(k)} (checkpoint) != {fingerprint.get(k)} (store)"
            for k in keys if checkpoint.get(k) != fingerprint.get(k)]
     if bad:
@@ -333,7 +363,13 @@ def save_checkpoint(path, checkpoint: dict) -> Path:
 
 
 def read_checkpoint(path) -> dict:
-    """The checkpoint dict at ``path`` (on CPU); :class:`TrainingError` when it is not a mapkit checkpoint."""
+    """The checkpoint dict at ``path`` (on CPU); :class:`TrainingError` when it is not a mapkit checkpoint.
+
+    Security: checkpoints hold optimiser state, RNG states and numpy arrays,
+    so they are read with ``torch.load(weights_only=False)``, i.e. with
+    pickle, which can run code: load only checkpoints you trust (your own
+    runs, or files from someone you trust).
+    """
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
@@ -573,7 +609,7 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
         resume_ckpt = read_checkpoint(out_dir / LAST)
         if resume_ckpt.get("stage") != stage.name:
             raise TrainingError(out_dir / LAST, f"a {resume_ckpt.get('stage')} checkpoint, not {stage.name}")
-        check_fingerprint(resume_ckpt, fingerprint, out_dir / LAST)
+        check_fingerprint(resume_ckpt, fingerprint, out_dir / LAST, need_vocab=stage.need_vocab)
         _check_resume_config(resume_ckpt["train_config"], config, out_dir / LAST)
         stats = resume_ckpt["stats"]  # normalise exactly as the run being continued did
         train_songs, val_songs = resume_ckpt["train_songs"], resume_ckpt["val_songs"]

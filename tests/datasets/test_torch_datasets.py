@@ -150,6 +150,8 @@ def test_handles_are_opened_per_process_never_in_init_or_parent(store):
     got = torch.cat([b["features"] for b in loader])
     assert torch.equal(got, torch.stack(expected))
     assert fresh._handles.files == {}  # the workers opened theirs, the parent none
+    # stage 1's class balance reads every target in the parent, then closes what it opened
+    assert 0 < fresh.positive_fraction() < 1 and fresh._handles.files == {} and fresh._handles.datasets == {}
 
 
 def test_mismatched_target_length_is_refused(store, tmp_path):

@@ -1,5 +1,6 @@
 """Training both stages on a tiny real store: they learn, resume exactly, refuse mismatches, run under DDP."""
 
+import datetime
 import json
 import os
 import subprocess
@@ -15,8 +16,8 @@ from click.testing import CliRunner
 from mapkit.cli import main
 from mapkit.datasets.torch_datasets import PlacementDataset, SelectionDataset, read_vocab
 from mapkit.train.ddc import ddc_config, predict_probabilities, train_ddc
-from mapkit.train.loop import (EpochSampler, RunOptions, TrainingError, load_checkpoint, lr_factor, read_checkpoint,
-                               read_metrics, save_checkpoint)
+from mapkit.train.loop import (DIST_TIMEOUT_ENV, EpochSampler, RunOptions, TrainingError, dist_timeout,
+                               load_checkpoint, lr_factor, read_checkpoint, read_metrics, save_checkpoint)
 from mapkit.train.models import PLACEMENT_PRESETS
 from mapkit.train.peaks import onset_f1
 from mapkit.train.transformer import train_transformer, transformer_config, unigram_perplexity
@@ -199,6 +200,35 @@ def test_resume_is_refused_for_another_store_or_config(store, tmp_path):
     ckpt["feature_settings_hash"] = json.loads((store / "stats.json").read_text())["settings_hash"]
     save_checkpoint(out / "last.pt", ckpt)
     assert train_ddc(store, out, replace(config, max_steps=5), replace(QUIET, resume=True)).step == 5
+
+
+@pytest.mark.parametrize("stage", ["ddc", "transformer"])
+def test_only_stage_2_resumes_are_refused_for_another_vocabulary(store, tmp_path, stage):
+    if stage == "ddc":
+        config, train = ddc_config("tiny", max_steps=2, val_songs=(VAL_SONG,)), train_ddc
+    else:
+        config, train = transformer_config("tiny", max_steps=2, batch_size=2, val_songs=(VAL_SONG,)), train_transformer
+    out = tmp_path / stage
+    train(store, out, config, QUIET)
+    ckpt = read_checkpoint(out / "last.pt")
+    ckpt["vocab_hash"] = "1111111111111111"  # as if vocab.json was rebuilt since
+    save_checkpoint(out / "last.pt", ckpt)
+    if stage == "ddc":  # stage 1 never reads the vocabulary
+        assert train(store, out, replace(config, max_steps=3), replace(QUIET, resume=True)).step == 3
+    else:
+        with pytest.raises(TrainingError, match="vocab_hash 1111111111111111"):
+            train(store, out, replace(config, max_steps=3), replace(QUIET, resume=True))
+
+
+def test_ddp_timeout_is_generous_and_configurable(monkeypatch):
+    monkeypatch.delenv(DIST_TIMEOUT_ENV, raising=False)
+    assert dist_timeout() == datetime.timedelta(hours=2)
+    monkeypatch.setenv(DIST_TIMEOUT_ENV, "30")
+    assert dist_timeout() == datetime.timedelta(minutes=30)
+    for bad in ("soon", "0", "-5", "nan"):
+        monkeypatch.setenv(DIST_TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=DIST_TIMEOUT_ENV):
+            dist_timeout()
 
 
 # --- DDP -------------------------------------------------------------------------------------------
