@@ -342,6 +342,22 @@ def _is_all(characteristic) -> bool:
     return characteristic is None or str(characteristic).lower() == "all"
 
 
+def unreadable_level_reason(path) -> str | None:
+    """Why the level at ``path`` cannot be read at all (no or broken info file), or None.
+
+    A level without features is usually one that ``extract`` could not read
+    either: its own problem is the reason to report, not the missing features.
+    """
+    from mapkit.preprocess.container import LevelContainer
+
+    try:
+        with LevelContainer(path) as c:
+            c.read_info_json()
+    except MapkitError as e:
+        return e.reason
+    return None
+
+
 def characteristic_selection(characteristic) -> str:
     """The selection as stored: ``"all"``, or the characteristic name as given."""
     return "all" if _is_all(characteristic) else str(characteristic)
@@ -691,7 +707,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         for i, s in enumerate(sources):
             f = features.get(s.song_id)
             if f is None or "n_frames" not in f.attrs:
-                early[i] = [ItemResult(s.song_id, str(s.path), "failed", NO_FEATURES)]
+                reason = unreadable_level_reason(s.path) or NO_FEATURES
+                early[i] = [ItemResult(s.song_id, str(s.path), "failed", reason)]
                 continue
             ffps = _features_fps(f, fps_cache)
             if ffps != settings.fps:

@@ -29,3 +29,15 @@ def test_help_does_not_import_heavy_libraries():
            "print('torch' in sys.modules, 'librosa' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+def test_help_summaries_are_whole_lines():
+    """Every command (and train's subcommands) has a short_help of one line under 60 characters: no '...'."""
+    groups = [(main, CliRunner().invoke(main, ["--help"]).output)]
+    groups.append((main.commands["train"], CliRunner().invoke(main, ["train", "--help"]).output))
+    for group, output in groups:
+        commands = output.split("Commands:")[1]
+        assert "..." not in commands, commands
+        for name, cmd in group.commands.items():
+            assert cmd.short_help and len(cmd.short_help) < 60 and "\n" not in cmd.short_help, name
+            assert f"{name}  " in output and cmd.short_help in output, name

@@ -84,3 +84,33 @@ def test_song_offset_option(tmp_path):
     assert applied["quarantine"] is None and d["quarantine"] is None
     first = d["notes"][0]
     assert abs(first["time_s"] - (first["beat"] * 60 / 222 - 0.25)) < 1e-12
+
+
+def test_inspect_header_shows_an_invalid_song_offset(tmp_path):
+    """An offset that is not a finite number is shown as such, not as '0 s'."""
+    for i, raw in enumerate(['"abc"', '"inf"', "1e400"]):
+        level = tmp_path / f"lvl{i}"
+        level.mkdir()
+        info = json.loads((JOURNEY / "Info.dat").read_text())
+        info["_songTimeOffset"] = "OFFSET"
+        (level / "Info.dat").write_text(json.dumps(info).replace('"OFFSET"', raw))
+        for f in JOURNEY.glob("*Standard.dat"):
+            (level / f.name).write_bytes(f.read_bytes())
+        r = run(level)
+        header = r.output.splitlines()[1]
+        assert "song offset 0 s" not in header, header
+        assert "song offset invalid (" in header and "is not a finite number)" in header
+        assert "QUARANTINED: _songTimeOffset" in r.output
+    ok = run(JOURNEY)
+    assert "song offset 0 s |" in ok.output.splitlines()[1]
+
+
+def test_inspect_json_says_why_the_offset_is_invalid(tmp_path):
+    level = tmp_path / "lvl"
+    level.mkdir()
+    info = json.loads((JOURNEY / "Info.dat").read_text())
+    info["_songTimeOffset"] = "abc"
+    (level / "Info.dat").write_text(json.dumps(info))
+    doc = json.loads(run(level, "--json").output.splitlines()[0])
+    assert doc["song_time_offset"] == 0.0 and doc["song_time_offset_error"] == "'abc' is not a finite number"
+    assert json.loads(run(JOURNEY, "--json").output.splitlines()[0])["song_time_offset_error"] is None

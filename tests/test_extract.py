@@ -254,6 +254,34 @@ def test_cli_exit_codes_and_summary(tmp_path):
     write_song(dup / "a.ogg", seconds=0.5)
     r = CliRunner().invoke(main, ["extract", str(dup), "--store", str(store)])
     assert r.exit_code == 1 and "duplicate song id 'a'" in r.output
+    assert str(dup / "a.wav") in r.output and str(dup / "a.ogg") in r.output  # both inputs named
+
+
+def test_broken_level_folders_are_reported_one_by_one(tmp_path):
+    """Level folders whose info file is missing fail on their own in extract and build-targets; the rest goes on."""
+    inp = tmp_path / "CustomLevels"
+    good = inp / "good"
+    good.mkdir(parents=True)
+    write_song(good / "song.egg", seconds=1.0, seed=1)
+    info = json.loads(info_v2("song.egg"))
+    info["_difficultyBeatmapSets"] = [{"_beatmapCharacteristicName": "Standard", "_difficultyBeatmaps": [
+        {"_difficulty": "Expert", "_difficultyRank": 7, "_beatmapFilename": "Expert.dat"}]}]
+    (good / "Info.dat").write_text(json.dumps(info))
+    (good / "Expert.dat").write_text(json.dumps({"_version": "2.2.0", "_notes": [
+        {"_time": 1, "_lineIndex": 1, "_lineLayer": 0, "_type": 0, "_cutDirection": 1}], "_events": []}))
+    for name in ("unfinished", "lost info"):
+        (inp / name).mkdir()
+        write_song(inp / name / "song.egg", seconds=0.5, seed=2)
+    (inp / "lost info" / "ExpertStandard.dat").write_text("{}")
+    store = tmp_path / "store"
+    no_info = "no Info.dat (or legacy info.json) in level"
+    for command in ("extract", "build-targets"):
+        r = CliRunner().invoke(main, [command, str(inp), "--store", str(store), "--jobs", "1", "--no-progress"])
+        assert r.exit_code == 2, r.output
+        report = json.loads(max((store / "reports").glob(f"{command}-*.json")).read_text())
+        items = {i["song_id"]: (i["status"], i["reason"]) for i in report["items"]}
+        assert items["unfinished"] == items["lost info"] == ("failed", no_info)
+        assert items.get("good", items.get("good/Standard/Expert"))[0] == "ok"
 
 
 def test_jobs_2_and_dask_give_the_same_store_as_one_process(tmp_path):

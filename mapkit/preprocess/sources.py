@@ -1,10 +1,27 @@
 """Find the songs in an input folder (DESIGN.md sections 2 and 8).
 
 An input folder holds level folders and/or BeatSaver ``.zip`` files, or bare
-audio files. Sub-folders that are not levels are searched too (symlink loops
-are detected, not followed twice). The song id is the level folder's name,
-the zip's name without ``.zip``, or the audio file's name without extension;
-two inputs with one song id are an error naming both paths.
+audio files. The song id is the level folder's name, the zip's name without
+``.zip``, or the audio file's name without extension; two inputs with one song
+id are an error naming both paths.
+
+Which folder is what:
+
+- a folder with an info file (``Info.dat``/``info.json``, any case) is a level;
+- below the input folder, a folder WITHOUT an info file that directly holds
+  audio files is a *broken* level (an unfinished download or a level whose
+  info file was lost): it is yielded as a level, so that ``extract`` and
+  ``build-targets`` report it on its own ("no Info.dat (or legacy info.json)
+  in level") instead of taking its ``song.egg`` as a bare song called "song";
+  it is not searched further;
+- any other folder is searched (symlink loops are detected, not followed twice);
+- bare audio files are those directly in the input folder itself (or an audio
+  file given as the input). Nested folders of bare audio (``songs/artist/x.ogg``
+  with the input ``songs/``) are therefore read as broken levels named by
+  their folder (``artist``): point at the folder that holds the audio files
+  (``songs/artist/``) to read them as bare songs. A level folder cannot be told
+  from a folder of songs without its info file, and one rule keeps every
+  broken level visible.
 """
 
 from __future__ import annotations
@@ -21,27 +38,47 @@ AUDIO_EXTENSIONS = (".egg", ".ogg", ".wav", ".flac", ".mp3")
 
 @dataclass(frozen=True)
 class Source:
-    """One input song. ``kind`` is ``"level"`` (folder or .zip with an info file) or ``"audio"``."""
+    """One input song. ``kind`` is ``"level"`` (a level folder or .zip, possibly broken) or ``"audio"``."""
 
     song_id: str
     path: str
     kind: str
 
 
-def _is_level_dir(path: Path) -> bool:
+def _lower_names(path: Path) -> set[str]:
     try:
-        names = {n.lower() for n in os.listdir(path)}
+        return {n.lower() for n in os.listdir(path)}
     except OSError:
-        return False
-    return any(n in names for n in INFO_NAMES)
+        return set()
+
+
+def _is_level_dir(path: Path) -> bool:
+    return any(n in _lower_names(path) for n in INFO_NAMES)
+
+
+def _holds_audio(names: set[str]) -> bool:
+    return any(os.path.splitext(n)[1] in AUDIO_EXTENSIONS for n in names)
 
 
 def discover(input_dir, kinds=("level", "audio")) -> list[Source]:
-    """All songs under ``input_dir``, sorted by song id.
+    """All songs under ``input_dir``, sorted by song id (the rules are in the module docstring).
 
-    A single level folder, ``.zip`` or audio file may be given instead of a folder.
-    Raises :class:`MapkitError` when ``input_dir`` does not exist or two inputs
-    share a song id.
+    Parameters
+    ----------
+    input_dir : path
+        A folder, or a single level folder, ``.zip`` or audio file.
+    kinds : tuple of str
+        Which kinds to return: ``"level"`` (level folders, broken level
+        folders, zips) and/or ``"audio"`` (bare audio files).
+
+    Returns
+    -------
+    list of Source
+
+    Raises
+    ------
+    MapkitError
+        ``input_dir`` does not exist, or two inputs share a song id (naming both paths).
     """
     root = Path(input_dir)
     if not root.exists():
@@ -56,9 +93,13 @@ def discover(input_dir, kinds=("level", "audio")) -> list[Source]:
             raise MapkitError(src.path, f"duplicate song id {src.song_id!r}: also {other.path}")
         found[src.song_id] = src
 
-    def classify(p: Path):
+    def classify(p: Path, top: bool = False):
         if p.is_dir():
-            return "level" if _is_level_dir(p) else "dir"
+            names = _lower_names(p)
+            if any(n in names for n in INFO_NAMES):
+                return "level"
+            # below the input folder, audio without an info file is a broken level, not bare songs
+            return "level" if (not top and _holds_audio(names)) else "dir"
         suffix = p.suffix.lower()
         if suffix == ".zip":
             return "level"
@@ -69,7 +110,7 @@ def discover(input_dir, kinds=("level", "audio")) -> list[Source]:
     def song_id(p: Path, kind: str) -> str:
         return p.name if (kind == "level" and p.is_dir()) else p.stem
 
-    kind = classify(root)
+    kind = classify(root, top=True)
     if kind in ("level", "audio"):
         add(Source(song_id(root, kind), str(root), kind))
         return list(found.values())

@@ -193,3 +193,30 @@ def test_open_source_audio_bare_file(tmp_path):
     f, name, data = open_source_audio(Source("a", str(path), "audio"))
     with f:
         assert name == str(path) and data is None and f.read(4) == b"RIFF"
+
+
+def adts_aac_bytes(n_frames=200, seed=0) -> bytes:
+    """AAC in ADTS frames (sync word 0xFFF1, frame length in the header): a codec soundfile does not read."""
+    rng = np.random.default_rng(seed)
+    out = b""
+    for _ in range(n_frames):
+        payload = rng.bytes(200)
+        n = 7 + len(payload)
+        out += bytes([0xFF, 0xF1, 0x50, 0x80 | ((n >> 11) & 3), (n >> 3) & 0xFF, ((n & 7) << 5) | 0x1F, 0xFC])
+        out += payload
+    return out
+
+
+@pytest.mark.parametrize("payload", [
+    adts_aac_bytes(),
+    b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00M4A mp42isom\x00\x00\x00\x00" + bytes(4000),  # AAC in MP4
+    b"\x89PNG\r\n\x1a\n" + bytes(3000),  # a cover image saved under the song's name
+], ids=["adts-aac", "m4a", "png"])
+def test_unsupported_codec_named_egg_is_not_a_readable_audio_file(tmp_path, payload):
+    level = make_level(tmp_path / "lvl", audio_name=None)
+    (level / "song.egg").write_bytes(payload)
+    f, name, _ = open_source_audio(Source("lvl", str(level), "level"))
+    with f, pytest.raises(AudioError) as e:
+        decode_audio(f, name)
+    assert e.value.path == name and name.endswith("lvl/song.egg")
+    assert e.value.reason.startswith("not a readable audio file: ")
