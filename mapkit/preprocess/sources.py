@@ -130,6 +130,8 @@ def discover(input_dir, kinds=("level", "audio")) -> list[Source]:
         for e in entries:
             p = Path(e.path)
             try:
+                if e.is_dir() and os.path.realpath(p) in seen:
+                    continue  # a link back to the input folder or to a folder already searched
                 k = classify(p)
             except OSError:
                 continue

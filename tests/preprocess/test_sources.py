@@ -107,3 +107,14 @@ def test_symlink_loops_are_followed_once(tmp_path):
     level(inp / "pack" / "a")
     os.symlink(inp, inp / "pack" / "loop")
     assert kinds(discover(inp)) == {"a": ("level", "a")}
+
+
+def test_a_link_back_to_the_input_folder_is_not_a_broken_level(tmp_path):
+    """loop/back -> the input folder, which holds bare audio: not a level called 'back', nothing found twice."""
+    inp = tmp_path / "in"
+    level(inp / "a")
+    (inp / "x.ogg").write_bytes(b"x")
+    (inp / "loop").mkdir()
+    os.symlink(inp, inp / "loop" / "back")
+    os.symlink(inp / "loop", inp / "loop" / "self")
+    assert kinds(discover(inp)) == {"a": ("level", "a"), "x": ("audio", "x.ogg")}
