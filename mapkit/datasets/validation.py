@@ -4,39 +4,60 @@
 complete ``shard-NNNNN.h5`` files; of several copies of a song, the one in the
 highest-numbered shard) and checks:
 
-=====================  =========================================================================
-check                  what it proves
-=====================  =========================================================================
-``store``              the store folder exists
-``shard_readable``     every complete shard opens, and every stored song/level in it reads
-``shard_attrs``        schema version, shard kind, settings JSON whose hash is ``settings_hash``
-``settings_hash``      one settings hash across all shards of a kind; levels made from the
-                       stored features' settings hash
-``foreign_file``       nothing else in ``features/`` or ``targets/`` (a ``.partial`` file is
-                       only a warning: a killed run left it, readers ignore it)
-``song_attrs``         every song attribute of DESIGN.md section 8 is present
-``frame_count``        ``T = 1 + floor(n_samples * 100 / sample_rate)`` and ``duration_s``
-``padding``            pad widths equal the settings
-``feature_rows``       placement ``[T + 14, 3, 80]``, selection ``[T + 2, 100]``, float16
-``pad_values``         every pad row holds the silence value ``ln(log_floor)``
-``features_finite``    no NaN or infinity in the features
-``band_sums``          the stored per-song band sums agree with the stored arrays
-``stats``              ``stats.json`` agrees with the stored band sums and with the arrays
-``vocab``              ``vocab.json`` reads and its hash matches its states
-``vocab_hash``         every targets shard and level names the hash of ``vocab.json``
-``target_song``        every level has the features of its song, from the same audio
-``target_length``      ``frame_class`` has T frames, T of the song's features
-``note_frames``        every note's frame is ``round(time_s * 100)`` and lies in [0, T)
-``notes``              notes finite and sorted by (time, column, row)
-``frame_class``        ``frame_class`` equals the class recomputed from ``notes``
-``tokens``             ``0 <= token < len(vocab)``; BOS first, EOS last, neither in between;
-                       tokens equal the vocabulary's encoding of ``states``
-``token_frames``       BOS on frame -1, EOS on T, the notes' frames in between, strictly
-                       increasing
-``gaps``               gap arrays have the tokens' length and are finite
-``tempo_map``          the tempo map reads, is finite and strictly increasing, and times
-                       every note's beat to its ``time_s``
-=====================  =========================================================================
+============================  =========================================================================
+check                         what it proves
+============================  =========================================================================
+``store``                     the store folder exists
+``shard_readable``            every complete shard opens, and every stored song/level in it reads
+``shard_attrs``               schema version, shard kind, settings JSON whose hash is ``settings_hash``
+``settings_hash``             one settings hash across all shards of a kind; levels made from the
+                              stored features' settings hash
+``foreign_file``              nothing else in ``features/`` or ``targets/`` (a ``.partial`` file is
+                              only a warning: a killed run left it, readers ignore it)
+``song_attrs``                every song attribute of DESIGN.md section 8 is present
+``frame_count``               ``T = 1 + floor(n_samples * 100 / sample_rate)`` and ``duration_s``
+``padding``                   pad widths equal the settings
+``feature_rows``              placement ``[T + 14, 3, 80]``, selection ``[T + 2, 100]``
+``dtypes``                    the dtypes of the public contract (DESIGN.md section 8): features float16;
+                              ``frame_class``/``states`` uint8, ``notes`` the stored note record,
+                              ``tokens``/``token_frames`` int32, gaps float32. Values are never cast
+                              before they are checked (a token stored as 7.5 is not read as 7)
+``pad_values``                every pad row holds the silence value ``ln(log_floor)``
+``features_finite``           no NaN or infinity in the features
+``band_sums``                 the stored per-song band sums agree with the stored arrays
+``stats``                     ``stats.json`` agrees with the stored band sums and with the arrays
+``vocab``                     ``vocab.json`` reads and its hash matches its states
+``vocab_hash``                every targets shard and level names the hash of ``vocab.json``
+``targets_without_features``  every level has readable stored features of its song, and a store
+                              with target shards has feature shards (build-targets never writes a
+                              level without them: no legitimate store has one)
+``target_song``               every level's features come from the same audio
+``target_length``             ``frame_class`` has T frames, T of the song's features
+``note_frames``               every note's frame is ``round(time_s * 100)`` and lies in [0, T)
+``notes``                     notes finite, integer fields whole numbers, sorted by (time, column, row)
+``note_grid``                 column 0-3, row 0-2, colour 0/1/3, direction 0-8 (bombs 0)
+``frame_class``               ``frame_class`` equals the class recomputed from ``notes``
+``states``                    ``states`` equal the 12-cell states recomputed from ``notes``
+                              (``note_states``, grouped by the notes' frames)
+``tokens``                    ``0 <= token < len(vocab)``, whole numbers; BOS first, EOS last, neither
+                              in between; tokens equal the vocabulary's encoding (UNK where unseen)
+                              of the states the notes give
+``token_frames``              BOS on frame -1, EOS on T, the notes' frames in between, strictly
+                              increasing
+``gaps``                      gap arrays have the tokens' length, are finite, and equal
+                              ``token_sequence`` recomputed from the notes' ``time_s``/``beat`` (earliest
+                              note of each frame), T and ``end_beat`` within float32 rounding
+                              (:data:`GAP_RTOL`); the ``end_beat`` attribute is the tempo map's beat
+                              of frame T - 1
+``tempo_map``                 the tempo map reads, is finite, strictly increasing and continuous
+                              (:class:`~mapkit.preprocess.tempo.TempoMap` refuses any other), and
+                              times every note's beat to its ``time_s``
+============================  =========================================================================
+
+Everything derived from a level's notes (frame classes, states, the tokens' states, gaps) is
+recomputed only once the notes are sound (finite, sorted, on the grid, on their
+frames in [0, T)) and, for the gaps, once the tempo map times them: a broken
+note is reported once, not again by every array made from it.
 
 Streaming: songs are checked one at a time and feature arrays in blocks of
 ``block_rows`` rows, so memory does not grow with the store (only the song ids
@@ -68,6 +89,7 @@ import numpy as np
 import mapkit
 from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, PARTIAL_SUFFIX, SHARD_PATTERN, Entry, Store,
                                    _attrs_dict, _shard_number, feature_stats)
+from mapkit.preprocess.notes import STORED_NOTE_DTYPE
 from mapkit.preprocess.timebase import frame_of, n_frames as count_frames
 from mapkit.settings import FeatureSettings, TargetSettings
 
@@ -88,12 +110,28 @@ STATS_RTOL = 1e-9
 SONG_ATTRS = ("n_frames", "pad_placement", "pad_selection", "sample_rate", "n_samples", "duration_s",
               "audio_sha256", "source") + tuple(f"{s}_{k}" for s in FEATURE_STAGES for k in ("band_sum", "band_sumsq"))
 
-#: Datasets of a level (DESIGN.md section 8 and the targets layout).
-LEVEL_DATASETS = ("frame_class", "notes", "tokens", "token_frames", "gap_prev_s", "gap_next_s",
-                  "gap_prev_beats", "gap_next_beats")
-GAP_NAMES = LEVEL_DATASETS[4:]
+#: Datasets of a level (DESIGN.md section 8 and the targets layout: ``states`` [n, 12] too).
+GAP_NAMES = ("gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
+LEVEL_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames") + GAP_NAMES
+#: The dtype of each, as the public contract says (checked before any value is read as a number).
+LEVEL_DTYPES = {"frame_class": np.dtype(np.uint8), "notes": STORED_NOTE_DTYPE, "states": np.dtype(np.uint8),
+                "tokens": np.dtype(np.int32), "token_frames": np.dtype(np.int32),
+                **{name: np.dtype(np.float32) for name in GAP_NAMES}}
+#: Feature arrays are float16 (DESIGN.md section 8).
+FEATURE_DTYPE = np.dtype(np.float16)
+#: Fields of the stored note record; those after ``beat`` are integers.
+NOTE_FIELDS = ("time_s", "beat", "frame", "column", "row", "color", "direction")
 #: Attributes of a level that are checked.
-LEVEL_ATTRS = ("n_frames", "audio_sha256", "features_settings_hash", "vocab_hash", "tempo_map")
+LEVEL_ATTRS = ("n_frames", "audio_sha256", "features_settings_hash", "vocab_hash", "tempo_map", "end_beat")
+
+#: Stored gaps against the gaps recomputed from the notes: build-targets rounds a float64 difference to
+#: float32 once (the recomputation does the same, so a sound store agrees exactly); the tolerance allows
+#: float32 rounding of the times themselves, ``GAP_RTOL * (|gap| + song length)`` in the gap's unit
+#: (seconds or beats): 3e-6 s on a 6 s song, 3e-4 s on 10 minutes. A gap floored to whole seconds or
+#: replaced by another number is far outside it.
+GAP_RTOL = 4 * float(np.finfo(np.float32).eps)
+#: ``end_beat`` attribute against the tempo map's beat of the last frame (the same float64 computation).
+END_BEAT_RTOL = 1e-9
 
 #: |beat -> seconds - time_s| allowed for a stored note (float64 arithmetic on the same numbers).
 NOTE_TIME_ATOL = 1e-6
@@ -111,8 +149,8 @@ class ValidationReport:
         "message", "numbers"}``; ``where`` names the shard, song or level
         (``song_id/Characteristic/Difficulty``), ``numbers`` the values involved.
     warnings : list of dict
-        Same shape; things a reader copes with (leftover ``.partial`` shards,
-        levels without features). They do not make the store invalid.
+        Same shape; things a reader copes with (leftover ``.partial`` shards).
+        They do not make the store invalid.
     counts : dict
         Shards, songs, levels, notes and superseded copies seen; ``problems``
         and ``warnings`` totals; ``by_check``: problems per check.
@@ -431,9 +469,15 @@ def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: 
         ds = g[stage]
         pad = pads[stage]
         expected_shape = (T + pad[0] + pad[1],) + shapes[stage]
-        if tuple(ds.shape) != expected_shape or ds.dtype != np.float16:
-            report.add("feature_rows", where, f"{stage} is {list(ds.shape)} {ds.dtype}, expected T + pads = "
-                                              f"{list(expected_shape)} float16 (T = {T}, pads {list(pad)})",
+        if ds.dtype != FEATURE_DTYPE:
+            report.add("dtypes", where, f"{stage} is {ds.dtype}, the store contract says {FEATURE_DTYPE}",
+                       dataset=stage, dtype=str(ds.dtype), expected=str(FEATURE_DTYPE))
+            if ds.dtype.kind != "f":  # values are read as floats only when they are floats
+                totals.arrays_complete = False
+                continue
+        if tuple(ds.shape) != expected_shape:
+            report.add("feature_rows", where, f"{stage} is {list(ds.shape)}, expected T + pads = "
+                                              f"{list(expected_shape)} (T = {T}, pads {list(pad)})",
                        shape=tuple(ds.shape), expected=expected_shape, n_frames=T, pad=pad)
             totals.arrays_complete = False
             continue
@@ -569,6 +613,72 @@ def _walk_levels(song_group):
                 yield f"{characteristic}/{difficulty}", dg
 
 
+def _integral(values: np.ndarray, name: str, where: str, check: str, report: ValidationReport):
+    """``values`` as int64 when they are whole numbers (reported under ``check`` otherwise: None).
+
+    Integer arrays pass as they are; any other dtype only when every value is
+    finite and whole, so a cast never hides a fraction (a token stored as 7.5).
+    """
+    values = np.asarray(values)
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    if values.dtype.kind in "fb":
+        as_float = values.astype(np.float64)
+        whole = np.isfinite(as_float) & (np.floor(as_float) == as_float)
+        if np.all(whole):
+            return as_float.astype(np.int64)
+        i = int(np.flatnonzero(~whole.ravel())[0])
+        report.add(check, where, f"{name} holds {int((~whole).sum())} values that are not whole numbers; value {i} "
+                                 f"is {as_float.ravel()[i]!r}", count=int((~whole).sum()), index=i,
+                   value=float(as_float.ravel()[i]))
+    else:
+        report.add(check, where, f"{name} is {values.dtype}, not numbers")
+    return None
+
+
+def _check_dtypes(dg, where: str, report: ValidationReport):
+    """Every level dataset has the dtype of the public contract (DESIGN.md section 8)."""
+    for name, expected in LEVEL_DTYPES.items():
+        dtype = dg[name].dtype
+        if dtype != expected:
+            report.add("dtypes", where, f"{name} is {dtype}, the store contract says {expected}",
+                       dataset=name, dtype=str(dtype), expected=str(expected))
+
+
+def _check_note_grid(notes: dict, where: str, report: ValidationReport) -> bool:
+    """Columns 0-3, rows 0-2, colour 0/1/3, direction 0-8 (bombs 0); True when every note is on the grid."""
+    from mapkit.preprocess.notes import BLUE, BOMB, N_COLUMNS, N_DIRECTIONS, N_ROWS, RED
+
+    col, row, color, direction = (notes[k] for k in ("column", "row", "color", "direction"))
+    bomb = color == BOMB
+    rules = (("column", col, (col < 0) | (col >= N_COLUMNS), f"0..{N_COLUMNS - 1}"),
+             ("row", row, (row < 0) | (row >= N_ROWS), f"0..{N_ROWS - 1}"),
+             ("color", color, ~np.isin(color, (RED, BLUE, BOMB)), f"{RED} red, {BLUE} blue or {BOMB} bomb"),
+             ("direction", direction, np.where(bomb, direction != 0, (direction < 0) | (direction >= N_DIRECTIONS)),
+              f"0..{N_DIRECTIONS - 1} (bombs 0)"))
+    ok = True
+    for field_name, values, bad, allowed in rules:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            report.add("note_grid", where, f"{int(bad.sum())} notes with {field_name} outside {allowed}; note {i} has "
+                                           f"{field_name} {int(values[i])}", field=field_name, count=int(bad.sum()),
+                       index=i, value=int(values[i]))
+            ok = False
+    return ok
+
+
+def _first_difference(stored: np.ndarray, expected: np.ndarray, tol=None):
+    """Index of the first element where ``stored`` and ``expected`` differ (beyond ``tol``), and the count."""
+    if tol is None:
+        bad = stored != expected
+    else:
+        bad = ~(np.abs(stored.astype(np.float64) - expected) <= tol)  # NaN differs
+    if bad.ndim > 1:
+        bad_rows = bad.any(axis=tuple(range(1, bad.ndim)))
+        return (int(np.flatnonzero(bad_rows)[0]) if bad_rows.any() else None), int(bad_rows.sum())
+    return (int(np.flatnonzero(bad)[0]) if bad.any() else None), int(bad.sum())
+
+
 def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int, report: ValidationReport,
                 shard_vocab_hash=None) -> int:
     """Every targets check of one level group; returns its number of notes.
@@ -580,7 +690,8 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
     where : str
         ``song_id/Characteristic/Difficulty``, used to name problems.
     song : (int, str) or None
-        T and audio SHA-256 of the song's stored features, or None when it has none.
+        T and audio SHA-256 of the song's stored features, or None when it has
+        none (a failure: ``targets_without_features``).
     vocab : Vocabulary or None
     vocab_hash, features_hash : str or None
         Hash of ``vocab.json`` and settings hash of the feature shards.
@@ -589,10 +700,16 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
     shard_vocab_hash : str, optional
         The ``vocab_hash`` of the level's shard.
 
+    Everything derived from the notes (``frame_class``, ``states``, the
+    tokens' states, the gaps) is recomputed from ``notes`` with the same pure
+    functions ``build-targets`` uses, once the notes themselves are sound
+    (finite, sorted, on the grid and on their frames in [0, T)); otherwise only
+    the notes are reported, not every array derived from them.
+
     A level without states (``[BOS, EOS]``) is the same under every
     vocabulary, so only levels with states must name the hash of ``vocab.json``.
     """
-    from mapkit.preprocess.targets import BOS, EOS, frame_class
+    from mapkit.preprocess.targets import BOS, EOS, frame_class, note_states, token_sequence
     from mapkit.preprocess.tempo import TempoMap
 
     # only the attributes checked (a level has many): reading each costs
@@ -607,7 +724,9 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
         return 0
     T = int(attrs["n_frames"])
     if song is None:
-        report.warn("target_song", where, "no features stored for this song: lengths not cross-checked")
+        report.add("targets_without_features", where, "no readable features stored for this song: a level is "
+                                                      "unusable without them and its T and audio cannot be "
+                                                      "cross-checked (run mapkit extract on its audio)")
     else:
         if T != song[0]:
             report.add("target_length", where, f"n_frames {T}, the song's features have T = {song[0]}",
@@ -619,31 +738,39 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
         report.add("settings_hash", where, f"features_settings_hash {attrs['features_settings_hash']} but the "
                                            f"feature shards have {features_hash}",
                    stored=attrs["features_settings_hash"], expected=features_hash)
+    _check_dtypes(dg, where, report)
 
     fc = dg["frame_class"][()]
     if fc.shape != (T,):
         report.add("target_length", where, f"frame_class has {fc.shape[0] if fc.ndim else 0} frames, expected "
                                            f"T = {T}", length=int(fc.shape[0]) if fc.ndim else 0, n_frames=T)
-    notes = dg["notes"][()]
-    n_notes = len(notes)
-    names = set(notes.dtype.names or ())
-    if not {"time_s", "beat", "frame", "column", "row", "color", "direction"} <= names:
+    raw_notes = dg["notes"][()]
+    n_notes = len(raw_notes)
+    names = set(raw_notes.dtype.names or ())
+    if not set(NOTE_FIELDS) <= names:
         report.add("notes", where, f"notes have fields {sorted(names)}, not the stored note record")
         return n_notes
-    times = notes["time_s"].astype(np.float64)
-    frames = notes["frame"].astype(np.int64)
+    notes = {k: raw_notes[k].astype(np.float64) for k in ("time_s", "beat")}
+    for k in NOTE_FIELDS[2:]:
+        notes[k] = _integral(raw_notes[k], f"notes field {k}", where, "notes", report)
+        if notes[k] is None:
+            return n_notes
+    times, frames = notes["time_s"], notes["frame"]
     if not (np.all(np.isfinite(times)) and np.all(np.isfinite(notes["beat"]))):
         report.add("notes", where, f"{int((~np.isfinite(times)).sum() + (~np.isfinite(notes['beat'])).sum())} "
                                    "non-finite note times or beats")
         return n_notes
     order = np.lexsort((notes["row"], notes["column"], times))
-    if not np.array_equal(order, np.arange(n_notes)):
+    notes_sound = np.array_equal(order, np.arange(n_notes))
+    if not notes_sound:
         first = int(np.flatnonzero(order != np.arange(n_notes))[0])
         report.add("notes", where, f"notes not sorted by (time, column, row), first out of place at index {first}",
                    index=first)
+    notes_sound &= _check_note_grid(notes, where, report)
     expected_frames = frame_of(times, fps) if n_notes else np.zeros(0, np.int64)
     wrong = np.flatnonzero(frames != expected_frames)
     if wrong.size:
+        notes_sound = False
         i = int(wrong[0])
         report.add("note_frames", where, f"{wrong.size} notes off their frame; note {i} at {times[i]:.6f} s is on "
                                          f"frame {frames[i]}, round(t * {fps}) = {expected_frames[i]}",
@@ -651,52 +778,81 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
                    expected=int(expected_frames[i]))
     outside = np.flatnonzero((frames < 0) | (frames >= T))
     if outside.size:
+        notes_sound = False
         i = int(outside[0])
         report.add("note_frames", where, f"{outside.size} notes outside [0, {T}); note {i} on frame {frames[i]}",
                    count=int(outside.size), index=i, frame=int(frames[i]), n_frames=T)
-    elif fc.shape == (T,):
+    if notes_sound and fc.shape == (T,):
         recomputed = frame_class(frames, notes["color"], T)
         diff = np.flatnonzero(recomputed != fc)
         if diff.size:
             f = int(diff[0])
             report.add("frame_class", where, f"{diff.size} frames disagree with the notes; frame {f} holds class "
-                                             f"{int(fc[f])}, its notes give {int(recomputed[f])}",
-                       count=int(diff.size), frame=f, stored=int(fc[f]), from_notes=int(recomputed[f]))
+                                             f"{fc[f]}, its notes give {int(recomputed[f])}",
+                       count=int(diff.size), frame=f, stored=fc[f].item(), from_notes=int(recomputed[f]))
+
+    # --- states: the 12-cell grid of each note-bearing frame, grouped by the notes' frames
+    state_frames = np.unique(frames)
+    states = _integral(dg["states"][()], "states", where, "states", report)
+    expected_states = None
+    if notes_sound:
+        state_frames, expected_states, _ = note_states(frames, notes["column"], notes["row"], notes["color"],
+                                                       notes["direction"])
+        if states is not None:
+            if states.shape != expected_states.shape:
+                report.add("states", where, f"states {list(states.shape)}, the notes give "
+                                            f"{list(expected_states.shape)} ({len(state_frames)} note frames)",
+                           shape=states.shape, expected=expected_states.shape)
+            else:
+                i, count = _first_difference(states, expected_states)
+                if i is not None:
+                    cell = int(np.flatnonzero(states[i] != expected_states[i])[0])
+                    report.add("states", where, f"{count} states differ from their notes; state {i} (frame "
+                                                f"{int(state_frames[i])}) cell {cell} holds {int(states[i, cell])}, "
+                                                f"the notes give {int(expected_states[i, cell])}",
+                               count=count, index=i, frame=int(state_frames[i]), cell=cell,
+                               stored=int(states[i, cell]), from_notes=int(expected_states[i, cell]))
 
     # --- tokens
-    tokens = dg["tokens"][()].astype(np.int64)
-    token_frames = dg["token_frames"][()].astype(np.int64)
-    n_tok = len(tokens)
-    if n_tok < 2 or tokens[0] != BOS or tokens[-1] != EOS:
-        report.add("tokens", where, f"tokens must start with BOS {BOS} and end with EOS {EOS}, got "
-                                    f"{tokens[:1].tolist()} ... {tokens[-1:].tolist()}", length=n_tok)
-    elif np.any(np.isin(tokens[1:-1], (0, BOS, EOS))):
-        i = 1 + int(np.flatnonzero(np.isin(tokens[1:-1], (0, BOS, EOS)))[0])
-        report.add("tokens", where, f"PAD/BOS/EOS token {int(tokens[i])} inside the sequence at {i}", index=i)
-    if vocab is not None:
+    raw_tokens = dg["tokens"][()]
+    n_tok = len(raw_tokens)
+    tokens = _integral(raw_tokens, "tokens", where, "tokens", report)
+    if tokens is not None:
+        if n_tok < 2 or tokens[0] != BOS or tokens[-1] != EOS:
+            report.add("tokens", where, f"tokens must start with BOS {BOS} and end with EOS {EOS}, got "
+                                        f"{tokens[:1].tolist()} ... {tokens[-1:].tolist()}", length=n_tok)
+        elif np.any(np.isin(tokens[1:-1], (0, BOS, EOS))):
+            i = 1 + int(np.flatnonzero(np.isin(tokens[1:-1], (0, BOS, EOS)))[0])
+            report.add("tokens", where, f"PAD/BOS/EOS token {int(tokens[i])} inside the sequence at {i}", index=i)
+    if tokens is not None and vocab is not None:
         bad = np.flatnonzero((tokens < 0) | (tokens >= len(vocab)))
+        # the tokens are the vocabulary's encoding of the states the notes give (of the stored ones when the
+        # notes cannot give them): a stored state and its token changed together are still caught
+        truth = expected_states if expected_states is not None else states
         if bad.size:
             i = int(bad[0])
             report.add("tokens", where, f"{bad.size} tokens outside [0, {len(vocab)}); token {i} is {int(tokens[i])}",
                        count=int(bad.size), index=i, token=int(tokens[i]), vocab_size=len(vocab))
-        elif "states" in dg and n_tok >= 2:
-            states = dg["states"][()]
-            if states.shape != (n_tok - 2, 12):
-                report.add("tokens", where, f"states {list(states.shape)}, expected [{n_tok - 2}, 12]")
+        elif truth is not None and n_tok >= 2:
+            if truth.shape != (n_tok - 2, 12):
+                report.add("tokens", where, f"{n_tok - 2} state tokens for {len(truth)} states",
+                           tokens=n_tok - 2, states=len(truth))
             else:
-                enc = vocab.encode(states)
-                diff = np.flatnonzero(enc != tokens[1:-1])
-                if diff.size:
-                    i = int(diff[0])
-                    report.add("tokens", where, f"{diff.size} tokens are not their state's token; token {i + 1} is "
+                enc = vocab.encode(truth)
+                i, count = _first_difference(tokens[1:-1], enc)
+                if i is not None:
+                    report.add("tokens", where, f"{count} tokens are not their state's token; token {i + 1} is "
                                                 f"{int(tokens[i + 1])}, the vocabulary gives {int(enc[i])}",
-                               count=int(diff.size), index=i + 1, stored=int(tokens[i + 1]), expected=int(enc[i]))
+                               count=count, index=i + 1, stored=int(tokens[i + 1]), expected=int(enc[i]))
     if vocab_hash is not None and n_tok > 2:
         for what, h in (("level", attrs.get("vocab_hash")), ("shard", shard_vocab_hash)):
             if h is not None and str(h) != vocab_hash:
                 report.add("vocab_hash", where, f"{what} vocab_hash {h}, vocab.json has {vocab_hash}",
                            stored=str(h), expected=vocab_hash)
-    if token_frames.shape != tokens.shape:
+    token_frames = _integral(dg["token_frames"][()], "token_frames", where, "token_frames", report)
+    if token_frames is None:
+        pass
+    elif token_frames.shape != raw_tokens.shape:
         report.add("token_frames", where, f"{len(token_frames)} token frames for {n_tok} tokens")
     else:
         steps = np.diff(token_frames)
@@ -707,36 +863,64 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
         if n_tok >= 2 and (token_frames[0] != -1 or token_frames[-1] != T):
             report.add("token_frames", where, f"BOS on frame {int(token_frames[0])} and EOS on "
                                               f"{int(token_frames[-1])}, expected -1 and T = {T}")
-        note_frames = np.unique(frames)
-        if n_tok >= 2 and not np.array_equal(token_frames[1:-1], note_frames):
-            report.add("token_frames", where, f"{n_tok - 2} state tokens for {len(note_frames)} note frames, or "
+        if n_tok >= 2 and not np.array_equal(token_frames[1:-1], state_frames):
+            report.add("token_frames", where, f"{n_tok - 2} state tokens for {len(state_frames)} note frames, or "
                                               "on other frames than the notes",
-                       states=n_tok - 2, note_frames=int(len(note_frames)))
-    for name in GAP_NAMES:
-        gap = dg[name][()]
-        if gap.shape != tokens.shape:
-            report.add("gaps", where, f"{name} has {len(gap)} values for {n_tok} tokens")
-        elif not np.all(np.isfinite(gap)):
-            i = int(np.flatnonzero(~np.isfinite(gap))[0])
-            report.add("gaps", where, f"{name} non-finite at token {i}: {gap[i]}", index=i)
+                       states=n_tok - 2, note_frames=int(len(state_frames)))
 
     # --- tempo
+    tempo = None
     try:
         tempo = TempoMap.from_json(json.loads(str(attrs["tempo_map"])))
     except KeyError:
         report.add("tempo_map", where, "no tempo_map attribute")
-        return n_notes
-    except Exception as e:  # noqa: BLE001 - non-finite, non-monotone or unparseable: all findings
+    except Exception as e:  # noqa: BLE001 - non-finite, discontinuous, non-monotone or unparseable: all findings
         report.add("tempo_map", where, f"invalid tempo map: {type(e).__name__}: {e}")
-        return n_notes
-    if n_notes:
-        dt = np.abs(tempo.seconds(notes["beat"].astype(np.float64)) - times)
+    if tempo is not None and n_notes:
+        from_tempo = tempo.seconds(notes["beat"])
+        dt = np.abs(from_tempo - times)
         if dt.max() > NOTE_TIME_ATOL:
             i = int(np.argmax(dt))
-            report.add("tempo_map", where, f"note {i} at beat {float(notes['beat'][i]):.6g} is timed "
-                                           f"{float(tempo.seconds(notes['beat'][i])):.6f} s by the tempo map, "
-                                           f"stored at {times[i]:.6f} s", index=i, seconds_from_tempo=float(
-                                               tempo.seconds(notes['beat'][i])), time_s=float(times[i]))
+            report.add("tempo_map", where, f"note {i} at beat {notes['beat'][i]:.6g} is timed {from_tempo[i]:.6f} s "
+                                           f"by the tempo map, stored at {times[i]:.6f} s", index=i,
+                       seconds_from_tempo=float(from_tempo[i]), time_s=float(times[i]))
+            tempo = None  # a map that does not time the notes cannot time the song's end either
+
+    # --- gaps: shapes, finiteness, and token_sequence recomputed from the notes and the song's end
+    gaps_sound = True
+    for name in GAP_NAMES:
+        gap = dg[name][()]
+        if gap.shape != raw_tokens.shape:
+            report.add("gaps", where, f"{name} has {len(gap)} values for {n_tok} tokens")
+            gaps_sound = False
+        elif not np.all(np.isfinite(gap)):
+            i = int(np.flatnonzero(~np.isfinite(gap))[0])
+            report.add("gaps", where, f"{name} non-finite at token {i}: {gap[i]}", index=i)
+            gaps_sound = False
+    if tempo is None or not notes_sound:
+        return n_notes
+    end_beat = tempo.beats((T - 1) / fps)  # the beat of the song's last frame, as build-targets computes it
+    stored_end = attrs.get("end_beat")
+    if stored_end is None or not abs(float(stored_end) - end_beat) <= END_BEAT_RTOL * max(1.0, abs(end_beat)):
+        report.add("gaps", where, f"end_beat attribute {stored_end}, the tempo map gives {end_beat!r} at the last "
+                                  f"frame {T - 1}", stored=stored_end, expected=end_beat)
+    if not gaps_sound:
+        return n_notes
+    first = np.searchsorted(frames, state_frames, side="left")  # sorted notes: the earliest note of each frame
+    expected_gaps = token_sequence(state_frames, np.zeros(len(state_frames), np.int32), times[first],
+                                   notes["beat"][first], T, end_beat, fps)
+    length = {"s": (T - 1) / fps, "beats": abs(end_beat)}
+    for name in GAP_NAMES:
+        gap = dg[name][()]
+        want = getattr(expected_gaps, name).astype(np.float64)
+        if gap.shape != want.shape:
+            continue  # the token count is already wrong (token_frames names it)
+        tol = GAP_RTOL * (np.abs(want) + length[name.rsplit("_", 1)[1]])
+        i, count = _first_difference(gap, want, tol)
+        if i is not None:
+            report.add("gaps", where, f"{name}: {count} gaps differ from the notes' times; token {i} holds "
+                                      f"{float(gap[i])!r}, the notes give {float(want[i])!r}",
+                       gap=name, count=count, index=i, stored=float(gap[i]), from_notes=float(want[i]))
     return n_notes
 
 
@@ -830,6 +1014,11 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -
             _check_stats(store, totals, features_hash, report)
 
         # Targets.
+        if target_shards and not songs_at:
+            report.add("targets_without_features", str(store.shard_dir("features")),
+                       f"{len(target_shards)} target shards with {len(levels_at)} levels but no readable feature "
+                       "shards: the targets cannot be used or cross-checked (run mapkit extract)",
+                       target_shards=len(target_shards), levels=len(levels_at))
         if target_shards:
             vocab = _load_vocab(store, report)
             vocab_hash = vocab.hash if vocab is not None else None

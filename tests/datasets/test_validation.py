@@ -183,9 +183,11 @@ def test_truncated_shard_is_reported_not_crashed_on(store, sound_store):
     [p] = problems(report, "shard_readable")
     assert p["where"] == str(shard) and "cannot read shard" in p["message"]
     assert report.counts["songs"] == 1  # the other shard was still checked
-    # stats.json still counts the lost song, and its levels have no features: both named too
-    assert report.checks_failed() == {"shard_readable", "stats"}
-    assert {w["check"] for w in report.warnings} == {"target_song"}
+    # stats.json still counts the lost song, and its levels have no features (unusable): both named too
+    assert report.checks_failed() == {"shard_readable", "stats", "targets_without_features"}
+    lost = problems(report, "targets_without_features")
+    assert len(lost) == 3 and all(sound_store["songs"][0] in p["where"] for p in lost)
+    assert report.warnings == []
 
 
 def test_foreign_and_partial_files(store):
@@ -490,3 +492,249 @@ def test_targets_shard_truncated_or_of_other_settings(store, sound_store):
     report = validate_store(store, progress=False)
     assert report.checks_failed() == {"shard_readable"}
     assert report.counts["levels"] == 3  # the other level's three difficulties
+
+
+# --- notes on the grid, states, tokens and gaps recomputed from the notes (DeepSaber defects 4 and 6) ---
+
+
+def rewrite(group, name, data):
+    """Replace dataset ``name`` of ``group`` by ``data`` (dtype included)."""
+    del group[name]
+    group.create_dataset(name, data=data)
+
+
+@pytest.mark.parametrize("field, value", [("column", 9), ("row", 7), ("direction", 42), ("color", 2)])
+def test_note_off_the_grid_is_named_with_its_value(store, sound_store, field, value):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        notes = f[group]["notes"][()]
+        i = int(np.flatnonzero(notes["color"] != 3)[0])  # a colour note
+        notes[field][i] = value
+        f[group]["notes"][...] = notes
+    [p] = assert_only(validate_store(store, progress=False), "note_grid", f"{sid}/Standard/Expert")
+    assert p["numbers"] == {"field": field, "count": 1, "index": i, "value": value}
+
+
+def test_bomb_with_a_direction_is_off_the_grid(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        notes = f[group]["notes"][()]
+        notes["color"][0], notes["direction"][0] = 3, 4
+        f[group]["notes"][...] = notes
+    report = validate_store(store, progress=False)
+    [p] = problems(report, "note_grid")
+    assert p["numbers"]["field"] == "direction" and p["numbers"]["value"] == 4
+    # nothing derived from the notes is re-checked while they are off the grid
+    assert report.checks_failed() == {"note_grid"}
+
+
+def test_gaps_floored_to_whole_seconds_are_caught(store, sound_store):
+    """DeepSaber defect 4: gaps truncated to whole seconds."""
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        good = f[group]["gap_prev_s"][()]
+        f[group]["gap_prev_s"][...] = np.floor(good)
+    [p] = assert_only(validate_store(store, progress=False), "gaps", f"{sid}/Standard/Expert")
+    first = int(np.flatnonzero(np.floor(good) != good)[0])
+    assert p["numbers"]["gap"] == "gap_prev_s" and p["numbers"]["index"] == first
+    assert p["numbers"]["count"] == int((np.floor(good) != good).sum())
+    assert p["numbers"]["stored"] == np.floor(good[first])
+    assert p["numbers"]["from_notes"] == pytest.approx(float(good[first]))
+
+
+def test_one_changed_gap_is_caught(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = level_location(store, sid, "Standard/Normal")
+    with h5py.File(shard, "r+") as f:
+        good = float(f[group]["gap_next_beats"][1])
+        f[group]["gap_next_beats"][1] = 123
+    [p] = assert_only(validate_store(store, progress=False), "gaps", f"{sid}/Standard/Normal")
+    assert p["numbers"] == {"gap": "gap_next_beats", "count": 1, "index": 1, "stored": 123.0,
+                            "from_notes": pytest.approx(good)}
+
+
+def test_a_tiny_float32_step_in_a_gap_is_tolerated_and_a_millisecond_is_not(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        g = f[group]["gap_next_s"][()]
+        f[group]["gap_next_s"][2] = np.nextafter(g[2], np.float32(np.inf))
+    assert validate_store(store, progress=False).ok
+    with h5py.File(shard, "r+") as f:
+        f[group]["gap_next_s"][2] = g[2] + np.float32(1e-3)
+    [p] = assert_only(validate_store(store, progress=False), "gaps")
+    assert p["numbers"]["index"] == 2 and p["numbers"]["gap"] == "gap_next_s"
+
+
+def test_end_beat_attribute_must_be_the_tempo_maps_last_frame(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid, "Standard/Easy")
+    with h5py.File(shard, "r+") as f:
+        good = float(f[group].attrs["end_beat"])
+        f[group].attrs["end_beat"] = good + 1.0
+    [p] = assert_only(validate_store(store, progress=False), "gaps", f"{sid}/Standard/Easy")
+    assert p["numbers"]["stored"] == good + 1.0 and p["numbers"]["expected"] == pytest.approx(good, abs=1e-9)
+    assert "end_beat" in p["message"]
+
+
+def test_a_changed_state_cell_is_named_with_its_cell(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        states = f[group]["states"][()]
+        cell = int(np.flatnonzero(states[3] == 0)[0])  # an empty cell gets a bomb
+        states[3, cell] = 19
+        f[group]["states"][...] = states
+        frame = int(f[group]["token_frames"][4])
+    # the tokens are checked against the notes' states, so only the stored state is wrong
+    [p] = assert_only(validate_store(store, progress=False), "states", f"{sid}/Standard/Expert")
+    assert p["numbers"] == {"count": 1, "index": 3, "frame": frame, "cell": cell, "stored": 19, "from_notes": 0}
+
+
+def test_a_token_changed_to_another_valid_token_with_its_state(store, sound_store):
+    """A state and its token replaced together by another vocabulary entry: the notes still tell."""
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid)
+    vocab = json.loads(Store(store).vocab_path.read_text())
+    with h5py.File(shard, "r+") as f:
+        tokens, states = f[group]["tokens"][()], f[group]["states"][()]
+        old = int(tokens[2])
+        new = 4 if old != 4 else 5
+        tokens[2], states[1] = new, vocab["states"][new - 4]
+        f[group]["tokens"][...] = tokens
+        f[group]["states"][...] = states
+    report = validate_store(store, progress=False)
+    assert report.checks_failed() == {"states", "tokens"}, report.summary()
+    [p] = problems(report, "tokens")
+    assert p["numbers"] == {"count": 1, "index": 2, "stored": new, "expected": old}
+    assert problems(report, "states")[0]["numbers"]["index"] == 1
+
+
+def test_a_state_frame_missing_from_token_frames(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = level_location(store, sid, "Standard/Normal")
+    with h5py.File(shard, "r+") as f:
+        tf = f[group]["token_frames"]
+        tf[1] = tf[1] - 1  # still increasing, but not the first note's frame
+    [p] = assert_only(validate_store(store, progress=False), "token_frames", f"{sid}/Standard/Normal")
+    assert "other frames than the notes" in p["message"]
+
+
+# --- dtypes of the public contract (DESIGN.md section 8) ---------------------------------------------
+
+
+def test_tokens_stored_as_floats_with_a_half_are_not_cast_away(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        tokens = f[group]["tokens"][()].astype(np.float64)
+        tokens[3] += 0.5
+        rewrite(f[group], "tokens", tokens)
+    report = validate_store(store, progress=False)
+    assert report.checks_failed() == {"dtypes", "tokens"}, report.summary()
+    [d] = problems(report, "dtypes")
+    assert d["numbers"] == {"dataset": "tokens", "dtype": "float64", "expected": "int32"}
+    [t] = problems(report, "tokens")
+    assert t["numbers"] == {"count": 1, "index": 3, "value": tokens[3]} and "not whole numbers" in t["message"]
+
+
+@pytest.mark.parametrize("name, dtype", [("tokens", np.int64), ("token_frames", np.float32),
+                                         ("frame_class", np.int16), ("states", np.int32),
+                                         ("gap_prev_s", np.float64), ("gap_next_beats", np.float16)])
+def test_a_dataset_of_another_dtype_is_named(store, sound_store, name, dtype):
+    sid = sound_store["songs"][1]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        data = f[group][name][()]
+        expected = str(data.dtype)
+        rewrite(f[group], name, data.astype(dtype))
+    report = validate_store(store, progress=False)
+    [p] = problems(report, "dtypes")
+    assert p["numbers"] == {"dataset": name, "dtype": np.dtype(dtype).name, "expected": expected}
+    # the same values in another dtype: only the dtype is wrong (float16 gaps also lose precision)
+    assert report.checks_failed() <= {"dtypes", "gaps"}
+
+
+def test_notes_of_another_record_dtype(store, sound_store):
+    from mapkit.preprocess.notes import STORED_NOTE_DTYPE
+
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid, "Standard/Normal")
+    wide = np.dtype([(n, "<f8" if n in ("time_s", "beat") else "<i8") for n in STORED_NOTE_DTYPE.names])
+    with h5py.File(shard, "r+") as f:
+        notes = f[group]["notes"][()]
+        rewrite(f[group], "notes", notes.astype(wide))
+    [p] = assert_only(validate_store(store, progress=False), "dtypes", f"{sid}/Standard/Normal")
+    assert p["numbers"]["dataset"] == "notes"
+
+
+def test_placement_stored_as_float32(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = song_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        rewrite(f[group], "placement", f[group]["placement"][()].astype(np.float32))
+    report = validate_store(store, progress=False)
+    [p] = problems(report, "dtypes")
+    assert sid in p["where"] and p["numbers"] == {"dataset": "placement", "dtype": "float32", "expected": "float16"}
+    # pad rows are compared in the array's own dtype: float16's rounding of the silence is not float32's
+    assert report.checks_failed() <= {"dtypes", "pad_values"}
+
+
+# --- targets without features ---------------------------------------------------------------------
+
+
+def test_targets_without_any_features_fail(store):
+    st_store = Store(store)
+    shutil.rmtree(st_store.shard_dir("features"))
+    st_store.stats_path.unlink()
+    report = validate_store(store, progress=False)
+    found = assert_only(report, "targets_without_features")
+    assert found[0]["where"] == str(st_store.shard_dir("features"))
+    assert found[0]["numbers"] == {"target_shards": 2, "levels": 2}
+    assert len(found) == 1 + 5  # the store, and each of the five levels
+    r = CliRunner().invoke(main, ["validate", "--store", str(store), "--no-progress"])
+    assert r.exit_code == 1 and "targets_without_features" in r.output
+
+
+def test_a_level_whose_song_has_no_features_fails(store, sound_store):
+    sid = sound_store["songs"][1]
+    shard, group = song_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        del f[group]
+    report = validate_store(store, progress=False)
+    found = problems(report, "targets_without_features")
+    assert len(found) == 2 and all(f"level {sid}/Standard/" in p["where"] for p in found)
+    assert report.checks_failed() == {"targets_without_features", "stats"}  # stats.json counts the song too
+
+
+# --- tempo maps stored discontinuous or non-monotone ---------------------------------------------
+
+
+def test_stored_tempo_map_discontinuous_or_non_monotone(store, sound_store):
+    sid = sound_store["songs"][0]
+    shard, group = level_location(store, sid)
+    with h5py.File(shard, "r+") as f:
+        good = json.loads(f[group].attrs["tempo_map"])
+    beat0, second0, bpm0 = (good["segments"][0][k] for k in ("beat", "second", "bpm"))
+    jump = dict(good, segments=good["segments"][:1] + [{"beat": beat0 + 8, "second": second0 + 1.0, "bpm": bpm0 * 2}])
+    backwards = dict(good, segments=good["segments"][:1] + [{"beat": beat0 + 8, "second": second0 - 1.0,
+                                                              "bpm": bpm0}])
+    for edited, reason in ((jump, "not continuous: segment 1 starts at beat"), (backwards, "strictly increasing")):
+        with h5py.File(shard, "r+") as f:
+            f[group].attrs["tempo_map"] = json.dumps(edited)
+        [p] = assert_only(validate_store(store, progress=False), "tempo_map", f"{sid}/Standard/Expert")
+        assert "invalid tempo map" in p["message"] and reason in p["message"]
+
+
+def test_first_difference_of_rows_and_of_empty_arrays():
+    from mapkit.datasets.validation import _first_difference
+
+    a = np.zeros((4, 12), np.uint8)
+    b = a.copy()
+    b[2, 5] = b[3, 0] = 1
+    assert _first_difference(a, b) == (2, 2)
+    assert _first_difference(np.zeros((0, 12)), np.zeros((0, 12))) == (None, 0)
+    assert _first_difference(np.array([1.0, np.nan]), np.array([1.0, 2.0]), 0.1) == (1, 1)
