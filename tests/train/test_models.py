@@ -204,6 +204,40 @@ def test_cache_reorder_follows_back_pointers():
     torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
 
 
+def test_beams_converging_on_a_common_prefix_share_it_in_the_cache():
+    torch.manual_seed(0)
+    model = SelectionModel(TINY_SEL).eval()
+    src, mask, _ = _batch(torch.Generator().manual_seed(5), [12])
+    g = torch.Generator().manual_seed(6)
+    # back-pointers of a beam search: row 0 first (BOS), then random parents, twice all one parent
+    pointers = [torch.zeros(3, dtype=torch.long)] + [torch.randint(0, 3, (3,), generator=g) for _ in range(7)]
+    pointers[3] = torch.tensor([1, 1, 1])
+    pointers[6] = torch.tensor([2, 2, 2])
+    with torch.no_grad():
+        memory = model.encode(src, mask)
+        cache = model.start_cache(memory, mask, batch_size=3, capacity=10)
+        prefix = torch.full((3, 1), BOS)
+        for step, index in enumerate(pointers):
+            stepped = model.decode_step(prefix[:, -1], cache)
+            full = model.decode(memory, mask, prefix)[:, -1]  # one source, every row's whole prefix
+            torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
+            cache.reorder(index)
+            prefix = torch.cat([prefix[index], torch.randint(4, 40, (3, 1), generator=g)], dim=1)
+            same = (prefix[:, :-1] == prefix[:1, :-1]).all(0).cumprod(0)  # positions whose history is shared
+            assert cache.shared <= int(same.sum())
+            if step >= 6:
+                assert cache.shared >= 6  # everything up to the last all-one-parent step is shared
+    # the prefix part of the attention equals attending over the concatenated keys
+    attn = model.decoder[0].self_attn
+    x, kp, vp = torch.randn(3, 1, 32), torch.randn(1, 4, 5, 8), torch.randn(1, 4, 5, 8)
+    k, v = torch.randn(3, 4, 4, 8), torch.randn(3, 4, 4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(attn.attend_with_prefix(x, kp, vp, k, v),
+                                   attn.attend(x, torch.cat([kp.expand(3, -1, -1, -1), k], 2),
+                                               torch.cat([vp.expand(3, -1, -1, -1), v], 2), None),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_selection_loss_ignores_pad_and_smooths_labels():
     V = 10
     logits = torch.zeros(1, 3, V)
