@@ -189,11 +189,13 @@ def validate_command(store, as_json, no_progress):
 
     Per song: feature rows = T + pads in both stages, T from the sample
     count, pad rows = silence, features finite, band sums and stats.json
-    consistent. Per level: target length T, note frames = round(t * 100)
-    in [0, T), frame classes agree with the notes, tokens inside the
-    vocabulary with BOS/EOS in place, token frames strictly increasing,
-    gaps finite, tempo map monotone and finite. Per store: every shard
-    readable, one settings hash, the vocabulary hash. Every failure names
+    consistent. Per level: its song's features stored, target length T,
+    the contract's dtypes, notes on the grid and on frames round(t * 100)
+    in [0, T); frame classes, states, tokens (vocabulary encoding, BOS/EOS
+    in place), token frames and gaps equal to those recomputed from the
+    notes; tempo map finite, monotone, continuous and timing the notes.
+    Per store: every shard readable, one settings hash, the vocabulary
+    hash, no targets without features. Every failure names
     the song or level, the check and the numbers. Streams: memory does not
     grow with the store. Exit code 0 when clean, 1 when any check fails.
 
