@@ -37,14 +37,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mapkit.audio_out import _ogg_crc, encode_ogg_vorbis  # noqa: F401 (_ogg_crc: re-exported for tests)
+from mapkit.audio_out import encode_ogg_vorbis
 from mapkit.imageio import png_bytes
+from mapkit.level_out import remove_path, write_folder, write_zip
 from mapkit.preprocess.notes import BLUE, BOMB, NOTE_DTYPE, RED, sort_notes
 from mapkit.preprocess.tempo import TempoMap
 
@@ -608,33 +608,18 @@ def _level_files(plan: _Plan, duration_s: float) -> dict:
     return files
 
 
-def _remove(path: Path):
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 def _write_level(levels_dir: Path, plan: _Plan, files: dict) -> Path:
     """Write a level folder or zip atomically (temporary name, then rename); returns its path."""
     final = levels_dir / (plan.song_id + (".zip" if plan.as_zip else ""))
     tmp = levels_dir / f".{final.name}.tmp"
-    _remove(tmp)
+    remove_path(tmp)
     if plan.as_zip:
-        with zipfile.ZipFile(tmp, "w") as z:
-            for name in sorted(files):
-                info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
-                info.external_attr = 0o644 << 16
-                # audio is already compressed; BeatSaver zips store it
-                info.compress_type = zipfile.ZIP_STORED if name.endswith(".egg") else zipfile.ZIP_DEFLATED
-                z.writestr(info, files[name])
+        write_zip(tmp, files)
     else:
-        tmp.mkdir(parents=True)
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
+        write_folder(tmp, files)
     # a re-run replaces the level, including one written the other way (folder <-> zip)
-    _remove(levels_dir / plan.song_id)
-    _remove(levels_dir / (plan.song_id + ".zip"))
+    remove_path(levels_dir / plan.song_id)
+    remove_path(levels_dir / (plan.song_id + ".zip"))
     tmp.rename(final)
     return final
 

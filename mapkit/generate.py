@@ -36,15 +36,14 @@ import io
 import json
 import math
 import os
-import shutil
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mapkit.errors import MapkitError
+from mapkit.level_out import remove_path, write_folder, write_zip
 from mapkit.preprocess.notes import BOMB, NOTE_DTYPE, sort_notes
 from mapkit.preprocess.tempo import TempoMap
 from mapkit.preprocess.timebase import FPS, frame_of, frame_time
@@ -447,27 +446,13 @@ def write_level(out_dir, name: str, files: dict) -> tuple[Path, Path]:
     folder, zip_path = out_dir / name, out_dir / f"{name}.zip"
     tmp_folder, tmp_zip = out_dir / f".{name}.tmp", out_dir / f".{name}.zip.tmp"
     for p in (tmp_folder, tmp_zip):
-        _remove(p)
-    tmp_folder.mkdir()
-    for fname, data in files.items():
-        (tmp_folder / fname).write_bytes(data)
-    with zipfile.ZipFile(tmp_zip, "w") as z:
-        for fname in sorted(files):
-            info = zipfile.ZipInfo(fname, date_time=(2024, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_STORED if fname.endswith(".egg") else zipfile.ZIP_DEFLATED
-            z.writestr(info, files[fname])
-    _remove(folder)
+        remove_path(p)
+    write_folder(tmp_folder, files)
+    write_zip(tmp_zip, files)
+    remove_path(folder)
     tmp_folder.rename(folder)
     os.replace(tmp_zip, zip_path)
     return folder, zip_path
-
-
-def _remove(path: Path):
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 # --------------------------------------------------------------------------- generation

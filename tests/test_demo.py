@@ -13,7 +13,8 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from mapkit.cli import main
-from mapkit.demo import END_MARGIN_S, SAMPLE_RATE, _ogg_crc, encode_ogg_vorbis, make_demo
+from mapkit.audio_out import _ogg_crc, encode_ogg_vorbis
+from mapkit.demo import END_MARGIN_S, SAMPLE_RATE, make_demo
 from mapkit.imageio import png_bytes, write_png
 from mapkit.preprocess.container import LevelContainer
 from mapkit.preprocess.levels import read_level
