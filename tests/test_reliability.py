@@ -11,9 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
-import h5py
 import numpy as np
 import pytest
 import soundfile as sf

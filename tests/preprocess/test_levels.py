@@ -1,7 +1,6 @@
 import gzip
 import json
 import math
-import shutil
 import zipfile
 from collections import Counter
 from pathlib import Path
