@@ -14,9 +14,11 @@ One run (:func:`build_targets`):
    frames, notes beyond the audio dropped, quarantine, the 12-cell state of
    every note-bearing frame;
 5. **the parent** takes the vocabulary from ``vocab.json``, or, when there is
-   none (or ``rebuild_vocab``), counts the states of this run's levels and of
-   the stored levels this run does not rewrite, keeps the top
-   ``settings.vocab_size`` and writes ``vocab.json``; then it encodes every
+   none (or ``rebuild_vocab``), counts the states of the levels of the
+   *training* songs (this run's and the stored ones it does not rewrite;
+   :func:`training_songs`: the trainer's split, so that states seen only in
+   validation songs get no token), keeps the top ``settings.vocab_size`` and
+   writes ``vocab.json`` with the split it was counted over; then it encodes every
    level and writes it into new targets shards (:func:`level_item`). With a
    known vocabulary, levels are written as they arrive; otherwise the worker
    results wait in an unnamed temporary file in the store (bounded memory);
@@ -620,19 +622,102 @@ def _features_fps(entry, cache: dict) -> int | None:
     return cache[s]
 
 
-def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings, n_levels: int) -> dict:
-    """The content of ``vocab.json``: the vocabulary, and what it was counted over."""
+#: ``vocab.json``'s ``counted_over`` when only the training split's levels were counted.
+COUNTED_OVER_TRAINING = "training split"
+
+
+def training_songs(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs=None) -> tuple[list, list]:
+    """The trainer's ``(train, validation)`` split of ``song_ids``, for counting the vocabulary.
+
+    The same rule as ``mapkit train``
+    (:func:`~mapkit.datasets.torch_datasets.split_by_song`): pass the songs
+    the trainer splits (those with both features and targets) so that its
+    set-dependent fallback (never an empty validation split) picks the same
+    song. Explicit ``val_songs`` absent from ``song_ids`` are validation songs
+    all the same (never counted) instead of an error.
+
+    Parameters
+    ----------
+    song_ids : iterable of str
+    val_fraction : float in [0, 1)
+    seed : int
+        The trainer's ``--seed``.
+    val_songs : iterable of str, optional
+        Explicit validation songs (override ``val_fraction``).
+
+    Returns
+    -------
+    train, val : list of str, sorted
+        ``val`` holds only songs of ``song_ids``.
+    """
+    from mapkit.datasets.torch_datasets import split_by_song
+
+    ids = set(song_ids)
+    named = None if val_songs is None else set(val_songs)
+    train, val = split_by_song(ids | (named or set()), val_fraction, seed, named)
+    return train, [s for s in val if s in ids]
+
+
+def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings, n_levels: int,
+                   counted_songs=(), val_songs=(), val_fraction: float | None = 0.1, seed: int = 0) -> dict:
+    """The content of ``vocab.json``: the vocabulary, and what it was counted over.
+
+    ``counted_over`` is ``"training split"``; ``counted_songs`` the songs whose
+    levels were counted, ``val_songs`` the validation songs left out,
+    ``val_fraction`` (None when the validation songs were named) and ``seed``
+    the split's settings: :func:`vocabulary_leak` compares a trainer's split with them.
+    """
     total = int(sum(counts.values()))
     covered = int(sum(vocab.counts))
     return {**vocab.to_json(), "vocab_size": settings.vocab_size, "n_levels": int(n_levels),
             "n_state_frames": total, "n_distinct_states": len(counts),
-            "coverage": covered / total if total else 1.0, "targets_settings_hash": settings.hash}
+            "coverage": covered / total if total else 1.0, "targets_settings_hash": settings.hash,
+            "counted_over": COUNTED_OVER_TRAINING, "val_fraction": val_fraction, "seed": int(seed),
+            "val_songs": sorted(val_songs), "counted_songs": sorted(counted_songs)}
+
+
+def vocabulary_leak(vocab_json: dict, val_songs, max_named: int = 10) -> str | None:
+    """A warning when states of validation songs were counted into the vocabulary, else None.
+
+    Parameters
+    ----------
+    vocab_json : dict
+        The content of ``vocab.json``.
+    val_songs : iterable of str
+        The trainer's validation songs.
+    max_named : int
+        How many of the leaked songs the message names.
+
+    Returns
+    -------
+    str or None
+        Names the validation songs whose levels were counted (their rare states
+        have tokens, so validation perplexity looks better than it is), or says
+        that the vocabulary does not record what it was counted over (built
+        before the count left validation songs out); None when there is no leak
+        or no validation song.
+    """
+    val = sorted(set(val_songs))
+    if not val:
+        return None
+    fix = "; rebuild it with the trainer's split: mapkit build-targets --rebuild-vocab with the same " \
+          "--val-fraction/--val-song/--seed"
+    if vocab_json.get("counted_over") != COUNTED_OVER_TRAINING or "counted_songs" not in vocab_json:
+        return "vocab.json does not record which songs it was counted over (it may hold states of validation " \
+               "songs, making validation perplexity look better than it is)" + fix
+    leaked = [s for s in val if s in set(vocab_json["counted_songs"])]
+    if not leaked:
+        return None
+    more = f" and {len(leaked) - max_named} more" if len(leaked) > max_named else ""
+    return (f"{len(leaked)} of the {len(val)} validation songs were counted into vocab.json (validation "
+            f"perplexity looks better than it is): {', '.join(leaked[:max_named])}{more}" + fix)
 
 
 # --- the run ----------------------------------------------------------------------------------------
 
 def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = TargetSettings(),
                   characteristic="Standard", jobs=None, force: bool = False, rebuild_vocab: bool = False,
+                  val_fraction: float = 0.1, val_songs=None, seed: int = 0,
                   backend: str = "joblib", scheduler=None, progress: bool = True,
                   shard_levels: int = DEFAULT_SHARD_LEVELS, shard_bytes: int = DEFAULT_SHARD_BYTES) -> RunReport:
     """Build the targets of every level under ``input_dir`` into ``store``.
@@ -652,8 +737,15 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
     force : bool
         Redo levels already stored with the same files, audio and settings.
     rebuild_vocab : bool
-        Count the states again over this run's levels and every stored level,
-        write a new ``vocab.json`` and re-encode every stored level (implies ``force``).
+        Count the states again over the training songs' levels (this run's and
+        the stored ones), write a new ``vocab.json`` and re-encode every stored
+        level (implies ``force``).
+    val_fraction, val_songs, seed
+        The trainer's split (``mapkit train --val-fraction/--val-song/--seed``,
+        :func:`training_songs` over the songs with features and targets):
+        when the vocabulary is counted, only the levels of training songs are;
+        validation songs' levels are written all the same (their unseen states
+        are UNK). Unused when ``vocab.json`` is kept.
     backend : {"joblib", "dask"}
     scheduler : str, optional
         Dask scheduler address (backend "dask").
@@ -674,8 +766,9 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
     Raises
     ------
     MapkitError
-        No levels in ``input_dir``, duplicate song ids, or no level has a
-        difficulty of ``characteristic`` (nothing is written).
+        No levels in ``input_dir``, duplicate song ids, no level has a
+        difficulty of ``characteristic``, or a ``val_songs`` song has no
+        features (nothing is written).
     StoreError
         The store is locked, holds targets of other settings or of another
         characteristic selection, or its
@@ -694,6 +787,10 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
     with store.lock(COMMAND):
         features = store.index("features")
         targets = store.index("targets")
+        if val_songs is not None:
+            unknown = sorted(set(val_songs) - set(features))
+            if unknown:
+                raise MapkitError(store.root, f"validation songs without features in the store: {', '.join(unknown)}")
         check_settings(targets, settings, store.root)
         check_selection(targets, selection, store.root)
         loaded = None if rebuild_vocab else load_vocab(store)
@@ -746,7 +843,6 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             status = bad[0].status if bad else results[0].status
             return ItemResult(task.song_id, task.path, status, bad[0].reason if bad else "")
 
-        run_counts = Counter()
         n_counted = 0
         if vocab is not None:
             # the vocabulary is known: encode and write each level as it arrives
@@ -769,13 +865,10 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 spooled: list[tuple[int, int]] = []  # (task position, file offset)
 
                 def collect(task, value) -> ItemResult:
-                    nonlocal n_counted
                     k = task_of[task.song_id]
                     results = outcome(task, value)
                     per_task[k] = results
                     if isinstance(value, LevelTargets):
-                        count_states(value, run_counts)
-                        n_counted += 1
                         spooled.append((k, spool.tell()))
                         pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
                         written_ids.add(task.song_id)
@@ -785,9 +878,21 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                                 desc=COMMAND, progress=progress, unit="level")
                 # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
                 kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
-                counts = Counter(run_counts)
+                # the songs the trainer will split: features and targets (after this run)
+                split_ids = set(features) & (set(targets) | written_ids)
+                train, val = training_songs(split_ids, val_fraction, seed, val_songs)
+                train = set(train)
+                counts = Counter()
+                spooled.sort()
+                for _k, offset in spooled:
+                    if tasks[_k].song_id in train:
+                        spool.seek(offset)
+                        count_states(pickle.load(spool), counts)
+                        n_counted += 1
                 for e in kept_stored:
-                    stored_state_counts(e, counts)
+                    if e.song_id in train:
+                        stored_state_counts(e, counts)
+                        n_counted += 1
                 vocab = Vocabulary.from_counts(counts, settings.vocab_size)
                 if not rebuild_vocab:
                     stale = sorted({str(e.file_attrs.get("vocab_hash")) for e in kept_stored if vocab_bound(e)}
@@ -798,9 +903,9 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                                          f"not the one of the stored targets (hash {', '.join(stale)}); add "
                                          f"--rebuild-vocab to re-encode every stored level")
                 if counts:  # an empty vocabulary would turn every later level into UNK: never saved
-                    write_json_atomic(store.vocab_path,
-                                      vocab_document(vocab, counts, settings, n_counted + len(kept_stored)))
-                spooled.sort()
+                    write_json_atomic(store.vocab_path, vocab_document(
+                        vocab, counts, settings, n_counted, counted_songs=train, val_songs=val,
+                        val_fraction=None if val_songs is not None else val_fraction, seed=seed))
                 n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
                 from tqdm import tqdm
 

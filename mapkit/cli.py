@@ -224,26 +224,34 @@ def validate_command(store, as_json, no_progress):
 @click.option("--vocab-size", type=click.IntRange(min=1), default=2000, show_default=True,
               help="States in the vocabulary (top K by count); the rest become UNK.")
 @click.option("--rebuild-vocab", is_flag=True,
-              help="Count states again over these and all stored levels, write a new vocab.json and "
-                   "re-encode every stored level (implies --force).")
+              help="Count states again over the training songs' levels (these and the stored ones), write a new "
+                   "vocab.json and re-encode every stored level (implies --force).")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
+              help="The split mapkit train will use: the vocabulary is counted over the training songs only "
+                   "(give train the same --val-fraction/--val-song/--seed).")
+@click.option("--val-song", "val_songs", multiple=True,
+              help="Validation song id, not counted into the vocabulary (repeatable; overrides --val-fraction).")
+@click.option("--seed", type=int, default=0, show_default=True, help="The split's seed (mapkit train --seed).")
 @click.option("--song-offset", type=click.Choice(["quarantine", "apply"]), default="quarantine", show_default=True,
               help="A non-zero _songTimeOffset quarantines the level, or is added to every note time.")
 @parallel_options("level", "Redo levels already stored with the same files, audio and settings.")
 @click.option("--shard-levels", type=click.IntRange(min=1), default=256, show_default=True,
               help="Levels per HDF5 shard (a killed run loses at most one shard in progress).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_vocab, song_offset, jobs, force,
-                          backend, scheduler, shard_levels, no_progress):
+def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_vocab, val_fraction, val_songs, seed,
+                          song_offset, jobs, force, backend, scheduler, shard_levels, no_progress):
     """Levels -> per-frame classes and state-token sequences in the store's HDF5 shards.
 
     INPUT is a folder of level folders and/or .zip files (the same folder as
     for extract: every level needs its song's features, so run extract
     first). Per characteristic and difficulty: notes on frames round(t*100),
     frame_class [T], notes, tokens with their frames and gaps. The first run
-    counts the states and writes vocab.json; later runs encode with it (unseen
-    states become UNK). Levels already stored with the same files, audio and
-    settings are skipped. Quarantined difficulties and unreadable levels are
-    reported (STORE/reports/) and the exit code is then 2.
+    counts the states of the training songs' levels (the split mapkit train
+    makes with the same --val-fraction/--val-song/--seed) and writes
+    vocab.json; later runs encode with it (unseen states become UNK). Levels
+    already stored with the same files, audio and settings are skipped.
+    Quarantined difficulties and unreadable levels are reported
+    (STORE/reports/) and the exit code is then 2.
 
     \b
     Example:
@@ -257,8 +265,9 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
     settings = TargetSettings(song_offset=song_offset, vocab_size=vocab_size)
     try:
         report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
-                               force=force, rebuild_vocab=rebuild_vocab, backend=backend, scheduler=scheduler,
-                               progress=not no_progress, shard_levels=shard_levels)
+                               force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
+                               val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
+                               scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels)
     except MapkitError as e:
         fail(str(e))
     click.echo(report.summary(unit="items"), err=True)

@@ -28,6 +28,7 @@ FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "maps"
 SR = 8000  # synthetic songs: low rate keeps minutes of audio cheap; T depends only on n and sr
 HOP = SR // 100
 BIG_VOCAB = TargetSettings(vocab_size=100_000)  # no UNK: tokens must decode back to the notes
+ALL_COUNTED = 0.0  # val_fraction: every song counted into the vocabulary (these tests check the encoding)
 
 
 def write_noise(path, n_samples, seed=0):
@@ -127,7 +128,8 @@ def real(tmp_path_factory):
         write_noise(dst / info["_songFilename"], n, seed=len(name))
     store = root / "store"
     assert extract(levels, store=store, jobs=1, progress=False).exit_code == 0
-    report = build_targets(levels, store=store, settings=BIG_VOCAB, characteristic="all", jobs=1, progress=False)
+    report = build_targets(levels, store=store, settings=BIG_VOCAB, val_fraction=ALL_COUNTED, characteristic="all",
+                           jobs=1, progress=False)
     return {"root": root, "levels": levels, "store": store, "report": report, "last": last,
             "targets": read_levels(store), "vocab": vocab_of(store)}
 
@@ -356,7 +358,7 @@ def edge(tmp_path_factory):
     demo = make_demo(inputs / "demo", n_levels=3, duration_s=5, include_fretsonfire=False, progress=False)
     store = root / "store"
     assert extract(inputs, store=store, jobs=1, progress=False).exit_code == 0
-    report = build_targets(inputs, store=store, settings=BIG_VOCAB, jobs=1, progress=False)
+    report = build_targets(inputs, store=store, settings=BIG_VOCAB, val_fraction=ALL_COUNTED, jobs=1, progress=False)
     return {"root": root, "inputs": inputs, "store": store, "report": report, "demo": demo,
             "targets": read_levels(store), "vocab": vocab_of(store)}
 
@@ -596,7 +598,7 @@ def test_jobs_and_dask_equal_one_process(edge, tmp_path):
         shutil.copytree(edge["store"], store)
         shutil.rmtree(store / "targets")
         (store / "vocab.json").unlink()
-        report = build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, jobs=jobs, backend=backend,
+        report = build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, val_fraction=ALL_COUNTED, jobs=jobs, backend=backend,
                                progress=False)
         assert statuses(report) == statuses(edge["report"])
         got = read_levels(store)
@@ -745,7 +747,8 @@ def test_interrupted_run_resumes_to_the_same_targets(edge, tmp_path, monkeypatch
 
     monkeypatch.setattr(bt, "level_item", dying)
     with pytest.raises(OSError, match="disk full"):
-        build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, jobs=1, progress=False, shard_levels=1)
+        build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, val_fraction=ALL_COUNTED, jobs=1,
+                      progress=False, shard_levels=1)
     monkeypatch.setattr(bt, "level_item", real_item)
     assert len(Store(store).shards("targets")) == 2 and Store(store).vocab_path.exists()
     report = build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, jobs=1, progress=False)
@@ -758,3 +761,101 @@ def test_interrupted_run_resumes_to_the_same_targets(edge, tmp_path, monkeypatch
             if key != "attrs":
                 np.testing.assert_array_equal(got[sid][key]["tokens"], d["tokens"])
                 np.testing.assert_array_equal(got[sid][key]["notes"], d["notes"])
+
+
+# --- the vocabulary is counted over the training split only -----------------------------------------
+
+
+def add_holdout_level(edge, tmp_path):
+    """A store copy plus a level ``holdout`` whose middle state (blue down-right at 0, 2) no other level has."""
+    store = copy_store(edge, tmp_path)
+    notes = [v2_note(0.5, 1, 1, 0, 1), v2_note(1.0, 0, 2, 1, 8), v2_note(1.5, 1, 1, 0, 1)]
+    write_v2_level(tmp_path / "new" / "holdout", 60, {"Expert": notes}, (EDGE_T - 1) * HOP, seed=9)
+    assert extract(tmp_path / "new", store=store, jobs=1, progress=False).exit_code == 0
+    return store
+
+
+def test_validation_song_states_are_not_counted(edge, tmp_path):
+    """A state seen only in validation songs gets no token (UNK in their levels); in a training song it does."""
+    store = add_holdout_level(edge, tmp_path)
+    shutil.copytree(edge["inputs"], tmp_path / "all")
+    shutil.copytree(tmp_path / "new" / "holdout", tmp_path / "all" / "holdout")
+    r = CliRunner().invoke(main, ["build-targets", str(tmp_path / "all"), "--store", str(store), "--vocab-size",
+                                  "100000", "--rebuild-vocab", "--val-song", "holdout", "--val-song", "tempo",
+                                  "--no-progress", "-j", "1"])
+    assert r.exit_code == 2, r.output  # late/Hard is quarantined
+    doc = json.loads(Store(store).vocab_path.read_text())
+    vocab = Vocabulary.from_json(doc)
+    levels = read_levels(store)
+    d = levels["holdout"]["Standard/Expert"]
+    novel = tuple(int(x) for x in d["states"][1])
+    assert novel not in vocab.states
+    # written all the same, encoded with the vocabulary: its other state (red up at 1, 1) is only in "tempo", also
+    # a validation song, so every token is UNK
+    np.testing.assert_array_equal(d["tokens"][1:-1], [UNK] * 3)
+    assert d["attrs"]["n_unk"] == 3
+    assert tuple(int(x) for x in d["states"][0]) not in vocab.states
+    edges = levels["edges"]["Standard/Expert"]
+    assert all(tuple(int(x) for x in s) in vocab.states for s in edges["states"])  # training songs: all counted
+    assert doc["counted_over"] == "training split" and doc["val_songs"] == ["holdout", "tempo"]
+    assert doc["val_fraction"] is None and doc["seed"] == 0
+    assert "holdout" not in doc["counted_songs"] and "edges" in doc["counted_songs"]
+    assert doc["n_levels"] == len(doc["counted_songs"]) == len(levels) - 2
+
+    # the same level in the training split: its state is counted
+    report = build_targets(tmp_path / "all", store=store, settings=BIG_VOCAB, val_songs=["tempo"], jobs=1,
+                           progress=False, rebuild_vocab=True)
+    assert report.exit_code == 2
+    vocab = vocab_of(store)
+    d = read_levels(store)["holdout"]["Standard/Expert"]
+    assert novel in vocab.states and d["attrs"]["n_unk"] == 0 and UNK not in d["tokens"]
+    assert d["tokens"][1] == d["tokens"][3] != d["tokens"][2]
+
+
+def test_vocabulary_split_is_the_trainers(edge, tmp_path):
+    """Default split: the one mapkit train makes of the songs with features and targets (fallback included)."""
+    from mapkit.datasets.torch_datasets import split_by_song
+
+    store = copy_store(edge, tmp_path)
+    report = build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, jobs=1, progress=False,
+                           rebuild_vocab=True)
+    assert report.exit_code == 2
+    s = Store(store)
+    train, val = split_by_song(set(s.index("features")) & set(s.index("targets")), 0.1, 0)
+    doc = json.loads(s.vocab_path.read_text())
+    assert val and doc["val_songs"] == val and doc["counted_songs"] == train
+    assert doc["val_fraction"] == 0.1
+    counts = Counter()
+    for sid, lv in read_levels(store).items():
+        if sid in train:
+            for key, d in lv.items():
+                if key != "attrs":
+                    counts.update(tuple(int(x) for x in st) for st in d["states"])
+    assert dict(zip(vocab_of(store).states, vocab_of(store).counts)) == dict(counts)
+
+
+def test_validation_song_without_features_refused(edge, tmp_path):
+    store = copy_store(edge, tmp_path)
+    r = CliRunner().invoke(main, ["build-targets", str(edge["inputs"]), "--store", str(store), "--rebuild-vocab",
+                                  "--val-song", "nosuchsong", "--no-progress", "-j", "1"])
+    assert r.exit_code == 1 and "nosuchsong" in r.output
+
+
+def test_trainer_warns_on_validation_songs_counted(edge, tmp_path, capsys):
+    from mapkit.build_targets import vocabulary_leak
+    from mapkit.train.loop import warn_vocabulary_leak
+
+    store = copy_store(edge, tmp_path)
+    build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, val_songs=["tempo"], jobs=1, progress=False,
+                  rebuild_vocab=True)
+    doc = json.loads(Store(store).vocab_path.read_text())
+    assert vocabulary_leak(doc, ["tempo"]) is None  # the same split
+    assert vocabulary_leak(doc, []) is None
+    message = vocabulary_leak(doc, ["tempo", "edges"])
+    assert "1 of the 2 validation songs" in message and "edges" in message and "tempo" not in message
+    old = {k: v for k, v in doc.items() if k not in ("counted_over", "counted_songs")}
+    assert "does not record" in vocabulary_leak(old, ["tempo"])
+
+    assert warn_vocabulary_leak(Store(store), ["tempo"]) is None and capsys.readouterr().err == ""
+    assert warn_vocabulary_leak(Store(store), ["edges"]) is not None
+    assert "warning: 1 of the 1 validation songs were counted into vocab.json" in capsys.readouterr().err

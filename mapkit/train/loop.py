@@ -330,6 +330,18 @@ def store_fingerprint(store: Store, need_vocab: bool) -> dict:
     return out
 
 
+def warn_vocabulary_leak(store: Store, val_songs) -> str | None:
+    """Warn on stderr when ``vocab.json`` was counted over some of ``val_songs`` (a leak); return the warning."""
+    import sys
+
+    from mapkit.build_targets import vocabulary_leak
+
+    message = vocabulary_leak(json.loads(store.vocab_path.read_text(encoding="utf-8")), val_songs)
+    if message:
+        print(f"warning: {message}", file=sys.stderr)
+    return message
+
+
 def check_fingerprint(checkpoint: dict, fingerprint: dict, path, need_vocab: bool = True):
     """Refuse (``TrainingError``) when the checkpoint's store hashes differ from ``fingerprint``'s.
 
@@ -623,6 +635,9 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
         train_songs, val_songs = split_by_song(song_ids, config.val_fraction, config.seed, config.val_songs)
         if not train_songs:
             raise TrainingError(store.root, "the training split is empty: lower --val-fraction")
+
+    if stage.need_vocab and dist_info.main:
+        warn_vocabulary_leak(store, val_songs)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     stage.prepare(stats, train_songs, val_songs, config.seed)
