@@ -9,7 +9,6 @@ import json
 from collections import Counter
 import shutil
 
-import h5py
 import numpy as np
 import pytest
 import soundfile as sf
