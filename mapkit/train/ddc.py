@@ -196,11 +196,6 @@ class DDCStage(Stage):
         self.pos_weight = checkpoint["pos_weight"]
         self.threshold = checkpoint["peak_picking"]["threshold"]
 
-    def close(self):
-        for ds in (self.train_dataset, self.val_dataset):
-            if ds is not None:
-                ds.close()
-
 
 def train_ddc(store, out_dir="mapkit-runs/ddc", config: DDCConfig | None = None,
               options: RunOptions = RunOptions()) -> TrainResult:

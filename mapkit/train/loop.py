@@ -547,6 +547,7 @@ class Stage(abc.ABC):
         """The resolved model config (e.g. with the store's vocabulary size)."""
 
     train_dataset = None
+    val_dataset = None
     collate_fn = None
 
     @abc.abstractmethod
@@ -566,6 +567,9 @@ class Stage(abc.ABC):
 
     def close(self):
         """Close the datasets' files."""
+        for ds in (self.train_dataset, self.val_dataset):
+            if ds is not None:
+                ds.close()
 
 
 @dataclass

@@ -159,11 +159,6 @@ class TransformerStage(Stage):
         return {"vocab": self.vocab.to_json(), "max_tokens": self.config.max_tokens,
                 "n_special_tokens": N_SPECIAL}
 
-    def close(self):
-        for ds in (self.train_dataset, self.val_dataset):
-            if ds is not None:
-                ds.close()
-
 
 def train_transformer(store, out_dir="mapkit-runs/transformer", config: TransformerConfig | None = None,
                       options: RunOptions = RunOptions()) -> TrainResult:
