@@ -73,7 +73,7 @@ from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items,
 from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, shard_file_attrs, write_json_atomic
 from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
-from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, token_sequence
+from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, song_end_beat, token_sequence
 from mapkit.preprocess.timebase import frame_of, frame_time
 from mapkit.settings import FeatureSettings, TargetSettings
 
@@ -210,7 +210,7 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
     # notes are sorted by time, so the first note of each frame is its earliest
     first = np.searchsorted(notes["frame"], state_frames, side="left") if len(notes) else np.zeros(0, np.int64)
     tempo = diff.tempo
-    end_beat = float(tempo.beats(frame_time(n_frames - 1, settings.fps))) if tempo is not None else 0.0
+    end_beat = song_end_beat(tempo, n_frames, settings.fps) if tempo is not None else 0.0
     colors = notes["color"]
     attrs = {
         "characteristic": diff.characteristic,

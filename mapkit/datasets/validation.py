@@ -90,7 +90,7 @@ import mapkit
 from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, PARTIAL_SUFFIX, SHARD_PATTERN, Entry, Store,
                                    _attrs_dict, _shard_number, feature_stats)
 from mapkit.preprocess.notes import STORED_NOTE_DTYPE
-from mapkit.preprocess.timebase import frame_of, n_frames as count_frames
+from mapkit.preprocess.timebase import frame_of, frame_time, n_frames as count_frames
 from mapkit.settings import FeatureSettings, TargetSettings
 
 #: Rows of a feature array read at once (placement: 4096 x 3 x 80 float16 = 1.9 MB).
@@ -709,7 +709,7 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
     A level without states (``[BOS, EOS]``) is the same under every
     vocabulary, so only levels with states must name the hash of ``vocab.json``.
     """
-    from mapkit.preprocess.targets import BOS, EOS, frame_class, note_states, token_sequence
+    from mapkit.preprocess.targets import BOS, EOS, frame_class, note_states, song_end_beat, token_sequence
     from mapkit.preprocess.tempo import TempoMap
 
     # only the attributes checked (a level has many): reading each costs
@@ -899,7 +899,7 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
             gaps_sound = False
     if tempo is None or not notes_sound:
         return n_notes
-    end_beat = tempo.beats((T - 1) / fps)  # the beat of the song's last frame, as build-targets computes it
+    end_beat = song_end_beat(tempo, T, fps)  # as build-targets computes it
     stored_end = attrs.get("end_beat")
     if stored_end is None or not abs(float(stored_end) - end_beat) <= END_BEAT_RTOL * max(1.0, abs(end_beat)):
         report.add("gaps", where, f"end_beat attribute {stored_end}, the tempo map gives {end_beat!r} at the last "
@@ -909,7 +909,7 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
     first = np.searchsorted(frames, state_frames, side="left")  # sorted notes: the earliest note of each frame
     expected_gaps = token_sequence(state_frames, np.zeros(len(state_frames), np.int32), times[first],
                                    notes["beat"][first], T, end_beat, fps)
-    length = {"s": (T - 1) / fps, "beats": abs(end_beat)}
+    length = {"s": frame_time(T - 1, fps), "beats": abs(end_beat)}
     for name in GAP_NAMES:
         gap = dg[name][()]
         want = getattr(expected_gaps, name).astype(np.float64)

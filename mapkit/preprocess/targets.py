@@ -194,6 +194,11 @@ class TokenSequence:
     gap_next_beats: np.ndarray
 
 
+def song_end_beat(tempo, n_frames: int, fps: int = 100) -> float:
+    """The beat of a song's last frame (where EOS sits for the gaps), by ``tempo`` (a TempoMap)."""
+    return float(tempo.beats(frame_time(n_frames - 1, fps)))
+
+
 def token_sequence(state_frames, state_tokens, state_times_s, state_beats, n_frames: int, end_beat: float,
                    fps: int = 100) -> TokenSequence:
     """Tokens, their frames and the gaps to the previous/next note, in seconds and beats.
