@@ -177,7 +177,7 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
             if isinstance(value, AlreadyPresent):
                 return ItemResult(task.song_id, task.path, "skipped", "already present (same audio and settings)")
             writer.write(feature_item(value))
-            return ItemResult(task.song_id, task.path, "ok")
+            return ItemResult(task.song_id, task.path, "ok", "; ".join(value.notes))
 
         with writer:
             results = run_items(tasks, functools.partial(extract_one, settings=settings), write, jobs=jobs,

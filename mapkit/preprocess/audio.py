@@ -11,14 +11,19 @@ the file and the reason, so a batch run can record it and go on:
 - ``empty file (0 bytes)``
 - ``not a readable audio file: <libsndfile message>`` (corrupt, unsupported codec)
 - ``no samples`` (a valid header with zero frames)
-- ``truncated: ...`` (fewer samples than the header declares, or a decode error mid-stream)
+- ``truncated: ...`` (samples are missing: fewer decoded than the header
+  declares, a decode error mid-stream, a WAV data chunk or an Ogg page cut short)
 - ``non-finite samples (NaN or inf)`` (float WAV/FLAC can carry them)
 - ``silent: all samples are zero``. Features of silence are well defined
   (every value is the silence value), but a song whose every sample is zero is
   almost always a broken download or a placeholder, and training on it
   teaches nothing, so it is rejected.
 
-A single non-zero sample is legal: it gives ``T = 1`` frame.
+A single non-zero sample is legal: it gives ``T = 1`` frame. An Ogg file
+whose last page lacks the end-of-stream flag but that decodes to its full
+declared length is accepted: the flag is what some writers leave out, not a
+sign of missing samples; an :class:`AudioNote` warning says so (``mapkit
+extract`` puts it in the song's report line).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import hashlib
 import io
 import os
 import re
+import warnings
 
 import numpy as np
 
@@ -60,15 +66,18 @@ def _is_empty(file) -> bool:
 
 _WAV_DATA_SHORT = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.M)
 
+#: Ogg page header: capture pattern, version, flags, granule, serial, sequence, CRC, segment count.
+_OGG_HEADER = 27
+_OGG_EOS = 0x04
+
 
 def _truncation(extra_info: str) -> str | None:
-    """Why libsndfile's header log says the file was cut short, or None.
+    """Why libsndfile's header log says a WAV file was cut short, or None.
 
-    libsndfile opens a cut Ogg or WAV file without an error and silently
-    reports the shorter length; its log (``SoundFile.extra_info``) says so.
+    libsndfile opens a cut WAV file without an error and silently reports the
+    shorter length; its log (``SoundFile.extra_info``) says so. (Ogg files are
+    judged by their pages instead: :func:`ogg_stream_state`.)
     """
-    if "without an End-Of-Stream flag" in extra_info or "lacks an end-of-stream bit" in extra_info:
-        return "truncated: Ogg stream ends without its end-of-stream page"
     m = _WAV_DATA_SHORT.search(extra_info)
     if m:
         declared, present = int(m.group(1)), int(m.group(2))
@@ -76,6 +85,65 @@ def _truncation(extra_info: str) -> str | None:
         if present < declared and declared not in (0, 0xFFFFFFFF, 0x7FFFFFFF):
             return f"truncated: data chunk declares {declared} bytes, only {present} present"
     return None
+
+
+def ogg_stream_state(data: bytes) -> tuple[str | None, str | None]:
+    """Whether an Ogg file ends inside a page, and whether its last page is flagged end-of-stream.
+
+    Walks the page headers (27 bytes, then the segment table whose lacing
+    values sum to the body length) from the start of ``data``.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file.
+
+    Returns
+    -------
+    problem : str or None
+        ``"truncated: ..."`` when the file ends inside a page (a page header or
+        body is cut short): that page's samples are missing. None otherwise,
+        also when ``data`` is not an Ogg file (no page at byte 0).
+    note : str or None
+        When the file is whole but its last page lacks the end-of-stream flag
+        (some writers never set it; the game plays such files), or when bytes
+        that are not a page follow the last page. Neither loses samples: the
+        decoded length is checked against the declared one separately.
+    """
+    n, pos, last_flags = len(data), 0, None
+    while pos < n:
+        if data[pos:pos + 4] != b"OggS":
+            if last_flags is not None and b"OggS".startswith(data[pos:pos + 4]):  # cut inside "OggS"
+                return f"truncated: Ogg stream ends inside the header of the page at byte {pos}", None
+            if last_flags is None:
+                return None, None  # not Ogg: libsndfile judges it
+            return None, f"{n - pos} bytes after the last Ogg page (byte {pos}) are not a page; ignored"
+        if pos + _OGG_HEADER > n or pos + _OGG_HEADER + data[pos + 26] > n:
+            return f"truncated: Ogg stream ends inside the header of the page at byte {pos}", None
+        segments = data[pos + _OGG_HEADER: pos + _OGG_HEADER + data[pos + 26]]
+        end = pos + _OGG_HEADER + len(segments) + sum(segments)
+        if end > n:
+            return f"truncated: the Ogg page at byte {pos} is cut short ({n - pos} of its {end - pos} bytes)", None
+        last_flags, pos = data[pos + 5], end
+    if last_flags is not None and not last_flags & _OGG_EOS:
+        return None, "Ogg stream ends without its end-of-stream flag (every declared sample decoded)"
+    return None, None
+
+
+def _ogg_bytes(file) -> bytes | None:
+    """The whole file when it starts like an Ogg file, else None; a file object is put back where it was."""
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "rb") as f:
+            return f.read() if f.read(4) == b"OggS" and f.seek(0) == 0 else None
+    pos = file.tell()
+    try:
+        return file.read() if file.read(4) == b"OggS" and file.seek(pos) == pos else None
+    finally:
+        file.seek(pos)
+
+
+class AudioNote(UserWarning):
+    """Something unusual about a song that was nevertheless decoded in full (issued with :mod:`warnings`)."""
 
 
 def _downmix_into(block: np.ndarray, out: np.ndarray) -> None:
@@ -126,6 +194,13 @@ def decode_audio(file, name=None) -> tuple[np.ndarray, int]:
     except OSError as e:
         raise AudioError(where, f"cannot read: {e.strerror or e}") from None
     try:
+        ogg = _ogg_bytes(file)
+    except OSError as e:
+        raise AudioError(where, f"cannot read: {e.strerror or e}") from None
+    truncated, note = ogg_stream_state(ogg) if ogg is not None else (None, None)
+    if truncated:
+        raise AudioError(where, truncated)
+    try:
         snd = sf.SoundFile(file)
     except sf.LibsndfileError as e:
         raise AudioError(where, f"not a readable audio file: {e.error_string}") from None
@@ -163,6 +238,8 @@ def decode_audio(file, name=None) -> tuple[np.ndarray, int]:
         raise AudioError(where, "non-finite samples (NaN or inf)")
     if lo == 0.0 and hi == 0.0:
         raise AudioError(where, "silent: all samples are zero")
+    if note:  # only now: a file that fails later is reported by its failure alone
+        warnings.warn(AudioNote(f"{where}: {note}"), stacklevel=2)
     return y, sample_rate
 
 

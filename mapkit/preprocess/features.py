@@ -22,12 +22,13 @@ value of digital silence.
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mapkit.errors import AudioError
-from mapkit.preprocess.audio import audio_sha256, decode_audio, open_source_audio, resample
+from mapkit.preprocess.audio import AudioNote, audio_sha256, decode_audio, open_source_audio, resample
 from mapkit.preprocess.timebase import n_frames as count_frames
 from mapkit.settings import FeatureSettings
 
@@ -351,6 +352,8 @@ class SongFeatures:
     pad_placement: tuple = (7, 7)
     pad_selection: tuple = (1, 1)
     band_sums: dict = field(default_factory=dict)
+    #: :class:`~mapkit.preprocess.audio.AudioNote` messages of the decode (e.g. no end-of-stream flag)
+    notes: tuple = ()
 
 
 def song_features(source, settings: FeatureSettings = FeatureSettings()) -> SongFeatures:
@@ -372,9 +375,14 @@ def song_features(source, settings: FeatureSettings = FeatureSettings()) -> Song
         Missing, unreadable, truncated, empty or silent audio, with the file and reason.
     """
     file, name, data = open_source_audio(source)
-    with file:
+    with file, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AudioNote)
         sha = audio_sha256(data if data is not None else file)
         y, sr = decode_audio(file, name)
+    notes = tuple(str(w.message) for w in caught if issubclass(w.category, AudioNote))
+    for w in caught:  # anything else goes on as if not caught
+        if not issubclass(w.category, AudioNote):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     n = len(y)
     T = count_frames(n, sr, settings.fps)
     placement = placement_features(y, sr, settings)
@@ -400,4 +408,5 @@ def song_features(source, settings: FeatureSettings = FeatureSettings()) -> Song
         pad_placement=(pp, pp),
         pad_selection=(ps, ps),
         band_sums=sums,
+        notes=notes,
     )
