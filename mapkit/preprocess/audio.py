@@ -1,8 +1,9 @@
 """Decode, downmix and resample song audio (DESIGN.md section 2).
 
-Audio is decoded with soundfile (libsndfile: Ogg Vorbis ``.egg``/``.ogg``,
-WAV, FLAC, MP3), mixed to mono by the mean of its channels and resampled with
-soxr. Decoding runs in blocks into one preallocated mono buffer, so a
+Audio is decoded with soundfile (libsndfile: WAV, FLAC, MP3, Ogg) except Ogg
+Vorbis (``.egg``/``.ogg``, nearly every level's song), which miniaudio
+(stb_vorbis) decodes about 1.4x faster, within 5e-7 of libvorbis. It is mixed
+to mono by the mean of its channels and resampled with soxr. Decoding runs in blocks into one preallocated mono buffer, so a
 10-minute stereo song never holds its stereo samples in memory at once.
 
 A file that cannot be used raises :class:`~mapkit.errors.AudioError` naming
@@ -13,6 +14,7 @@ the file and the reason, so a batch run can record it and go on:
 - ``no samples`` (a valid header with zero frames)
 - ``truncated: ...`` (samples are missing: fewer decoded than the header
   declares, a decode error mid-stream, a WAV data chunk or an Ogg page cut short)
+- ``corrupt: ...`` (an Ogg page fails its checksum: its samples would be lost)
 - ``non-finite samples (NaN or inf)`` (float WAV/FLAC can carry them)
 - ``silent: all samples are zero``. Features of silence are well defined
   (every value is the silence value), but a song whose every sample is zero is
@@ -33,9 +35,11 @@ import io
 import os
 import re
 import warnings
+import zlib
 
 import numpy as np
 
+from mapkit.audio_out import _REFLECT_BYTE
 from mapkit.errors import AudioError, LevelError
 
 #: Frames decoded per soundfile call: large enough that call overhead vanishes,
@@ -87,11 +91,23 @@ def _truncation(extra_info: str) -> str | None:
     return None
 
 
+def _page_crc(reflected: bytes, start: int, end: int) -> int:
+    """Ogg CRC of the page ``[start, end)`` (CRC field taken as zero), from the bit-reflected file bytes.
+
+    The same CRC as :func:`mapkit.audio_out._ogg_crc`, without copying the page: zlib's reflected
+    CRC-32 runs over reflected bytes in three pieces, the four CRC bytes as zeros.
+    """
+    crc = zlib.crc32(reflected[start: start + 22], 0xFFFFFFFF)
+    crc = zlib.crc32(reflected[start + 26: end], zlib.crc32(b"\0\0\0\0", crc))
+    return int(f"{~crc & 0xFFFFFFFF:032b}"[::-1], 2)
+
+
 def ogg_stream_state(data: bytes) -> tuple[str | None, str | None]:
     """Whether an Ogg file ends inside a page, and whether its last page is flagged end-of-stream.
 
     Walks the page headers (27 bytes, then the segment table whose lacing
-    values sum to the body length) from the start of ``data``.
+    values sum to the body length) from the start of ``data`` and checks each
+    page's CRC, as libogg does before it hands a page to the decoder.
 
     Parameters
     ----------
@@ -102,7 +118,8 @@ def ogg_stream_state(data: bytes) -> tuple[str | None, str | None]:
     -------
     problem : str or None
         ``"truncated: ..."`` when the file ends inside a page (a page header or
-        body is cut short): that page's samples are missing. None otherwise,
+        body is cut short), ``"corrupt: ..."`` when a page fails its checksum:
+        that page's samples are missing. None otherwise,
         also when ``data`` is not an Ogg file (no page at byte 0).
     note : str or None
         When the file is whole but its last page lacks the end-of-stream flag
@@ -110,7 +127,7 @@ def ogg_stream_state(data: bytes) -> tuple[str | None, str | None]:
         that are not a page follow the last page. Neither loses samples: the
         decoded length is checked against the declared one separately.
     """
-    n, pos, last_flags = len(data), 0, None
+    n, pos, last_flags, reflected = len(data), 0, None, None
     while pos < n:
         if data[pos:pos + 4] != b"OggS":
             if last_flags is not None and b"OggS".startswith(data[pos:pos + 4]):  # cut inside "OggS"
@@ -124,6 +141,10 @@ def ogg_stream_state(data: bytes) -> tuple[str | None, str | None]:
         end = pos + _OGG_HEADER + len(segments) + sum(segments)
         if end > n:
             return f"truncated: the Ogg page at byte {pos} is cut short ({n - pos} of its {end - pos} bytes)", None
+        if reflected is None:
+            reflected = data.translate(_REFLECT_BYTE)
+        if _page_crc(reflected, pos, end) != int.from_bytes(data[pos + 22: pos + 26], "little"):
+            return f"corrupt: the Ogg page at byte {pos} fails its checksum (its samples would be lost)", None
         last_flags, pos = data[pos + 5], end
     if last_flags is not None and not last_flags & _OGG_EOS:
         return None, "Ogg stream ends without its end-of-stream flag (every declared sample decoded)"
@@ -162,44 +183,57 @@ def _downmix_into(block: np.ndarray, out: np.ndarray) -> None:
     out *= np.float32(1.0 / channels)
 
 
-def decode_audio(file, name=None) -> tuple[np.ndarray, int]:
-    """Decode an audio file to mono float32 samples.
+def _is_vorbis(data: bytes) -> bool:
+    """True when the first packet of the Ogg file ``data`` is a Vorbis identification header."""
+    body = _OGG_HEADER + data[26] if len(data) > 26 else len(data)
+    return data[body: body + 7] == b"\x01vorbis"
 
-    Parameters
-    ----------
-    file : str, os.PathLike or binary file object
-        The audio file (Ogg Vorbis, WAV, FLAC, MP3, anything libsndfile reads).
-    name : str, optional
-        Name used in error messages (e.g. ``level.zip!song.egg``); default: the path.
 
-    Returns
-    -------
-    y : np.ndarray [shape=(n,), dtype=float32]
-        Mono samples, the mean of all channels (stereo: ``(L + R) * 0.5``).
-    sample_rate : int
-        The file's own sample rate in Hz.
+def _decode_vorbis(data: bytes, where: str) -> tuple[np.ndarray, int, int, int] | None:
+    """Ogg Vorbis through miniaudio (stb_vorbis): ``(mono samples, decoded, declared, sample rate)``.
 
-    Raises
-    ------
-    AudioError
-        When the file is empty, unreadable, truncated, has no samples,
-        non-finite samples, or is entirely silent (see the module docstring).
+    About 1.4x faster than libsndfile/libvorbis, samples within 5e-7 of
+    theirs. None when ``data`` is not Vorbis or miniaudio cannot open it (an
+    encoder feature stb_vorbis lacks, e.g. floor 0): libsndfile decodes it
+    then, with its own errors. Missing samples are found as with libsndfile:
+    pages cut short or failing their checksum (:func:`ogg_stream_state`), and
+    fewer samples decoded than the last page's granule position declares.
     """
+    if not _is_vorbis(data):
+        return None
+    try:
+        import miniaudio
+    except ImportError:  # optional at run time: libsndfile reads the same files, slower
+        return None
+    try:
+        info = miniaudio.vorbis_get_info(data)
+    except miniaudio.MiniaudioError:
+        return None
+    sample_rate, channels, declared = int(info.sample_rate), int(info.nchannels), int(info.num_frames)
+    if sample_rate <= 0 or channels <= 0:
+        raise AudioError(where, f"invalid header: {sample_rate} Hz, {channels} channels")
+    if declared <= 0:
+        raise AudioError(where, "no samples")
+    y = np.empty(declared, dtype=np.float32)
+    n = 0
+    try:
+        chunks = miniaudio.stream_memory(data, output_format=miniaudio.SampleFormat.FLOAT32, nchannels=channels,
+                                         sample_rate=sample_rate, frames_to_read=DECODE_BLOCK // 4)
+        for chunk in chunks:
+            block = np.frombuffer(chunk, dtype=np.float32).reshape(-1, channels)[: declared - n]
+            _downmix_into(block, y[n: n + len(block)])
+            n += len(block)
+            if n >= declared:
+                break
+    except miniaudio.MiniaudioError as e:
+        raise AudioError(where, f"truncated: decode error after {n} of {declared} samples: {e}") from None
+    return y, n, declared, sample_rate
+
+
+def _decode_sndfile(file, where: str) -> tuple[np.ndarray, int, int, int]:
+    """libsndfile: ``(mono samples, decoded count, declared count, sample rate)``; errors as AudioError."""
     import soundfile as sf
 
-    where = _describe(file, name)
-    try:
-        if _is_empty(file):
-            raise AudioError(where, "empty file (0 bytes)")
-    except OSError as e:
-        raise AudioError(where, f"cannot read: {e.strerror or e}") from None
-    try:
-        ogg = _ogg_bytes(file)
-    except OSError as e:
-        raise AudioError(where, f"cannot read: {e.strerror or e}") from None
-    truncated, note = ogg_stream_state(ogg) if ogg is not None else (None, None)
-    if truncated:
-        raise AudioError(where, truncated)
     try:
         snd = sf.SoundFile(file)
     except sf.LibsndfileError as e:
@@ -230,6 +264,47 @@ def decode_audio(file, name=None) -> tuple[np.ndarray, int]:
                 n += k
         except (sf.LibsndfileError, RuntimeError) as e:
             raise AudioError(where, f"truncated: decode error after {n} of {declared} samples: {e}") from None
+    return y, n, declared, sample_rate
+
+
+def decode_audio(file, name=None) -> tuple[np.ndarray, int]:
+    """Decode an audio file to mono float32 samples.
+
+    Parameters
+    ----------
+    file : str, os.PathLike or binary file object
+        The audio file (Ogg Vorbis, WAV, FLAC, MP3, anything libsndfile reads).
+    name : str, optional
+        Name used in error messages (e.g. ``level.zip!song.egg``); default: the path.
+
+    Returns
+    -------
+    y : np.ndarray [shape=(n,), dtype=float32]
+        Mono samples, the mean of all channels (stereo: ``(L + R) * 0.5``).
+    sample_rate : int
+        The file's own sample rate in Hz.
+
+    Raises
+    ------
+    AudioError
+        When the file is empty, unreadable, truncated, has no samples,
+        non-finite samples, or is entirely silent (see the module docstring).
+    """
+    where = _describe(file, name)
+    try:
+        if _is_empty(file):
+            raise AudioError(where, "empty file (0 bytes)")
+    except OSError as e:
+        raise AudioError(where, f"cannot read: {e.strerror or e}") from None
+    try:
+        ogg = _ogg_bytes(file)
+    except OSError as e:
+        raise AudioError(where, f"cannot read: {e.strerror or e}") from None
+    truncated, note = ogg_stream_state(ogg) if ogg is not None else (None, None)
+    if truncated:
+        raise AudioError(where, truncated)
+    decoded = _decode_vorbis(ogg, where) if ogg is not None else None
+    y, n, declared, sample_rate = decoded if decoded is not None else _decode_sndfile(file, where)
     if n < declared:
         raise AudioError(where, f"truncated: header declares {declared} samples, only {n} decoded")
     # min/max propagate NaN and reduce without a temporary array

@@ -237,7 +237,7 @@ def log_mel(
         np.multiply(view, window, out=frames[:k])
         # Always the whole block (a short last block leaves older frames in the rest, ignored): BLAS
         # rounds a row differently with the number of rows, so a frame's value must not depend on k.
-        spec = scipy.fft.rfft(frames, axis=-1)
+        spec = scipy.fft.rfft(frames, axis=-1, overwrite_x=True)
         # |X|^2 = re^2 + im^2: square the interleaved float32 view in place; the products sum the pairs
         sq = spec.view(np.float32)
         np.square(sq, out=sq)

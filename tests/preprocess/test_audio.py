@@ -2,6 +2,7 @@ import hashlib
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from mapkit.audio_out import _ogg_crc, encode_ogg_vorbis
 from mapkit.preprocess.audio import AudioNote, audio_sha256, decode_audio, ogg_stream_state, open_source_audio, resample
 from mapkit.preprocess.features import song_features
 from mapkit.preprocess.sources import Source
+
+REAL_SONG = Path("/usr/share/games/fretsonfire/data/songs/sectoid/Metal madness/song.ogg")
 
 
 def tone(n, sr, freq=440.0, amp=0.3):
@@ -156,6 +159,26 @@ def test_ogg_cut_inside_a_page_is_truncated_with_or_without_flag():
             with pytest.raises(AudioError) as e:
                 decode_audio(io.BytesIO(data), name="cut")
             assert e.value.reason.startswith("truncated"), e.value.reason
+
+
+def test_ogg_page_failing_its_checksum_is_corrupt():
+    sr = 44100
+    whole = encode_ogg_vorbis(np.stack([tone(3 * sr, sr), tone(3 * sr, sr, 550)], axis=1), sr, serial=7)
+    middle = ogg_pages(whole)[3]
+    flipped = bytearray(whole)
+    flipped[middle + 100] ^= 0x10  # one bit of audio data; the page keeps its old CRC
+    with pytest.raises(AudioError) as e:
+        decode_audio(io.BytesIO(bytes(flipped)), name="flipped")
+    assert e.value.reason == f"corrupt: the Ogg page at byte {middle} fails its checksum (its samples would be lost)"
+
+
+@pytest.mark.skipif(not REAL_SONG.exists(), reason="Debian fretsonfire songs not installed")
+def test_vorbis_decoder_matches_libvorbis_on_real_music():
+    data = REAL_SONG.read_bytes()
+    y, sr = decode_audio(io.BytesIO(data))
+    ref, ref_sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    assert sr == ref_sr and len(y) == len(ref)
+    assert np.max(np.abs(y - ref.mean(axis=1, dtype=np.float32))) < 5e-7
 
 
 def test_no_samples(tmp_path):
