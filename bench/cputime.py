@@ -59,10 +59,10 @@ class Timing:
         self.cpu, self.wall = min(self.cpu, cpu), min(self.wall, wall)
 
 
-def run_once(fn, *args):
+def run_once(fn, *args, **kwargs):
     """``(cpu seconds, wall seconds, result)`` of one call."""
     c, w = cpu_seconds(), time.perf_counter()
-    result = fn(*args)
+    result = fn(*args, **kwargs)
     return cpu_seconds() - c, time.perf_counter() - w, result
 
 
