@@ -14,6 +14,11 @@ Prints, on the same songs:
     transformer (d_model 512, 6+6 layers, 8 heads, 2004 tokens) on 16 levels
     of 256 tokens;
 
+and (``--memory``) the peak RSS of one default transformer step in a fresh
+process, with and without recomputing the layers' activations
+(``mapkit train --recompute``, the default), for 16 levels of 256 and of
+1024 tokens (the default crop);
+
 so the loader can be compared with the step it feeds: the loader is not the
 bottleneck when (a) delivers a batch faster than (c) consumes it.
 
@@ -141,6 +146,43 @@ def step_time(model, make_batch, loss_fn, repeat: int = 5) -> float:
     return measure(step, repeat=repeat)[0].cpu
 
 
+STEP_MEMORY_CHILD = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+from mapkit.train.loop import recompute_layers
+from mapkit.train.models import SELECTION_PRESETS, SelectionModel, selection_loss
+
+def hwm():  # peak RSS of this process in MiB
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+
+B, T, recompute = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+torch.manual_seed(0)
+model = SelectionModel(SELECTION_PRESETS["default"]).train()
+if recompute:
+    recompute_layers(model)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+V = model.config.vocab_size
+src, tokens = torch.randn(B, T, 104).abs(), torch.randint(4, V, (B, T))
+mask = torch.ones(B, T, dtype=torch.bool)
+base, t = hwm(), time.process_time()
+loss = selection_loss(model(src, mask, tokens[:, :-1], mask[:, :-1]), tokens[:, 1:])
+loss.backward()
+opt.step()
+print(base, hwm(), time.process_time() - t)
+"""
+
+
+def step_memory(batch: int, tokens: int, recompute: bool) -> tuple[float, float, float]:
+    """(MiB after building the model, peak MiB of one default transformer step, its CPU seconds), fresh process."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", STEP_MEMORY_CHILD, str(batch), str(tokens), str(int(recompute))],
+                         capture_output=True, text=True, check=True)
+    base, peak, cpu = map(float, out.stdout.split())
+    return base, peak, cpu
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--store", help="a real store (default: a synthetic one)")
@@ -150,6 +192,8 @@ def main(argv=None):
     ap.add_argument("--windows", type=int, default=4096, help="windows per DataLoader pass (default 4096)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-steps", action="store_true", help="skip the model step times")
+    ap.add_argument("--memory", action="store_true", help="also the peak RSS of default transformer steps "
+                                                          "(needs about 6 GB free)")
     args = ap.parse_args(argv)
 
     import torch
@@ -204,6 +248,13 @@ def main(argv=None):
           f"(needs {32 / p_step:6.0f} windows per CPU s)")
     print(f"(c) CPU step, transformer default, 16 x 256 tokens: {s_step * 1000:8.0f} CPU ms")
     print(f"loader headroom over the C-LSTM step: {store_rate / (32 / p_step):.0f}x in one process")
+    if args.memory:
+        # 16 x 1024 without recomputing needs well over 20 GB: not run
+        for batch, tokens, recompute in ((16, 256, False), (16, 256, True), (16, 1024, True)):
+            base, peak, cpu = step_memory(batch, tokens, recompute)
+            print(f"(d) transformer default step, {batch} x {tokens} tokens, recompute {'on ' if recompute else 'off'}: "
+                  f"peak RSS {peak / 1024:5.2f} GiB ({base / 1024:.2f} GiB with the model built), "
+                  f"{cpu:.1f} CPU s")
 
 
 if __name__ == "__main__":

@@ -91,14 +91,15 @@ def _truncation(extra_info: str) -> str | None:
     return None
 
 
-def _page_crc(reflected: bytes, start: int, end: int) -> int:
-    """Ogg CRC of the page ``[start, end)`` (CRC field taken as zero), from the bit-reflected file bytes.
+def _page_crc(page: memoryview) -> int:
+    """Ogg CRC of one page (its CRC field taken as zero).
 
-    The same CRC as :func:`mapkit.audio_out._ogg_crc`, without copying the page: zlib's reflected
-    CRC-32 runs over reflected bytes in three pieces, the four CRC bytes as zeros.
+    The same CRC as :func:`mapkit.audio_out._ogg_crc`, without zeroing a copy of the page: zlib's
+    reflected CRC-32 runs over the bit-reflected bytes in three pieces, the four CRC bytes as zeros.
     """
-    crc = zlib.crc32(reflected[start: start + 22], 0xFFFFFFFF)
-    crc = zlib.crc32(reflected[start + 26: end], zlib.crc32(b"\0\0\0\0", crc))
+    reflected = bytes(page).translate(_REFLECT_BYTE)
+    crc = zlib.crc32(reflected[:22], 0xFFFFFFFF)
+    crc = zlib.crc32(reflected[26:], zlib.crc32(b"\0\0\0\0", crc))
     return int(f"{~crc & 0xFFFFFFFF:032b}"[::-1], 2)
 
 
@@ -127,7 +128,7 @@ def ogg_stream_state(data: bytes) -> tuple[str | None, str | None]:
         that are not a page follow the last page. Neither loses samples: the
         decoded length is checked against the declared one separately.
     """
-    n, pos, last_flags, reflected = len(data), 0, None, None
+    n, pos, last_flags, view = len(data), 0, None, memoryview(data)
     while pos < n:
         if data[pos:pos + 4] != b"OggS":
             if last_flags is not None and b"OggS".startswith(data[pos:pos + 4]):  # cut inside "OggS"
@@ -141,9 +142,7 @@ def ogg_stream_state(data: bytes) -> tuple[str | None, str | None]:
         end = pos + _OGG_HEADER + len(segments) + sum(segments)
         if end > n:
             return f"truncated: the Ogg page at byte {pos} is cut short ({n - pos} of its {end - pos} bytes)", None
-        if reflected is None:
-            reflected = data.translate(_REFLECT_BYTE)
-        if _page_crc(reflected, pos, end) != int.from_bytes(data[pos + 22: pos + 26], "little"):
+        if _page_crc(view[pos:end]) != int.from_bytes(data[pos + 22: pos + 26], "little"):
             return f"corrupt: the Ogg page at byte {pos} fails its checksum (its samples would be lost)", None
         last_flags, pos = data[pos + 5], end
     if last_flags is not None and not last_flags & _OGG_EOS:
