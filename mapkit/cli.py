@@ -4,20 +4,74 @@ Each command parses its arguments and calls one function of the library that
 does the work (and can be called from Python). Heavy libraries (librosa,
 torch) are imported inside the commands, so ``mapkit --help`` starts fast.
 
-Exit codes: 0 success; 1 failure (unreadable input, validation failed, bad
-usage of the store); 2 the run finished but skipped or quarantined some items
-(details in the store's ``reports/``).
+Exit codes (:data:`EXIT_CODES`, the same for every command, listed in every
+``--help``): 0 success; 1 the run could not proceed (unreadable input, a store
+on bad ground, a locked store) or validation failed; 2 the run finished but
+skipped, failed or quarantined some items (details in the store's
+``reports/``); 64 bad usage of the command line (unknown option, missing or
+invalid argument: sysexits' ``EX_USAGE``), so a script can tell a typo from a
+partial run.
 """
 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 import click
 
 from mapkit import __version__
 
 DEFAULT_STORE = "./mapkit-data"
+
+#: Exit codes of every command.
+EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
+EXIT_CODES = {EXIT_OK: "success",
+              EXIT_FAILED: "could not proceed, or validation failed (message on stderr)",
+              EXIT_PARTIAL: "finished, but some items failed or were quarantined (see STORE/reports/)",
+              EXIT_USAGE: "bad usage: unknown option, missing or invalid argument"}
+
+
+@contextmanager
+def _usage_exit_code():
+    """Give click's usage errors (exit 2 by default) :data:`EXIT_USAGE` instead: 2 means a partial run here."""
+    try:
+        yield
+    except click.UsageError as e:
+        e.exit_code = EXIT_USAGE
+        raise
+
+
+def _format_exit_codes(formatter):
+    with formatter.section("Exit codes"):
+        formatter.write_dl([(str(code), what) for code, what in EXIT_CODES.items()])
+
+
+class MapkitCommand(click.Command):
+    """A command whose ``--help`` ends with the exit codes."""
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        _format_exit_codes(formatter)
+
+
+class MapkitGroup(click.Group):
+    """The ``mapkit`` group: usage errors exit :data:`EXIT_USAGE`; every ``--help`` lists the exit codes."""
+
+    command_class = MapkitCommand
+    group_class = type  # subgroups (``train``) are MapkitGroups too
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _usage_exit_code():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with _usage_exit_code():
+            return super().invoke(ctx)
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        _format_exit_codes(formatter)
 
 store_option = click.option(
     "--store",
@@ -56,7 +110,7 @@ def fail(message: str, code: int = 1):
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=MapkitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mapkit")
 def main():
     """mapkit: Beat Saber levels -> aligned training tensors in HDF5 -> a two-stage level generator.
@@ -124,7 +178,7 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     difficulty: file version (declared and from the keys), tempo map, note
     and bomb counts, notes dropped by reason, quarantine reason. An
     unreadable level is reported on stderr (file and reason), the others
-    are still shown, and the exit code is 1.
+    are still shown, and the exit code is 2 (1 when no level could be read).
 
     \b
     Example:
@@ -135,14 +189,15 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     from mapkit.settings import TargetSettings
 
     settings = TargetSettings(song_offset=song_offset)
-    failed = 0
+    failed = shown = 0
     for result in inspect_levels(levels, settings=settings, as_json=as_json, characteristic=characteristic):
         if result.error is not None:
             failed += 1
             click.echo(f"error: {result.error}", err=True)
         else:
+            shown += 1
             click.echo(result.text)
-    sys.exit(1 if failed else 0)
+    sys.exit(EXIT_OK if not failed else EXIT_PARTIAL if shown else EXIT_FAILED)
 
 
 @main.command("demo", short_help="Write a deterministic demo set of levels.")
