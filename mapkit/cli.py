@@ -75,7 +75,7 @@ class MapkitGroup(click.Group):
 
 store_option = click.option(
     "--store",
-    type=click.Path(file_okay=False),
+    type=click.Path(),  # a file there is the library's error (exit 1, naming it), not a usage error
     default=DEFAULT_STORE,
     envvar="MAPKIT_STORE",
     show_default=True,

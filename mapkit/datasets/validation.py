@@ -967,7 +967,13 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -
     report.counts.update({"feature_shards": 0, "target_shards": 0, "songs": 0, "levels": 0, "notes": 0,
                           "superseded": 0, "partial_files": 0})
     if not store.root.is_dir():
-        report.add("store", str(store.root), "no such store folder")
+        report.add("store", str(store.root), "not a folder" if store.root.exists() else "no such store folder")
+        report.counts.update(problems=report.n_problems, warnings=0)
+        return report
+    holder = store.writer_holding_lock()
+    if holder is not None:  # its shard in progress is not a killed run's leftover: check once it has finished
+        report.add("store", str(store.root), f"store is being written by {holder}; validate it when that run "
+                                             "has finished")
         report.counts.update(problems=report.n_problems, warnings=0)
         return report
 
