@@ -72,8 +72,8 @@ DATA_CHECKSUM = "crc32"
 ATTRS_CHECKSUM = "attrs_crc32"
 
 #: Disk space reserved in the shard file before each item (:meth:`ShardWriter.reserve`): ``DISK_FACTOR``
-#: times the item's bytes plus ``DISK_MARGIN_BYTES`` for HDF5's own bytes. Unused reserve stays at the
-#: end of the shard file (HDF5 ignores bytes past its end of allocation): at most this much per shard.
+#: times the item's bytes plus ``DISK_MARGIN_BYTES`` for HDF5's own bytes. The unused reserve is trimmed
+#: when the shard is committed.
 DISK_FACTOR = 1.05
 DISK_MARGIN_BYTES = 1 << 20
 
@@ -412,10 +412,14 @@ class ShardWriter:
     def _commit(self):
         if self._file is None:
             return
+        import h5py
+
         try:
             self._file.flush()
             self._file.close()
             self._file = None
+            # opened for writing again, HDF5 trims the file to its end of allocation: the unused reserve goes
+            h5py.File(self._partial, "r+").close()
             os.fsync(self._reserve_fd)
             self._close_reserve()
             os.replace(self._partial, self._final)
