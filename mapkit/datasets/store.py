@@ -57,6 +57,9 @@ KIND_ROOTS = {"features": "songs", "targets": "levels"}
 #: Rows per HDF5 chunk along the time (first) axis.
 CHUNK_ROWS = 1024
 
+#: Journal of a committed ``build-targets --rebuild-vocab`` not yet applied (:meth:`Store.commit_rebuild`).
+REBUILD_JOURNAL = ".rebuild-vocab.json"
+
 SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.h5$")
 PARTIAL_SUFFIX = ".partial"
 
@@ -297,7 +300,7 @@ class ShardWriter:
     """
 
     def __init__(self, directory, file_attrs: dict, max_items: int = 64, max_bytes: int = 1 << 30,
-                 chunk_rows: int = CHUNK_ROWS):
+                 chunk_rows: int = CHUNK_ROWS, publish: bool = True):
         if max_items < 1 or max_bytes < 1 or chunk_rows < 1:
             raise ValueError("max_items, max_bytes and chunk_rows must be positive")
         self.directory = Path(directory)
@@ -313,6 +316,10 @@ class ShardWriter:
         self._bytes = 0
         #: Complete shards committed by this writer, in order.
         self.committed: list[Path] = []
+        #: False: complete shards stay ``.partial`` (closed and fsynced) in :attr:`pending` as
+        #: ``(partial, final)``, for the caller to publish all at once (:meth:`Store.commit_rebuild`).
+        self.publish = publish
+        self.pending: list[tuple[Path, Path]] = []
 
     def _next_number(self) -> int:
         numbers = [n for n in (_shard_number(p.name) for p in self.directory.iterdir()) if n is not None]
@@ -422,11 +429,15 @@ class ShardWriter:
             h5py.File(self._partial, "r+").close()
             os.fsync(self._reserve_fd)
             self._close_reserve()
-            os.replace(self._partial, self._final)
-            _fsync_dir(self.directory)
+            if self.publish:
+                os.replace(self._partial, self._final)
+                _fsync_dir(self.directory)
         except OSError as e:
             raise StoreError(self._partial, f"cannot commit shard: {os_error_reason(e)}") from None
-        self.committed.append(self._final)
+        if self.publish:
+            self.committed.append(self._final)
+        else:
+            self.pending.append((self._partial, self._final))
         self._partial = self._final = None
 
     def close(self):
@@ -675,6 +686,7 @@ class Store:
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()}, mapkit {command}, since {utc_timestamp()}\n".encode(), 0)
+                self.finish_rebuild()  # a committed change first: its shards are partial files until published
                 self.remove_partials()
             except OSError as e:
                 raise StoreError(self.root, f"cannot write in the store: {os_error_reason(e)}") from None
@@ -685,6 +697,56 @@ class Store:
                     os.ftruncate(fd, 0)
             # Closing the descriptor releases the flock.
             os.close(fd)
+
+    # --- an all-or-nothing change of vocab.json and the targets shards (build-targets --rebuild-vocab) ---
+
+    @property
+    def rebuild_journal_path(self) -> Path:
+        return self.root / REBUILD_JOURNAL
+
+    def commit_rebuild(self, vocab_document: dict | None, pending, obsolete):
+        """Publish a new ``vocab.json`` with the shards encoded with it, and delete ``obsolete`` shards: all or nothing.
+
+        ``pending`` are the ``(partial, final)`` shards of a
+        ``ShardWriter(publish=False)``, complete and fsynced. The commit point
+        is the atomic write of a journal (``STORE/.rebuild-vocab.json``) that
+        lists the whole change; it is then applied (:meth:`finish_rebuild`).
+        A run killed before the journal leaves the old vocabulary and shards
+        (its partial shards are deleted by the next run); one killed after it
+        is finished by the next run that takes the lock, before anything else.
+        """
+        rel = lambda p: os.path.relpath(p, self.root)  # noqa: E731 - the journal survives moving the store
+        write_json_atomic(self.rebuild_journal_path, {
+            "vocab": vocab_document, "publish": [[rel(a), rel(b)] for a, b in pending],
+            "delete": [rel(p) for p in obsolete]})
+        self.finish_rebuild()
+
+    def finish_rebuild(self) -> bool:
+        """Apply a committed ``--rebuild-vocab`` journal, if any (idempotent); True when there was one.
+
+        Call only while holding the lock (:meth:`lock` does, before deleting partial shards).
+        """
+        path = self.rebuild_journal_path
+        try:
+            journal = json.loads(path.read_text(encoding="utf-8"))
+            pending, obsolete = journal["publish"], journal["delete"]
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(path, f"unreadable journal of an interrupted --rebuild-vocab: {e}") from None
+        if journal.get("vocab") is not None:
+            write_json_atomic(self.vocab_path, journal["vocab"])
+        try:
+            for partial, final in pending:
+                if (self.root / partial).exists():
+                    os.replace(self.root / partial, self.root / final)
+            _fsync_dir(self.targets_dir)
+            for old in obsolete:
+                (self.root / old).unlink(missing_ok=True)
+            path.unlink()
+        except OSError as e:
+            raise StoreError(path, f"cannot finish an interrupted --rebuild-vocab: {os_error_reason(e)}") from None
+        return True
 
     def remove_partials(self) -> list[Path]:
         """Delete leftover ``.partial`` shards (call only while holding the lock)."""

@@ -672,17 +672,6 @@ def _load_vocab(store: Store, report: ValidationReport):
     return None
 
 
-def listed_difficulties(value):
-    """The ``Characteristic/Difficulty`` names of a level's ``difficulties_json`` attribute, or None when garbage."""
-    try:
-        names = json.loads(value.decode() if isinstance(value, bytes) else str(value))
-    except (ValueError, TypeError, UnicodeDecodeError):
-        return None
-    if not isinstance(names, list) or not all(isinstance(n, str) and n.count("/") == 1 for n in names):
-        return None
-    return names
-
-
 def check_level_group(lg, where: str, song, report: ValidationReport, checksums: bool = True):
     """The level group itself: its members, its attrs' checksums, ``difficulties_json``, its T and audio.
 
@@ -691,6 +680,8 @@ def check_level_group(lg, where: str, song, report: ValidationReport, checksums:
     its song's features (``song``: ``(T, audio_sha256)`` or None).
     """
     import h5py
+
+    from mapkit.build_targets import listed_difficulties, listed_quarantine
 
     _check_members(lg, None, where, report, datasets=False)
     groups = [lg] + [cg for cg in lg.values() if isinstance(cg, h5py.Group)]
@@ -712,6 +703,10 @@ def check_level_group(lg, where: str, song, report: ValidationReport, checksums:
         for name in sorted(present - set(listed)):
             report.add("structure", where, f"difficulty group {name} is not listed in difficulties_json",
                        unknown=name)
+    raw_q = lg.attrs.get("quarantined_json")
+    if raw_q is None or listed_quarantine(raw_q) is None:
+        report.add("level_attrs", where, f"quarantined_json is not a JSON list of [item, reason] pairs: "
+                                         f"{str(raw_q)[:80]!r}")
     if song is not None:
         T = lg.attrs.get("n_frames")
         if T is None or int(T) != song[0]:
@@ -1101,6 +1096,12 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
     if holder is not None:  # its shard in progress is not a killed run's leftover: check once it has finished
         report.add("store", str(store.root), f"store is being written by {holder}; validate it when that run "
                                              "has finished")
+        report.counts.update(problems=report.n_problems, warnings=0)
+        return report
+    if store.rebuild_journal_path.exists():  # vocab.json and the targets are between two states
+        report.add("store", str(store.rebuild_journal_path), "a committed build-targets --rebuild-vocab was "
+                                                             "interrupted before it finished: the next mapkit "
+                                                             "extract or build-targets on this store finishes it")
         report.counts.update(problems=report.n_problems, warnings=0)
         return report
 
