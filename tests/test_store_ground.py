@@ -138,6 +138,27 @@ def test_read_only_store(levels, tmp_path):
         _umount(mnt)
 
 
+@pytest.mark.parametrize("err, reason", [(errno.EROFS, "read-only file system"),
+                                         (errno.EPERM, "operation not permitted (immutable"),
+                                         (errno.EACCES, "permission denied")])
+def test_unwritable_store_by_fault_injection(levels, tmp_path, monkeypatch, err, reason):
+    """The same, on any machine: the lock file cannot be opened for writing (read-only, immutable, not ours)."""
+    store = tmp_path / "store"
+    assert extract(levels, store=store, jobs=1, progress=False).exit_code == 0
+    real_open = os.open
+
+    def refusing_open(path, flags, *args):
+        if str(path).endswith(".lock") and flags & (os.O_RDWR | os.O_WRONLY):
+            raise OSError(err, os.strerror(err), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(store_module.os, "open", refusing_open)
+    r = run_cli("extract", levels, "--store", store, "--jobs", "1", "--no-progress", "--force")
+    assert_one_line_error(r, store / ".lock", reason)
+    monkeypatch.undo()
+    assert_valid(store)
+
+
 def _fail_fallocate_after(monkeypatch, n_ok):
     """Make the store's disk reservation fail with ENOSPC after ``n_ok`` calls (a full disk)."""
     calls = {"n": 0}

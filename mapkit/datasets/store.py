@@ -26,6 +26,21 @@ Reliability rules, in one place:
   the copy in the highest-numbered shard is the song; older copies are ignored
   by :meth:`Store.index` (and by every mapkit reader) and stay on disk as dead
   bytes. Readers using plain h5py must apply the same rule.
+- **Checksums.** Every dataset carries ``crc32`` (:func:`data_checksum`) and
+  every group of an item, and the shard's root, ``attrs_crc32``
+  (:func:`attrs_checksum`), computed by the parent as it writes;
+  ``mapkit validate`` verifies them.
+- **Bad ground.** A store folder that cannot be made or written (a file in
+  the way, read-only, immutable) is a :class:`~mapkit.errors.StoreError`
+  naming the path and the reason. Disk space is reserved in the shard file
+  before each item (:meth:`ShardWriter.reserve`), so HDF5 never meets a full
+  disk (it would crash): the run stops with :class:`DiskFullError`, the store
+  valid. The lock file and temporary files are opened with ``O_NOFOLLOW``
+  (temporary files and shards with ``O_EXCL`` too): a planted link is never
+  written through.
+- **All or nothing.** ``build-targets --rebuild-vocab`` commits the new
+  ``vocab.json``, its shards and the removal of the old shards through a
+  journal (:meth:`Store.commit_rebuild`), finished by the next writer if killed.
 - **Readers never crash on a bad shard.** :meth:`Store.index` opens every
   complete shard read-only; one that cannot be read is listed in
   ``index.problems`` and its songs are absent from the index.
@@ -668,8 +683,11 @@ class Store:
         """Hold the store's exclusive lock for a writing run of ``command``.
 
         Non-blocking: raises :class:`~mapkit.errors.StoreError` naming the store
-        and the holder's pid and command when another run holds it. On taking
-        the lock, ``.partial`` shards left by a killed run are deleted.
+        and the holder's pid and command when another run holds it, or naming
+        the path and the reason when the store cannot be written (the lock
+        file is never followed if it is a link). On taking the lock, a
+        committed ``--rebuild-vocab`` that was interrupted is finished and
+        ``.partial`` shards left by a killed run are deleted.
         """
         self.create()
         fd = self._open_lock_file()

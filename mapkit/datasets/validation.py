@@ -7,7 +7,21 @@ highest-numbered shard) and checks:
 ============================  =========================================================================
 check                         what it proves
 ============================  =========================================================================
-``store``                     the store folder exists
+``store``                     the store folder exists, no run is writing it (``store is being written by
+                              pid N``: its shard in progress is not a leftover), and no committed
+                              ``--rebuild-vocab`` is waiting to be finished
+``checksum``                  every dataset's ``crc32`` and every group's ``attrs_crc32`` (the shard's
+                              root, songs, levels, characteristics, difficulties) are those of the bytes
+                              and attributes as stored (:func:`~mapkit.datasets.store.data_checksum`,
+                              :func:`~mapkit.datasets.store.attrs_checksum`; bound to the object's path,
+                              so moved or swapped data fails too). Skipped by ``checksums=False``
+                              (``--quick``)
+``structure``                 nothing the contract does not name: the shard root holds only
+                              ``songs``/``levels``; a song only ``placement`` and ``selection``; a level
+                              only characteristic groups of difficulty groups, each only the level
+                              datasets; datasets only ``crc32``; every difficulty group listed in
+                              ``difficulties_json`` exists and no other does
+``level_attrs``               ``difficulties_json`` and ``quarantined_json`` read as what they list
 ``shard_readable``            every complete shard opens, and every stored song/level in it reads
 ``shard_attrs``               schema version, shard kind, settings JSON whose hash is ``settings_hash``
 ``settings_hash``             one settings hash across all shards of a kind; levels made from the
@@ -32,7 +46,8 @@ check                         what it proves
                               with target shards has feature shards (build-targets never writes a
                               level without them: no legitimate store has one)
 ``target_song``               every level's features come from the same audio
-``target_length``             ``frame_class`` has T frames, T of the song's features
+``target_length``             ``frame_class`` has T frames, T of the song's features (the level's and
+                              each difficulty's ``n_frames`` too)
 ``note_frames``               every note's frame is ``round(time_s * 100)`` and lies in [0, T)
 ``notes``                     notes finite, integer fields whole numbers, sorted by (time, column, row)
 ``note_grid``                 column 0-3, row 0-2, colour 0/1/3, direction 0-8 (bombs 0)
