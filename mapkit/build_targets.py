@@ -70,7 +70,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
-from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, shard_file_attrs, write_json_atomic
+from mapkit.datasets.store import (KIND_ROOTS, ShardItem, ShardWriter, Store, os_error_reason, shard_file_attrs,
+                                   write_json_atomic)
 from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
 from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, song_end_beat, token_sequence
@@ -938,7 +939,10 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                     per_task[k] = results
                     if isinstance(value, LevelTargets):
                         spooled.append((k, spool.tell()))
-                        pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                        try:
+                            pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                        except OSError as e:  # e.g. a full disk: the run stops, nothing was written yet
+                            raise StoreError(store.root, f"cannot spool levels: {os_error_reason(e)}") from None
                         written_ids.add(task.song_id)
                     return summary(results, task)
 

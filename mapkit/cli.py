@@ -15,6 +15,7 @@ partial run.
 
 from __future__ import annotations
 
+import errno
 import sys
 from contextlib import contextmanager
 
@@ -30,6 +31,10 @@ EXIT_CODES = {EXIT_OK: "success",
               EXIT_FAILED: "could not proceed, or validation failed (message on stderr)",
               EXIT_PARTIAL: "finished, but some items failed or were quarantined (see STORE/reports/)",
               EXIT_USAGE: "bad usage: unknown option, missing or invalid argument"}
+
+
+#: OSErrors that say the disk or folder cannot be written, whatever the file: reported in one line.
+_GROUND_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 @contextmanager
@@ -67,7 +72,15 @@ class MapkitGroup(click.Group):
 
     def invoke(self, ctx):
         with _usage_exit_code():
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except OSError as e:
+                # the ground itself fails (full disk, read-only, not ours) somewhere not named: one line, exit 1
+                if e.errno not in _GROUND_ERRNOS:
+                    raise
+                from mapkit.datasets.store import os_error_reason
+
+                fail(f"{e.filename}: {os_error_reason(e)}" if e.filename else os_error_reason(e))
 
     def format_epilog(self, ctx, formatter):
         super().format_epilog(ctx, formatter)

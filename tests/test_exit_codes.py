@@ -58,3 +58,18 @@ def test_could_not_proceed_is_1_and_partial_is_2(tmp_path):
     assert partial.exit_code == 2   # finished, one item failed
     missing = CliRunner().invoke(main, ["extract", str(tmp_path / "nothing-here"), "--store", str(tmp_path / "s")])
     assert missing.exit_code == 1 and "error:" in missing.stderr
+
+
+def test_a_full_disk_anywhere_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    """An OSError of the ground itself that no library code named still ends in one line, not a traceback."""
+    import errno
+
+    import mapkit.extract
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "somewhere.tmp"))
+
+    monkeypatch.setattr(mapkit.extract, "extract", full)
+    r = CliRunner().invoke(main, ["extract", str(tmp_path), "--store", str(tmp_path / "s")])
+    assert r.exit_code == 1
+    assert r.stderr.strip() == f"error: {tmp_path / 'somewhere.tmp'}: no space left on the disk"
