@@ -485,6 +485,8 @@ def intact_levels(entries) -> set:
     whose list is garbage, is built again (what validate would call missing is
     restored). Each shard is opened once.
     """
+    import h5py
+
     from mapkit.datasets.store import open_shard
 
     by_shard: dict = {}
@@ -499,9 +501,11 @@ def intact_levels(entries) -> set:
         with f:
             for e in shard_entries:
                 names = listed_difficulties(e.attrs.get("difficulties_json", ""))
-                if names is not None and listed_quarantine(e.attrs.get("quarantined_json", "")) is not None and all(name in f[e.group] and all(k in f[e.group][name]
-                                                                       for k in DIFFICULTY_DATASETS)
-                                             for name in names):
+                if names is None or listed_quarantine(e.attrs.get("quarantined_json", "")) is None:
+                    continue
+                g = f[e.group]
+                if all(isinstance(g.get(name), h5py.Group) and all(k in g[name] for k in DIFFICULTY_DATASETS)
+                       for name in names):
                     intact.add(e.song_id)
     return intact
 
