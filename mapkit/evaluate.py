@@ -415,13 +415,13 @@ def plot_item(item: EvaluatedDifficulty, out_dir, settings: EvaluateSettings = E
     st = item.metrics.states
     for h, y, name in ((0, 1, "left"), (1, 0, "right")):
         mine = st.swings[st.swings["hand"] == h]
-        ax.scatter(mine["start_s"], np.full(len(mine), y), s=4, c=np.where(mine["parity"] > 0, "0.3", "0.7"),
+        ax.scatter(mine["start_s"], np.full(len(mine), y), s=40, c=np.where(mine["parity"] > 0, "0.3", "0.7"),
                    marker="|")
         err = mine[mine["error"]]
         ax.scatter(err["start_s"], np.full(len(err), y), s=60, c="red", marker="x",
                    label="parity error" if h == 0 else None)
         br = mine[mine["bomb_reset"]]
-        ax.scatter(br["start_s"], np.full(len(br), y), s=40, c="black", marker="o", facecolors="none",
+        ax.scatter(br["start_s"], np.full(len(br), y), s=40, edgecolors="black", marker="o", facecolors="none",
                    label="bomb reset" if h == 0 else None)
     vb = item.metrics.vision_blocked
     if vb is not None and len(vb):
