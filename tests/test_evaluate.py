@@ -1,0 +1,88 @@
+"""`mapkit evaluate` end to end: fixture levels, a real store's baseline, audio alignment, plots, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mapkit.cli import main
+from mapkit.evaluate import evaluate, format_table
+from tests.tiny_store import build_tiny_store
+
+FIXTURES = "tests/fixtures/maps"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A store of demo levels (notes on loud hits, real rendered audio) and its level folders."""
+    root = tmp_path_factory.mktemp("evaluate")
+    store = build_tiny_store(root, n_levels=3, duration_s=8.0)
+    return store, root / "demo" / "levels"
+
+
+def test_fixture_levels_json_every_difficulty(tmp_path):
+    r = CliRunner().invoke(main, ["evaluate", FIXTURES, "--no-audio", "--json", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    got = {(lv["song_id"], lv["difficulty"]) for lv in doc["levels"]}
+    assert len(got) == 10 and ("JOURNEY", "ExpertPlus") in got and ("werewolf howls", "Easy") in got
+    journey = next(lv for lv in doc["levels"] if lv["song_id"] == "JOURNEY" and lv["difficulty"] == "Expert")
+    assert journey["values"]["notes"] == 1869 and journey["duration_source"] == "notes"
+    assert journey["details"]["parity"]["left"]["swings"] > 800
+    assert "align_lag_ms" not in journey["values"] and doc["failures"] == []
+
+
+def test_table_and_reference_timing():
+    report = evaluate([f"{FIXTURES}/werewolf howls"], reference=f"{FIXTURES}/werewolf howls", difficulties=["Expert+"],
+                      audio=False)
+    (item,) = report.items
+    assert item.metrics.values["onset_f1_20ms"] == 1.0 and item.metrics.values["onset_f1_50ms"] == 1.0
+    table = format_table(report)
+    assert "== ExpertPlus (1 level) ==" in table and "onset F1 +-20 ms" in table and "parity errors, left" in table
+
+
+def test_store_baseline_then_percentiles_and_plots(tiny, tmp_path):
+    store, levels = tiny
+    baseline = tmp_path / "human.json"
+    r = CliRunner().invoke(main, ["evaluate", "--store", str(store), "--save-baseline", str(baseline),
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(baseline.read_text())
+    assert doc["difficulties"] and all(len(t) == 101 for d in doc["difficulties"].values()
+                                       for t in d["metrics"].values())
+    plots = tmp_path / "plots"
+    r = CliRunner().invoke(main, ["evaluate", str(levels), "--baseline", str(baseline), "--json", "--plot",
+                                  str(plots), "--difficulty", "Normal", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    normal = doc["difficulties"]["Normal"]["n_levels"]
+    assert len(out["levels"]) == normal and out["baseline"] == str(baseline)
+    for lv in out["levels"]:
+        assert lv["duration_source"] == "audio"
+        # the demo's notes sit on the hits of its own audio
+        assert abs(lv["values"]["align_lag_ms"]) <= 20 and lv["values"]["align_strength"] > 5
+        assert lv["percentiles"]["nps_mean"] is not None
+    assert len(list(plots.glob("*.png"))) == normal
+    # the same levels read from folders and from the store agree on every metric both have
+    store_report = evaluate(store=store, audio=False)
+    folder_report = evaluate([levels], audio=False)
+    a = {i.song_id + i.difficulty: i.metrics.values for i in store_report.items}
+    for i in folder_report.items:
+        for k in ("notes", "nps_peak", "parity_errors_left", "state_entropy_bits", "walls_per_min"):
+            assert np.isclose(i.metrics.values[k], a[i.song_id + i.difficulty][k], equal_nan=True), k
+
+
+def test_bad_input_is_reported_and_the_run_goes_on(tmp_path):
+    shutil.copytree(f"{FIXTURES}/werewolf howls", tmp_path / "good")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "Info.dat").write_text("{not json")
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path), "--no-audio", "--no-progress", "--difficulty", "Hard"])
+    assert r.exit_code == 2 and "broken" in r.stderr and "== Hard (1 level) ==" in r.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": 1}')
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "good"), "--no-audio", "--baseline", str(bad)])
+    assert r.exit_code == 1 and "bad.json" in r.stderr and "percentiles" in r.stderr
+    r = CliRunner().invoke(main, ["evaluate", "--no-audio"])
+    assert r.exit_code == 1 and "nothing to evaluate" in r.stderr
