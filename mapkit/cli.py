@@ -452,8 +452,12 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Torch CPU threads. 1 is fastest on small CPUs: decoding is a long chain of small steps.")
+@click.option("--evaluate", "evaluate_level", is_flag=True,
+              help="Print the generated level's metrics (as mapkit evaluate does).")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+              help="With --evaluate: human baseline JSON (mapkit evaluate --save-baseline) for percentiles.")
 def generate_command(song, placement, selection, difficulty, out_dir, beam_size, temperature, seed, threshold,
-                     no_snap, device, threads):
+                     no_snap, device, threads, evaluate_level, baseline):
     """Generate a playable level for SONG with the two trained models.
 
     SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
@@ -469,6 +473,7 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
       mapkit generate song.ogg
       mapkit generate song.ogg --difficulty Hard --out levels/ --beam-size 4
       mapkit generate song.ogg --temperature 0.8 --seed 3 --no-snap
+      mapkit generate song.ogg --evaluate --baseline human.json
     """
     import torch
 
@@ -477,12 +482,21 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
 
     torch.set_num_threads(threads)
     try:
+        human = None
+        if baseline is not None:
+            from mapkit.evaluate import load_baseline
+
+            human = load_baseline(baseline)  # before generating: a bad file fails fast
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
                          beam_size=beam_size, temperature=temperature, seed=seed, threshold=threshold,
                          snap=not no_snap, out_dir=out_dir)
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())
+    if evaluate_level or baseline is not None:
+        from mapkit.evaluate import evaluate_generated, format_table
+
+        click.echo(format_table(evaluate_generated(level, human, baseline)))
     for warning in level.warnings:
         click.echo(f"warning: {warning}", err=True)
     sys.exit(2 if level.warnings else 0)

@@ -513,3 +513,16 @@ def evaluate(levels=(), store=None, reference=None, baseline=None, save_baseline
         for item in report.items:
             plot_item(item, plot_dir, settings)
     return report
+
+
+def evaluate_generated(level, baseline: Baseline | None = None, baseline_path=None,
+                       settings: EvaluateSettings = EvaluateSettings()) -> EvaluateReport:
+    """The metrics of a level ``mapkit generate`` wrote (a :class:`~mapkit.generate.GeneratedLevel`).
+
+    The written level folder is read back with the level reader and its
+    song decoded, so what is measured is exactly what a player gets.
+    """
+    report = evaluate_levels([level.folder], baseline=baseline, difficulties=[level.difficulty], audio=True,
+                             settings=settings)
+    report.baseline = str(baseline_path) if baseline is not None else None
+    return report

@@ -86,3 +86,25 @@ def test_bad_input_is_reported_and_the_run_goes_on(tmp_path):
     assert r.exit_code == 1 and "bad.json" in r.stderr and "percentiles" in r.stderr
     r = CliRunner().invoke(main, ["evaluate", "--no-audio"])
     assert r.exit_code == 1 and "nothing to evaluate" in r.stderr
+
+
+def test_generate_evaluate_prints_metrics_and_percentiles(tiny, tmp_path, one_torch_thread):
+    import soundfile as sf
+
+    from tests.test_generate import SR, _save, click_track, tiny_models
+
+    store, _ = tiny
+    baseline = tmp_path / "human.json"
+    evaluate(store=store, save_baseline_to=baseline)
+    sf.write(tmp_path / "clicks.ogg", click_track(120.0, 6.0), SR, format="OGG", subtype="VORBIS")
+    placement, selection, p_ckpt, s_ckpt = tiny_models()
+    p = _save(tmp_path / "ddc" / "last.pt", placement, "placement", p_ckpt)
+    s = _save(tmp_path / "transformer" / "last.pt", selection, "selection", s_ckpt)
+    args = ["generate", str(tmp_path / "clicks.ogg"), "--placement", str(p), "--selection", str(s),
+            "--beam-size", "2", "--out", str(tmp_path / "gen")]
+    r = CliRunner().invoke(main, args + ["--evaluate", "--baseline", str(baseline)])
+    assert r.exit_code == 0, r.output
+    assert "== Expert (1 level) ==" in r.stdout and "parity errors, left hand" in r.stdout
+    assert "%" in r.stdout and "lag of notes vs audio onsets" in r.stdout
+    r = CliRunner().invoke(main, args + ["--baseline", str(tmp_path / "missing.json")])
+    assert r.exit_code == 1 and "missing.json" in r.stderr
