@@ -524,7 +524,8 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
               help="Write one PNG per evaluated difficulty into this folder.")
 @click.option("--no-audio", is_flag=True,
-              help="Do not decode the songs (no alignment metrics; the song length comes from the audio header).")
+              help="No alignment metrics: do not decode the songs (their length comes from the audio header), "
+                   "nor read a store's features.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def evaluate_command(levels, reference, baseline, store, save_baseline_to, difficulties, characteristic, as_json,
                      plot_dir, no_audio, no_progress):
@@ -534,8 +535,8 @@ def evaluate_command(levels, reference, baseline, store, save_baseline_to, diffi
     .zip or a folder of levels. With --baseline each value gets its
     percentile among human levels of the same difficulty; build one from a
     store of human levels with --store S --save-baseline FILE. The songs
-    are decoded (about 1 s each) for the alignment of notes to the audio
-    unless --no-audio. Exit codes: 0 all evaluated, 1 nothing could be
+    are decoded (about 1 s each; from a store, its stage-1 features are
+    read) for the alignment of notes to the audio unless --no-audio. Exit codes: 0 all evaluated, 1 nothing could be
     evaluated (or bad usage), 2 some levels or difficulties could not be
     (listed on stderr).
 

@@ -143,12 +143,16 @@ def _wanted(difficulty: str, difficulties) -> bool:
     return not difficulties or difficulty in difficulties
 
 
-def _level_paths(paths) -> list:
-    from mapkit.preprocess.levels import _expand  # a folder of levels stands for its levels, as in `inspect`
+def _level_paths(paths, failures: list) -> list:
+    """Each path, or the levels in it when it is a folder of levels (as ``inspect``); missing ones -> failures."""
+    from mapkit.preprocess.levels import _expand
 
     out = []
     for p in paths:
-        out.extend(_expand(p))
+        try:
+            out.extend(_expand(p))
+        except MapkitError as e:
+            failures.append((e.path, e.reason))
     return out
 
 
@@ -194,17 +198,13 @@ def evaluate_levels(paths, reference=None, baseline: Baseline | None = None, dif
         try:
             ref_level = read_level(reference, characteristic=characteristic)
         except MapkitError as e:
-            report.failures.append((str(reference), f"reference unreadable: {e}"))
-    try:
-        level_paths = _level_paths(paths)
-    except MapkitError as e:
-        report.failures.append((str(getattr(e, "path", "")), str(e)))
-        level_paths = []
+            report.failures.append((e.path, f"reference unreadable: {e.reason}"))
+    level_paths = _level_paths(paths, report.failures)
     for path in tqdm(level_paths, desc="evaluate", unit="level", disable=not progress):
         try:
             level = read_level(path, characteristic=characteristic)
         except MapkitError as e:
-            report.failures.append((str(path), str(e)))
+            report.failures.append((e.path, e.reason))
             continue
         chosen = [d for d in level.difficulties if _wanted(d.difficulty, wanted)]
         if not chosen:
@@ -261,12 +261,14 @@ def _place(item: EvaluatedDifficulty, baseline: Baseline | None) -> EvaluatedDif
 
 
 def evaluate_store(store, difficulties=None, characteristic: str = "Standard",
-                   settings: EvaluateSettings = EvaluateSettings(), progress: bool = False) -> EvaluateReport:
-    """Evaluate the stored targets of a store (its human levels) from their ``notes`` datasets, without audio.
+                   settings: EvaluateSettings = EvaluateSettings(), progress: bool = False,
+                   audio: bool = True) -> EvaluateReport:
+    """Evaluate the stored targets of a store (its human levels) from their ``notes`` datasets.
 
     The song length is the stored ``n_frames / fps``; walls, arcs and chains
-    per minute come from ``counts_json``. A shard or level that cannot be
-    read is listed in ``failures``.
+    per minute come from ``counts_json``. With ``audio``, the alignment
+    metrics use the onset strength of the song's stored stage-1 features
+    (no decode). A shard or level that cannot be read is listed in ``failures``.
     """
     from tqdm import tqdm
 
@@ -279,6 +281,7 @@ def evaluate_store(store, difficulties=None, characteristic: str = "Standard",
     index = st.index("targets")
     report = EvaluateReport(settings=settings)
     report.failures.extend(index.problems)
+    features = st.index("features") if audio else {}
     by_shard: dict = {}
     for entry in index.values():
         by_shard.setdefault(entry.shard, []).append(entry)
@@ -293,7 +296,8 @@ def evaluate_store(store, difficulties=None, characteristic: str = "Standard",
         with f:
             for entry in entries:
                 try:
-                    report.items.extend(_stored_level(f[entry.group], entry, wanted, characteristic, settings))
+                    onset = _stored_onset(features.get(entry.song_id)) if audio else None
+                    report.items.extend(_stored_level(f[entry.group], entry, wanted, characteristic, settings, onset))
                 except (KeyError, OSError, ValueError) as e:
                     report.failures.append((f"{shard}:{entry.group}", f"unreadable level: {e}"))
                 bar.update(1)
@@ -301,7 +305,19 @@ def evaluate_store(store, difficulties=None, characteristic: str = "Standard",
     return report
 
 
-def _stored_level(group, entry, wanted, characteristic: str, settings: EvaluateSettings) -> list:
+def _stored_onset(feature_entry):
+    """Onset strength of a song from its stored placement features, or None when the store has none."""
+    from mapkit.datasets.store import open_shard
+    from mapkit.preprocess.alignment import onset_strength
+
+    if feature_entry is None:
+        return None
+    with open_shard(feature_entry.shard) as f:
+        g = f[feature_entry.group]
+        return onset_strength(g["placement"][:], pad=int(np.asarray(g.attrs["pad_placement"])[0]))
+
+
+def _stored_level(group, entry, wanted, characteristic: str, settings: EvaluateSettings, onset=None) -> list:
     out = []
     for char_name, char_group in group.items():
         if characteristic.lower() != "all" and char_name.lower() != characteristic.lower():
@@ -313,8 +329,10 @@ def _stored_level(group, entry, wanted, characteristic: str, settings: EvaluateS
             n_frames = int(g.attrs.get("n_frames", entry.attrs.get("n_frames", 0)))
             counts = json.loads(g.attrs.get("counts_json", "null") or "null")
             m = level_metrics(notes, diff_name, n_frames / settings.fps, counts, None, settings)
+            if onset is not None:
+                m.values.update(_alignment_values(notes, onset, settings.fps))
             out.append(EvaluatedDifficulty(entry.song_id, f"{entry.shard}:{g.name}", char_name, diff_name, notes, m,
-                                           "store"))
+                                           "store", onset=onset))
     return out
 
 
@@ -495,7 +513,7 @@ def evaluate(levels=(), store=None, reference=None, baseline=None, save_baseline
         raise MapkitError("--difficulty", str(e)) from None
     base = load_baseline(baseline) if baseline is not None else None
     if store is not None:
-        report = evaluate_store(store, wanted, characteristic, settings, progress)
+        report = evaluate_store(store, wanted, characteristic, settings, progress, audio)
         for item in report.items:
             _place(item, base)
     else:

@@ -52,6 +52,9 @@ def test_store_baseline_then_percentiles_and_plots(tiny, tmp_path):
     doc = json.loads(baseline.read_text())
     assert doc["difficulties"] and all(len(t) == 101 for d in doc["difficulties"].values()
                                        for t in d["metrics"].values())
+    # the alignment of the human levels comes from the store's features: the demo's notes sit on its hits
+    lags = doc["difficulties"]["Normal"]["metrics"]["align_lag_ms"]
+    assert -20 <= lags[0] <= lags[100] <= 20 and doc["difficulties"]["Normal"]["metrics"]["align_strength"][0] > 5
     plots = tmp_path / "plots"
     r = CliRunner().invoke(main, ["evaluate", str(levels), "--baseline", str(baseline), "--json", "--plot",
                                   str(plots), "--difficulty", "Normal", "--no-progress"])
