@@ -16,7 +16,10 @@ no hand. Directions: 0 up, 1 down, 2 left, 3 right, 4 up-left, 5 up-right,
    ``slider_s`` after it *and* continues the cut (a dot, or its direction
    within 45 degrees of the swing's, and its cell not behind the last
    note's cell along the cut direction: a slider). Otherwise it starts a new
-   swing. A swing's direction is that of its first arrow (non-dot) note; a
+   swing. Notes of one hand at the same time are taken in the order the cut
+   meets them (by their position along the direction of the first arrow
+   among them; dots only: nearest the hand's previous note first), so a
+   swing's first and last notes are where it enters and leaves. A swing's direction is that of its first arrow (non-dot) note; a
    swing of dots only has none.
 2. **Parity.** A downward cut (1, 6, 7) is a *forehand*, an upward cut
    (0, 4, 5) a *backhand*: turning the wrist more than 90 degrees from its
@@ -182,6 +185,38 @@ def group_swings(times, columns, rows, directions, settings: ParitySettings = Pa
     return out
 
 
+def _cut_order(idx: list, times: list, cols: list, rows: list, dirs: list) -> list:
+    """``idx`` (one hand's notes, time order) with each run of equal times in the order the cut meets them.
+
+    The cut is the direction of the run's first arrow; notes are ordered by
+    their position along it (ties keep column/row order), so a swing's first
+    and last notes are where it enters and leaves. A run of dots only starts
+    with the dot nearest the hand's previous note (of two equally near, the
+    one ahead along the hand's last arrow), so a mirrored level gives
+    mirrored swings.
+    """
+    out, k, last_arrow = [], 0, -1
+    while k < len(idx):
+        m = k
+        while m + 1 < len(idx) and times[idx[m + 1]] == times[idx[k]]:
+            m += 1
+        run = idx[k: m + 1]
+        arrows = [dirs[i] for i in run if dirs[i] != DOT]
+        if len(run) > 1 and arrows:
+            vx, vy = DIRECTION_VECTORS[arrows[0]]
+            run = sorted(run, key=lambda i: cols[i] * vx + rows[i] * vy)  # stable: ties keep their order
+        elif len(run) > 1 and out:  # dots only: nearest to the hand's previous note first
+            c0, r0 = cols[out[-1]], rows[out[-1]]
+            vx, vy = DIRECTION_VECTORS.get(last_arrow, (0, 0))  # of equally near ones, the one ahead of the cut
+            run = sorted(run, key=lambda i: ((cols[i] - c0) ** 2 + (rows[i] - r0) ** 2,
+                                             -((cols[i] - c0) * vx + (rows[i] - r0) * vy)))
+        if arrows:
+            last_arrow = arrows[-1]
+        out.extend(run)
+        k = m + 1
+    return out
+
+
 @dataclass
 class SwingStates:
     """The parity model's result for a list of notes (see :func:`swing_states`).
@@ -189,7 +224,7 @@ class SwingStates:
     Per note (arrays of the notes' length, in the notes' order): ``hand`` (0
     left/red, 1 right/blue, -1 bomb), ``swing`` (index into ``swings``, -1
     for bombs), ``parity`` (+1 forehand, -1 backhand, 0 bomb),
-    ``swing_start`` (the note starts its swing), and on swing starts
+    ``swing_start`` (the note starts its swing: the first the cut meets), and on swing starts
     ``reset``, ``bomb_reset``, ``error``. ``swings`` is a ``SWING_DTYPE``
     array of all swings of both hands, ordered by hand then time.
     """
@@ -226,9 +261,9 @@ def swing_states(notes: np.ndarray, settings: ParitySettings = ParitySettings())
     times, cols, rows, dirs = (notes[k].tolist() for k in ("time_s", "column", "row", "direction"))
     bombs = np.flatnonzero(colors == BOMB).tolist()
     bomb_t = [times[b] for b in bombs]
-    rows_out = []
+    rows_out, member_lists = [], []
     for h in (0, 1):
-        idx = np.flatnonzero(hand == h).tolist()
+        idx = _cut_order(np.flatnonzero(hand == h).tolist(), times, cols, rows, dirs)
         if not idx:
             continue
         groups = group_swings([times[i] for i in idx], [cols[i] for i in idx], [rows[i] for i in idx],
@@ -252,20 +287,16 @@ def swing_states(notes: np.ndarray, settings: ParitySettings = ParitySettings())
                     forced = bomb_forces_reset(prev[2], prev[3], prev[4], [cols[b] for b in between],
                                                [rows[b] for b in between])
             p, is_reset = next_parity(prev[0] if prev else NO_PARITY, direction, forced)
+            member_lists.append(members)
             rows_out.append((h, first, last, len(members), times[first], times[last], direction, p,
                              cols[first], rows[first], cols[last], rows[last],
                              is_reset, is_reset and forced, is_reset and not forced))
             prev = (p, times[last], arrows[-1] if arrows else -1, cols[last], rows[last])
             k = m + 1
     swings = np.array(rows_out, dtype=SWING_DTYPE) if rows_out else np.zeros(0, SWING_DTYPE)
-    # per-note arrays from the swings: every note of a swing lies between its first and last note of its hand
     swing_of = np.full(n, -1, np.int32)
-    for h in (0, 1):
-        idx = np.flatnonzero(hand == h)
-        mine = np.flatnonzero(swings["hand"] == h)
-        if idx.size:
-            pos = np.searchsorted(idx, swings["first"][mine])  # position of each swing's first note in idx
-            swing_of[idx] = mine[np.searchsorted(pos, np.arange(idx.size), side="right") - 1]
+    if member_lists:
+        swing_of[np.concatenate(member_lists)] = np.repeat(np.arange(len(member_lists)), [len(m) for m in member_lists])
     parity = np.where(swing_of >= 0, swings["parity"][np.maximum(swing_of, 0)] if len(swings) else 0, 0).astype(np.int8)
     start = np.zeros(n, bool)
     reset, bomb_reset, error = (np.zeros(n, bool) for _ in range(3))

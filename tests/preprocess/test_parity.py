@@ -51,6 +51,9 @@ def test_a_bomb_where_the_hand_rests_makes_the_reset_intended():
 def test_sliders_and_stacks_are_one_swing_but_a_note_behind_the_cut_is_not():
     slider = make_notes([(1.0, 1, 2, RED, DOWN), (1.1, 1, 1, RED, DOT), (1.2, 1, 0, RED, DOWN)])
     assert parity_errors(slider)["left"] == {"swings": 1, "resets": 0, "bomb_resets": 0, "errors": 0}
+    st = swing_states(slider)
+    assert st.swing.tolist() == [0, 0, 0] and st.swing_start.tolist() == [True, False, False]
+    assert st.swings["n_notes"].tolist() == [3] and st.swings["direction"].tolist() == [DOWN]
     stack = make_notes([(1.0, 0, 0, RED, DOWN), (1.0, 0, 1, RED, DOWN)])
     assert parity_errors(stack)["left"]["swings"] == 1
     behind = make_notes([(1.0, 1, 0, RED, DOWN), (1.15, 1, 2, RED, DOWN)])  # upwards against a down cut

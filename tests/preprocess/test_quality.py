@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mapkit.preprocess.levels import DIFFICULTIES, read_level
-from mapkit.preprocess.notes import BLUE, BOMB, RED
+from mapkit.preprocess.notes import BLUE, BOMB, RED, sort_notes
 from mapkit.preprocess.quality import (
     METRIC_NAMES, VISION_WINDOWS, colliding_pairs, crossover_notes, density_metrics, level_metrics,
     notes_per_beat_histogram, object_metrics, timing_metrics, variety_metrics, vision_blocked,
@@ -111,3 +111,22 @@ def test_real_fixture_levels_give_plausible_values():
             assert 30 < m["ebpm_median_left"] < 200 and m["walls_per_min"] > 0
             if d.difficulty in ("Expert", "ExpertPlus"):
                 assert m["parity_error_share"] < 0.02 and m["difficulty_estimate"] > 8
+
+
+def test_a_mirrored_level_gives_mirrored_metrics():
+    """Swap the hands, mirror columns and directions: per-hand metrics swap, the others stay (real levels)."""
+    mirror = np.array([0, 1, 3, 2, 5, 4, 7, 6, 8])
+    swap = {"left": "right", "right": "left"}
+    for name in ("JOURNEY", "werewolf howls"):
+        for d in read_level(f"{FIXTURES}/{name}").difficulties:
+            m = d.notes.copy()
+            m["column"] = 3 - m["column"]
+            m["direction"] = mirror[m["direction"]]
+            m["color"] = np.where(m["color"] == BOMB, BOMB, 1 - m["color"])
+            a = level_metrics(d.notes, d.difficulty, 300.0).values
+            b = level_metrics(sort_notes(m), d.difficulty, 300.0).values
+            for k, v in a.items():
+                side = k.rsplit("_", 1)[-1]
+                other = k[: -len(side)] + swap[side] if side in swap else k
+                want = 1 - v if k == "red_share" else v
+                assert np.isclose(b[other], want, equal_nan=True), (name, d.difficulty, k)
