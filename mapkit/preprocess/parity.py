@@ -1,8 +1,14 @@
 """A swing-state (parity) model of each hand: forehand/backhand swings, resets, parity errors.
 
 Pure numpy/Python; used by ``mapkit evaluate`` and meant for parity-aware
-decoding (:func:`next_parity` is the one-step rule). Full definitions with
-their sources: docs/evaluate.md, "Flow and playability".
+decoding. Whole levels: :func:`swing_states` (per note: hand, swing,
+forehand/backhand, reset and error flags) and :func:`parity_errors` (counts
+per hand). Step by step, as a decoder needs it: :class:`HandState` and
+:func:`advance_hand` (one hand's notes at one time -> the new state, whether
+they start a swing, and ``state.error``); :func:`swing_states` is built on
+them, so both give the same answers. :func:`next_parity` is the one-swing
+rule. Full definitions with their sources: docs/evaluate.md, "Flow and
+playability".
 
 Model
 -----
@@ -47,7 +53,9 @@ MIT) were read for the rules; this is an independent, simpler implementation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -164,57 +172,112 @@ def _continues_cut(direction: int, swing_direction: int, dcol: int, drow: int) -
     return dcol * vx + drow * vy >= 0  # not behind the last note along the cut
 
 
-def group_swings(times, columns, rows, directions, settings: ParitySettings = ParitySettings()) -> list[int]:
-    """Swing index (0, 1, ...) of each note of ONE hand, notes in time order (rule 1)."""
-    times, columns, rows, directions = (list(map(float, times)), list(map(int, columns)), list(map(int, rows)),
-                                        list(map(int, directions)))
-    out = []
-    swing, swing_dir = 0, -1
-    merge_s, slider_s = settings.merge_s, settings.slider_s
-    for i, d in enumerate(directions):
-        if i > 0:
-            gap = times[i] - times[i - 1]
-            joins = gap <= merge_s or (
-                gap <= slider_s
-                and _continues_cut(d, swing_dir, columns[i] - columns[i - 1], rows[i] - rows[i - 1]))
-            if not joins:
-                swing, swing_dir = swing + 1, -1
-        if swing_dir < 0 and d != DOT:
-            swing_dir = d
-        out.append(swing)
-    return out
+class HandState(NamedTuple):
+    """One hand after the notes seen so far: what parity-aware decoding carries from step to step.
 
-
-def _cut_order(idx: list, times: list, cols: list, rows: list, dirs: list) -> list:
-    """``idx`` (one hand's notes, time order) with each run of equal times in the order the cut meets them.
-
-    The cut is the direction of the run's first arrow; notes are ordered by
-    their position along it (ties keep column/row order), so a swing's first
-    and last notes are where it enters and leaves. A run of dots only starts
-    with the dot nearest the hand's previous note (of two equally near, the
-    one ahead along the hand's last arrow), so a mirrored level gives
-    mirrored swings.
+    ``parity`` is the parity of the hand's current (latest) swing and
+    ``prev_parity`` that of the swing before it (``NO_PARITY``: none yet);
+    ``direction`` is the current swing's first arrow (-1: dots so far) and
+    ``swing_arrow`` its last arrow (-1: none); ``last_arrow`` is the last
+    arrow the hand cut in any swing; ``time``, ``column``, ``row`` are those
+    of the hand's latest note (the last its cut met); ``bomb_reset`` says a
+    bomb forced the current swing's reset; ``swings`` counts the swings.
     """
-    out, k, last_arrow = [], 0, -1
-    while k < len(idx):
-        m = k
-        while m + 1 < len(idx) and times[idx[m + 1]] == times[idx[k]]:
-            m += 1
-        run = idx[k: m + 1]
-        arrows = [dirs[i] for i in run if dirs[i] != DOT]
-        if len(run) > 1 and arrows:
-            vx, vy = DIRECTION_VECTORS[arrows[0]]
-            run = sorted(run, key=lambda i: cols[i] * vx + rows[i] * vy)  # stable: ties keep their order
-        elif len(run) > 1 and out:  # dots only: nearest to the hand's previous note first
-            c0, r0 = cols[out[-1]], rows[out[-1]]
-            vx, vy = DIRECTION_VECTORS.get(last_arrow, (0, 0))  # of equally near ones, the one ahead of the cut
-            run = sorted(run, key=lambda i: ((cols[i] - c0) ** 2 + (rows[i] - r0) ** 2,
-                                             -((cols[i] - c0) * vx + (rows[i] - r0) * vy)))
-        if arrows:
-            last_arrow = arrows[-1]
-        out.extend(run)
-        k = m + 1
-    return out
+
+    parity: int = NO_PARITY
+    prev_parity: int = NO_PARITY
+    direction: int = -1
+    swing_arrow: int = -1
+    last_arrow: int = -1
+    time: float = -math.inf
+    column: int = -1
+    row: int = -1
+    bomb_reset: bool = False
+    swings: int = 0
+
+    @property
+    def reset(self) -> bool:
+        """The current swing has the previous swing's parity."""
+        return self.parity == self.prev_parity
+
+    @property
+    def error(self) -> bool:
+        """The current swing is a parity error: a reset no bomb forced."""
+        return self.reset and not self.bomb_reset
+
+
+def cut_order(state: HandState, notes) -> list[int]:
+    """Indices of one hand's simultaneous ``notes`` ((column, row, direction) each) in the order the cut meets them.
+
+    The cut is the direction of their first arrow; notes are ordered by
+    their position along it (ties keep the given order), so a swing's first
+    and last notes are where it enters and leaves. Dots only: the dot nearest
+    the hand's previous note first (of two equally near, the one ahead along
+    the hand's last arrow), so a mirrored level gives mirrored swings.
+    """
+    order = list(range(len(notes)))
+    if len(notes) < 2:
+        return order
+    arrows = [d for _, _, d in notes if d != DOT]
+    if arrows:
+        vx, vy = DIRECTION_VECTORS[arrows[0]]
+        return sorted(order, key=lambda i: notes[i][0] * vx + notes[i][1] * vy)
+    if state.swings:
+        c0, r0 = state.column, state.row
+        vx, vy = DIRECTION_VECTORS.get(state.last_arrow, (0, 0))
+        return sorted(order, key=lambda i: ((notes[i][0] - c0) ** 2 + (notes[i][1] - r0) ** 2,
+                                            -((notes[i][0] - c0) * vx + (notes[i][1] - r0) * vy)))
+    return order
+
+
+def advance_hand(state: HandState, time: float, notes, bombs=(), settings: ParitySettings = ParitySettings()
+                 ) -> tuple[HandState, bool, list[int]]:
+    """Add one hand's notes at one time to its state: the incremental form of the whole model.
+
+    Parameters
+    ----------
+    state : HandState
+        The hand before these notes (``HandState()`` at the start).
+    time : float
+        Their time in seconds, after ``state.time``.
+    notes : sequence of (column, row, direction)
+        The hand's notes at ``time`` (at least one).
+    bombs : sequence of (column, row)
+        The bombs strictly between ``state.time`` and ``time``.
+    settings : ParitySettings
+
+    Returns
+    -------
+    (state, new_swing, order)
+        The hand after these notes; whether they start a new swing (else
+        they continue the current one: rules 1-4 of the module docstring);
+        the notes' indices in the order the cut meets them (:func:`cut_order`).
+        ``state.reset``/``state.error``/``state.bomb_reset`` describe the
+        current swing.
+    """
+    order = cut_order(state, notes)
+    c, r, d = notes[order[0]]
+    arrows = [notes[i][2] for i in order if notes[i][2] != DOT]
+    last_c, last_r, _ = notes[order[-1]]
+    new = True
+    if state.swings:
+        gap = time - state.time
+        new = not (gap <= settings.merge_s or (
+            gap <= settings.slider_s and _continues_cut(d, state.direction, c - state.column, r - state.row)))
+    last_arrow = arrows[-1] if arrows else state.last_arrow
+    if new:
+        forced = bool(bombs) and state.swing_arrow >= 0 and bomb_forces_reset(
+            state.swing_arrow, state.column, state.row, [b[0] for b in bombs], [b[1] for b in bombs])
+        direction = arrows[0] if arrows else -1
+        parity, _ = next_parity(state.parity, direction, forced)
+        return HandState(parity, state.parity, direction, arrows[-1] if arrows else -1, last_arrow, time, last_c,
+                         last_r, forced, state.swings + 1), True, order
+    parity, direction = state.parity, state.direction
+    if direction < 0 and arrows:  # the swing's first arrow decides its parity
+        direction = arrows[0]
+        parity, _ = next_parity(state.prev_parity, direction, state.bomb_reset)
+    return HandState(parity, state.prev_parity, direction, arrows[-1] if arrows else state.swing_arrow, last_arrow,
+                     time, last_c, last_r, state.bomb_reset, state.swings), False, order
 
 
 @dataclass
@@ -262,37 +325,36 @@ def swing_states(notes: np.ndarray, settings: ParitySettings = ParitySettings())
     bombs = np.flatnonzero(colors == BOMB).tolist()
     bomb_t = [times[b] for b in bombs]
     rows_out, member_lists = [], []
+
+    def close(h, members, st):
+        first, last = members[0], members[-1]
+        member_lists.append(members)
+        rows_out.append((h, first, last, len(members), times[first], times[last], st.direction, st.parity,
+                         cols[first], rows[first], cols[last], rows[last], st.reset, st.reset and st.bomb_reset,
+                         st.error))
+
     for h in (0, 1):
-        idx = _cut_order(np.flatnonzero(hand == h).tolist(), times, cols, rows, dirs)
-        if not idx:
-            continue
-        groups = group_swings([times[i] for i in idx], [cols[i] for i in idx], [rows[i] for i in idx],
-                              [dirs[i] for i in idx], settings)
-        prev = None  # (parity, end time, direction of its last arrow, last column, last row)
-        k = 0
+        idx = np.flatnonzero(hand == h).tolist()
+        state, members, k = HandState(), [], 0
         while k < len(idx):
             m = k
-            while m + 1 < len(idx) and groups[m + 1] == groups[k]:
+            while m + 1 < len(idx) and times[idx[m + 1]] == times[idx[k]]:
                 m += 1
-            members = idx[k: m + 1]
-            arrows = [dirs[i] for i in members if dirs[i] != DOT]
-            direction = arrows[0] if arrows else -1
-            first, last = members[0], members[-1]
-            forced = False
-            if prev is not None and prev[2] >= 0:
-                lo = bisect.bisect_right(bomb_t, prev[1])  # bombs strictly between the two swings
-                hi = bisect.bisect_left(bomb_t, times[first])
-                if lo < hi:
-                    between = bombs[lo:hi]
-                    forced = bomb_forces_reset(prev[2], prev[3], prev[4], [cols[b] for b in between],
-                                               [rows[b] for b in between])
-            p, is_reset = next_parity(prev[0] if prev else NO_PARITY, direction, forced)
-            member_lists.append(members)
-            rows_out.append((h, first, last, len(members), times[first], times[last], direction, p,
-                             cols[first], rows[first], cols[last], rows[last],
-                             is_reset, is_reset and forced, is_reset and not forced))
-            prev = (p, times[last], arrows[-1] if arrows else -1, cols[last], rows[last])
+            run = idx[k: m + 1]
+            t = times[run[0]]
+            between = ()
+            if state.swings:
+                lo, hi = bisect.bisect_right(bomb_t, state.time), bisect.bisect_left(bomb_t, t)
+                between = [(cols[b], rows[b]) for b in bombs[lo:hi]]
+            before = state
+            state, new, order = advance_hand(state, t, [(cols[i], rows[i], dirs[i]) for i in run], between, settings)
+            if new and members:
+                close(h, members, before)
+                members = []
+            members.extend([run[i] for i in order] if len(run) > 1 else run)
             k = m + 1
+        if members:
+            close(h, members, state)
     swings = np.array(rows_out, dtype=SWING_DTYPE) if rows_out else np.zeros(0, SWING_DTYPE)
     swing_of = np.full(n, -1, np.int32)
     if member_lists:

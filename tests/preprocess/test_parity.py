@@ -77,3 +77,27 @@ def test_empty_and_bomb_only_levels():
     assert parity_errors(make_notes([]))["left"]["swings"] == 0
     st = swing_states(make_notes([(1.0, 0, 0, BOMB, 0)]))
     assert st.hand.tolist() == [-1] and st.swing.tolist() == [-1] and len(st.swings) == 0
+
+
+def test_incremental_hand_state_for_decoding():
+    """What a parity-aware decoder does: carry a HandState and try candidate notes for the next step."""
+    from mapkit.preprocess.parity import HandState, advance_hand
+
+    s, new, order = advance_hand(HandState(), 1.0, [(1, 1, DOWN)])
+    assert new and s.parity == FOREHAND and not s.reset and s.swings == 1
+    up, new, _ = advance_hand(s, 1.5, [(1, 1, UP)])
+    assert new and up.parity == BACKHAND and not up.error
+    down, _, _ = advance_hand(s, 1.5, [(1, 1, DOWN)])
+    assert down.error and down.reset
+    bombed, _, _ = advance_hand(s, 1.5, [(1, 1, DOWN)], bombs=[(1, 0)])
+    assert bombed.reset and bombed.bomb_reset and not bombed.error
+    # a slider continues the swing; a dot-only swing takes its parity from a later arrow joining it
+    slid, new, _ = advance_hand(s, 1.1, [(1, 0, DOWN)])
+    assert not new and slid.swings == 1 and slid.row == 0
+    dot, _, _ = advance_hand(up, 2.0, [(2, 1, DOT)])
+    assert dot.parity == FOREHAND
+    late, new, _ = advance_hand(dot, 2.05, [(2, 0, UP)])
+    assert not new and late.parity == BACKHAND and late.error
+    # a window of two arrows is taken in the order the cut meets them
+    _, _, order = advance_hand(HandState(), 1.0, [(0, 0, UP), (0, 2, UP), (0, 1, UP)])
+    assert order == [0, 2, 1]
