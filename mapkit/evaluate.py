@@ -397,24 +397,12 @@ def format_table(report: EvaluateReport, column_width: int = 22) -> str:
     return "\n\n".join(blocks)
 
 
-def plot_item(item: EvaluatedDifficulty, out_dir, settings: EvaluateSettings = EvaluateSettings()) -> Path:
-    """One PNG: note density over time (against the audio's onset strength when known), the parity
-    errors, bomb resets and vision blocks on a timeline, and the metric percentiles as a bar chart."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    notes, values = item.notes, item.metrics.values
-    colour = notes[notes["color"] != BOMB]
-    length = max(values.get("duration_s", 0.0), float(notes["time_s"].max()) if len(notes) else 0.0, 1.0)
-    fig, axes = plt.subplots(3, 1, figsize=(12, 9), gridspec_kw={"height_ratios": [2, 1, 2]})
-    ax = axes[0]
+def _plot_density(ax, item: EvaluatedDifficulty, length: float, settings: EvaluateSettings):
+    """Colour notes per second in a sliding window, and the audio's smoothed onset strength when known."""
+    notes = item.notes
+    t = notes["time_s"][notes["color"] != BOMB]
     w = settings.density_window_s
     grid = np.arange(0.0, length, 0.25)
-    t = colour["time_s"]
     density = (np.searchsorted(t, grid + w / 2) - np.searchsorted(t, grid - w / 2)) / w
     ax.plot(grid, density, color="tab:blue", label=f"notes per second ({w:g} s window)")
     ax.set_ylabel("notes / s")
@@ -429,9 +417,12 @@ def plot_item(item: EvaluatedDifficulty, out_dir, settings: EvaluateSettings = E
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left")
     ax.set_title(f"{item.name}: density")
-    ax = axes[1]
+
+
+def _plot_swings(ax, item: EvaluatedDifficulty, length: float):
+    """Each hand's swings on a timeline (dark forehand, light backhand), parity errors, bomb resets, vision blocks."""
     st = item.metrics.states
-    for h, y, name in ((0, 1, "left"), (1, 0, "right")):
+    for h, y in ((0, 1), (1, 0)):
         mine = st.swings[st.swings["hand"] == h]
         ax.scatter(mine["start_s"], np.full(len(mine), y), s=40, c=np.where(mine["parity"] > 0, "0.3", "0.7"),
                    marker="|")
@@ -443,33 +434,56 @@ def plot_item(item: EvaluatedDifficulty, out_dir, settings: EvaluateSettings = E
                    label="bomb reset" if h == 0 else None)
     vb = item.metrics.vision_blocked
     if vb is not None and len(vb):
-        ax.scatter(notes["time_s"][vb], np.full(len(vb), 0.5), s=20, c="purple", marker="v", label="vision block")
+        ax.scatter(item.notes["time_s"][vb], np.full(len(vb), 0.5), s=20, c="purple", marker="v",
+                   label="vision block")
     ax.set_yticks([0, 0.5, 1], ["right", "", "left"])
     ax.set_ylim(-0.5, 1.5)
     ax.set_xlim(0, length)
     ax.set_xlabel("time (s)")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title("swings (dark: forehand, light: backhand)")
-    ax = axes[2]
+
+
+def _plot_percentiles(ax, item: EvaluatedDifficulty):
+    """The human percentile of each metric as a bar (red outside the band), or a note without a baseline."""
     ranks = [(m.label, item.percentiles[m.name]) for m in METRICS
              if m.name in item.percentiles and math.isfinite(item.percentiles[m.name])]
-    if ranks:
-        labels, r = zip(*ranks)
-        colours = ["tab:red" if outside_band(x) else "tab:green" for x in r]
-        ax.barh(range(len(r)), r, color=colours)
-        ax.set_yticks(range(len(r)), labels, fontsize=6)
-        ax.axvline(BAND[0], color="0.5", ls="--")
-        ax.axvline(BAND[1], color="0.5", ls="--")
-        ax.set_xlim(0, 100)
-        ax.invert_yaxis()
-        ax.set_xlabel("human percentile (same difficulty)")
-    else:
+    if not ranks:
         ax.text(0.5, 0.5, "no baseline (--baseline FILE) for percentiles", ha="center", va="center")
         ax.set_axis_off()
+        return
+    labels, r = zip(*ranks)
+    colours = ["tab:red" if outside_band(x) else "tab:green" for x in r]
+    ax.barh(range(len(r)), r, color=colours)
+    ax.scatter(r, range(len(r)), c=colours, s=12, zorder=3)  # a value at the 0th percentile has no bar
+    ax.set_yticks(range(len(r)), labels, fontsize=6)
+    for edge in BAND:
+        ax.axvline(edge, color="0.5", ls="--")
+    ax.set_xlim(0, 100)
+    ax.invert_yaxis()
+    ax.set_xlabel("human percentile (same difficulty)")
+
+
+def plot_item(item: EvaluatedDifficulty, out_dir, settings: EvaluateSettings = EvaluateSettings()) -> Path:
+    """One PNG ``<song>-<Characteristic>-<Difficulty>.png`` in ``out_dir``: note density over time (against
+    the audio's onset strength when known), the swings with parity errors, bomb resets and vision blocks
+    on a timeline, and the metric percentiles as a bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes = item.notes
+    length = max(item.metrics.values.get("duration_s", 0.0), float(notes["time_s"].max()) if len(notes) else 0.0, 1.0)
+    fig, axes = plt.subplots(3, 1, figsize=(12, 9), gridspec_kw={"height_ratios": [2, 1, 2]})
+    _plot_density(axes[0], item, length, settings)
+    _plot_swings(axes[1], item, length)
+    _plot_percentiles(axes[2], item)
     fig.tight_layout()
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{item.song_id}-{item.characteristic}-"
-                                                                      f"{item.difficulty}")
-    path = out_dir / f"{safe}.png"
+    name = f"{item.song_id}-{item.characteristic}-{item.difficulty}"
+    path = out_dir / ("".join(c if c.isalnum() or c in "-_." else "_" for c in name) + ".png")
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
