@@ -215,9 +215,9 @@ def cut_order(state: HandState, notes) -> list[int]:
     the hand's previous note first (of two equally near, the one ahead along
     the hand's last arrow), so a mirrored level gives mirrored swings.
     """
-    order = list(range(len(notes)))
     if len(notes) < 2:
-        return order
+        return [0]
+    order = list(range(len(notes)))
     arrows = [d for _, _, d in notes if d != DOT]
     if arrows:
         vx, vy = DIRECTION_VECTORS[arrows[0]]
@@ -335,15 +335,14 @@ def swing_states(notes: np.ndarray, settings: ParitySettings = ParitySettings())
 
     for h in (0, 1):
         idx = np.flatnonzero(hand == h).tolist()
-        state, members, k = HandState(), [], 0
-        while k < len(idx):
-            m = k
-            while m + 1 < len(idx) and times[idx[m + 1]] == times[idx[k]]:
+        state, members, k, n_hand = HandState(), [], 0, len(idx)
+        while k < n_hand:
+            t, m = times[idx[k]], k + 1
+            while m < n_hand and times[idx[m]] == t:
                 m += 1
-            run = idx[k: m + 1]
-            t = times[run[0]]
+            run = idx[k:m]
             between = ()
-            if state.swings:
+            if bomb_t and state.swings:
                 lo, hi = bisect.bisect_right(bomb_t, state.time), bisect.bisect_left(bomb_t, t)
                 between = [(cols[b], rows[b]) for b in bombs[lo:hi]]
             before = state
@@ -351,8 +350,8 @@ def swing_states(notes: np.ndarray, settings: ParitySettings = ParitySettings())
             if new and members:
                 close(h, members, before)
                 members = []
-            members.extend([run[i] for i in order] if len(run) > 1 else run)
-            k = m + 1
+            members.extend([run[i] for i in order] if m - k > 1 else run)
+            k = m
         if members:
             close(h, members, state)
     swings = np.array(rows_out, dtype=SWING_DTYPE) if rows_out else np.zeros(0, SWING_DTYPE)
