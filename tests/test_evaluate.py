@@ -111,3 +111,36 @@ def test_generate_evaluate_prints_metrics_and_percentiles(tiny, tmp_path, one_to
     assert "%" in r.stdout and "lag of notes vs audio onsets" in r.stdout
     r = CliRunner().invoke(main, args + ["--baseline", str(tmp_path / "missing.json")])
     assert r.exit_code == 1 and "missing.json" in r.stderr
+
+
+def _write_level(folder, notes, difficulty="Expert", bpm=120.0):
+    """A hand-written level folder (Info.dat v2.1, a v3.3 difficulty) holding ``notes``."""
+    from mapkit.generate import difficulty_json, info_json
+
+    folder.mkdir(parents=True)
+    name = f"{difficulty}Standard.dat"
+    (folder / "Info.dat").write_text(json.dumps(info_json(folder.name, bpm, difficulty, name, 30.0)))
+    (folder / name).write_text(json.dumps(difficulty_json(notes, bpm)))
+
+
+def test_hand_written_levels_shifted_40ms_and_three_left_parity_errors(tmp_path):
+    from tests.preprocess.notes_helper import make_notes
+
+    # left: down, DOWN, up, UP, down-left, DOWN-RIGHT, left (3 errors); right alternates cleanly
+    red = [(1.0 + 0.5 * i, 1, 0, 0, d) for i, d in enumerate([1, 1, 0, 0, 6, 7, 2])]
+    blue = [(1.25 + 0.5 * i, 2, 0, 1, d) for i, d in enumerate([1, 0, 3, 8, 7, 0])]
+    notes = make_notes(red + blue)
+    late = notes.copy()
+    late["time_s"] += 0.04
+    late["beat"] += 0.08  # 40 ms at 120 BPM
+    _write_level(tmp_path / "reference", notes)
+    _write_level(tmp_path / "late", late)
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "late"), "--reference", str(tmp_path / "reference"),
+                                  "--no-audio", "--json", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    (lv,) = json.loads(r.stdout)["levels"]
+    v = lv["values"]
+    assert (v["onset_f1_20ms"], v["onset_f1_50ms"]) == (0.0, 1.0)
+    # down-left then down-right is a parity error but not the same direction twice
+    assert (v["parity_errors_left"], v["parity_errors_right"], v["double_directionals"]) == (3, 0, 2)
+    assert v["notes"] == 13 and v["collisions"] == 0
