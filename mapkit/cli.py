@@ -526,8 +526,12 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Torch CPU threads. 1 is fastest on small CPUs: decoding is a long chain of small steps.")
+@click.option("--evaluate", "evaluate_level", is_flag=True,
+              help="Print the generated level's metrics (as mapkit evaluate does).")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+              help="With --evaluate: human baseline JSON (mapkit evaluate --save-baseline) for percentiles.")
 def generate_command(song, placement, selection, difficulty, out_dir, beam_size, temperature, seed, threshold,
-                     no_snap, device, threads):
+                     no_snap, device, threads, evaluate_level, baseline):
     """Generate a playable level for SONG with the two trained models.
 
     SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
@@ -543,6 +547,7 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
       mapkit generate song.ogg
       mapkit generate song.ogg --difficulty Hard --out levels/ --beam-size 4
       mapkit generate song.ogg --temperature 0.8 --seed 3 --no-snap
+      mapkit generate song.ogg --evaluate --baseline human.json
     """
     import torch
 
@@ -551,12 +556,91 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
 
     torch.set_num_threads(threads)
     try:
+        human = None
+        if baseline is not None:
+            from mapkit.evaluate import load_baseline
+
+            human = load_baseline(baseline)  # before generating: a bad file fails fast
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
                          beam_size=beam_size, temperature=temperature, seed=seed, threshold=threshold,
                          snap=not no_snap, out_dir=out_dir)
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())
+    if evaluate_level or baseline is not None:
+        from mapkit.evaluate import evaluate_generated, format_table
+
+        click.echo(format_table(evaluate_generated(level, human, baseline)))
     for warning in level.warnings:
         click.echo(f"warning: {warning}", err=True)
     sys.exit(2 if level.warnings else 0)
+
+
+# --- evaluate: objective metrics of levels against human baselines ---
+
+
+@main.command("evaluate", short_help="Objective metrics of levels, placed among human levels.")
+@click.argument("levels", metavar="[LEVEL]...", nargs=-1, type=click.Path())
+@click.option("--reference", type=click.Path(), default=None,
+              help="A level whose same difficulty is the onset reference: onset precision/recall/F1 at +-20 and "
+                   "+-50 ms.")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+              help="Human baseline JSON (--save-baseline): each metric's human percentile, ! outside 5-95 %.")
+@click.option("--store", type=click.Path(file_okay=False), default=None,
+              help="Evaluate the human levels stored in this store's targets/ (instead of LEVEL...).")
+@click.option("--save-baseline", "save_baseline_to", type=click.Path(dir_okay=False), default=None,
+              help="Write per-difficulty percentiles of every metric over the evaluated levels to this JSON file.")
+@click.option("--difficulty", "difficulties", multiple=True,
+              help="Only this difficulty (repeatable; default all).")
+@click.option("--characteristic", default="Standard", show_default=True,
+              help="Characteristic to evaluate ('all' for every one).")
+@click.option("--json", "as_json", is_flag=True, help="Every figure as one JSON document on stdout.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
+              help="Write one PNG per evaluated difficulty into this folder.")
+@click.option("--no-audio", is_flag=True,
+              help="No alignment metrics: do not decode the songs (their length comes from the audio header), "
+                   "nor read a store's features.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def evaluate_command(levels, reference, baseline, store, save_baseline_to, difficulties, characteristic, as_json,
+                     plot_dir, no_audio, no_progress):
+    """Measure levels (generated or human): timing, density, flow and parity, variety, difficulty.
+
+    Every metric is defined in docs/evaluate.md. LEVEL is a level folder, a
+    .zip or a folder of levels. With --baseline each value gets its
+    percentile among human levels of the same difficulty; build one from a
+    store of human levels with --store S --save-baseline FILE. The songs
+    are decoded (about 1 s each; from a store, its stage-1 features are
+    read) for the alignment of notes to the audio unless --no-audio. Exit codes: 0 all evaluated, 1 nothing could be
+    evaluated (or bad usage), 2 some levels or difficulties could not be
+    (listed on stderr).
+
+    \b
+    Example:
+      mapkit evaluate "CustomLevels/1a2b (Song - Mapper)"
+      mapkit evaluate --store data/ --save-baseline human.json
+      mapkit evaluate mapkit-generated/song-mapkit --baseline human.json --plot plots/
+      mapkit evaluate generated/ --reference "CustomLevels/1a2b (Song - Mapper)" --difficulty Expert --json
+    """
+    import json as json_module
+
+    from mapkit.errors import MapkitError
+    from mapkit.evaluate import evaluate, format_table
+
+    try:
+        report = evaluate(levels, store=store, reference=reference, baseline=baseline,
+                          save_baseline_to=save_baseline_to, difficulties=difficulties,
+                          characteristic=characteristic, audio=not no_audio, plot_dir=plot_dir,
+                          progress=not no_progress)
+    except MapkitError as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json_module.dumps(report.to_json(), allow_nan=False))
+    elif report.items:
+        click.echo(format_table(report))
+    for path, reason in report.failures:
+        click.echo(f"error: {path}: {reason}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if save_baseline_to and report.items:
+        click.echo(f"baseline of {len(report.items)} difficulties written to {save_baseline_to}", err=True)
+    sys.exit(report.exit_code)
