@@ -14,8 +14,8 @@ gaps (the timing) are left as they are:
   or cut to this level's length (needs at least two validation songs).
 
 The training run writes the result into ``metrics.jsonl`` at its end (one
-record per mode, ``"split": "ablation"``); ``bench/ablation.py`` computes it
-for any checkpoint.
+record per mode, ``"split": "ablation"``); :func:`checkpoint_ablation` and
+``bench/ablation.py`` compute it for any stage-2 checkpoint.
 """
 
 from __future__ import annotations
@@ -115,4 +115,56 @@ def audio_ablation(evaluate, dataset, n_mels: int, modes=ABLATIONS, seed: int = 
     return out
 
 
-__all__ = ["ABLATIONS", "AblatedSelection", "ablated_source", "audio_ablation"]
+def checkpoint_ablation(store, checkpoint, songs=None, modes=ABLATIONS, device="cpu") -> dict:
+    """:func:`audio_ablation` of a stage-2 checkpoint on ``songs`` of ``store``.
+
+    Parameters
+    ----------
+    store : Store or path
+        The store the checkpoint was trained on (same feature, target and vocabulary hashes).
+    checkpoint : path
+        ``best.pt`` or ``last.pt`` of ``mapkit train transformer``.
+    songs : iterable of str, optional
+        Default: the checkpoint's validation songs.
+    modes : iterable of str
+    device : str
+
+    Returns
+    -------
+    dict
+        ``{"real": metrics, mode: metrics, ...}``, metrics as in validation
+        (``loss``, ``perplexity``, ``accuracy``, ``tokens``).
+
+    Raises
+    ------
+    TrainingError
+        Not a stage-2 checkpoint, another store, or no level in ``songs``.
+    """
+    import contextlib
+
+    from mapkit.datasets.store import Store
+    from mapkit.datasets.torch_datasets import SelectionDataset
+    from mapkit.train.loop import TrainingError, check_fingerprint, load_checkpoint, store_fingerprint
+    from mapkit.train.transformer import TransformerConfig, TransformerStage
+
+    store = store if isinstance(store, Store) else Store(store)
+    model, ckpt = load_checkpoint(checkpoint, device)
+    if ckpt.get("stage") != "transformer":
+        raise TrainingError(checkpoint, f"a {ckpt.get('stage')} checkpoint, not a stage-2 (transformer) one")
+    check_fingerprint(ckpt, store_fingerprint(store, need_vocab=True), checkpoint)
+    config = TransformerConfig.from_json(ckpt["train_config"])
+    stage = TransformerStage(store, config)
+    songs = list(ckpt["val_songs"] if songs is None else songs)
+    stage.val_dataset = SelectionDataset(store, songs, stats=ckpt["stats"], characteristic=config.characteristic,
+                                         difficulties=config.difficulties, vocab=stage.vocab,
+                                         max_tokens=config.max_tokens, jitter=False, seed=config.seed)
+    try:
+        if not stage.val_dataset.levels:
+            raise TrainingError(store.root, f"no {config.characteristic} level in the songs {songs}")
+        with torch.no_grad():
+            return stage.ablation(model, device, contextlib.nullcontext)
+    finally:
+        stage.close()
+
+
+__all__ = ["ABLATIONS", "AblatedSelection", "ablated_source", "audio_ablation", "checkpoint_ablation"]

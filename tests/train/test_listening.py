@@ -84,3 +84,16 @@ def test_a_stage_2_checkpoint_of_the_old_design_is_refused(tone_run, tmp_path):
     model, _ = load_checkpoint(tone_run.last)
     assert model.config.design == 2
     assert torch.is_tensor(model.note_proj.weight)
+
+
+def test_checkpoint_ablation_repeats_the_runs_figures(tone_run, tone_store):
+    from mapkit.train.ablation import checkpoint_ablation
+
+    logged = {r["mode"]: r for r in read_metrics(tone_run.metrics_path) if r["split"] == "ablation"}
+    again = checkpoint_ablation(tone_store, tone_run.last)
+    assert set(again) == set(logged)
+    for mode, metrics in again.items():
+        assert metrics["loss"] == pytest.approx(logged[mode]["loss"], rel=1e-5), mode
+        assert metrics["accuracy"] == logged[mode]["accuracy"], mode
+    with pytest.raises(TrainingError, match="no Standard level"):
+        checkpoint_ablation(tone_store, tone_run.last, songs=["no-such-song"])
