@@ -15,7 +15,9 @@ from click.testing import CliRunner
 
 from mapkit.cli import main
 from mapkit.datasets.torch_datasets import PlacementDataset, SelectionDataset, read_vocab
-from mapkit.train.ddc import ddc_config, predict_probabilities, train_ddc
+from mapkit.datasets.store import Store
+from mapkit.generate import PlacementSetup
+from mapkit.train.ddc import DDCStage, ddc_config, predict_probabilities, train_ddc
 from mapkit.train.loop import (DIST_TIMEOUT_ENV, EpochSampler, RunOptions, TrainingError, dist_timeout,
                                load_checkpoint, lr_factor, read_checkpoint, read_metrics, save_checkpoint)
 from mapkit.train.models import PLACEMENT_PRESETS
@@ -124,6 +126,19 @@ def test_ddc_learns_onsets_far_above_chance(store, tmp_path):
     # the checkpoint holds what generation needs, and the threshold is the validated one
     assert ckpt["val_songs"] == [VAL_SONG] and VAL_SONG not in ckpt["train_songs"]
     assert ckpt["peak_picking"]["threshold"] == ckpt["metrics"]["threshold"]
+    # one threshold per validated difficulty, round-tripping into generation's setup and a resumed stage
+    thresholds = ckpt["peak_picking"]["thresholds"]
+    assert set(thresholds) == {"Normal", "Expert"}  # the validation song's levels
+    assert all(thresholds[d] == ckpt["metrics"][f"threshold_{d}"] for d in thresholds)
+    assert all(0 <= ckpt["metrics"][f"f1_{d}"] <= 1 for d in thresholds)
+    setup = PlacementSetup.from_checkpoint(ckpt)
+    assert setup.threshold_for("Expert") == thresholds["Expert"]
+    assert setup.threshold_for("Easy") == ckpt["peak_picking"]["threshold"]  # not validated: the single best
+    stage = DDCStage(Store(store), ddc_config("tiny"))
+    stage.restore(ckpt)
+    assert stage.thresholds == thresholds and stage.checkpoint_extras()["peak_picking"]["thresholds"] == thresholds
+    old = dict(ckpt, peak_picking={k: v for k, v in ckpt["peak_picking"].items() if k != "thresholds"})
+    assert PlacementSetup.from_checkpoint(old).threshold_for("Expert") == ckpt["peak_picking"]["threshold"]
     assert ckpt["stats"]["placement"]["mean"] is not None and ckpt["window"] == 100
     assert ckpt["feature_settings_hash"] == json.loads((store / "stats.json").read_text())["settings_hash"]
     records = read_metrics(out / "metrics.jsonl")
