@@ -348,6 +348,11 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
         click.echo(f"step {result.step}{' (stopped early)' if result.stopped_early else ''}; "
                    f"validation: {metrics or 'none (no validation songs)'}")
         click.echo(f"checkpoint: {result.last}; log: {result.metrics_path}; curves: {result.plot_path}")
+        from mapkit.train.ablation import ablation_summary
+
+        summary = ablation_summary(result.metrics_path) if result.metrics_path else None
+        if summary:
+            click.echo(summary)
 
 
 @main.group("train", short_help="Train stage 1 (ddc) or stage 2 (transformer).")

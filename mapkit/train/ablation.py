@@ -115,6 +115,26 @@ def audio_ablation(evaluate, dataset, n_mels: int, modes=ABLATIONS, seed: int = 
     return out
 
 
+def ablation_summary(metrics_path) -> str | None:
+    """One line for the user: validation loss with the real audio and each ablation of the run's last record.
+
+    None when ``metrics.jsonl`` holds no ablation (stage 1, no validation
+    songs, a run stopped early).
+    """
+    from mapkit.train.loop import read_metrics
+
+    records = [r for r in read_metrics(metrics_path) if r.get("split") == "ablation"]
+    if not records:
+        return None
+    last = [r for r in records if r["step"] == records[-1]["step"]]
+    real = next((r for r in last if r["mode"] == "real"), None)
+    if real is None:
+        return None
+    parts = [f"real {real['loss']:.4g}"] + [f"{r['mode']} {r['loss']:.4g} ({r['loss'] - real['loss']:+.3g})"
+                                            for r in last if r["mode"] != "real"]
+    return "audio ablation, validation loss: " + ", ".join(parts)
+
+
 def checkpoint_ablation(store, checkpoint, songs=None, modes=ABLATIONS, device="cpu") -> dict:
     """:func:`audio_ablation` of a stage-2 checkpoint on ``songs`` of ``store``.
 
@@ -167,4 +187,5 @@ def checkpoint_ablation(store, checkpoint, songs=None, modes=ABLATIONS, device="
         stage.close()
 
 
-__all__ = ["ABLATIONS", "AblatedSelection", "ablated_source", "audio_ablation", "checkpoint_ablation"]
+__all__ = ["ABLATIONS", "AblatedSelection", "ablated_source", "ablation_summary", "audio_ablation",
+           "checkpoint_ablation"]

@@ -7,8 +7,8 @@ cross-entropy (notes are rare frames). Validation predicts every validation
 level whole (:func:`predict_probabilities`), picks peaks and reports onset
 precision, recall and F1 at +-20 ms (2 frames) at the threshold that
 maximises F1, found for each difficulty on its own levels (``f1`` uses
-them; ``threshold`` is the best single one, ``f1_<Difficulty>`` and
-``threshold_<Difficulty>`` are reported too). The thresholds and the
+them; ``threshold`` is the best single one and ``f1_single_threshold`` the F1
+with it; ``f1_<Difficulty>`` and ``threshold_<Difficulty>`` are reported too). The thresholds and the
 peak-picking settings go into the checkpoint, so generation picks peaks
 exactly as validated, with the threshold of the difficulty it generates.
 """
@@ -193,8 +193,12 @@ class DDCStage(Stage):
             totals += counts
             by_difficulty[name] = by_difficulty.get(name, 0) + np.asarray(counts)
         precision, recall, f1 = f1_from_counts(*totals)
+        single = np.zeros(3, dtype=np.int64)  # the one best threshold for every difficulty, for comparison
+        for p, t in zip(probs, truths):
+            single += onset_counts(pick_peaks(p, th, c.min_gap_frames, c.smoothing), t, c.tolerance_frames)
         metrics = {"loss": sum(l * n for l, n in losses) / sum(n for _, n in losses), "precision": float(precision),
-                   "recall": float(recall), "f1": float(f1), "threshold": float(th)}
+                   "recall": float(recall), "f1": float(f1), "threshold": float(th),
+                   "f1_single_threshold": float(f1_from_counts(*single)[2])}
         for name in DIFFICULTIES:  # the table's order
             if name in by_difficulty:
                 metrics[f"f1_{name}"] = float(f1_from_counts(*by_difficulty[name])[2])

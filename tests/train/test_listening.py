@@ -1,16 +1,18 @@
 """Stage 2 listens: on a store where only the audio says which column a note is in, it must use the audio."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from mapkit.cli import main
 from mapkit.datasets.torch_datasets import SelectionDataset
 from mapkit.train.ablation import AblatedSelection, ablated_source
-from mapkit.train.loop import RunOptions, TrainingError, load_checkpoint, read_checkpoint, read_metrics, save_checkpoint
+from mapkit.train.loop import TrainingError, load_checkpoint, read_checkpoint, read_metrics, save_checkpoint
 from mapkit.train.models import SelectionConfig
-from mapkit.train.transformer import train_transformer, transformer_config
 from tests.tone_store import VAL_SONGS, build_tone_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -24,8 +26,14 @@ def tone_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tone_run(tone_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("tone-run")
-    config = transformer_config("tiny", max_steps=150, eval_every=75, checkpoint_every=150, val_songs=VAL_SONGS)
-    return train_transformer(tone_store, out, config, RunOptions(progress=False, device="cpu"))
+    args = ["train", "transformer", "--store", str(tone_store), "--out", str(out), "--preset", "tiny",
+            "--max-steps", "150", "--eval-every", "75", "--checkpoint-every", "150", "--device", "cpu",
+            "--no-progress"] + [a for song in VAL_SONGS for a in ("--val-song", song)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    _, ckpt = load_checkpoint(out / "last.pt")
+    return SimpleNamespace(output=result.output, last=out / "last.pt", metrics_path=out / "metrics.jsonl",
+                           metrics=ckpt["metrics"])
 
 
 def test_the_model_uses_the_audio_and_the_run_reports_the_ablation(tone_run):
@@ -41,6 +49,8 @@ def test_the_model_uses_the_audio_and_the_run_reports_the_ablation(tone_run):
         assert ablation[mode]["accuracy"] < 0.5, mode
         assert ablation[mode]["loss"] > real["loss"] + 1.0, mode
     assert records[-1]["split"] == "end"  # the ablation is written before the run's last record
+    line = next(t for t in tone_run.output.splitlines() if t.startswith("audio ablation"))
+    assert f"real {real['loss']:.4g}" in line and "zeros" in line and "other" in line
 
 
 def test_ablated_sources_replace_only_the_mel_part():

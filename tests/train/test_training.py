@@ -131,6 +131,7 @@ def test_ddc_learns_onsets_far_above_chance(store, tmp_path):
     assert set(thresholds) == {"Normal", "Expert"}  # the validation song's levels
     assert all(thresholds[d] == ckpt["metrics"][f"threshold_{d}"] for d in thresholds)
     assert all(0 <= ckpt["metrics"][f"f1_{d}"] <= 1 for d in thresholds)
+    assert 0 <= ckpt["metrics"]["f1_single_threshold"] <= 1
     setup = PlacementSetup.from_checkpoint(ckpt)
     assert setup.threshold_for("Expert") == thresholds["Expert"]
     assert setup.threshold_for("Easy") == ckpt["peak_picking"]["threshold"]  # not validated: the single best
