@@ -1,17 +1,19 @@
-"""Does stage 2 listen? Validation with the audio part of its source replaced (issue 15).
+"""Does stage 2 listen? Validation with the audio (or the timing) of its source replaced (issue 15).
 
 A model conditioned on the music must do worse when the music is taken
 away. :func:`audio_ablation` evaluates one model on the same validation
 levels several times, each time with the mel part of every source vector
 (:func:`~mapkit.datasets.torch_datasets.selection_source`) replaced; the
-gaps (the timing) are left as they are:
+gaps (the timing) are left as they are, except in ``gaps``:
 
 - ``real``: unchanged (the reference);
 - ``zeros``: every mel row set to 0, the training mean after normalisation;
 - ``shuffle``: the level's own mel rows in a random order (the same song's
   sound, at the wrong notes);
 - ``other``: the mel rows of a level of another validation song, repeated
-  or cut to this level's length (needs at least two validation songs).
+  or cut to this level's length (needs at least two validation songs);
+- ``gaps``: the audio kept, the level's gap rows (the timing) in a random
+  order instead: does the model use the timing?
 
 The training run writes the result into ``metrics.jsonl`` at its end (one
 record per mode, ``"split": "ablation"``); :func:`checkpoint_ablation` and
@@ -24,21 +26,21 @@ import numpy as np
 import torch
 
 #: The replacements :func:`audio_ablation` knows, after ``real``.
-ABLATIONS = ("zeros", "shuffle", "other")
+ABLATIONS = ("zeros", "shuffle", "other", "gaps")
 
 
 def ablated_source(src: np.ndarray, n_mels: int, mode: str, rng: np.random.Generator | None = None,
                    other: np.ndarray | None = None) -> np.ndarray:
-    """A copy of one level's source ``[S, n_mels + n_gaps]`` with its mel part replaced.
+    """A copy of one level's source ``[S, n_mels + n_gaps]`` with its mel part (or, ``gaps``, its gaps) replaced.
 
     Parameters
     ----------
     src : np.ndarray [S, n_mels + n_gaps]
         Normalised mel rows, then the gaps (kept).
     n_mels : int
-    mode : {"real", "zeros", "shuffle", "other"}
+    mode : {"real", "zeros", "shuffle", "other", "gaps"}
     rng : np.random.Generator
-        The permutation of ``shuffle``.
+        The permutation of ``shuffle`` and ``gaps``.
     other : np.ndarray [S', >= n_mels]
         For ``other``: the source whose mel rows replace these, tiled to ``S`` rows.
     """
@@ -53,6 +55,8 @@ def ablated_source(src: np.ndarray, n_mels: int, mode: str, rng: np.random.Gener
         if other is None or len(other) == 0:
             raise ValueError("ablation 'other' needs another level's source")
         out[:, :n_mels] = np.resize(np.asarray(other, dtype=np.float32)[:, :n_mels], (len(out), n_mels))
+    elif mode == "gaps":
+        out[:, n_mels:] = out[(rng or np.random.default_rng(0)).permutation(len(out)), n_mels:]
     else:
         raise ValueError(f"unknown ablation {mode!r}; choose from real, {', '.join(ABLATIONS)}")
     return out

@@ -39,7 +39,7 @@ def tone_run(tone_store, tmp_path_factory):
 def test_the_model_uses_the_audio_and_the_run_reports_the_ablation(tone_run):
     records = read_metrics(tone_run.metrics_path)
     ablation = {r["mode"]: r for r in records if r["split"] == "ablation"}
-    assert set(ablation) == {"real", "zeros", "shuffle", "other"}
+    assert set(ablation) == {"real", "zeros", "shuffle", "other", "gaps"}
     assert all(r["step"] == 150 and r["tokens"] == ablation["real"]["tokens"] > 80 for r in ablation.values())
     real = ablation["real"]
     assert real["accuracy"] == pytest.approx(tone_run.metrics["accuracy"])  # the final model, same levels
@@ -48,6 +48,7 @@ def test_the_model_uses_the_audio_and_the_run_reports_the_ablation(tone_run):
     for mode in ("zeros", "shuffle", "other"):
         assert ablation[mode]["accuracy"] < 0.5, mode
         assert ablation[mode]["loss"] > real["loss"] + 1.0, mode
+    assert ablation["gaps"]["accuracy"] > 0.9  # the tone store's gaps are all equal: the timing says nothing
     assert records[-1]["split"] == "end"  # the ablation is written before the run's last record
     line = next(t for t in tone_run.output.splitlines() if t.startswith("audio ablation"))
     assert f"real {real['loss']:.4g}" in line and "zeros" in line and "other" in line
@@ -62,6 +63,9 @@ def test_ablated_sources_replace_only_the_mel_part():
         out = ablated_source(src, 5, mode, np.random.default_rng(1), other)
         assert np.array_equal(out[:, 5:], src[:, 5:]), mode  # the gaps stay
         assert not np.array_equal(out[:, :5], src[:, :5]), mode
+    timing = ablated_source(src, 5, "gaps", np.random.default_rng(1))
+    assert np.array_equal(timing[:, :5], src[:, :5]) and not np.array_equal(timing[:, 5:], src[:, 5:])
+    assert sorted(map(tuple, timing[:, 5:])) == sorted(map(tuple, src[:, 5:]))
     assert not ablated_source(src, 5, "zeros")[:, :5].any()
     shuffled = ablated_source(src, 5, "shuffle", np.random.default_rng(1))
     assert sorted(map(tuple, shuffled[:, :5])) == sorted(map(tuple, src[:, :5]))  # the same rows, reordered
