@@ -15,8 +15,9 @@ gap_next_s, gap_prev_beats, gap_next_beats``, all >= 0); the model itself takes
 unchanged. The decoder predicts token ``i`` from tokens ``< i`` and the whole
 source; the encoder output of token ``i``'s own source position is added to
 the decoder input that predicts it (design 2: without it the model learned to
-ignore the audio, issue 15). It supports incremental decoding with cached keys and values
-(:meth:`SelectionModel.start_cache`, :meth:`SelectionModel.decode_step`).
+ignore the audio, issue 15). It supports incremental decoding with cached
+keys and values (:meth:`SelectionModel.start_cache`,
+:meth:`SelectionModel.decode_step`).
 
 Configs are frozen dataclasses with a stable hash (see :mod:`mapkit.settings`),
 so a checkpoint records exactly which architecture it holds.

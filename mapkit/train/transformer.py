@@ -9,7 +9,8 @@ perplexity (``exp`` of the unsmoothed cross-entropy per predicted token).
 The vocabulary (full JSON) goes into the checkpoint, so generation decodes
 states without the store. At the end of a run, ``metrics.jsonl`` gets the
 audio ablation (:mod:`mapkit.train.ablation`): the validation metrics again
-with the audio zeroed, shuffled and taken from another song.
+with the audio zeroed, shuffled and taken from another song, and with the
+gaps shuffled.
 """
 
 from __future__ import annotations
@@ -139,10 +140,11 @@ class TransformerStage(Stage):
 
     def final_records(self, model, device, autocast) -> list:
         """The audio ablation of the trained model (:func:`~mapkit.train.ablation.audio_ablation`)."""
-        return [{"split": "ablation", "mode": mode, **metrics} for mode, metrics in self.ablation(model, device, autocast).items()]
+        ablation = self.ablation(model, device, autocast)
+        return [{"split": "ablation", "mode": mode, **metrics} for mode, metrics in ablation.items()]
 
     def ablation(self, model, device, autocast) -> dict:
-        """Validation metrics with the real audio, zeros, shuffled rows and another song's rows."""
+        """Validation metrics with the real audio, zeros, shuffled rows, another song's rows, shuffled gaps."""
         from mapkit.train.ablation import audio_ablation
 
         return audio_ablation(lambda ds: self.evaluate_dataset(model, ds, device, autocast), self.val_dataset,
