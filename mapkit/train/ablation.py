@@ -186,7 +186,7 @@ def checkpoint_ablation(store, checkpoint, songs=None, modes=ABLATIONS, device="
         if not stage.val_dataset.levels:
             raise TrainingError(store.root, f"no {config.characteristic} level in the songs {songs}")
         with torch.no_grad():
-            return stage.ablation(model, device, contextlib.nullcontext)
+            return stage.ablation(model, device, contextlib.nullcontext, modes)
     finally:
         stage.close()
 

@@ -143,12 +143,12 @@ class TransformerStage(Stage):
         ablation = self.ablation(model, device, autocast)
         return [{"split": "ablation", "mode": mode, **metrics} for mode, metrics in ablation.items()]
 
-    def ablation(self, model, device, autocast) -> dict:
-        """Validation metrics with the real audio, zeros, shuffled rows, another song's rows, shuffled gaps."""
-        from mapkit.train.ablation import audio_ablation
+    def ablation(self, model, device, autocast, modes=None) -> dict:
+        """Validation metrics with the real audio and each ablation in ``modes`` (default: all of them)."""
+        from mapkit.train.ablation import ABLATIONS, audio_ablation
 
         return audio_ablation(lambda ds: self.evaluate_dataset(model, ds, device, autocast), self.val_dataset,
-                              self.config.model.n_mels, seed=self.config.seed)
+                              self.config.model.n_mels, ABLATIONS if modes is None else modes, seed=self.config.seed)
 
     def evaluate_dataset(self, model, ds, device, autocast) -> dict:
         """Loss, perplexity and token accuracy of ``model`` over the levels of ``ds`` (unshuffled, whole)."""

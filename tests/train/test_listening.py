@@ -1,6 +1,8 @@
 """Stage 2 listens: on a store where only the audio says which column a note is in, it must use the audio."""
 
+import importlib.util
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -111,3 +113,22 @@ def test_checkpoint_ablation_repeats_the_runs_figures(tone_run, tone_store):
         assert metrics["accuracy"] == logged[mode]["accuracy"], mode
     with pytest.raises(TrainingError, match="no Standard level"):
         checkpoint_ablation(tone_store, tone_run.last, songs=["no-such-song"])
+
+
+def test_bench_script_prints_the_ablation_table_and_refuses_a_stage_1_checkpoint(tone_run, tone_store, tmp_path,
+                                                                                capsys):
+    path = Path(__file__).resolve().parents[2] / "bench" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("bench_ablation", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--store", str(tone_store), "--checkpoint", str(tone_run.last), "--json"]) == 0
+    logged = {r["mode"]: r for r in read_metrics(tone_run.metrics_path) if r["split"] == "ablation"}
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["zeros"]["accuracy"] == logged["zeros"]["accuracy"]
+    assert bench.main(["--store", str(tone_store), "--checkpoint", str(tone_run.last), "--modes", "zeros"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["audio", "loss"] and [t.split()[0] for t in table[1:]] == ["real", "zeros"]
+    save_checkpoint(tmp_path / "ddc.pt", dict(read_checkpoint(tone_run.last), stage="ddc"))
+    assert bench.main(["--store", str(tone_store), "--checkpoint", str(tmp_path / "ddc.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "not a stage-2" in err and str(tmp_path / "ddc.pt") in err
