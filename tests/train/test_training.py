@@ -1,6 +1,7 @@
 """Training both stages on a tiny real store: they learn, resume exactly, refuse mismatches, run under DDP."""
 
 import datetime
+import importlib.util
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ from mapkit.train.loop import (DIST_TIMEOUT_ENV, EpochSampler, RunOptions, Train
                                load_checkpoint, lr_factor, read_checkpoint, read_metrics, save_checkpoint)
 from mapkit.train.models import PLACEMENT_PRESETS
 from mapkit.train.peaks import onset_f1
+from mapkit.train.reference import stage1_report
 from mapkit.train.transformer import train_transformer, transformer_config, unigram_perplexity
 from tests.tiny_store import VAL_SONG, build_tiny_store
 
@@ -109,7 +111,7 @@ def chance_f1(true_frames_list, lengths, trials=20):
     return float(np.mean(scores))
 
 
-def test_ddc_learns_onsets_far_above_chance(store, tmp_path):
+def test_ddc_learns_onsets_far_above_chance(store, tmp_path, capsys):
     out = tmp_path / "ddc"
     result = CliRunner().invoke(main, ["train", "ddc", "--store", str(store), "--out", str(out), "--preset", "tiny",
                                        "--max-steps", "40", "--eval-every", "20", "--batch-size", "8",
@@ -140,6 +142,22 @@ def test_ddc_learns_onsets_far_above_chance(store, tmp_path):
     assert stage.thresholds == thresholds and stage.checkpoint_extras()["peak_picking"]["thresholds"] == thresholds
     old = dict(ckpt, peak_picking={k: v for k, v in ckpt["peak_picking"].items() if k != "thresholds"})
     assert PlacementSetup.from_checkpoint(old).threshold_for("Expert") == ckpt["peak_picking"]["threshold"]
+    # the reference report repeats validation exactly, per difficulty, and scores the tuned flux baseline
+    report = stage1_report(store, out / "last.pt", tolerances=(2, 5))
+    assert report["model"]["all"]["f1@2"] == pytest.approx(ckpt["metrics"]["f1"])
+    for d in thresholds:
+        assert report["model"][d]["f1@2"] == pytest.approx(ckpt["metrics"][f"f1_{d}"])
+        assert report["model"][d]["f1@5"] >= report["model"][d]["f1@2"]
+        assert report["baseline"][d]["levels"] == report["model"][d]["levels"] > 0
+        assert set(report["baseline_settings"][d]) == {"threshold", "shift"}
+    assert report["baseline"]["all"]["f1@2"] > 0.5  # the demo's hits are sharp onsets
+    spec = importlib.util.spec_from_file_location("bench_onsets", Path(__file__).parents[2] / "bench" / "onsets.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--store", str(store), "--checkpoint", str(out / "last.pt"), "--no-baseline"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[-1].split() == ["all", str(report["model"]["all"]["levels"]),
+                                 f"{report['model']['all']['f1@2']:.3f}", f"{report['model']['all']['f1@5']:.3f}"]
     assert ckpt["stats"]["placement"]["mean"] is not None and ckpt["window"] == 100
     assert ckpt["feature_settings_hash"] == json.loads((store / "stats.json").read_text())["settings_hash"]
     records = read_metrics(out / "metrics.jsonl")
