@@ -4,8 +4,11 @@ For a ``mapkit train transformer`` checkpoint and the store it was trained
 on, evaluates the model on its validation songs (or ``--songs``) once with
 the real source vectors and once per ablation (:mod:`mapkit.train.ablation`:
 the mel part replaced by zeros, by the level's own rows shuffled, or by
-another song's rows; the gaps are kept). A model conditioned on the music
-loses clearly under every ablation; one that ignores it (issue 15) does not.
+another song's rows; or the gaps shuffled and the audio kept). A model
+conditioned on the music loses clearly under the audio ablations; one that
+ignores it (issue 15) does not. Below the table: unigram and bigram models
+of the training songs' tokens, scored on the same validation tokens
+(:func:`mapkit.train.reference.ngram_baselines`).
 
     python bench/ablation.py --store mapkit-data --checkpoint mapkit-runs/transformer/best.pt
     python bench/ablation.py --store mapkit-data --checkpoint best.pt --songs song-a song-b --json
@@ -21,6 +24,7 @@ import sys
 
 from mapkit.errors import MapkitError
 from mapkit.train.ablation import ABLATIONS, checkpoint_ablation
+from mapkit.train.reference import stage2_baselines
 
 
 def main(argv=None) -> int:
@@ -36,17 +40,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         result = checkpoint_ablation(args.store, args.checkpoint, args.songs, args.modes, args.device)
+        baselines = stage2_baselines(args.store, args.checkpoint, args.songs)
     except (MapkitError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        print(json.dumps({"ablation": result, "baselines": baselines}, indent=2, sort_keys=True))
         return 0
     real = result["real"]
     print(f"{'audio':8s} {'loss':>8s} {'Δloss':>8s} {'perplexity':>11s} {'accuracy':>9s} {'tokens':>8s}")
     for mode, m in result.items():
         print(f"{mode:8s} {m['loss']:8.4f} {m['loss'] - real['loss']:+8.4f} {m['perplexity']:11.3f} "
               f"{m['accuracy']:9.4f} {m['tokens']:8d}")
+    for name in ("unigram", "bigram"):
+        m = baselines[name]
+        print(f"{name:8s} {'':8s} {'':8s} {m['perplexity']:11.3f} {m['accuracy']:9.4f} {baselines['tokens']:8d}")
     return 0
 
 

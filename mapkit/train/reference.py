@@ -158,4 +158,96 @@ def _baseline(store, ckpt, train_songs, held_out, truths, names, setup, toleranc
     return {"baseline": _by_difficulty(predicted, truths, names, tolerances), "baseline_settings": chosen}
 
 
-__all__ = ["BASELINE_SHIFTS", "f1_at", "normalised_flux", "stage1_report", "tune_baseline"]
+def ngram_baselines(train_tokens, val_tokens, vocab_size: int) -> dict:
+    """Perplexity and accuracy of unigram and bigram models of the training tokens on the validation tokens.
+
+    The baselines a stage-2 model must beat. Targets are every token after
+    BOS (states and EOS), each predicted from the token before it.
+
+    - unigram: ``p(b) = (c(b) + 1) / (N + V')``, add-one over the ``V'``
+      tokens that can be targets (all but PAD and BOS);
+    - bigram, Witten-Bell interpolated with that unigram:
+      ``p(b | a) = (c(a, b) + u(a) p(b)) / (c(a) + u(a))`` with ``u(a)`` the
+      number of distinct tokens seen after ``a`` (the unigram alone when
+      ``a`` was never seen);
+    - accuracy: how often the most probable token is the target.
+
+    Parameters
+    ----------
+    train_tokens, val_tokens : iterable of int arrays
+        Token sequences ``[BOS, ..., EOS]``.
+    vocab_size : int
+
+    Returns
+    -------
+    dict
+        ``{"unigram": {"perplexity", "accuracy"}, "bigram": {...}, "tokens": n}``.
+    """
+    from mapkit.preprocess.targets import BOS, PAD
+
+    V = int(vocab_size)
+    uni = np.zeros(V, dtype=np.float64)
+    pairs = np.zeros((V, V), dtype=np.float64)
+    for t in train_tokens:
+        t = np.asarray(t, dtype=np.int64)
+        np.add.at(uni, t[1:], 1.0)
+        np.add.at(pairs, (t[:-1], t[1:]), 1.0)
+    can_follow = np.ones(V, dtype=bool)
+    can_follow[[PAD, BOS]] = False
+    p_uni = np.where(can_follow, uni + 1.0, 0.0)
+    p_uni /= p_uni.sum()
+    seen = pairs.sum(axis=1, keepdims=True)
+    types = (pairs > 0).sum(axis=1, keepdims=True).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_bi = np.where(seen > 0, (pairs + types * p_uni[None, :]) / (seen + types), p_uni[None, :])
+    nll = {"unigram": 0.0, "bigram": 0.0}
+    hits = {"unigram": 0, "bigram": 0}
+    n = 0
+    best_uni = int(np.argmax(p_uni))
+    best_bi = np.argmax(p_bi, axis=1)
+    for t in val_tokens:
+        t = np.asarray(t, dtype=np.int64)
+        prev, nxt = t[:-1], t[1:]
+        nll["unigram"] -= float(np.log(p_uni[nxt]).sum())
+        nll["bigram"] -= float(np.log(p_bi[prev, nxt]).sum())
+        hits["unigram"] += int((nxt == best_uni).sum())
+        hits["bigram"] += int((best_bi[prev] == nxt).sum())
+        n += len(nxt)
+    out = {k: {"perplexity": float(np.exp(nll[k] / max(n, 1))), "accuracy": hits[k] / max(n, 1)} for k in nll}
+    out["tokens"] = n
+    return out
+
+
+def stage2_baselines(store, checkpoint, songs=None) -> dict:
+    """:func:`ngram_baselines` for a stage-2 checkpoint: counted on its training songs, scored on ``songs``.
+
+    The validation tokens are those its validation reads (each level cut to
+    the run's ``max_tokens`` from the start), so the figures sit next to the
+    model's ``perplexity`` and ``accuracy``. ``songs`` defaults to the
+    checkpoint's validation songs.
+    """
+    from mapkit.datasets.torch_datasets import SelectionDataset
+    from mapkit.preprocess.targets import Vocabulary
+    from mapkit.train.loop import TrainingError, read_checkpoint
+    from mapkit.train.transformer import TransformerConfig
+
+    ckpt = read_checkpoint(checkpoint)
+    if ckpt.get("stage") != "transformer":
+        raise TrainingError(checkpoint, f"a {ckpt.get('stage')} checkpoint, not a stage-2 (transformer) one")
+    config = TransformerConfig.from_json(ckpt["train_config"])
+    kw = dict(stats=ckpt["stats"], characteristic=config.characteristic, difficulties=config.difficulties,
+              jitter=False)
+    train = SelectionDataset(store, ckpt["train_songs"], **kw)
+    val = SelectionDataset(store, list(ckpt["val_songs"] if songs is None else songs), max_tokens=config.max_tokens,
+                           **kw)
+    try:
+        train_tokens = [train.read_level(i)["tokens"] for i in range(len(train))]
+        val_tokens = [val[i]["tokens"].numpy() for i in range(len(val))]
+    finally:
+        train.close()
+        val.close()
+    return ngram_baselines(train_tokens, val_tokens, len(Vocabulary.from_json(ckpt["vocab"])))
+
+
+__all__ = ["BASELINE_SHIFTS", "f1_at", "ngram_baselines", "normalised_flux", "stage1_report", "stage2_baselines",
+           "tune_baseline"]

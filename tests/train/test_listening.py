@@ -124,10 +124,14 @@ def test_bench_script_prints_the_ablation_table_and_refuses_a_stage_1_checkpoint
     assert bench.main(["--store", str(tone_store), "--checkpoint", str(tone_run.last), "--json"]) == 0
     logged = {r["mode"]: r for r in read_metrics(tone_run.metrics_path) if r["split"] == "ablation"}
     printed = json.loads(capsys.readouterr().out)
-    assert printed["zeros"]["accuracy"] == logged["zeros"]["accuracy"]
+    assert printed["ablation"]["zeros"]["accuracy"] == logged["zeros"]["accuracy"]
+    # 4 equally likely columns: no n-gram model of the tokens does much better than chance
+    assert printed["baselines"]["tokens"] == logged["real"]["tokens"]
+    assert printed["baselines"]["bigram"]["accuracy"] < 0.5 < logged["real"]["accuracy"]
     assert bench.main(["--store", str(tone_store), "--checkpoint", str(tone_run.last), "--modes", "zeros"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:2] == ["audio", "loss"] and [t.split()[0] for t in table[1:]] == ["real", "zeros"]
+    assert table[0].split()[:2] == ["audio", "loss"]
+    assert [t.split()[0] for t in table[1:]] == ["real", "zeros", "unigram", "bigram"]
     save_checkpoint(tmp_path / "ddc.pt", dict(read_checkpoint(tone_run.last), stage="ddc"))
     assert bench.main(["--store", str(tone_store), "--checkpoint", str(tmp_path / "ddc.pt")]) == 1
     err = capsys.readouterr().err
