@@ -422,6 +422,11 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
         click.echo(f"step {result.step}{' (stopped early)' if result.stopped_early else ''}; "
                    f"validation: {metrics or 'none (no validation songs)'}")
         click.echo(f"checkpoint: {result.last}; log: {result.metrics_path}; curves: {result.plot_path}")
+        from mapkit.train.ablation import ablation_summary
+
+        summary = ablation_summary(result.metrics_path) if result.metrics_path else None
+        if summary:
+            click.echo(summary)
 
 
 @main.group("train", short_help="Train stage 1 (ddc) or stage 2 (transformer).")
@@ -456,8 +461,8 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
 
     Trains on windows of placement features (+-7 context frames) with the
     difficulty as input. Validation: onset precision/recall/F1 at +-20 ms
-    after peak picking; the F1-best threshold is saved in the checkpoint for
-    `mapkit generate`.
+    after peak picking; the F1-best threshold of each difficulty (and the
+    best single one) is saved in the checkpoint for `mapkit generate`.
 
     \b
     Example:
@@ -487,8 +492,11 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
     """Stage 2: the encoder-decoder that says which notes go on each note frame.
 
     Encoder over per-note stage-2 features and gaps, causal decoder over
-    state tokens, label smoothing 0.1. Validation: token accuracy and
-    perplexity. The vocabulary is saved in the checkpoint.
+    state tokens that also reads the encoder output of the note it
+    predicts, label smoothing 0.1. Validation: token accuracy and
+    perplexity; at the end, metrics.jsonl gets the audio ablation (the
+    same figures with the audio zeroed, shuffled, or another song's).
+    The vocabulary is saved in the checkpoint.
 
     \b
     Example:
@@ -521,7 +529,8 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
               help="Sample stage 2 at this temperature instead of beam search.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --temperature sampling.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Note threshold of the peak picking (default: the checkpoint's validated one).")
+              help="Note threshold of the peak picking (default: the checkpoint's validated one "
+                   "for the difficulty).")
 @click.option("--no-snap", is_flag=True, help="Keep exact note times instead of snapping to 1/16 beat within 10 ms.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
