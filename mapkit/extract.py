@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mapkit.datasets.names import safe_attrs
 from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
 from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
                                    shard_file_attrs)
@@ -74,8 +75,12 @@ def _source_sha256(source) -> str:
 
 def extract_one(task: ExtractTask, settings: FeatureSettings):
     """Worker: :class:`AlreadyPresent` when the audio hash is the stored one, else the song's features."""
+    from mapkit.datasets.names import song_id_problem
     from mapkit.preprocess.features import song_features
 
+    problem = song_id_problem(task.song_id)
+    if problem is not None:  # "." (from "..zip"), control characters, undecodable bytes: never reach HDF5
+        raise MapkitError(task.path, problem)
     if task.known_sha256 is not None and _source_sha256(task.source) == task.known_sha256:
         return AlreadyPresent(task.known_sha256)
     return song_features(task.source, settings)
@@ -106,7 +111,7 @@ def feature_item(song) -> ShardItem:
         group=f"{KIND_ROOTS['features']}/{song.song_id}",
         datasets={"placement": np.asarray(song.placement, dtype=np.float16),
                   "selection": np.asarray(song.selection, dtype=np.float16)},
-        attrs=attrs,
+        attrs=safe_attrs(attrs),
     )
 
 
