@@ -70,7 +70,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mapkit.datasets.names import name_problem, safe_attrs, song_id_problem
-from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
+from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
+                                    run_items, write_report)
 from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, shard_file_attrs, write_json_atomic
 from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
@@ -748,7 +749,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                   characteristic="Standard", jobs=None, force: bool = False, rebuild_vocab: bool = False,
                   val_fraction: float = 0.1, val_songs=None, seed: int = 0,
                   backend: str = "joblib", scheduler=None, progress: bool = True,
-                  shard_levels: int = DEFAULT_SHARD_LEVELS, shard_bytes: int = DEFAULT_SHARD_BYTES) -> RunReport:
+                  shard_levels: int = DEFAULT_SHARD_LEVELS, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                  item_timeout: float | None = DEFAULT_ITEM_TIMEOUT_S) -> RunReport:
     """Build the targets of every level under ``input_dir`` into ``store``.
 
     Parameters
@@ -782,6 +784,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         tqdm progress bars on stderr.
     shard_levels, shard_bytes : int
         When a shard is full and committed.
+    item_timeout : float or None
+        Seconds one level may take before it fails with "timed out after N s"; None: no limit.
 
     Returns
     -------
@@ -803,11 +807,16 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         characteristic selection, or its
         ``vocab.json`` is not the vocabulary of its targets (or of another
         ``vocab_size``) and ``rebuild_vocab`` is not set.
+    RunInterrupted
+        SIGINT or SIGTERM: with a known vocabulary the levels written so far
+        are committed; while the vocabulary is being counted nothing is
+        written. Running again finishes the job.
     """
     from mapkit.preprocess.sources import discover
 
     store = store if isinstance(store, Store) else Store(store)
-    sources = discover(os.path.abspath(input_dir), kinds=("level",))
+    ignored: list = []
+    sources = discover(os.path.abspath(input_dir), kinds=("level",), ignored=ignored)
     if not sources:
         raise MapkitError(input_dir, "no levels found (level folders or .zip files with an info file)")
     selection = characteristic_selection(characteristic)
@@ -890,8 +899,12 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 return summary(results, task)
 
             with writer:
-                ran = run_items(tasks, work, write, jobs=jobs, backend=backend, scheduler=scheduler,
-                                desc=COMMAND, progress=progress, unit="level")
+                try:
+                    ran = run_items(tasks, work, write, jobs=jobs, backend=backend, scheduler=scheduler,
+                                    desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
+                except RunInterrupted:
+                    writer.close()  # every level written so far is complete: keep them
+                    raise
         else:
             # first pass: compute and count; results wait in an unnamed temporary file
             with tempfile.TemporaryFile(dir=store.root, prefix=".build-targets-spool-") as spool:
@@ -908,7 +921,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                     return summary(results, task)
 
                 ran = run_items(tasks, work, collect, jobs=jobs, backend=backend, scheduler=scheduler,
-                                desc=COMMAND, progress=progress, unit="level")
+                                desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
                 # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
                 kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
                 # the songs the trainer will split: features and targets (after this run)
@@ -966,7 +979,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 k = pos_of_task[i]
                 items.extend(per_task.get(k) or [ran[k]])
         index = store.index("targets")
-        report = RunReport(COMMAND, items, problems=index.problems)
+        report = RunReport(COMMAND, items, problems=index.problems, ignored=ignored)
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "rebuild_vocab": rebuild_vocab, "characteristic": selection, "backend": backend,

@@ -50,6 +50,26 @@ def parallel_options(unit: str, force_help: str):
     return decorate
 
 
+item_timeout_option = click.option(
+    "--item-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+    metavar="SECONDS",
+    help="Time limit of one item: past it, it fails with 'timed out after N s' and the run goes on.")
+
+
+def interrupted(e) -> None:
+    """Print the one line of a run stopped by SIGINT/SIGTERM and exit with 128 + the signal number."""
+    from mapkit.datasets.runner import INTERRUPTED_MESSAGE
+
+    click.echo(INTERRUPTED_MESSAGE, err=True)
+    sys.exit(e.exit_code)
+
+
+def warn_ignored(report) -> None:
+    """One stderr line per input entry a run skipped on purpose (links leaving the input, stray info files)."""
+    for path, reason in report.ignored:
+        click.echo(f"ignored: {path}: {reason}", err=True)
+
+
 def fail(message: str, code: int = 1):
     """Print ``message`` to stderr and exit with ``code``."""
     click.echo(f"error: {message}", err=True)
@@ -80,8 +100,9 @@ def main():
 @parallel_options("song", "Recompute songs already stored with the same audio and settings.")
 @click.option("--shard-songs", type=click.IntRange(min=1), default=64, show_default=True,
               help="Songs per HDF5 shard (a killed run loses at most one shard in progress).")
+@item_timeout_option
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_songs, no_progress):
+def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_songs, item_timeout, no_progress):
     """Audio -> padded log-mel features of both stages in the store's HDF5 shards.
 
     INPUT is a folder of level folders and/or .zip files (the audio is found
@@ -91,19 +112,29 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
     that cannot be read is reported (STORE/reports/) and skipped; the exit
     code is then 2. stats.json (per-band mean/std) is updated at the end.
 
+    Only regular files are read; links below INPUT are followed only inside
+    it; a zip member or gzip file may expand to at most 512 MiB (audio) or
+    64 MiB (JSON): set MAPKIT_MAX_AUDIO_BYTES / MAPKIT_MAX_JSON_BYTES to
+    change that. Ctrl-C or SIGTERM stops the run, keeping the songs written
+    (exit code 130 or 143); run the command again to finish.
+
     \b
     Example:
       mapkit extract ~/BeatSaber/CustomLevels --store data/ --jobs 8
       mapkit extract songs/ --backend dask --scheduler tcp://10.0.0.5:8786
     """
+    from mapkit.datasets.runner import RunInterrupted
     from mapkit.errors import MapkitError
     from mapkit.extract import extract
 
     try:
         report = extract(input_dir, store=store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
-                         progress=not no_progress, shard_songs=shard_songs)
+                         progress=not no_progress, shard_songs=shard_songs, item_timeout=item_timeout)
     except MapkitError as e:
         fail(str(e))
+    except RunInterrupted as e:
+        interrupted(e)
+    warn_ignored(report)
     click.echo(report.summary(), err=True)
     sys.exit(report.exit_code)
 
@@ -237,9 +268,10 @@ def validate_command(store, as_json, no_progress):
 @parallel_options("level", "Redo levels already stored with the same files, audio and settings.")
 @click.option("--shard-levels", type=click.IntRange(min=1), default=256, show_default=True,
               help="Levels per HDF5 shard (a killed run loses at most one shard in progress).")
+@item_timeout_option
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_vocab, val_fraction, val_songs, seed,
-                          song_offset, jobs, force, backend, scheduler, shard_levels, no_progress):
+                          song_offset, jobs, force, backend, scheduler, shard_levels, item_timeout, no_progress):
     """Levels -> per-frame classes and state-token sequences in the store's HDF5 shards.
 
     INPUT is a folder of level folders and/or .zip files (the same folder as
@@ -251,7 +283,9 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
     vocab.json; later runs encode with it (unseen states become UNK). Levels
     already stored with the same files, audio and settings are skipped.
     Quarantined difficulties and unreadable levels are reported
-    (STORE/reports/) and the exit code is then 2.
+    (STORE/reports/) and the exit code is then 2. Inputs are read as by
+    extract (regular files only, links inside INPUT, size caps); Ctrl-C or
+    SIGTERM stops the run (exit code 130 or 143); run it again to finish.
 
     \b
     Example:
@@ -259,6 +293,7 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
       mapkit build-targets CustomLevels/ --characteristic all --vocab-size 4000 --rebuild-vocab
     """
     from mapkit.build_targets import build_targets
+    from mapkit.datasets.runner import RunInterrupted
     from mapkit.errors import MapkitError
     from mapkit.settings import TargetSettings
 
@@ -267,9 +302,13 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
         report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
                                force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
                                val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
-                               scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels)
+                               scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels,
+                               item_timeout=item_timeout)
     except MapkitError as e:
         fail(str(e))
+    except RunInterrupted as e:
+        interrupted(e)
+    warn_ignored(report)
     click.echo(report.summary(unit="items"), err=True)
     sys.exit(report.exit_code)
 
