@@ -165,7 +165,10 @@ def test_workers_exit_when_the_parent_dies(signum):
     deadline = time.monotonic() + 10
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_alive(w) for w in workers), "a worker outlived its parent"
+    survivors = [w for w in workers if _alive(w)]
+    for w in survivors:  # never leave them behind, even when the test fails
+        os.kill(w, signal.SIGKILL)
+    assert not survivors, "a worker outlived its parent"
     if shm:  # joblib's temporary folders go with the workers
         time.sleep(1.0)
         left = [d for d in os.listdir("/dev/shm") if d.startswith(f"joblib_memmapping_folder_{p.pid}_")]
@@ -204,3 +207,22 @@ def test_extract_stops_on_a_signal_keeps_what_it_wrote_and_a_rerun_finishes(tmp_
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"{12 - len(index)} written, {len(index)} already present" in done.stderr
+
+
+def deaf(item: Item):
+    """Native code that never sees the alarm: SIGALRM blocked while it sleeps."""
+    if item.seconds:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(item.seconds)
+    return item.song_id
+
+
+def test_a_worker_stuck_past_its_limit_is_ended_and_the_item_times_out():
+    items = [Item("a", "a"), Item("stuck", "stuck", 60.0), Item("b", "b"), Item("c", "c")]
+    written = []
+    t0 = time.monotonic()
+    results = run_items(items, deaf, writer(written), jobs=2, progress=False, time_limit=1.0)
+    assert time.monotonic() - t0 < 30
+    assert {r.song_id: r.status for r in results} == {"a": "ok", "stuck": "failed", "b": "ok", "c": "ok"}
+    assert results[1].reason == "timed out after 1 s"
+    assert sorted(written) == ["a", "b", "c"]

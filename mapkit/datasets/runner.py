@@ -23,7 +23,8 @@ The shape of every batch command (``extract``, ``build-targets``):
   on. The limit is a ``SIGALRM`` in the process doing the work, so it stops
   Python code and blocking reads; in a worker process, native code that
   ignores it is ended by the worker's watchdog :data:`HARD_GRACE_S` seconds
-  later (the item then fails the same way). With ``jobs=1`` nothing can end
+  later (or one time limit later, when that is shorter), and the item fails
+  the same way. With ``jobs=1`` nothing can end
   native code that never returns; the Dask backend has no limit.
 - **workers never outlive the run**: every joblib worker runs a watchdog
   thread that ends it within a second when the process that started the run
@@ -64,7 +65,8 @@ STATUS_WORDS = {"ok": "written", "skipped": "already present", "failed": "failed
 #: Default time limit of one item's work, in seconds (``--item-timeout``): generous, since a
 #: 20-minute song extracts in well under a minute, but finite.
 DEFAULT_ITEM_TIMEOUT_S = 600.0
-#: How long past its time limit a worker stuck in native code is given before its watchdog ends it.
+#: How long past its time limit a worker stuck in native code is given before its watchdog ends it
+#: (at most the time limit itself: a 1 s limit ends the worker after 2 s).
 HARD_GRACE_S = 30.0
 #: How often a worker's watchdog looks at its parent and its deadline, in seconds.
 WATCHDOG_PERIOD_S = 0.5
@@ -163,7 +165,7 @@ class _Deadline:
     def __enter__(self):
         global _HARD_DEADLINE
         if self.time_limit:
-            _HARD_DEADLINE = time.monotonic() + self.time_limit + HARD_GRACE_S
+            _HARD_DEADLINE = time.monotonic() + self.time_limit + min(HARD_GRACE_S, self.time_limit)
             if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
                 self._old = signal.signal(signal.SIGALRM, self._alarm)
                 self.active = True
