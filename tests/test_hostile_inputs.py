@@ -385,3 +385,13 @@ def test_a_fifo_given_as_the_input_is_refused_without_blocking(tmp_path, caps):
     with pytest.raises(LevelError, match="not a regular file"):
         read_level(tmp_path / "x.zip")
     shutil.rmtree(tmp_path / "store", ignore_errors=True)
+
+
+def test_inspect_reads_the_levels_of_a_pack_not_its_stray_info_file(tmp_path):
+    from mapkit.preprocess.levels import inspect_levels
+
+    pack = tmp_path / "pack"
+    make_level(str(pack / "a"), tmp_path)
+    (pack / "Info.dat").write_bytes(info())
+    results = list(inspect_levels([pack]))
+    assert [(r.level.song_id, r.error) for r in results] == [("a", None)]

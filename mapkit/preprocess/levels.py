@@ -1022,12 +1022,12 @@ def format_level(level: Level) -> str:
 
 def _expand(path) -> list:
     """A level, or the levels in a folder of levels (so ``inspect levels/`` works)."""
-    from mapkit.preprocess.sources import _is_level_dir, discover
+    from mapkit.preprocess.sources import _is_level_dir, discover, is_pack
 
     p = Path(path)
     if not p.exists():
         raise LevelError(p, "no such file or folder")
-    if p.is_dir() and not _is_level_dir(p):
+    if p.is_dir() and (not _is_level_dir(p) or is_pack(p)):
         found = [s.path for s in discover(p, kinds=("level",))]
         if found:
             return found

@@ -41,6 +41,8 @@ ENV_MAX_AUDIO = "MAPKIT_MAX_AUDIO_BYTES"
 
 NOT_REGULAR = "not a regular file"
 
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX: opening a FIFO without a writer must not wait
+
 
 @dataclass(frozen=True)
 class ReadLimits(_Settings):
@@ -120,7 +122,7 @@ def open_regular(path, describe=None):
     if not stat.S_ISREG(mode):
         raise MapkitError(where, f"{NOT_REGULAR} ({_kind(mode)})")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except IsADirectoryError:
         raise MapkitError(where, NOT_REGULAR + " (a folder)") from None
     except OSError as e:
@@ -129,7 +131,8 @@ def open_regular(path, describe=None):
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise MapkitError(where, f"{NOT_REGULAR} ({_kind(mode)})")
-        os.set_blocking(fd, True)
+        if _NONBLOCK:
+            os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

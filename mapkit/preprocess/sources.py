@@ -100,6 +100,13 @@ def _holds_levels(path: Path) -> bool:
     return False
 
 
+def is_pack(path) -> bool:
+    """Whether ``path`` is a pack folder with a stray info file: an info file, no audio, level folders or zips."""
+    p = Path(path)
+    names = _lower_names(p)
+    return any(n in names for n in INFO_NAMES) and not _holds_audio(names) and _holds_levels(p)
+
+
 def discover(input_dir, kinds=("level", "audio"), ignored: list | None = None) -> list[Source]:
     """All songs under ``input_dir``, sorted by song id (the rules are in the module docstring).
 
@@ -144,7 +151,7 @@ def discover(input_dir, kinds=("level", "audio"), ignored: list | None = None) -
             names = _lower_names(p)
             holds_audio = _holds_audio(names)
             if any(n in names for n in INFO_NAMES):
-                if not holds_audio and _holds_levels(p):
+                if is_pack(p):
                     info = next(n for n in sorted(os.listdir(p)) if n.lower() in INFO_NAMES)
                     ignored.append((str(p / info), "stray info file ignored: its folder holds no audio but "
                                                    "holds level folders or .zip files, so it is searched as a pack"))
