@@ -226,3 +226,48 @@ def test_a_worker_stuck_past_its_limit_is_ended_and_the_item_times_out():
     assert {r.song_id: r.status for r in results} == {"a": "ok", "stuck": "failed", "b": "ok", "c": "ok"}
     assert results[1].reason == "timed out after 1 s"
     assert sorted(written) == ["a", "b", "c"]
+
+
+class SignalOnRead:
+    """A song file object that sends a signal to this process on its third read, as Ctrl-C would."""
+
+    def __init__(self, data: bytes, signum: int):
+        import io
+
+        self._f, self.signum, self.reads = io.BytesIO(data), signum, 0
+
+    def readinto(self, b):
+        self.reads += 1
+        if self.reads == 3:
+            os.kill(os.getpid(), self.signum)  # the handler runs inside libsndfile's read callback
+        return self._f.readinto(b)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_inside_the_decoders_read_callback_is_not_a_truncated_song(monkeypatch, signum):
+    """cffi swallows the exception a handler raises in a callback: the run must still stop, silently."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    from mapkit.preprocess.audio import decode_audio
+
+    buf = io.BytesIO()
+    sf.write(buf, 0.1 * np.ones((200_000, 1), np.float32), 44100, format="WAV")
+
+    def decode(item: Item):
+        if item.song_id == "victim":
+            decode_audio(SignalOnRead(buf.getvalue(), signum), "victim.wav")
+        return item.song_id
+
+    written, reported = [], []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)  # what would be printed as a traceback
+    with pytest.raises(RunInterrupted):
+        run_items([Item("first", "first"), Item("victim", "victim"), Item("never", "never")], decode,
+                  writer(written), jobs=1, progress=False)
+    assert written == ["first"]  # no "truncated" failure recorded for the victim
+    assert reported == []  # the exception cffi swallowed is not reported

@@ -143,6 +143,28 @@ def timed_out(time_limit: float) -> str:
     return f"timed out after {time_limit:g} s"
 
 
+@contextmanager
+def _quiet_unraisable():
+    """Drop the report of a RunInterrupted/_ItemTimeout swallowed by a C callback (cffi prints it otherwise).
+
+    libsndfile reads a Python file object through cffi callbacks; an exception
+    raised in one (by a signal handler) is swallowed there and handed to
+    ``sys.unraisablehook``, which would print a traceback. The run sees the
+    signal through its own flag, so the report says nothing new.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not isinstance(unraisable.exc_value, (RunInterrupted, _ItemTimeout)):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 class _Deadline:
     """SIGALRM after ``time_limit`` seconds while active (main thread only; else a no-op).
 
@@ -218,7 +240,7 @@ def _guarded(work, i, item, time_limit: float | None = None, parent_pid: int | N
     watchdog ends the worker when it is gone).
     """
     _watch_parent(parent_pid)
-    with _Deadline(time_limit) as deadline:
+    with _quiet_unraisable(), _Deadline(time_limit) as deadline:
         try:
             out = i, True, work(item)
         except _ItemTimeout:
@@ -371,7 +393,7 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
         signals.check()
 
     try:
-        with _interruptible(signals):
+        with _interruptible(signals), _quiet_unraisable():
             if not items:
                 pass
             elif backend == "dask":
