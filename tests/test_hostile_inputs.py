@@ -44,7 +44,7 @@ def info(entries=(("Standard", "Hard", "HardStandard.dat"), ("Standard", "Expert
     for char, diff, fname in entries:
         sets.setdefault(char, []).append({"_difficulty": diff, "_difficultyRank": 7, "_beatmapFilename": fname,
                                           "_noteJumpMovementSpeed": 16})
-    return json.dumps({"_version": "2.0.0", "_songName": "x", "_beatsPerMinute": 120, "_songFilename": "song.egg",
+    return json.dumps({"_version": "2.0.0", "_songName": "x", "_beatsPerMinute": 240, "_songFilename": "song.egg",
                        "_songTimeOffset": 0, "_difficultyBeatmapSets": [
                            {"_beatmapCharacteristicName": c, "_difficultyBeatmaps": d} for c, d in sets.items()]
                        }).encode()
@@ -62,7 +62,7 @@ _SONGS = {}
 
 def song_bytes(tmp, seed=0) -> bytes:
     if seed not in _SONGS:
-        _SONGS[seed] = write_song(tmp / f"song{seed}.egg", seconds=2.0, seed=seed).read_bytes()
+        _SONGS[seed] = write_song(tmp / f"song{seed}.egg", seconds=1.0, seed=seed).read_bytes()
     return _SONGS[seed]
 
 

@@ -42,12 +42,11 @@ def writer(log):
     return write
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_a_slow_item_times_out_and_the_run_goes_on(jobs):
+def test_a_slow_item_times_out_and_the_run_goes_on():
     items = [Item("a", "a"), Item("slow", "slow", 30.0), Item("b", "b")]
     written = []
     t0 = time.monotonic()
-    results = run_items(items, sleepy, writer(written), jobs=jobs, progress=False, time_limit=1.0)
+    results = run_items(items, sleepy, writer(written), jobs=1, progress=False, time_limit=1.0)
     assert time.monotonic() - t0 < 15
     assert [r.status for r in results] == ["ok", "failed", "ok"]
     assert results[1].reason == "timed out after 1 s"
@@ -145,8 +144,8 @@ def _alive(pid):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc (Linux)")
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
-def test_workers_exit_when_the_parent_dies(signum):
+def test_workers_exit_when_the_parent_is_killed():
+    signum = signal.SIGKILL
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     p = subprocess.Popen([sys.executable, "-c", PARENT.format(root=root)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
@@ -173,8 +172,6 @@ def test_workers_exit_when_the_parent_dies(signum):
         time.sleep(1.0)
         left = [d for d in os.listdir("/dev/shm") if d.startswith(f"joblib_memmapping_folder_{p.pid}_")]
         assert not left
-    if signum == signal.SIGTERM:
-        assert p.returncode == 128 + signal.SIGTERM or p.returncode == 1
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -184,7 +181,7 @@ def test_extract_stops_on_a_signal_keeps_what_it_wrote_and_a_rerun_finishes(tmp_
     from tests.test_extract import make_inputs
 
     inp, store = tmp_path / "in", tmp_path / "store"
-    make_inputs(inp, 12)
+    make_inputs(inp, 6)
     cmd = [sys.executable, "-m", "mapkit", "extract", str(inp), "--store", str(store), "--jobs", "1",
            "--no-progress"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -200,31 +197,33 @@ def test_extract_stops_on_a_signal_keeps_what_it_wrote_and_a_rerun_finishes(tmp_
     assert p.returncode == 128 + signum, err
     assert err.strip().splitlines()[-1] == INTERRUPTED_MESSAGE and "Traceback" not in err
     index = Store(store).index("features")
-    assert 1 <= len(index) < 12  # what was written is committed, not left as a partial shard
+    assert 1 <= len(index) < 6  # what was written is committed, not left as a partial shard
     assert not [f for f in (store / "features").iterdir() if f.name.endswith(".partial")]
     assert not list((store / "reports").glob("*.json")) if (store / "reports").is_dir() else True
     assert validate_store(store, progress=False).ok
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"{12 - len(index)} written, {len(index)} already present" in done.stderr
+    assert f"{6 - len(index)} written, {len(index)} already present" in done.stderr
 
 
 def deaf(item: Item):
-    """Native code that never sees the alarm: SIGALRM blocked while it sleeps."""
-    if item.seconds:
+    """``stuck``: native code that never sees the alarm (SIGALRM blocked); ``slow``: Python that does."""
+    if item.song_id == "stuck":
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-        time.sleep(item.seconds)
+    time.sleep(item.seconds)
     return item.song_id
 
 
-def test_a_worker_stuck_past_its_limit_is_ended_and_the_item_times_out():
-    items = [Item("a", "a"), Item("stuck", "stuck", 60.0), Item("b", "b"), Item("c", "c")]
+def test_in_workers_slow_and_stuck_items_time_out_and_the_run_goes_on():
+    items = [Item("a", "a"), Item("slow", "slow", 60.0), Item("stuck", "stuck", 60.0), Item("b", "b"),
+             Item("c", "c")]
     written = []
     t0 = time.monotonic()
     results = run_items(items, deaf, writer(written), jobs=2, progress=False, time_limit=1.0)
     assert time.monotonic() - t0 < 30
-    assert {r.song_id: r.status for r in results} == {"a": "ok", "stuck": "failed", "b": "ok", "c": "ok"}
-    assert results[1].reason == "timed out after 1 s"
+    assert {r.song_id: r.status for r in results} == {"a": "ok", "slow": "failed", "stuck": "failed", "b": "ok",
+                                                     "c": "ok"}
+    assert results[1].reason == results[2].reason == "timed out after 1 s"
     assert sorted(written) == ["a", "b", "c"]
 
 
