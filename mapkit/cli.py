@@ -66,13 +66,17 @@ def interrupted(e) -> None:
 
 def warn_ignored(report) -> None:
     """One stderr line per input entry a run skipped on purpose (links leaving the input, stray info files)."""
+    from mapkit.datasets.names import printable
+
     for path, reason in report.ignored:
-        click.echo(f"ignored: {path}: {reason}", err=True)
+        click.echo(printable(f"ignored: {path}: {reason}"), err=True)
 
 
 def fail(message: str, code: int = 1):
     """Print ``message`` to stderr and exit with ``code``."""
-    click.echo(f"error: {message}", err=True)
+    from mapkit.datasets.names import printable
+
+    click.echo(printable(f"error: {message}"), err=True)
     sys.exit(code)
 
 
@@ -162,6 +166,7 @@ def inspect_command(levels, as_json, characteristic, song_offset):
       mapkit inspect tests/fixtures/maps/JOURNEY --characteristic all
       mapkit inspect ~/BeatSaber/CustomLevels/ --json > levels.jsonl
     """
+    from mapkit.datasets.names import printable
     from mapkit.preprocess.levels import inspect_levels
     from mapkit.settings import TargetSettings
 
@@ -170,9 +175,9 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     for result in inspect_levels(levels, settings=settings, as_json=as_json, characteristic=characteristic):
         if result.error is not None:
             failed += 1
-            click.echo(f"error: {result.error}", err=True)
+            click.echo(printable(f"error: {result.error}"), err=True)
         else:
-            click.echo(result.text)
+            click.echo(printable(result.text))
     sys.exit(1 if failed else 0)
 
 

@@ -395,3 +395,15 @@ def test_inspect_reads_the_levels_of_a_pack_not_its_stray_info_file(tmp_path):
     (pack / "Info.dat").write_bytes(info())
     results = list(inspect_levels([pack]))
     assert [(r.level.song_id, r.error) for r in results] == [("a", None)]
+
+
+def test_inspect_over_the_hostile_folder_reports_every_level_without_a_traceback(hostile):
+    from click.testing import CliRunner
+
+    from mapkit.cli import main
+
+    result = CliRunner().invoke(main, ["inspect", str(hostile["inp"])])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "Info.dat: not a regular file (a FIFO)" in result.output
+    assert "QUARANTINED: unreadable: " in result.output and "encrypted zip member" in result.output

@@ -73,6 +73,15 @@ def attr_text(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\x00")
 
 
+def printable(text: str) -> str:
+    """``text`` as any terminal or pipe can take it: bytes of undecodable file names as ``\\xNN``.
+
+    >>> printable("caf\\udce9 ok ✓")
+    'caf\\\\xe9 ok ✓'
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def safe_attrs(attrs: dict) -> dict:
     """``attrs`` with every string value passed through :func:`attr_text`."""
     return {k: attr_text(v) if isinstance(v, str) else v for k, v in attrs.items()}
