@@ -291,6 +291,17 @@ def test_open_regular_never_blocks_and_names_what_it_found(tmp_path):
     (tmp_path / "f").write_bytes(b"ok")
     with open_regular(tmp_path / "f") as f:
         assert f.read() == b"ok"
+    import socket
+    import tempfile
+
+    short = tempfile.mkdtemp(dir="/tmp")  # a socket's path must be short
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(os.path.join(short, "s.ogg"))
+            with pytest.raises(MapkitError, match="not a regular file \\(a socket\\)"):
+                open_regular(os.path.join(short, "s.ogg"))
+    finally:
+        shutil.rmtree(short)
 
 
 def test_the_json_cap_applies_to_plain_gzip_and_zip_files(tmp_path):
