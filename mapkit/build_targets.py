@@ -417,7 +417,8 @@ def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int 
         arrays = difficulty_datasets(d, level.n_frames, vocab, fps)
         for name in DIFFICULTY_DATASETS:
             datasets[f"{d.name}/{name}"] = arrays[name]
-        sub_attrs[d.name] = {**safe_attrs(d.attrs), "vocab_hash": vocab.hash, "n_unk": int((arrays["tokens"] == 3).sum()),
+        sub_attrs[d.name] = {**safe_attrs(d.attrs), "vocab_hash": vocab.hash,
+                             "n_unk": int((arrays["tokens"] == 3).sum()),
                              "features_settings_hash": level.features_settings_hash,
                              "audio_sha256": level.audio_sha256}
         written.append(d.name)

@@ -12,6 +12,7 @@ usage of the store); 2 the run finished but skipped or quarantined some items
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 import click
 
@@ -54,6 +55,33 @@ item_timeout_option = click.option(
     "--item-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
     metavar="SECONDS",
     help="Time limit of one item: past it, it fails with 'timed out after N s' and the run goes on.")
+
+
+@contextmanager
+def signals_stop_the_run():
+    """Inside, SIGINT and SIGTERM raise RunInterrupted, before and after the per-item work too.
+
+    (During the work, :func:`~mapkit.datasets.runner.run_items` handles them
+    itself, so that no write is cut in half.) The old handlers come back after.
+    """
+    import signal
+    import threading
+
+    from mapkit.datasets.runner import RunInterrupted
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def handler(signum, frame):
+        raise RunInterrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def interrupted(e) -> None:
@@ -132,8 +160,9 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
     from mapkit.extract import extract
 
     try:
-        report = extract(input_dir, store=store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
-                         progress=not no_progress, shard_songs=shard_songs, item_timeout=item_timeout)
+        with signals_stop_the_run():
+            report = extract(input_dir, store=store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
+                             progress=not no_progress, shard_songs=shard_songs, item_timeout=item_timeout)
     except MapkitError as e:
         fail(str(e))
     except RunInterrupted as e:
@@ -304,11 +333,12 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
 
     settings = TargetSettings(song_offset=song_offset, vocab_size=vocab_size)
     try:
-        report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
-                               force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
-                               val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
-                               scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels,
-                               item_timeout=item_timeout)
+        with signals_stop_the_run():
+            report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
+                                   force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
+                                   val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
+                                   scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels,
+                                   item_timeout=item_timeout)
     except MapkitError as e:
         fail(str(e))
     except RunInterrupted as e:

@@ -270,3 +270,14 @@ def test_a_signal_inside_the_decoders_read_callback_is_not_a_truncated_song(monk
                   writer(written), jobs=1, progress=False)
     assert written == ["first"]  # no "truncated" failure recorded for the victim
     assert reported == []  # the exception cffi swallowed is not reported
+
+
+def test_the_commands_stop_on_a_signal_outside_the_work_too():
+    from mapkit.cli import signals_stop_the_run
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(RunInterrupted) as e, signals_stop_the_run():
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. while the input folder is being searched
+        time.sleep(5)
+    assert e.value.exit_code == 143
+    assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
