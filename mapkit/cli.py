@@ -10,7 +10,8 @@ on bad ground, a locked store) or validation failed; 2 the run finished but
 skipped, failed or quarantined some items (details in the store's
 ``reports/``); 64 bad usage of the command line (unknown option, missing or
 invalid argument: sysexits' ``EX_USAGE``), so a script can tell a typo from a
-partial run.
+partial run; 130 or 143 (128 + the signal) stopped by Ctrl-C or SIGTERM
+(``extract`` and ``build-targets`` then print one line and keep what they wrote).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
 EXIT_CODES = {EXIT_OK: "success",
               EXIT_FAILED: "could not proceed, or validation failed (message on stderr)",
               EXIT_PARTIAL: "finished, but some items failed or were quarantined (see STORE/reports/)",
-              EXIT_USAGE: "bad usage: unknown option, missing or invalid argument"}
+              EXIT_USAGE: "bad usage: unknown option, missing or invalid argument",
+              128 + 2: "stopped by Ctrl-C (SIGINT); extract and build-targets keep what they wrote",
+              128 + 15: "stopped by SIGTERM; likewise"}
 
 
 #: OSErrors that say the disk or folder cannot be written, whatever the file: reported in one line.
@@ -117,9 +120,60 @@ def parallel_options(unit: str, force_help: str):
     return decorate
 
 
+item_timeout_option = click.option(
+    "--item-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+    metavar="SECONDS",
+    help="Time limit of one item: past it, it fails with 'timed out after N s' and the run goes on.")
+
+
+@contextmanager
+def signals_stop_the_run():
+    """Inside, SIGINT and SIGTERM raise RunInterrupted, before and after the per-item work too.
+
+    (During the work, :func:`~mapkit.datasets.runner.run_items` handles them
+    itself, so that no write is cut in half.) The old handlers come back after.
+    """
+    import signal
+    import threading
+
+    from mapkit.datasets.runner import RunInterrupted
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def handler(signum, frame):
+        raise RunInterrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def interrupted(e) -> None:
+    """Print the one line of a run stopped by SIGINT/SIGTERM and exit with 128 + the signal number."""
+    from mapkit.datasets.runner import INTERRUPTED_MESSAGE
+
+    click.echo(INTERRUPTED_MESSAGE, err=True)
+    sys.exit(e.exit_code)
+
+
+def warn_ignored(report) -> None:
+    """One stderr line per input entry a run skipped on purpose (links leaving the input, stray info files)."""
+    from mapkit.datasets.names import printable
+
+    for path, reason in report.ignored:
+        click.echo(printable(f"ignored: {path}: {reason}"), err=True)
+
+
 def fail(message: str, code: int = 1):
     """Print ``message`` to stderr and exit with ``code``."""
-    click.echo(f"error: {message}", err=True)
+    from mapkit.datasets.names import printable
+
+    click.echo(printable(f"error: {message}"), err=True)
     sys.exit(code)
 
 
@@ -147,8 +201,9 @@ def main():
 @parallel_options("song", "Recompute songs already stored with the same audio and settings.")
 @click.option("--shard-songs", type=click.IntRange(min=1), default=64, show_default=True,
               help="Songs per HDF5 shard (a killed run loses at most one shard in progress).")
+@item_timeout_option
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_songs, no_progress):
+def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_songs, item_timeout, no_progress):
     """Audio -> padded log-mel features of both stages in the store's HDF5 shards.
 
     INPUT is a folder of level folders and/or .zip files (the audio is found
@@ -158,19 +213,30 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
     that cannot be read is reported (STORE/reports/) and skipped; the exit
     code is then 2. stats.json (per-band mean/std) is updated at the end.
 
+    Only regular files are read; links below INPUT are followed only inside
+    it; a zip member or gzip file may expand to at most 512 MiB (audio) or
+    64 MiB (JSON): set MAPKIT_MAX_AUDIO_BYTES / MAPKIT_MAX_JSON_BYTES to
+    change that. Ctrl-C or SIGTERM stops the run, keeping the songs written
+    (exit code 130 or 143); run the command again to finish.
+
     \b
     Example:
       mapkit extract ~/BeatSaber/CustomLevels --store data/ --jobs 8
       mapkit extract songs/ --backend dask --scheduler tcp://10.0.0.5:8786
     """
+    from mapkit.datasets.runner import RunInterrupted
     from mapkit.errors import MapkitError
     from mapkit.extract import extract
 
     try:
-        report = extract(input_dir, store=store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
-                         progress=not no_progress, shard_songs=shard_songs)
+        with signals_stop_the_run():
+            report = extract(input_dir, store=store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
+                             progress=not no_progress, shard_songs=shard_songs, item_timeout=item_timeout)
     except MapkitError as e:
         fail(str(e))
+    except RunInterrupted as e:
+        interrupted(e)
+    warn_ignored(report)
     click.echo(report.summary(), err=True)
     sys.exit(report.exit_code)
 
@@ -198,6 +264,7 @@ def inspect_command(levels, as_json, characteristic, song_offset):
       mapkit inspect tests/fixtures/maps/JOURNEY --characteristic all
       mapkit inspect ~/BeatSaber/CustomLevels/ --json > levels.jsonl
     """
+    from mapkit.datasets.names import printable
     from mapkit.preprocess.levels import inspect_levels
     from mapkit.settings import TargetSettings
 
@@ -206,10 +273,10 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     for result in inspect_levels(levels, settings=settings, as_json=as_json, characteristic=characteristic):
         if result.error is not None:
             failed += 1
-            click.echo(f"error: {result.error}", err=True)
+            click.echo(printable(f"error: {result.error}"), err=True)
         else:
             shown += 1
-            click.echo(result.text)
+            click.echo(printable(result.text))
     sys.exit(EXIT_OK if not failed else EXIT_PARTIAL if shown else EXIT_FAILED)
 
 
@@ -311,9 +378,10 @@ def validate_command(store, as_json, quick, no_progress):
 @parallel_options("level", "Redo levels already stored with the same files, audio and settings.")
 @click.option("--shard-levels", type=click.IntRange(min=1), default=256, show_default=True,
               help="Levels per HDF5 shard (a killed run loses at most one shard in progress).")
+@item_timeout_option
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_vocab, val_fraction, val_songs, seed,
-                          song_offset, jobs, force, backend, scheduler, shard_levels, no_progress):
+                          song_offset, jobs, force, backend, scheduler, shard_levels, item_timeout, no_progress):
     """Levels -> per-frame classes and state-token sequences in the store's HDF5 shards.
 
     INPUT is a folder of level folders and/or .zip files (the same folder as
@@ -325,7 +393,9 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
     vocab.json; later runs encode with it (unseen states become UNK). Levels
     already stored with the same files, audio and settings are skipped.
     Quarantined difficulties and unreadable levels are reported
-    (STORE/reports/) and the exit code is then 2.
+    (STORE/reports/) and the exit code is then 2. Inputs are read as by
+    extract (regular files only, links inside INPUT, size caps); Ctrl-C or
+    SIGTERM stops the run (exit code 130 or 143); run it again to finish.
 
     \b
     Example:
@@ -333,17 +403,23 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
       mapkit build-targets CustomLevels/ --characteristic all --vocab-size 4000 --rebuild-vocab
     """
     from mapkit.build_targets import build_targets
+    from mapkit.datasets.runner import RunInterrupted
     from mapkit.errors import MapkitError
     from mapkit.settings import TargetSettings
 
     settings = TargetSettings(song_offset=song_offset, vocab_size=vocab_size)
     try:
-        report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
-                               force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
-                               val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
-                               scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels)
+        with signals_stop_the_run():
+            report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
+                                   force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
+                                   val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
+                                   scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels,
+                                   item_timeout=item_timeout)
     except MapkitError as e:
         fail(str(e))
+    except RunInterrupted as e:
+        interrupted(e)
+    warn_ignored(report)
     click.echo(report.summary(unit="items"), err=True)
     sys.exit(report.exit_code)
 
