@@ -10,7 +10,7 @@ is flagged when (thresholds in :class:`AuditSettings`):
 flag            when                                                       reason as printed
 ==============  =========================================================  ==========================
 ``few_notes``   fewer than ``min_note_frames`` (16) distinct note frames   ``only 9 note frames``
-``no_peak``     peak strength below ``min_strength`` (6.0)                 ``no alignment peak (strength 3.2)``
+``no_peak``     peak strength below ``min_strength`` (4.5)                 ``no alignment peak (strength 3.2)``
 ``offset``      a clear peak more than ``offset_tolerance_frames`` (3)     ``offset +37 frames``
                 frames from 0
 ``partial``     notes span less than ``min_coverage`` (0.5) of the song    ``covers 18 % of the song``
@@ -18,10 +18,13 @@ flag            when                                                       reaso
 
 ``no_peak`` and ``offset`` are not judged for ``few_notes`` levels, and
 ``offset`` not without a peak. Why these numbers: random note sets give a
-strength below 4.2 in 99 % of cases whatever their size, aligned maps 10 and
-more (tests/preprocess/test_alignment.py); human maps with the right audio
-peak at -1 .. +2 frames; a map spanning under half of its song is a partial
-map or has the wrong (longer) audio.
+strength below 4.2 in 99 % of cases whatever their size; maps aligned to
+irregular hits 10 and more, to hits on a strict half-beat grid about 4.5
+(lags a beat apart then correlate almost as well: tests/preprocess/
+test_alignment.py); five real human maps with their audio measured 5.2 to
+11.8, at lags -2 .. +1 frames; a map spanning under half of its song is a
+partial map or has the wrong (longer) audio. A map offset by a whole number
+of beats cannot be told from an aligned one and is not flagged.
 
 Results are stored as attributes of each difficulty group (``align_*``,
 ``audit_flags_json``...; docs/store.md) and the level group
@@ -69,7 +72,7 @@ class AuditSettings(_Settings):
     #: A clear peak further than this from lag 0 is an ``offset`` flag.
     offset_tolerance_frames: int = 3
     #: Below this peak strength (robust z-score) there is ``no_peak``.
-    min_strength: float = 6.0
+    min_strength: float = 4.5
     #: Notes spanning less than this share of the song: ``partial``.
     min_coverage: float = 0.5
     #: Fewer distinct note frames than this: ``few_notes`` (too few to align).

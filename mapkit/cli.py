@@ -288,7 +288,7 @@ def audit_command(store, as_json, plot, jobs, force, backend, scheduler, no_prog
     Cross-correlates each difficulty's notes with the onset strength of its
     song's stored features over lags of +-1 s and flags: offset (a clear
     peak more than 3 frames from 0: "offset +37 frames"), no_peak (peak
-    strength below 6: notes unrelated to the audio), partial (notes span
+    strength below 4.5: notes unrelated to the audio), partial (notes span
     under 50 % of the song), few_notes (under 16 note frames). Results
     are stored as difficulty attributes (align_lag_frames, align_strength,
     align_coverage, audit_flags_json) for `mapkit train --exclude-flagged`;
