@@ -22,6 +22,14 @@ described in seconds (:func:`corpus_stats`). What it counts:
 - the share of UNK tokens per split (training / validation songs as recorded
   in ``vocab.json``, else the trainer's default split).
 
+Speed: the attributes of each complete shard are read once and kept as a
+summary in ``STORE/cache/stats/<kind>-shard-NNNNN.json`` (complete shards
+are never rewritten; a summary is used only while its shard has the same
+size and modification time, and removed with its shard). HDF5 attribute
+reads cost tens of microseconds each, so a first run reads a few hundred
+levels per second per process (``jobs``); later runs read the summaries
+(thousands of levels per second).
+
 Reasons are grouped after replacing numbers with ``N`` (``"dropped 12 of 300
 notes"`` and ``"dropped 7 of 90 notes"`` are one reason) and cutting
 ``"unreadable: <file>: ..."`` to ``"unreadable"``.
@@ -37,17 +45,21 @@ from pathlib import Path
 
 import numpy as np
 
-from mapkit.datasets.store import Store, open_shard
+from mapkit.datasets.store import KIND_ROOTS, Store, open_shard
 from mapkit.errors import StoreError
 from mapkit.preprocess.timebase import FPS
 
 #: Difficulty attributes read per stored difficulty (and nothing else).
 DIFFICULTY_ATTRS = ("declared_version", "n_notes", "n_bombs", "counts_json", "drops_json", "n_states", "n_unk",
-                    "tempo_map", "n_frames", "audit_flags_json", "align_lag_frames")
+                    "tempo_map", "audit_flags_json", "align_lag_frames")
 #: Level attributes read per stored level.
 LEVEL_ATTRS = ("info_version", "info_bpm", "difficulties_json", "quarantined_json", "automapped", "level_hash")
+#: Song attributes read per stored song.
+SONG_ATTRS = ("duration_s", "n_frames", "sample_rate", "group_id")
 #: Canonical difficulty order (for tables and the box plot).
 DIFFICULTY_ORDER = ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")
+#: Version of the per-shard summaries in ``STORE/cache/stats/``: a new version ignores older files.
+CACHE_VERSION = 1
 
 
 def _text(v):
@@ -63,38 +75,99 @@ def _read(attrs, names) -> dict:
     return out
 
 
-def read_shard_levels(path, groups: dict) -> list[dict]:
-    """The attributes stats needs of the levels ``groups`` (``{group path: song_id}``) of one targets shard.
+def read_shard(path, kind: str) -> dict:
+    """The attributes stats needs of every item of one complete shard.
 
-    Returns one dict per level: the :data:`LEVEL_ATTRS` it has, ``song_id``
-    and ``difficulties`` (``{"name": "<Characteristic>/<Difficulty>", **the
-    DIFFICULTY_ATTRS it has}``).
+    Returns ``{"problem": None or reason, "items": {song_id: record}}``. A
+    song record holds the :data:`SONG_ATTRS` it has; a level record the
+    :data:`LEVEL_ATTRS` it has and ``difficulties``: ``[{"name":
+    "<Characteristic>/<Difficulty>", **the DIFFICULTY_ATTRS it has}]``. A
+    shard of another schema version or kind, or unreadable, has a
+    ``problem`` and no items (the rule of :meth:`Store.index`).
     """
-    out = []
-    with open_shard(path, features=False) as f:
-        for group, song_id in groups.items():
-            g = f[group]
-            level = _read(g.attrs, LEVEL_ATTRS)
-            level["song_id"] = song_id
-            names = json.loads(level.get("difficulties_json", "[]"))
-            level["difficulties"] = [{"name": n, **_read(g[n].attrs, DIFFICULTY_ATTRS)} for n in names if n in g]
-            out.append(level)
-    return out
+    import mapkit
+
+    items = {}
+    try:
+        with open_shard(path, features=(kind == "features")) as f:
+            if f.attrs.get("schema_version") != mapkit.SCHEMA_VERSION:
+                return {"problem": f"schema version {f.attrs.get('schema_version')!r}, "
+                                   f"expected {mapkit.SCHEMA_VERSION}", "items": {}}
+            if _text(f.attrs.get("kind")) != kind:
+                return {"problem": f"shard kind {_text(f.attrs.get('kind'))!r}, expected {kind!r}", "items": {}}
+            root = KIND_ROOTS[kind]
+            for song_id, g in (f[root].items() if root in f else ()):
+                if kind == "features":
+                    items[song_id] = _read(g.attrs, SONG_ATTRS)
+                    continue
+                level = _read(g.attrs, LEVEL_ATTRS)
+                names = json.loads(level.get("difficulties_json", "[]"))
+                level["difficulties"] = [{"name": n, **_read(g[n].attrs, DIFFICULTY_ATTRS)} for n in names if n in g]
+                items[song_id] = level
+    except Exception as e:  # noqa: BLE001 - an unreadable shard is reported, as Store.index does
+        return {"problem": f"unreadable shard: {type(e).__name__}: {e}", "items": {}}
+    return {"problem": None, "items": items}
 
 
-def read_levels(store: Store, index, jobs: int = 1) -> list[dict]:
-    """:func:`read_shard_levels` over every shard of the targets ``index`` (newest copy of each level only)."""
-    by_shard: dict[str, dict] = {}
-    for song_id, e in index.items():
-        by_shard.setdefault(str(e.shard), {})[e.group] = song_id
-    shards = sorted(by_shard)
+def cached_shard(store: Store, path: Path, kind: str) -> dict:
+    """:func:`read_shard`, through a summary file in ``STORE/cache/stats/`` (valid while the shard is unchanged).
+
+    Complete shards are never rewritten, so a summary keyed by the shard's
+    name, size and modification time stays valid; a run that cannot write
+    the cache (read-only store) just reads the shard.
+    """
+    from mapkit.datasets.store import write_json_atomic
+
+    st = path.stat()
+    key = {"version": CACHE_VERSION, "kind": kind, "name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    cache = store.root / "cache" / "stats" / f"{kind}-{path.name}.json"
+    try:
+        doc = json.loads(cache.read_text(encoding="utf-8"))
+        if doc.get("key") == key:
+            return doc["summary"]
+    except (OSError, ValueError, KeyError):
+        pass
+    summary_ = read_shard(path, kind)
+    if summary_["problem"] is None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(cache, {"key": key, "summary": summary_})
+        except OSError:
+            pass
+    return summary_
+
+
+def _remove_stale_cache(store: Store, kind: str, shards) -> None:
+    """Delete the summaries of shards that are gone (superseded shards deleted by audit or --rebuild-vocab)."""
+    live = {f"{kind}-{p.name}.json" for p in shards}
+    folder = store.root / "cache" / "stats"
+    if folder.is_dir():
+        for p in folder.glob(f"{kind}-shard-*.json"):
+            if p.name not in live:
+                p.unlink(missing_ok=True)
+
+
+def newest_items(store: Store, kind: str, jobs: int = 1) -> tuple[dict, list]:
+    """``({song_id: record}, problems)`` over the complete shards of ``kind``, the newest shard winning.
+
+    The same rule as :meth:`Store.index` (shards in number order, later ones
+    overwrite earlier ones, unreadable ones listed in ``problems``), reading
+    only the attributes stats needs, through :func:`cached_shard`.
+    """
+    shards = store.shards(kind)
     if jobs > 1 and len(shards) > 1:
         from joblib import Parallel, delayed
 
-        parts = Parallel(n_jobs=jobs)(delayed(read_shard_levels)(p, by_shard[p]) for p in shards)
+        parts = Parallel(n_jobs=jobs)(delayed(cached_shard)(store, p, kind) for p in shards)
     else:
-        parts = [read_shard_levels(p, by_shard[p]) for p in shards]
-    return [level for part in parts for level in part]
+        parts = [cached_shard(store, p, kind) for p in shards]
+    _remove_stale_cache(store, kind, shards)
+    items, problems = {}, []
+    for path, part in zip(shards, parts):
+        if part["problem"] is not None:
+            problems.append({"path": str(path), "reason": part["problem"]})
+        items.update(part["items"])
+    return items, problems
 
 
 def reason_kind(reason: str) -> str:
@@ -190,15 +263,16 @@ def corpus_stats(store="./mapkit-data", png=None, jobs: int = 1) -> dict:
     store = store if isinstance(store, Store) else Store(store)
     if not store.features_dir.is_dir() and not store.targets_dir.is_dir():
         raise StoreError(store.root, "no store here (no features/ or targets/): run mapkit extract first")
-    features, targets = store.index("features"), store.index("targets")
-    levels = read_levels(store, targets, jobs)
-    duration = {sid: float(e.attrs.get("duration_s", e.attrs.get("n_frames", 0) / FPS)) for sid, e in features.items()}
+    features, feature_problems = newest_items(store, "features", jobs)
+    targets, target_problems = newest_items(store, "targets", jobs)
+    levels = [{"song_id": sid, **rec} for sid, rec in sorted(targets.items())]
+    duration = {sid: float(r.get("duration_s", r.get("n_frames", 0) / FPS)) for sid, r in features.items()}
     diffs = [(lv, d) for lv in levels for d in lv["difficulties"]]
     out = {"store": str(store.root), "n_songs": len(features), "n_levels": len(targets),
            "n_difficulties": len(diffs),
            "songs_without_levels": len(set(features) - set(targets)),
            "levels_without_features": len(set(targets) - set(features)),
-           "problems": [{"path": p, "reason": r} for p, r in features.problems + targets.problems]}
+           "problems": feature_problems + target_problems}
     out["levels"] = _level_counts(levels, diffs)
     out["songs"] = _song_counts(features, duration)
     out["tempo"] = _tempo_counts(levels, diffs)
@@ -230,7 +304,7 @@ def _song_counts(features, duration) -> dict:
     minutes = [s / 60.0 for s in duration.values()]
     return {"duration_s": summary(duration.values()),
             "duration_min_histogram": histogram(minutes, np.arange(0, 10.5, 0.5)),
-            "by_sample_rate": _counter(int(e.attrs.get("sample_rate", 0)) for e in features.values())}
+            "by_sample_rate": _counter(int(r.get("sample_rate", 0)) for r in features.values())}
 
 
 def _tempo_changes(d) -> int | None:
@@ -299,7 +373,7 @@ def _audit(diffs) -> dict:
 
 
 def _duplicates(features, levels) -> dict:
-    groups = Counter(str(e.attrs["group_id"]) for e in features.values() if "group_id" in e.attrs)
+    groups = Counter(str(r["group_id"]) for r in features.values() if "group_id" in r)
     hashes = Counter(str(lv["level_hash"]) for lv in levels if "level_hash" in lv)
     automapped = [bool(lv["automapped"]) for lv in levels if "automapped" in lv]
     return {"songs_with_group_id": int(sum(groups.values())), "song_groups": len(groups),
@@ -313,16 +387,16 @@ def _duplicates(features, levels) -> dict:
 def _unk(store: Store, levels, split_ids) -> dict:
     train, val, source = _split(store, sorted(split_ids))
     out = {"split_from": source}
-    for name, songs in (("train", train), ("validation", val), ("other", None)):
-        states = unk = 0
-        for lv in levels:
-            in_split = (lv["song_id"] in songs) if songs is not None else (lv["song_id"] not in train | val)
-            if in_split:
-                states += sum(int(d.get("n_states", 0)) for d in lv["difficulties"])
-                unk += sum(int(d.get("n_unk", 0)) for d in lv["difficulties"])
-        out[name] = {"songs": len({lv["song_id"] for lv in levels if (lv["song_id"] in songs if songs is not None
-                                                                      else lv["song_id"] not in train | val)}),
-                     "states": states, "unk": unk, "unk_share": (unk / states) if states else None}
+    totals = {name: {"songs": set(), "states": 0, "unk": 0} for name in ("train", "validation", "other")}
+    for lv in levels:
+        sid = lv["song_id"]
+        t = totals["train" if sid in train else "validation" if sid in val else "other"]
+        t["songs"].add(sid)
+        t["states"] += sum(int(d.get("n_states", 0)) for d in lv["difficulties"])
+        t["unk"] += sum(int(d.get("n_unk", 0)) for d in lv["difficulties"])
+    for name, t in totals.items():
+        out[name] = {"songs": len(t["songs"]), "states": t["states"], "unk": t["unk"],
+                     "unk_share": (t["unk"] / t["states"]) if t["states"] else None}
     return out
 
 
@@ -333,7 +407,8 @@ def plot_stats(stats: dict, path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 4, figsize=(18, 12), layout="constrained")
+    fig, axes = plt.subplots(3, 4, figsize=(18, 12))
+    fig.subplots_adjust(left=0.04, right=0.99, top=0.93, bottom=0.08, hspace=0.45, wspace=0.45)
     ax = iter(axes.ravel())
     _bar(next(ax), stats["levels"]["by_format_version"], "difficulties by format version")
     _bar(next(ax), stats["levels"]["by_characteristic"], "difficulties by characteristic")
@@ -380,9 +455,11 @@ def _bar(ax, counts: dict, title: str, sort: bool = True):
 
 def _barh(ax, counts: dict, title: str):
     items = list(counts.items())[::-1]
-    ax.barh([_short(k) for k, _ in items], [v for _, v in items], color="tab:red")
+    ax.barh(range(len(items)), [v for _, v in items], color="tab:red", alpha=0.35)
+    for i, (k, v) in enumerate(items):  # labels inside the panel: long reasons would overlap the next one
+        ax.text(0, i, f" {_short(k, 48)} ({v})", va="center", ha="left", fontsize=7)
+    ax.set_yticks([])
     ax.set_title(title)
-    ax.tick_params(axis="y", labelsize=7)
     if not items:
         ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
 
