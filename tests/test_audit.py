@@ -201,3 +201,17 @@ def test_cli_audit_json_and_exit_codes(audited, tmp_path):
     assert doc["n_flagged"] == 6 and doc["counts"]["ok"] == len(LEVELS)
     result = CliRunner().invoke(main, ["audit", "--store", str(tmp_path / "nothing"), "--no-progress"])
     assert result.exit_code == 1 and "build-targets" in result.output
+
+
+def test_training_datasets_and_config_carry_exclude_flagged(audited):
+    from mapkit.datasets.torch_datasets import PlacementDataset, SelectionDataset
+    from mapkit.train.ddc import DDCConfig, ddc_config
+
+    store = audited[0]
+    assert [lv.song_id for lv in PlacementDataset(store, exclude_flagged=True).levels] == ["aligned"]
+    assert len(SelectionDataset(store, exclude_flagged=True).levels) == 1
+    assert len(PlacementDataset(store).levels) == len(LEVELS)
+    config = ddc_config("tiny", max_steps=1, exclude_flagged=True)
+    assert config.exclude_flagged and DDCConfig.from_json(config.to_json()).exclude_flagged
+    assert config.hash != ddc_config("tiny", max_steps=1).hash
+    assert "--exclude-flagged" in CliRunner().invoke(main, ["train", "ddc", "--help"]).output
