@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from mapkit.datasets.runner import ItemResult, RunReport, run_items, write_report
-from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, open_shard
-from mapkit.errors import MapkitError, StoreError
+from mapkit.datasets.store import ShardItem, ShardWriter, Store, open_shard
+from mapkit.errors import StoreError
 from mapkit.settings import _Settings
 
 COMMAND = "audit"

@@ -321,7 +321,7 @@ def audit_command(store, as_json, plot, jobs, force, backend, scheduler, no_prog
     sys.exit(report.exit_code)
 
 
-@main.command("stats", short_help="What is in my corpus: counts, distributions, a figure sheet.")
+@main.command("stats", short_help="What is in the corpus: counts and a figure sheet.")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the whole JSON document on stdout.")
 @click.option("--png", type=click.Path(dir_okay=False), default=None,

@@ -372,10 +372,17 @@ def _audit(diffs) -> dict:
             "lag_frames": summary(lags)}
 
 
+def _truthy(value) -> bool:
+    """An attribute read defensively as a flag: numbers and booleans as such, text "1"/"true"/"yes"."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
+
+
 def _duplicates(features, levels) -> dict:
     groups = Counter(str(r["group_id"]) for r in features.values() if "group_id" in r)
     hashes = Counter(str(lv["level_hash"]) for lv in levels if "level_hash" in lv)
-    automapped = [bool(lv["automapped"]) for lv in levels if "automapped" in lv]
+    automapped = [_truthy(lv["automapped"]) for lv in levels if "automapped" in lv]
     return {"songs_with_group_id": int(sum(groups.values())), "song_groups": len(groups),
             "groups_with_several_songs": int(sum(n > 1 for n in groups.values())),
             "songs_in_shared_groups": int(sum(n for n in groups.values() if n > 1)),
