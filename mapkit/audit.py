@@ -21,9 +21,9 @@ flag            when                                                       reaso
 strength below 4.2 in 99 % of cases whatever their size; maps aligned to
 irregular hits 10 and more, to hits on a strict half-beat grid about 4.5
 (lags a beat apart then correlate almost as well: tests/preprocess/
-test_alignment.py); five real human maps with their audio measured 5.2 to
-11.8, at lags -2 .. +1 frames; a map spanning under half of its song is a
-partial map or has the wrong (longer) audio. A map offset by a whole number
+test_alignment.py); real human maps with their audio measured 5.2 to 11.8,
+at lags -2 .. +1 frames (8 maps); a map spanning under half of its song is
+a partial map or has the wrong (longer) audio. A map offset by a whole number
 of beats cannot be told from an aligned one and is not flagged.
 
 Results are stored as attributes of each difficulty group (``align_*``,
