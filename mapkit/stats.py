@@ -290,7 +290,7 @@ def corpus_stats(store="./mapkit-data", png=None, jobs: int = 1) -> dict:
 
 def _level_counts(levels, diffs) -> dict:
     return {"by_info_version": _counter(str(lv.get("info_version", "?")) for lv in levels),
-            "by_format_version": _counter(str(d.get("declared_version", "?")) for _, d in diffs),
+            "by_format_version": _counter(str(d.get("declared_version") or "none declared") for _, d in diffs),
             "by_characteristic": _counter(d["name"].split("/")[0] for _, d in diffs),
             "by_difficulty": {k: v for k, v in sorted(Counter(d["name"].split("/")[-1] for _, d in diffs).items(),
                                                       key=lambda kv: _difficulty_rank(kv[0]))}}

@@ -92,6 +92,7 @@ def audited(tmp_path_factory):
     for run in (extract, build_targets):
         report = run(levels, store=store, jobs=1, progress=False)
         assert report.exit_code == 0, report.summary()
+    shutil.copytree(store, root / "unaudited")
     report = audit_store(store, jobs=1, progress=False)
     return store, report
 
@@ -169,10 +170,8 @@ def test_exclude_flagged_keeps_only_clean_audited_levels(audited):
     assert [lv.song_id for lv in store_levels(store, exclude_flagged=True)] == ["aligned"]
 
 
-def test_exclude_flagged_warns_about_levels_never_audited(tmp_path):
-    from tests.tiny_store import build_tiny_store
-
-    store = build_tiny_store(tmp_path, n_levels=1, duration_s=6.0)
+def test_exclude_flagged_warns_about_levels_never_audited(audited):
+    store = audited[0].parent / "unaudited"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         kept = store_levels(store, exclude_flagged=True)
