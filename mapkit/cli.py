@@ -4,14 +4,20 @@ Each command parses its arguments and calls one function of the library that
 does the work (and can be called from Python). Heavy libraries (librosa,
 torch) are imported inside the commands, so ``mapkit --help`` starts fast.
 
-Exit codes: 0 success; 1 failure (unreadable input, validation failed, bad
-usage of the store); 2 the run finished but skipped or quarantined some items
-(details in the store's ``reports/``).
+Exit codes (:data:`EXIT_CODES`, the same for every command, listed in every
+``--help``): 0 success; 1 the run could not proceed (unreadable input, a store
+on bad ground, a locked store) or validation failed; 2 the run finished but
+skipped, failed or quarantined some items (details in the store's
+``reports/``); 64 bad usage of the command line (unknown option, missing or
+invalid argument: sysexits' ``EX_USAGE``), so a script can tell a typo from a
+partial run.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
+from contextlib import contextmanager
 
 import click
 
@@ -19,9 +25,70 @@ from mapkit import __version__
 
 DEFAULT_STORE = "./mapkit-data"
 
+#: Exit codes of every command.
+EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
+EXIT_CODES = {EXIT_OK: "success",
+              EXIT_FAILED: "could not proceed, or validation failed (message on stderr)",
+              EXIT_PARTIAL: "finished, but some items failed or were quarantined (see STORE/reports/)",
+              EXIT_USAGE: "bad usage: unknown option, missing or invalid argument"}
+
+
+#: OSErrors that say the disk or folder cannot be written, whatever the file: reported in one line.
+_GROUND_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextmanager
+def _usage_exit_code():
+    """Give click's usage errors (exit 2 by default) :data:`EXIT_USAGE` instead: 2 means a partial run here."""
+    try:
+        yield
+    except click.UsageError as e:
+        e.exit_code = EXIT_USAGE
+        raise
+
+
+def _format_exit_codes(formatter):
+    with formatter.section("Exit codes"):
+        formatter.write_dl([(str(code), what) for code, what in EXIT_CODES.items()])
+
+
+class MapkitCommand(click.Command):
+    """A command whose ``--help`` ends with the exit codes."""
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        _format_exit_codes(formatter)
+
+
+class MapkitGroup(click.Group):
+    """The ``mapkit`` group: usage errors exit :data:`EXIT_USAGE`; every ``--help`` lists the exit codes."""
+
+    command_class = MapkitCommand
+    group_class = type  # subgroups (``train``) are MapkitGroups too
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _usage_exit_code():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with _usage_exit_code():
+            try:
+                return super().invoke(ctx)
+            except OSError as e:
+                # the ground itself fails (full disk, read-only, not ours) somewhere not named: one line, exit 1
+                if e.errno not in _GROUND_ERRNOS:
+                    raise
+                from mapkit.datasets.store import os_error_reason
+
+                fail(f"{e.filename}: {os_error_reason(e)}" if e.filename else os_error_reason(e))
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        _format_exit_codes(formatter)
+
 store_option = click.option(
     "--store",
-    type=click.Path(file_okay=False),
+    type=click.Path(),  # a file there is the library's error (exit 1, naming it), not a usage error
     default=DEFAULT_STORE,
     envvar="MAPKIT_STORE",
     show_default=True,
@@ -56,7 +123,7 @@ def fail(message: str, code: int = 1):
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=MapkitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mapkit")
 def main():
     """mapkit: Beat Saber levels -> aligned training tensors in HDF5 -> a two-stage level generator.
@@ -124,7 +191,7 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     difficulty: file version (declared and from the keys), tempo map, note
     and bomb counts, notes dropped by reason, quarantine reason. An
     unreadable level is reported on stderr (file and reason), the others
-    are still shown, and the exit code is 1.
+    are still shown, and the exit code is 2 (1 when no level could be read).
 
     \b
     Example:
@@ -135,14 +202,15 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     from mapkit.settings import TargetSettings
 
     settings = TargetSettings(song_offset=song_offset)
-    failed = 0
+    failed = shown = 0
     for result in inspect_levels(levels, settings=settings, as_json=as_json, characteristic=characteristic):
         if result.error is not None:
             failed += 1
             click.echo(f"error: {result.error}", err=True)
         else:
+            shown += 1
             click.echo(result.text)
-    sys.exit(1 if failed else 0)
+    sys.exit(EXIT_OK if not failed else EXIT_PARTIAL if shown else EXIT_FAILED)
 
 
 @main.command("demo", short_help="Write a deterministic demo set of levels.")
@@ -183,8 +251,9 @@ def demo_command(out_dir, n_levels, duration_s, seed, no_songs, no_progress):
 @main.command("validate", short_help="Check every invariant of a store.")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
+@click.option("--quick", is_flag=True, help="Skip the checksums of the stored bytes (every other check runs).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def validate_command(store, as_json, no_progress):
+def validate_command(store, as_json, quick, no_progress):
     """Check every length, alignment and vocabulary invariant of a store.
 
     Per song: feature rows = T + pads in both stages, T from the sample
@@ -195,20 +264,25 @@ def validate_command(store, as_json, no_progress):
     in place), token frames and gaps equal to those recomputed from the
     notes; tempo map finite, monotone, continuous and timing the notes.
     Per store: every shard readable, one settings hash, the vocabulary
-    hash, no targets without features. Every failure names
-    the song or level, the check and the numbers. Streams: memory does not
-    grow with the store. Exit code 0 when clean, 1 when any check fails.
+    hash, no targets without features. Checksums: every dataset's bytes and
+    every group's attributes are what the writer wrote (moved, reordered or
+    edited data fails; --quick skips this). Structure: no group, dataset or
+    difficulty the contract does not name, none missing that a level lists.
+    Every failure names the song or level, the check and the numbers.
+    Streams: memory does not grow with the store. Exit code 0 when clean, 1
+    when any check fails or a run is writing the store.
 
     \b
     Example:
       mapkit validate --store data/
+      mapkit validate --store data/ --quick
       mapkit validate --store data/ --json > validation.json
     """
     import json
 
     from mapkit.datasets.validation import validate_store
 
-    report = validate_store(store, progress=not no_progress and not as_json)
+    report = validate_store(store, progress=not no_progress and not as_json, checksums=not quick)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:

@@ -179,9 +179,14 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
             writer.write(feature_item(value))
             return ItemResult(task.song_id, task.path, "ok")
 
-        with writer:
-            results = run_items(tasks, functools.partial(extract_one, settings=settings), write, jobs=jobs,
-                                backend=backend, scheduler=scheduler, desc=COMMAND, progress=progress)
+        try:
+            with writer:
+                results = run_items(tasks, functools.partial(extract_one, settings=settings), write, jobs=jobs,
+                                    backend=backend, scheduler=scheduler, desc=COMMAND, progress=progress)
+        except StoreError:  # e.g. a full disk: the shards committed so far stay, and stats.json describes them
+            if writer.committed:
+                store.write_feature_stats()
+            raise
         index = store.index("features")
         store.write_feature_stats(index)
         report = RunReport(COMMAND, results, problems=index.problems)
