@@ -214,3 +214,12 @@ def test_training_datasets_and_config_carry_exclude_flagged(audited):
     assert config.exclude_flagged and DDCConfig.from_json(config.to_json()).exclude_flagged
     assert config.hash != ddc_config("tiny", max_steps=1).hash
     assert "--exclude-flagged" in CliRunner().invoke(main, ["train", "ddc", "--help"]).output
+
+
+def test_worker_processes_give_the_same_audit(audited, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(audited[0], store)
+    parallel = audit_store(store, jobs=2, force=True, progress=False)
+    assert parallel.run.counts["ok"] == len(LEVELS)
+    assert [(d.song_id, d.lag_frames, d.strength, d.flags) for d in parallel.difficulties] == \
+           [(d.song_id, d.lag_frames, d.strength, d.flags) for d in audited[1].difficulties]
