@@ -547,7 +547,10 @@ def stats_text(stats: dict) -> str:
         if r["failed"]:
             lines.append(f"{command} failed ({r['report']}): {top(r['failed'], 4)}")
     a = stats["audit"]
-    lines.append(f"audit: {a['audited']} audited ({top(a['flags'])}), {a['not_audited']} not audited")
+    lag = a["lag_frames"]
+    lines.append(f"audit: {a['audited']} audited ({top(a['flags'])}), {a['not_audited']} not audited"
+                 + (f"; lag median {lag['median']:+.0f} frames ({lag['min']:+.0f} .. {lag['max']:+.0f})"
+                    if lag["n"] else ""))
     dup = stats["duplicates"]
     lines.append(f"same-song groups: {dup['song_groups']} ({dup['groups_with_several_songs']} with several songs); "
                  f"duplicate level copies: {dup['duplicate_level_copies']}; automapped: {dup['automapped']}"
