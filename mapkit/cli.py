@@ -424,6 +424,102 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
     sys.exit(report.exit_code)
 
 
+@main.command("audit", short_help="Check every stored level against its audio.")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the full report (every difficulty) as JSON on stdout.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="PNG of the lag, strength and coverage distributions [default: next to the JSON report "
+                   "in STORE/reports/].")
+@parallel_options("level", "Audit again levels already audited with the same settings and features.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def audit_command(store, as_json, plot, jobs, force, backend, scheduler, no_progress):
+    """Check every stored difficulty against its audio: offset, alignment peak, coverage.
+
+    Cross-correlates each difficulty's notes with the onset strength of its
+    song's stored features over lags of +-1 s and flags: offset (a clear
+    peak more than 3 frames from 0: "offset +37 frames"), no_peak (peak
+    strength below 4.5: notes unrelated to the audio), partial (notes span
+    under 50 % of the song), few_notes (under 16 note frames). Results
+    are stored as difficulty attributes (align_lag_frames, align_strength,
+    align_coverage, audit_flags_json) for `mapkit train --exclude-flagged`;
+    prints the flagged levels, writes STORE/reports/audit-*.json and a PNG.
+    Levels already audited with the same settings are not redone. Exit code
+    0 when every level was audited (flagged or not), 2 when some could not
+    be (e.g. no features), 1 when the audit could not run.
+
+    \b
+    Example:
+      mapkit audit --store data/
+      mapkit audit --store data/ --json > audit.json
+      mapkit audit --store data/ --plot lags.png --jobs 8
+    """
+    import json
+
+    from mapkit.audit import audit_store
+    from mapkit.errors import MapkitError
+
+    try:
+        report = audit_store(store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
+                             progress=not no_progress and not as_json, plot=plot)
+    except MapkitError as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        click.echo(report.table())
+        click.echo(f"plot: {report.plot_path}", err=True)
+    sys.exit(report.exit_code)
+
+
+@main.command("stats", short_help="What is in the corpus: counts and a figure sheet.")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the whole JSON document on stdout.")
+@click.option("--png", type=click.Path(dir_okay=False), default=None,
+              help="Figure sheet PNG [default: STORE/reports/stats-<time>-<pid>.png].")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes reading targets shards in parallel.")
+def stats_command(store, as_json, png, jobs):
+    """What is in my corpus? Counts and distributions from the store's attributes.
+
+    Levels by format version, characteristic and difficulty; songs by length
+    and sample rate; BPM and tempo changes; notes per second per difficulty;
+    notes, bombs, obstacles, arcs and chains per difficulty; quarantine,
+    failure and drop reasons; audit flags; same-song groups, duplicate and
+    automapped levels (when stored); UNK share per split. Reads attributes
+    only (never features), so it is fast. Writes the JSON document and a
+    PNG figure sheet to STORE/reports/ (--png to choose the PNG). Exit
+    code 0, or 1 when there is no store.
+
+    \b
+    Example:
+      mapkit stats --store data/
+      mapkit stats --store data/ --json > corpus.json
+      mapkit stats --store data/ --png corpus.png
+    """
+    import json
+    import os
+
+    from mapkit.datasets.store import Store, utc_timestamp, write_json_atomic
+    from mapkit.errors import MapkitError
+    from mapkit.stats import corpus_stats, stats_text
+
+    s = Store(store)
+    stem = s.reports_dir / f"stats-{utc_timestamp()}-{os.getpid()}"
+    try:
+        doc = corpus_stats(s, png=png or f"{stem}.png", jobs=jobs)
+        s.reports_dir.mkdir(parents=True, exist_ok=True)
+        doc["report"] = str(write_json_atomic(f"{stem}.json", doc))
+    except MapkitError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{store}: cannot write the report: {e}")
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+    else:
+        click.echo(stats_text(doc))
+        click.echo(f"report: {doc['report']}; figures: {doc['png']}", err=True)
+
+
 # --- train: stage 1 (ddc) and stage 2 (transformer) ---
 
 
@@ -446,6 +542,8 @@ def _train_options(f):
                      help="Steps between checkpoints (OUT/last.pt; also written at the end)."),
         click.option("--difficulty", "difficulties", multiple=True,
                      help="Train on these difficulties only (repeatable; default all)."),
+        click.option("--exclude-flagged", is_flag=True,
+                     help="Leave out difficulties flagged by `mapkit audit` (offset, no alignment peak, partial...)."),
         click.option("--characteristic", default="Standard", show_default=True, help="Characteristic to train on."),
         click.option("--val-song", "val_songs", multiple=True,
                      help="Validation song id (repeatable; overrides --val-fraction)."),
@@ -475,6 +573,7 @@ def _train_config_kwargs(kw: dict) -> dict:
                 warmup_steps=kw["warmup_steps"], grad_clip=kw["grad_clip"], seed=kw["seed"],
                 val_fraction=kw["val_fraction"], val_songs=tuple(kw["val_songs"]) or None,
                 characteristic=kw["characteristic"], difficulties=tuple(kw["difficulties"]) or None,
+                exclude_flagged=kw["exclude_flagged"],
                 checkpoint_every=kw["checkpoint_every"], eval_every=kw["eval_every"], log_every=kw["log_every"])
 
 

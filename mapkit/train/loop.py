@@ -88,6 +88,7 @@ class TrainConfig(_Settings):
     val_songs: tuple | None = None
     characteristic: str = "Standard"
     difficulties: tuple | None = None
+    exclude_flagged: bool = False  # leave out difficulties flagged by mapkit audit
     checkpoint_every: int = 1000
     eval_every: int = 1000
     log_every: int = 50
