@@ -907,10 +907,10 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                         vocab, counts, settings, n_counted, counted_songs=train, val_songs=val,
                         val_fraction=None if val_songs is not None else val_fraction, seed=seed))
                 n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
-                from tqdm import tqdm
+                from mapkit.progress import progress_bar
 
-                with new_writer(vocab) as writer, tqdm(total=n_write, desc=f"{COMMAND} write", unit="level",
-                                                       file=sys.stderr, disable=not progress) as bar:
+                with new_writer(vocab) as writer, progress_bar(total=n_write, desc=f"{COMMAND} write", unit="level",
+                                                               file=sys.stderr, disable=not progress) as bar:
                     for _k, offset in spooled:
                         spool.seek(offset)
                         writer.write(level_item(pickle.load(spool), vocab, selection, settings.fps))

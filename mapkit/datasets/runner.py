@@ -141,7 +141,7 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
     list of ItemResult
         One per item, in the order of ``items``.
     """
-    from tqdm import tqdm
+    from mapkit.progress import progress_bar
 
     items = list(items)
     if backend not in BACKENDS:
@@ -150,8 +150,8 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     results: list[ItemResult | None] = [None] * len(items)
-    bar = tqdm(total=len(items), desc=desc, unit=unit, file=sys.stderr, disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(total=len(items), desc=desc, unit=unit, file=sys.stderr, disable=not progress,
+                       dynamic_ncols=True, smoothing=0.1)
     n_failed = 0
 
     def handle(i, ok, value):

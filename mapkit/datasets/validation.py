@@ -960,7 +960,8 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -
     (True, 100)
     """
     import h5py
-    from tqdm import tqdm
+
+    from mapkit.progress import progress_bar
 
     store = store if isinstance(store, Store) else Store(store)
     report = ValidationReport(str(store.root))
@@ -979,8 +980,8 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -
     levels_at = _winners(target_shards, "targets", report)
     features_hash = _one_hash([songs_at[i] for i in songs_at], "settings_hash")
 
-    bar = tqdm(total=len(songs_at) + len(levels_at), desc="validate", unit="song", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(songs_at) + len(levels_at), desc="validate", unit="song", file=sys.stderr,
+                       disable=not progress, dynamic_ncols=True)
     try:
         # Features, shard by shard, each song once (its newest copy).
         totals = _FeatureTotals()
