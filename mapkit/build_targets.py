@@ -96,6 +96,10 @@ DIFFICULTY_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames
 
 NO_FEATURES = "no features (run mapkit extract first)"
 
+#: Share of UNK state tokens above which build-targets and validate advise ``--rebuild-vocab``: levels added
+#: after the vocabulary was counted, or a vocabulary counted over too few songs, lose that much of their notes.
+UNK_WARN_SHARE = 0.05
+
 
 # --- pure functions: one difficulty ---------------------------------------------------------------
 
@@ -432,6 +436,32 @@ def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int 
                      subgroup_attrs=sub_attrs)
 
 
+def item_unk_counts(item: ShardItem) -> tuple[int, int]:
+    """``(UNK state tokens, state tokens)`` of a level's shard item (the ``n_unk``/``n_states`` attrs)."""
+    n_unk = sum(int(a.get("n_unk", 0)) for a in item.subgroup_attrs.values())
+    n_states = sum(int(a.get("n_states", 0)) for a in item.subgroup_attrs.values())
+    return n_unk, n_states
+
+
+def unk_summary(n_unk: int, n_states: int, threshold: float = UNK_WARN_SHARE) -> str | None:
+    """The summary line about UNK tokens of a run's levels, or None when they hold no state.
+
+    Above ``threshold`` it says what it costs and that ``--rebuild-vocab`` fixes it.
+
+    >>> unk_summary(3, 100)
+    "UNK: 3 of 100 note states (3.0%) of this run's training-split levels are outside the vocabulary"
+    """
+    if n_states <= 0:
+        return None
+    share = n_unk / n_states
+    line = (f"UNK: {n_unk} of {n_states} note states ({100 * share:.1f}%) of this run's training-split levels "
+            f"are outside the vocabulary")
+    if share > threshold:
+        line += (f"; above {100 * threshold:g}%: the model cannot learn or generate them. Re-count the vocabulary "
+                 f"over the training songs with --rebuild-vocab")
+    return line
+
+
 def level_results(level: LevelTargets) -> list[ItemResult]:
     """One report item per difficulty (``song_id/Characteristic/Difficulty``), and one per level-wide problem."""
     out = []
@@ -658,6 +688,22 @@ def training_songs(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs
     return train, [s for s in val if s in ids]
 
 
+def empty_vocabulary_reason(split_ids, train, val, named: bool, n_states: int) -> str:
+    """Why no vocabulary can be counted, and what to do (build-targets then writes nothing).
+
+    The vocabulary is counted over the training songs' levels only; with few
+    songs the training split can hold no usable level (every song hashed into
+    validation, or the training songs' levels quarantined). Every state would
+    then be UNK and no ``vocab.json`` could be written.
+    """
+    shown = ", ".join(sorted(val)[:5]) + (" ..." if len(val) > 5 else "")
+    how = ("name fewer songs with --val-song" if named else
+           "name the validation songs with --val-song (the same for mapkit train), or lower --val-fraction")
+    return (f"no vocabulary can be counted: the training split ({len(train)} of {len(split_ids)} songs) holds no "
+            f"usable level, so all {n_states} note states would be UNK (validation songs: {shown or 'none'}); "
+            f"nothing was written. {how[0].upper() + how[1:]}, or add more songs")
+
+
 def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings, n_levels: int,
                    counted_songs=(), val_songs=(), val_fraction: float | None = 0.1, seed: int = 0) -> dict:
     """The content of ``vocab.json``: the vocabulary, and what it was counted over.
@@ -844,6 +890,16 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             return ItemResult(task.song_id, task.path, status, bad[0].reason if bad else "")
 
         n_counted = 0
+        unk = [0, 0]  # UNK state tokens, state tokens of the levels this run writes (validation songs aside)
+        unk_skip = set(loaded[1].get("val_songs") or ()) if loaded is not None else set()
+
+        def write_item(writer, item: ShardItem):
+            writer.write(item)
+            if item.attrs["song_id"] not in unk_skip:  # validation levels hold unseen states by design
+                n_unk, n_states = item_unk_counts(item)
+                unk[0] += n_unk
+                unk[1] += n_states
+
         if vocab is not None:
             # the vocabulary is known: encode and write each level as it arrives
             writer = new_writer(vocab)
@@ -851,7 +907,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             def write(task, value) -> ItemResult:
                 results = outcome(task, value)
                 if isinstance(value, LevelTargets):
-                    writer.write(level_item(value, vocab, selection, settings.fps))
+                    write_item(writer, level_item(value, vocab, selection, settings.fps))
                     written_ids.add(task.song_id)
                 per_task[task_of[task.song_id]] = results
                 return summary(results, task)
@@ -863,12 +919,14 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             # first pass: compute and count; results wait in an unnamed temporary file
             with tempfile.TemporaryFile(dir=store.root, prefix=".build-targets-spool-") as spool:
                 spooled: list[tuple[int, int]] = []  # (task position, file offset)
+                n_states_seen = [0]  # states of the levels to write: an empty vocabulary would make them UNK
 
                 def collect(task, value) -> ItemResult:
                     k = task_of[task.song_id]
                     results = outcome(task, value)
                     per_task[k] = results
                     if isinstance(value, LevelTargets):
+                        n_states_seen[0] += sum(len(d.states) for d in value.difficulties if d.quarantine is None)
                         spooled.append((k, spool.tell()))
                         pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
                         written_ids.add(task.song_id)
@@ -894,6 +952,12 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                         stored_state_counts(e, counts)
                         n_counted += 1
                 vocab = Vocabulary.from_counts(counts, settings.vocab_size)
+                if rebuild_vocab:
+                    n_states_seen[0] += sum(int(e.attrs.get("n_states", 0)) for e in kept_stored)
+                if not counts and n_states_seen[0]:
+                    raise MapkitError(store.root, empty_vocabulary_reason(
+                        split_ids, train, val, val_songs is not None, n_states_seen[0]))
+                unk_skip.update(val)
                 if not rebuild_vocab:
                     stale = sorted({str(e.file_attrs.get("vocab_hash")) for e in kept_stored if vocab_bound(e)}
                                    - {vocab.hash})
@@ -913,11 +977,11 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                                                                file=sys.stderr, disable=not progress) as bar:
                     for _k, offset in spooled:
                         spool.seek(offset)
-                        writer.write(level_item(pickle.load(spool), vocab, selection, settings.fps))
+                        write_item(writer, level_item(pickle.load(spool), vocab, selection, settings.fps))
                         bar.update(1)
                     if rebuild_vocab:
                         for e in kept_stored:
-                            writer.write(reencode_stored(e, vocab))
+                            write_item(writer, reencode_stored(e, vocab))
                             bar.update(1)
                 if rebuild_vocab:
                     # every level they held is now in a newer shard, encoded with the new vocabulary
@@ -934,8 +998,12 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 items.extend(per_task.get(k) or [ran[k]])
         index = store.index("targets")
         report = RunReport(COMMAND, items, problems=index.problems)
+        line = unk_summary(*unk)
+        if line:
+            report.notes.append(line)
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "rebuild_vocab": rebuild_vocab, "characteristic": selection, "backend": backend,
-                            "vocab_hash": vocab.hash, "vocab_tokens": len(vocab), "stored_levels": len(index)})
+                            "vocab_hash": vocab.hash, "vocab_tokens": len(vocab), "stored_levels": len(index),
+                            "unk_tokens": unk[0], "state_tokens": unk[1]})
     return report

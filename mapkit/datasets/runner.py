@@ -27,6 +27,7 @@ every item with its status (``ok``, ``skipped`` = already present,
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -265,6 +266,8 @@ class RunReport:
     items: list
     report_path: Path | None = None
     problems: list = field(default_factory=list)
+    #: Further lines of the summary (e.g. the UNK share of build-targets).
+    notes: list = field(default_factory=list)
 
     @property
     def counts(self) -> dict:
@@ -279,17 +282,64 @@ class RunReport:
         c = self.counts
         return 2 if (c["failed"] or c["quarantined"] or self.problems) else 0
 
-    def summary(self, unit: str = "songs") -> str:
-        """One line, e.g. ``extract: 10 songs: 8 written, 1 already present, 1 failed (see reports/...)``."""
+    def summary(self, unit: str = "songs", max_reasons: int = 8, max_named: int = 3) -> str:
+        """The counts, then why items failed or were quarantined, then :attr:`notes`.
+
+        E.g.::
+
+            extract: 10 songs: 8 written, 1 already present, 1 failed (see reports/...)
+              failed ×1: no features (run mapkit extract first): song-a
+
+        Reasons are grouped (numbers aside), most frequent first, at most
+        ``max_reasons`` groups with the first ``max_named`` items of each.
+        """
         c = self.counts
         parts = [f"{c['ok']} {STATUS_WORDS['ok']}"]
         parts += [f"{c[s]} {STATUS_WORDS[s]}" for s in STATUSES[1:] if c[s]]
         if self.problems:
-            parts.append(f"{len(self.problems)} unreadable shard{'s' if len(self.problems) != 1 else ''}")
-        line = f"{self.command}: {len(self.items)} {unit}: " + ", ".join(parts)
+            parts.append(plural(len(self.problems), "unreadable shards"))
+        line = f"{self.command}: {plural(len(self.items), unit)}: " + ", ".join(parts)
         if self.report_path is not None:
             line += f" (see {self.report_path})"
-        return line
+        return "\n".join([line, *reason_lines(self.items, max_reasons, max_named),
+                          *(f"  {path}: {reason}" for path, reason in self.problems[:max_reasons]),
+                          *self.notes])
+
+
+def plural(n: int, noun: str) -> str:
+    """``n`` and ``noun`` (given in the plural), singular when ``n`` is 1.
+
+    >>> plural(1, "songs"), plural(2, "songs"), plural(1, "items"), plural(0, "levels")
+    ('1 song', '2 songs', '1 item', '0 levels')
+    """
+    if n == 1 and noun.endswith("s"):
+        noun = noun[:-1]
+    return f"{n} {noun}"
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def reason_lines(items, max_reasons: int = 8, max_named: int = 3) -> list[str]:
+    """Lines ``  failed ×4: <reason>: a, b, c and 1 more`` for failed and quarantined items.
+
+    Items whose reasons differ only in their numbers share a line (the first
+    one's reason is shown); groups are listed most frequent first.
+    """
+    groups: dict = {}
+    for r in items:
+        if r.status in ("failed", "quarantined"):
+            groups.setdefault((r.status, _NUMBER.sub("#", r.reason)), []).append(r)
+    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0].status, g[0].reason))
+    lines = []
+    for group in ordered[:max_reasons]:
+        names = ", ".join(r.song_id for r in group[:max_named])
+        more = f" and {len(group) - max_named} more" if len(group) > max_named else ""
+        reason = group[0].reason if len(group[0].reason) <= 200 else group[0].reason[:197] + "..."
+        lines.append(f"  {group[0].status} \u00d7{len(group)}: {reason}: {names}{more}")
+    if len(ordered) > max_reasons:
+        lines.append(f"  ... and {plural(len(ordered) - max_reasons, 'other reasons')} (see the report)")
+    return lines
 
 
 def write_report(reports_dir, report: RunReport, settings=None, extra: dict | None = None) -> Path:
