@@ -371,11 +371,17 @@ def characteristic_selection(characteristic) -> str:
 
 # --- one level: parent side -----------------------------------------------------------------------
 
-def count_states(level: LevelTargets, counts: Counter) -> None:
-    """Add the states of the usable difficulties of ``level`` to ``counts`` (keyed by the state's 12 bytes)."""
+def count_states(level: LevelTargets, counts: Counter) -> int:
+    """Add the states of the usable difficulties of ``level`` to ``counts`` (keyed by the state's 12 bytes).
+
+    Returns the number of difficulties that had states.
+    """
+    n = 0
     for d in level.difficulties:
         if d.quarantine is None and len(d.states):
             _count_state_array(d.states, counts)
+            n += 1
+    return n
 
 
 def _count_state_array(states: np.ndarray, counts: Counter) -> None:
@@ -511,16 +517,19 @@ def reencode_stored(entry, vocab: Vocabulary) -> ShardItem:
     return ShardItem(group=entry.group, datasets=datasets, attrs=attrs, subgroup_attrs=sub_attrs)
 
 
-def stored_state_counts(entry, counts: Counter) -> None:
-    """Add the stored ``states`` of a stored level to ``counts``."""
+def stored_state_counts(entry, counts: Counter) -> int:
+    """Add the stored ``states`` of a stored level to ``counts``; returns the number of difficulties with states."""
     from mapkit.datasets.store import open_shard
 
+    n = 0
     with open_shard(entry.shard, features=False) as f:
         g = f[entry.group]
         for name in json.loads(entry.attrs.get("difficulties_json", "[]")):
             states = g[name]["states"][()]
             if len(states):
                 _count_state_array(states, counts)
+                n += 1
+    return n
 
 
 # --- store checks -----------------------------------------------------------------------------------
@@ -705,8 +714,13 @@ def empty_vocabulary_reason(split_ids, train, val, named: bool, n_states: int) -
 
 
 def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings, n_levels: int,
-                   counted_songs=(), val_songs=(), val_fraction: float | None = 0.1, seed: int = 0) -> dict:
+                   n_difficulties: int = 0, counted_songs=(), val_songs=(), val_fraction: float | None = 0.1,
+                   seed: int = 0) -> dict:
     """The content of ``vocab.json``: the vocabulary, and what it was counted over.
+
+    ``n_levels`` is the number of level groups (songs) whose states were
+    counted, ``n_difficulties`` the number of their difficulties that had
+    states, ``n_state_frames`` the states counted.
 
     ``counted_over`` is ``"training split"``; ``counted_songs`` the songs whose
     levels were counted, ``val_songs`` the validation songs left out,
@@ -716,6 +730,7 @@ def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings,
     total = int(sum(counts.values()))
     covered = int(sum(vocab.counts))
     return {**vocab.to_json(), "vocab_size": settings.vocab_size, "n_levels": int(n_levels),
+            "n_difficulties": int(n_difficulties),
             "n_state_frames": total, "n_distinct_states": len(counts),
             "coverage": covered / total if total else 1.0, "targets_settings_hash": settings.hash,
             "counted_over": COUNTED_OVER_TRAINING, "val_fraction": val_fraction, "seed": int(seed),
@@ -942,15 +957,18 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 train = set(train)
                 counts = Counter()
                 spooled.sort()
+                n_difficulties = 0
                 for _k, offset in spooled:
                     if tasks[_k].song_id in train:
                         spool.seek(offset)
-                        count_states(pickle.load(spool), counts)
-                        n_counted += 1
+                        n = count_states(pickle.load(spool), counts)
+                        n_counted += n > 0
+                        n_difficulties += n
                 for e in kept_stored:
                     if e.song_id in train:
-                        stored_state_counts(e, counts)
-                        n_counted += 1
+                        n = stored_state_counts(e, counts)
+                        n_counted += n > 0
+                        n_difficulties += n
                 vocab = Vocabulary.from_counts(counts, settings.vocab_size)
                 if rebuild_vocab:
                     n_states_seen[0] += sum(int(e.attrs.get("n_states", 0)) for e in kept_stored)
@@ -968,7 +986,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                                          f"--rebuild-vocab to re-encode every stored level")
                 if counts:  # an empty vocabulary would turn every later level into UNK: never saved
                     write_json_atomic(store.vocab_path, vocab_document(
-                        vocab, counts, settings, n_counted, counted_songs=train, val_songs=val,
+                        vocab, counts, settings, n_counted, n_difficulties=n_difficulties, counted_songs=train,
+                        val_songs=val,
                         val_fraction=None if val_songs is not None else val_fraction, seed=seed))
                 n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
                 from mapkit.progress import progress_bar

@@ -49,6 +49,11 @@ def test_build_targets_refuses_a_training_split_without_levels(demo, tmp_path):
     ok = CliRunner().invoke(main, args[:-2])
     assert ok.exit_code == 0, ok.output
     assert (store / "vocab.json").exists() and len(Store(store).index("targets")) == 2
+    vocab = json.loads((store / "vocab.json").read_text())
+    assert vocab["n_levels"] == len(vocab["counted_songs"]) == 1  # counts what it says: songs counted
+    counted = vocab["counted_songs"][0]
+    entry = Store(store).index("targets")[counted]
+    assert vocab["n_difficulties"] == len(json.loads(entry.attrs["difficulties_json"])) >= 1
 
 
 def test_the_unk_share_is_printed_and_validate_warns_above_the_threshold(demo, tmp_path):
