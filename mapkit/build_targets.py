@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
+from mapkit.datasets.runner import check_scheduler, ItemResult, RunReport, SourceItem, run_items, write_report
 from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, shard_file_attrs, write_json_atomic
 from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
@@ -838,6 +838,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
     """
     from mapkit.preprocess.sources import discover
 
+    if backend == "dask":
+        check_scheduler(scheduler)  # before anything is created
     store = store if isinstance(store, Store) else Store(store)
     sources = discover(os.path.abspath(input_dir), kinds=("level",))
     if not sources:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
+from mapkit.datasets.runner import check_scheduler, ItemResult, RunReport, SourceItem, run_items, write_report
 from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
                                    shard_file_attrs)
 from mapkit.errors import MapkitError, StoreError
@@ -160,6 +160,8 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
     """
     from mapkit.preprocess.sources import discover
 
+    if backend == "dask":
+        check_scheduler(scheduler)  # before anything is created
     store = store if isinstance(store, Store) else Store(store)
     sources = discover(os.path.abspath(input_dir))
     if not sources:  # most likely the wrong folder: say so rather than "0 songs, all fine"

@@ -106,3 +106,19 @@ def test_the_summary_says_why_items_failed_with_counts_and_examples(demo, tmp_pa
 def test_plurals():
     assert [plural(n, "songs") for n in (0, 1, 2)] == ["0 songs", "1 song", "2 songs"]
     assert plural(1, "items") == "1 item" and plural(1, "unreadable shards") == "1 unreadable shard"
+
+
+@pytest.mark.parametrize("command", ["extract", "build-targets"])
+def test_an_unreachable_dask_scheduler_is_one_line_and_creates_nothing(demo, tmp_path, command):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tmp_path / "store"
+    result = CliRunner().invoke(main, [command, str(demo[0].levels_dir), "--store", str(store), "--backend", "dask",
+                                       "--scheduler", f"tcp://127.0.0.1:{port}", "--no-progress"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"tcp://127.0.0.1:{port}" in lines[0] and "unreachable within" in lines[0]
+    assert not store.exists()

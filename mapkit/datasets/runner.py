@@ -42,6 +42,9 @@ STATUS_WORDS = {"ok": "written", "skipped": "already present", "failed": "failed
 
 BACKENDS = ("joblib", "dask")
 
+#: Seconds to wait for a Dask scheduler to answer before the run gives up (nothing written by then).
+DASK_CONNECT_TIMEOUT_S = 10.0
+
 
 class SourceItem:
     """Base of the items of a run over input songs: ``song_id`` and ``path`` come from ``self.source``."""
@@ -230,6 +233,42 @@ def _run_isolated(work, i, item):
                                          "(crash in a decoder or out of memory)")
 
 
+def check_scheduler(address: str | None, timeout_s: float = DASK_CONNECT_TIMEOUT_S) -> None:
+    """Refuse (one line) a Dask scheduler address that does not answer within ``timeout_s``.
+
+    Called before a run creates or locks anything, so an unreachable
+    scheduler leaves no trace. Checks that a TCP connection to
+    ``tcp://HOST:PORT`` (or ``HOST:PORT``) opens; ``None`` (a local cluster)
+    and other protocols pass.
+
+    Raises
+    ------
+    MapkitError
+        Naming the address, the timeout and the reason.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if address is None:
+        return
+    text = str(address)
+    parts = urlsplit(text if "://" in text else f"tcp://{text}")
+    if parts.scheme not in ("tcp", ""):
+        return
+    try:
+        host, port = parts.hostname, parts.port or 8786
+    except ValueError as e:
+        raise MapkitError(text, f"not a Dask scheduler address ({e}); e.g. tcp://10.0.0.5:8786") from None
+    if not host:
+        raise MapkitError(text, "not a Dask scheduler address; e.g. tcp://10.0.0.5:8786")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        raise MapkitError(text, f"Dask scheduler unreachable within {timeout_s:g} s ({reason}); "
+                                f"nothing was written. Start it, or check --scheduler") from None
+
+
 def _run_dask(items, work, handle, jobs, scheduler):
     from distributed import Client, LocalCluster, as_completed
 
@@ -238,7 +277,13 @@ def _run_dask(items, work, handle, jobs, scheduler):
         cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
         scheduler = cluster
     try:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout=DASK_CONNECT_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - refused, timed out, or not a Dask scheduler: one line, not a trace
+            raise MapkitError(str(scheduler), f"cannot connect to the Dask scheduler within "
+                                              f"{DASK_CONNECT_TIMEOUT_S:g} s ({type(e).__name__}: {e}); is "
+                                              f"it a Dask scheduler?") from None
+        with client:
             futures = {client.submit(_guarded, work, i, item, pure=False): i for i, item in enumerate(items)}
             for future in as_completed(futures):
                 i = futures.pop(future)
