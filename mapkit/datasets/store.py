@@ -19,8 +19,12 @@ Reliability rules, in one place:
 - **Commit by rename.** A shard is written as ``shard-NNNNN.h5.partial``,
   flushed after every item, and renamed to ``shard-NNNNN.h5`` (after fsync)
   only when it is full or the run ends (:class:`ShardWriter`). Only complete
-  shards are ever read. Leftover ``.partial`` files of a killed run are deleted
-  when the next run takes the lock: a kill loses at most the shard in progress.
+  shards are ever read. A ``.partial`` shard lists the items it has flushed
+  (dataset ``/.flushed``, dropped on commit); when the next run takes the
+  lock, the flushed items of a killed run's ``.partial`` that read back
+  whole are adopted into a new complete shard, and the ``.partial`` is
+  deleted (:meth:`Store.recover_partials`): a kill loses at most the item in
+  progress.
 - **Newest wins.** Shard numbers only grow. When a song is stored in several
   shards (``--force`` writes a new copy, it never rewrites a complete shard),
   the copy in the highest-numbered shard is the song; older copies are ignored
@@ -57,6 +61,8 @@ CHUNK_ROWS = 1024
 
 SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.h5$")
 PARTIAL_SUFFIX = ".partial"
+#: Dataset of a ``.partial`` shard naming the items flushed so far (deleted when the shard is committed).
+FLUSHED = ".flushed"
 
 #: Feature stages and the names of the per-song band statistics stored as attrs
 #: of each song group: ``<stage>_band_sum``, ``<stage>_band_sumsq`` (float64,
@@ -190,6 +196,7 @@ class ShardWriter:
         for k, v in self.file_attrs.items():
             self._file.attrs[k] = v
         self._file.attrs["created"] = utc_timestamp()
+        self._file.create_dataset(FLUSHED, shape=(0,), maxshape=(None,), chunks=(64,), dtype=h5py.string_dtype())
         self._items = 0
         self._bytes = 0
 
@@ -217,6 +224,9 @@ class ShardWriter:
             sg = g.require_group(sub)
             for k, v in attrs.items():
                 sg.attrs[k] = v
+        flushed = f[FLUSHED]  # the item is whole once this flush is done: a later run may adopt it
+        flushed.resize((flushed.shape[0] + 1,))
+        flushed[-1] = item.group
         f.flush()
         self._items += 1
         self._bytes += item.nbytes
@@ -228,6 +238,7 @@ class ShardWriter:
     def _commit(self):
         if self._file is None:
             return
+        del self._file[FLUSHED]
         self._file.flush()
         self._file.close()
         self._file = None
@@ -352,11 +363,55 @@ def _lock_holder(fd, wait_s: float = 2.0) -> str:
         time.sleep(0.02)
 
 
+def _read_whole_item(f, group: str) -> "ShardItem | None":
+    """The item at ``group`` of an open shard, every dataset read in full, or None when any part fails to read."""
+    try:
+        g = f[group]
+        datasets, subgroup_attrs = {}, {}
+
+        def visit(name, obj):
+            if hasattr(obj, "shape"):
+                datasets[name] = obj[()]
+            else:
+                subgroup_attrs[name] = dict(obj.attrs.items())  # as stored: dtypes kept
+
+        g.visititems(visit)
+        item = ShardItem(group, datasets, dict(g.attrs.items()), subgroup_attrs)
+    except Exception:  # noqa: BLE001 - a damaged item is simply not adopted
+        return None
+    n = item.attrs.get("n_frames")
+    for name, rows in (("placement", "pad_placement"), ("selection", "pad_selection")):
+        if name in datasets and rows in item.attrs:  # features: the row count fixes the length
+            if datasets[name].shape[0] != int(n) + int(np.sum(item.attrs[rows])):
+                return None
+    return item
+
+
+def _adopt_partial(partial: Path) -> list[str]:
+    """Copy the whole flushed items of ``partial`` into a new complete shard beside it; their groups."""
+    import h5py
+
+    try:
+        with h5py.File(partial, "r") as f:
+            file_attrs = {k: v for k, v in f.attrs.items() if k != "created"}
+            listed = [x.decode() if isinstance(x, bytes) else str(x) for x in f[FLUSHED][()]]
+            items = [item for item in (_read_whole_item(f, g) for g in dict.fromkeys(listed)) if item is not None]
+    except Exception:  # noqa: BLE001 - unreadable, or written before items were listed: nothing to adopt
+        return []
+    if items:
+        with ShardWriter(partial.parent, file_attrs, max_items=len(items) + 1, max_bytes=1 << 62) as writer:
+            for item in items:
+                writer.write(item)
+    return [item.group for item in items]
+
+
 class Store:
     """A store folder (DESIGN.md section 8). Creating the object touches nothing on disk."""
 
     def __init__(self, root):
         self.root = Path(root)
+        #: Groups adopted from a killed run's ``.partial`` shards when the lock was taken.
+        self.recovered: list[str] = []
 
     @property
     def features_dir(self) -> Path:
@@ -417,13 +472,34 @@ class Store:
             held = True
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}, mapkit {command}, since {utc_timestamp()}\n".encode(), 0)
-            self.remove_partials()
+            self.recovered = self.recover_partials()
             yield self
         finally:
             if held:  # a finished run leaves no holder behind to be misreported
                 os.ftruncate(fd, 0)
             # Closing the descriptor releases the flock.
             os.close(fd)
+
+    def recover_partials(self) -> list[str]:
+        """Adopt the whole items of leftover ``.partial`` shards, then delete them (call only holding the lock).
+
+        A killed run's ``.partial`` shard holds the items it flushed (listed in
+        its ``/.flushed`` dataset), perhaps followed by one half-written item.
+        Every listed item that reads back whole (:func:`_read_whole_item`) is
+        written into a new complete shard with the same file attributes
+        (numbered above every shard, so it is the newest copy); the rest is
+        dropped with the ``.partial`` file. Returns the groups adopted.
+        """
+        adopted = []
+        for kind in KIND_ROOTS:
+            d = self.shard_dir(kind)
+            if not d.is_dir():
+                continue
+            for p in sorted(d.iterdir()):
+                if p.name.endswith(PARTIAL_SUFFIX) and _shard_number(p.name) is not None:
+                    adopted += _adopt_partial(p)
+                    p.unlink()
+        return adopted
 
     def remove_partials(self) -> list[Path]:
         """Delete leftover ``.partial`` shards (call only while holding the lock)."""
