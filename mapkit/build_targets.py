@@ -247,6 +247,54 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
         end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs)
 
 
+def audio_frame_count(path, fps: int = 100) -> tuple[int | None, str | None]:
+    """``(T, None)`` of the level's audio from its header (no decoding), or ``(None, why not)``.
+
+    T is :func:`~mapkit.preprocess.timebase.n_frames` of the declared sample
+    count: what ``mapkit extract`` stores for a sound file.
+    """
+    import soundfile as sf
+
+    from mapkit.preprocess.container import LevelContainer
+    from mapkit.preprocess.timebase import n_frames
+
+    try:
+        with LevelContainer(path) as c:
+            name = c.audio_name()
+            with c.open(name) as f:
+                info = sf.info(f)
+    except MapkitError as e:
+        return None, e.reason
+    except (OSError, RuntimeError, ValueError) as e:  # soundfile cannot read the header
+        return None, f"unreadable audio: {e}"
+    if info.frames <= 0 or info.samplerate <= 0:
+        return None, "the audio declares no samples"
+    return n_frames(int(info.frames), int(info.samplerate), fps), None
+
+
+def check_against_audio(level, path, settings: TargetSettings = TargetSettings()) -> int | None:
+    """Apply build-targets' audio checks to a read level in place (for ``mapkit inspect``).
+
+    When the level's audio can be read, every difficulty gets the verdict
+    build-targets would give it on a song of that many frames
+    (:func:`difficulty_targets`: notes beyond the audio dropped and counted,
+    quarantined past ``max_drop_fraction``); otherwise a level warning says
+    the notes were not checked against the audio. Returns T, or None.
+    """
+    T, why = audio_frame_count(path, settings.fps)
+    if T is None:
+        named = level.song_filename and any(level.song_filename in w for w in level.warnings)
+        if not named:  # a missing song file is already a warning of the level
+            level.warnings.append(f"notes not checked against the audio ({why})")
+        return None
+    for d in level.difficulties:
+        if d.quarantine is None:
+            dt = difficulty_targets(d, T, level.bpm, settings)
+            d.drops = dt.drops
+            d.quarantine = dt.quarantine
+    return T
+
+
 def _bad_group_name(name: str) -> bool:
     return name in ("", ".", "..") or "/" in name
 

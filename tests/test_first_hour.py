@@ -122,3 +122,29 @@ def test_an_unreachable_dask_scheduler_is_one_line_and_creates_nothing(demo, tmp
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and f"tcp://127.0.0.1:{port}" in lines[0] and "unreachable within" in lines[0]
     assert not store.exists()
+
+
+def test_inspect_gives_the_verdict_build_targets_gives_when_the_audio_is_present(demo, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from mapkit.preprocess.container import LevelContainer
+
+    src = sorted(p for p in demo[0].levels_dir.iterdir() if p.is_dir())[0]
+    level = tmp_path / "levels" / src.name
+    shutil.copytree(src, level)
+    with LevelContainer(level) as c:
+        audio = level / c.audio_name()
+    noise = np.random.default_rng(0).standard_normal(8000 * 2).astype(np.float32) * 0.1
+    sf.write(str(audio), noise, 8000, format="WAV")  # 2 s: most notes lie beyond it
+    result = CliRunner().invoke(main, ["inspect", str(level)])
+    assert result.exit_code == 0, result.output
+    verdicts = [line.strip() for line in result.output.splitlines() if line.startswith("    ") and
+                (line.strip() == "ok" or line.strip().startswith("QUARANTINED"))]
+    assert verdicts and all("notes beyond audio" in v for v in verdicts), result.output
+    assert "beyond_audio" in result.output
+    store = tmp_path / "store"
+    assert extract(level.parent, store=store, jobs=1, progress=False).exit_code == 0
+    report = build_targets(level.parent, store=store, jobs=1, progress=False, val_fraction=0.0)
+    assert [r.status for r in report.items] == ["quarantined"] * len(verdicts)
+    assert all("notes beyond audio" in r.reason for r in report.items)
