@@ -571,15 +571,18 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Torch CPU threads. 1 is fastest on small CPUs: decoding is a long chain of small steps.")
+@click.option("--force", is_flag=True, help="Replace an earlier generated level of the same name in OUT.")
 def generate_command(song, placement, selection, difficulty, out_dir, beam_size, temperature, seed, threshold,
-                     no_snap, device, threads):
+                     no_snap, device, threads, force):
     """Generate a playable level for SONG with the two trained models.
 
     SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
     .zip. Writes OUT/<song>-mapkit/ (Info.dat v2.1.0, <Difficulty>Standard.dat
     v3.3.0, song.egg, cover.png) and OUT/<song>-mapkit.zip for Beat Saber or
     BeatSaver. The BPM is estimated from the audio; note times come from
-    stage-1 peaks, notes from a stage-2 beam search. Exit code 2: the level
+    stage-1 peaks, notes from a stage-2 beam search. The song name and
+    artist come from the source level's info file or the audio's tags. An
+    existing OUT/<song>-mapkit is not replaced without --force. Exit code 2: the level
     was written but something is off (e.g. no notes found; said on stderr).
     Checkpoints are loaded with pickle: load only checkpoints you trust.
 
@@ -598,7 +601,7 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
     try:
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
                          beam_size=beam_size, temperature=temperature, seed=seed, threshold=threshold,
-                         snap=not no_snap, out_dir=out_dir)
+                         snap=not no_snap, out_dir=out_dir, force=force)
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())
