@@ -734,7 +734,8 @@ def missing_checkpoints(placement, selection) -> str | None:
     if not lines:
         return None
     return "\n".join(["generation needs both trained models:", *lines,
-                      "  (first `mapkit extract` and `mapkit build-targets` your levels into the store)"])
+                      "  (first `mapkit extract` and `mapkit build-targets` your levels into the store; trained "
+                      "into another --out? pass --placement OUT/last.pt and --selection OUT/last.pt)"])
 
 
 def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, device: str = "cpu",

@@ -148,3 +148,30 @@ def test_inspect_gives_the_verdict_build_targets_gives_when_the_audio_is_present
     report = build_targets(level.parent, store=store, jobs=1, progress=False, val_fraction=0.0)
     assert [r.status for r in report.items] == ["quarantined"] * len(verdicts)
     assert all("notes beyond audio" in r.reason for r in report.items)
+
+
+def test_progress_bars_write_plain_lines_when_not_on_a_terminal():
+    import io
+
+    from mapkit.progress import progress_bar
+
+    log = io.StringIO()  # a redirected stderr: not a terminal
+    with progress_bar(total=5000, desc="work", file=log, interval_s=3600) as bar:
+        for _ in range(5000):
+            bar.update(1)
+            bar.set_postfix(loss=0.5, refresh=False)
+    text = log.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("work:   0%") and "5000/5000" in lines[-1]
+
+
+def test_a_redirected_command_log_holds_few_progress_lines(demo, tmp_path):
+    import subprocess
+    import sys
+
+    store = fresh_store(demo, tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "mapkit", "build-targets", str(demo[0].levels_dir), "--store",
+                           str(store), "--jobs", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr and len(proc.stderr.splitlines()) <= 8, proc.stderr
