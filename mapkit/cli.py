@@ -6,7 +6,8 @@ torch) are imported inside the commands, so ``mapkit --help`` starts fast.
 
 Exit codes: 0 success; 1 failure (unreadable input, validation failed, bad
 usage of the store); 2 the run finished but skipped or quarantined some items
-(details in the store's ``reports/``).
+(details in the store's ``reports/``); 130/143 ``mapkit train`` stopped by
+SIGINT/SIGTERM after saving ``last.pt``.
 """
 
 from __future__ import annotations
@@ -195,9 +196,12 @@ def validate_command(store, as_json, no_progress):
     in place), token frames and gaps equal to those recomputed from the
     notes; tempo map finite, monotone, continuous and timing the notes.
     Per store: every shard readable, one settings hash, the vocabulary
-    hash, no targets without features. Every failure names
-    the song or level, the check and the numbers. Streams: memory does not
-    grow with the store. Exit code 0 when clean, 1 when any check fails.
+    hash, no targets without features; a folder without shards is not a
+    store. Every failure names the song or level, the check and the numbers.
+    Warns (exit code unchanged) when more than 5 % of the stored levels' note
+    states are UNK (validation songs aside): --rebuild-vocab fixes it.
+    Streams: memory does not grow with the store. Exit code 0 when clean, 1
+    when any check fails.
 
     \b
     Example:
@@ -251,7 +255,10 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
     vocab.json; later runs encode with it (unseen states become UNK). Levels
     already stored with the same files, audio and settings are skipped.
     Quarantined difficulties and unreadable levels are reported
-    (STORE/reports/) and the exit code is then 2.
+    (STORE/reports/, and by reason on stderr) and the exit code is then 2.
+    The summary gives the share of UNK states (above 5 %: --rebuild-vocab).
+    A first run whose training split holds no level (e.g. every song held
+    out for validation) is refused, exit 1, nothing written.
 
     \b
     Example:
@@ -476,6 +483,10 @@ def train_group():
     never in both), log to OUT/metrics.jsonl, plot OUT/curves.png, and
     write OUT/last.pt (every --checkpoint-every steps and at the end) and
     OUT/best.pt. On several GPUs run them under torchrun.
+
+    An OUT that holds an earlier run is refused: --resume continues it,
+    --overwrite deletes it. Ctrl-C (or SIGTERM) finishes the step, saves
+    OUT/last.pt and exits with 130 (143); a second Ctrl-C stops at once.
 
     \b
     Example:
