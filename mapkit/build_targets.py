@@ -69,7 +69,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mapkit.datasets.runner import check_scheduler, ItemResult, RunReport, SourceItem, run_items, write_report
+from mapkit.datasets.runner import (ItemResult, RunReport, SourceItem, check_scheduler, plural, run_items,
+                                    write_report)
 from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, shard_file_attrs, write_json_atomic
 from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
@@ -1067,6 +1068,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 items.extend(per_task.get(k) or [ran[k]])
         index = store.index("targets")
         report = RunReport(COMMAND, items, problems=index.problems)
+        if store.recovered:  # flushed by a killed run, adopted when the lock was taken: not recomputed
+            report.notes.append(f"recovered {plural(len(store.recovered), 'items')} flushed by an interrupted run")
         line = unk_summary(*unk)
         if line:
             report.notes.append(line)

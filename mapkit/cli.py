@@ -337,14 +337,14 @@ def _preset_option(*decls, field: str, auto: str | None = None, **kwargs):
 
 def _difficulty_names(ctx, param, values):
     """--difficulty: canonical names (aliases like Expert+ accepted); a usage error lists the valid ones."""
-    from mapkit.preprocess.levels import canonical_difficulty
+    from mapkit.preprocess.levels import DIFFICULTIES, canonical_difficulty
 
     try:
         if isinstance(values, str):
             return canonical_difficulty(values)
         return tuple(canonical_difficulty(v) for v in values)
     except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+        raise click.BadParameter(f"{e}; the names are {', '.join(DIFFICULTIES)} (Expert+ also accepted)") from None
 
 
 def _train_options(f):

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mapkit.datasets.runner import check_scheduler, ItemResult, RunReport, SourceItem, run_items, write_report
+from mapkit.datasets.runner import (ItemResult, RunReport, SourceItem, check_scheduler, plural, run_items,
+                                    write_report)
 from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
                                    shard_file_attrs)
 from mapkit.errors import MapkitError, StoreError
@@ -187,6 +188,8 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
         index = store.index("features")
         store.write_feature_stats(index)
         report = RunReport(COMMAND, results, problems=index.problems)
+        if store.recovered:  # flushed by a killed run, adopted when the lock was taken: not recomputed
+            report.notes.append(f"recovered {plural(len(store.recovered), 'items')} flushed by an interrupted run")
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "backend": backend, "stored_songs": len(index)})

@@ -129,8 +129,7 @@ def canonical_difficulty(name: str) -> str:
     try:
         return _DIFFICULTY_ALIASES[key]
     except KeyError:
-        raise ValueError(f"unknown difficulty name {name!r}; the names are {', '.join(DIFFICULTIES)} "
-                         f"(Expert+ also accepted)") from None
+        raise ValueError(f"unknown difficulty name {name!r}") from None
 
 
 def _major(version) -> str | None:

@@ -433,8 +433,9 @@ def prepare_run_folder(out_dir, resume: bool = False, overwrite: bool = False) -
 
     Stale temporary checkpoints are removed first. A fresh run (not
     ``resume``) in a folder that holds anything else raises
-    :class:`TrainingError` naming what is there, unless ``overwrite``: then
-    the earlier run's files (:data:`RUN_FILES`) are deleted.
+    :class:`TrainingError` naming what is there, unless ``overwrite``
+    (:func:`fit` then deletes the earlier run's files, :data:`RUN_FILES`,
+    once everything else has been checked, just before training starts).
     """
     out_dir = Path(out_dir)
     remove_stale_temporaries(out_dir)
@@ -447,8 +448,6 @@ def prepare_run_folder(out_dir, resume: bool = False, overwrite: bool = False) -
         shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
         raise TrainingError(out_dir, f"the run folder is not empty ({shown}): continue that run with --resume, "
                                      f"start over with --overwrite (deletes it), or choose another --out")
-    for name in RUN_FILES:
-        (out_dir / name).unlink(missing_ok=True)
 
 
 def resumed_config(out_dir, config_cls, changes: dict, path_name: str = LAST):
@@ -884,6 +883,9 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    if dist_info.main and options.overwrite and resume_ckpt is None:
+        for name in RUN_FILES:  # the earlier run, replaced now that this one can start
+            (out_dir / name).unlink(missing_ok=True)
     log = MetricsLog(out_dir / METRICS_FILE, resume_ckpt["step"] if resume_ckpt else None) if dist_info.main else None
     if dist_info.main:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -84,5 +84,6 @@ def test_an_interrupted_extract_does_not_recompute_flushed_songs(tmp_path):
     (store.root / "stats.json").unlink()
     report = extract(demo.levels_dir, store=store, jobs=1, progress=False)
     assert [r.status for r in report.items] == ["skipped", "skipped"], report.summary()
+    assert "recovered 2 items flushed by an interrupted run" in report.summary()
     assert (store.root / "stats.json").exists()
     assert CliRunner().invoke(main, ["validate", "--store", str(store.root)]).exit_code == 0
