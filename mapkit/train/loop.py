@@ -806,6 +806,7 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
     device = resolve_device(options.device, dist_info)
     autocast_dtype = amp_dtype(options.amp, device)
     prepare_run_folder(out_dir, options.resume, options.overwrite)
+    _barrier(dist_info)  # every rank has checked the folder before rank 0 writes into it
     fingerprint = store_fingerprint(store, stage.need_vocab)
 
     resume_ckpt = None
@@ -937,7 +938,9 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
             loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler,
                                                  collate_fn=stage.collate_fn, num_workers=options.num_workers,
                                                  drop_last=True, generator=loader_gen,
-                                                 pin_memory=device.type == "cuda")
+                                                 pin_memory=device.type == "cuda",
+                                                 worker_init_fn=_ignore_stop_signals if options.num_workers
+                                                 else None)
             for batch in loader:
                 batch = _to_device(batch, device)
                 with autocast():
@@ -1010,6 +1013,14 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
     stage.close()
     return TrainResult(step, last_path, best_path, last_metrics, metrics_path, plot_path, list(train_songs),
                        list(val_songs), stopped_early=step < total_steps, interrupted=interrupted)
+
+
+def _ignore_stop_signals(_worker_id: int):
+    """DataLoader workers ignore SIGINT/SIGTERM: a Ctrl-C reaches the whole process group, and the main
+    process, not a worker that dies of it while the main one waits for its batch, decides to finish the
+    step and save ``last.pt``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _agree_on_signal(name: str | None, dist_info: DistInfo, device) -> str | None:

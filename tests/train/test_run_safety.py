@@ -78,10 +78,11 @@ def test_a_signal_saves_last_pt_at_once_and_the_run_resumes(store, tmp_path, sig
 def test_ctrl_c_on_the_command_line_saves_and_says_how_to_go_on(store, tmp_path):
     out = tmp_path / "ddc"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # its own process group, signalled as a whole as a terminal's Ctrl-C is: the DataLoader worker gets it too
     proc = subprocess.Popen([sys.executable, "-m", "mapkit", "train", "ddc", "--store", str(store), "--out", str(out),
                              "--preset", "tiny", "--max-steps", "100000", "--log-every", "1", "--val-song", VAL_SONG,
-                             "--device", "cpu", "--no-progress"], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=env)
+                             "--workers", "1", "--device", "cpu", "--no-progress"], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         import time
 
@@ -89,7 +90,7 @@ def test_ctrl_c_on_the_command_line_saves_and_says_how_to_go_on(store, tmp_path)
         while time.monotonic() < deadline and not (
                 (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 2):
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
