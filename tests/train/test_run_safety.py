@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mapkit.cli import main
 from mapkit.train.ddc import DDCStage, ddc_config, train_ddc
-from mapkit.train.loop import (RunOptions, TrainingError, best_step, eval_interval, fit, read_checkpoint,
+from mapkit.train.loop import (RunOptions, best_step, eval_interval, fit, read_checkpoint,
                                read_metrics)
 from tests.tiny_store import VAL_SONG, build_tiny_store
 
