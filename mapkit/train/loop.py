@@ -665,6 +665,13 @@ def best_step(records: list[dict], metric: str, maximize: bool) -> int | None:
     return step
 
 
+def plotted_metrics(records: list[dict]) -> list[str]:
+    """The validation metrics :func:`plot_metrics` gives a panel each: numbers but :data:`NOT_METRICS`
+    and ``loss`` (drawn with the training loss)."""
+    return sorted({k for r in records if r.get("split") == "val" for k, v in r.items()
+                   if isinstance(v, (int, float)) and k not in NOT_METRICS and k != "loss"})
+
+
 def plot_metrics(metrics_path, png_path, metric: str | None = None, maximize: bool = False) -> Path:
     """Plot the training loss and every validation metric against the step into a PNG (matplotlib Agg).
 
@@ -680,8 +687,7 @@ def plot_metrics(metrics_path, png_path, metric: str | None = None, maximize: bo
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
-    val_keys = sorted({k for r in val for k, v in r.items()
-                       if isinstance(v, (int, float)) and k not in NOT_METRICS})
+    val_keys = plotted_metrics(records)
     n = 1 + len(val_keys)
     fig, axes = plt.subplots(n, 1, figsize=(7, 2.2 * n), sharex=True, squeeze=False)
     ax = axes[0, 0]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mapkit.cli import main
 from mapkit.train.ddc import DDCStage, ddc_config, train_ddc
-from mapkit.train.loop import (RunOptions, best_step, eval_interval, fit, read_checkpoint,
+from mapkit.train.loop import (RunOptions, best_step, eval_interval, fit, plotted_metrics, read_checkpoint,
                                read_metrics)
 from tests.tiny_store import VAL_SONG, build_tiny_store
 
@@ -148,6 +148,9 @@ def test_validation_cadence_scales_with_the_run_and_curves_mark_the_best(store, 
     assert val_steps == list(range(2, 31, 2))  # ceil(30 / 20) = every 2 steps, evenly spaced
     best = best_step(records, "f1", maximize=True)
     assert read_checkpoint(result.best)["step"] == best
+    assert plotted_metrics(records) == ["f1", "precision", "recall"]  # not the threshold, loss with the training loss
+    tf = [{"split": "val", "step": 1, "loss": 2.0, "perplexity": 9.0, "accuracy": 0.4, "tokens": 102}]
+    assert plotted_metrics(tf) == ["accuracy", "perplexity"]  # a token count is not a metric
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
