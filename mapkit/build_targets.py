@@ -69,8 +69,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
-from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, shard_file_attrs, write_json_atomic
+from mapkit.datasets.names import name_problem, safe_attrs, song_id_problem
+from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
+                                    check_scheduler, plural, run_items, write_report)
+from mapkit.datasets.store import (KIND_ROOTS, ShardItem, ShardWriter, Store, os_error_reason, shard_file_attrs,
+                                   write_json_atomic)
 from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
 from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, song_end_beat, token_sequence
@@ -87,14 +90,15 @@ DEFAULT_SHARD_BYTES = 1 << 30
 #: Drop reason of notes whose frame lies outside [0, T) (past the end of the audio).
 BEYOND_AUDIO = "beyond_audio"
 
-#: Files whose bytes make up a level's identity for resuming (info, beatmaps, v4 audio data).
-LEVEL_FILE_SUFFIXES = (".dat", ".json")
-
 #: Datasets of one difficulty group, in the order they are written.
 DIFFICULTY_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames",
                        "gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
 
 NO_FEATURES = "no features (run mapkit extract first)"
+
+#: Share of UNK state tokens above which build-targets and validate advise ``--rebuild-vocab``: levels added
+#: after the vocabulary was counted, or a vocabulary counted over too few songs, lose that much of their notes.
+UNK_WARN_SHARE = 0.05
 
 
 # --- pure functions: one difficulty ---------------------------------------------------------------
@@ -243,28 +247,83 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
         end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs)
 
 
-def _bad_group_name(name: str) -> bool:
-    return name in ("", ".", "..") or "/" in name
+def audio_frame_count(path, fps: int = 100) -> tuple[int | None, str | None]:
+    """``(T, None)`` of the level's audio from its header (no decoding), or ``(None, why not)``.
+
+    T is :func:`~mapkit.preprocess.timebase.n_frames` of the declared sample
+    count: what ``mapkit extract`` stores for a sound file.
+    """
+    import soundfile as sf
+
+    from mapkit.preprocess.container import LevelContainer
+    from mapkit.preprocess.timebase import n_frames
+
+    try:
+        with LevelContainer(path) as c:
+            name = c.audio_name()
+            with c.open(name) as f:
+                info = sf.info(f)
+    except MapkitError as e:
+        return None, e.reason
+    except (OSError, RuntimeError, ValueError) as e:  # soundfile cannot read the header
+        return None, f"unreadable audio: {e}"
+    if info.frames <= 0 or info.samplerate <= 0:
+        return None, "the audio declares no samples"
+    return n_frames(int(info.frames), int(info.samplerate), fps), None
+
+
+def check_against_audio(level, path, settings: TargetSettings = TargetSettings()) -> int | None:
+    """Apply build-targets' audio checks to a read level in place (for ``mapkit inspect``).
+
+    When the level's audio can be read, every difficulty gets the verdict
+    build-targets would give it on a song of that many frames
+    (:func:`difficulty_targets`: notes beyond the audio dropped and counted,
+    quarantined past ``max_drop_fraction``); otherwise a level warning says
+    the notes were not checked against the audio. Returns T, or None.
+    """
+    T, why = audio_frame_count(path, settings.fps)
+    if T is None:
+        named = level.song_filename and any(level.song_filename in w for w in level.warnings)
+        if not named:  # a missing song file is already a warning of the level
+            level.warnings.append(f"notes not checked against the audio ({why})")
+        return None
+    for d in level.difficulties:
+        if d.quarantine is None:
+            dt = difficulty_targets(d, T, level.bpm, settings)
+            d.drops = dt.drops
+            d.quarantine = dt.quarantine
+    return T
 
 
 # --- one level: worker side -----------------------------------------------------------------------
 
-def level_files_sha256(path) -> str:
-    """SHA-256 identifying a level's content for resuming: every ``.dat``/``.json`` file of the level.
+def level_files_sha256(path, characteristic: str | None = "Standard") -> str:
+    """SHA-256 identifying a level's content for resuming: the files reading it reads.
 
-    Files are taken in sorted name order; each contributes its name, its
-    length and its bytes. The audio and images are not included (the audio is
-    identified by the features' ``audio_sha256``).
+    Those of :func:`~mapkit.preprocess.levels.level_file_names`: the info
+    file, the difficulty files of ``characteristic`` and a v4 audio data file,
+    in sorted name order; each contributes its name, its length and its
+    bytes, or (a file that cannot be read: not a regular file, too large, a
+    bad zip member) its name and the reason, so that only the difficulty that
+    needs it fails. Files no info file names are never opened; the audio and
+    images are not included (the audio is identified by the features'
+    ``audio_sha256``).
     """
+    from mapkit.errors import LevelError
     from mapkit.preprocess.container import LevelContainer
+    from mapkit.preprocess.levels import level_file_names
 
     h = hashlib.sha256()
     with LevelContainer(path) as c:
-        for name in c.names():
-            if name.lower().endswith(LEVEL_FILE_SUFFIXES):
+        for name in level_file_names(c, characteristic):
+            tag = name.encode("utf-8", "surrogateescape") + b"\0"
+            try:
                 data = c.read_bytes(name)
-                h.update(name.encode("utf-8") + b"\0" + str(len(data)).encode() + b"\0")
-                h.update(data)
+            except LevelError as e:
+                h.update(tag + b"unreadable\0" + e.reason.encode("utf-8", "backslashreplace") + b"\0")
+                continue
+            h.update(tag + str(len(data)).encode() + b"\0")
+            h.update(data)
     return h.hexdigest()
 
 
@@ -314,17 +373,22 @@ def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> A
     """Worker: :class:`AlreadyPresent` when the level files are the stored ones, else the level's targets."""
     from mapkit.preprocess.levels import read_level
 
-    level_sha = level_files_sha256(task.path)
+    level_sha = level_files_sha256(task.path, characteristic)
     if task.known_level_sha256 is not None and level_sha == task.known_level_sha256:
         return AlreadyPresent(level_sha)
     level = read_level(task.path, settings=settings, characteristic=characteristic)
     diffs, quarantined = [], []
-    for d in level.difficulties:
+    names = report_names(task.song_id, level.difficulties)
+    for d, item_name in zip(level.difficulties, names):
         dt = difficulty_targets(d, task.n_frames, level.bpm, settings)
-        if dt.quarantine is None and (_bad_group_name(dt.characteristic) or _bad_group_name(dt.difficulty)):
-            dt.quarantine = f"characteristic/difficulty name {dt.name!r} cannot be an HDF5 group name"
+        if dt.quarantine is None:
+            problem = next((f"{what} name {n!r} {p}" for what, n in (("characteristic", dt.characteristic),
+                                                                     ("difficulty", dt.difficulty))
+                            if (p := name_problem(n))), None)
+            if problem:
+                dt.quarantine = f"cannot be stored as an HDF5 group: {problem}"
         if dt.quarantine is not None:
-            quarantined.append((f"{task.song_id}/{dt.name}", dt.quarantine))
+            quarantined.append((item_name, dt.quarantine))
             dt = dataclasses.replace(dt, notes=dt.notes[:0], state_frames=dt.state_frames[:0],
                                      states=dt.states[:0], state_times_s=dt.state_times_s[:0],
                                      state_beats=dt.state_beats[:0])
@@ -367,11 +431,17 @@ def characteristic_selection(characteristic) -> str:
 
 # --- one level: parent side -----------------------------------------------------------------------
 
-def count_states(level: LevelTargets, counts: Counter) -> None:
-    """Add the states of the usable difficulties of ``level`` to ``counts`` (keyed by the state's 12 bytes)."""
+def count_states(level: LevelTargets, counts: Counter) -> int:
+    """Add the states of the usable difficulties of ``level`` to ``counts`` (keyed by the state's 12 bytes).
+
+    Returns the number of difficulties that had states.
+    """
+    n = 0
     for d in level.difficulties:
         if d.quarantine is None and len(d.states):
             _count_state_array(d.states, counts)
+            n += 1
+    return n
 
 
 def _count_state_array(states: np.ndarray, counts: Counter) -> None:
@@ -406,7 +476,8 @@ def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int 
         arrays = difficulty_datasets(d, level.n_frames, vocab, fps)
         for name in DIFFICULTY_DATASETS:
             datasets[f"{d.name}/{name}"] = arrays[name]
-        sub_attrs[d.name] = {**d.attrs, "vocab_hash": vocab.hash, "n_unk": int((arrays["tokens"] == 3).sum()),
+        sub_attrs[d.name] = {**safe_attrs(d.attrs), "vocab_hash": vocab.hash,
+                             "n_unk": int((arrays["tokens"] == 3).sum()),
                              "features_settings_hash": level.features_settings_hash,
                              "audio_sha256": level.audio_sha256}
         written.append(d.name)
@@ -428,16 +499,59 @@ def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int 
         "quarantined_json": json.dumps([list(q) for q in level.quarantined]),
         "warnings_json": json.dumps(level.warnings),
     }
-    return ShardItem(group=f"{KIND_ROOTS['targets']}/{level.song_id}", datasets=datasets, attrs=attrs,
+    return ShardItem(group=f"{KIND_ROOTS['targets']}/{level.song_id}", datasets=datasets, attrs=safe_attrs(attrs),
                      subgroup_attrs=sub_attrs)
 
 
+def report_names(song_id: str, difficulties) -> list[str]:
+    """The report item name of each difficulty: ``song_id/Characteristic/Difficulty``, unique.
+
+    A difficulty listed again by the info file is named
+    ``song_id/Characteristic/Difficulty (listed again, #k)`` for its k-th
+    listing, so that each entry is reported on its own.
+
+    >>> from types import SimpleNamespace as D
+    >>> report_names("s", [D(characteristic="Standard", difficulty="Expert")] * 3)
+    ['s/Standard/Expert', 's/Standard/Expert (listed again, #2)', 's/Standard/Expert (listed again, #3)']
+    """
+    seen: Counter = Counter()
+    out = []
+    for d in difficulties:
+        name = f"{song_id}/{d.characteristic}/{d.difficulty}"
+        seen[name] += 1
+        out.append(name if seen[name] == 1 else f"{name} (listed again, #{seen[name]})")
+    return out
+def item_unk_counts(item: ShardItem) -> tuple[int, int]:
+    """``(UNK state tokens, state tokens)`` of a level's shard item (the ``n_unk``/``n_states`` attrs)."""
+    n_unk = sum(int(a.get("n_unk", 0)) for a in item.subgroup_attrs.values())
+    n_states = sum(int(a.get("n_states", 0)) for a in item.subgroup_attrs.values())
+    return n_unk, n_states
+
+
+def unk_summary(n_unk: int, n_states: int, threshold: float = UNK_WARN_SHARE) -> str | None:
+    """The summary line about UNK tokens of a run's levels, or None when they hold no state.
+
+    Above ``threshold`` it says what it costs and that ``--rebuild-vocab`` fixes it.
+
+    >>> unk_summary(3, 100)
+    "UNK: 3 of 100 note states (3.0%) of this run's training-split levels are outside the vocabulary"
+    """
+    if n_states <= 0:
+        return None
+    share = n_unk / n_states
+    line = (f"UNK: {n_unk} of {n_states} note states ({100 * share:.1f}%) of this run's training-split levels "
+            f"are outside the vocabulary")
+    if share > threshold:
+        line += (f"; above {100 * threshold:g}%: the model cannot learn or generate them. Re-count the vocabulary "
+                 f"over the training songs with --rebuild-vocab")
+    return line
+
+
 def level_results(level: LevelTargets) -> list[ItemResult]:
-    """One report item per difficulty (``song_id/Characteristic/Difficulty``), and one per level-wide problem."""
+    """One report item per difficulty (:func:`report_names`), and one per level-wide problem."""
     out = []
     quarantined = dict(level.quarantined)
-    for d in level.difficulties:
-        name = f"{level.song_id}/{d.name}"
+    for d, name in zip(level.difficulties, report_names(level.song_id, level.difficulties)):
         if name in quarantined:
             out.append(ItemResult(name, level.source, "quarantined", quarantined.pop(name)))
         else:
@@ -448,12 +562,82 @@ def level_results(level: LevelTargets) -> list[ItemResult]:
     return out
 
 
+def listed_difficulties(value):
+    """The ``Characteristic/Difficulty`` names of a level's ``difficulties_json`` attribute, or None when garbage.
+
+    Anything but a JSON list of strings with one ``/`` each is garbage (a
+    damaged store: ``mapkit validate`` names it, build-targets redoes the level).
+    """
+    try:
+        names = json.loads(value.decode() if isinstance(value, bytes) else str(value))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.count("/") == 1 for n in names):
+        return None
+    return names
+
+
+def listed_quarantine(value):
+    """The ``[item, reason]`` pairs of a level's ``quarantined_json`` attribute, or None when garbage."""
+    try:
+        pairs = json.loads(value.decode() if isinstance(value, bytes) else str(value))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+                                              for p in pairs):
+        return None
+    return pairs
+
+
+def intact_levels(entries) -> set:
+    """Song ids of the stored levels (targets :class:`Entry` objects) that hold what they list.
+
+    A level is intact when its ``difficulties_json`` reads and every
+    difficulty group it lists is there with every dataset. Only intact levels
+    may be skipped as "already present": a level whose group was deleted, or
+    whose list is garbage, is built again (what validate would call missing is
+    restored). Each shard is opened once.
+    """
+    import h5py
+
+    from mapkit.datasets.store import open_shard
+
+    by_shard: dict = {}
+    for e in entries:
+        by_shard.setdefault(e.shard, []).append(e)
+    intact = set()
+    for shard, shard_entries in by_shard.items():
+        try:
+            f = open_shard(shard, features=False)
+        except OSError:
+            continue
+        with f:
+            for e in shard_entries:
+                names = listed_difficulties(e.attrs.get("difficulties_json", ""))
+                if names is None or listed_quarantine(e.attrs.get("quarantined_json", "")) is None:
+                    continue
+                g = f[e.group]
+                if all(isinstance(g.get(name), h5py.Group) and all(k in g[name] for k in DIFFICULTY_DATASETS)
+                       for name in names):
+                    intact.add(e.song_id)
+    return intact
+
+
+def _stored_difficulties(entry) -> list:
+    """The difficulty groups a stored level lists; a StoreError naming it when the list is garbage."""
+    names = listed_difficulties(entry.attrs.get("difficulties_json", ""))
+    if names is None:
+        raise StoreError(entry.shard, f"stored level {entry.song_id} is damaged (difficulties_json is not a list "
+                                      "of difficulties): run mapkit build-targets on its level to rebuild it")
+    return names
+
+
 def stored_level_results(entry, source: str) -> list[ItemResult]:
     """Report items of a level skipped because it is stored: its difficulties, and what was quarantined."""
     out = [ItemResult(f"{entry.song_id}/{name}", source, "skipped", "already present (same level, audio and settings)")
-           for name in json.loads(entry.attrs.get("difficulties_json", "[]"))]
+           for name in _stored_difficulties(entry)]
     out += [ItemResult(name, source, "quarantined", reason)
-            for name, reason in json.loads(entry.attrs.get("quarantined_json", "[]"))]
+            for name, reason in listed_quarantine(entry.attrs.get("quarantined_json", "[]")) or []]
     if not out:
         out.append(ItemResult(entry.song_id, source, "skipped", "already present (same level, audio and settings)"))
     return out
@@ -467,7 +651,7 @@ def reencode_stored(entry, vocab: Vocabulary) -> ShardItem:
     with open_shard(entry.shard, features=False) as f:
         g = f[entry.group]
         attrs = {k: v for k, v in g.attrs.items()}
-        for name in json.loads(entry.attrs.get("difficulties_json", "[]")):
+        for name in _stored_difficulties(entry):
             dg = g[name]
             arrays = {k: dg[k][()] for k in DIFFICULTY_DATASETS}
             tokens = arrays["tokens"].copy()
@@ -481,16 +665,19 @@ def reencode_stored(entry, vocab: Vocabulary) -> ShardItem:
     return ShardItem(group=entry.group, datasets=datasets, attrs=attrs, subgroup_attrs=sub_attrs)
 
 
-def stored_state_counts(entry, counts: Counter) -> None:
-    """Add the stored ``states`` of a stored level to ``counts``."""
+def stored_state_counts(entry, counts: Counter) -> int:
+    """Add the stored ``states`` of a stored level to ``counts``; returns the number of difficulties with states."""
     from mapkit.datasets.store import open_shard
 
+    n = 0
     with open_shard(entry.shard, features=False) as f:
         g = f[entry.group]
-        for name in json.loads(entry.attrs.get("difficulties_json", "[]")):
+        for name in _stored_difficulties(entry):
             states = g[name]["states"][()]
             if len(states):
                 _count_state_array(states, counts)
+                n += 1
+    return n
 
 
 # --- store checks -----------------------------------------------------------------------------------
@@ -658,9 +845,30 @@ def training_songs(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs
     return train, [s for s in val if s in ids]
 
 
+def empty_vocabulary_reason(split_ids, train, val, named: bool, n_states: int) -> str:
+    """Why no vocabulary can be counted, and what to do (build-targets then writes nothing).
+
+    The vocabulary is counted over the training songs' levels only; with few
+    songs the training split can hold no usable level (every song hashed into
+    validation, or the training songs' levels quarantined). Every state would
+    then be UNK and no ``vocab.json`` could be written.
+    """
+    shown = ", ".join(sorted(val)[:5]) + (" ..." if len(val) > 5 else "")
+    how = ("name fewer songs with --val-song" if named else
+           "name the validation songs with --val-song (the same for mapkit train), or lower --val-fraction")
+    return (f"no vocabulary can be counted: the training split ({len(train)} of {len(split_ids)} songs) holds no "
+            f"usable level, so all {n_states} note states would be UNK (validation songs: {shown or 'none'}); "
+            f"nothing was written. {how[0].upper() + how[1:]}, or add more songs")
+
+
 def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings, n_levels: int,
-                   counted_songs=(), val_songs=(), val_fraction: float | None = 0.1, seed: int = 0) -> dict:
+                   n_difficulties: int = 0, counted_songs=(), val_songs=(), val_fraction: float | None = 0.1,
+                   seed: int = 0) -> dict:
     """The content of ``vocab.json``: the vocabulary, and what it was counted over.
+
+    ``n_levels`` is the number of level groups (songs) whose states were
+    counted, ``n_difficulties`` the number of their difficulties that had
+    states, ``n_state_frames`` the states counted.
 
     ``counted_over`` is ``"training split"``; ``counted_songs`` the songs whose
     levels were counted, ``val_songs`` the validation songs left out,
@@ -670,6 +878,7 @@ def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings,
     total = int(sum(counts.values()))
     covered = int(sum(vocab.counts))
     return {**vocab.to_json(), "vocab_size": settings.vocab_size, "n_levels": int(n_levels),
+            "n_difficulties": int(n_difficulties),
             "n_state_frames": total, "n_distinct_states": len(counts),
             "coverage": covered / total if total else 1.0, "targets_settings_hash": settings.hash,
             "counted_over": COUNTED_OVER_TRAINING, "val_fraction": val_fraction, "seed": int(seed),
@@ -719,7 +928,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                   characteristic="Standard", jobs=None, force: bool = False, rebuild_vocab: bool = False,
                   val_fraction: float = 0.1, val_songs=None, seed: int = 0,
                   backend: str = "joblib", scheduler=None, progress: bool = True,
-                  shard_levels: int = DEFAULT_SHARD_LEVELS, shard_bytes: int = DEFAULT_SHARD_BYTES) -> RunReport:
+                  shard_levels: int = DEFAULT_SHARD_LEVELS, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                  item_timeout: float | None = DEFAULT_ITEM_TIMEOUT_S) -> RunReport:
     """Build the targets of every level under ``input_dir`` into ``store``.
 
     Parameters
@@ -753,6 +963,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         tqdm progress bars on stderr.
     shard_levels, shard_bytes : int
         When a shard is full and committed.
+    item_timeout : float or None
+        Seconds one level may take before it fails with "timed out after N s"; None: no limit.
 
     Returns
     -------
@@ -774,11 +986,18 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         characteristic selection, or its
         ``vocab.json`` is not the vocabulary of its targets (or of another
         ``vocab_size``) and ``rebuild_vocab`` is not set.
+    RunInterrupted
+        SIGINT or SIGTERM: with a known vocabulary the levels written so far
+        are committed; while the vocabulary is being counted nothing is
+        written. Running again finishes the job.
     """
     from mapkit.preprocess.sources import discover
 
+    if backend == "dask":
+        check_scheduler(scheduler)  # before anything is created
     store = store if isinstance(store, Store) else Store(store)
-    sources = discover(os.path.abspath(input_dir), kinds=("level",))
+    ignored: list = []
+    sources = discover(os.path.abspath(input_dir), kinds=("level",), ignored=ignored)
     if not sources:
         raise MapkitError(input_dir, "no levels found (level folders or .zip files with an info file)")
     selection = characteristic_selection(characteristic)
@@ -799,9 +1018,14 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             vocab = loaded[0]
             check_vocab(targets, vocab, loaded[1], settings, store)
 
+        intact = intact_levels(targets[s.song_id] for s in sources if s.song_id in targets) if not force else set()
         early: dict[int, list[ItemResult]] = {}  # source index -> results decided before any work
         tasks, task_pos, fps_cache = [], [], {}
         for i, s in enumerate(sources):
+            problem = song_id_problem(s.song_id)
+            if problem is not None:  # "." (from "..zip"), control characters, undecodable bytes
+                early[i] = [ItemResult(s.song_id, str(s.path), "failed", problem)]
+                continue
             f = features.get(s.song_id)
             if f is None or "n_frames" not in f.attrs:
                 reason = unreadable_level_reason(s.path) or NO_FEATURES
@@ -815,7 +1039,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             audio_sha, fhash = str(f.attrs.get("audio_sha256", "")), f.settings_hash
             known = None
             t = targets.get(s.song_id)
-            if (not force and vocab is not None and t is not None and t.settings_hash == settings.hash
+            if (not force and vocab is not None and t is not None and t.song_id in intact
+                    and t.settings_hash == settings.hash
                     and same_selection(t, selection)
                     and t.attrs.get("audio_sha256") == audio_sha and t.attrs.get("features_settings_hash") == fhash
                     and (t.file_attrs.get("vocab_hash") == vocab.hash or not vocab_bound(t))):
@@ -844,6 +1069,16 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             return ItemResult(task.song_id, task.path, status, bad[0].reason if bad else "")
 
         n_counted = 0
+        unk = [0, 0]  # UNK state tokens, state tokens of the levels this run writes (validation songs aside)
+        unk_skip = set(loaded[1].get("val_songs") or ()) if loaded is not None else set()
+
+        def write_item(writer, item: ShardItem):
+            writer.write(item)
+            if item.attrs["song_id"] not in unk_skip:  # validation levels hold unseen states by design
+                n_unk, n_states = item_unk_counts(item)
+                unk[0] += n_unk
+                unk[1] += n_states
+
         if vocab is not None:
             # the vocabulary is known: encode and write each level as it arrives
             writer = new_writer(vocab)
@@ -851,31 +1086,40 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             def write(task, value) -> ItemResult:
                 results = outcome(task, value)
                 if isinstance(value, LevelTargets):
-                    writer.write(level_item(value, vocab, selection, settings.fps))
+                    write_item(writer, level_item(value, vocab, selection, settings.fps))
                     written_ids.add(task.song_id)
                 per_task[task_of[task.song_id]] = results
                 return summary(results, task)
 
             with writer:
-                ran = run_items(tasks, work, write, jobs=jobs, backend=backend, scheduler=scheduler,
-                                desc=COMMAND, progress=progress, unit="level")
+                try:
+                    ran = run_items(tasks, work, write, jobs=jobs, backend=backend, scheduler=scheduler,
+                                    desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
+                except RunInterrupted:
+                    writer.close()  # every level written so far is complete: keep them
+                    raise
         else:
             # first pass: compute and count; results wait in an unnamed temporary file
             with tempfile.TemporaryFile(dir=store.root, prefix=".build-targets-spool-") as spool:
                 spooled: list[tuple[int, int]] = []  # (task position, file offset)
+                n_states_seen = [0]  # states of the levels to write: an empty vocabulary would make them UNK
 
                 def collect(task, value) -> ItemResult:
                     k = task_of[task.song_id]
                     results = outcome(task, value)
                     per_task[k] = results
                     if isinstance(value, LevelTargets):
+                        n_states_seen[0] += sum(len(d.states) for d in value.difficulties if d.quarantine is None)
                         spooled.append((k, spool.tell()))
-                        pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                        try:
+                            pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                        except OSError as e:  # e.g. a full disk: the run stops, nothing was written yet
+                            raise StoreError(store.root, f"cannot spool levels: {os_error_reason(e)}") from None
                         written_ids.add(task.song_id)
                     return summary(results, task)
 
                 ran = run_items(tasks, work, collect, jobs=jobs, backend=backend, scheduler=scheduler,
-                                desc=COMMAND, progress=progress, unit="level")
+                                desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
                 # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
                 kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
                 # the songs the trainer will split: features and targets (after this run)
@@ -884,16 +1128,25 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 train = set(train)
                 counts = Counter()
                 spooled.sort()
+                n_difficulties = 0
                 for _k, offset in spooled:
                     if tasks[_k].song_id in train:
                         spool.seek(offset)
-                        count_states(pickle.load(spool), counts)
-                        n_counted += 1
+                        n = count_states(pickle.load(spool), counts)
+                        n_counted += n > 0
+                        n_difficulties += n
                 for e in kept_stored:
                     if e.song_id in train:
-                        stored_state_counts(e, counts)
-                        n_counted += 1
+                        n = stored_state_counts(e, counts)
+                        n_counted += n > 0
+                        n_difficulties += n
                 vocab = Vocabulary.from_counts(counts, settings.vocab_size)
+                if rebuild_vocab:
+                    n_states_seen[0] += sum(int(e.attrs.get("n_states", 0)) for e in kept_stored)
+                if not counts and n_states_seen[0]:
+                    raise MapkitError(store.root, empty_vocabulary_reason(
+                        split_ids, train, val, val_songs is not None, n_states_seen[0]))
+                unk_skip.update(val)
                 if not rebuild_vocab:
                     stale = sorted({str(e.file_attrs.get("vocab_hash")) for e in kept_stored if vocab_bound(e)}
                                    - {vocab.hash})
@@ -902,27 +1155,33 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                                          f"no vocab.json, and the vocabulary counted now (hash {vocab.hash}) is "
                                          f"not the one of the stored targets (hash {', '.join(stale)}); add "
                                          f"--rebuild-vocab to re-encode every stored level")
-                if counts:  # an empty vocabulary would turn every later level into UNK: never saved
-                    write_json_atomic(store.vocab_path, vocab_document(
-                        vocab, counts, settings, n_counted, counted_songs=train, val_songs=val,
-                        val_fraction=None if val_songs is not None else val_fraction, seed=seed))
+                # an empty vocabulary would turn every later level into UNK: never saved
+                document = vocab_document(vocab, counts, settings, n_counted, n_difficulties=n_difficulties,
+                                          counted_songs=train, val_songs=val,
+                                          val_fraction=None if val_songs is not None else val_fraction,
+                                          seed=seed) if counts else None
+                if document is not None and not rebuild_vocab:
+                    write_json_atomic(store.vocab_path, document)
                 n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
-                from tqdm import tqdm
+                from mapkit.progress import progress_bar
 
-                with new_writer(vocab) as writer, tqdm(total=n_write, desc=f"{COMMAND} write", unit="level",
-                                                       file=sys.stderr, disable=not progress) as bar:
+                # --rebuild-vocab: the new shards stay partial files until vocab.json and they are published
+                # together, and the old shards deleted, in one commit (Store.commit_rebuild)
+                writer = new_writer(vocab)
+                writer.publish = not rebuild_vocab
+                with writer, progress_bar(total=n_write, desc=f"{COMMAND} write", unit="level",
+                                          file=sys.stderr, disable=not progress) as bar:
                     for _k, offset in spooled:
                         spool.seek(offset)
-                        writer.write(level_item(pickle.load(spool), vocab, selection, settings.fps))
+                        write_item(writer, level_item(pickle.load(spool), vocab, selection, settings.fps))
                         bar.update(1)
                     if rebuild_vocab:
                         for e in kept_stored:
-                            writer.write(reencode_stored(e, vocab))
+                            write_item(writer, reencode_stored(e, vocab))
                             bar.update(1)
                 if rebuild_vocab:
-                    # every level they held is now in a newer shard, encoded with the new vocabulary
-                    for old in targets.shards:
-                        old.unlink()
+                    # every level the old shards held is now in a newer shard, encoded with the new vocabulary
+                    store.commit_rebuild(document, writer.pending, targets.shards)
 
         items: list[ItemResult] = []
         pos_of_task = {i: k for k, i in enumerate(task_pos)}
@@ -933,9 +1192,15 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 k = pos_of_task[i]
                 items.extend(per_task.get(k) or [ran[k]])
         index = store.index("targets")
-        report = RunReport(COMMAND, items, problems=index.problems)
+        report = RunReport(COMMAND, items, problems=index.problems, ignored=ignored)
+        if store.recovered:  # flushed by a killed run, adopted when the lock was taken: not recomputed
+            report.notes.append(f"recovered {plural(len(store.recovered), 'items')} flushed by an interrupted run")
+        line = unk_summary(*unk)
+        if line:
+            report.notes.append(line)
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "rebuild_vocab": rebuild_vocab, "characteristic": selection, "backend": backend,
-                            "vocab_hash": vocab.hash, "vocab_tokens": len(vocab), "stored_levels": len(index)})
+                            "vocab_hash": vocab.hash, "vocab_tokens": len(vocab), "stored_levels": len(index),
+                            "unk_tokens": unk[0], "state_tokens": unk[1]})
     return report

@@ -4,14 +4,22 @@ Each command parses its arguments and calls one function of the library that
 does the work (and can be called from Python). Heavy libraries (librosa,
 torch) are imported inside the commands, so ``mapkit --help`` starts fast.
 
-Exit codes: 0 success; 1 failure (unreadable input, validation failed, bad
-usage of the store); 2 the run finished but skipped or quarantined some items
-(details in the store's ``reports/``).
+Exit codes (:data:`EXIT_CODES`, the same for every command, listed in every
+``--help``): 0 success; 1 the run could not proceed (unreadable input, a store
+on bad ground, a locked store) or validation failed; 2 the run finished but
+skipped, failed or quarantined some items (details in the store's
+``reports/``); 64 bad usage of the command line (unknown option, missing or
+invalid argument: sysexits' ``EX_USAGE``), so a script can tell a typo from a
+partial run; 130 or 143 (128 + the signal) stopped by Ctrl-C or SIGTERM
+(``extract`` and ``build-targets`` then print one line and keep what they wrote;
+``train`` saves ``last.pt`` first).
 """
 
 from __future__ import annotations
 
+import errno
 import sys
+from contextlib import contextmanager
 
 import click
 
@@ -19,9 +27,72 @@ from mapkit import __version__
 
 DEFAULT_STORE = "./mapkit-data"
 
+#: Exit codes of every command.
+EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
+EXIT_CODES = {EXIT_OK: "success",
+              EXIT_FAILED: "could not proceed, or validation failed (message on stderr)",
+              EXIT_PARTIAL: "finished, but some items failed or were quarantined (see STORE/reports/)",
+              EXIT_USAGE: "bad usage: unknown option, missing or invalid argument",
+              128 + 2: "stopped by Ctrl-C (SIGINT); extract and build-targets keep what they wrote",
+              128 + 15: "stopped by SIGTERM; likewise"}
+
+
+#: OSErrors that say the disk or folder cannot be written, whatever the file: reported in one line.
+_GROUND_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextmanager
+def _usage_exit_code():
+    """Give click's usage errors (exit 2 by default) :data:`EXIT_USAGE` instead: 2 means a partial run here."""
+    try:
+        yield
+    except click.UsageError as e:
+        e.exit_code = EXIT_USAGE
+        raise
+
+
+def _format_exit_codes(formatter):
+    with formatter.section("Exit codes"):
+        formatter.write_dl([(str(code), what) for code, what in EXIT_CODES.items()])
+
+
+class MapkitCommand(click.Command):
+    """A command whose ``--help`` ends with the exit codes."""
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        _format_exit_codes(formatter)
+
+
+class MapkitGroup(click.Group):
+    """The ``mapkit`` group: usage errors exit :data:`EXIT_USAGE`; every ``--help`` lists the exit codes."""
+
+    command_class = MapkitCommand
+    group_class = type  # subgroups (``train``) are MapkitGroups too
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _usage_exit_code():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with _usage_exit_code():
+            try:
+                return super().invoke(ctx)
+            except OSError as e:
+                # the ground itself fails (full disk, read-only, not ours) somewhere not named: one line, exit 1
+                if e.errno not in _GROUND_ERRNOS:
+                    raise
+                from mapkit.datasets.store import os_error_reason
+
+                fail(f"{e.filename}: {os_error_reason(e)}" if e.filename else os_error_reason(e))
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        _format_exit_codes(formatter)
+
 store_option = click.option(
     "--store",
-    type=click.Path(file_okay=False),
+    type=click.Path(),  # a file there is the library's error (exit 1, naming it), not a usage error
     default=DEFAULT_STORE,
     envvar="MAPKIT_STORE",
     show_default=True,
@@ -50,13 +121,64 @@ def parallel_options(unit: str, force_help: str):
     return decorate
 
 
+item_timeout_option = click.option(
+    "--item-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+    metavar="SECONDS",
+    help="Time limit of one item: past it, it fails with 'timed out after N s' and the run goes on.")
+
+
+@contextmanager
+def signals_stop_the_run():
+    """Inside, SIGINT and SIGTERM raise RunInterrupted, before and after the per-item work too.
+
+    (During the work, :func:`~mapkit.datasets.runner.run_items` handles them
+    itself, so that no write is cut in half.) The old handlers come back after.
+    """
+    import signal
+    import threading
+
+    from mapkit.datasets.runner import RunInterrupted
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def handler(signum, frame):
+        raise RunInterrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def interrupted(e) -> None:
+    """Print the one line of a run stopped by SIGINT/SIGTERM and exit with 128 + the signal number."""
+    from mapkit.datasets.runner import INTERRUPTED_MESSAGE
+
+    click.echo(INTERRUPTED_MESSAGE, err=True)
+    sys.exit(e.exit_code)
+
+
+def warn_ignored(report) -> None:
+    """One stderr line per input entry a run skipped on purpose (links leaving the input, stray info files)."""
+    from mapkit.datasets.names import printable
+
+    for path, reason in report.ignored:
+        click.echo(printable(f"ignored: {path}: {reason}"), err=True)
+
+
 def fail(message: str, code: int = 1):
     """Print ``message`` to stderr and exit with ``code``."""
-    click.echo(f"error: {message}", err=True)
+    from mapkit.datasets.names import printable
+
+    click.echo(printable(f"error: {message}"), err=True)
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=MapkitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mapkit")
 def main():
     """mapkit: Beat Saber levels -> aligned training tensors in HDF5 -> a two-stage level generator.
@@ -80,8 +202,9 @@ def main():
 @parallel_options("song", "Recompute songs already stored with the same audio and settings.")
 @click.option("--shard-songs", type=click.IntRange(min=1), default=64, show_default=True,
               help="Songs per HDF5 shard (a killed run loses at most one shard in progress).")
+@item_timeout_option
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_songs, no_progress):
+def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_songs, item_timeout, no_progress):
     """Audio -> padded log-mel features of both stages in the store's HDF5 shards.
 
     INPUT is a folder of level folders and/or .zip files (the audio is found
@@ -91,19 +214,30 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
     that cannot be read is reported (STORE/reports/) and skipped; the exit
     code is then 2. stats.json (per-band mean/std) is updated at the end.
 
+    Only regular files are read; links below INPUT are followed only inside
+    it; a zip member or gzip file may expand to at most 512 MiB (audio) or
+    64 MiB (JSON): set MAPKIT_MAX_AUDIO_BYTES / MAPKIT_MAX_JSON_BYTES to
+    change that. Ctrl-C or SIGTERM stops the run, keeping the songs written
+    (exit code 130 or 143); run the command again to finish.
+
     \b
     Example:
       mapkit extract ~/BeatSaber/CustomLevels --store data/ --jobs 8
       mapkit extract songs/ --backend dask --scheduler tcp://10.0.0.5:8786
     """
+    from mapkit.datasets.runner import RunInterrupted
     from mapkit.errors import MapkitError
     from mapkit.extract import extract
 
     try:
-        report = extract(input_dir, store=store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
-                         progress=not no_progress, shard_songs=shard_songs)
+        with signals_stop_the_run():
+            report = extract(input_dir, store=store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
+                             progress=not no_progress, shard_songs=shard_songs, item_timeout=item_timeout)
     except MapkitError as e:
         fail(str(e))
+    except RunInterrupted as e:
+        interrupted(e)
+    warn_ignored(report)
     click.echo(report.summary(), err=True)
     sys.exit(report.exit_code)
 
@@ -124,25 +258,27 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     difficulty: file version (declared and from the keys), tempo map, note
     and bomb counts, notes dropped by reason, quarantine reason. An
     unreadable level is reported on stderr (file and reason), the others
-    are still shown, and the exit code is 1.
+    are still shown, and the exit code is 2 (1 when no level could be read).
 
     \b
     Example:
       mapkit inspect tests/fixtures/maps/JOURNEY --characteristic all
       mapkit inspect ~/BeatSaber/CustomLevels/ --json > levels.jsonl
     """
+    from mapkit.datasets.names import printable
     from mapkit.preprocess.levels import inspect_levels
     from mapkit.settings import TargetSettings
 
     settings = TargetSettings(song_offset=song_offset)
-    failed = 0
+    failed = shown = 0
     for result in inspect_levels(levels, settings=settings, as_json=as_json, characteristic=characteristic):
         if result.error is not None:
             failed += 1
-            click.echo(f"error: {result.error}", err=True)
+            click.echo(printable(f"error: {result.error}"), err=True)
         else:
-            click.echo(result.text)
-    sys.exit(1 if failed else 0)
+            shown += 1
+            click.echo(printable(result.text))
+    sys.exit(EXIT_OK if not failed else EXIT_PARTIAL if shown else EXIT_FAILED)
 
 
 @main.command("demo", short_help="Write a deterministic demo set of levels.")
@@ -183,8 +319,9 @@ def demo_command(out_dir, n_levels, duration_s, seed, no_songs, no_progress):
 @main.command("validate", short_help="Check every invariant of a store.")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
+@click.option("--quick", is_flag=True, help="Skip the checksums of the stored bytes (every other check runs).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def validate_command(store, as_json, no_progress):
+def validate_command(store, as_json, quick, no_progress):
     """Check every length, alignment and vocabulary invariant of a store.
 
     Per song: feature rows = T + pads in both stages, T from the sample
@@ -195,20 +332,28 @@ def validate_command(store, as_json, no_progress):
     in place), token frames and gaps equal to those recomputed from the
     notes; tempo map finite, monotone, continuous and timing the notes.
     Per store: every shard readable, one settings hash, the vocabulary
-    hash, no targets without features. Every failure names
-    the song or level, the check and the numbers. Streams: memory does not
-    grow with the store. Exit code 0 when clean, 1 when any check fails.
+    hash, no targets without features; a folder without shards is not a
+    store. Checksums: every dataset's bytes and
+    every group's attributes are what the writer wrote (moved, reordered or
+    edited data fails; --quick skips this). Structure: no group, dataset or
+    difficulty the contract does not name, none missing that a level lists.
+    Every failure names the song or level, the check and the numbers.
+    Warns (exit code unchanged) when more than 5 % of the stored levels' note
+    states are UNK (validation songs aside): --rebuild-vocab fixes it.
+    Streams: memory does not grow with the store. Exit code 0 when clean, 1
+    when any check fails or a run is writing the store.
 
     \b
     Example:
       mapkit validate --store data/
+      mapkit validate --store data/ --quick
       mapkit validate --store data/ --json > validation.json
     """
     import json
 
     from mapkit.datasets.validation import validate_store
 
-    report = validate_store(store, progress=not no_progress and not as_json)
+    report = validate_store(store, progress=not no_progress and not as_json, checksums=not quick)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:
@@ -237,9 +382,10 @@ def validate_command(store, as_json, no_progress):
 @parallel_options("level", "Redo levels already stored with the same files, audio and settings.")
 @click.option("--shard-levels", type=click.IntRange(min=1), default=256, show_default=True,
               help="Levels per HDF5 shard (a killed run loses at most one shard in progress).")
+@item_timeout_option
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_vocab, val_fraction, val_songs, seed,
-                          song_offset, jobs, force, backend, scheduler, shard_levels, no_progress):
+                          song_offset, jobs, force, backend, scheduler, shard_levels, item_timeout, no_progress):
     """Levels -> per-frame classes and state-token sequences in the store's HDF5 shards.
 
     INPUT is a folder of level folders and/or .zip files (the same folder as
@@ -251,7 +397,12 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
     vocab.json; later runs encode with it (unseen states become UNK). Levels
     already stored with the same files, audio and settings are skipped.
     Quarantined difficulties and unreadable levels are reported
-    (STORE/reports/) and the exit code is then 2.
+    (STORE/reports/, and by reason on stderr) and the exit code is then 2.
+    The summary gives the share of UNK states (above 5 %: --rebuild-vocab).
+    A first run whose training split holds no level (e.g. every song held
+    out for validation) is refused, exit 1, nothing written. Inputs are read as by
+    extract (regular files only, links inside INPUT, size caps); Ctrl-C or
+    SIGTERM stops the run (exit code 130 or 143); run it again to finish.
 
     \b
     Example:
@@ -259,22 +410,187 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
       mapkit build-targets CustomLevels/ --characteristic all --vocab-size 4000 --rebuild-vocab
     """
     from mapkit.build_targets import build_targets
+    from mapkit.datasets.runner import RunInterrupted
     from mapkit.errors import MapkitError
     from mapkit.settings import TargetSettings
 
     settings = TargetSettings(song_offset=song_offset, vocab_size=vocab_size)
     try:
-        report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
-                               force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
-                               val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
-                               scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels)
+        with signals_stop_the_run():
+            report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
+                                   force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
+                                   val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
+                                   scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels,
+                                   item_timeout=item_timeout)
     except MapkitError as e:
         fail(str(e))
+    except RunInterrupted as e:
+        interrupted(e)
+    warn_ignored(report)
     click.echo(report.summary(unit="items"), err=True)
     sys.exit(report.exit_code)
 
 
+@main.command("audit", short_help="Check every stored level against its audio.")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the full report (every difficulty) as JSON on stdout.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="PNG of the lag, strength and coverage distributions [default: next to the JSON report "
+                   "in STORE/reports/].")
+@parallel_options("level", "Audit again levels already audited with the same settings and features.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def audit_command(store, as_json, plot, jobs, force, backend, scheduler, no_progress):
+    """Check every stored difficulty against its audio: offset, alignment peak, coverage.
+
+    Cross-correlates each difficulty's notes with the onset strength of its
+    song's stored features over lags of +-1 s and flags: offset (a clear
+    peak more than 3 frames from 0: "offset +37 frames"), no_peak (peak
+    strength below 4.5: notes unrelated to the audio), partial (notes span
+    under 50 % of the song), few_notes (under 16 note frames). Results
+    are stored as difficulty attributes (align_lag_frames, align_strength,
+    align_coverage, audit_flags_json) for `mapkit train --exclude-flagged`;
+    prints the flagged levels, writes STORE/reports/audit-*.json and a PNG.
+    Levels already audited with the same settings are not redone. Exit code
+    0 when every level was audited (flagged or not), 2 when some could not
+    be (e.g. no features), 1 when the audit could not run.
+
+    \b
+    Example:
+      mapkit audit --store data/
+      mapkit audit --store data/ --json > audit.json
+      mapkit audit --store data/ --plot lags.png --jobs 8
+    """
+    import json
+
+    from mapkit.audit import audit_store
+    from mapkit.errors import MapkitError
+
+    try:
+        report = audit_store(store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
+                             progress=not no_progress and not as_json, plot=plot)
+    except MapkitError as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        click.echo(report.table())
+        click.echo(f"plot: {report.plot_path}", err=True)
+    sys.exit(report.exit_code)
+
+
+@main.command("stats", short_help="What is in the corpus: counts and a figure sheet.")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the whole JSON document on stdout.")
+@click.option("--png", type=click.Path(dir_okay=False), default=None,
+              help="Figure sheet PNG [default: STORE/reports/stats-<time>-<pid>.png].")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes reading targets shards in parallel.")
+def stats_command(store, as_json, png, jobs):
+    """What is in my corpus? Counts and distributions from the store's attributes.
+
+    Levels by format version, characteristic and difficulty; songs by length
+    and sample rate; BPM and tempo changes; notes per second per difficulty;
+    notes, bombs, obstacles, arcs and chains per difficulty; quarantine,
+    failure and drop reasons; audit flags; same-song groups, duplicate and
+    automapped levels (when stored); UNK share per split. Reads attributes
+    only (never features), so it is fast. Writes the JSON document and a
+    PNG figure sheet to STORE/reports/ (--png to choose the PNG). Exit
+    code 0, or 1 when there is no store.
+
+    \b
+    Example:
+      mapkit stats --store data/
+      mapkit stats --store data/ --json > corpus.json
+      mapkit stats --store data/ --png corpus.png
+    """
+    import json
+    import os
+
+    from mapkit.datasets.store import Store, utc_timestamp, write_json_atomic
+    from mapkit.errors import MapkitError
+    from mapkit.stats import corpus_stats, stats_text
+
+    s = Store(store)
+    stem = s.reports_dir / f"stats-{utc_timestamp()}-{os.getpid()}"
+    try:
+        doc = corpus_stats(s, png=png or f"{stem}.png", jobs=jobs)
+        s.reports_dir.mkdir(parents=True, exist_ok=True)
+        doc["report"] = str(write_json_atomic(f"{stem}.json", doc))
+    except MapkitError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{store}: cannot write the report: {e}")
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+    else:
+        click.echo(stats_text(doc))
+        click.echo(f"report: {doc['report']}; figures: {doc['png']}", err=True)
+
+
 # --- train: stage 1 (ddc) and stage 2 (transformer) ---
+
+
+def _preset_value(stage: str, field: str):
+    """``(default preset's value, tiny preset's value)`` of a config field (``model.x`` for the model's)."""
+    if stage == "ddc":
+        from mapkit.train.ddc import ddc_config as config_fn
+    else:
+        from mapkit.train.transformer import transformer_config as config_fn
+    values = []
+    for preset in ("default", "tiny"):
+        obj = config_fn(preset)
+        for part in field.split("."):
+            obj = getattr(obj, part)
+        values.append(obj)
+    return tuple(values)
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class PresetOption(click.Option):
+    """An option whose default comes from the --preset; --help shows both presets' values.
+
+    The values are read from the stage's config functions when help is shown
+    (so ``mapkit --help`` does not import torch). ``auto`` documents a value
+    that the run derives (e.g. ``eval_every``).
+    """
+
+    def __init__(self, *args, field: str, auto: str | None = None, **kwargs):
+        self.preset_field, self.auto = field, auto
+        super().__init__(*args, **kwargs)
+
+    def get_help_record(self, ctx):
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        default, tiny = _preset_value(ctx.command.name, self.preset_field)
+        if default is None and self.auto:
+            shown = self.auto
+        elif default == tiny:
+            shown = _show(default)
+        else:
+            shown = f"{_show(default)}; --preset tiny: {_show(tiny)}"
+        return record[0], f"{record[1]}  [default: {shown}]"
+
+
+def _preset_option(*decls, field: str, auto: str | None = None, **kwargs):
+    return click.option(*decls, cls=PresetOption, field=field, auto=auto, default=None, **kwargs)
+
+
+def _difficulty_names(ctx, param, values):
+    """--difficulty: canonical names (aliases like Expert+ accepted); a usage error lists the valid ones."""
+    from mapkit.preprocess.levels import DIFFICULTIES, canonical_difficulty
+
+    try:
+        if isinstance(values, str):
+            return canonical_difficulty(values)
+        return tuple(canonical_difficulty(v) for v in values)
+    except ValueError as e:
+        raise click.BadParameter(f"{e}; the names are {', '.join(DIFFICULTIES)} (Expert+ also accepted)") from None
 
 
 def _train_options(f):
@@ -286,33 +602,47 @@ def _train_options(f):
                           "gradients, ~1/3 more compute, a fraction of the memory)."),
         click.option("--stop-at", type=click.IntRange(min=1), default=None,
                      help="Stop after this step (checkpointing) as if interrupted; go on later with --resume."),
-        click.option("--resume", is_flag=True, help="Continue from OUT/last.pt exactly where it stopped."),
+        click.option("--overwrite", is_flag=True,
+                     help="Start afresh in an OUT that holds an earlier run, deleting its checkpoints and logs "
+                          "(without it, a non-empty OUT is refused)."),
+        click.option("--resume", is_flag=True,
+                     help="Continue from OUT/last.pt exactly where it stopped, with its settings; only "
+                          "--max-steps, --epochs, --eval-every, --checkpoint-every, --log-every may change."),
         click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
                      help="DataLoader worker processes (each opens its own HDF5 handles)."),
         click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto",
                      show_default=True, help="Mixed precision (auto: on with CUDA)."),
         click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1..."),
-        click.option("--log-every", type=click.IntRange(min=1), default=None, help="Steps between train-loss logs."),
-        click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Steps between validations."),
-        click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
-                     help="Steps between checkpoints (OUT/last.pt; also written at the end)."),
-        click.option("--difficulty", "difficulties", multiple=True,
-                     help="Train on these difficulties only (repeatable; default all)."),
+        _preset_option("--log-every", field="log_every", type=click.IntRange(min=1),
+                       help="Steps between train-loss logs."),
+        _preset_option("--eval-every", field="eval_every", type=click.IntRange(min=1),
+                       auto="auto: 20 validations per run", help="Steps between validations."),
+        _preset_option("--checkpoint-every", field="checkpoint_every", type=click.IntRange(min=1),
+                       help="Steps between checkpoints (OUT/last.pt; also written at the end, and on Ctrl-C)."),
+        click.option("--difficulty", "difficulties", multiple=True, callback=_difficulty_names,
+                     help="Train on these difficulties only: Easy, Normal, Hard, Expert, ExpertPlus "
+                          "(repeatable; default all)."),
+        click.option("--exclude-flagged", is_flag=True,
+                     help="Leave out difficulties flagged by `mapkit audit` (offset, no alignment peak, partial...)."),
         click.option("--characteristic", default="Standard", show_default=True, help="Characteristic to train on."),
         click.option("--val-song", "val_songs", multiple=True,
                      help="Validation song id (repeatable; overrides --val-fraction)."),
         click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1,
                      show_default=True, help="Songs held out for validation (by a hash of the song id)."),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--grad-clip", type=click.FloatRange(min=0.0, min_open=True), default=None,
-                     help="Gradient clipping by global norm."),
-        click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear learning-rate warm-up."),
-        click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=None, help="Peak learning rate."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Items per step and process."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None,
-                     help="Stop after this many epochs (whichever of --epochs/--max-steps comes first; with only --max-steps, epochs are unlimited)."),
-        click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of training."),
+        _preset_option("--grad-clip", field="grad_clip", type=click.FloatRange(min=0.0, min_open=True),
+                       help="Gradient clipping by global norm."),
+        _preset_option("--warmup-steps", field="warmup_steps", type=click.IntRange(min=0),
+                       help="Linear learning-rate warm-up."),
+        _preset_option("--lr", field="lr", type=click.FloatRange(min=0.0, min_open=True), help="Peak learning rate."),
+        _preset_option("--batch-size", field="batch_size", type=click.IntRange(min=1),
+                       help="Items per step and process."),
+        _preset_option("--epochs", field="epochs", type=click.IntRange(min=1),
+                       help="Stop after this many epochs (whichever of --epochs/--max-steps comes first; with only "
+                            "--max-steps, epochs are unlimited)."),
+        _preset_option("--max-steps", field="max_steps", type=click.IntRange(min=1),
+                       help="Stop after this many steps."),
         click.option("--preset", type=click.Choice(["tiny", "default"]), default="default", show_default=True,
                      help="Model size: default (as DeepSaber/DDC) or tiny (tests, CPU)."),
         store_option,
@@ -328,7 +658,42 @@ def _train_config_kwargs(kw: dict) -> dict:
                 warmup_steps=kw["warmup_steps"], grad_clip=kw["grad_clip"], seed=kw["seed"],
                 val_fraction=kw["val_fraction"], val_songs=tuple(kw["val_songs"]) or None,
                 characteristic=kw["characteristic"], difficulties=tuple(kw["difficulties"]) or None,
+                exclude_flagged=kw["exclude_flagged"],
                 checkpoint_every=kw["checkpoint_every"], eval_every=kw["eval_every"], log_every=kw["log_every"])
+
+
+#: Exit code of a training run stopped by a signal after saving last.pt: 128 + the signal number, as a shell does.
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _explicit(ctx, names) -> set:
+    """The parameters of ``names`` given on the command line or by an environment variable."""
+    from click.core import ParameterSource
+
+    return {n for n in names if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE,
+                                                                   ParameterSource.ENVIRONMENT)}
+
+
+#: Options that choose the model: a resumed run keeps its checkpoint's model.
+MODEL_OPTIONS = ("preset", "d_model", "n_layers", "n_heads", "d_ff", "dropout")
+
+
+def _resume_config(config_fn, out, kw: dict, config_overrides: dict):
+    """--resume: the checkpoint's config, with only the options given on the command line changed."""
+    import dataclasses
+
+    from mapkit.train.loop import TrainingError, resumed_config
+
+    given = _explicit(click.get_current_context(), list(kw) + list(config_overrides))
+    fresh = config_fn(kw["preset"], **config_overrides, **_train_config_kwargs(kw))
+    fields = {f.name for f in dataclasses.fields(fresh)}
+    changes = {name: getattr(fresh, name) for name in given if name in fields}
+    model_given = sorted(given & set(MODEL_OPTIONS))
+    if model_given and resumed_config(out, type(fresh), {}).model != fresh.model:
+        names = ", ".join("--" + k.replace("_", "-") for k in model_given)
+        raise TrainingError(out, f"a resumed run keeps its model: {names} cannot change; train from scratch "
+                                 f"in another --out to change it")
+    return resumed_config(out, type(fresh), changes)
 
 
 def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
@@ -336,9 +701,15 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
     from mapkit.train.loop import RunOptions
 
     options = RunOptions(device=kw["device"], amp=kw["amp"], num_workers=kw["workers"], resume=kw["resume"],
-                         progress=not kw["no_progress"], stop_at=kw["stop_at"], recompute=kw["recompute"])
+                         progress=not kw["no_progress"], stop_at=kw["stop_at"], overwrite=kw["overwrite"],
+                         recompute=kw["recompute"])
+    if kw["resume"] and kw["overwrite"]:
+        fail("--resume continues the run in OUT, --overwrite deletes it: give one of them")
     try:
-        config = config_fn(kw["preset"], **config_overrides, **_train_config_kwargs(kw))
+        if kw["resume"]:
+            config = _resume_config(config_fn, out, kw, config_overrides)
+        else:
+            config = config_fn(kw["preset"], **config_overrides, **_train_config_kwargs(kw))
         result = train_fn(kw["store"], out, config, options)
     except MapkitError as e:
         fail(str(e))
@@ -351,6 +722,15 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
         click.echo(f"step {result.step}{' (stopped early)' if result.stopped_early else ''}; "
                    f"validation: {metrics or 'none (no validation songs)'}")
         click.echo(f"checkpoint: {result.last}; log: {result.metrics_path}; curves: {result.plot_path}")
+        from mapkit.train.ablation import ablation_summary
+
+        summary = ablation_summary(result.metrics_path) if result.metrics_path else None
+        if summary:
+            click.echo(summary)
+    if result.interrupted:
+        click.echo(f"interrupted by {result.interrupted} at step {result.step}: saved {result.last}; "
+                   f"continue with the same command and --resume", err=True)
+        sys.exit(SIGNAL_EXIT.get(result.interrupted, 1))
 
 
 @main.group("train", short_help="Train stage 1 (ddc) or stage 2 (transformer).")
@@ -361,6 +741,10 @@ def train_group():
     never in both), log to OUT/metrics.jsonl, plot OUT/curves.png, and
     write OUT/last.pt (every --checkpoint-every steps and at the end) and
     OUT/best.pt. On several GPUs run them under torchrun.
+
+    An OUT that holds an earlier run is refused: --resume continues it,
+    --overwrite deletes it. Ctrl-C (or SIGTERM) finishes the step, saves
+    OUT/last.pt and exits with 130 (143); a second Ctrl-C stops at once.
 
     \b
     Example:
@@ -373,20 +757,20 @@ def train_group():
 @_train_options
 @click.option("--out", type=click.Path(file_okay=False), default="mapkit-runs/ddc", show_default=True,
               help="Folder of checkpoints, metrics.jsonl and curves.png.")
-@click.option("--window", type=click.IntRange(min=1), default=None, help="Output frames per training item (100).")
-@click.option("--pos-weight", type=click.FloatRange(min=0.0, min_open=True), default=None,
-              help="Weight of note frames in the loss (default: empty/note frame ratio of the training split).")
-@click.option("--smoothing", type=click.IntRange(min=0), default=None,
-              help="Odd smoothing window (frames) before peak picking (5).")
-@click.option("--min-gap", "min_gap_frames", type=click.IntRange(min=1), default=None,
-              help="Minimum frames between picked peaks (5).")
+@_preset_option("--window", field="window", type=click.IntRange(min=1), help="Output frames per training item.")
+@_preset_option("--pos-weight", field="pos_weight", type=click.FloatRange(min=0.0, min_open=True),
+                auto="empty/note frame ratio of the training split", help="Weight of note frames in the loss.")
+@_preset_option("--smoothing", field="smoothing", type=click.IntRange(min=0),
+                help="Odd smoothing window (frames) before peak picking.")
+@_preset_option("--min-gap", "min_gap_frames", field="min_gap_frames", type=click.IntRange(min=1),
+                help="Minimum frames between picked peaks.")
 def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
     """Stage 1: the C-LSTM that says on which frames notes go.
 
     Trains on windows of placement features (+-7 context frames) with the
     difficulty as input. Validation: onset precision/recall/F1 at +-20 ms
-    after peak picking; the F1-best threshold is saved in the checkpoint for
-    `mapkit generate`.
+    after peak picking; the F1-best threshold of each difficulty (and the
+    best single one) is saved in the checkpoint for `mapkit generate`.
 
     \b
     Example:
@@ -404,20 +788,24 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
 @_train_options
 @click.option("--out", type=click.Path(file_okay=False), default="mapkit-runs/transformer", show_default=True,
               help="Folder of checkpoints, metrics.jsonl and curves.png.")
-@click.option("--d-model", type=click.IntRange(min=1), default=None, help="Model width (512).")
-@click.option("--layers", "n_layers", type=click.IntRange(min=1), default=None,
-              help="Encoder and decoder layers each (6).")
-@click.option("--heads", "n_heads", type=click.IntRange(min=1), default=None, help="Attention heads (8).")
-@click.option("--d-ff", type=click.IntRange(min=1), default=None, help="Feed-forward width (4 x d-model).")
-@click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=None, help="Dropout (0.1).")
-@click.option("--max-tokens", type=click.IntRange(min=2), default=None,
-              help="Longer levels are cropped to a random window of this many tokens (1024).")
+@_preset_option("--d-model", field="model.d_model", type=click.IntRange(min=1), help="Model width.")
+@_preset_option("--layers", "n_layers", field="model.n_encoder_layers", type=click.IntRange(min=1),
+                help="Encoder and decoder layers each.")
+@_preset_option("--heads", "n_heads", field="model.n_heads", type=click.IntRange(min=1), help="Attention heads.")
+@_preset_option("--d-ff", field="model.d_ff", type=click.IntRange(min=1),
+                help="Feed-forward width (4 x --d-model when that is given).")
+@_preset_option("--dropout", field="model.dropout", type=click.FloatRange(0.0, 1.0, max_open=True), help="Dropout.")
+@_preset_option("--max-tokens", field="max_tokens", type=click.IntRange(min=2),
+                help="Longer levels are cropped to a random window of this many tokens.")
 def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, max_tokens, **kw):
     """Stage 2: the encoder-decoder that says which notes go on each note frame.
 
     Encoder over per-note stage-2 features and gaps, causal decoder over
-    state tokens, label smoothing 0.1. Validation: token accuracy and
-    perplexity. The vocabulary is saved in the checkpoint.
+    state tokens that also reads the encoder output of the note it
+    predicts, label smoothing 0.1. Validation: token accuracy and
+    perplexity; at the end, metrics.jsonl gets the audio ablation (the
+    same figures with the audio zeroed, shuffled, or another song's).
+    The vocabulary is saved in the checkpoint.
 
     \b
     Example:
@@ -440,7 +828,7 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
               help="Stage-1 checkpoint (mapkit train ddc).")
 @click.option("--selection", type=click.Path(dir_okay=False), default="mapkit-runs/transformer/last.pt",
               show_default=True, help="Stage-2 checkpoint (mapkit train transformer).")
-@click.option("--difficulty", default="Expert", show_default=True,
+@click.option("--difficulty", default="Expert", show_default=True, callback=_difficulty_names,
               help="Easy, Normal, Hard, Expert or ExpertPlus (conditions stage 1; names the difficulty file).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="mapkit-generated", show_default=True,
               help="Folder for the level folder <song>-mapkit/ and its .zip.")
@@ -450,20 +838,28 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
               help="Sample stage 2 at this temperature instead of beam search.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --temperature sampling.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Note threshold of the peak picking (default: the checkpoint's validated one).")
+              help="Note threshold of the peak picking (default: the checkpoint's validated one "
+                   "for the difficulty).")
 @click.option("--no-snap", is_flag=True, help="Keep exact note times instead of snapping to 1/16 beat within 10 ms.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Torch CPU threads. 1 is fastest on small CPUs: decoding is a long chain of small steps.")
+@click.option("--evaluate", "evaluate_level", is_flag=True,
+              help="Print the generated level's metrics (as mapkit evaluate does).")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+              help="With --evaluate: human baseline JSON (mapkit evaluate --save-baseline) for percentiles.")
+@click.option("--force", is_flag=True, help="Replace an earlier generated level of the same name in OUT.")
 def generate_command(song, placement, selection, difficulty, out_dir, beam_size, temperature, seed, threshold,
-                     no_snap, device, threads):
+                     no_snap, device, threads, evaluate_level, baseline, force):
     """Generate a playable level for SONG with the two trained models.
 
     SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
     .zip. Writes OUT/<song>-mapkit/ (Info.dat v2.1.0, <Difficulty>Standard.dat
     v3.3.0, song.egg, cover.png) and OUT/<song>-mapkit.zip for Beat Saber or
     BeatSaver. The BPM is estimated from the audio; note times come from
-    stage-1 peaks, notes from a stage-2 beam search. Exit code 2: the level
+    stage-1 peaks, notes from a stage-2 beam search. The song name and
+    artist come from the source level's info file or the audio's tags. An
+    existing OUT/<song>-mapkit is not replaced without --force. Exit code 2: the level
     was written but something is off (e.g. no notes found; said on stderr).
     Checkpoints are loaded with pickle: load only checkpoints you trust.
 
@@ -472,6 +868,7 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
       mapkit generate song.ogg
       mapkit generate song.ogg --difficulty Hard --out levels/ --beam-size 4
       mapkit generate song.ogg --temperature 0.8 --seed 3 --no-snap
+      mapkit generate song.ogg --evaluate --baseline human.json
     """
     import torch
 
@@ -480,12 +877,91 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
 
     torch.set_num_threads(threads)
     try:
+        human = None
+        if baseline is not None:
+            from mapkit.evaluate import load_baseline
+
+            human = load_baseline(baseline)  # before generating: a bad file fails fast
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
                          beam_size=beam_size, temperature=temperature, seed=seed, threshold=threshold,
-                         snap=not no_snap, out_dir=out_dir)
+                         snap=not no_snap, out_dir=out_dir, force=force)
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())
+    if evaluate_level or baseline is not None:
+        from mapkit.evaluate import evaluate_generated, format_table
+
+        click.echo(format_table(evaluate_generated(level, human, baseline)))
     for warning in level.warnings:
         click.echo(f"warning: {warning}", err=True)
     sys.exit(2 if level.warnings else 0)
+
+
+# --- evaluate: objective metrics of levels against human baselines ---
+
+
+@main.command("evaluate", short_help="Objective metrics of levels, placed among human levels.")
+@click.argument("levels", metavar="[LEVEL]...", nargs=-1, type=click.Path())
+@click.option("--reference", type=click.Path(), default=None,
+              help="A level whose same difficulty is the onset reference: onset precision/recall/F1 at +-20 and "
+                   "+-50 ms.")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+              help="Human baseline JSON (--save-baseline): each metric's human percentile, ! outside 5-95 %.")
+@click.option("--store", type=click.Path(file_okay=False), default=None,
+              help="Evaluate the human levels stored in this store's targets/ (instead of LEVEL...).")
+@click.option("--save-baseline", "save_baseline_to", type=click.Path(dir_okay=False), default=None,
+              help="Write per-difficulty percentiles of every metric over the evaluated levels to this JSON file.")
+@click.option("--difficulty", "difficulties", multiple=True,
+              help="Only this difficulty (repeatable; default all).")
+@click.option("--characteristic", default="Standard", show_default=True,
+              help="Characteristic to evaluate ('all' for every one).")
+@click.option("--json", "as_json", is_flag=True, help="Every figure as one JSON document on stdout.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
+              help="Write one PNG per evaluated difficulty into this folder.")
+@click.option("--no-audio", is_flag=True,
+              help="No alignment metrics: do not decode the songs (their length comes from the audio header), "
+                   "nor read a store's features.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def evaluate_command(levels, reference, baseline, store, save_baseline_to, difficulties, characteristic, as_json,
+                     plot_dir, no_audio, no_progress):
+    """Measure levels (generated or human): timing, density, flow and parity, variety, difficulty.
+
+    Every metric is defined in docs/evaluate.md. LEVEL is a level folder, a
+    .zip or a folder of levels. With --baseline each value gets its
+    percentile among human levels of the same difficulty; build one from a
+    store of human levels with --store S --save-baseline FILE. The songs
+    are decoded (about 1 s each; from a store, its stage-1 features are
+    read) for the alignment of notes to the audio unless --no-audio. Exit codes: 0 all evaluated, 1 nothing could be
+    evaluated (or bad usage), 2 some levels or difficulties could not be
+    (listed on stderr).
+
+    \b
+    Example:
+      mapkit evaluate "CustomLevels/1a2b (Song - Mapper)"
+      mapkit evaluate --store data/ --save-baseline human.json
+      mapkit evaluate mapkit-generated/song-mapkit --baseline human.json --plot plots/
+      mapkit evaluate generated/ --reference "CustomLevels/1a2b (Song - Mapper)" --difficulty Expert --json
+    """
+    import json as json_module
+
+    from mapkit.errors import MapkitError
+    from mapkit.evaluate import evaluate, format_table
+
+    try:
+        report = evaluate(levels, store=store, reference=reference, baseline=baseline,
+                          save_baseline_to=save_baseline_to, difficulties=difficulties,
+                          characteristic=characteristic, audio=not no_audio, plot_dir=plot_dir,
+                          progress=not no_progress)
+    except MapkitError as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json_module.dumps(report.to_json(), allow_nan=False))
+    elif report.items:
+        click.echo(format_table(report))
+    for path, reason in report.failures:
+        click.echo(f"error: {path}: {reason}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if save_baseline_to and report.items:
+        click.echo(f"baseline of {len(report.items)} difficulties written to {save_baseline_to}", err=True)
+    sys.exit(report.exit_code)
