@@ -147,9 +147,9 @@ class RunOptions:
     a long run can be done in slices with ``resume``; ``overwrite``: start
     afresh in an ``out_dir`` that holds an earlier run (its files are deleted);
     ``recompute``: keep only each transformer layer's input in the forward
-    pass and recompute the rest in the backward pass (activation checkpointing, :func:`recompute_layers`):
-    the same gradients for about a third more compute, and a fraction of the
-    memory (README, Performance).
+    pass and recompute the rest in the backward pass (activation
+    checkpointing, :func:`recompute_layers`): the same gradients for about a
+    third more compute, and a fraction of the memory (README, Performance).
     """
 
     device: str = "auto"
