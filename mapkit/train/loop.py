@@ -708,7 +708,8 @@ def plotted_metrics(records: list[dict]) -> list[str]:
     """The validation metrics :func:`plot_metrics` gives a panel each: numbers but :data:`NOT_METRICS`
     and ``loss`` (drawn with the training loss)."""
     return sorted({k for r in records if r.get("split") == "val" for k, v in r.items()
-                   if isinstance(v, (int, float)) and k not in NOT_METRICS and k != "loss"})
+                   if isinstance(v, (int, float)) and k not in NOT_METRICS and k != "loss"
+                   and not k.startswith("threshold_")})  # per-difficulty thresholds are settings, not metrics
 
 
 def plot_metrics(metrics_path, png_path, metric: str | None = None, maximize: bool = False) -> Path:
