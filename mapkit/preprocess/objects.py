@@ -95,6 +95,8 @@ OBJECT_DTYPES = {
 }
 #: The byte array holding each event-box group's JSON (UTF-8), addressed by ``json_start``/``json_length``.
 EVENT_BOX_JSON = "event_box_groups_json"
+#: The datasets of a difficulty group this module defines (``frame_events`` is in frame_events.py).
+OBJECT_DATASETS = OBJECT_KINDS + (EVENT_BOX_JSON,)
 #: Event-box group types: v3 arrays / v4 ``t`` (1-4) -> 0 light colour, 1 rotation, 2 translation, 3 vfx.
 GROUP_TYPES = ("light_color", "light_rotation", "light_translation", "vfx")
 #: Degrees of the v2 rotation values 0-7.
@@ -623,3 +625,22 @@ def format_objects(read: dict, records: dict, drops: dict) -> list[str]:
         d = ", ".join(f"{r} {c}" for r, c in drops.get(kind, {}).items()) or "none"
         lines.append(f"    {kind}: read {n}, kept {len(records.get(kind, ()))}, dropped: {d}")
     return lines
+
+
+def place_difficulty_objects(diff, n_frames: int, notes: np.ndarray, settings) -> tuple[dict, dict, str | None]:
+    """build-targets' step for one difficulty: ``(placed records, difficulty attrs, quarantine reason or None)``.
+
+    ``diff`` is a :class:`~mapkit.preprocess.levels.Difficulty`; ``notes`` its
+    stored notes. Objects beyond the audio are dropped (``beyond_audio``) and,
+    for walls, arcs and chains, count towards quarantine as notes' drops do.
+    The attrs are :data:`ATTR_READ`, :data:`ATTR_KEPT`, :data:`ATTR_DROPS`.
+    """
+    records = diff.objects if diff.objects else empty_objects()
+    placed, beyond = place_objects(records, n_frames, notes, settings.fps)
+    drops = {kind: dict(diff.objects_drops.get(kind, {})) for kind in OBJECT_KINDS}
+    for kind, n in beyond.items():
+        drops[kind][BEYOND_AUDIO] = n
+    read = {kind: int(diff.objects_read.get(kind, 0)) for kind in OBJECT_KINDS}
+    attrs = {ATTR_READ: json.dumps(read), ATTR_KEPT: json.dumps({k: int(len(placed[k])) for k in OBJECT_KINDS}),
+             ATTR_DROPS: json.dumps(drops)}
+    return placed, attrs, quarantine_reason(read, drops, settings.max_drop_fraction)
