@@ -106,12 +106,13 @@ def write_v4(folder, n_samples=0, seed=0, bad_lightshow_index=True):
              "bpmData": [{"si": 0, "ei": 32000, "sb": 0, "eb": 8}, {"si": 32000, "ei": 64000, "sb": 8, "eb": 24}]}
     (folder / "BPMInfo.dat").write_text(json.dumps(audio))
     beatmap = {"version": "4.1.0",
-               "colorNotes": [{"b": 2, "i": 0}, {"b": 10, "i": 1}],
-               "colorNotesData": [{"x": 1, "y": 0, "c": 0, "d": 1}, {"x": 2, "y": 1, "c": 1, "d": 0}],
+               "colorNotes": [{"b": 2, "i": 0}, {"b": 10, "i": 1}, {"b": 10, "i": 2}],
+               "colorNotesData": [{"x": 1, "y": 0, "c": 0, "d": 1}, {"x": 2, "y": 1, "c": 1, "d": 0},
+                                  {"x": 3, "y": 1, "c": 0, "d": 0}],
                "bombNotes": [], "bombNotesData": [],
                "obstacles": [{"b": 6, "i": 0}, {"b": 12, "i": 0}],
                "obstaclesData": [{"d": 4, "x": 1, "y": 0, "w": 2, "h": 5}],
-               "arcs": [{"hb": 2, "tb": 10, "hi": 0, "ti": 1, "ai": 0}],
+               "arcs": [{"hb": 2, "tb": 10, "hi": 0, "ti": 2, "ai": 0}],
                "arcsData": [{"m": 1, "tm": 0.5, "a": 1}],
                "chains": [{"hb": 10, "tb": 11, "i": 1, "ci": 0}],
                "chainsData": [{"tx": 2, "ty": 2, "c": 3, "s": 0.5}],

@@ -139,8 +139,8 @@ def test_v4_index_arrays_lightshow_njs_and_a_bad_lightshow_index(tmp_path):
     w = d.objects["obstacles"]  # both index obstaclesData[0]: d 4, x 1, w 2, h 5
     assert w[["beat", "x", "width", "height"]].tolist() == [(6, 1, 2, 5), (12, 1, 2, 5)]
     assert w["duration_s"].tolist() == [1.5, 1.0]
-    arc = d.objects["arcs"][0]  # head from colorNotesData[0], tail from [1]
-    assert (arc["x"], arc["y"], arc["color"], arc["tail_x"], arc["tail_y"], arc["tail_direction"]) == (1, 0, 0, 2, 1, 0)
+    arc = d.objects["arcs"][0]  # head from colorNotesData[0], tail from [2]
+    assert (arc["x"], arc["y"], arc["color"], arc["tail_x"], arc["tail_y"], arc["tail_direction"]) == (1, 0, 0, 3, 1, 0)
     assert (arc["time_s"], arc["tail_time_s"], arc["multiplier"], arc["tail_multiplier"]) == (1.0, 4.5, 1.0, 0.5)
     chain = d.objects["chains"][0]
     assert (chain["x"], chain["color"], chain["tail_y"], chain["slices"], chain["squish"]) == (2, 1, 2, 3, 0.5)
