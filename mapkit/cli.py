@@ -532,7 +532,10 @@ def train_group():
               help="Odd smoothing window (frames) before peak picking (5).")
 @click.option("--min-gap", "min_gap_frames", type=click.IntRange(min=1), default=None,
               help="Minimum frames between picked peaks (5).")
-def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
+@click.option("--targets", type=click.Choice(["notes", "events"]), default="notes", show_default=True,
+              help="notes: where notes go; events: also every frame_events channel (walls, arcs, chains, "
+                   "lights...), with per-channel F1 in validation.")
+def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, targets, **kw):
     """Stage 1: the C-LSTM that says on which frames notes go.
 
     Trains on windows of placement features (+-7 context frames) with the
@@ -545,11 +548,12 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
       mapkit train ddc --store data/ --out mapkit-runs/ddc --max-steps 20000
       mapkit train ddc --preset tiny --max-steps 300 --device cpu
       mapkit train ddc --resume --max-steps 40000
+      mapkit train ddc --targets events --out mapkit-runs/ddc-events
     """
     from mapkit.train.ddc import ddc_config, train_ddc
 
     _run_training(train_ddc, ddc_config, out, kw, window=window, pos_weight=pos_weight, smoothing=smoothing,
-                  min_gap_frames=min_gap_frames)
+                  min_gap_frames=min_gap_frames, targets=targets)
 
 
 @train_group.command("transformer", short_help="Stage 2: which notes go on them.")
