@@ -64,6 +64,9 @@ check                         what it proves
                               note of each frame), T and ``end_beat`` within float32 rounding
                               (:data:`GAP_RTOL`); the ``end_beat`` attribute is the tempo map's beat
                               of frame T - 1
+``objects``                   walls, arcs, chains, lighting, rotation and NJS events (schema 3), with
+                              ``object_frames``, ``object_times``, ``object_counts`` and ``frame_events``:
+                              the checks of :mod:`mapkit.datasets.object_validation`
 ``tempo_map``                 the tempo map reads, is finite, strictly increasing and continuous
                               (:class:`~mapkit.preprocess.tempo.TempoMap` refuses any other), and
                               times every note's beat to its ``time_s``
