@@ -816,7 +816,7 @@ def _raw_objects(container, entry: _Entry, doc: dict, sniffed: str, where: str, 
         except LevelError as err:  # lighting is lost, the gameplay is not
             warnings.append(f"lightshow unreadable, no lighting read: {err.path}: {err.reason}")
             lightshow = None
-    return read_raw_objects(doc, sniffed, where, lightshow, lwhere)
+    return read_raw_objects(doc, sniffed, where, lightshow, lwhere, warnings)
 
 
 def _modded(requirements: list[str]) -> str | None:

@@ -174,8 +174,21 @@ def _noodle(obj: dict, keys) -> bool:
     return isinstance(c, dict) and any(k in c for k in keys)
 
 
+#: Keys of lighting, rotation and NJS data: one that is not a list loses that data (a warning), not the file.
+_LENIENT_KEYS = ("_events", "basicBeatmapEvents", "colorBoostBeatmapEvents", "lightColorEventBoxGroups",
+                 "lightRotationEventBoxGroups", "lightTranslationEventBoxGroups", "vfxEventBoxGroups",
+                 "rotationEvents", "spawnRotations", "spawnRotationsData", "njsEvents", "njsEventData",
+                 "basicEvents", "basicEventsData", "colorBoostEvents", "colorBoostEventsData", "eventBoxGroups")
+_warnings: list = []  # of the read in progress (read_raw_objects hands them out)
+
+
 def _objs(doc: dict, key: str, where: str) -> list:
+    """``doc[key]``'s entries (a non-object entry becomes ``{}``); a gameplay key that is not a list is corruption."""
     from mapkit.preprocess.levels import _as_list
+    value = doc.get(key)
+    if key in _LENIENT_KEYS and value is not None and not isinstance(value, list):
+        _warnings.append(f"{key} is not a list but {type(value).__name__}: ignored")
+        return []
     return [o if isinstance(o, dict) else {} for o in _as_list(doc, key, where)]
 
 
@@ -291,7 +304,11 @@ def _add_groups(raw: dict, groups: list, types: list):
 def _indexed(doc: dict, objs: list, key: str, array: str, where: str):
     """The v4 data entries ``objs[k][key]`` index in ``doc[array]``: (entries, index ok flags)."""
     from mapkit.preprocess.levels import _as_list
-    data = _as_list(doc, array, where)
+    value = doc.get(array)
+    if array in _LENIENT_KEYS and value is not None and not isinstance(value, list):
+        _warnings.append(f"{array} is not a list but {type(value).__name__}: ignored")
+        value = []
+    data = value if isinstance(value, list) else _as_list(doc, array, where)
     entries, ok = [], []
     for o in objs:
         i = o.get(key, 0)
@@ -352,7 +369,7 @@ def _v4_events(doc: dict, key: str, data_key: str, fields, kind: RawKind, where:
 
 
 def read_raw_objects(doc: dict, major: str, where: str, lightshow: dict | None = None,
-                     lightshow_where: str = "") -> dict:
+                     lightshow_where: str = "", warnings: list | None = None) -> dict:
     """Each kind's raw fields (:class:`RawKind`) from one parsed difficulty file.
 
     Parameters
@@ -365,14 +382,27 @@ def read_raw_objects(doc: dict, major: str, where: str, lightshow: dict | None =
         The file, for error messages (a key that is not a list is corruption: LevelError).
     lightshow : dict, optional
         A v4 difficulty's lightshow file (basic events, boosts, event-box groups).
+    warnings : list, optional
+        Gets what was ignored (a lighting, rotation or NJS key that is not a list).
+
+    Raises
+    ------
+    LevelError
+        A key of walls, arcs or chains (or Noodle fakes) that is not a list.
     """
     raw = {kind: RawKind() for kind in OBJECT_KINDS}
-    if major in ("1", "2"):
-        _read_v2(doc, where, raw)
-    elif major == "3":
-        _read_v3(doc, where, raw)
-    else:
-        _read_v4(doc, lightshow, where, lightshow_where, raw)
+    _warnings.clear()
+    try:
+        if major in ("1", "2"):
+            _read_v2(doc, where, raw)
+        elif major == "3":
+            _read_v3(doc, where, raw)
+        else:
+            _read_v4(doc, lightshow, where, lightshow_where, raw)
+    finally:
+        if warnings is not None:
+            warnings.extend(_warnings)
+        _warnings.clear()
     return raw
 
 

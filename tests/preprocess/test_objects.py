@@ -182,6 +182,26 @@ def test_objects_with_bad_values_are_dropped_by_reason(tmp_path):
     assert d.objects_read["light_events"] == 5 and len(d.objects["light_events"]) == 2
 
 
+def test_lighting_that_is_not_a_list_is_lost_with_a_warning_but_walls_are_corruption(tmp_path):
+    root = write_v3(tmp_path / "v3")
+    doc = json.loads((root / "Expert.dat").read_text())
+    doc["basicBeatmapEvents"] = {"b": 1}
+    (root / "Expert.dat").write_text(json.dumps(doc))
+    d = only(read_level(root, settings=LENIENT))
+    assert d.quarantine is None and len(d.objects["light_events"]) == 0 and len(d.objects["obstacles"]) == 2
+    assert "basicBeatmapEvents is not a list but dict: ignored" in d.warnings
+    doc["obstacles"] = {"b": 1}
+    (root / "Expert.dat").write_text(json.dumps(doc))
+    d = only(read_level(root, settings=LENIENT))
+    assert d.quarantine.startswith("unreadable") and "'obstacles' is not a list" in d.quarantine
+    v4 = write_v4(tmp_path / "v4")
+    doc = json.loads((v4 / "Expert.dat").read_text())
+    doc["njsEventData"] = 5
+    (v4 / "Expert.dat").write_text(json.dumps(doc))
+    d = only(read_level(v4, settings=LENIENT))
+    assert d.objects_drops["njs_events"] == {"bad_index": 2} and "njsEventData is not a list but int: ignored" in d.warnings
+
+
 # --- frames, links, the frame target and the stream ----------------------------------------------
 
 def test_placement_frames_links_and_beyond_audio(tmp_path):
