@@ -627,15 +627,24 @@ def place_objects(records: dict, n_frames: int, notes: np.ndarray, fps: int = 10
 
 # --- reports (inspect) -----------------------------------------------------------------------------
 
+#: Record fields that only build-targets sets (frames need the audio; note links the stored notes).
+PLACED_FIELDS = ("frame", "tail_frame", "end_frame", "head_note", "tail_note")
+
+
 def objects_to_json(records: dict) -> dict:
-    """Every object as plain JSON: kind -> list of dicts (record fields; event-box groups add ``json``)."""
+    """Every object as read, as plain JSON: kind -> list of dicts (event-box groups add their ``json``).
+
+    The fields of :data:`PLACED_FIELDS` are left out: they do not exist before
+    build-targets puts the objects on the song's frames.
+    """
     out = {}
     texts = records.get(EVENT_BOX_JSON, [])
     for kind in OBJECT_KINDS:
         r = records.get(kind)
         if r is None:
             continue
-        rows = [{f: (v.item() if hasattr(v, "item") else v) for f, v in zip(r.dtype.names, rec)} for rec in r]
+        names = [f for f in r.dtype.names if f not in PLACED_FIELDS]
+        rows = [{f: (v.item() if hasattr(v, "item") else v) for f, v in zip(names, rec)} for rec in r[names].tolist()]
         if kind == "event_box_groups":
             for row in rows:  # before placement json_start indexes the file-order texts
                 i = row.pop("json_start")

@@ -254,3 +254,4 @@ def test_inspect_text_and_json_show_every_kind(tmp_path):
     assert [o["beat"] for o in d["objects"]["obstacles"]] == [6, 9]
     assert d["objects"]["event_box_groups"][0]["json"]["g"] == 2
     assert set(d["objects"]) == set(OBJECT_KINDS)
+    assert "frame" not in d["objects"]["obstacles"][0] and d["objects"]["obstacles"][0]["end_s"] == 4.5
