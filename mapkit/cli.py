@@ -244,7 +244,8 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
 @main.command("inspect", short_help="Show what mapkit reads from levels.")
 @click.argument("levels", metavar="LEVEL...", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON document per level (one line each), with the full normalised note list.")
+              help="One JSON document per level (one line each), with the full normalised note list and every "
+                   "wall, arc, chain and event.")
 @click.option("--characteristic", default="Standard", show_default=True,
               help="Characteristic to read (case-insensitive), or 'all'.")
 @click.option("--song-offset", type=click.Choice(["quarantine", "apply"]), default="quarantine", show_default=True,
@@ -255,7 +256,9 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     Each LEVEL is a level folder, a BeatSaver .zip, or a folder of levels.
     Per level: info version, BPM, audio file, and per characteristic and
     difficulty: file version (declared and from the keys), tempo map, note
-    and bomb counts, notes dropped by reason, quarantine reason. An
+    and bomb counts, notes dropped by reason, then per object kind (walls,
+    arcs, chains, light/boost/rotation/NJS events, event-box groups) read,
+    kept and dropped by reason, and the quarantine reason. An
     unreadable level is reported on stderr (file and reason), the others
     are still shown, and the exit code is 2 (1 when no level could be read).
 
