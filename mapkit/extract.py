@@ -37,7 +37,7 @@ import numpy as np
 
 from mapkit.datasets.names import safe_attrs
 from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
-                                    run_items, write_report)
+                                    check_scheduler, plural, run_items, write_report)
 from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
                                    shard_file_attrs)
 from mapkit.errors import MapkitError, StoreError
@@ -174,6 +174,8 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
     """
     from mapkit.preprocess.sources import discover
 
+    if backend == "dask":
+        check_scheduler(scheduler)  # before anything is created
     store = store if isinstance(store, Store) else Store(store)
     ignored: list = []
     sources = discover(os.path.abspath(input_dir), ignored=ignored)
@@ -211,6 +213,8 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
         index = store.index("features")
         store.write_feature_stats(index)
         report = RunReport(COMMAND, results, problems=index.problems, ignored=ignored)
+        if store.recovered:  # flushed by a killed run, adopted when the lock was taken: not recomputed
+            report.notes.append(f"recovered {plural(len(store.recovered), 'items')} flushed by an interrupted run")
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "backend": backend, "stored_songs": len(index)})

@@ -160,7 +160,8 @@ class DDCStage(Stage):
         some = next(iter(index.values()))
         self.feature_settings = FeatureSettings.from_json(some.file_attrs["settings_json"])
         kw = dict(stats=stats, window=c.window, context=c.model.context, characteristic=c.characteristic,
-                  difficulties=c.difficulties, seed=seed, feature_settings=self.feature_settings)
+                  difficulties=c.difficulties, seed=seed, feature_settings=self.feature_settings,
+                  exclude_flagged=c.exclude_flagged)
         kw["frame_events"] = self.events
         self.train_dataset = PlacementDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = PlacementDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None

@@ -117,7 +117,7 @@ class TransformerStage(Stage):
 
         c = self.config
         kw = dict(stats=stats, characteristic=c.characteristic, difficulties=c.difficulties, vocab=self.vocab,
-                  max_tokens=c.max_tokens, seed=seed)
+                  max_tokens=c.max_tokens, seed=seed, exclude_flagged=c.exclude_flagged)
         self.train_dataset = SelectionDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = SelectionDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None
         if not self.train_dataset.levels:
