@@ -75,7 +75,9 @@ from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInter
 from mapkit.datasets.store import (KIND_ROOTS, ShardItem, ShardWriter, Store, os_error_reason, shard_file_attrs,
                                    write_json_atomic)
 from mapkit.errors import MapkitError, StoreError
+from mapkit.preprocess.frame_events import FRAME_EVENTS, frame_events
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
+from mapkit.preprocess.objects import OBJECT_DATASETS, place_difficulty_objects
 from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, song_end_beat, token_sequence
 from mapkit.preprocess.timebase import frame_of, frame_time
 from mapkit.settings import FeatureSettings, TargetSettings
@@ -92,7 +94,7 @@ BEYOND_AUDIO = "beyond_audio"
 
 #: Datasets of one difficulty group, in the order they are written.
 DIFFICULTY_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames",
-                       "gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
+                       "gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats") + OBJECT_DATASETS + (FRAME_EVENTS,)
 
 NO_FEATURES = "no features (run mapkit extract first)"
 
@@ -128,6 +130,8 @@ class DifficultyTargets:
     collisions: int
     drops: dict
     attrs: dict = field(default_factory=dict)
+    #: walls, arcs, chains, events placed on frames (mapkit.preprocess.objects.place_objects)
+    objects: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -207,8 +211,11 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
             detail = ", ".join(f"{r} {c}" for r, c in drops.items())
             quarantine = (f"dropped {n_dropped} of {n_read} notes ({100 * n_dropped / n_read:.1f}% > {limit}): "
                           f"{detail}")
+    objects, object_attrs, object_quarantine = place_difficulty_objects(diff, n_frames, notes, settings)
+    quarantine = quarantine or object_quarantine
     if quarantine is not None:
         notes = np.zeros(0, STORED_NOTE_DTYPE)
+        objects = {}
     state_frames, states, collisions = note_states(notes["frame"], notes["column"], notes["row"],
                                                    notes["color"], notes["direction"])
     # notes are sorted by time, so the first note of each frame is its earliest
@@ -238,13 +245,14 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
         "n_states": int(len(state_frames)),
         "end_beat": end_beat,
         "warnings_json": _jsonable(list(diff.warnings)),
+        **object_attrs,
     }
     return DifficultyTargets(
         characteristic=diff.characteristic, difficulty=diff.difficulty, quarantine=quarantine, notes=notes,
         state_frames=state_frames, states=states,
         state_times_s=np.asarray(notes["time_s"][first], np.float64),
         state_beats=np.asarray(notes["beat"][first], np.float64),
-        end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs)
+        end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs, objects=objects)
 
 
 def audio_frame_count(path, fps: int = 100) -> tuple[int | None, str | None]:
@@ -391,7 +399,7 @@ def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> A
             quarantined.append((item_name, dt.quarantine))
             dt = dataclasses.replace(dt, notes=dt.notes[:0], state_frames=dt.state_frames[:0],
                                      states=dt.states[:0], state_times_s=dt.state_times_s[:0],
-                                     state_beats=dt.state_beats[:0])
+                                     state_beats=dt.state_beats[:0], objects={})
         diffs.append(dt)
     if not level.difficulties:
         want = "any" if _is_all(characteristic) else characteristic
@@ -464,6 +472,8 @@ def difficulty_datasets(d: DifficultyTargets, n_frames: int, vocab: Vocabulary, 
         "gap_next_s": seq.gap_next_s,
         "gap_prev_beats": seq.gap_prev_beats,
         "gap_next_beats": seq.gap_next_beats,
+        **{name: d.objects[name] for name in OBJECT_DATASETS},
+        FRAME_EVENTS: frame_events(d.notes, d.objects, n_frames),
     }
 
 
