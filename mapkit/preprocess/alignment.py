@@ -22,6 +22,7 @@ frame ``f`` centred on ``f / FPS`` s).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +38,22 @@ TOP_DB_NATS = 80.0 * np.log(10.0) / 10.0
 #: scoring its peak: the onset envelope smears one onset over a few frames.
 PEAK_HALF_WIDTH = 3
 
-#: Lags whose correlation is within this many robust standard deviations of
-#: the highest are treated as equal, and the one nearest lag 0 is the best:
+#: A local peak of the correlation ties with the highest one when the notes
+#: do not prefer the highest significantly: their paired t statistic
+#: (:func:`_paired_t`) is below this. Among ties the lag nearest 0 is the best:
 #: in beat-periodic music lags a beat (or half a beat) apart correlate almost
 #: equally, and no onset measure can tell them apart.
+PEAK_TIE_T = 3.0
+
+#: A local peak also ties with the highest when its correlation is within this
+#: many robust spreads of the correlations (``_centre_and_spread``) of it.
 PEAK_TIE_Z = 1.0
+
+#: With a known beat period, a best lag within this many frames of a non-zero
+#: multiple of half a beat is read as that many beats away (``alias_beats``)
+#: and reported as its remainder: the rounding of the frame grid and the
+#: smearing of onsets (``PEAK_HALF_WIDTH``).
+BEAT_FOLD_TOLERANCE = PEAK_HALF_WIDTH
 
 #: The onset strength is compared with its mean over a centred window of this
 #: many frames (1 s), so that loud passages do not outweigh quiet ones.
@@ -164,6 +176,14 @@ class Alignment:
     coverage: float
     correlation: np.ndarray
     n_note_frames: int = 0
+    alias_beats: float = 0.0
+    peak_lag_frames: int | None = None
+
+    @property
+    def peak_correlation(self) -> float:
+        """``c`` at the peak's lag (``peak_lag_frames``); NaN without notes."""
+        peak = self.lag_frames if self.peak_lag_frames is None else self.peak_lag_frames
+        return float(self.correlation[peak + self.max_lag]) if self.n_note_frames else math.nan
 
     @property
     def max_lag(self) -> int:
@@ -237,7 +257,8 @@ def _peak_strength(correlation: np.ndarray, peak: int) -> float:
     return float((correlation[peak] - centre) / spread)
 
 
-def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100) -> Alignment:
+def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100,
+                beat_frames: float | None = None) -> Alignment:
     """Best lag between a level's notes and its audio's onsets, and how clear it is.
 
     The notes are an impulse train on the frame grid (one impulse per distinct
@@ -289,28 +310,105 @@ def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100) 
     frames = frames[(frames >= 0) & (frames < T)]
     lags = np.arange(-max_lag, max_lag + 1)
     if frames.size == 0:
-        return Alignment(0, 0.0, 0.0, np.full(len(lags), np.nan), 0)
+        return Alignment(0, math.nan, math.nan, np.full(len(lags), np.nan), 0)
     src = frames[None, :] - lags[:, None]  # [lags, notes]: the audio frame each note meets at each lag
     inside = (src >= 0) & (src < T)
     values = np.where(inside, z[np.clip(src, 0, T - 1)], 0.0)
     counts = inside.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         correlation = np.where(counts > 0, values.sum(axis=1) / np.maximum(counts, 1), np.nan)
-    best = _best_lag_index(correlation, lags)
+    best = _best_lag_index(correlation, lags, values, inside)
     coverage = (int(frames[-1]) - int(frames[0]) + 1) / T
-    return Alignment(int(lags[best]), _peak_strength(correlation, best), float(coverage),
-                     correlation, int(frames.size))
+    lag, alias = fold_lag(int(lags[best]), beat_frames)
+    return Alignment(lag, _peak_strength(correlation, best), float(coverage), correlation, int(frames.size),
+                     alias, int(lags[best]))
 
 
-def _best_lag_index(correlation: np.ndarray, lags: np.ndarray) -> int:
-    """Index of the best lag: the smallest |lag| (then the negative one) among the near-ties of the highest.
+def fold_lag(peak_lag: int, beat_frames: float | None) -> tuple[int, float]:
+    """``(lag, alias_beats)``: a peak lag read modulo half a beat when it lies on that grid.
 
-    Near-ties: correlations within ``PEAK_TIE_Z`` robust spreads of the
-    highest finite one (spread measured away from the highest).
+    With ``h = beat_frames / 2`` and ``m = round(peak_lag / h)``: when
+    ``m != 0`` and ``|peak_lag - m h| <= BEAT_FOLD_TOLERANCE`` the lag is
+    ``round(peak_lag - m h)`` and ``alias_beats = m / 2``; otherwise (or
+    without a beat period) ``(peak_lag, 0.0)``.
+
+    >>> fold_lag(-50, 50.0), fold_lag(33, 62.0), fold_lag(12, 50.0), fold_lag(12, None)
+    ((0, -1.0), (2, 0.5), (12, 0.0), (12, 0.0))
+    """
+    if beat_frames is None or not np.isfinite(beat_frames) or beat_frames <= 2 * BEAT_FOLD_TOLERANCE:
+        return peak_lag, 0.0
+    half = beat_frames / 2.0
+    m = int(round(peak_lag / half))
+    if m == 0 or abs(peak_lag - m * half) > BEAT_FOLD_TOLERANCE:
+        return peak_lag, 0.0
+    return int(round(peak_lag - m * half)), m / 2.0
+
+
+def beat_period_frames(tempo, beats, fps: int = FPS) -> float | None:
+    """The level's beat period in frames at its notes: ``fps * 60 / median(bpm at each note's beat)``.
+
+    Parameters
+    ----------
+    tempo : mapkit.preprocess.tempo.TempoMap or None
+    beats : np.ndarray
+        The notes' beats (the ``beat`` field of the notes).
+    fps : int
+
+    Returns
+    -------
+    float or None
+        None without a tempo map or notes.
+
+    >>> from mapkit.preprocess.tempo import TempoMap
+    >>> beat_period_frames(TempoMap.constant(120.0), np.array([0.0, 4.0]))
+    50.0
+    """
+    beats = np.asarray(beats, dtype=np.float64)
+    if tempo is None or beats.size == 0:
+        return None
+    return float(fps * 60.0 / np.median(tempo.bpm_at(beats)))
+
+
+def _paired_t(values: np.ndarray, inside: np.ndarray, a: int, b: int) -> float:
+    """Paired t statistic of ``c[a] - c[b]`` over the note frames inside the song at both lags.
+
+    ``d_n = z[n - lag_a] - z[n - lag_b]``; ``t = mean(d) / (std(d) / sqrt(m))``
+    (``std`` with ``m - 1`` degrees of freedom, ``m`` such notes). When
+    ``std(d)`` is 0 (or ``m < 2``): ``+inf`` if ``mean(d) > 0``, else 0.
+    """
+    both = inside[a] & inside[b]
+    d = values[a, both] - values[b, both]
+    m = d.size
+    mean = float(d.mean()) if m else 0.0
+    sd = float(d.std(ddof=1)) if m >= 2 else 0.0
+    if sd <= 0:
+        return math.inf if mean > 0 else 0.0
+    return mean / (sd / math.sqrt(m))
+
+
+def _local_peaks(correlation: np.ndarray) -> np.ndarray:
+    """Indices of the lags whose correlation is the highest within ``PEAK_HALF_WIDTH`` lags each way."""
+    c = np.where(np.isfinite(correlation), correlation, -np.inf)
+    n = len(c)
+    padded = np.concatenate((np.full(PEAK_HALF_WIDTH, -np.inf), c, np.full(PEAK_HALF_WIDTH, -np.inf)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * PEAK_HALF_WIDTH + 1)
+    return np.flatnonzero(np.isfinite(c) & (c >= windows.max(axis=1)[:n]))
+
+
+def _best_lag_index(correlation: np.ndarray, lags: np.ndarray, values: np.ndarray, inside: np.ndarray) -> int:
+    """Index of the best lag: the local peak nearest lag 0 that the notes do not significantly reject.
+
+    Among the local peaks (:func:`_local_peaks`), those whose paired t
+    statistic against the highest one (:func:`_paired_t`) is below
+    ``PEAK_TIE_T``; of these the smallest ``|lag|``, then the negative one.
     """
     finite = np.isfinite(correlation)
     top = int(np.flatnonzero(finite)[np.argmax(correlation[finite])])
+    peaks = _local_peaks(correlation)
     _, spread = _centre_and_spread(correlation, top)
-    candidates = np.flatnonzero(finite & (correlation >= correlation[top] - PEAK_TIE_Z * spread))
-    order = np.lexsort((lags[candidates], np.abs(lags[candidates])))
-    return int(candidates[order[0]])
+    close = correlation[top] - PEAK_TIE_Z * spread
+    tied = [int(k) for k in peaks
+            if k == top or correlation[k] >= close or _paired_t(values, inside, top, int(k)) < PEAK_TIE_T]
+    tied = np.array(tied if tied else [top])
+    order = np.lexsort((lags[tied], np.abs(lags[tied])))
+    return int(tied[order[0]])
