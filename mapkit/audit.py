@@ -18,13 +18,16 @@ flag            when                                                       reaso
 
 ``no_peak`` and ``offset`` are not judged for ``few_notes`` levels, and
 ``offset`` not without a peak. Why these numbers: random note sets give a
-strength below 4.2 in 99 % of cases whatever their size; maps aligned to
+strength below 4.2 whatever their size; maps aligned to
 irregular hits 10 and more, to hits on a strict half-beat grid about 4.5
 (lags a beat apart then correlate almost as well: tests/preprocess/
 test_alignment.py); real human maps with their audio measured 5.2 to 11.8,
 at lags -2 .. +1 frames (8 maps); a map spanning under half of its song is
-a partial map or has the wrong (longer) audio. A map offset by a whole number
-of beats cannot be told from an aligned one and is not flagged.
+a partial map or has the wrong (longer) audio. The lag is the tied
+correlation peak nearest 0, read modulo half a beat with the stored tempo
+map (:mod:`mapkit.preprocess.alignment`): a map offset by a multiple of half
+a beat cannot be told from an aligned one and is not flagged (the folded
+beats are stored as ``align_alias_beats``).
 
 Results are stored as attributes of each difficulty group (``align_*``,
 ``audit_flags_json``...; docs/store.md) and the level group
@@ -145,6 +148,11 @@ class DifficultyAudit:
                    float(attrs["align_coverage"]), int(attrs["align_n_note_frames"]),
                    json.loads(_text(attrs["audit_flags_json"])), json.loads(_text(attrs["audit_reasons_json"])),
                    float(attrs.get("align_alias_beats", 0.0)))
+
+
+def _nan_to_none(row: dict) -> dict:
+    """A difficulty's result for JSON: undefined values (NaN: a level without notes) as null."""
+    return {k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
 
 
 def _text(v) -> str:
@@ -307,7 +315,7 @@ class AuditReport:
                 "flags": self.flag_counts(), "lags": self.lag_summary(),
                 "problems": [{"path": p, "reason": r} for p, r in self.run.problems],
                 "failed": [asdict(r) for r in self.run.items if r.status == "failed"],
-                "difficulties": [asdict(d) for d in self.difficulties]}
+                "difficulties": [_nan_to_none(asdict(d)) for d in self.difficulties]}
 
     def table(self) -> str:
         """The flagged difficulties, one line each with the reasons, and a summary line."""

@@ -344,7 +344,8 @@ def _stored_level(group, entry, wanted, characteristic: str, settings: EvaluateS
             if onset is not None:
                 from mapkit.audit import stored_beat_frames
 
-                m.values.update(_alignment_values(notes, onset, settings.fps, stored_beat_frames(g.attrs, notes, settings.fps)))
+                beat = stored_beat_frames(g.attrs, notes, settings.fps)
+                m.values.update(_alignment_values(notes, onset, settings.fps, beat))
             out.append(EvaluatedDifficulty(entry.song_id, f"{entry.shard}:{g.name}", char_name, diff_name, notes, m,
                                            "store", onset=onset))
     return out

@@ -91,7 +91,8 @@ def test_notes_past_the_audio_measure_the_same_from_the_folder_and_the_store(pas
     assert folder.metrics.values["notes"] == stored.metrics.values["notes"] == 38
     a, b = folder.metrics.values, stored.metrics.values
     assert a.keys() == b.keys()
-    differ = {k: (a[k], b[k]) for k in a if not (a[k] == pytest.approx(b[k]) or (math.isnan(a[k]) and math.isnan(b[k])))}
+    same = {k for k in a if a[k] == pytest.approx(b[k]) or (math.isnan(a[k]) and math.isnan(b[k]))}
+    differ = {k: (a[k], b[k]) for k in a if k not in same}
     assert differ == {}
 
 

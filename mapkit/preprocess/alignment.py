@@ -16,6 +16,32 @@ a few frames of 0 and its peak stands far above the other lags; notes timed to
 another cut of the song or with a wrong offset give a far lag, and notes
 unrelated to the audio give no clear peak.
 
+Beat-periodic music correlates almost as well a beat (or half a beat) away,
+and the highest peak can be that alias (a real 120 BPM Easy map read -500 ms,
+a 185 BPM Hard +320 ms). So the best lag is chosen in two steps:
+
+1. **Ties, nearest 0.** The local peaks of the correlation (the highest within
+   ``PEAK_HALF_WIDTH`` lags each way) that tie with the highest peak are the
+   candidates, and the one of smallest ``|lag|`` (then the negative one) wins.
+   A peak ``k`` ties with the highest ``k_top`` when its correlation is within
+   ``PEAK_TIE_Z`` robust spreads of it, or when the notes do not prefer
+   ``k_top`` significantly: the paired t statistic of
+   ``z[n - k_top] - z[n - k]`` over the note frames (:func:`_paired_t`, the
+   peak's own uncertainty) is below ``PEAK_TIE_T`` (3).
+2. **Half-beat folding** (when the level's beat period ``P`` in frames is
+   given: :func:`beat_period_frames`). A chosen lag within
+   ``BEAT_FOLD_TOLERANCE`` (3) frames of a non-zero multiple ``m`` of ``P/2``
+   is read as ``m/2`` beats away (``alias_beats``) and reported as its
+   remainder ``round(lag - m P/2)`` (:func:`fold_lag`).
+
+So a map offset by a multiple of half a beat reads as aligned (it cannot be
+told from an aligned one); an offset off the half-beat grid is found (one of
+more than a quarter beat may be reported as a tied alias nearer 0, which is
+still an offset). On 127 human difficulties of 81 real songs (measured
+locally, not shipped), the lags were: before, 4 at -500, -170, +320 and
++530 ms with strengths up to 7.3; after, all within ±30 ms but one without
+a peak (strength -0.1).
+
 Frames are those of :mod:`mapkit.preprocess.timebase` (``FPS`` per second,
 frame ``f`` centred on ``f / FPS`` s).
 """
@@ -137,31 +163,26 @@ class Alignment:
     Attributes
     ----------
     lag_frames : int
-        The best lag ``k*`` in ``[-max_lag, max_lag]``; **positive = notes
-        late** vs the audio (a note at frame ``n`` sits on the onset at
-        ``n - k``). It is the lag of smallest ``|k|`` (then the negative one)
-        among those whose correlation is at least ``c_max - PEAK_TIE_Z * s``,
-        where ``c_max`` is the highest correlation and ``s`` the robust
-        spread (``1.4826 * MAD``) of the correlations more than
-        ``PEAK_HALF_WIDTH`` frames from its lag: lags a beat apart are
-        near-ties in beat-periodic music, so a map offset by exactly a whole
-        number of beats (or half-beats, when its notes are on half-beats)
-        reads as aligned. 0 when there are no notes.
+        The best lag; **positive = notes late** vs the audio (a note at
+        frame ``n`` sits on the onset at ``n - k``). The peak lag
+        ``peak_lag_frames`` (the tied local peak nearest 0, module
+        docstring step 1) less the half-beats folded out of it
+        (``alias_beats``, step 2). 0 when there are no notes (then
+        ``n_note_frames`` is 0 and every other value is NaN).
     strength : float
         How far the peak stands out, as a robust z-score:
         ``(c[k*] - median(c_o)) / (1.4826 * MAD(c_o))`` where ``c_o`` are the
         correlations at the other lags, those more than ``PEAK_HALF_WIDTH``
         frames from ``k*`` (MAD: median absolute deviation from the median;
         when it is 0 the standard deviation is used; when that is 0 too, the
-        strength is 0). 0.0 when there are no notes. Notes unrelated to the
-        audio give about 3 (the largest of ~200 noisy lags; 99 % of random
-        note sets stay below 4.2 whatever their size); a clear peak gives 10
-        and more.
+        strength is 0). NaN when there are no notes. Notes unrelated to the
+        audio give 0.5-3 (a tied noisy lag near 0; random note sets stay below
+        4.2 whatever their size); a clear peak gives 10 and more.
     coverage : float
         Share of the song's frames spanned by the notes:
         ``(last - first + 1) / T``, where ``first``/``last`` are the smallest
         and largest note frames within ``[0, T)`` and ``T = len(onset)``;
-        0.0 when no note frame lies in ``[0, T)``. In ``[0, 1]``.
+        NaN when no note frame lies in ``[0, T)``. In ``[0, 1]``.
     correlation : np.ndarray [shape=(2*max_lag + 1,), dtype=float64]
         ``c[k]`` for ``k = -max_lag .. max_lag`` (index ``k + max_lag``): the
         mean normalised onset strength (:func:`normalised_onset`) at the frames ``n - k`` of the distinct
@@ -169,6 +190,11 @@ class Alignment:
         no note falls inside the song.
     n_note_frames : int
         Distinct note frames within ``[0, T)``.
+    alias_beats : float
+        Beats (a multiple of 1/2) folded out of the peak lag; 0.0 when none.
+    peak_lag_frames : int or None
+        The lag of the chosen correlation peak, before folding:
+        ``lag_frames`` plus ``alias_beats`` beats.
     """
 
     lag_frames: int
@@ -266,7 +292,8 @@ def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100,
     onset strength ``z`` (:func:`normalised_onset`). For each lag ``k`` in
     ``-max_lag .. max_lag`` the correlation is the mean of ``z[n - k]`` over
     the distinct note frames ``n`` with ``0 <= n - k < T``; the best lag is
-    the one where it is highest, near-ties going to the lag nearest 0. See
+    the tied peak nearest 0, folded by half-beats when ``beat_frames`` is
+    given (module docstring). See
     :class:`Alignment` for the exact definitions of ``lag_frames``,
     ``strength`` and ``coverage``.
 
@@ -280,6 +307,9 @@ def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100,
         Onset strength of the song (:func:`onset_strength`).
     max_lag : int
         Largest lag tried, in frames (default 100: ±1 s).
+    beat_frames : float or None
+        The level's beat period in frames (:func:`beat_period_frames`); None:
+        no half-beat folding.
 
     Returns
     -------
@@ -398,17 +428,21 @@ def _local_peaks(correlation: np.ndarray) -> np.ndarray:
 def _best_lag_index(correlation: np.ndarray, lags: np.ndarray, values: np.ndarray, inside: np.ndarray) -> int:
     """Index of the best lag: the local peak nearest lag 0 that the notes do not significantly reject.
 
-    Among the local peaks (:func:`_local_peaks`), those whose paired t
-    statistic against the highest one (:func:`_paired_t`) is below
-    ``PEAK_TIE_T``; of these the smallest ``|lag|``, then the negative one.
+    The highest finite lag, and the local peaks (:func:`_local_peaks`) more
+    than ``2 * PEAK_HALF_WIDTH`` lags from it whose correlation is within
+    ``PEAK_TIE_Z`` robust spreads of it or whose paired t statistic against
+    it (:func:`_paired_t`) is below ``PEAK_TIE_T``; of these the smallest
+    ``|lag|``, then the negative one.
     """
     finite = np.isfinite(correlation)
     top = int(np.flatnonzero(finite)[np.argmax(correlation[finite])])
     peaks = _local_peaks(correlation)
     _, spread = _centre_and_spread(correlation, top)
     close = correlation[top] - PEAK_TIE_Z * spread
-    tied = [int(k) for k in peaks
-            if k == top or correlation[k] >= close or _paired_t(values, inside, top, int(k)) < PEAK_TIE_T]
+    # peaks closer than 2 * PEAK_HALF_WIDTH to the highest are the same onsets, smeared: not aliases
+    far = peaks[np.abs(peaks - top) > 2 * PEAK_HALF_WIDTH]
+    tied = [top] + [int(k) for k in far
+                    if correlation[k] >= close or _paired_t(values, inside, top, int(k)) < PEAK_TIE_T]
     tied = np.array(tied if tied else [top])
     order = np.lexsort((lags[tied], np.abs(lags[tied])))
     return int(tied[order[0]])

@@ -78,3 +78,35 @@ def test_fold_lag_reads_lags_modulo_half_a_beat_only_on_that_grid():
     assert fold_lag(-50, 50.0) == (0, -1.0) and fold_lag(26, 50.0) == (1, 0.5) and fold_lag(-99, 50.0) == (1, -2.0)
     assert fold_lag(12, 50.0) == (12, 0.0) and fold_lag(-29, 50.0) == (-29, 0.0)
     assert fold_lag(2, 50.0) == (2, 0.0) and fold_lag(50, None) == (50, 0.0)
+
+
+def test_the_audit_reads_the_beat_period_from_the_stored_tempo_map():
+    import json
+
+    from mapkit.audit import stored_beat_frames
+    from mapkit.preprocess.notes import STORED_NOTE_DTYPE
+
+    notes = np.zeros(3, dtype=STORED_NOTE_DTYPE)
+    notes["beat"] = [1.0, 2.0, 3.0]
+    notes["color"] = [0, 1, 3]
+    attrs = {"tempo_map": json.dumps(TempoMap.constant(150.0).to_json())}
+    assert stored_beat_frames(attrs, notes) == 40.0
+    assert stored_beat_frames({"tempo_map": ""}, notes) is None
+    assert stored_beat_frames({"tempo_map": "{not json"}, notes) is None
+    assert stored_beat_frames(attrs, notes[2:]) is None  # bombs only: no colour notes
+
+
+def test_a_difficulty_without_notes_is_few_notes_only_and_null_in_the_audit_json():
+    import json
+
+    from mapkit.audit import AuditReport, DifficultyAudit
+    from mapkit.datasets.runner import RunReport
+
+    a = align_notes(np.zeros(0, np.int64), np.ones(500, np.float32), beat_frames=BEAT_FRAMES)
+    flags, reasons = audit_flags(a, AuditSettings())
+    assert flags == ["few_notes"] and reasons == ["only 0 note frames"]
+    row = DifficultyAudit("song", "Standard/Easy", a.lag_frames, a.strength, a.coverage, a.n_note_frames, flags,
+                          reasons)
+    report = AuditReport(RunReport("audit", []), AuditSettings(), [row])
+    (d,) = json.loads(json.dumps(report.to_json(), allow_nan=False))["difficulties"]
+    assert d["strength"] is None and d["coverage"] is None and d["flags"] == ["few_notes"]
