@@ -139,6 +139,14 @@ class DifficultyTargets:
         return f"{self.characteristic}/{self.difficulty}"
 
 
+def inside_audio(notes: np.ndarray, n_frames: int, fps: int = 100) -> np.ndarray:
+    """Which notes build-targets keeps: those whose frame ``frame_of(time_s)`` lies in ``[0, T)`` (a bool mask)."""
+    if not len(notes):
+        return np.zeros(0, dtype=bool)
+    frames = frame_of(np.asarray(notes["time_s"], dtype=np.float64), fps)
+    return (frames >= 0) & (frames < n_frames)
+
+
 def place_notes(notes: np.ndarray, n_frames: int, fps: int = 100):
     """Put notes on frames: ``(kept STORED_NOTE_DTYPE array, beyond_audio count)``.
 
@@ -158,7 +166,7 @@ def place_notes(notes: np.ndarray, n_frames: int, fps: int = 100):
         How many were dropped (frame < 0 or >= T).
     """
     frames = frame_of(np.asarray(notes["time_s"], dtype=np.float64), fps) if len(notes) else np.zeros(0, np.int64)
-    inside = (frames >= 0) & (frames < n_frames)
+    inside = inside_audio(notes, n_frames, fps)
     kept = notes[inside]
     out = np.zeros(len(kept), dtype=STORED_NOTE_DTYPE)
     for name in kept.dtype.names:
@@ -280,16 +288,22 @@ def audio_frame_count(path, fps: int = 100) -> tuple[int | None, str | None]:
     return n_frames(int(info.frames), int(info.samplerate), fps), None
 
 
-def check_against_audio(level, path, settings: TargetSettings = TargetSettings()) -> int | None:
-    """Apply build-targets' audio checks to a read level in place (for ``mapkit inspect``).
+def check_against_audio(level, path, settings: TargetSettings = TargetSettings(),
+                        n_frames: int | None = None) -> int | None:
+    """Apply build-targets' audio checks to a read level in place (``mapkit inspect``, ``mapkit evaluate``).
 
-    When the level's audio can be read, every difficulty gets the verdict
-    build-targets would give it on a song of that many frames
-    (:func:`difficulty_targets`: notes beyond the audio dropped and counted,
-    quarantined past ``max_drop_fraction``); otherwise a level warning says
-    the notes were not checked against the audio. Returns T, or None.
+    When the song's length is known (``n_frames``, e.g. from its decoded
+    features, else from the audio file's header), every difficulty gets the
+    verdict build-targets would give it on a song of that many frames
+    (:func:`difficulty_targets`): the notes beyond the audio are removed from
+    ``notes`` and counted in ``drops``, and the difficulty is quarantined past
+    ``max_drop_fraction``; so a level read from its folder holds the notes the
+    store would hold. Otherwise a level warning says the notes were not
+    checked against the audio. Returns T, or None.
     """
-    T, why = audio_frame_count(path, settings.fps)
+    T = n_frames
+    if T is None:
+        T, why = audio_frame_count(path, settings.fps)
     if T is None:
         named = level.song_filename and any(level.song_filename in w for w in level.warnings)
         if not named:  # a missing song file is already a warning of the level
@@ -298,6 +312,7 @@ def check_against_audio(level, path, settings: TargetSettings = TargetSettings()
     for d in level.difficulties:
         if d.quarantine is None:
             dt = difficulty_targets(d, T, level.bpm, settings)
+            d.notes = d.notes[inside_audio(d.notes, T, settings.fps)]
             d.drops = dt.drops
             d.quarantine = dt.quarantine
     return T
