@@ -33,6 +33,7 @@ generated clicks.
     python bench/generate.py --cli               # plus the end-to-end command
     python bench/generate.py --preset tiny --song x.ogg --runs 1
     python bench/generate.py --notes 500 2000 4000 --whole   # also decode without windows
+    python bench/generate.py --baseline human.json           # evaluate percentiles of the generated level
 """
 
 from __future__ import annotations
@@ -134,6 +135,20 @@ class _CpuClock:
         return getattr(time, name)
 
 
+def evaluate_summary(level, baseline_path: str | None) -> str:
+    """The ``mapkit evaluate`` table of the generated level (with human percentiles given a baseline).
+
+    With random weights (this script's default) the figures only show that
+    the level is measurable; with trained models they are how generated
+    levels are judged (docs/evaluate.md).
+    """
+    from mapkit.evaluate import evaluate_generated, format_table, load_baseline
+
+    baseline = load_baseline(baseline_path) if baseline_path else None
+    return "mapkit evaluate of the generated level:\n" + format_table(
+        evaluate_generated(level, baseline, baseline_path))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--song", help="Song to generate for (default: a ~3-minute real song under --songs).")
@@ -148,6 +163,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=2, help="Runs; the fastest is reported per stage.")
 
     ap.add_argument("--cli", action="store_true", help="Also time `mapkit generate` end to end in a new process.")
+    ap.add_argument("--baseline", metavar="FILE", help="Human baseline (mapkit evaluate --save-baseline) for the "
+                                                        "generated level's metric percentiles.")
+    ap.add_argument("--no-evaluate", action="store_true", help="Skip the mapkit evaluate summary of the level.")
     args = ap.parse_args(argv)
 
     import torch
@@ -183,6 +201,8 @@ def main(argv=None) -> int:
         total = sum(best[k] for k in STAGES)
         print(f"{'total':<10} {total:>8.3f}   x{level.duration_s / total:.1f} realtime; stage 2 "
               f"{1000 * best['stage2'] / max(1, len(level.peak_frames)):.1f} ms per note time")
+        if not args.no_evaluate:
+            print(evaluate_summary(level, args.baseline))
         if args.cli:
             p = save(os.path.join(tmp, "ddc", "last.pt"), placement, "placement", p_ckpt)
             s = save(os.path.join(tmp, "transformer", "last.pt"), selection, "selection", s_ckpt)
