@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
+from mapkit.datasets.split import grouping_record, song_groups
 from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, shard_file_attrs, write_json_atomic
 from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
@@ -626,15 +627,16 @@ def _features_fps(entry, cache: dict) -> int | None:
 COUNTED_OVER_TRAINING = "training split"
 
 
-def training_songs(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs=None) -> tuple[list, list]:
+def training_songs(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs=None, groups=None
+                   ) -> tuple[list, list]:
     """The trainer's ``(train, validation)`` split of ``song_ids``, for counting the vocabulary.
 
-    The same rule as ``mapkit train``
-    (:func:`~mapkit.datasets.torch_datasets.split_by_song`): pass the songs
-    the trainer splits (those with both features and targets) so that its
+    The same rule as ``mapkit train`` (:func:`mapkit.datasets.split.split_by_song`,
+    by song group; torch is not imported): pass the songs the trainer splits
+    (those with both features and targets) and their ``groups`` so that its
     set-dependent fallback (never an empty validation split) picks the same
-    song. Explicit ``val_songs`` absent from ``song_ids`` are validation songs
-    all the same (never counted) instead of an error.
+    group. Explicit ``val_songs`` absent from ``song_ids`` are validation
+    songs all the same (never counted) instead of an error.
 
     Parameters
     ----------
@@ -643,29 +645,34 @@ def training_songs(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs
     seed : int
         The trainer's ``--seed``.
     val_songs : iterable of str, optional
-        Explicit validation songs (override ``val_fraction``).
+        Explicit validation songs (override ``val_fraction``; their groups go with them).
+    groups : dict, optional
+        ``song_id -> group_id`` (:func:`mapkit.datasets.split.song_groups`).
 
     Returns
     -------
     train, val : list of str, sorted
         ``val`` holds only songs of ``song_ids``.
     """
-    from mapkit.datasets.torch_datasets import split_by_song
+    from mapkit.datasets.split import split_by_song
 
     ids = set(song_ids)
     named = None if val_songs is None else set(val_songs)
-    train, val = split_by_song(ids | (named or set()), val_fraction, seed, named)
+    train, val = split_by_song(ids | (named or set()), val_fraction, seed, named, groups)
     return train, [s for s in val if s in ids]
 
 
 def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings, n_levels: int,
-                   counted_songs=(), val_songs=(), val_fraction: float | None = 0.1, seed: int = 0) -> dict:
+                   counted_songs=(), val_songs=(), val_fraction: float | None = 0.1, seed: int = 0,
+                   grouping: dict | None = None) -> dict:
     """The content of ``vocab.json``: the vocabulary, and what it was counted over.
 
     ``counted_over`` is ``"training split"``; ``counted_songs`` the songs whose
     levels were counted, ``val_songs`` the validation songs left out,
     ``val_fraction`` (None when the validation songs were named) and ``seed``
     the split's settings: :func:`vocabulary_leak` compares a trainer's split with them.
+    ``grouping`` is the song grouping the split used
+    (:func:`mapkit.datasets.split.grouping_record`: hash, counts, shared groups).
     """
     total = int(sum(counts.values()))
     covered = int(sum(vocab.counts))
@@ -673,11 +680,11 @@ def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings,
             "n_state_frames": total, "n_distinct_states": len(counts),
             "coverage": covered / total if total else 1.0, "targets_settings_hash": settings.hash,
             "counted_over": COUNTED_OVER_TRAINING, "val_fraction": val_fraction, "seed": int(seed),
-            "val_songs": sorted(val_songs), "counted_songs": sorted(counted_songs)}
+            "val_songs": sorted(val_songs), "counted_songs": sorted(counted_songs), "grouping": grouping}
 
 
-def vocabulary_leak(vocab_json: dict, val_songs, max_named: int = 10) -> str | None:
-    """A warning when states of validation songs were counted into the vocabulary, else None.
+def vocabulary_leak(vocab_json: dict, val_songs, max_named: int = 10, groups=None) -> str | None:
+    """A warning when states of validation songs (or of their groups) were counted into the vocabulary, else None.
 
     Parameters
     ----------
@@ -687,15 +694,18 @@ def vocabulary_leak(vocab_json: dict, val_songs, max_named: int = 10) -> str | N
         The trainer's validation songs.
     max_named : int
         How many of the leaked songs the message names.
+    groups : dict, optional
+        ``song_id -> group_id``: a validation song also leaks when another
+        song of its group (another encode of the same recording) was counted.
 
     Returns
     -------
     str or None
-        Names the validation songs whose levels were counted (their rare states
-        have tokens, so validation perplexity looks better than it is), or says
-        that the vocabulary does not record what it was counted over (built
-        before the count left validation songs out); None when there is no leak
-        or no validation song.
+        Names the validation songs whose levels (or whose group's levels)
+        were counted (their rare states have tokens, so validation perplexity
+        looks better than it is), or says that the vocabulary does not record
+        what it was counted over (built before the count left validation songs
+        out); None when there is no leak or no validation song.
     """
     val = sorted(set(val_songs))
     if not val:
@@ -705,12 +715,16 @@ def vocabulary_leak(vocab_json: dict, val_songs, max_named: int = 10) -> str | N
     if vocab_json.get("counted_over") != COUNTED_OVER_TRAINING or "counted_songs" not in vocab_json:
         return "vocab.json does not record which songs it was counted over (it may hold states of validation " \
                "songs, making validation perplexity look better than it is)" + fix
-    leaked = [s for s in val if s in set(vocab_json["counted_songs"])]
+    counted = set(vocab_json["counted_songs"])  # once: a set per validation song was quadratic
+    groups = groups or {}
+    counted_groups = {str(groups.get(s) or s) for s in counted}
+    leaked = [s for s in val if s in counted or str(groups.get(s) or s) in counted_groups]
     if not leaked:
         return None
     more = f" and {len(leaked) - max_named} more" if len(leaked) > max_named else ""
-    return (f"{len(leaked)} of the {len(val)} validation songs were counted into vocab.json (validation "
-            f"perplexity looks better than it is): {', '.join(leaked[:max_named])}{more}" + fix)
+    return (f"{len(leaked)} of the {len(val)} validation songs were counted into vocab.json, or share a group "
+            f"with a counted song (validation perplexity looks better than it is): "
+            f"{', '.join(leaked[:max_named])}{more}" + fix)
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -880,7 +894,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
                 # the songs the trainer will split: features and targets (after this run)
                 split_ids = set(features) & (set(targets) | written_ids)
-                train, val = training_songs(split_ids, val_fraction, seed, val_songs)
+                groups = song_groups(features)
+                train, val = training_songs(split_ids, val_fraction, seed, val_songs, groups)
                 train = set(train)
                 counts = Counter()
                 spooled.sort()
@@ -905,7 +920,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 if counts:  # an empty vocabulary would turn every later level into UNK: never saved
                     write_json_atomic(store.vocab_path, vocab_document(
                         vocab, counts, settings, n_counted, counted_songs=train, val_songs=val,
-                        val_fraction=None if val_songs is not None else val_fraction, seed=seed))
+                        val_fraction=None if val_songs is not None else val_fraction, seed=seed,
+                        grouping=grouping_record(groups, split_ids)))
                 n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
                 from tqdm import tqdm
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 import mapkit
+from mapkit.datasets.split import grouping_record
 from mapkit.datasets.store import Store
 from mapkit.errors import MapkitError, StoreError
 from mapkit.settings import _Settings
@@ -330,13 +331,13 @@ def store_fingerprint(store: Store, need_vocab: bool) -> dict:
     return out
 
 
-def warn_vocabulary_leak(store: Store, val_songs) -> str | None:
-    """Warn on stderr when ``vocab.json`` was counted over some of ``val_songs`` (a leak); return the warning."""
+def warn_vocabulary_leak(store: Store, val_songs, groups=None) -> str | None:
+    """Warn on stderr when ``vocab.json`` was counted over some of ``val_songs`` or their groups; return the warning."""
     import sys
 
     from mapkit.build_targets import vocabulary_leak
 
-    message = vocabulary_leak(json.loads(store.vocab_path.read_text(encoding="utf-8")), val_songs)
+    message = vocabulary_leak(json.loads(store.vocab_path.read_text(encoding="utf-8")), val_songs, groups=groups)
     if message:
         print(f"warning: {message}", file=sys.stderr)
     return message
@@ -629,19 +630,23 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
         _check_resume_config(resume_ckpt["train_config"], config, out_dir / LAST)
         stats = resume_ckpt["stats"]  # normalise exactly as the run being continued did
         train_songs, val_songs = resume_ckpt["train_songs"], resume_ckpt["val_songs"]
+        groups = resume_ckpt.get("song_groups") or {}
     else:
-        from mapkit.datasets.torch_datasets import split_by_song
+        from mapkit.datasets.split import song_groups, split_by_song
 
         stats = store.read_stats()
-        song_ids = set(store.index("features")) & set(store.index("targets"))
+        features_index = store.index("features")
+        song_ids = set(features_index) & set(store.index("targets"))
         if not song_ids:
             raise TrainingError(store.root, "no song has both features and targets")
-        train_songs, val_songs = split_by_song(song_ids, config.val_fraction, config.seed, config.val_songs)
+        # by group: two encodes of one song never sit on both sides
+        groups = song_groups(features_index)
+        train_songs, val_songs = split_by_song(song_ids, config.val_fraction, config.seed, config.val_songs, groups)
         if not train_songs:
             raise TrainingError(store.root, "the training split is empty: lower --val-fraction")
 
     if stage.need_vocab and dist_info.main:
-        warn_vocabulary_leak(store, val_songs)
+        warn_vocabulary_leak(store, val_songs, groups)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     stage.prepare(stats, train_songs, val_songs, config.seed)
@@ -710,6 +715,8 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "total_steps": total_steps,
             "rng": rngs, "world_size": dist_info.world_size,
             "stats": stats, "train_songs": list(train_songs), "val_songs": list(val_songs),
+            "song_groups": {s: groups.get(s, s) for s in (*train_songs, *val_songs)},
+            "grouping": grouping_record(groups, (*train_songs, *val_songs)),
             "metrics": dict(last_metrics), "best_value": best_value,
             **fingerprint, **stage.checkpoint_extras(),
         }
