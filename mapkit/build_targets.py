@@ -309,6 +309,10 @@ class LevelTargets:
     #: ``[(item name, reason)]`` of what is quarantined: difficulties, or the level itself
     quarantined: list
     warnings: list
+    #: the community level hash (:mod:`mapkit.preprocess.levelhash`), the join key of ``--metadata``
+    level_hash: str = ""
+    #: why the info file looks automapped (:mod:`mapkit.preprocess.automap`); empty when it does not
+    automap_evidence: list = field(default_factory=list)
 
 
 def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> AlreadyPresent | LevelTargets:
@@ -318,7 +322,11 @@ def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> A
     level_sha = level_files_sha256(task.path)
     if task.known_level_sha256 is not None and level_sha == task.known_level_sha256:
         return AlreadyPresent(level_sha)
+    from mapkit.preprocess.automap import automap_evidence
+    from mapkit.preprocess.levelhash import level_hash_and_info
+
     level = read_level(task.path, settings=settings, characteristic=characteristic)
+    community_hash, info = level_hash_and_info(task.path)
     diffs, quarantined = [], []
     for d in level.difficulties:
         dt = difficulty_targets(d, task.n_frames, level.bpm, settings)
@@ -338,7 +346,8 @@ def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> A
         song_id=task.song_id, source=task.path, level_sha256=level_sha, info_version=level.info_version,
         info_bpm=float(level.bpm), song_time_offset=float(level.song_time_offset), n_frames=task.n_frames,
         audio_sha256=task.audio_sha256, features_settings_hash=task.features_settings_hash,
-        difficulties=diffs, quarantined=quarantined, warnings=list(level.warnings))
+        difficulties=diffs, quarantined=quarantined, warnings=list(level.warnings), level_hash=community_hash,
+        automap_evidence=automap_evidence(info))
 
 
 def _is_all(characteristic) -> bool:
@@ -398,8 +407,12 @@ def difficulty_datasets(d: DifficultyTargets, n_frames: int, vocab: Vocabulary, 
     }
 
 
-def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int = 100) -> ShardItem:
-    """The shard item of one level: its usable difficulties encoded with ``vocab``, and all its attrs."""
+def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int = 100, metadata=None) -> ShardItem:
+    """The shard item of one level: its usable difficulties encoded with ``vocab``, and all its attrs.
+
+    ``metadata`` (:class:`mapkit.preprocess.metadata.Metadata`, optional) adds
+    the BeatSaver attrs of the level's hash when it holds them.
+    """
     datasets, sub_attrs, written, n_states = {}, {}, [], 0
     for d in level.difficulties:
         if d.quarantine is not None:
@@ -428,9 +441,23 @@ def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int 
         "difficulties_json": json.dumps(written),
         "quarantined_json": json.dumps([list(q) for q in level.quarantined]),
         "warnings_json": json.dumps(level.warnings),
+        "level_hash": level.level_hash,
     }
+    attrs.update(level_flags(level, metadata))
     return ShardItem(group=f"{KIND_ROOTS['targets']}/{level.song_id}", datasets=datasets, attrs=attrs,
                      subgroup_attrs=sub_attrs)
+
+
+def level_flags(level: LevelTargets, metadata=None) -> dict:
+    """``automapped`` (bool), ``automap_evidence_json`` and, when ``metadata`` knows the level's hash, its
+    BeatSaver attrs (:func:`mapkit.preprocess.metadata.metadata_attrs`). BeatSaver's flag counts as evidence."""
+    evidence = list(level.automap_evidence)
+    joined = metadata.get(level.level_hash) if metadata is not None else None
+    out = dict(joined or {})
+    if joined and joined["bs_automapper"]:
+        evidence.append(f"BeatSaver map {joined['bs_id']}: automapper (declaredAi {joined['bs_declared_ai']})")
+    out.update(automapped=bool(evidence), automap_evidence_json=json.dumps(evidence))
+    return out
 
 
 def level_results(level: LevelTargets) -> list[ItemResult]:
@@ -733,7 +760,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                   characteristic="Standard", jobs=None, force: bool = False, rebuild_vocab: bool = False,
                   val_fraction: float = 0.1, val_songs=None, seed: int = 0,
                   backend: str = "joblib", scheduler=None, progress: bool = True,
-                  shard_levels: int = DEFAULT_SHARD_LEVELS, shard_bytes: int = DEFAULT_SHARD_BYTES) -> RunReport:
+                  shard_levels: int = DEFAULT_SHARD_LEVELS, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                  metadata=None) -> RunReport:
     """Build the targets of every level under ``input_dir`` into ``store``.
 
     Parameters
@@ -767,6 +795,11 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         tqdm progress bars on stderr.
     shard_levels, shard_bytes : int
         When a shard is full and committed.
+    metadata : path, optional
+        A JSON-lines file of BeatSaver map documents
+        (:mod:`mapkit.preprocess.metadata`), joined on the level hash into the
+        attrs of every level this run writes (stored levels that are skipped
+        keep theirs: add ``force`` to join it to them).
 
     Returns
     -------
@@ -797,6 +830,13 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         raise MapkitError(input_dir, "no levels found (level folders or .zip files with an info file)")
     selection = characteristic_selection(characteristic)
     check_characteristic_present(sources, characteristic, input_dir)
+    meta = None
+    if metadata is not None:
+        from mapkit.preprocess.metadata import read_metadata
+
+        meta = read_metadata(metadata)
+        if meta.warning():
+            print(f"warning: {meta.warning()}", file=sys.stderr)
     force = force or rebuild_vocab
     with store.lock(COMMAND):
         features = store.index("features")
@@ -865,7 +905,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             def write(task, value) -> ItemResult:
                 results = outcome(task, value)
                 if isinstance(value, LevelTargets):
-                    writer.write(level_item(value, vocab, selection, settings.fps))
+                    writer.write(level_item(value, vocab, selection, settings.fps, meta))
                     written_ids.add(task.song_id)
                 per_task[task_of[task.song_id]] = results
                 return summary(results, task)
@@ -929,7 +969,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                                                        file=sys.stderr, disable=not progress) as bar:
                     for _k, offset in spooled:
                         spool.seek(offset)
-                        writer.write(level_item(pickle.load(spool), vocab, selection, settings.fps))
+                        writer.write(level_item(pickle.load(spool), vocab, selection, settings.fps, meta))
                         bar.update(1)
                     if rebuild_vocab:
                         for e in kept_stored:
@@ -953,5 +993,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "rebuild_vocab": rebuild_vocab, "characteristic": selection, "backend": backend,
-                            "vocab_hash": vocab.hash, "vocab_tokens": len(vocab), "stored_levels": len(index)})
+                            "vocab_hash": vocab.hash, "vocab_tokens": len(vocab), "stored_levels": len(index),
+                            "metadata": None if meta is None else {"file": meta.path, "maps": meta.n_maps,
+                                                                   "bad_lines": len(meta.bad_lines)}})
     return report

@@ -237,9 +237,12 @@ def validate_command(store, as_json, no_progress):
 @parallel_options("level", "Redo levels already stored with the same files, audio and settings.")
 @click.option("--shard-levels", type=click.IntRange(min=1), default=256, show_default=True,
               help="Levels per HDF5 shard (a killed run loses at most one shard in progress).")
+@click.option("--metadata", type=click.Path(dir_okay=False), default=None,
+              help="JSON-lines file of BeatSaver map documents (hash, stats, automapper, ranked, tags; .gz ok), "
+                   "joined on the level hash into the written levels' attrs (bs_score, bs_automapper...).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_vocab, val_fraction, val_songs, seed,
-                          song_offset, jobs, force, backend, scheduler, shard_levels, no_progress):
+                          song_offset, jobs, force, backend, scheduler, shard_levels, metadata, no_progress):
     """Levels -> per-frame classes and state-token sequences in the store's HDF5 shards.
 
     INPUT is a folder of level folders and/or .zip files (the same folder as
@@ -257,6 +260,7 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
     Example:
       mapkit extract CustomLevels/ && mapkit build-targets CustomLevels/
       mapkit build-targets CustomLevels/ --characteristic all --vocab-size 4000 --rebuild-vocab
+      mapkit build-targets CustomLevels/ --metadata beatsaver-maps.jsonl --force
     """
     from mapkit.build_targets import build_targets
     from mapkit.errors import MapkitError
@@ -267,7 +271,8 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
         report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
                                force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
                                val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
-                               scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels)
+                               scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels,
+                               metadata=metadata)
     except MapkitError as e:
         fail(str(e))
     click.echo(report.summary(unit="items"), err=True)
@@ -296,6 +301,10 @@ def _train_options(f):
                      help="Steps between checkpoints (OUT/last.pt; also written at the end)."),
         click.option("--difficulty", "difficulties", multiple=True,
                      help="Train on these difficulties only (repeatable; default all)."),
+        click.option("--exclude-automapped", is_flag=True, default=None,
+                     help="Leave out levels flagged automapped (info-file rules or BeatSaver's flag)."),
+        click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=None,
+                     help="Keep only levels whose BeatSaver score (build-targets --metadata) is at least this."),
         click.option("--characteristic", default="Standard", show_default=True, help="Characteristic to train on."),
         click.option("--val-song", "val_songs", multiple=True,
                      help="Validation song id (repeatable; overrides --val-fraction)."),
@@ -325,6 +334,7 @@ def _train_config_kwargs(kw: dict) -> dict:
                 warmup_steps=kw["warmup_steps"], grad_clip=kw["grad_clip"], seed=kw["seed"],
                 val_fraction=kw["val_fraction"], val_songs=tuple(kw["val_songs"]) or None,
                 characteristic=kw["characteristic"], difficulties=tuple(kw["difficulties"]) or None,
+                min_score=kw["min_score"], exclude_automapped=kw["exclude_automapped"] or None,
                 checkpoint_every=kw["checkpoint_every"], eval_every=kw["eval_every"], log_every=kw["log_every"])
 
 

@@ -70,6 +70,8 @@ class TrainConfig(_Settings):
     ``max_steps`` and ``epochs``: training stops at whichever comes first
     (None = no limit from that one; at least one must be set).
     ``val_songs`` (explicit validation songs) overrides ``val_fraction``.
+    ``min_score``/``exclude_automapped`` leave levels out before the split
+    (:mod:`mapkit.datasets.filters`; None = no filter).
     """
 
     KIND = "train"
@@ -87,6 +89,8 @@ class TrainConfig(_Settings):
     val_songs: tuple | None = None
     characteristic: str = "Standard"
     difficulties: tuple | None = None
+    min_score: float | None = None
+    exclude_automapped: bool | None = None
     checkpoint_every: int = 1000
     eval_every: int = 1000
     log_every: int = 50
@@ -636,9 +640,17 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
 
         stats = store.read_stats()
         features_index = store.index("features")
-        song_ids = set(features_index) & set(store.index("targets"))
+        targets_index = store.index("targets")
+        song_ids = set(features_index) & set(targets_index)
         if not song_ids:
             raise TrainingError(store.root, "no song has both features and targets")
+        if config.min_score is not None or config.exclude_automapped:
+            from mapkit.datasets.filters import filter_songs
+
+            song_ids, left_out = filter_songs(targets_index, song_ids, config.min_score, config.exclude_automapped)
+            if not song_ids:
+                raise TrainingError(store.root, f"the filters leave no song ({len(left_out)} left out, e.g. "
+                                                f"{next(iter(left_out.items()), ('', ''))[1]})")
         # by group: two encodes of one song never sit on both sides
         groups = song_groups(features_index)
         train_songs, val_songs = split_by_song(song_ids, config.val_fraction, config.seed, config.val_songs, groups)
