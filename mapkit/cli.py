@@ -90,6 +90,8 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
     skipped, so an interrupted run is finished by running it again. A song
     that cannot be read is reported (STORE/reports/) and skipped; the exit
     code is then 2. stats.json (per-band mean/std) is updated at the end.
+    Each song is fingerprinted (Chromaprint) and given a group_id shared with
+    its other encodes and copies; training splits by group (docs/store.md).
 
     \b
     Example:

@@ -10,9 +10,17 @@ One run (:func:`extract`):
    hashes the audio file, which is cheap, and computes nothing else);
    ``force=True`` computes and stores them again (the new copy, in a newer
    shard, wins: see :mod:`mapkit.datasets.store`);
-4. compute features in workers (:func:`mapkit.preprocess.features.song_features`)
-   and write them in this process into new shards;
-5. recompute ``stats.json`` from the stored songs and write the run's report.
+4. compute features in workers (:func:`mapkit.preprocess.features.song_features`),
+   with each song's Chromaprint fingerprint from the samples already decoded
+   (:mod:`mapkit.preprocess.fingerprint`), and write them in this process
+   into new shards, each song with its ``group_id``
+   (:class:`mapkit.datasets.groups.GroupAssigner`: the songs it matches by
+   identical audio or fingerprint, among the stored ones and those written
+   before it);
+5. when a new song joined two groups, store the absorbed group's songs again
+   (newer shard) with the surviving group id;
+6. recompute ``stats.json`` from the stored songs and write the run's report
+   (its ``grouping`` says which songs matched which, and how).
 
 Settings are never mixed: when the store already holds features made with
 other settings (another settings hash), the run refuses with a

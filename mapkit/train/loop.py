@@ -651,6 +651,11 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
             if not song_ids:
                 raise TrainingError(store.root, f"the filters leave no song ({len(left_out)} left out, e.g. "
                                                 f"{next(iter(left_out.items()), ('', ''))[1]})")
+            if left_out and dist_info.main:
+                import sys
+
+                print(f"{len(left_out)} levels left out by the filters (e.g. {next(iter(sorted(left_out.items())))})",
+                      file=sys.stderr)
         # by group: two encodes of one song never sit on both sides
         groups = song_groups(features_index)
         train_songs, val_songs = split_by_song(song_ids, config.val_fraction, config.seed, config.val_songs, groups)
