@@ -228,7 +228,10 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
         writer = ShardWriter(store.features_dir, shard_file_attrs("features", settings),
                              max_items=shard_songs, max_bytes=shard_bytes)
 
-        assigner = GroupAssigner(stored_groups(index))
+        stored = stored_groups(index)
+        assigner = GroupAssigner(stored)
+        redone = {t.song_id for t in tasks} if force else set()
+        unprinted = sorted(sid for sid, (_g, _sha, fp) in stored.items() if fp is None and sid not in redone)
         written_groups: dict = {}
         no_fingerprint: set = set()
 
@@ -253,6 +256,10 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
                 for sid, group in sorted(regroup.items()):
                     rewriter.write(regrouped_item(index[sid], group))
         note = grouping_note(no_fingerprint)
+        if unprinted:
+            old = (f"{len(unprinted)} stored songs have no fingerprint (e.g. {unprinted[0]}): they match other "
+                   f"songs only by identical audio; extract them again with --force to fingerprint them")
+            note = f"{note}; {old}" if note else old
         if note:
             print(f"warning: {note}", file=sys.stderr)
         index = store.index("features")

@@ -150,3 +150,10 @@ def test_without_chromaprint_groups_identical_audio_only_and_says_so(tmp_path, c
         assert "chromaprint" not in f[index["one"].group]
     err = capsys.readouterr().err
     assert "grouped only with byte-identical audio" in err and "unavailable (test)" in err
+
+    # with the library back, a later run says which stored songs still lack a fingerprint
+    monkeypatch.undo()
+    if chromaprint_problem() is None:
+        shutil.copy(songs["second"], inp / "second.ogg")
+        extract(inp, tmp_path / "store", jobs=1, progress=False)
+        assert "3 stored songs have no fingerprint" in capsys.readouterr().err
