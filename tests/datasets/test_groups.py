@@ -20,7 +20,7 @@ REAL = [SONGS / "muldjord/armygeddon/song.ogg", SONGS / "sectoid/Metal madness/s
 needs_chromaprint = pytest.mark.skipif(chromaprint_problem() is not None, reason=str(chromaprint_problem()))
 
 
-EXCERPT_S = 40.0
+EXCERPT_S = 25.0
 
 
 def reencode(src: Path, dst: Path, sr_out: int = 32000, trim_s: float = 2.0, quality: float = 0.1) -> Path:
@@ -33,8 +33,8 @@ def reencode(src: Path, dst: Path, sr_out: int = 32000, trim_s: float = 2.0, qua
 
 @pytest.fixture(scope="module")
 def songs(tmp_path_factory):
-    """Four Ogg files: 40 s of a real song (44.1 kHz, Vorbis q 0.6), the same re-encoded at 32 kHz,
-    Vorbis q 0.1 (about 50 kbit/s) with its first 2 s cut, and 40 s of two other songs. Debian's
+    """Four Ogg files: 25 s of a real song (44.1 kHz, Vorbis q 0.6), the same re-encoded at 32 kHz,
+    Vorbis q 0.1 (about 50 kbit/s) with its first 2 s cut, and 25 s of two other songs. Debian's
     fretsonfire music, or generated music-like audio when it is not installed."""
     d = tmp_path_factory.mktemp("songs")
     if all(p.is_file() for p in REAL):
@@ -124,10 +124,27 @@ def test_extract_stores_fingerprints_and_groups(tmp_path, capsys, songs):
         train, val = training_songs(set(index), 0.4, seed, groups=groups)
         assert {"original", "reencoded"} <= set(train) or {"original", "reencoded"} <= set(val)
 
-    # a later run: a second copy of the re-encode joins the stored group without touching it
+    # a later run: a second copy of the re-encode joins the stored group without touching it, and a
+    # medley holding the original and the second song joins their groups: the second song is stored
+    # again (newer shard, same features) with the group id that sorts first
     shutil.copy(inp / "reencoded.ogg", inp / "copy.ogg")
-    extract(inp, tmp_path / "store", jobs=1, progress=False)
-    assert song_groups(Store(tmp_path / "store").index("features"))["copy"] == "original"
+    (ya, sr), (yb, _) = decode_audio(songs["original"]), decode_audio(songs["second"])
+    (inp / "medley.ogg").write_bytes(encode_ogg_vorbis(np.concatenate([ya, yb])[:, None], sr, quality=0.6))
+    with open_shard(index["second"].shard) as f:
+        second_before = f[index["second"].group]["placement"][()]
+    report = extract(inp, tmp_path / "store", jobs=1, progress=False)
+    after = Store(tmp_path / "store").index("features")
+    groups = song_groups(after)
+    assert groups["copy"] == groups["medley"] == groups["second"] == "original" and groups["third"] == "third"
+    assert after["second"].shard != index["second"].shard and after["original"].shard == index["original"].shard
+    with open_shard(after["second"].shard) as f:
+        np.testing.assert_array_equal(f[after["second"].group]["placement"][()], second_before)
+        assert f[after["second"].group]["chromaprint"].dtype == np.uint32
+    import json
+
+    grouping = json.loads(report.report_path.read_text())["grouping"]
+    assert grouping["regrouped"] == {"second": "original"}
+    assert {"original", "second", "reencoded"} <= {other for other, _how in grouping["matches"]["medley"]}
 
 
 def test_without_chromaprint_groups_identical_audio_only_and_says_so(tmp_path, capsys, monkeypatch, songs):
