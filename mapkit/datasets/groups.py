@@ -19,11 +19,13 @@ they are (a group is never split: over-grouping only makes the split more
 conservative).
 
 **Finding candidates** without comparing every pair: each fingerprint's
-distinct keys (an item's top ``key_bits`` bits) go into an inverted index
-(sorted arrays, rebuilt in batches); a stored song is compared in full only
-when it shares at least ``min_shared_keys`` keys with the new one. Two
-unrelated 3-minute songs share about 2 keys of 20 bits by chance; two
-encodes of one song share hundreds.
+distinct keys (an item's top ``INDEX_KEY_BITS`` bits) go into an inverted
+index (:class:`FingerprintIndex`); a stored song is compared in full only
+when it shares at least ``MIN_SHARED_KEYS`` keys with the new one. Two
+unrelated 3-minute songs share about 0.1 keys of 24 bits by chance; two
+encodes of one song share hundreds (at a bit error rate of 3 %, a third of
+their items keep all 24 bits). Measured: assigning 16,000 songs of
+unrelated content costs about 4 ms of CPU per song in the writing process.
 
 Without libchromaprint, songs are grouped by ``audio_sha256`` only and every
 song records why (``chromaprint_error``); ``extract`` says so on stderr.
@@ -35,38 +37,54 @@ import numpy as np
 
 from mapkit.preprocess.fingerprint import MatchRule, match_fingerprints
 
+#: Bits of an item that make its key in the candidate index (more bits: fewer chance collisions).
+INDEX_KEY_BITS = 24
 #: A stored song is compared in full only when it shares this many distinct keys with the new one.
 MIN_SHARED_KEYS = 8
-#: New fingerprints wait in a small list until this many, then the sorted index is rebuilt.
-REBUILD_EVERY = 256
 
 
 class FingerprintIndex:
-    """Inverted index of fingerprint keys -> songs, for finding match candidates in about linear time."""
+    """Inverted index of fingerprint keys -> songs, for finding match candidates in about linear time.
+
+    A key is an item's top ``INDEX_KEY_BITS`` bits. The index is a few sorted
+    runs of ``(key, song)`` pairs whose sizes are distinct powers of two
+    (a log-structured merge: adding a song makes a run of one and merges
+    runs of equal size), so adding n songs costs O(n log^2 n) in numpy and
+    a query searches O(log n) runs.
+    """
 
     def __init__(self, rule: MatchRule = MatchRule()):
         self.rule = rule
         self.ids: list[str] = []
         self.fingerprints: list[np.ndarray] = []
         self.alive: list[bool] = []
-        self._keys = np.zeros(0, np.int64)
-        self._owner = np.zeros(0, np.int64)
-        self._pending: list[int] = []
+        self._runs: list[tuple[np.ndarray, np.ndarray, int]] = []  # (sorted keys, owners, songs in run)
         self._pos: dict[str, int] = {}
 
-    def _song_keys(self, fp: np.ndarray) -> np.ndarray:
-        return np.unique(np.asarray(fp, np.uint32) >> np.uint32(32 - self.rule.key_bits)).astype(np.int64)
+    @staticmethod
+    def _song_keys(fp: np.ndarray) -> np.ndarray:
+        return np.unique(np.asarray(fp, np.uint32) >> np.uint32(32 - INDEX_KEY_BITS))
+
+    def position(self, song_id: str) -> int | None:
+        """The index position of ``song_id`` (its fingerprint is ``fingerprints[position]``), or None."""
+        return self._pos.get(song_id)
 
     def add(self, song_id: str, fp: np.ndarray) -> None:
         """Index ``fp`` under ``song_id`` (replacing an earlier fingerprint of that song)."""
         self.remove(song_id)
-        self._pos[song_id] = len(self.ids)
+        k = len(self.ids)
+        self._pos[song_id] = k
         self.ids.append(song_id)
         self.fingerprints.append(np.asarray(fp, np.uint32))
         self.alive.append(True)
-        self._pending.append(len(self.ids) - 1)
-        if len(self._pending) >= REBUILD_EVERY:
-            self._rebuild()
+        keys = self._song_keys(fp)
+        run = (keys, np.full(len(keys), k, np.int64), 1)
+        while self._runs and self._runs[-1][2] <= run[2]:
+            keys0, owner0, n0 = self._runs.pop()
+            keys = np.concatenate([keys0, run[0]])
+            order = np.argsort(keys, kind="stable")
+            run = (keys[order], np.concatenate([owner0, run[1]])[order], n0 + run[2])
+        self._runs.append(run)
 
     def remove(self, song_id: str) -> None:
         """Forget ``song_id`` (e.g. before its re-extracted audio is indexed)."""
@@ -74,26 +92,22 @@ class FingerprintIndex:
         if k is not None:
             self.alive[k] = False
 
-    def _rebuild(self) -> None:
-        parts = [self._song_keys(self.fingerprints[k]) for k in range(len(self.ids))]
-        owner = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
-        keys = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        order = np.argsort(keys, kind="stable")
-        self._keys, self._owner, self._pending = keys[order], owner[order], []
-
     def candidates(self, fp: np.ndarray, min_shared: int = MIN_SHARED_KEYS) -> list[str]:
         """Indexed songs sharing at least ``min_shared`` distinct keys with ``fp``, most shared first."""
         q = self._song_keys(fp)
-        counts = np.zeros(len(self.ids), np.int64)
-        lo, hi = np.searchsorted(self._keys, q, "left"), np.searchsorted(self._keys, q, "right")
-        n = hi - lo
-        if n.sum():
-            starts = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(n.sum())
-            counts += np.bincount(self._owner[starts], minlength=len(self.ids))
-        for k in self._pending:
-            counts[k] += len(np.intersect1d(q, self._song_keys(self.fingerprints[k]), assume_unique=True))
-        order = np.argsort(-counts, kind="stable")
-        return [self.ids[k] for k in order if counts[k] >= min_shared and self.alive[k]]
+        hits = []
+        for keys, owner, _n in self._runs:
+            lo, hi = np.searchsorted(keys, q, "left"), np.searchsorted(keys, q, "right")
+            n = hi - lo
+            total = int(n.sum())
+            if total:
+                hits.append(owner[np.repeat(lo - np.cumsum(n) + n, n) + np.arange(total)])
+        if not hits:
+            return []
+        songs, counts = np.unique(np.concatenate(hits), return_counts=True)
+        keep = counts >= min_shared
+        songs, counts = songs[keep], counts[keep]
+        return [self.ids[k] for k in songs[np.argsort(-counts, kind="stable")] if self.alive[k]]
 
 
 class GroupAssigner:
@@ -144,7 +158,7 @@ class GroupAssigner:
         found = [(other, "same audio") for other in sorted(self.by_sha.get(audio_sha256, ()))]
         if fp is not None and len(fp):
             for other in self.index.candidates(fp):
-                m = match_fingerprints(fp, self.index.fingerprints[self.index._pos[other]], self.rule)
+                m = match_fingerprints(fp, self.index.fingerprints[self.index.position(other)], self.rule)
                 if m is not None and m.matched:
                     found.append((other, m))
         self.matches[song_id] = found
