@@ -71,7 +71,8 @@ import numpy as np
 
 from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
 from mapkit.datasets.split import grouping_record, song_groups
-from mapkit.datasets.store import KIND_ROOTS, ShardItem, ShardWriter, Store, shard_file_attrs, write_json_atomic
+from mapkit.datasets.store import (KIND_ROOTS, ShardItem, ShardWriter, Store, os_error_reason, shard_file_attrs,
+                                   write_json_atomic)
 from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
 from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, song_end_beat, token_sequence
@@ -476,12 +477,82 @@ def level_results(level: LevelTargets) -> list[ItemResult]:
     return out
 
 
+def listed_difficulties(value):
+    """The ``Characteristic/Difficulty`` names of a level's ``difficulties_json`` attribute, or None when garbage.
+
+    Anything but a JSON list of strings with one ``/`` each is garbage (a
+    damaged store: ``mapkit validate`` names it, build-targets redoes the level).
+    """
+    try:
+        names = json.loads(value.decode() if isinstance(value, bytes) else str(value))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.count("/") == 1 for n in names):
+        return None
+    return names
+
+
+def listed_quarantine(value):
+    """The ``[item, reason]`` pairs of a level's ``quarantined_json`` attribute, or None when garbage."""
+    try:
+        pairs = json.loads(value.decode() if isinstance(value, bytes) else str(value))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+                                              for p in pairs):
+        return None
+    return pairs
+
+
+def intact_levels(entries) -> set:
+    """Song ids of the stored levels (targets :class:`Entry` objects) that hold what they list.
+
+    A level is intact when its ``difficulties_json`` reads and every
+    difficulty group it lists is there with every dataset. Only intact levels
+    may be skipped as "already present": a level whose group was deleted, or
+    whose list is garbage, is built again (what validate would call missing is
+    restored). Each shard is opened once.
+    """
+    import h5py
+
+    from mapkit.datasets.store import open_shard
+
+    by_shard: dict = {}
+    for e in entries:
+        by_shard.setdefault(e.shard, []).append(e)
+    intact = set()
+    for shard, shard_entries in by_shard.items():
+        try:
+            f = open_shard(shard, features=False)
+        except OSError:
+            continue
+        with f:
+            for e in shard_entries:
+                names = listed_difficulties(e.attrs.get("difficulties_json", ""))
+                if names is None or listed_quarantine(e.attrs.get("quarantined_json", "")) is None:
+                    continue
+                g = f[e.group]
+                if all(isinstance(g.get(name), h5py.Group) and all(k in g[name] for k in DIFFICULTY_DATASETS)
+                       for name in names):
+                    intact.add(e.song_id)
+    return intact
+
+
+def _stored_difficulties(entry) -> list:
+    """The difficulty groups a stored level lists; a StoreError naming it when the list is garbage."""
+    names = listed_difficulties(entry.attrs.get("difficulties_json", ""))
+    if names is None:
+        raise StoreError(entry.shard, f"stored level {entry.song_id} is damaged (difficulties_json is not a list "
+                                      "of difficulties): run mapkit build-targets on its level to rebuild it")
+    return names
+
+
 def stored_level_results(entry, source: str) -> list[ItemResult]:
     """Report items of a level skipped because it is stored: its difficulties, and what was quarantined."""
     out = [ItemResult(f"{entry.song_id}/{name}", source, "skipped", "already present (same level, audio and settings)")
-           for name in json.loads(entry.attrs.get("difficulties_json", "[]"))]
+           for name in _stored_difficulties(entry)]
     out += [ItemResult(name, source, "quarantined", reason)
-            for name, reason in json.loads(entry.attrs.get("quarantined_json", "[]"))]
+            for name, reason in listed_quarantine(entry.attrs.get("quarantined_json", "[]")) or []]
     if not out:
         out.append(ItemResult(entry.song_id, source, "skipped", "already present (same level, audio and settings)"))
     return out
@@ -495,7 +566,7 @@ def reencode_stored(entry, vocab: Vocabulary) -> ShardItem:
     with open_shard(entry.shard, features=False) as f:
         g = f[entry.group]
         attrs = {k: v for k, v in g.attrs.items()}
-        for name in json.loads(entry.attrs.get("difficulties_json", "[]")):
+        for name in _stored_difficulties(entry):
             dg = g[name]
             arrays = {k: dg[k][()] for k in DIFFICULTY_DATASETS}
             tokens = arrays["tokens"].copy()
@@ -515,7 +586,7 @@ def stored_state_counts(entry, counts: Counter) -> None:
 
     with open_shard(entry.shard, features=False) as f:
         g = f[entry.group]
-        for name in json.loads(entry.attrs.get("difficulties_json", "[]")):
+        for name in _stored_difficulties(entry):
             states = g[name]["states"][()]
             if len(states):
                 _count_state_array(states, counts)
@@ -853,6 +924,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             vocab = loaded[0]
             check_vocab(targets, vocab, loaded[1], settings, store)
 
+        intact = intact_levels(targets[s.song_id] for s in sources if s.song_id in targets) if not force else set()
         early: dict[int, list[ItemResult]] = {}  # source index -> results decided before any work
         tasks, task_pos, fps_cache = [], [], {}
         for i, s in enumerate(sources):
@@ -869,7 +941,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             audio_sha, fhash = str(f.attrs.get("audio_sha256", "")), f.settings_hash
             known = None
             t = targets.get(s.song_id)
-            if (not force and vocab is not None and t is not None and t.settings_hash == settings.hash
+            if (not force and vocab is not None and t is not None and t.song_id in intact
+                    and t.settings_hash == settings.hash
                     and same_selection(t, selection)
                     and t.attrs.get("audio_sha256") == audio_sha and t.attrs.get("features_settings_hash") == fhash
                     and (t.file_attrs.get("vocab_hash") == vocab.hash or not vocab_bound(t))):
@@ -924,7 +997,10 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                     per_task[k] = results
                     if isinstance(value, LevelTargets):
                         spooled.append((k, spool.tell()))
-                        pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                        try:
+                            pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                        except OSError as e:  # e.g. a full disk: the run stops, nothing was written yet
+                            raise StoreError(store.root, f"cannot spool levels: {os_error_reason(e)}") from None
                         written_ids.add(task.song_id)
                     return summary(results, task)
 
@@ -957,16 +1033,21 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                                          f"no vocab.json, and the vocabulary counted now (hash {vocab.hash}) is "
                                          f"not the one of the stored targets (hash {', '.join(stale)}); add "
                                          f"--rebuild-vocab to re-encode every stored level")
-                if counts:  # an empty vocabulary would turn every later level into UNK: never saved
-                    write_json_atomic(store.vocab_path, vocab_document(
-                        vocab, counts, settings, n_counted, counted_songs=train, val_songs=val,
-                        val_fraction=None if val_songs is not None else val_fraction, seed=seed,
-                        grouping=grouping_record(groups, split_ids)))
+                # an empty vocabulary would turn every later level into UNK: never saved
+                document = vocab_document(vocab, counts, settings, n_counted, counted_songs=train, val_songs=val,
+                                          val_fraction=None if val_songs is not None else val_fraction,
+                                          seed=seed, grouping=grouping_record(groups, split_ids)) if counts else None
+                if document is not None and not rebuild_vocab:
+                    write_json_atomic(store.vocab_path, document)
                 n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
                 from tqdm import tqdm
 
-                with new_writer(vocab) as writer, tqdm(total=n_write, desc=f"{COMMAND} write", unit="level",
-                                                       file=sys.stderr, disable=not progress) as bar:
+                # --rebuild-vocab: the new shards stay partial files until vocab.json and they are published
+                # together, and the old shards deleted, in one commit (Store.commit_rebuild)
+                writer = new_writer(vocab)
+                writer.publish = not rebuild_vocab
+                with writer, tqdm(total=n_write, desc=f"{COMMAND} write", unit="level",
+                                  file=sys.stderr, disable=not progress) as bar:
                     for _k, offset in spooled:
                         spool.seek(offset)
                         writer.write(level_item(pickle.load(spool), vocab, selection, settings.fps, meta))
@@ -976,9 +1057,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                             writer.write(reencode_stored(e, vocab))
                             bar.update(1)
                 if rebuild_vocab:
-                    # every level they held is now in a newer shard, encoded with the new vocabulary
-                    for old in targets.shards:
-                        old.unlink()
+                    # every level the old shards held is now in a newer shard, encoded with the new vocabulary
+                    store.commit_rebuild(document, writer.pending, targets.shards)
 
         items: list[ItemResult] = []
         pos_of_task = {i: k for k, i in enumerate(task_pos)}

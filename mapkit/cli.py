@@ -4,14 +4,20 @@ Each command parses its arguments and calls one function of the library that
 does the work (and can be called from Python). Heavy libraries (librosa,
 torch) are imported inside the commands, so ``mapkit --help`` starts fast.
 
-Exit codes: 0 success; 1 failure (unreadable input, validation failed, bad
-usage of the store); 2 the run finished but skipped or quarantined some items
-(details in the store's ``reports/``).
+Exit codes (:data:`EXIT_CODES`, the same for every command, listed in every
+``--help``): 0 success; 1 the run could not proceed (unreadable input, a store
+on bad ground, a locked store) or validation failed; 2 the run finished but
+skipped, failed or quarantined some items (details in the store's
+``reports/``); 64 bad usage of the command line (unknown option, missing or
+invalid argument: sysexits' ``EX_USAGE``), so a script can tell a typo from a
+partial run.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
+from contextlib import contextmanager
 
 import click
 
@@ -19,9 +25,70 @@ from mapkit import __version__
 
 DEFAULT_STORE = "./mapkit-data"
 
+#: Exit codes of every command.
+EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
+EXIT_CODES = {EXIT_OK: "success",
+              EXIT_FAILED: "could not proceed, or validation failed (message on stderr)",
+              EXIT_PARTIAL: "finished, but some items failed or were quarantined (see STORE/reports/)",
+              EXIT_USAGE: "bad usage: unknown option, missing or invalid argument"}
+
+
+#: OSErrors that say the disk or folder cannot be written, whatever the file: reported in one line.
+_GROUND_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+@contextmanager
+def _usage_exit_code():
+    """Give click's usage errors (exit 2 by default) :data:`EXIT_USAGE` instead: 2 means a partial run here."""
+    try:
+        yield
+    except click.UsageError as e:
+        e.exit_code = EXIT_USAGE
+        raise
+
+
+def _format_exit_codes(formatter):
+    with formatter.section("Exit codes"):
+        formatter.write_dl([(str(code), what) for code, what in EXIT_CODES.items()])
+
+
+class MapkitCommand(click.Command):
+    """A command whose ``--help`` ends with the exit codes."""
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        _format_exit_codes(formatter)
+
+
+class MapkitGroup(click.Group):
+    """The ``mapkit`` group: usage errors exit :data:`EXIT_USAGE`; every ``--help`` lists the exit codes."""
+
+    command_class = MapkitCommand
+    group_class = type  # subgroups (``train``) are MapkitGroups too
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _usage_exit_code():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with _usage_exit_code():
+            try:
+                return super().invoke(ctx)
+            except OSError as e:
+                # the ground itself fails (full disk, read-only, not ours) somewhere not named: one line, exit 1
+                if e.errno not in _GROUND_ERRNOS:
+                    raise
+                from mapkit.datasets.store import os_error_reason
+
+                fail(f"{e.filename}: {os_error_reason(e)}" if e.filename else os_error_reason(e))
+
+    def format_epilog(self, ctx, formatter):
+        super().format_epilog(ctx, formatter)
+        _format_exit_codes(formatter)
+
 store_option = click.option(
     "--store",
-    type=click.Path(file_okay=False),
+    type=click.Path(),  # a file there is the library's error (exit 1, naming it), not a usage error
     default=DEFAULT_STORE,
     envvar="MAPKIT_STORE",
     show_default=True,
@@ -56,7 +123,7 @@ def fail(message: str, code: int = 1):
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=MapkitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mapkit")
 def main():
     """mapkit: Beat Saber levels -> aligned training tensors in HDF5 -> a two-stage level generator.
@@ -126,7 +193,7 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     difficulty: file version (declared and from the keys), tempo map, note
     and bomb counts, notes dropped by reason, quarantine reason. An
     unreadable level is reported on stderr (file and reason), the others
-    are still shown, and the exit code is 1.
+    are still shown, and the exit code is 2 (1 when no level could be read).
 
     \b
     Example:
@@ -137,14 +204,15 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     from mapkit.settings import TargetSettings
 
     settings = TargetSettings(song_offset=song_offset)
-    failed = 0
+    failed = shown = 0
     for result in inspect_levels(levels, settings=settings, as_json=as_json, characteristic=characteristic):
         if result.error is not None:
             failed += 1
             click.echo(f"error: {result.error}", err=True)
         else:
+            shown += 1
             click.echo(result.text)
-    sys.exit(1 if failed else 0)
+    sys.exit(EXIT_OK if not failed else EXIT_PARTIAL if shown else EXIT_FAILED)
 
 
 @main.command("demo", short_help="Write a deterministic demo set of levels.")
@@ -185,8 +253,9 @@ def demo_command(out_dir, n_levels, duration_s, seed, no_songs, no_progress):
 @main.command("validate", short_help="Check every invariant of a store.")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
+@click.option("--quick", is_flag=True, help="Skip the checksums of the stored bytes (every other check runs).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def validate_command(store, as_json, no_progress):
+def validate_command(store, as_json, quick, no_progress):
     """Check every length, alignment and vocabulary invariant of a store.
 
     Per song: feature rows = T + pads in both stages, T from the sample
@@ -197,20 +266,25 @@ def validate_command(store, as_json, no_progress):
     in place), token frames and gaps equal to those recomputed from the
     notes; tempo map finite, monotone, continuous and timing the notes.
     Per store: every shard readable, one settings hash, the vocabulary
-    hash, no targets without features. Every failure names
-    the song or level, the check and the numbers. Streams: memory does not
-    grow with the store. Exit code 0 when clean, 1 when any check fails.
+    hash, no targets without features. Checksums: every dataset's bytes and
+    every group's attributes are what the writer wrote (moved, reordered or
+    edited data fails; --quick skips this). Structure: no group, dataset or
+    difficulty the contract does not name, none missing that a level lists.
+    Every failure names the song or level, the check and the numbers.
+    Streams: memory does not grow with the store. Exit code 0 when clean, 1
+    when any check fails or a run is writing the store.
 
     \b
     Example:
       mapkit validate --store data/
+      mapkit validate --store data/ --quick
       mapkit validate --store data/ --json > validation.json
     """
     import json
 
     from mapkit.datasets.validation import validate_store
 
-    report = validate_store(store, progress=not no_progress and not as_json)
+    report = validate_store(store, progress=not no_progress and not as_json, checksums=not quick)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:
@@ -464,8 +538,12 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Torch CPU threads. 1 is fastest on small CPUs: decoding is a long chain of small steps.")
+@click.option("--evaluate", "evaluate_level", is_flag=True,
+              help="Print the generated level's metrics (as mapkit evaluate does).")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+              help="With --evaluate: human baseline JSON (mapkit evaluate --save-baseline) for percentiles.")
 def generate_command(song, placement, selection, difficulty, out_dir, beam_size, temperature, seed, threshold,
-                     no_snap, device, threads):
+                     no_snap, device, threads, evaluate_level, baseline):
     """Generate a playable level for SONG with the two trained models.
 
     SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
@@ -481,6 +559,7 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
       mapkit generate song.ogg
       mapkit generate song.ogg --difficulty Hard --out levels/ --beam-size 4
       mapkit generate song.ogg --temperature 0.8 --seed 3 --no-snap
+      mapkit generate song.ogg --evaluate --baseline human.json
     """
     import torch
 
@@ -489,12 +568,91 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
 
     torch.set_num_threads(threads)
     try:
+        human = None
+        if baseline is not None:
+            from mapkit.evaluate import load_baseline
+
+            human = load_baseline(baseline)  # before generating: a bad file fails fast
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
                          beam_size=beam_size, temperature=temperature, seed=seed, threshold=threshold,
                          snap=not no_snap, out_dir=out_dir)
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())
+    if evaluate_level or baseline is not None:
+        from mapkit.evaluate import evaluate_generated, format_table
+
+        click.echo(format_table(evaluate_generated(level, human, baseline)))
     for warning in level.warnings:
         click.echo(f"warning: {warning}", err=True)
     sys.exit(2 if level.warnings else 0)
+
+
+# --- evaluate: objective metrics of levels against human baselines ---
+
+
+@main.command("evaluate", short_help="Objective metrics of levels, placed among human levels.")
+@click.argument("levels", metavar="[LEVEL]...", nargs=-1, type=click.Path())
+@click.option("--reference", type=click.Path(), default=None,
+              help="A level whose same difficulty is the onset reference: onset precision/recall/F1 at +-20 and "
+                   "+-50 ms.")
+@click.option("--baseline", type=click.Path(dir_okay=False), default=None,
+              help="Human baseline JSON (--save-baseline): each metric's human percentile, ! outside 5-95 %.")
+@click.option("--store", type=click.Path(file_okay=False), default=None,
+              help="Evaluate the human levels stored in this store's targets/ (instead of LEVEL...).")
+@click.option("--save-baseline", "save_baseline_to", type=click.Path(dir_okay=False), default=None,
+              help="Write per-difficulty percentiles of every metric over the evaluated levels to this JSON file.")
+@click.option("--difficulty", "difficulties", multiple=True,
+              help="Only this difficulty (repeatable; default all).")
+@click.option("--characteristic", default="Standard", show_default=True,
+              help="Characteristic to evaluate ('all' for every one).")
+@click.option("--json", "as_json", is_flag=True, help="Every figure as one JSON document on stdout.")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None,
+              help="Write one PNG per evaluated difficulty into this folder.")
+@click.option("--no-audio", is_flag=True,
+              help="No alignment metrics: do not decode the songs (their length comes from the audio header), "
+                   "nor read a store's features.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def evaluate_command(levels, reference, baseline, store, save_baseline_to, difficulties, characteristic, as_json,
+                     plot_dir, no_audio, no_progress):
+    """Measure levels (generated or human): timing, density, flow and parity, variety, difficulty.
+
+    Every metric is defined in docs/evaluate.md. LEVEL is a level folder, a
+    .zip or a folder of levels. With --baseline each value gets its
+    percentile among human levels of the same difficulty; build one from a
+    store of human levels with --store S --save-baseline FILE. The songs
+    are decoded (about 1 s each; from a store, its stage-1 features are
+    read) for the alignment of notes to the audio unless --no-audio. Exit codes: 0 all evaluated, 1 nothing could be
+    evaluated (or bad usage), 2 some levels or difficulties could not be
+    (listed on stderr).
+
+    \b
+    Example:
+      mapkit evaluate "CustomLevels/1a2b (Song - Mapper)"
+      mapkit evaluate --store data/ --save-baseline human.json
+      mapkit evaluate mapkit-generated/song-mapkit --baseline human.json --plot plots/
+      mapkit evaluate generated/ --reference "CustomLevels/1a2b (Song - Mapper)" --difficulty Expert --json
+    """
+    import json as json_module
+
+    from mapkit.errors import MapkitError
+    from mapkit.evaluate import evaluate, format_table
+
+    try:
+        report = evaluate(levels, store=store, reference=reference, baseline=baseline,
+                          save_baseline_to=save_baseline_to, difficulties=difficulties,
+                          characteristic=characteristic, audio=not no_audio, plot_dir=plot_dir,
+                          progress=not no_progress)
+    except MapkitError as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json_module.dumps(report.to_json(), allow_nan=False))
+    elif report.items:
+        click.echo(format_table(report))
+    for path, reason in report.failures:
+        click.echo(f"error: {path}: {reason}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if save_baseline_to and report.items:
+        click.echo(f"baseline of {len(report.items)} difficulties written to {save_baseline_to}", err=True)
+    sys.exit(report.exit_code)

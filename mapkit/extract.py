@@ -46,7 +46,7 @@ import numpy as np
 
 from mapkit.datasets.groups import GroupAssigner
 from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
-from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
+from mapkit.datasets.store import (ATTRS_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
                                    shard_file_attrs)
 from mapkit.errors import MapkitError, StoreError
 from mapkit.settings import FeatureSettings
@@ -151,7 +151,7 @@ def regrouped_item(entry, group_id: str) -> ShardItem:
     with open_shard(entry.shard) as f:
         g = f[entry.group]
         datasets = {name: g[name][()] for name in g}
-        attrs = dict(g.attrs.items())
+        attrs = {k: v for k, v in g.attrs.items() if k != ATTRS_CHECKSUM}  # the writer seals them again
     attrs["group_id"] = group_id
     return ShardItem(group=entry.group, datasets=datasets, attrs=attrs)
 
@@ -245,9 +245,14 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
             written_groups[value.song_id] = group
             return ItemResult(task.song_id, task.path, "ok", "" if group == value.song_id else f"group {group}")
 
-        with writer:
-            results = run_items(tasks, functools.partial(extract_one, settings=settings), write, jobs=jobs,
-                                backend=backend, scheduler=scheduler, desc=COMMAND, progress=progress)
+        try:
+            with writer:
+                results = run_items(tasks, functools.partial(extract_one, settings=settings), write, jobs=jobs,
+                                    backend=backend, scheduler=scheduler, desc=COMMAND, progress=progress)
+        except StoreError:  # e.g. a full disk: the shards committed so far stay, and stats.json describes them
+            if writer.committed:
+                store.write_feature_stats()
+            raise
         regroup = assigner.relabelled(written_groups)
         if regroup:  # a new song joined two groups: store the absorbed group's songs again with the new id
             index = store.index("features")

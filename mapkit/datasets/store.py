@@ -26,6 +26,21 @@ Reliability rules, in one place:
   the copy in the highest-numbered shard is the song; older copies are ignored
   by :meth:`Store.index` (and by every mapkit reader) and stay on disk as dead
   bytes. Readers using plain h5py must apply the same rule.
+- **Checksums.** Every dataset carries ``crc32`` (:func:`data_checksum`) and
+  every group of an item, and the shard's root, ``attrs_crc32``
+  (:func:`attrs_checksum`), computed by the parent as it writes;
+  ``mapkit validate`` verifies them.
+- **Bad ground.** A store folder that cannot be made or written (a file in
+  the way, read-only, immutable) is a :class:`~mapkit.errors.StoreError`
+  naming the path and the reason. Disk space is reserved in the shard file
+  before each item (:meth:`ShardWriter.reserve`), so HDF5 never meets a full
+  disk (it would crash): the run stops with :class:`DiskFullError`, the store
+  valid. The lock file and temporary files are opened with ``O_NOFOLLOW``
+  (temporary files and shards with ``O_EXCL`` too): a planted link is never
+  written through.
+- **All or nothing.** ``build-targets --rebuild-vocab`` commits the new
+  ``vocab.json``, its shards and the removal of the old shards through a
+  journal (:meth:`Store.commit_rebuild`), finished by the next writer if killed.
 - **Readers never crash on a bad shard.** :meth:`Store.index` opens every
   complete shard read-only; one that cannot be read is listed in
   ``index.problems`` and its songs are absent from the index.
@@ -38,9 +53,11 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import time
 import re
-from contextlib import contextmanager
+import zlib
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +72,9 @@ KIND_ROOTS = {"features": "songs", "targets": "levels"}
 #: Rows per HDF5 chunk along the time (first) axis.
 CHUNK_ROWS = 1024
 
+#: Journal of a committed ``build-targets --rebuild-vocab`` not yet applied (:meth:`Store.commit_rebuild`).
+REBUILD_JOURNAL = ".rebuild-vocab.json"
+
 SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.h5$")
 PARTIAL_SUFFIX = ".partial"
 
@@ -62,6 +82,109 @@ PARTIAL_SUFFIX = ".partial"
 #: of each song group: ``<stage>_band_sum``, ``<stage>_band_sumsq`` (float64,
 #: the per-band sums over the song's T unpadded frames; the count is ``n_frames``).
 FEATURE_STAGES = ("placement", "selection")
+
+
+#: Attribute of every dataset: :func:`data_checksum` of its values (CRC-32, as an int).
+DATA_CHECKSUM = "crc32"
+#: Attribute of every group of an item and of the shard's root group: :func:`attrs_checksum` of its other attrs.
+ATTRS_CHECKSUM = "attrs_crc32"
+
+#: Disk space reserved in the shard file before each item (:meth:`ShardWriter.reserve`): ``DISK_FACTOR``
+#: times the item's bytes plus ``DISK_MARGIN_BYTES`` for HDF5's own bytes. The unused reserve is trimmed
+#: when the shard is committed.
+DISK_FACTOR = 1.05
+DISK_MARGIN_BYTES = 1 << 20
+
+
+class DiskFullError(StoreError):
+    """The disk has no room for the next item: the run stops cleanly, the store stays valid."""
+
+
+def checksum_start(path: str) -> int:
+    """The CRC-32 state a checksum of the object at HDF5 path ``path`` (e.g. ``/songs/x/placement``) starts from.
+
+    Binding the checksum to the path means a dataset moved or swapped to
+    another song (with its attribute) no longer matches.
+    """
+    return zlib.crc32(path.encode("utf-8") + b"\0")
+
+
+def checksum_update(crc: int, block) -> int:
+    """Continue CRC-32 ``crc`` over the bytes of ``block`` (C order, its dtype's bytes as stored)."""
+    raw = np.ascontiguousarray(block).reshape(-1).view(np.uint8)
+    return zlib.crc32(raw, crc)
+
+
+def data_checksum(path: str, array) -> int:
+    """Checksum of a dataset: ``zlib.crc32(values, zlib.crc32(path + NUL))``.
+
+    ``path`` is the dataset's absolute HDF5 path (``/songs/<song_id>/placement``);
+    ``values`` are the bytes of the array in C order (row blocks concatenated
+    give the same result, so a reader may stream it). Stored as the dataset's
+    :data:`DATA_CHECKSUM` attribute.
+    """
+    return checksum_update(checksum_start(path), np.asarray(array))
+
+
+def _attr_bytes(value) -> bytes:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "surrogateescape")
+    if isinstance(value, str):
+        return b"s" + value.encode("utf-8", "surrogateescape")
+    a = np.asarray(value)
+    if a.dtype.kind == "O":  # arrays of strings
+        return b"o" + repr(a.shape).encode() + b"\0".join(_attr_bytes(v) for v in a.ravel())
+    return b"n" + a.dtype.str.encode() + repr(a.shape).encode() + a.tobytes()
+
+
+def attrs_checksum(attrs, path: str) -> int:
+    """Checksum of an HDF5 object's attributes (all but :data:`ATTRS_CHECKSUM` itself), as read back.
+
+    CRC-32 started by :func:`checksum_start` of the object's path, over each
+    attribute in name order: its name, NUL, its value (a string as ``s`` +
+    UTF-8; a number or array as ``n`` + numpy dtype string + shape + bytes),
+    NUL. A changed, added or removed attribute changes it.
+    """
+    crc = checksum_start(path)
+    for name in sorted(k for k in attrs.keys() if k != ATTRS_CHECKSUM):
+        crc = zlib.crc32(name.encode("utf-8") + b"\0" + _attr_bytes(attrs[name]) + b"\0", crc)
+    return crc
+
+
+def _seal_group_attrs(group):
+    """Set :data:`ATTRS_CHECKSUM` on ``group`` and every group below it (after their attrs are written)."""
+    import h5py
+
+    groups = [group]
+    group.visititems(lambda _name, obj: groups.append(obj) if isinstance(obj, h5py.Group) else None)
+    for g in groups:
+        g.attrs[ATTRS_CHECKSUM] = attrs_checksum(g.attrs, g.name)
+
+
+def _free_bytes(directory) -> int:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def _disk_full(directory, free: int, need: int) -> DiskFullError:
+    return DiskFullError(directory, f"disk full: {free / 2**20:.1f} MiB free, the next item needs "
+                                    f"{need / 2**20:.1f} MiB; the store is left valid: free some space and run "
+                                    "the same command again")
+
+
+def make_folder(path) -> Path:
+    """``mkdir -p path``, or a :class:`~mapkit.errors.StoreError` naming the path and why not."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StoreError(path, "exists and is not a folder") from None
+    except NotADirectoryError:
+        parent = next((p for p in path.parents if p.exists()), None)
+        raise StoreError(path, f"its parent {parent} is a file, not a folder") from None
+    except OSError as e:
+        raise StoreError(path, f"cannot create folder: {os_error_reason(e)}") from None
+    return path
 
 
 def utc_timestamp() -> str:
@@ -87,19 +210,52 @@ def _fsync_dir(directory: Path):
         os.close(fd)
 
 
+def os_error_reason(e: OSError) -> str:
+    """A short human reason for an OSError met on the store (without the path, which the caller names)."""
+    reasons = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted (immutable or not ours)",
+               errno.ENOTDIR: "a parent of it is a file, not a folder",
+               errno.ELOOP: "is a symbolic link (never followed for writing)", errno.EISDIR: "is a folder"}
+    return reasons.get(e.errno) or (e.strerror or f"{type(e).__name__}: {e}")
+
+
+def _open_new_file(path: Path, mode: int = 0o644) -> int:
+    """Create ``path`` for writing with ``O_EXCL | O_NOFOLLOW``: a link there is never followed.
+
+    A leftover of the same name (a killed run of the same pid, or a link
+    planted there) is removed first: ``unlink`` removes a link, not its target.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        path.unlink()
+        return os.open(path, flags, mode)
+
+
 def write_json_atomic(path, obj) -> Path:
     """Write ``obj`` as JSON to ``path`` through a temporary file and a rename.
 
-    A reader sees the old file or the new one, never a half-written one.
+    A reader sees the old file or the new one, never a half-written one. The
+    temporary file is created with ``O_EXCL | O_NOFOLLOW`` (a symbolic link in
+    its place is never followed), and the rename replaces a link at ``path``
+    itself, never its target. An OSError (full disk, read-only folder) becomes
+    a :class:`~mapkit.errors.StoreError` naming ``path``; the old file stays.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(_open_new_file(tmp), "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with suppress(OSError):
+            tmp.unlink()
+        raise StoreError(path, f"cannot write: {os_error_reason(e)}") from None
     return path
 
 
@@ -159,7 +315,7 @@ class ShardWriter:
     """
 
     def __init__(self, directory, file_attrs: dict, max_items: int = 64, max_bytes: int = 1 << 30,
-                 chunk_rows: int = CHUNK_ROWS):
+                 chunk_rows: int = CHUNK_ROWS, publish: bool = True):
         if max_items < 1 or max_bytes < 1 or chunk_rows < 1:
             raise ValueError("max_items, max_bytes and chunk_rows must be positive")
         self.directory = Path(directory)
@@ -168,12 +324,17 @@ class ShardWriter:
         self.max_bytes = int(max_bytes)
         self.chunk_rows = int(chunk_rows)
         self._file = None
+        self._reserve_fd: int | None = None
         self._partial: Path | None = None
         self._final: Path | None = None
         self._items = 0
         self._bytes = 0
         #: Complete shards committed by this writer, in order.
         self.committed: list[Path] = []
+        #: False: complete shards stay ``.partial`` (closed and fsynced) in :attr:`pending` as
+        #: ``(partial, final)``, for the caller to publish all at once (:meth:`Store.commit_rebuild`).
+        self.publish = publish
+        self.pending: list[tuple[Path, Path]] = []
 
     def _next_number(self) -> int:
         numbers = [n for n in (_shard_number(p.name) for p in self.directory.iterdir()) if n is not None]
@@ -182,28 +343,77 @@ class ShardWriter:
     def _open(self):
         import h5py
 
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_folder(self.directory)
         number = self._next_number()
         self._final = self.directory / shard_name(number)
         self._partial = self._final.with_name(self._final.name + PARTIAL_SUFFIX)
-        self._file = h5py.File(self._partial, "w")
+        # "x": HDF5 creates the file with O_CREAT | O_EXCL, so a link in its place is never followed
+        try:
+            self._file = h5py.File(self._partial, "x")
+        except OSError as e:
+            raise StoreError(self._partial, f"cannot create shard: {os_error_reason(e)}") from None
         for k, v in self.file_attrs.items():
             self._file.attrs[k] = v
         self._file.attrs["created"] = utc_timestamp()
+        self._file.attrs[ATTRS_CHECKSUM] = attrs_checksum(self._file.attrs, "/")
+        # a second descriptor, only to reserve disk space (:meth:`reserve`); O_NOFOLLOW: HDF5 just created it
+        self._reserve_fd = os.open(self._partial, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._items = 0
         self._bytes = 0
+
+    def reserve(self, need: int):
+        """Reserve ``need`` bytes of disk space for the next item, or raise :class:`DiskFullError`.
+
+        HDF5 cannot recover from a full disk (it crashes the process), so it
+        must never meet one: before each item the shard file is extended with
+        ``posix_fallocate`` to HDF5's end of allocation plus ``need``
+        (``DISK_FACTOR * item bytes + DISK_MARGIN_BYTES``). The blocks are then
+        the file's, and HDF5 writes into them. When the disk has no room, the
+        run stops here, before the item is begun; the shard in progress is
+        left ``.partial`` (deleted by the next run), so the store stays valid.
+        """
+        try:
+            os.posix_fallocate(self._reserve_fd, 0, int(self._file.id.get_filesize()) + need)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _disk_full(self.directory, _free_bytes(self.directory), need) from None
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return  # a file system without fallocate: only the check of free space at each shard's start
+            raise StoreError(self._partial, f"cannot write: {os_error_reason(e)}") from None
 
     def write(self, item: ShardItem) -> Path:
         """Write ``item`` and flush; returns the path its shard will have once complete.
 
-        Raises :class:`~mapkit.errors.StoreError` when the shard in progress
-        already holds ``item.group``.
+        Every dataset gets its checksum attribute (:data:`DATA_CHECKSUM`, see
+        :func:`data_checksum`) and every group of the item its attributes'
+        checksum (:data:`ATTRS_CHECKSUM`). Raises
+        :class:`~mapkit.errors.StoreError` when the shard in progress already
+        holds ``item.group``, and :class:`DiskFullError` (before writing
+        anything) when the disk has no room for the item.
         """
+        need = int(DISK_FACTOR * item.nbytes) + DISK_MARGIN_BYTES
         if self._file is None:
+            make_folder(self.directory)
+            free = _free_bytes(self.directory)
+            if free < need:  # before HDF5 creates anything it would have to flush to a full disk
+                raise _disk_full(self.directory, free, need)
             self._open()
+        self.reserve(need)
         f = self._file
         if item.group in f:
             raise StoreError(self._partial, f"{item.group} written twice into one shard")
+        try:
+            self._write_item(f, item)
+        except OSError as e:  # the shard in progress is abandoned by the caller (``with``): it never counts
+            raise StoreError(self._partial, f"cannot write {item.group}: {os_error_reason(e)}") from None
+        self._items += 1
+        self._bytes += item.nbytes
+        final = self._final
+        if self._items >= self.max_items or self._bytes >= self.max_bytes:
+            self._commit()
+        return final
+
+    def _write_item(self, f, item: ShardItem):
         g = f.create_group(item.group)
         for k, v in item.attrs.items():
             g.attrs[k] = v
@@ -212,30 +422,37 @@ class ShardWriter:
             chunks = None
             if array.ndim >= 1 and array.shape[0] > 0:
                 chunks = (min(self.chunk_rows, array.shape[0]),) + array.shape[1:]
-            g.create_dataset(name, data=array, chunks=chunks)
+            ds = g.create_dataset(name, data=array, chunks=chunks)
+            ds.attrs[DATA_CHECKSUM] = data_checksum(ds.name, array)
         for sub, attrs in item.subgroup_attrs.items():
             sg = g.require_group(sub)
             for k, v in attrs.items():
                 sg.attrs[k] = v
+        _seal_group_attrs(g)
         f.flush()
-        self._items += 1
-        self._bytes += item.nbytes
-        final = self._final
-        if self._items >= self.max_items or self._bytes >= self.max_bytes:
-            self._commit()
-        return final
 
     def _commit(self):
         if self._file is None:
             return
-        self._file.flush()
-        self._file.close()
-        self._file = None
-        with open(self._partial, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self._partial, self._final)
-        _fsync_dir(self.directory)
-        self.committed.append(self._final)
+        import h5py
+
+        try:
+            self._file.flush()
+            self._file.close()
+            self._file = None
+            # opened for writing again, HDF5 trims the file to its end of allocation: the unused reserve goes
+            h5py.File(self._partial, "r+").close()
+            os.fsync(self._reserve_fd)
+            self._close_reserve()
+            if self.publish:
+                os.replace(self._partial, self._final)
+                _fsync_dir(self.directory)
+        except OSError as e:
+            raise StoreError(self._partial, f"cannot commit shard: {os_error_reason(e)}") from None
+        if self.publish:
+            self.committed.append(self._final)
+        else:
+            self.pending.append((self._partial, self._final))
         self._partial = self._final = None
 
     def close(self):
@@ -247,6 +464,12 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._close_reserve()
+
+    def _close_reserve(self):
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
 
     def __enter__(self):
         return self
@@ -352,6 +575,23 @@ def _lock_holder(fd, wait_s: float = 2.0) -> str:
         time.sleep(0.02)
 
 
+def old_schema_message(version) -> str:
+    """Why a shard of an earlier store schema is refused, and what to do."""
+    return (f"written with store schema {version}, this mapkit ({mapkit.__version__}) reads schema "
+            f"{mapkit.SCHEMA_VERSION}: re-run mapkit extract and build-targets into a new --store (or delete "
+            "this store's features/, targets/, vocab.json and stats.json and re-run them)")
+
+
+def old_schema(path, version) -> None:
+    """Raise :class:`~mapkit.errors.StoreError` when ``version`` is an earlier schema than this mapkit's.
+
+    A store of an earlier schema lacks what this mapkit relies on (e.g. the
+    checksums of schema 2): it is refused as a whole, never half-read.
+    """
+    if isinstance(version, (int, np.integer)) and not isinstance(version, bool) and version < mapkit.SCHEMA_VERSION:
+        raise StoreError(path, old_schema_message(int(version)))
+
+
 class Store:
     """A store folder (DESIGN.md section 8). Creating the object touches nothing on disk."""
 
@@ -389,9 +629,52 @@ class Store:
         return self.root / kind
 
     def create(self):
-        """Create the store folders (idempotent)."""
+        """Create the store folders (idempotent).
+
+        Raises :class:`~mapkit.errors.StoreError` naming the path and the
+        reason when one cannot be made (a file in the way, a parent that is a
+        file, a read-only or immutable folder).
+        """
         for d in (self.root, self.features_dir, self.targets_dir, self.reports_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            make_folder(d)
+
+    def _open_lock_file(self) -> int:
+        """The lock file's descriptor, opened without following a link (``O_NOFOLLOW``): never truncates a target."""
+        path = self.lock_path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StoreError(path, "is a symbolic link; mapkit never follows it for writing: remove it") from None
+            raise StoreError(path, f"cannot open the store's lock file: {os_error_reason(e)}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(path, "is not a regular file: remove it")
+        return fd
+
+    def writer_holding_lock(self) -> str | None:
+        """The holder line of the run writing the store now (``pid N, mapkit extract, since T``), or None.
+
+        Probes the lock with a shared, non-blocking ``flock`` and releases it
+        at once; creates nothing and never follows a link.
+        """
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None  # no lock file (never written), or not one we may read: nobody holds it
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    return _lock_holder(fd)
+                return None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     # --- the one-writer lock ---
 
@@ -400,11 +683,14 @@ class Store:
         """Hold the store's exclusive lock for a writing run of ``command``.
 
         Non-blocking: raises :class:`~mapkit.errors.StoreError` naming the store
-        and the holder's pid and command when another run holds it. On taking
-        the lock, ``.partial`` shards left by a killed run are deleted.
+        and the holder's pid and command when another run holds it, or naming
+        the path and the reason when the store cannot be written (the lock
+        file is never followed if it is a link). On taking the lock, a
+        committed ``--rebuild-vocab`` that was interrupted is finished and
+        ``.partial`` shards left by a killed run are deleted.
         """
         self.create()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open_lock_file()
         held = False
         try:
             try:
@@ -415,15 +701,70 @@ class Store:
                 raise StoreError(self.root, f"store is in use by another run ({_lock_holder(fd)}); "
                                             f"wait for it to finish or use another --store") from None
             held = True
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}, mapkit {command}, since {utc_timestamp()}\n".encode(), 0)
-            self.remove_partials()
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()}, mapkit {command}, since {utc_timestamp()}\n".encode(), 0)
+                self.finish_rebuild()  # a committed change first: its shards are partial files until published
+                self.remove_partials()
+            except OSError as e:
+                raise StoreError(self.root, f"cannot write in the store: {os_error_reason(e)}") from None
             yield self
         finally:
             if held:  # a finished run leaves no holder behind to be misreported
-                os.ftruncate(fd, 0)
+                with suppress(OSError):
+                    os.ftruncate(fd, 0)
             # Closing the descriptor releases the flock.
             os.close(fd)
+
+    # --- an all-or-nothing change of vocab.json and the targets shards (build-targets --rebuild-vocab) ---
+
+    @property
+    def rebuild_journal_path(self) -> Path:
+        return self.root / REBUILD_JOURNAL
+
+    def commit_rebuild(self, vocab_document: dict | None, pending, obsolete):
+        """Publish a new ``vocab.json`` with the shards encoded with it, and delete ``obsolete`` shards: all or nothing.
+
+        ``pending`` are the ``(partial, final)`` shards of a
+        ``ShardWriter(publish=False)``, complete and fsynced. The commit point
+        is the atomic write of a journal (``STORE/.rebuild-vocab.json``) that
+        lists the whole change; it is then applied (:meth:`finish_rebuild`).
+        A run killed before the journal leaves the old vocabulary and shards
+        (its partial shards are deleted by the next run); one killed after it
+        is finished by the next run that takes the lock, before anything else.
+        """
+        rel = lambda p: os.path.relpath(p, self.root)  # noqa: E731 - the journal survives moving the store
+        write_json_atomic(self.rebuild_journal_path, {
+            "vocab": vocab_document, "publish": [[rel(a), rel(b)] for a, b in pending],
+            "delete": [rel(p) for p in obsolete]})
+        self.finish_rebuild()
+
+    def finish_rebuild(self) -> bool:
+        """Apply a committed ``--rebuild-vocab`` journal, if any (idempotent); True when there was one.
+
+        Call only while holding the lock (:meth:`lock` does, before deleting partial shards).
+        """
+        path = self.rebuild_journal_path
+        try:
+            journal = json.loads(path.read_text(encoding="utf-8"))
+            pending, obsolete = journal["publish"], journal["delete"]
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(path, f"unreadable journal of an interrupted --rebuild-vocab: {e}") from None
+        if journal.get("vocab") is not None:
+            write_json_atomic(self.vocab_path, journal["vocab"])
+        try:
+            for partial, final in pending:
+                if (self.root / partial).exists():
+                    os.replace(self.root / partial, self.root / final)
+            _fsync_dir(self.targets_dir)
+            for old in obsolete:
+                (self.root / old).unlink(missing_ok=True)
+            path.unlink()
+        except OSError as e:
+            raise StoreError(path, f"cannot finish an interrupted --rebuild-vocab: {os_error_reason(e)}") from None
+        return True
 
     def remove_partials(self) -> list[Path]:
         """Delete leftover ``.partial`` shards (call only while holding the lock)."""
@@ -452,8 +793,10 @@ class Store:
         """``{song_id: Entry}`` of ``kind`` ("features" or "targets"), from complete shards only.
 
         A song in several shards is taken from the highest-numbered one. A shard
-        that cannot be opened, or has another schema version or kind, is listed
-        in ``index.problems`` and skipped.
+        that cannot be opened, or has an unknown schema version or another
+        kind, is listed in ``index.problems`` and skipped. A shard of an earlier
+        schema raises :class:`~mapkit.errors.StoreError` (re-run extract and
+        build-targets into a new store).
         """
         root_group = KIND_ROOTS[kind] if kind in KIND_ROOTS else None
         if root_group is None:
@@ -463,6 +806,7 @@ class Store:
             try:
                 with open_shard(path, features=(kind == "features")) as f:
                     file_attrs = _attrs_dict(f.attrs)
+                    old_schema(path, file_attrs.get("schema_version"))
                     if file_attrs.get("schema_version") != mapkit.SCHEMA_VERSION:
                         index.problems.append((str(path), f"schema version {file_attrs.get('schema_version')!r}, "
                                                           f"expected {mapkit.SCHEMA_VERSION}"))
@@ -475,6 +819,8 @@ class Store:
                         for song_id, g in f[root_group].items():
                             entries[song_id] = Entry(song_id, path, g.name.lstrip("/"),
                                                      _attrs_dict(g.attrs), file_attrs)
+            except StoreError:
+                raise
             except Exception as e:  # noqa: BLE001 - any unreadable shard is reported, never crashed on
                 index.problems.append((str(path), f"unreadable shard: {type(e).__name__}: {e}"))
                 continue

@@ -7,7 +7,22 @@ highest-numbered shard) and checks:
 ============================  =========================================================================
 check                         what it proves
 ============================  =========================================================================
-``store``                     the store folder exists
+``store``                     the store folder exists, no run is writing it (``store is being written by
+                              pid N``: its shard in progress is not a leftover), and no committed
+                              ``--rebuild-vocab`` is waiting to be finished
+``checksum``                  every dataset's ``crc32`` and every group's ``attrs_crc32`` (the shard's
+                              root, songs, levels, characteristics, difficulties) are those of the bytes
+                              and attributes as stored (:func:`~mapkit.datasets.store.data_checksum`,
+                              :func:`~mapkit.datasets.store.attrs_checksum`; bound to the object's path,
+                              so moved or swapped data fails too). Skipped by ``checksums=False``
+                              (``--quick``)
+``structure``                 nothing the contract does not name: the shard root holds only
+                              ``songs``/``levels``; a song only ``placement``, ``selection`` and
+                              (optionally) ``chromaprint``; a level
+                              only characteristic groups of difficulty groups, each only the level
+                              datasets; datasets only ``crc32``; every difficulty group listed in
+                              ``difficulties_json`` exists and no other does
+``level_attrs``               ``difficulties_json`` and ``quarantined_json`` read as what they list
 ``shard_readable``            every complete shard opens, and every stored song/level in it reads
 ``shard_attrs``               schema version, shard kind, settings JSON whose hash is ``settings_hash``
 ``settings_hash``             one settings hash across all shards of a kind; levels made from the
@@ -32,7 +47,8 @@ check                         what it proves
                               with target shards has feature shards (build-targets never writes a
                               level without them: no legitimate store has one)
 ``target_song``               every level's features come from the same audio
-``target_length``             ``frame_class`` has T frames, T of the song's features
+``target_length``             ``frame_class`` has T frames, T of the song's features (the level's and
+                              each difficulty's ``n_frames`` too)
 ``note_frames``               every note's frame is ``round(time_s * 100)`` and lies in [0, T)
 ``notes``                     notes finite, integer fields whole numbers, sorted by (time, column, row)
 ``note_grid``                 column 0-3, row 0-2, colour 0/1/3, direction 0-8 (bombs 0)
@@ -87,8 +103,9 @@ from pathlib import Path
 import numpy as np
 
 import mapkit
-from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, PARTIAL_SUFFIX, SHARD_PATTERN, Entry, Store,
-                                   _attrs_dict, _shard_number, feature_stats)
+from mapkit.datasets.store import (ATTRS_CHECKSUM, DATA_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, PARTIAL_SUFFIX,
+                                   SHARD_PATTERN, Entry, Store, _attrs_dict, _shard_number, attrs_checksum,
+                                   checksum_start, checksum_update, feature_stats, old_schema_message)
 from mapkit.preprocess.notes import STORED_NOTE_DTYPE
 from mapkit.preprocess.timebase import frame_of, frame_time, n_frames as count_frames
 from mapkit.settings import FeatureSettings, TargetSettings
@@ -102,6 +119,9 @@ MAX_PROBLEMS = 1000
 #: Float16 unit roundoff and the largest rounding error in its subnormal range.
 F16_U = 2.0 ** -11
 F16_SUBNORMAL_ERR = 2.0 ** -25
+
+#: The optional fingerprint dataset of a song (mapkit.extract.CHROMAPRINT; docs/store.md).
+SONG_FINGERPRINT = "chromaprint"
 
 #: Relative tolerance between stats.json and the stats recomputed from the stored float64 sums.
 STATS_RTOL = 1e-9
@@ -271,7 +291,7 @@ def _settings_of(kind: str, attrs: dict, report: ValidationReport, where: str):
     return settings
 
 
-def _scan_shards(store: Store, kind: str, report: ValidationReport) -> list[_Shard]:
+def _scan_shards(store: Store, kind: str, report: ValidationReport, checksums: bool = True) -> list[_Shard]:
     """First pass over the shards of ``kind``: open each, check its file attrs, list its items."""
     d = store.shard_dir(kind)
     if not d.is_dir():
@@ -295,13 +315,22 @@ def _scan_shards(store: Store, kind: str, report: ValidationReport) -> list[_Sha
             with h5py.File(path, "r") as f:
                 attrs = _attrs_dict(f.attrs)
                 ids = list(f[root].keys()) if root in f else []
+                if attrs.get("schema_version") == mapkit.SCHEMA_VERSION:
+                    if checksums:
+                        _check_attrs_checksum(f, where, report)
+                    _check_members(f, (root,), where, report, datasets=False)
+                    if root in f and isinstance(f[root], h5py.Group):
+                        _check_members(f[root], None, where, report, datasets=False)
+                        ids = [i for i in ids if isinstance(f[root][i], h5py.Group)]
         except Exception as e:  # noqa: BLE001 - truncated, half-written or foreign: reported, never crashed on
             report.add("shard_readable", where, f"cannot read shard: {type(e).__name__}: {e}",
                        size_bytes=path.stat().st_size)
             continue
-        if attrs.get("schema_version") != mapkit.SCHEMA_VERSION:
-            report.add("shard_attrs", where, f"schema version {attrs.get('schema_version')!r}, expected "
-                                             f"{mapkit.SCHEMA_VERSION}", schema_version=attrs.get("schema_version"))
+        version = attrs.get("schema_version")
+        if version != mapkit.SCHEMA_VERSION:
+            older = isinstance(version, int) and not isinstance(version, bool) and version < mapkit.SCHEMA_VERSION
+            report.add("shard_attrs", where, old_schema_message(version) if older else
+                       f"schema version {version!r}, expected {mapkit.SCHEMA_VERSION}", schema_version=version)
             continue
         if attrs.get("kind") != kind:
             report.add("shard_attrs", where, f"shard kind {attrs.get('kind')!r} in {kind}/")
@@ -350,9 +379,11 @@ class _Scan:
     sum: np.ndarray | None = None
     sum_sq: np.ndarray | None = None
     sum_abs: np.ndarray | None = None
+    crc: int | None = None
 
 
-def scan_features(ds, pad: tuple, n_frames: int, silence, block_rows: int = BLOCK_ROWS) -> _Scan:
+def scan_features(ds, pad: tuple, n_frames: int, silence, block_rows: int = BLOCK_ROWS, crc: int | None = None
+                  ) -> _Scan:
     """Stream a padded feature array in blocks of rows: non-finite values, pad rows, band sums.
 
     Parameters
@@ -365,20 +396,26 @@ def scan_features(ds, pad: tuple, n_frames: int, silence, block_rows: int = BLOC
     silence : float
         The pad value; compared exactly in the array's dtype.
     block_rows : int
+    crc : int, optional
+        A checksum state (:func:`~mapkit.datasets.store.checksum_start`) to
+        continue over the array's bytes; None: no checksum.
 
     Returns
     -------
     _Scan
         Counts and first rows of non-finite values and of pad rows that are
         not all silence; float64 per-band sums of ``y``, ``y**2`` and ``|y|``
-        over the song frames (band axes = ``ds.shape[1:]``).
+        over the song frames (band axes = ``ds.shape[1:]``); the checksum
+        (``crc``) when one was started.
     """
     lo, hi = int(pad[0]), int(pad[0]) + int(n_frames)
     silence = np.asarray(silence, dtype=ds.dtype)
     bands = tuple(ds.shape[1:])
-    out = _Scan(sum=np.zeros(bands), sum_sq=np.zeros(bands), sum_abs=np.zeros(bands))
+    out = _Scan(sum=np.zeros(bands), sum_sq=np.zeros(bands), sum_abs=np.zeros(bands), crc=crc)
     for start in range(0, ds.shape[0], block_rows):
         block = np.asarray(ds[start:start + block_rows])
+        if out.crc is not None:
+            out.crc = checksum_update(out.crc, block)
         flat = block.reshape(len(block), -1)
         rows = np.arange(start, start + len(block))
         finite = np.isfinite(flat)
@@ -416,6 +453,53 @@ def float16_sum_tolerances(sum_abs, sum_sq, count):
     return tol_sum, tol_sq
 
 
+# --- checksums and structure ----------------------------------------------------------------------
+
+
+def _check_attrs_checksum(obj, where: str, report: ValidationReport):
+    """The object's :data:`ATTRS_CHECKSUM` is the checksum of its other attributes (a changed attr fails)."""
+    stored = obj.attrs.get(ATTRS_CHECKSUM)
+    name = obj.name if obj.name != "/" else "the shard file"
+    if stored is None:
+        report.add("checksum", where, f"{name} has no {ATTRS_CHECKSUM} attribute")
+        return
+    computed = attrs_checksum(obj.attrs, obj.name)
+    if int(stored) != computed:
+        report.add("checksum", where, f"the attributes of {name} changed after they were written "
+                                      f"({ATTRS_CHECKSUM} {int(stored)}, they give {computed})",
+                   object=obj.name, stored=int(stored), computed=computed)
+
+
+def _check_data_checksum(ds, computed, where: str, report: ValidationReport):
+    """``ds``'s :data:`DATA_CHECKSUM` attribute equals ``computed`` (its values' checksum; None: compute it)."""
+    extra = sorted(k for k in ds.attrs.keys() if k != DATA_CHECKSUM)
+    if extra:
+        report.add("structure", where, f"{ds.name} has unknown attributes {extra}", object=ds.name, unknown=extra)
+    stored = ds.attrs.get(DATA_CHECKSUM)
+    if stored is None:
+        report.add("checksum", where, f"{ds.name} has no {DATA_CHECKSUM} attribute")
+        return
+    if computed is None:
+        computed = checksum_update(checksum_start(ds.name), ds[()])
+    if int(stored) != computed:
+        report.add("checksum", where, f"{ds.name}: its values changed after they were written ({DATA_CHECKSUM} "
+                                      f"{int(stored)}, the values give {computed}: moved, reordered or edited)",
+                   object=ds.name, stored=int(stored), computed=computed)
+
+
+def _check_members(g, allowed, where: str, report: ValidationReport, datasets: bool = True):
+    """``g`` holds no member outside ``allowed`` (datasets, or groups when ``datasets`` is False)."""
+    import h5py
+
+    kind = h5py.Dataset if datasets else h5py.Group
+    unknown = sorted(k for k, v in g.items()
+                     if (allowed is not None and k not in allowed) or not isinstance(v, kind))
+    if unknown:
+        report.add("structure", where, f"{g.name} holds unknown members {unknown} (the store contract "
+                                       f"allows {'datasets ' + ', '.join(allowed) if datasets else 'groups'} there)",
+                   object=g.name, unknown=unknown)
+
+
 class _FeatureTotals:
     """Store-wide sums for the stats check: from the stored band sums and from the arrays."""
 
@@ -429,8 +513,12 @@ class _FeatureTotals:
 
 
 def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: ValidationReport,
-                totals: _FeatureTotals, block_rows: int):
+                totals: _FeatureTotals, block_rows: int, checksums: bool = True):
     """Every features check of one song group; returns ``(T, audio_sha256)`` or None."""
+    _check_members(g, FEATURE_STAGES + (SONG_FINGERPRINT,), where, report)
+    if checksums:
+        _check_attrs_checksum(g, where, report)
+    _check_fingerprint(g, where, report, checksums)
     attrs = _attrs_dict(g.attrs)
     missing = [k for k in SONG_ATTRS if k not in attrs]
     if missing:
@@ -481,7 +569,10 @@ def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: 
                        shape=tuple(ds.shape), expected=expected_shape, n_frames=T, pad=pad)
             totals.arrays_complete = False
             continue
-        scan = scan_features(ds, pad, T, settings.silence_value, block_rows)
+        scan = scan_features(ds, pad, T, settings.silence_value, block_rows,
+                             crc=checksum_start(ds.name) if checksums else None)
+        if checksums:
+            _check_data_checksum(ds, scan.crc, where, report)
         if scan.nonfinite:
             report.add("features_finite", where, f"{stage}: {scan.nonfinite} non-finite values, first in row "
                                                  f"{scan.first_nonfinite_row}",
@@ -512,6 +603,18 @@ def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: 
                                                f"sums to {arr_sum[k]:.6g} (float16 tolerance {tol[k]:.3g})",
                            band=k, stored=float(stored[k]), from_array=float(arr_sum[k]), tolerance=float(tol[k]))
     return T, str(attrs["audio_sha256"])
+
+
+def _check_fingerprint(g, where: str, report: ValidationReport, checksums: bool = True):
+    """A song's optional ``chromaprint`` dataset is one-dimensional uint32 (and its checksum holds)."""
+    if SONG_FINGERPRINT not in g:
+        return
+    ds = g[SONG_FINGERPRINT]
+    if ds.dtype != np.uint32 or ds.ndim != 1:
+        report.add("dtypes", where, f"{SONG_FINGERPRINT} is {ds.dtype} {list(ds.shape)}, the store contract says "
+                                    f"uint32 [m]", dataset=SONG_FINGERPRINT, dtype=str(ds.dtype))
+    elif checksums:
+        _check_data_checksum(ds, None, where, report)
 
 
 def _check_stats(store: Store, totals: _FeatureTotals, settings_hash, report: ValidationReport):
@@ -599,6 +702,53 @@ def _load_vocab(store: Store, report: ValidationReport):
     except Exception as e:  # noqa: BLE001 - any unreadable vocabulary is a finding
         report.add("vocab", where, f"unreadable: {type(e).__name__}: {e}")
     return None
+
+
+def check_level_group(lg, where: str, song, report: ValidationReport, checksums: bool = True):
+    """The level group itself: its members, its attrs' checksums, ``difficulties_json``, its T and audio.
+
+    Every difficulty group listed in ``difficulties_json`` exists and no
+    other does; the level's ``n_frames`` and ``audio_sha256`` are those of
+    its song's features (``song``: ``(T, audio_sha256)`` or None).
+    """
+    import h5py
+
+    from mapkit.build_targets import listed_difficulties, listed_quarantine
+
+    _check_members(lg, None, where, report, datasets=False)
+    groups = [lg] + [cg for cg in lg.values() if isinstance(cg, h5py.Group)]
+    for cg in groups[1:]:
+        _check_members(cg, None, where, report, datasets=False)
+    if checksums:
+        for g in groups:
+            _check_attrs_checksum(g, where, report)
+    raw = lg.attrs.get("difficulties_json")
+    listed = listed_difficulties(raw) if raw is not None else None
+    present = {name for name, _ in _walk_levels(lg)}
+    if listed is None:
+        report.add("level_attrs", where, f"difficulties_json is not a JSON list of Characteristic/Difficulty "
+                                         f"names: {str(raw)[:80]!r}")
+    else:
+        for name in sorted(set(listed) - present):
+            report.add("structure", where, f"difficulty group {name} is listed in difficulties_json but missing "
+                                           "(mapkit build-targets restores it)", missing=name)
+        for name in sorted(present - set(listed)):
+            report.add("structure", where, f"difficulty group {name} is not listed in difficulties_json",
+                       unknown=name)
+    raw_q = lg.attrs.get("quarantined_json")
+    if raw_q is None or listed_quarantine(raw_q) is None:
+        report.add("level_attrs", where, f"quarantined_json is not a JSON list of [item, reason] pairs: "
+                                         f"{str(raw_q)[:80]!r}")
+    if song is not None:
+        T = lg.attrs.get("n_frames")
+        if T is None or int(T) != song[0]:
+            report.add("target_length", where, f"level n_frames {T}, the song's features have T = {song[0]}",
+                       n_frames=None if T is None else int(T), features_n_frames=song[0])
+        audio = lg.attrs.get("audio_sha256")
+        audio = audio.decode() if isinstance(audio, bytes) else audio
+        if audio is not None and str(audio) != song[1]:
+            report.add("target_song", where, "level made from other audio than the stored features "
+                                             f"(audio_sha256 {str(audio)[:12]}... vs {song[1][:12]}...)")
 
 
 def _walk_levels(song_group):
@@ -932,7 +1082,8 @@ def _one_hash(shards: list[_Shard], key: str):
     return hashes.most_common(1)[0][0] if hashes else None
 
 
-def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -> ValidationReport:
+def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, checksums: bool = True
+                   ) -> ValidationReport:
     """Check every invariant of a store (see the module docstring for the list of checks).
 
     Never raises on bad data: a truncated, half-written or foreign shard, a
@@ -947,6 +1098,9 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -
         tqdm progress bar over songs and levels on stderr.
     block_rows : int
         Rows of a feature array read at once.
+    checksums : bool
+        Verify every dataset's and group's checksum (``mapkit validate
+        --quick``: False, skipping only the ``checksum`` check).
 
     Returns
     -------
@@ -967,12 +1121,24 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -
     report.counts.update({"feature_shards": 0, "target_shards": 0, "songs": 0, "levels": 0, "notes": 0,
                           "superseded": 0, "partial_files": 0})
     if not store.root.is_dir():
-        report.add("store", str(store.root), "no such store folder")
+        report.add("store", str(store.root), "not a folder" if store.root.exists() else "no such store folder")
+        report.counts.update(problems=report.n_problems, warnings=0)
+        return report
+    holder = store.writer_holding_lock()
+    if holder is not None:  # its shard in progress is not a killed run's leftover: check once it has finished
+        report.add("store", str(store.root), f"store is being written by {holder}; validate it when that run "
+                                             "has finished")
+        report.counts.update(problems=report.n_problems, warnings=0)
+        return report
+    if store.rebuild_journal_path.exists():  # vocab.json and the targets are between two states
+        report.add("store", str(store.rebuild_journal_path), "a committed build-targets --rebuild-vocab was "
+                                                             "interrupted before it finished: the next mapkit "
+                                                             "extract or build-targets on this store finishes it")
         report.counts.update(problems=report.n_problems, warnings=0)
         return report
 
-    feature_shards = _scan_shards(store, "features", report)
-    target_shards = _scan_shards(store, "targets", report)
+    feature_shards = _scan_shards(store, "features", report, checksums)
+    target_shards = _scan_shards(store, "targets", report, checksums)
     report.counts["feature_shards"] = len(feature_shards)
     report.counts["target_shards"] = len(target_shards)
     songs_at = _winners(feature_shards, "features", report)
@@ -1001,7 +1167,7 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -
                     where = f"song {song_id} ({shard.path.name})"
                     try:
                         facts = _check_song(f[KIND_ROOTS["features"]][song_id], song_id, where, settings, report,
-                                            totals, block_rows)
+                                            totals, block_rows, checksums)
                     except Exception as e:  # noqa: BLE001 - a damaged song is a finding, the rest goes on
                         report.add("shard_readable", where, f"cannot read song: {type(e).__name__}: {e}")
                         totals.arrays_complete = False
@@ -1036,9 +1202,18 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS) -
                 with f:
                     for song_id in mine:
                         try:
-                            for name, dg in _walk_levels(f[KIND_ROOTS["targets"]][song_id]):
+                            lg = f[KIND_ROOTS["targets"]][song_id]
+                            check_level_group(lg, f"level {song_id} ({shard.path.name})", song_facts.get(song_id),
+                                              report, checksums)
+                            for name, dg in _walk_levels(lg):
                                 where = f"level {song_id}/{name} ({shard.path.name})"
                                 try:
+                                    _check_members(dg, LEVEL_DATASETS, where, report)
+                                    if checksums:
+                                        _check_attrs_checksum(dg, where, report)
+                                        for ds_name in LEVEL_DATASETS:
+                                            if ds_name in dg:
+                                                _check_data_checksum(dg[ds_name], None, where, report)
                                     report.counts["notes"] += check_level(
                                         dg, where, song_facts.get(song_id), vocab, vocab_hash, features_hash,
                                         fps, report, shard_vocab_hash=shard.attrs.get("vocab_hash"))

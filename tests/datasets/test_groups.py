@@ -144,6 +144,10 @@ def test_extract_stores_fingerprints_and_groups(tmp_path, capsys, songs):
 
     grouping = json.loads(report.report_path.read_text())["grouping"]
     assert grouping["regrouped"] == {"second": "original"}
+    from mapkit.datasets.validation import validate_store
+
+    checked = validate_store(tmp_path / "store", progress=False)  # checksums of the re-stored copy included
+    assert checked.ok, checked.problems
     assert {"original", "second", "reencoded"} <= {other for other, _how in grouping["matches"]["medley"]}
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import mapkit
 from mapkit.datasets.runner import ItemResult, RunReport, run_items, write_report
-from mapkit.datasets.store import (CHUNK_ROWS, Entry, ShardItem, ShardWriter, Store, feature_stats,
+from mapkit.datasets.store import (CHUNK_ROWS, Entry, attrs_checksum, ShardItem, ShardWriter, Store, feature_stats,
                                    shard_file_attrs, write_json_atomic)
 from mapkit.errors import AudioError, StoreError
 from mapkit.preprocess.sources import Source
@@ -43,7 +43,8 @@ def test_shard_writer_commits_by_rename_and_rolls_over(tmp_path):
     index = store.index("features")
     assert {k: v.shard.name for k, v in index.items()} == {"a": "shard-00001.h5", "b": "shard-00001.h5",
                                                            "c": "shard-00002.h5"}
-    assert index["c"].attrs == {"n_frames": 5, "audio_sha256": "sha-c"}
+    assert index["c"].attrs == {"n_frames": 5, "audio_sha256": "sha-c",
+                                "attrs_crc32": attrs_checksum({"n_frames": 5, "audio_sha256": "sha-c"}, "/songs/c")}
     assert index.problems == []
 
 

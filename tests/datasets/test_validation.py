@@ -13,12 +13,21 @@ from mapkit.build_targets import build_targets
 from mapkit.cli import main
 from mapkit.datasets.store import Store
 from mapkit.datasets.validation import (MAX_PROBLEMS, ValidationReport, float16_sum_tolerances, scan_features,
-                                        validate_store)
+                                        validate_store as validate_with_checksums)
 from mapkit.demo import make_demo
 from mapkit.extract import extract
 from mapkit.settings import FeatureSettings
 
 SILENCE = FeatureSettings().silence_value
+
+
+def validate_store(store, **kw):
+    """Validation without the checksums, so that each corruption below is named by its own check alone.
+
+    Every corruption made here by editing stored bytes also fails the
+    checksums: tests/datasets/test_checksums.py runs them with checksums on.
+    """
+    return validate_with_checksums(store, **{"checksums": False, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -261,10 +270,12 @@ def test_cli_exit_codes_and_json(store, sound_store):
     r = CliRunner().invoke(main, ["validate", "--store", str(store), "--no-progress"])
     assert r.exit_code == 1
     assert "FAIL [features_finite]" in r.output and sound_store["songs"][0] in r.output
-    r = CliRunner().invoke(main, ["validate", "--store", str(store), "--json"])
+    r = CliRunner().invoke(main, ["validate", "--store", str(store), "--json", "--quick"])
     assert r.exit_code == 1
     obj = json.loads(r.output)
     assert obj["ok"] is False and obj["problems_by_check"] == {"features_finite": 1}
+    r = CliRunner().invoke(main, ["validate", "--store", str(store), "--json"])
+    assert json.loads(r.output)["problems_by_check"] == {"features_finite": 1, "checksum": 1}
     assert obj["problems"][0]["numbers"]["first_row"] == 3
 
 
@@ -474,7 +485,7 @@ def test_targets_of_other_audio(store, sound_store):
     with h5py.File(shard, "r+") as f:
         f[group].attrs["audio_sha256"] = "0" * 64
     found = assert_only(validate_store(store, progress=False), "target_song", sid)
-    assert len(found) == 2  # both difficulties of that level
+    assert len(found) == 3  # the level and both its difficulties
 
 
 def test_targets_shard_truncated_or_of_other_settings(store, sound_store):
