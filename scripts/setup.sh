@@ -14,7 +14,7 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 # Debian's libchromaprint1: acoustic fingerprints that group one song's encodes (mapkit extract);
 # without it extract still works and groups only byte-identical audio, saying so.
-if ! ldconfig -p 2>/dev/null | grep -q libchromaprint.so.1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+if ! .venv/bin/python -c "import chromaprint" 2>/dev/null && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libchromaprint1) >/dev/null 2>&1 \
     || echo "note: could not install libchromaprint1; songs are grouped by identical audio only" >&2
 fi
