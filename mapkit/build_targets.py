@@ -69,7 +69,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
+from mapkit.datasets.names import name_problem, safe_attrs, song_id_problem
+from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
+                                    run_items, write_report)
 from mapkit.datasets.split import grouping_record, song_groups
 from mapkit.datasets.store import (KIND_ROOTS, ShardItem, ShardWriter, Store, os_error_reason, shard_file_attrs,
                                    write_json_atomic)
@@ -88,9 +90,6 @@ DEFAULT_SHARD_BYTES = 1 << 30
 
 #: Drop reason of notes whose frame lies outside [0, T) (past the end of the audio).
 BEYOND_AUDIO = "beyond_audio"
-
-#: Files whose bytes make up a level's identity for resuming (info, beatmaps, v4 audio data).
-LEVEL_FILE_SUFFIXES = (".dat", ".json")
 
 #: Datasets of one difficulty group, in the order they are written.
 DIFFICULTY_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames",
@@ -245,28 +244,35 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
         end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs)
 
 
-def _bad_group_name(name: str) -> bool:
-    return name in ("", ".", "..") or "/" in name
-
-
 # --- one level: worker side -----------------------------------------------------------------------
 
-def level_files_sha256(path) -> str:
-    """SHA-256 identifying a level's content for resuming: every ``.dat``/``.json`` file of the level.
+def level_files_sha256(path, characteristic: str | None = "Standard") -> str:
+    """SHA-256 identifying a level's content for resuming: the files reading it reads.
 
-    Files are taken in sorted name order; each contributes its name, its
-    length and its bytes. The audio and images are not included (the audio is
-    identified by the features' ``audio_sha256``).
+    Those of :func:`~mapkit.preprocess.levels.level_file_names`: the info
+    file, the difficulty files of ``characteristic`` and a v4 audio data file,
+    in sorted name order; each contributes its name, its length and its
+    bytes, or (a file that cannot be read: not a regular file, too large, a
+    bad zip member) its name and the reason, so that only the difficulty that
+    needs it fails. Files no info file names are never opened; the audio and
+    images are not included (the audio is identified by the features'
+    ``audio_sha256``).
     """
+    from mapkit.errors import LevelError
     from mapkit.preprocess.container import LevelContainer
+    from mapkit.preprocess.levels import level_file_names
 
     h = hashlib.sha256()
     with LevelContainer(path) as c:
-        for name in c.names():
-            if name.lower().endswith(LEVEL_FILE_SUFFIXES):
+        for name in level_file_names(c, characteristic):
+            tag = name.encode("utf-8", "surrogateescape") + b"\0"
+            try:
                 data = c.read_bytes(name)
-                h.update(name.encode("utf-8") + b"\0" + str(len(data)).encode() + b"\0")
-                h.update(data)
+            except LevelError as e:
+                h.update(tag + b"unreadable\0" + e.reason.encode("utf-8", "backslashreplace") + b"\0")
+                continue
+            h.update(tag + str(len(data)).encode() + b"\0")
+            h.update(data)
     return h.hexdigest()
 
 
@@ -320,21 +326,28 @@ def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> A
     """Worker: :class:`AlreadyPresent` when the level files are the stored ones, else the level's targets."""
     from mapkit.preprocess.levels import read_level
 
-    level_sha = level_files_sha256(task.path)
+    level_sha = level_files_sha256(task.path, characteristic)
     if task.known_level_sha256 is not None and level_sha == task.known_level_sha256:
         return AlreadyPresent(level_sha)
     from mapkit.preprocess.automap import automap_evidence
     from mapkit.preprocess.levelhash import level_hash_and_info
 
     level = read_level(task.path, settings=settings, characteristic=characteristic)
-    community_hash, info = level_hash_and_info(task.path)
+    community_hash, info, hash_problem = level_hash_and_info(task.path)
+    if hash_problem is not None:
+        level.warnings.append(f"no level hash: {hash_problem.path}: {hash_problem.reason}")
     diffs, quarantined = [], []
-    for d in level.difficulties:
+    names = report_names(task.song_id, level.difficulties)
+    for d, item_name in zip(level.difficulties, names):
         dt = difficulty_targets(d, task.n_frames, level.bpm, settings)
-        if dt.quarantine is None and (_bad_group_name(dt.characteristic) or _bad_group_name(dt.difficulty)):
-            dt.quarantine = f"characteristic/difficulty name {dt.name!r} cannot be an HDF5 group name"
+        if dt.quarantine is None:
+            problem = next((f"{what} name {n!r} {p}" for what, n in (("characteristic", dt.characteristic),
+                                                                     ("difficulty", dt.difficulty))
+                            if (p := name_problem(n))), None)
+            if problem:
+                dt.quarantine = f"cannot be stored as an HDF5 group: {problem}"
         if dt.quarantine is not None:
-            quarantined.append((f"{task.song_id}/{dt.name}", dt.quarantine))
+            quarantined.append((item_name, dt.quarantine))
             dt = dataclasses.replace(dt, notes=dt.notes[:0], state_frames=dt.state_frames[:0],
                                      states=dt.states[:0], state_times_s=dt.state_times_s[:0],
                                      state_beats=dt.state_beats[:0])
@@ -421,7 +434,8 @@ def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int 
         arrays = difficulty_datasets(d, level.n_frames, vocab, fps)
         for name in DIFFICULTY_DATASETS:
             datasets[f"{d.name}/{name}"] = arrays[name]
-        sub_attrs[d.name] = {**d.attrs, "vocab_hash": vocab.hash, "n_unk": int((arrays["tokens"] == 3).sum()),
+        sub_attrs[d.name] = {**safe_attrs(d.attrs), "vocab_hash": vocab.hash,
+                             "n_unk": int((arrays["tokens"] == 3).sum()),
                              "features_settings_hash": level.features_settings_hash,
                              "audio_sha256": level.audio_sha256}
         written.append(d.name)
@@ -445,7 +459,7 @@ def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int 
         "level_hash": level.level_hash,
     }
     attrs.update(level_flags(level, metadata))
-    return ShardItem(group=f"{KIND_ROOTS['targets']}/{level.song_id}", datasets=datasets, attrs=attrs,
+    return ShardItem(group=f"{KIND_ROOTS['targets']}/{level.song_id}", datasets=datasets, attrs=safe_attrs(attrs),
                      subgroup_attrs=sub_attrs)
 
 
@@ -461,12 +475,31 @@ def level_flags(level: LevelTargets, metadata=None) -> dict:
     return out
 
 
+def report_names(song_id: str, difficulties) -> list[str]:
+    """The report item name of each difficulty: ``song_id/Characteristic/Difficulty``, unique.
+
+    A difficulty listed again by the info file is named
+    ``song_id/Characteristic/Difficulty (listed again, #k)`` for its k-th
+    listing, so that each entry is reported on its own.
+
+    >>> from types import SimpleNamespace as D
+    >>> report_names("s", [D(characteristic="Standard", difficulty="Expert")] * 3)
+    ['s/Standard/Expert', 's/Standard/Expert (listed again, #2)', 's/Standard/Expert (listed again, #3)']
+    """
+    seen: Counter = Counter()
+    out = []
+    for d in difficulties:
+        name = f"{song_id}/{d.characteristic}/{d.difficulty}"
+        seen[name] += 1
+        out.append(name if seen[name] == 1 else f"{name} (listed again, #{seen[name]})")
+    return out
+
+
 def level_results(level: LevelTargets) -> list[ItemResult]:
-    """One report item per difficulty (``song_id/Characteristic/Difficulty``), and one per level-wide problem."""
+    """One report item per difficulty (:func:`report_names`), and one per level-wide problem."""
     out = []
     quarantined = dict(level.quarantined)
-    for d in level.difficulties:
-        name = f"{level.song_id}/{d.name}"
+    for d, name in zip(level.difficulties, report_names(level.song_id, level.difficulties)):
         if name in quarantined:
             out.append(ItemResult(name, level.source, "quarantined", quarantined.pop(name)))
         else:
@@ -832,7 +865,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                   val_fraction: float = 0.1, val_songs=None, seed: int = 0,
                   backend: str = "joblib", scheduler=None, progress: bool = True,
                   shard_levels: int = DEFAULT_SHARD_LEVELS, shard_bytes: int = DEFAULT_SHARD_BYTES,
-                  metadata=None) -> RunReport:
+                  item_timeout: float | None = DEFAULT_ITEM_TIMEOUT_S, metadata=None) -> RunReport:
     """Build the targets of every level under ``input_dir`` into ``store``.
 
     Parameters
@@ -866,6 +899,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         tqdm progress bars on stderr.
     shard_levels, shard_bytes : int
         When a shard is full and committed.
+    item_timeout : float or None
+        Seconds one level may take before it fails with "timed out after N s"; None: no limit.
     metadata : path, optional
         A JSON-lines file of BeatSaver map documents
         (:mod:`mapkit.preprocess.metadata`), joined on the level hash into the
@@ -892,11 +927,16 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         characteristic selection, or its
         ``vocab.json`` is not the vocabulary of its targets (or of another
         ``vocab_size``) and ``rebuild_vocab`` is not set.
+    RunInterrupted
+        SIGINT or SIGTERM: with a known vocabulary the levels written so far
+        are committed; while the vocabulary is being counted nothing is
+        written. Running again finishes the job.
     """
     from mapkit.preprocess.sources import discover
 
     store = store if isinstance(store, Store) else Store(store)
-    sources = discover(os.path.abspath(input_dir), kinds=("level",))
+    ignored: list = []
+    sources = discover(os.path.abspath(input_dir), kinds=("level",), ignored=ignored)
     if not sources:
         raise MapkitError(input_dir, "no levels found (level folders or .zip files with an info file)")
     selection = characteristic_selection(characteristic)
@@ -928,6 +968,10 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         early: dict[int, list[ItemResult]] = {}  # source index -> results decided before any work
         tasks, task_pos, fps_cache = [], [], {}
         for i, s in enumerate(sources):
+            problem = song_id_problem(s.song_id)
+            if problem is not None:  # "." (from "..zip"), control characters, undecodable bytes
+                early[i] = [ItemResult(s.song_id, str(s.path), "failed", problem)]
+                continue
             f = features.get(s.song_id)
             if f is None or "n_frames" not in f.attrs:
                 reason = unreadable_level_reason(s.path) or NO_FEATURES
@@ -984,8 +1028,12 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 return summary(results, task)
 
             with writer:
-                ran = run_items(tasks, work, write, jobs=jobs, backend=backend, scheduler=scheduler,
-                                desc=COMMAND, progress=progress, unit="level")
+                try:
+                    ran = run_items(tasks, work, write, jobs=jobs, backend=backend, scheduler=scheduler,
+                                    desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
+                except RunInterrupted:
+                    writer.close()  # every level written so far is complete: keep them
+                    raise
         else:
             # first pass: compute and count; results wait in an unnamed temporary file
             with tempfile.TemporaryFile(dir=store.root, prefix=".build-targets-spool-") as spool:
@@ -1005,7 +1053,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                     return summary(results, task)
 
                 ran = run_items(tasks, work, collect, jobs=jobs, backend=backend, scheduler=scheduler,
-                                desc=COMMAND, progress=progress, unit="level")
+                                desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
                 # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
                 kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
                 # the songs the trainer will split: features and targets (after this run)
@@ -1069,7 +1117,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 k = pos_of_task[i]
                 items.extend(per_task.get(k) or [ran[k]])
         index = store.index("targets")
-        report = RunReport(COMMAND, items, problems=index.problems)
+        report = RunReport(COMMAND, items, problems=index.problems, ignored=ignored)
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "rebuild_vocab": rebuild_vocab, "characteristic": selection, "backend": backend,

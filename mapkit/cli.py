@@ -10,7 +10,8 @@ on bad ground, a locked store) or validation failed; 2 the run finished but
 skipped, failed or quarantined some items (details in the store's
 ``reports/``); 64 bad usage of the command line (unknown option, missing or
 invalid argument: sysexits' ``EX_USAGE``), so a script can tell a typo from a
-partial run.
+partial run; 130 or 143 (128 + the signal) stopped by Ctrl-C or SIGTERM
+(``extract`` and ``build-targets`` then print one line and keep what they wrote).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2, 64
 EXIT_CODES = {EXIT_OK: "success",
               EXIT_FAILED: "could not proceed, or validation failed (message on stderr)",
               EXIT_PARTIAL: "finished, but some items failed or were quarantined (see STORE/reports/)",
-              EXIT_USAGE: "bad usage: unknown option, missing or invalid argument"}
+              EXIT_USAGE: "bad usage: unknown option, missing or invalid argument",
+              128 + 2: "stopped by Ctrl-C (SIGINT); extract and build-targets keep what they wrote",
+              128 + 15: "stopped by SIGTERM; likewise"}
 
 
 #: OSErrors that say the disk or folder cannot be written, whatever the file: reported in one line.
@@ -117,9 +120,60 @@ def parallel_options(unit: str, force_help: str):
     return decorate
 
 
+item_timeout_option = click.option(
+    "--item-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+    metavar="SECONDS",
+    help="Time limit of one item: past it, it fails with 'timed out after N s' and the run goes on.")
+
+
+@contextmanager
+def signals_stop_the_run():
+    """Inside, SIGINT and SIGTERM raise RunInterrupted, before and after the per-item work too.
+
+    (During the work, :func:`~mapkit.datasets.runner.run_items` handles them
+    itself, so that no write is cut in half.) The old handlers come back after.
+    """
+    import signal
+    import threading
+
+    from mapkit.datasets.runner import RunInterrupted
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def handler(signum, frame):
+        raise RunInterrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def interrupted(e) -> None:
+    """Print the one line of a run stopped by SIGINT/SIGTERM and exit with 128 + the signal number."""
+    from mapkit.datasets.runner import INTERRUPTED_MESSAGE
+
+    click.echo(INTERRUPTED_MESSAGE, err=True)
+    sys.exit(e.exit_code)
+
+
+def warn_ignored(report) -> None:
+    """One stderr line per input entry a run skipped on purpose (links leaving the input, stray info files)."""
+    from mapkit.datasets.names import printable
+
+    for path, reason in report.ignored:
+        click.echo(printable(f"ignored: {path}: {reason}"), err=True)
+
+
 def fail(message: str, code: int = 1):
     """Print ``message`` to stderr and exit with ``code``."""
-    click.echo(f"error: {message}", err=True)
+    from mapkit.datasets.names import printable
+
+    click.echo(printable(f"error: {message}"), err=True)
     sys.exit(code)
 
 
@@ -147,8 +201,9 @@ def main():
 @parallel_options("song", "Recompute songs already stored with the same audio and settings.")
 @click.option("--shard-songs", type=click.IntRange(min=1), default=64, show_default=True,
               help="Songs per HDF5 shard (a killed run loses at most one shard in progress).")
+@item_timeout_option
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_songs, no_progress):
+def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_songs, item_timeout, no_progress):
     """Audio -> padded log-mel features of both stages in the store's HDF5 shards.
 
     INPUT is a folder of level folders and/or .zip files (the audio is found
@@ -160,19 +215,30 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
     Each song is fingerprinted (Chromaprint) and given a group_id shared with
     its other encodes and copies; training splits by group (docs/store.md).
 
+    Only regular files are read; links below INPUT are followed only inside
+    it; a zip member or gzip file may expand to at most 512 MiB (audio) or
+    64 MiB (JSON): set MAPKIT_MAX_AUDIO_BYTES / MAPKIT_MAX_JSON_BYTES to
+    change that. Ctrl-C or SIGTERM stops the run, keeping the songs written
+    (exit code 130 or 143); run the command again to finish.
+
     \b
     Example:
       mapkit extract ~/BeatSaber/CustomLevels --store data/ --jobs 8
       mapkit extract songs/ --backend dask --scheduler tcp://10.0.0.5:8786
     """
+    from mapkit.datasets.runner import RunInterrupted
     from mapkit.errors import MapkitError
     from mapkit.extract import extract
 
     try:
-        report = extract(input_dir, store=store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
-                         progress=not no_progress, shard_songs=shard_songs)
+        with signals_stop_the_run():
+            report = extract(input_dir, store=store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
+                             progress=not no_progress, shard_songs=shard_songs, item_timeout=item_timeout)
     except MapkitError as e:
         fail(str(e))
+    except RunInterrupted as e:
+        interrupted(e)
+    warn_ignored(report)
     click.echo(report.summary(), err=True)
     sys.exit(report.exit_code)
 
@@ -200,6 +266,7 @@ def inspect_command(levels, as_json, characteristic, song_offset):
       mapkit inspect tests/fixtures/maps/JOURNEY --characteristic all
       mapkit inspect ~/BeatSaber/CustomLevels/ --json > levels.jsonl
     """
+    from mapkit.datasets.names import printable
     from mapkit.preprocess.levels import inspect_levels
     from mapkit.settings import TargetSettings
 
@@ -208,10 +275,10 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     for result in inspect_levels(levels, settings=settings, as_json=as_json, characteristic=characteristic):
         if result.error is not None:
             failed += 1
-            click.echo(f"error: {result.error}", err=True)
+            click.echo(printable(f"error: {result.error}"), err=True)
         else:
             shown += 1
-            click.echo(result.text)
+            click.echo(printable(result.text))
     sys.exit(EXIT_OK if not failed else EXIT_PARTIAL if shown else EXIT_FAILED)
 
 
@@ -313,12 +380,14 @@ def validate_command(store, as_json, quick, no_progress):
 @parallel_options("level", "Redo levels already stored with the same files, audio and settings.")
 @click.option("--shard-levels", type=click.IntRange(min=1), default=256, show_default=True,
               help="Levels per HDF5 shard (a killed run loses at most one shard in progress).")
+@item_timeout_option
 @click.option("--metadata", type=click.Path(dir_okay=False), default=None,
               help="JSON-lines file of BeatSaver map documents (hash, stats, automapper, ranked, tags; .gz ok), "
                    "joined on the level hash into the written levels' attrs (bs_score, bs_automapper...).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_vocab, val_fraction, val_songs, seed,
-                          song_offset, jobs, force, backend, scheduler, shard_levels, metadata, no_progress):
+                          song_offset, jobs, force, backend, scheduler, shard_levels, item_timeout, metadata,
+                          no_progress):
     """Levels -> per-frame classes and state-token sequences in the store's HDF5 shards.
 
     INPUT is a folder of level folders and/or .zip files (the same folder as
@@ -330,7 +399,9 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
     vocab.json; later runs encode with it (unseen states become UNK). Levels
     already stored with the same files, audio and settings are skipped.
     Quarantined difficulties and unreadable levels are reported
-    (STORE/reports/) and the exit code is then 2.
+    (STORE/reports/) and the exit code is then 2. Inputs are read as by
+    extract (regular files only, links inside INPUT, size caps); Ctrl-C or
+    SIGTERM stops the run (exit code 130 or 143); run it again to finish.
 
     \b
     Example:
@@ -339,20 +410,121 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
       mapkit build-targets CustomLevels/ --metadata beatsaver-maps.jsonl --force
     """
     from mapkit.build_targets import build_targets
+    from mapkit.datasets.runner import RunInterrupted
     from mapkit.errors import MapkitError
     from mapkit.settings import TargetSettings
 
     settings = TargetSettings(song_offset=song_offset, vocab_size=vocab_size)
     try:
-        report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
-                               force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
-                               val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
-                               scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels,
-                               metadata=metadata)
+        with signals_stop_the_run():
+            report = build_targets(input_dir, store=store, settings=settings, characteristic=characteristic, jobs=jobs,
+                                   force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
+                                   val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
+                                   scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels,
+                                   item_timeout=item_timeout, metadata=metadata)
     except MapkitError as e:
         fail(str(e))
+    except RunInterrupted as e:
+        interrupted(e)
+    warn_ignored(report)
     click.echo(report.summary(unit="items"), err=True)
     sys.exit(report.exit_code)
+
+
+@main.command("audit", short_help="Check every stored level against its audio.")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the full report (every difficulty) as JSON on stdout.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="PNG of the lag, strength and coverage distributions [default: next to the JSON report "
+                   "in STORE/reports/].")
+@parallel_options("level", "Audit again levels already audited with the same settings and features.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def audit_command(store, as_json, plot, jobs, force, backend, scheduler, no_progress):
+    """Check every stored difficulty against its audio: offset, alignment peak, coverage.
+
+    Cross-correlates each difficulty's notes with the onset strength of its
+    song's stored features over lags of +-1 s and flags: offset (a clear
+    peak more than 3 frames from 0: "offset +37 frames"), no_peak (peak
+    strength below 4.5: notes unrelated to the audio), partial (notes span
+    under 50 % of the song), few_notes (under 16 note frames). Results
+    are stored as difficulty attributes (align_lag_frames, align_strength,
+    align_coverage, audit_flags_json) for `mapkit train --exclude-flagged`;
+    prints the flagged levels, writes STORE/reports/audit-*.json and a PNG.
+    Levels already audited with the same settings are not redone. Exit code
+    0 when every level was audited (flagged or not), 2 when some could not
+    be (e.g. no features), 1 when the audit could not run.
+
+    \b
+    Example:
+      mapkit audit --store data/
+      mapkit audit --store data/ --json > audit.json
+      mapkit audit --store data/ --plot lags.png --jobs 8
+    """
+    import json
+
+    from mapkit.audit import audit_store
+    from mapkit.errors import MapkitError
+
+    try:
+        report = audit_store(store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
+                             progress=not no_progress and not as_json, plot=plot)
+    except MapkitError as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        click.echo(report.table())
+        click.echo(f"plot: {report.plot_path}", err=True)
+    sys.exit(report.exit_code)
+
+
+@main.command("stats", short_help="What is in the corpus: counts and a figure sheet.")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the whole JSON document on stdout.")
+@click.option("--png", type=click.Path(dir_okay=False), default=None,
+              help="Figure sheet PNG [default: STORE/reports/stats-<time>-<pid>.png].")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes reading targets shards in parallel.")
+def stats_command(store, as_json, png, jobs):
+    """What is in my corpus? Counts and distributions from the store's attributes.
+
+    Levels by format version, characteristic and difficulty; songs by length
+    and sample rate; BPM and tempo changes; notes per second per difficulty;
+    notes, bombs, obstacles, arcs and chains per difficulty; quarantine,
+    failure and drop reasons; audit flags; same-song groups, duplicate and
+    automapped levels (when stored); UNK share per split. Reads attributes
+    only (never features), so it is fast. Writes the JSON document and a
+    PNG figure sheet to STORE/reports/ (--png to choose the PNG). Exit
+    code 0, or 1 when there is no store.
+
+    \b
+    Example:
+      mapkit stats --store data/
+      mapkit stats --store data/ --json > corpus.json
+      mapkit stats --store data/ --png corpus.png
+    """
+    import json
+    import os
+
+    from mapkit.datasets.store import Store, utc_timestamp, write_json_atomic
+    from mapkit.errors import MapkitError
+    from mapkit.stats import corpus_stats, stats_text
+
+    s = Store(store)
+    stem = s.reports_dir / f"stats-{utc_timestamp()}-{os.getpid()}"
+    try:
+        doc = corpus_stats(s, png=png or f"{stem}.png", jobs=jobs)
+        s.reports_dir.mkdir(parents=True, exist_ok=True)
+        doc["report"] = str(write_json_atomic(f"{stem}.json", doc))
+    except MapkitError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{store}: cannot write the report: {e}")
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+    else:
+        click.echo(stats_text(doc))
+        click.echo(f"report: {doc['report']}; figures: {doc['png']}", err=True)
 
 
 # --- train: stage 1 (ddc) and stage 2 (transformer) ---
@@ -377,6 +549,8 @@ def _train_options(f):
                      help="Steps between checkpoints (OUT/last.pt; also written at the end)."),
         click.option("--difficulty", "difficulties", multiple=True,
                      help="Train on these difficulties only (repeatable; default all)."),
+        click.option("--exclude-flagged", is_flag=True,
+                     help="Leave out difficulties flagged by `mapkit audit` (offset, no alignment peak, partial...)."),
         click.option("--exclude-automapped", is_flag=True, default=None,
                      help="Leave out levels flagged automapped (info-file rules or BeatSaver's flag)."),
         click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=None,
@@ -410,6 +584,7 @@ def _train_config_kwargs(kw: dict) -> dict:
                 warmup_steps=kw["warmup_steps"], grad_clip=kw["grad_clip"], seed=kw["seed"],
                 val_fraction=kw["val_fraction"], val_songs=tuple(kw["val_songs"]) or None,
                 characteristic=kw["characteristic"], difficulties=tuple(kw["difficulties"]) or None,
+                exclude_flagged=kw["exclude_flagged"],
                 min_score=kw["min_score"], exclude_automapped=kw["exclude_automapped"] or None,
                 checkpoint_every=kw["checkpoint_every"], eval_every=kw["eval_every"], log_every=kw["log_every"])
 
@@ -434,6 +609,11 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
         click.echo(f"step {result.step}{' (stopped early)' if result.stopped_early else ''}; "
                    f"validation: {metrics or 'none (no validation songs)'}")
         click.echo(f"checkpoint: {result.last}; log: {result.metrics_path}; curves: {result.plot_path}")
+        from mapkit.train.ablation import ablation_summary
+
+        summary = ablation_summary(result.metrics_path) if result.metrics_path else None
+        if summary:
+            click.echo(summary)
 
 
 @main.group("train", short_help="Train stage 1 (ddc) or stage 2 (transformer).")
@@ -468,8 +648,8 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
 
     Trains on windows of placement features (+-7 context frames) with the
     difficulty as input. Validation: onset precision/recall/F1 at +-20 ms
-    after peak picking; the F1-best threshold is saved in the checkpoint for
-    `mapkit generate`.
+    after peak picking; the F1-best threshold of each difficulty (and the
+    best single one) is saved in the checkpoint for `mapkit generate`.
 
     \b
     Example:
@@ -499,8 +679,11 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
     """Stage 2: the encoder-decoder that says which notes go on each note frame.
 
     Encoder over per-note stage-2 features and gaps, causal decoder over
-    state tokens, label smoothing 0.1. Validation: token accuracy and
-    perplexity. The vocabulary is saved in the checkpoint.
+    state tokens that also reads the encoder output of the note it
+    predicts, label smoothing 0.1. Validation: token accuracy and
+    perplexity; at the end, metrics.jsonl gets the audio ablation (the
+    same figures with the audio zeroed, shuffled, or another song's).
+    The vocabulary is saved in the checkpoint.
 
     \b
     Example:
@@ -533,7 +716,8 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
               help="Sample stage 2 at this temperature instead of beam search.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --temperature sampling.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Note threshold of the peak picking (default: the checkpoint's validated one).")
+              help="Note threshold of the peak picking (default: the checkpoint's validated one "
+                   "for the difficulty).")
 @click.option("--no-snap", is_flag=True, help="Keep exact note times instead of snapping to 1/16 beat within 10 ms.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,

@@ -45,7 +45,9 @@ from pathlib import Path
 import numpy as np
 
 from mapkit.datasets.groups import GroupAssigner
-from mapkit.datasets.runner import ItemResult, RunReport, SourceItem, run_items, write_report
+from mapkit.datasets.names import safe_attrs
+from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
+                                    run_items, write_report)
 from mapkit.datasets.store import (ATTRS_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
                                    shard_file_attrs)
 from mapkit.errors import MapkitError, StoreError
@@ -84,8 +86,12 @@ def _source_sha256(source) -> str:
 
 def extract_one(task: ExtractTask, settings: FeatureSettings):
     """Worker: :class:`AlreadyPresent` when the audio hash is the stored one, else the song's features."""
+    from mapkit.datasets.names import song_id_problem
     from mapkit.preprocess.features import song_features
 
+    problem = song_id_problem(task.song_id)
+    if problem is not None:  # "." (from "..zip"), control characters, undecodable bytes: never reach HDF5
+        raise MapkitError(task.path, problem)
     if task.known_sha256 is not None and _source_sha256(task.source) == task.known_sha256:
         return AlreadyPresent(task.known_sha256)
     return song_features(task.source, settings, fingerprint=True)
@@ -120,7 +126,8 @@ def feature_item(song, group_id: str | None = None) -> ShardItem:
                 "selection": np.asarray(song.selection, dtype=np.float16)}
     if song.chromaprint is not None:
         datasets[CHROMAPRINT] = np.asarray(song.chromaprint, dtype=np.uint32)
-    return ShardItem(group=f"{KIND_ROOTS['features']}/{song.song_id}", datasets=datasets, attrs=attrs)
+    return ShardItem(group=f"{KIND_ROOTS['features']}/{song.song_id}", datasets=datasets,
+                     attrs=safe_attrs(attrs))
 
 
 #: Name of the fingerprint dataset of a song group.
@@ -176,7 +183,8 @@ def check_settings(index, settings: FeatureSettings, store_root) -> None:
 
 def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = FeatureSettings(), jobs=None,
             force: bool = False, backend: str = "joblib", scheduler=None, progress: bool = True,
-            shard_songs: int = DEFAULT_SHARD_SONGS, shard_bytes: int = DEFAULT_SHARD_BYTES) -> RunReport:
+            shard_songs: int = DEFAULT_SHARD_SONGS, shard_bytes: int = DEFAULT_SHARD_BYTES,
+            item_timeout: float | None = DEFAULT_ITEM_TIMEOUT_S) -> RunReport:
     """Extract the features of every song under ``input_dir`` into ``store``.
 
     Parameters
@@ -198,6 +206,9 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
         tqdm progress bar on stderr.
     shard_songs, shard_bytes : int
         When a shard is full and committed.
+    item_timeout : float or None
+        Seconds one song may take before it fails with "timed out after N s"
+        (:func:`~mapkit.datasets.runner.run_items`); None: no limit.
 
     Returns
     -------
@@ -212,11 +223,16 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
         The run could not proceed: input missing or without songs, duplicate song ids.
     StoreError
         The store is locked by another run, or holds features of other settings.
+    RunInterrupted
+        SIGINT or SIGTERM: the songs written so far are committed (and
+        ``stats.json`` updated), the song in progress is not recorded; running
+        again finishes the job.
     """
     from mapkit.preprocess.sources import discover
 
     store = store if isinstance(store, Store) else Store(store)
-    sources = discover(os.path.abspath(input_dir))
+    ignored: list = []
+    sources = discover(os.path.abspath(input_dir), ignored=ignored)
     if not sources:  # most likely the wrong folder: say so rather than "0 songs, all fine"
         raise MapkitError(input_dir, "no songs found (level folders, .zip files or audio files)")
     with store.lock(COMMAND):
@@ -247,8 +263,14 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
 
         try:
             with writer:
-                results = run_items(tasks, functools.partial(extract_one, settings=settings), write, jobs=jobs,
-                                    backend=backend, scheduler=scheduler, desc=COMMAND, progress=progress)
+                try:
+                    results = run_items(tasks, functools.partial(extract_one, settings=settings), write, jobs=jobs,
+                                        backend=backend, scheduler=scheduler, desc=COMMAND, progress=progress,
+                                        time_limit=item_timeout)
+                except RunInterrupted:
+                    writer.close()  # every song written so far is complete: keep them
+                    store.write_feature_stats()
+                    raise
         except StoreError:  # e.g. a full disk: the shards committed so far stay, and stats.json describes them
             if writer.committed:
                 store.write_feature_stats()
@@ -269,7 +291,7 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
             print(f"warning: {note}", file=sys.stderr)
         index = store.index("features")
         store.write_feature_stats(index)
-        report = RunReport(COMMAND, results, problems=index.problems)
+        report = RunReport(COMMAND, results, problems=index.problems, ignored=ignored)
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "backend": backend, "stored_songs": len(index),

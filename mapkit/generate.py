@@ -3,7 +3,7 @@
     song -> song_features (the code of ``mapkit extract``, float16 as stored)
          -> stage 1: per-frame note probabilities (``ddc.predict_probabilities``,
             the windows the threshold was validated with)
-         -> peak picking (the checkpoint's threshold, smoothing, minimum gap)
+         -> peak picking (the checkpoint's threshold of the difficulty, smoothing, minimum gap)
          -> tempo from the audio, note beats (optionally snapped to a 1/16 grid)
          -> stage 2: one state per peak by beam search (cached keys/values) or sampling
          -> a level folder (Info.dat v2.1.0, a v3.3.0 difficulty, song.egg, cover.png) and its .zip
@@ -89,6 +89,12 @@ class PlacementSetup:
     threshold: float | None
     smoothing: int
     min_gap_frames: int
+    #: difficulty name -> its own validated threshold (checkpoints since issue 15; else empty)
+    thresholds: dict = field(default_factory=dict)
+
+    def threshold_for(self, difficulty: str) -> float | None:
+        """The validated threshold of ``difficulty``, else the single best one (None: none validated)."""
+        return self.thresholds.get(difficulty, self.threshold)
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, path="placement checkpoint") -> "PlacementSetup":
@@ -99,8 +105,9 @@ class PlacementSetup:
             mean, std = stage_stats(ckpt["stats"], "placement")
             peaks = ckpt["peak_picking"]
             threshold = None if peaks["threshold"] is None else float(peaks["threshold"])
+            thresholds = {str(d): float(t) for d, t in (peaks.get("thresholds") or {}).items()}
             return cls(_feature_settings(ckpt, path), mean, std, int(ckpt["window"]), threshold,
-                       int(peaks["smoothing"]), int(peaks["min_gap_frames"]))
+                       int(peaks["smoothing"]), int(peaks["min_gap_frames"]), thresholds)
         except KeyError as e:
             raise MapkitError(path, f"not a stage-1 (ddc) checkpoint: no {e.args[0]!r}") from None
 
@@ -535,7 +542,8 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     out_dir : path
         The level is written to ``out_dir/<name>/`` and ``out_dir/<name>.zip``.
     threshold : float, optional
-        Peak threshold instead of the checkpoint's.
+        Peak threshold instead of the checkpoint's (that of ``difficulty`` when
+        validated, else the single best one).
     seed : int
         Seed of sampling.
     use_cache : bool
@@ -580,7 +588,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         raise MapkitError(song, f"the stage-2 vocabulary has {len(s_setup.vocab)} tokens, "
                                 f"the model {selection_model.config.vocab_size}")
     settings = p_setup.feature_settings
-    th = p_setup.threshold if threshold is None else float(threshold)
+    th = p_setup.threshold_for(difficulty) if threshold is None else float(threshold)
     if th is None:
         raise MapkitError(song, "the stage-1 checkpoint holds no validated threshold (trained without a "
                                 "validation split); pass a threshold")

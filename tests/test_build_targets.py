@@ -226,7 +226,7 @@ def test_real_gaps_from_earliest_note_of_each_frame(real):
 def test_real_attrs(real):
     lv = real["targets"]["JOURNEY"]
     assert lv["attrs"]["characteristic"] == "all" and lv["attrs"]["info_version"] == "2.0.0"
-    assert lv["attrs"]["level_sha256"] == level_files_sha256(real["levels"] / "JOURNEY")
+    assert lv["attrs"]["level_sha256"] == level_files_sha256(real["levels"] / "JOURNEY", "all")
     features = Store(real["store"]).index("features")["JOURNEY"]
     one = lv["OneSaber/ExpertPlus"]["attrs"]
     assert one["sniffed_version"] == "3" and one["declared_version"] == "3.1.0"

@@ -143,3 +143,20 @@ def test_missing_metadata_file_stops_the_run(tmp_path):
         read_metadata(tmp_path / "nope.jsonl")
     attrs = metadata_attrs({"id": 1, "stats": {"score": "n/a"}})
     assert math.isnan(attrs["bs_score"]) and attrs["bs_upvotes"] == -1 and not attrs["bs_automapper"]
+
+
+def test_unreadable_difficulty_leaves_the_hash_unknown(tmp_path):
+    import os
+    import shutil
+
+    from mapkit.errors import LevelError
+    from mapkit.preprocess.levelhash import level_hash_and_info
+
+    level = tmp_path / "JOURNEY"
+    shutil.copytree(JOURNEY, level)
+    (level / "HardStandard.dat").unlink()
+    os.mkfifo(level / "HardStandard.dat")  # reading it would block: the container refuses it
+    digest, info, problem = level_hash_and_info(level)
+    assert digest == "" and "HardStandard.dat" in str(problem.path) and info["_songName"]
+    with pytest.raises(LevelError):
+        level_hash(level)

@@ -21,7 +21,9 @@ so a song's levels, and those of its other encodes, are all on one side.
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +76,8 @@ class LevelRef:
         return f"{self.song_id}/{self.characteristic}/{self.difficulty}"
 
 
-def store_levels(store, song_ids=None, characteristic: str = "Standard", difficulties=None) -> list[LevelRef]:
+def store_levels(store, song_ids=None, characteristic: str = "Standard", difficulties=None,
+                 exclude_flagged: bool = False) -> list[LevelRef]:
     """Every level of the store with both features and targets, in a stable order.
 
     Reads only metadata and closes every file. Songs with targets but no
@@ -91,8 +94,13 @@ def store_levels(store, song_ids=None, characteristic: str = "Standard", difficu
         Characteristic to use ("Standard"), compared case-insensitively.
     difficulties : iterable of str, optional
         Only these difficulties (canonical names, e.g. "Expert").
+    exclude_flagged : bool
+        Leave out difficulties that ``mapkit audit`` flagged (a non-empty
+        ``audit_flags_json`` attribute). Difficulties never audited are kept,
+        with a warning that counts them.
     """
     store = store if isinstance(store, Store) else Store(store)
+    not_audited = 0
     features = store.index("features")
     targets = store.index("targets")
     wanted = None if song_ids is None else set(song_ids)
@@ -114,11 +122,18 @@ def store_levels(store, song_ids=None, characteristic: str = "Standard", difficu
                     group = song[char_name][diff_name]
                     if "frame_class" not in group:
                         continue
+                    if exclude_flagged and "audit_flags_json" not in group.attrs:
+                        not_audited += 1
+                    elif exclude_flagged and json.loads(group.attrs["audit_flags_json"]):
+                        continue
                     if group["frame_class"].shape[0] != n_frames:
                         raise StoreError(te.shard, f"{group.name}: frame_class has {group['frame_class'].shape[0]} "
                                                    f"frames, the song's features {n_frames}; run mapkit validate")
                     out.append(LevelRef(song_id, char_name, diff_name, n_frames, str(fe.shard), fe.group,
                                         str(te.shard), group.name.lstrip("/")))
+    if not_audited:
+        warnings.warn(f"{not_audited} difficult{'ies' if not_audited != 1 else 'y'} of {store.root} not audited, "
+                      f"kept: run mapkit audit before --exclude-flagged", stacklevel=2)
     return out
 
 
@@ -219,7 +234,7 @@ class PlacementDataset(torch.utils.data.Dataset):
         ``L``, output frames per item.
     context : int
         Context frames each side; must equal the stored placement pad.
-    characteristic, difficulties : see :func:`store_levels`
+    characteristic, difficulties, exclude_flagged : see :func:`store_levels`
     jitter : bool
         Random window offsets (training) or exact tiling (validation).
     seed : int
@@ -229,11 +244,11 @@ class PlacementDataset(torch.utils.data.Dataset):
 
     def __init__(self, store, song_ids=None, stats: dict | None = None, window: int = 100, context: int = 7,
                  characteristic: str = "Standard", difficulties=None, jitter: bool = True, seed: int = 0,
-                 feature_settings: FeatureSettings = FeatureSettings()):
+                 feature_settings: FeatureSettings = FeatureSettings(), exclude_flagged: bool = False):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         store = store if isinstance(store, Store) else Store(store)
-        self.levels = store_levels(store, song_ids, characteristic, difficulties)
+        self.levels = store_levels(store, song_ids, characteristic, difficulties, exclude_flagged)
         self.window = int(window)
         self.context = int(context)
         self.jitter = bool(jitter)
@@ -349,7 +364,7 @@ class SelectionDataset(torch.utils.data.Dataset):
     Parameters
     ----------
     store : Store or path
-    song_ids, stats, characteristic, difficulties, seed : as :class:`PlacementDataset`
+    song_ids, stats, characteristic, difficulties, seed, exclude_flagged : as :class:`PlacementDataset`
     vocab : Vocabulary, optional
         For ``one_hot`` (default: the store's vocab.json).
     one_hot : bool
@@ -359,9 +374,9 @@ class SelectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, store, song_ids=None, stats: dict | None = None, characteristic: str = "Standard",
                  difficulties=None, vocab: Vocabulary | None = None, one_hot: bool = False,
-                 max_tokens: int | None = None, jitter: bool = True, seed: int = 0):
+                 max_tokens: int | None = None, jitter: bool = True, seed: int = 0, exclude_flagged: bool = False):
         store = store if isinstance(store, Store) else Store(store)
-        self.levels = store_levels(store, song_ids, characteristic, difficulties)
+        self.levels = store_levels(store, song_ids, characteristic, difficulties, exclude_flagged)
         self.mean, self.std = stage_stats(stats if stats is not None else store.read_stats(), "selection")
         self.one_hot = bool(one_hot)
         self.vocab = vocab

@@ -37,6 +37,12 @@ TOP_DB_NATS = 80.0 * np.log(10.0) / 10.0
 #: scoring its peak: the onset envelope smears one onset over a few frames.
 PEAK_HALF_WIDTH = 3
 
+#: Lags whose correlation is within this many robust standard deviations of
+#: the highest are treated as equal, and the one nearest lag 0 is the best:
+#: in beat-periodic music lags a beat (or half a beat) apart correlate almost
+#: equally, and no onset measure can tell them apart.
+PEAK_TIE_Z = 1.0
+
 #: The onset strength is compared with its mean over a centred window of this
 #: many frames (1 s), so that loud passages do not outweigh quiet ones.
 LOCAL_MEAN_FRAMES = FPS + 1
@@ -119,10 +125,16 @@ class Alignment:
     Attributes
     ----------
     lag_frames : int
-        The lag ``k`` in ``[-max_lag, max_lag]`` with the highest correlation;
-        **positive = notes late** vs the audio (a note at frame ``n`` sits on
-        the onset at ``n - k``). Among equal maxima, the smallest ``|k|``
-        (then the negative one). 0 when there are no notes.
+        The best lag ``k*`` in ``[-max_lag, max_lag]``; **positive = notes
+        late** vs the audio (a note at frame ``n`` sits on the onset at
+        ``n - k``). It is the lag of smallest ``|k|`` (then the negative one)
+        among those whose correlation is at least ``c_max - PEAK_TIE_Z * s``,
+        where ``c_max`` is the highest correlation and ``s`` the robust
+        spread (``1.4826 * MAD``) of the correlations more than
+        ``PEAK_HALF_WIDTH`` frames from its lag: lags a beat apart are
+        near-ties in beat-periodic music, so a map offset by exactly a whole
+        number of beats (or half-beats, when its notes are on half-beats)
+        reads as aligned. 0 when there are no notes.
     strength : float
         How far the peak stands out, as a robust z-score:
         ``(c[k*] - median(c_o)) / (1.4826 * MAD(c_o))`` where ``c_o`` are the
@@ -204,16 +216,22 @@ def normalised_onset(onset: np.ndarray) -> np.ndarray:
     return ndtri((average_rank[inverse.ravel()] + 0.5) / d.size)
 
 
-def _peak_strength(correlation: np.ndarray, peak: int) -> float:
-    """Robust z-score of ``correlation[peak]`` against the lags away from it."""
+def _centre_and_spread(correlation: np.ndarray, peak: int) -> tuple[float, float]:
+    """Median and robust spread (1.4826 MAD, else the std, else 0) of the correlations away from ``peak``."""
     idx = np.arange(len(correlation))
     others = correlation[(np.abs(idx - peak) > PEAK_HALF_WIDTH) & np.isfinite(correlation)]
     if others.size < 2:
-        return 0.0
-    centre = np.median(others)
-    spread = 1.4826 * np.median(np.abs(others - centre))
+        return 0.0, 0.0
+    centre = float(np.median(others))
+    spread = 1.4826 * float(np.median(np.abs(others - centre)))
     if spread <= 0:
-        spread = others.std()
+        spread = float(others.std())
+    return centre, spread
+
+
+def _peak_strength(correlation: np.ndarray, peak: int) -> float:
+    """Robust z-score of ``correlation[peak]`` against the lags away from it."""
+    centre, spread = _centre_and_spread(correlation, peak)
     if spread <= 0:
         return 0.0
     return float((correlation[peak] - centre) / spread)
@@ -227,8 +245,9 @@ def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100) 
     onset strength ``z`` (:func:`normalised_onset`). For each lag ``k`` in
     ``-max_lag .. max_lag`` the correlation is the mean of ``z[n - k]`` over
     the distinct note frames ``n`` with ``0 <= n - k < T``; the best lag is
-    the one where it is highest. See :class:`Alignment` for the exact
-    definitions of ``lag_frames``, ``strength`` and ``coverage``.
+    the one where it is highest, near-ties going to the lag nearest 0. See
+    :class:`Alignment` for the exact definitions of ``lag_frames``,
+    ``strength`` and ``coverage``.
 
     Parameters
     ----------
@@ -284,9 +303,14 @@ def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100) 
 
 
 def _best_lag_index(correlation: np.ndarray, lags: np.ndarray) -> int:
-    """Index of the highest finite correlation; ties go to the smallest |lag|, then the negative one."""
+    """Index of the best lag: the smallest |lag| (then the negative one) among the near-ties of the highest.
+
+    Near-ties: correlations within ``PEAK_TIE_Z`` robust spreads of the
+    highest finite one (spread measured away from the highest).
+    """
     finite = np.isfinite(correlation)
-    top = np.max(correlation[finite])
-    candidates = np.flatnonzero(finite & (correlation == top))
+    top = int(np.flatnonzero(finite)[np.argmax(correlation[finite])])
+    _, spread = _centre_and_spread(correlation, top)
+    candidates = np.flatnonzero(finite & (correlation >= correlation[top] - PEAK_TIE_Z * spread))
     order = np.lexsort((lags[candidates], np.abs(lags[candidates])))
     return int(candidates[order[0]])

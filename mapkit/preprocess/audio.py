@@ -30,7 +30,7 @@ import re
 
 import numpy as np
 
-from mapkit.errors import AudioError, LevelError
+from mapkit.errors import AudioError
 
 #: Frames decoded per soundfile call: large enough that call overhead vanishes,
 #: small enough that the stereo block stays in cache-sized memory (~2 MB).
@@ -234,24 +234,29 @@ def open_source_audio(source):
     Raises
     ------
     AudioError
-        When the level names no audio file, the file is missing or cannot be opened.
+        When the level names no audio file, the file is missing, is not a
+        regular file, is a link leaving its level, is larger than the audio
+        cap (zip members) or cannot be opened.
     """
+    from mapkit.errors import MapkitError
+    from mapkit.preprocess.limits import open_regular
+
     if source.kind == "audio":
-        try:
-            return open(source.path, "rb"), str(source.path), None
-        except OSError as e:
-            raise AudioError(source.path, f"cannot open: {e.strerror or e}") from None
+        try:  # only a regular file: a FIFO or a device would block or never end
+            return open_regular(source.path), str(source.path), None
+        except MapkitError as e:
+            raise AudioError(e.path, e.reason) from None
     from mapkit.preprocess.container import LevelContainer
 
     try:
         with LevelContainer(source.path) as level:
             audio = level.audio_name()
             name = level.describe(audio)
-            if level.is_zip:
-                data = level.read_bytes(audio)
+            if level.is_zip:  # read in blocks up to the audio cap ("too large when decompressed")
+                data = level.read_bytes(audio, level.limits.max_audio_bytes)
                 return io.BytesIO(data), name, data
             return level.open(audio), name, None
-    except LevelError as e:  # no info file, no song file named, or the file is missing
+    except MapkitError as e:  # no info file, no song file named, missing, not a regular file, too large
         raise AudioError(e.path, e.reason) from None
     except OSError as e:
         raise AudioError(source.path, f"cannot open audio: {e.strerror or e}") from None

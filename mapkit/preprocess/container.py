@@ -1,21 +1,71 @@
 """A level as a container of files: a folder or a BeatSaver ``.zip`` (read without unpacking).
 
 Names are looked up case-insensitively (``Info.dat``, ``info.dat``, ``INFO.DAT``),
-because levels made on Windows do not agree on case.
+because levels made on Windows do not agree on case. One rule for folders and
+zips: the exact spelling asked for wins; otherwise, of the names that match
+case-insensitively, the first in code-point order (``Info.dat`` before
+``info.dat``). The info file is looked up as ``Info.dat`` (then legacy
+``info.json``), so of ``Info.dat`` and ``info.dat`` side by side ``Info.dat``
+is read, and the level is warned about the other.
+
+Reading is bounded (:mod:`mapkit.preprocess.limits`): only regular files are
+read ("not a regular file" for FIFOs, devices, sockets; a zip member stored as
+a symbolic link too); JSON files are capped at ``max_json_bytes`` and audio
+taken out of a zip at ``max_audio_bytes`` ("too large when decompressed"), each
+read in blocks, never whole before the cap is checked.
+
+Symbolic links inside a level folder are followed only when their target lies
+inside the level folder itself; a link leaving it is refused ("symbolic link
+leads outside the level folder"), so a level cannot make mapkit read
+``/dev/zero`` or another level's files.
+
+A zip member that cannot be read (encrypted, an unsupported compression
+method, a bad CRC) raises :class:`~mapkit.errors.LevelError` naming
+``archive.zip!member``: only what needs that member fails.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 import zipfile
 from pathlib import Path
 
-from mapkit.errors import LevelError
+from mapkit.errors import LevelError, MapkitError
 from mapkit.preprocess.jsonio import load_json_bytes
+from mapkit.preprocess.limits import NOT_REGULAR, ReadLimits, open_regular, read_capped, read_limits, too_large
 
-#: Info file names, in order of preference (legacy v1 last).
+#: Info file names (lowercase), in order of preference (legacy v1 last).
 INFO_NAMES = ("info.dat", "info.json")
+#: The spellings the info file is looked up by (exact spelling first, then any case).
+INFO_SPELLINGS = ("Info.dat", "info.json")
+
+LINK_OUTSIDE_LEVEL = "symbolic link leads outside the level folder (not followed)"
+
+
+def _zip_errors() -> tuple:
+    import lzma
+    import zlib
+
+    return (OSError, EOFError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+            zipfile.LargeZipFile, zlib.error, lzma.LZMAError)
+
+
+def _zip_reason(e: BaseException) -> str:
+    """Why a zip member could not be read, in words."""
+    text = str(e)
+    if isinstance(e, RuntimeError) and "encrypted" in text:
+        return "encrypted zip member (password required): cannot read"
+    if isinstance(e, NotImplementedError):
+        return f"unsupported zip compression method: {text}"
+    if isinstance(e, zipfile.BadZipFile):
+        return f"corrupt zip member: {text}"
+    return f"cannot read: {text}"
+
+
+def _is_zip_symlink(info: zipfile.ZipInfo) -> bool:
+    return stat.S_ISLNK(info.external_attr >> 16)
 
 
 class LevelContainer:
@@ -25,31 +75,45 @@ class LevelContainer:
     A zip is read from its root folder (:func:`zip_root`): where its shallowest
     info file sits, so a zip of ``Song/Info.dat`` or ``Pack/Song/Info.dat``
     reads like a zip of ``Info.dat``. macOS ``__MACOSX/`` sidecar entries are
-    not part of the level.
+    not part of the level. ``limits`` caps what is read (default:
+    :func:`~mapkit.preprocess.limits.read_limits`).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, limits: ReadLimits | None = None):
         self.path = Path(path)
-        self.is_zip = self.path.is_file() and self.path.suffix.lower() == ".zip"
+        self.limits = read_limits() if limits is None else limits
+        self.is_zip = self.path.suffix.lower() == ".zip" and not self.path.is_dir()
         self.name = self.path.stem if self.is_zip else self.path.name
-        self._zip = None
+        self._zip = self._zip_file = None
         if self.is_zip:
-            try:
-                self._zip = zipfile.ZipFile(self.path)
-            except (zipfile.BadZipFile, OSError) as e:
-                raise LevelError(self.path, f"not a readable zip file: {e}") from None
-            members = [m for m in self._zip.namelist() if not m.endswith("/") and not _is_macos_sidecar(m)]
-            prefix = zip_root(members)
-            self._members = {m[len(prefix):]: m for m in members if m.startswith(prefix)}
+            self._open_zip()
+            members = [i for i in self._zip.infolist() if not i.is_dir() and not _is_macos_sidecar(i.filename)]
+            prefix = zip_root([i.filename for i in members])
+            self._members = {i.filename[len(prefix):]: i for i in members if i.filename.startswith(prefix)}
         elif self.path.is_dir():
             self._members = None
+            self._real_root = os.path.realpath(self.path)
         else:
             raise LevelError(self.path, "not a level folder or .zip file")
+
+    def _open_zip(self):
+        try:
+            self._zip_file = open_regular(self.path)
+        except MapkitError as e:
+            raise LevelError(e.path, e.reason) from None
+        try:
+            self._zip = zipfile.ZipFile(self._zip_file)
+        except _zip_errors() as e:
+            self.close()
+            raise LevelError(self.path, f"not a readable zip file: {e}") from None
 
     def close(self):
         if self._zip is not None:
             self._zip.close()
             self._zip = None
+        if self._zip_file is not None:
+            self._zip_file.close()
+            self._zip_file = None
 
     def __enter__(self):
         return self
@@ -59,16 +123,16 @@ class LevelContainer:
 
     def __getstate__(self):  # picklable for worker processes: reopen lazily
         d = dict(self.__dict__)
-        d["_zip"] = None
+        d["_zip"] = d["_zip_file"] = None
         return d
 
     def __setstate__(self, d):
         self.__dict__.update(d)
         if self.is_zip:
-            self._zip = zipfile.ZipFile(self.path)
+            self._open_zip()
 
     def names(self) -> list[str]:
-        """Relative names of all files (posix separators)."""
+        """Relative names of all files (posix separators); links to folders are not entered."""
         if self._members is not None:
             return sorted(self._members)
         out = []
@@ -78,39 +142,73 @@ class LevelContainer:
         return sorted(out)
 
     def find(self, name: str) -> str | None:
-        """The real name of file ``name`` in this level, matched case-insensitively, or None."""
+        """The real name of file ``name`` in this level, or None (the rule is in the module docstring)."""
         parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
         if not parts or ".." in parts or name.startswith(("/", "\\")):
             return None  # a name may not leave the level (``../``, absolute paths)
         rel = "/".join(parts)
-        want = rel.lower()
-        if self._members is None and (self.path / rel).is_file():
+        if self._members is None:
+            if os.path.lexists(self.path / rel):  # a FIFO or a broken link is found, and refused when read
+                return rel
+        elif rel in self._members:
             return rel
-        for n in self.names():
-            if n.lower() == want:
-                return n
-        return None
+        want = rel.lower()
+        return next((n for n in self.names() if n.lower() == want), None)
 
-    def read_bytes(self, name: str) -> bytes:
-        """Bytes of file ``name`` (case-insensitive); :class:`LevelError` naming it when missing."""
+    def _open_file(self, real: str):
+        """Open the folder file ``real``: a regular file whose target stays inside the level folder."""
+        where = self.describe(real)
+        target = os.path.realpath(self.path / real)
+        if os.path.commonpath([self._real_root, target]) != self._real_root:
+            raise LevelError(where, LINK_OUTSIDE_LEVEL)
+        try:
+            return open_regular(target, describe=where)
+        except MapkitError as e:
+            raise LevelError(e.path, e.reason) from None
+
+    def read_bytes(self, name: str, limit: int | None = None) -> bytes:
+        """Bytes of file ``name`` (case-insensitive), at most ``limit`` bytes (default: the JSON cap).
+
+        Raises
+        ------
+        LevelError
+            Naming the file: missing, not a regular file, a link leaving the
+            level, larger than ``limit``, or an unreadable zip member.
+        """
         real = self.find(name)
         if real is None:
             raise LevelError(self.describe(name), "file not found")
+        limit = self.limits.max_json_bytes if limit is None else int(limit)
+        where = self.describe(real)
         try:
-            if self._members is not None:
-                return self._zip.read(self._members[real])
-            return (self.path / real).read_bytes()
-        except (OSError, zipfile.BadZipFile, zlib_error()) as e:
-            raise LevelError(self.describe(real), f"cannot read: {e}") from None
+            if self._members is None:
+                with self._open_file(real) as f:
+                    return read_capped(f, limit, where, decompressed=False)
+            info = self._members[real]
+            if _is_zip_symlink(info):
+                raise LevelError(where, f"{NOT_REGULAR} (a symbolic link stored in the zip)")
+            if info.file_size > limit:
+                raise LevelError(where, too_large(limit))
+            with self._zip.open(info) as f:
+                return read_capped(f, limit, where, decompressed=True)
+        except LevelError:
+            raise
+        except MapkitError as e:
+            raise LevelError(e.path, e.reason) from None
+        except _zip_errors() as e:
+            raise LevelError(where, _zip_reason(e)) from None
 
-    def open(self, name: str):
-        """A binary file object for ``name`` (zip members are read into memory)."""
+    def open(self, name: str, limit: int | None = None):
+        """A binary file object for ``name``: folder files are streamed, zip members read into memory.
+
+        ``limit`` caps a zip member (default: the audio cap); see :meth:`read_bytes` for the errors.
+        """
         real = self.find(name)
         if real is None:
             raise LevelError(self.describe(name), "file not found")
         if self._members is not None:
-            return io.BytesIO(self.read_bytes(real))
-        return open(self.path / real, "rb")
+            return io.BytesIO(self.read_bytes(real, self.limits.max_audio_bytes if limit is None else limit))
+        return self._open_file(real)
 
     def describe(self, name: str) -> str:
         """A path-like string naming ``name`` inside this level, for error messages."""
@@ -118,18 +216,25 @@ class LevelContainer:
 
     def info_name(self) -> str | None:
         """Name of the info file (``Info.dat`` any case, else legacy ``info.json``), or None."""
-        for n in INFO_NAMES:
+        for n in INFO_SPELLINGS:
             real = self.find(n)
             if real is not None:
                 return real
         return None
+
+    def other_info_names(self) -> list[str]:
+        """Names that match the info file's name in another case (``info.dat`` beside ``Info.dat``): not read."""
+        chosen = self.info_name()
+        if chosen is None:
+            return []
+        return [n for n in self.names() if n.lower() == chosen.lower() and n != chosen]
 
     def read_info_json(self):
         """The parsed info file; :class:`LevelError` when missing or unreadable."""
         name = self.info_name()
         if name is None:
             raise LevelError(self.path, "no Info.dat (or legacy info.json) in level")
-        return load_json_bytes(self.read_bytes(name), self.describe(name))
+        return load_json_bytes(self.read_bytes(name), self.describe(name), self.limits.max_json_bytes)
 
     def audio_name(self) -> str:
         """Name of the song's audio file, from the info file, found case-insensitively.
@@ -184,8 +289,3 @@ def zip_root(members: list[str]) -> str:
         return tops.pop() + "/"
     return ""
 
-
-def zlib_error():
-    import zlib
-
-    return zlib.error

@@ -1,6 +1,7 @@
 """Level files as bytes -> JSON, safely (formats.md 1.1 and 1.12).
 
-Gzip (magic ``1f 8b``), UTF-8 with or without BOM, UTF-16/32 with BOM (or
+Gzip (magic ``1f 8b``; decompressed in bounded steps, at most the JSON cap of
+:mod:`mapkit.preprocess.limits`), UTF-8 with or without BOM, UTF-16/32 with BOM (or
 without, recognised by its zero bytes) are accepted. ``NaN``/``Infinity``
 literals are rejected (Python's json would accept them), so a non-finite
 number can never enter mapkit as a literal; a finite literal too large for a
@@ -19,11 +20,11 @@ integers beyond 64 bits as floats where Python keeps them exact.
 
 from __future__ import annotations
 
-import gzip
 import json
 import zlib
 
 from mapkit.errors import LevelError
+from mapkit.preprocess.limits import read_limits, too_large
 
 try:
     import orjson
@@ -50,14 +51,36 @@ def _reject_constant(name):
     raise ValueError(f"non-finite number {name} in JSON")
 
 
-def _gunzip(data: bytes, path) -> bytes:
-    """``data`` decompressed when it starts with the gzip magic, else unchanged."""
-    if data[:2] == GZIP_MAGIC:
+def _gunzip(data: bytes, path, max_bytes: int) -> bytes:
+    """``data`` decompressed when it starts with the gzip magic, else unchanged.
+
+    Decompresses in bounded steps: :class:`LevelError` ``"too large when
+    decompressed"`` as soon as the output passes ``max_bytes``, so a small
+    gzip bomb never expands in memory. Concatenated gzip members are read in
+    turn, as ``gzip.decompress`` does.
+    """
+    if data[:2] != GZIP_MAGIC:
+        return data
+    out, n, rest = [], 0, data
+    while rest[:2] == GZIP_MAGIC:
+        d = zlib.decompressobj(wbits=31)
+        pending = rest
         try:
-            return gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
+            while pending and not d.eof:
+                chunk = d.decompress(pending, max_bytes + 1 - n)
+                pending = d.unconsumed_tail
+                out.append(chunk)
+                n += len(chunk)
+                if n > max_bytes:
+                    raise LevelError(path, too_large(max_bytes))
+        except zlib.error as e:
             raise LevelError(path, f"corrupt gzip data: {e}") from None
-    return data
+        if not d.eof:
+            raise LevelError(path, "corrupt gzip data: the stream ends before its end marker")
+        rest = d.unused_data
+    if rest.strip(b"\0"):
+        raise LevelError(path, "corrupt gzip data: bytes after the end of the gzip stream")
+    return b"".join(out)
 
 
 def _decode_marked(data: bytes) -> str | None:
@@ -79,12 +102,14 @@ def _decode_marked(data: bytes) -> str | None:
     return None
 
 
-def _text_or_utf8(data: bytes, path) -> str | bytes:
+def _text_or_utf8(data: bytes, path, max_bytes: int | None = None) -> str | bytes:
     """Gunzipped ``data`` as text, or as bytes when it is plain UTF-8 (not yet validated).
 
-    Raises LevelError for corrupt gzip, an empty file or a wrong BOM-marked encoding.
+    Raises LevelError for corrupt gzip, gzip data decompressing to more than
+    ``max_bytes`` (default: the JSON cap of :func:`~mapkit.preprocess.limits.read_limits`),
+    an empty file or a wrong BOM-marked encoding.
     """
-    data = _gunzip(data, path)
+    data = _gunzip(data, path, read_limits().max_json_bytes if max_bytes is None else max_bytes)
     if not data or data.isspace():
         raise LevelError(path, "empty file")
     try:
@@ -94,7 +119,7 @@ def _text_or_utf8(data: bytes, path) -> str | bytes:
     return data if text is None else text
 
 
-def decode_text(data: bytes, path="<bytes>") -> str:
+def decode_text(data: bytes, path="<bytes>", max_bytes: int | None = None) -> str:
     """Decode level-file bytes to text: gunzip if gzipped, then detect BOM/UTF-16/32, else UTF-8.
 
     Parameters
@@ -103,6 +128,8 @@ def decode_text(data: bytes, path="<bytes>") -> str:
         A file's content.
     path : str
         Named in errors.
+    max_bytes : int, optional
+        Cap on gzip data decompressed (default: the JSON cap in force).
 
     Returns
     -------
@@ -113,7 +140,7 @@ def decode_text(data: bytes, path="<bytes>") -> str:
     LevelError
         Corrupt gzip data, an empty file, or bytes that are not text in the detected encoding.
     """
-    payload = _text_or_utf8(data, path)
+    payload = _text_or_utf8(data, path, max_bytes)
     if isinstance(payload, str):
         return payload
     try:
@@ -122,7 +149,7 @@ def decode_text(data: bytes, path="<bytes>") -> str:
         raise LevelError(path, f"not valid UTF-8/UTF-16 text: {e}") from None
 
 
-def load_json_bytes(data: bytes, path="<bytes>"):
+def load_json_bytes(data: bytes, path="<bytes>", max_bytes: int | None = None):
     """Parse level-file bytes into Python objects, raising :class:`LevelError` naming ``path``.
 
     Parameters
@@ -131,6 +158,9 @@ def load_json_bytes(data: bytes, path="<bytes>"):
         A file's content: JSON, possibly gzipped, UTF-8 (BOM optional) or UTF-16/32.
     path : str
         Named in errors.
+    max_bytes : int, optional
+        Cap on gzip data decompressed (default: the JSON cap in force,
+        :func:`~mapkit.preprocess.limits.read_limits`).
 
     Returns
     -------
@@ -142,7 +172,7 @@ def load_json_bytes(data: bytes, path="<bytes>"):
     ------
     LevelError
         ``"invalid JSON: ..."`` (Python's json's message), ``"empty file"``,
-        ``"corrupt gzip data: ..."`` or ``"not valid UTF-8/UTF-16 text: ..."``.
+        ``"corrupt gzip data: ..."``, ``"too large when decompressed ..."`` or ``"not valid UTF-8/UTF-16 text: ..."``.
 
     Examples
     --------
@@ -153,7 +183,7 @@ def load_json_bytes(data: bytes, path="<bytes>"):
     ...
     mapkit.errors.LevelError: Expert.dat: invalid JSON: non-finite number NaN in JSON
     """
-    payload = _text_or_utf8(data, path)
+    payload = _text_or_utf8(data, path, max_bytes)
     if orjson is not None:
         if not _has_long_digit_run(payload):
             try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 
+from mapkit.errors import LevelError
 from mapkit.preprocess.container import LevelContainer
 from mapkit.preprocess.jsonio import decode_text, load_json_bytes
 
@@ -62,13 +63,26 @@ def level_hash(path) -> str:
     Raises
     ------
     LevelError
+        No info file, an info file that is not JSON, or a file of the hash that cannot be read.
+    """
+    digest, _info, problem = level_hash_and_info(path)
+    if problem is not None:
+        raise problem
+    return digest
+
+
+def level_hash_and_info(path):
+    """``(level hash or "", parsed info file, LevelError or None)`` of a level folder or ``.zip``.
+
+    A difficulty file that exists but cannot be read (a FIFO, an encrypted or
+    corrupt zip member, too large) leaves the hash unknown (``""``) and is
+    returned as the third value, so that the level's other facts still count.
+
+    Raises
+    ------
+    LevelError
         No info file, or an info file that is not JSON.
     """
-    return level_hash_and_info(path)[0]
-
-
-def level_hash_and_info(path) -> tuple[str, dict]:
-    """``(level hash, parsed info file)`` of a level folder or ``.zip``; see :func:`level_hash`."""
     with LevelContainer(path) as c:
         name = c.info_name()
         if name is None:
@@ -76,7 +90,10 @@ def level_hash_and_info(path) -> tuple[str, dict]:
         data = c.read_bytes(name)
         info = load_json_bytes(data, c.describe(name))
         h = hashlib.sha1(_info_text_bytes(data))
-        for f in hashed_files(info):
-            if c.find(f) is not None:
-                h.update(c.read_bytes(f))
-        return h.hexdigest(), info
+        try:
+            for f in hashed_files(info):
+                if c.find(f) is not None:
+                    h.update(c.read_bytes(f))
+        except LevelError as e:
+            return "", info, e
+        return h.hexdigest(), info, None

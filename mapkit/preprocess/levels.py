@@ -620,6 +620,38 @@ def info_characteristics(path) -> list[str]:
         return _characteristic_names(_info_entries(info, sniffed, where)) if sniffed else []
 
 
+def level_file_names(container: LevelContainer, characteristic: str | None = "Standard") -> list[str]:
+    """The files :func:`read_level` reads for ``characteristic``: their real names, sorted, each once.
+
+    The info file, the difficulty file of each listed difficulty of
+    ``characteristic`` (``None``/``"all"``: of every one) that is in the
+    level, and a v4 level's audio data file. Images, audio and files the info
+    file does not name are not included. An unreadable info file gives just
+    its own name (the level cannot be read anyway).
+    """
+    info_name = container.info_name()
+    if info_name is None:
+        return []
+    names = {info_name}
+    try:
+        info = container.read_info_json()
+    except LevelError:
+        return [info_name]
+    sniffed = _sniff_info(info) if isinstance(info, dict) else None
+    if sniffed is None:
+        return [info_name]
+    want_all = characteristic is None or str(characteristic).lower() == "all"
+    wanted = [e.filename for e in _info_entries(info, sniffed, container.describe(info_name))
+              if want_all or e.characteristic.lower() == str(characteristic).lower()]
+    if sniffed == "4":
+        wanted.append(_as_dict(info.get("audio")).get("audioDataFilename"))
+    for name in wanted:
+        real = container.find(name) if isinstance(name, str) and name else None
+        if real is not None:
+            names.add(real)
+    return sorted(names)
+
+
 def _sniff_info(info: dict) -> str | None:
     if "difficultyLevels" in info:
         return "1"
@@ -847,6 +879,10 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
         warnings.append(f"info declares version {declared!r} but its keys say v{sniffed}; read as v{sniffed}")
     info_version = str(declared) if declared is not None else sniffed
     legacy = sniffed == "1"
+    others = container.other_info_names()
+    if others:
+        warnings.append(f"info files differing only in case: {', '.join([info_name] + others)}; "
+                        f"{info_name} is read (exact spelling Info.dat first, then code-point order)")
 
     audio = _as_dict(info.get("audio"))
     if sniffed == "4":
@@ -914,6 +950,12 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
         njs = _strict_number(entry.njs)[0] if entry.njs is not None else None
         diff = Difficulty(entry.characteristic, name, filename, njs=njs, warnings=dwarn,
                           requirements=list(entry.requirements))
+        key = (entry.characteristic.lower(), name)
+        if key in seen:  # a repeat is never read: listing one file 3000 times costs 3000 lookups, no parse
+            diff.quarantine = f"duplicate difficulty: {entry.characteristic}/{name} listed twice in the info file"
+            difficulties.append(diff)
+            continue
+        seen.add(key)
         raw = []
         try:
             if audio_data and regions_tempo is None:
@@ -932,14 +974,11 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
             diff.quarantine = f"unreadable: {err.path}: {err.reason}"
         except TempoError as err:
             diff.quarantine = f"invalid tempo: {err}"
-        key = (entry.characteristic.lower(), name)
         modded = _modded(entry.requirements)
         n_read = diff.counts.get("notes", 0) + diff.counts.get("bombs", 0)
         if diff.quarantine is None:
             if bad_name:
                 diff.quarantine = bad_name
-            elif key in seen:
-                diff.quarantine = f"duplicate difficulty: {entry.characteristic}/{name} listed twice in the info file"
             elif modded:
                 diff.quarantine = f"requires {modded}"
             elif quarantine:
@@ -953,7 +992,6 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
             # every frame would be a negative target: nothing to learn, and it flatters frame accuracy
             n_bombs = diff.counts.get("bombs", 0)
             diff.quarantine = "no notes" + (f" (only {n_bombs} bombs)" if n_bombs else "")
-        seen.add(key)
         editor_changes.extend({"characteristic": diff.characteristic, "difficulty": diff.difficulty, **c}
                               for c in diff.editor_bpm_changes)
         difficulties.append(diff)
@@ -1023,12 +1061,12 @@ def format_level(level: Level) -> str:
 
 def _expand(path) -> list:
     """A level, or the levels in a folder of levels (so ``inspect levels/`` works)."""
-    from mapkit.preprocess.sources import _is_level_dir, discover
+    from mapkit.preprocess.sources import _is_level_dir, discover, is_pack
 
     p = Path(path)
     if not p.exists():
         raise LevelError(p, "no such file or folder")
-    if p.is_dir() and not _is_level_dir(p):
+    if p.is_dir() and (not _is_level_dir(p) or is_pack(p)):
         found = [s.path for s in discover(p, kinds=("level",))]
         if found:
             return found

@@ -14,6 +14,11 @@ Which folder is what:
   ``build-targets`` report it on its own ("no Info.dat (or legacy info.json)
   in level") instead of taking its ``song.egg`` as a bare song called "song";
   it is not searched further;
+- a folder with an info file that holds no audio file but does hold level
+  folders or ``.zip`` files is a *pack* whose info file is stray (a copy left
+  in the wrong place): it is searched like any folder, and its info file is
+  reported as ignored, so that it cannot hide the levels below it; this holds
+  for the input folder itself too;
 - any other folder is searched (symlink loops are detected, not followed twice);
 - bare audio files are those directly in the input folder itself (or an audio
   file given as the input). Nested folders of bare audio (``songs/artist/x.ogg``
@@ -22,6 +27,18 @@ Which folder is what:
   (``songs/artist/``) to read them as bare songs. A level folder cannot be told
   from a folder of songs without its info file, and one rule keeps every
   broken level visible.
+
+Symbolic links: a link found below the input folder is followed only when
+its target lies inside the input folder (a link to a sibling level is fine; a
+link to ``/``, to ``/dev/zero`` or to another disk is not). A link leaving the
+input folder is not followed, and is reported as ignored with its target. The
+input folder (or file) named on the command line is itself always followed.
+What is found is not opened here: a FIFO named ``x.ogg`` is a song, and
+reading it fails with "not a regular file" (:mod:`mapkit.preprocess.limits`).
+
+:func:`discover` takes an ``ignored`` list to which it appends ``(path,
+reason)`` for every entry it skipped on purpose (links leaving the input,
+stray info files); batch commands put them in their reports.
 """
 
 from __future__ import annotations
@@ -60,7 +77,37 @@ def _holds_audio(names: set[str]) -> bool:
     return any(os.path.splitext(n)[1] in AUDIO_EXTENSIONS for n in names)
 
 
-def discover(input_dir, kinds=("level", "audio")) -> list[Source]:
+def _inside(root_real: str, path) -> bool:
+    """Whether ``path`` (resolved through every link) lies inside the folder ``root_real``."""
+    real = os.path.realpath(path)
+    return os.path.commonpath([root_real, real]) == root_real
+
+
+def _holds_levels(path: Path) -> bool:
+    """Whether the folder ``path`` directly holds a level folder or a ``.zip`` file."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return False
+    for e in entries:
+        try:
+            if e.name.lower().endswith(".zip") and not e.is_dir():
+                return True
+            if e.is_dir() and _is_level_dir(Path(e.path)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def is_pack(path) -> bool:
+    """Whether ``path`` is a pack folder with a stray info file: an info file, no audio, level folders or zips."""
+    p = Path(path)
+    names = _lower_names(p)
+    return any(n in names for n in INFO_NAMES) and not _holds_audio(names) and _holds_levels(p)
+
+
+def discover(input_dir, kinds=("level", "audio"), ignored: list | None = None) -> list[Source]:
     """All songs under ``input_dir``, sorted by song id (the rules are in the module docstring).
 
     Parameters
@@ -70,6 +117,10 @@ def discover(input_dir, kinds=("level", "audio")) -> list[Source]:
     kinds : tuple of str
         Which kinds to return: ``"level"`` (level folders, broken level
         folders, zips) and/or ``"audio"`` (bare audio files).
+    ignored : list, optional
+        When given, ``(path, reason)`` is appended for each entry skipped on
+        purpose: a symbolic link leading outside the input folder, a stray
+        info file in a pack folder.
 
     Returns
     -------
@@ -83,7 +134,9 @@ def discover(input_dir, kinds=("level", "audio")) -> list[Source]:
     root = Path(input_dir)
     if not root.exists():
         raise MapkitError(root, "input does not exist")
+    root_real = os.path.realpath(root)
     found: dict[str, Source] = {}
+    ignored = [] if ignored is None else ignored
 
     def add(src: Source):
         if src.kind not in kinds:
@@ -96,10 +149,16 @@ def discover(input_dir, kinds=("level", "audio")) -> list[Source]:
     def classify(p: Path, top: bool = False):
         if p.is_dir():
             names = _lower_names(p)
+            holds_audio = _holds_audio(names)
             if any(n in names for n in INFO_NAMES):
+                if is_pack(p):
+                    info = next(n for n in sorted(os.listdir(p)) if n.lower() in INFO_NAMES)
+                    ignored.append((str(p / info), "stray info file ignored: its folder holds no audio but "
+                                                   "holds level folders or .zip files, so it is searched as a pack"))
+                    return "dir"
                 return "level"
             # below the input folder, audio without an info file is a broken level, not bare songs
-            return "level" if (not top and _holds_audio(names)) else "dir"
+            return "level" if (not top and holds_audio) else "dir"
         suffix = p.suffix.lower()
         if suffix == ".zip":
             return "level"
@@ -130,6 +189,10 @@ def discover(input_dir, kinds=("level", "audio")) -> list[Source]:
         for e in entries:
             p = Path(e.path)
             try:
+                if e.is_symlink() and not _inside(root_real, p):
+                    ignored.append((str(p), f"symbolic link to {os.path.realpath(p)} leads outside the input "
+                                            f"folder: not followed"))
+                    continue
                 if e.is_dir() and os.path.realpath(p) in seen:
                     continue  # a link back to the input folder or to a folder already searched
                 k = classify(p)

@@ -6,8 +6,11 @@ conditioned on the difficulty, with a positively weighted binary
 cross-entropy (notes are rare frames). Validation predicts every validation
 level whole (:func:`predict_probabilities`), picks peaks and reports onset
 precision, recall and F1 at +-20 ms (2 frames) at the threshold that
-maximises F1; that threshold and the peak-picking settings go into the
-checkpoint, so generation picks peaks exactly as validated.
+maximises F1, found for each difficulty on its own levels (``f1`` uses
+them; ``threshold`` is the best single one and ``f1_single_threshold`` the F1
+with it; ``f1_<Difficulty>`` and ``threshold_<Difficulty>`` are reported too). The thresholds and the
+peak-picking settings go into the checkpoint, so generation picks peaks
+exactly as validated, with the threshold of the difficulty it generates.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from mapkit.datasets.store import Store
 from mapkit.settings import FeatureSettings
 from mapkit.train.loop import RunOptions, Stage, TrainConfig, TrainResult, fit
-from mapkit.train.models import PLACEMENT_PRESETS, PlacementConfig, onset_loss
+from mapkit.train.models import DIFFICULTIES, PLACEMENT_PRESETS, PlacementConfig, onset_loss
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class DDCStage(Stage):
         self.config = config
         self.pos_weight = config.pos_weight
         self.threshold = None
+        self.thresholds = {}  # difficulty name -> its own validated threshold
         self.feature_settings = FeatureSettings()
 
     def prepare(self, stats, train_songs, val_songs, seed):
@@ -138,7 +142,8 @@ class DDCStage(Stage):
         some = next(iter(index.values()))
         self.feature_settings = FeatureSettings.from_json(some.file_attrs["settings_json"])
         kw = dict(stats=stats, window=c.window, context=c.model.context, characteristic=c.characteristic,
-                  difficulties=c.difficulties, seed=seed, feature_settings=self.feature_settings)
+                  difficulties=c.difficulties, seed=seed, feature_settings=self.feature_settings,
+                  exclude_flagged=c.exclude_flagged)
         self.train_dataset = PlacementDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = PlacementDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None
         if not self.train_dataset.levels:
@@ -162,7 +167,8 @@ class DDCStage(Stage):
         return onset_loss(logits.float()[mask], batch["frame_class"][mask], self.pos_weight)
 
     def evaluate(self, model, device, autocast) -> dict:
-        from mapkit.train.peaks import best_threshold, f1_from_counts, onset_counts, pick_peaks
+        from mapkit.train.peaks import (best_threshold, best_thresholds_by_group, f1_from_counts, onset_counts,
+                                        pick_peaks)
 
         c, ds = self.config, self.val_dataset
         probs, truths, losses = [], [], []
@@ -176,25 +182,41 @@ class DDCStage(Stage):
             logits = torch.logit(torch.from_numpy(p).clamp(1e-7, 1 - 1e-7))
             losses.append((float(onset_loss(logits, torch.from_numpy(classes.astype(np.int64)),
                                             self.pos_weight)), len(p)))
-        th, _ = best_threshold(probs, truths, min_gap_frames=c.min_gap_frames, smoothing=c.smoothing,
-                               tolerance_frames=c.tolerance_frames)
-        totals = np.zeros(3, dtype=np.int64)
-        for p, t in zip(probs, truths):
-            totals += onset_counts(pick_peaks(p, th, c.min_gap_frames, c.smoothing), t, c.tolerance_frames)
-        precision, recall, f1 = f1_from_counts(*totals)
+        peaks = dict(min_gap_frames=c.min_gap_frames, smoothing=c.smoothing, tolerance_frames=c.tolerance_frames)
+        th, _ = best_threshold(probs, truths, **peaks)
+        names = [DIFFICULTIES[level.difficulty_index] for level in ds.levels]
+        self.thresholds = {d: t for d, (t, _) in best_thresholds_by_group(probs, truths, names, **peaks).items()}
         self.threshold = th
-        return {"loss": sum(l * n for l, n in losses) / sum(n for _, n in losses), "precision": float(precision),
-                "recall": float(recall), "f1": float(f1), "threshold": float(th)}
+        totals, by_difficulty = np.zeros(3, dtype=np.int64), {}
+        for p, t, name in zip(probs, truths, names):
+            counts = onset_counts(pick_peaks(p, self.thresholds[name], c.min_gap_frames, c.smoothing), t,
+                                  c.tolerance_frames)
+            totals += counts
+            by_difficulty[name] = by_difficulty.get(name, 0) + np.asarray(counts)
+        precision, recall, f1 = f1_from_counts(*totals)
+        single = np.zeros(3, dtype=np.int64)  # the one best threshold for every difficulty, for comparison
+        for p, t in zip(probs, truths):
+            single += onset_counts(pick_peaks(p, th, c.min_gap_frames, c.smoothing), t, c.tolerance_frames)
+        metrics = {"loss": sum(l * n for l, n in losses) / sum(n for _, n in losses), "precision": float(precision),
+                   "recall": float(recall), "f1": float(f1), "threshold": float(th),
+                   "f1_single_threshold": float(f1_from_counts(*single)[2])}
+        for name in DIFFICULTIES:  # the table's order
+            if name in by_difficulty:
+                metrics[f"f1_{name}"] = float(f1_from_counts(*by_difficulty[name])[2])
+                metrics[f"threshold_{name}"] = float(self.thresholds[name])
+        return metrics
 
     def checkpoint_extras(self) -> dict:
         c = self.config
         return {"pos_weight": self.pos_weight, "window": c.window,
-                "peak_picking": {"threshold": self.threshold, "smoothing": c.smoothing,
+                "peak_picking": {"threshold": self.threshold, "thresholds": dict(self.thresholds),
+                                 "smoothing": c.smoothing,
                                  "min_gap_frames": c.min_gap_frames, "tolerance_frames": c.tolerance_frames}}
 
     def restore(self, checkpoint):
         self.pos_weight = checkpoint["pos_weight"]
         self.threshold = checkpoint["peak_picking"]["threshold"]
+        self.thresholds = dict(checkpoint["peak_picking"].get("thresholds") or {})
 
 
 def train_ddc(store, out_dir="mapkit-runs/ddc", config: DDCConfig | None = None,

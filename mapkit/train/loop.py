@@ -22,8 +22,10 @@ loss of a batch and the validation metrics. Everything else lives here:
   bit for bit: the data order is a pure function of ``(seed, epoch)``, item
   randomness of ``(seed, epoch, index)``, and the RNG states are restored);
   refused when the store's hashes or the training config differ;
-- **logs**: ``metrics.jsonl`` (one JSON object per log or validation event),
-  a tqdm bar with the loss, and ``curves.png`` (matplotlib, Agg) at the end.
+- **logs**: ``metrics.jsonl`` (one JSON object per log or validation event,
+  and, when a run finishes, the stage's :meth:`Stage.final_records`: for
+  stage 2 the audio ablation), a tqdm bar with the loss, and ``curves.png``
+  (matplotlib, Agg) at the end.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class TrainConfig(_Settings):
     val_songs: tuple | None = None
     characteristic: str = "Standard"
     difficulties: tuple | None = None
+    exclude_flagged: bool = False  # leave out difficulties flagged by mapkit audit
     min_score: float | None = None
     exclude_automapped: bool | None = None
     checkpoint_every: int = 1000
@@ -435,7 +438,10 @@ def load_checkpoint(path, device="cpu"):
         vocab JSON) and ``vocab_hash``.
     """
     ckpt = read_checkpoint(path)
-    model = build_model(ckpt["model_kind"], ckpt["model_config"])
+    try:
+        model = build_model(ckpt["model_kind"], ckpt["model_config"])
+    except ValueError as e:  # e.g. a model design this mapkit no longer reads
+        raise TrainingError(path, f"cannot rebuild the model: {e}") from None
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
 
@@ -562,6 +568,10 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, model, device, autocast) -> dict:
         """Validation metrics (rank 0 only), a dict of floats including :attr:`metric`."""
+
+    def final_records(self, model, device, autocast) -> list:
+        """Records (with their ``split``) for ``metrics.jsonl`` once a run has finished (rank 0; an ablation)."""
+        return []
 
     def checkpoint_extras(self) -> dict:
         """Stage-specific entries of the checkpoint (threshold, vocabulary...)."""
@@ -820,6 +830,11 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
     plot_path = metrics_path = None
     if dist_info.main:
         metrics_path = out_dir / METRICS_FILE
+        if step >= total_steps and val_songs:
+            model.eval()
+            with torch.no_grad():
+                for record in stage.final_records(model, device, autocast):
+                    log.write({"step": step, "epoch": epoch, **record})
         log.write({"split": "end", "step": step, "epoch": epoch, "rank_parameter_digests": digests,
                    "elapsed_s": round(time.monotonic() - started, 3)})
         if len(set(digests)) > 1:

@@ -13,8 +13,11 @@ notes of a level. Source position ``i`` is the stage-2 feature row of token
 gap_next_s, gap_prev_beats, gap_next_beats``, all >= 0); the model itself takes
 ``log1p`` of the gaps, so the dataset and generation feed the stored values
 unchanged. The decoder predicts token ``i`` from tokens ``< i`` and the whole
-source, and supports incremental decoding with cached keys and values
-(:meth:`SelectionModel.start_cache`, :meth:`SelectionModel.decode_step`).
+source; the encoder output of token ``i``'s own source position is added to
+the decoder input that predicts it (design 2: without it the model learned to
+ignore the audio, issue 15). It supports incremental decoding with cached
+keys and values (:meth:`SelectionModel.start_cache`,
+:meth:`SelectionModel.decode_step`).
 
 Configs are frozen dataclasses with a stable hash (see :mod:`mapkit.settings`),
 so a checkpoint records exactly which architecture it holds.
@@ -219,6 +222,10 @@ def onset_loss(logits: torch.Tensor, frame_class: torch.Tensor, pos_weight: floa
 # --------------------------------------------------------------------------- stage 2
 
 
+#: The stage-2 design this mapkit builds and reads (:attr:`SelectionConfig.design`).
+SELECTION_DESIGN = 2
+
+
 @dataclass(frozen=True)
 class SelectionConfig(_Settings):
     """Architecture of the stage-2 encoder-decoder transformer (pre-LN)."""
@@ -237,8 +244,17 @@ class SelectionConfig(_Settings):
     d_ff: int = 2048
     dropout: float = 0.1
     label_smoothing: float = 0.1
+    #: How the decoder reads the audio. 1 (refused): through cross-attention only, so the
+    #: decoder had to find its note's source row by position and learned to ignore the
+    #: audio (issue 15); 2: also the encoder output of the note being predicted, added to
+    #: the decoder input (:meth:`SelectionModel.decode`).
+    design: int = SELECTION_DESIGN
 
     def __post_init__(self):
+        if self.design != SELECTION_DESIGN:
+            raise ValueError(f"a stage-2 model of design {self.design}; this mapkit builds design "
+                             f"{SELECTION_DESIGN} (the decoder reads the audio of the note it predicts): "
+                             f"train it again with this mapkit")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
         if self.vocab_size <= N_SPECIAL:
@@ -247,6 +263,11 @@ class SelectionConfig(_Settings):
     @property
     def src_dim(self) -> int:
         return self.n_mels + self.n_gaps
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Rebuild a config; one saved before field ``design`` existed is design 1 and refused."""
+        return super().from_dict({"design": 1, **d})
 
 
 SELECTION_PRESETS = {
@@ -399,6 +420,7 @@ class DecoderCache:
         self.self_k, self.self_v = self_k, self_v
         self.cross_k, self.cross_v = cross_k, cross_v
         self.cross_mask = cross_mask
+        self.notes = None  # [B_m, S - 1, d_model]: decoder input of each step's note (SelectionModel.note_inputs)
         self.length = 0
         self.shared = 0
         batch, capacity = self_k[0].shape[0] if self_k else 1, self_k[0].shape[2] if self_k else 0
@@ -435,6 +457,8 @@ class DecoderCache:
             self.cross_v = [v[index] for v in self.cross_v]
             if self.cross_mask is not None:
                 self.cross_mask = self.cross_mask[index]
+        if self.notes is not None and self.notes.shape[0] > 1:
+            self.notes = self.notes[index]
 
 
 class SelectionModel(nn.Module):
@@ -452,6 +476,8 @@ class SelectionModel(nn.Module):
         super().__init__()
         c = self.config = config
         self.src_proj = nn.Linear(c.src_dim, c.d_model)
+        # memory row i+1 (the note decoder position i predicts) -> decoder input i
+        self.note_proj = nn.Linear(c.d_model, c.d_model)
         self.tgt_embed = nn.Embedding(c.vocab_size, c.d_model, padding_idx=PAD)
         nn.init.normal_(self.tgt_embed.weight, std=c.d_model ** -0.5)  # scaled by sqrt(d_model) in use
         with torch.no_grad():
@@ -470,9 +496,19 @@ class SelectionModel(nn.Module):
             raise ValueError(f"expected source vectors of {c.src_dim} values, got {src.shape[-1]}")
         return torch.cat([src[..., : c.n_mels], torch.log1p(src[..., c.n_mels:])], dim=-1)
 
-    def _embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = self.tgt_embed(tokens) * math.sqrt(self.config.d_model)
+    def _embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor, notes: torch.Tensor) -> torch.Tensor:
+        x = self.tgt_embed(tokens) * math.sqrt(self.config.d_model) + notes
         return self.drop(x + sinusoidal_positions(positions, self.config.d_model))
+
+    def note_inputs(self, memory: torch.Tensor) -> torch.Tensor:
+        """What decoder position ``i`` adds to its token embedding: ``note_proj(memory[:, i + 1])``.
+
+        Returns ``[B, S - 1, d_model]``. Decoder position ``i`` holds token ``i``
+        and predicts token ``i + 1``, whose source is memory row ``i + 1``; given
+        this row directly, the decoder needs no attention to find the audio of
+        the note it chooses a state for (design 2, see :class:`SelectionConfig`).
+        """
+        return self.note_proj(memory[:, 1:])
 
     @staticmethod
     def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -492,7 +528,9 @@ class SelectionModel(nn.Module):
                tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, T, vocab]`` of the next token at every position of ``tgt_in`` [B, T]."""
         n = tgt_in.shape[1]
-        x = self._embed_tokens(tgt_in, torch.arange(n, device=tgt_in.device))
+        if memory.shape[1] < n + 1:
+            raise ValueError(f"{n} decoder positions need {n + 1} source positions, got {memory.shape[1]}")
+        x = self._embed_tokens(tgt_in, torch.arange(n, device=tgt_in.device), self.note_inputs(memory[:, : n + 1]))
         self_mask = torch.ones(n, n, dtype=torch.bool, device=tgt_in.device).tril()[None, None]
         if tgt_mask is not None:
             self_mask = self_mask & self._key_mask(tgt_mask)
@@ -540,9 +578,11 @@ class SelectionModel(nn.Module):
         shape = (batch_size, c.n_heads, capacity, d_head)
         kw = dict(dtype=memory.dtype, device=memory.device)
         cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder]
-        return DecoderCache([torch.zeros(shape, **kw) for _ in self.decoder],
-                            [torch.zeros(shape, **kw) for _ in self.decoder],
-                            [k for k, _ in cross], [v for _, v in cross], self._key_mask(src_mask))
+        cache = DecoderCache([torch.zeros(shape, **kw) for _ in self.decoder],
+                             [torch.zeros(shape, **kw) for _ in self.decoder],
+                             [k for k, _ in cross], [v for _, v in cross], self._key_mask(src_mask))
+        cache.notes = self.note_inputs(memory)
+        return cache
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """Logits ``[B, vocab]`` of the token after ``tokens`` [B], the next input of every row.
@@ -553,7 +593,10 @@ class SelectionModel(nn.Module):
         pos = cache.length
         if pos >= cache.capacity:
             raise ValueError(f"decoder cache is full ({cache.capacity} tokens)")
-        x = self._embed_tokens(tokens[:, None], torch.tensor([pos], device=tokens.device))
+        if pos >= cache.notes.shape[1]:
+            raise ValueError(f"the source has no position {pos + 1} for decoder step {pos}")
+        x = self._embed_tokens(tokens[:, None], torch.tensor([pos], device=tokens.device),
+                               cache.notes[:, pos: pos + 1])
         c = cache.shared
         for i, layer in enumerate(self.decoder):
             k, v = layer.self_attn.project_kv(layer.norm1(x))

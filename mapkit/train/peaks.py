@@ -145,3 +145,19 @@ def best_threshold(probs_list, true_frames_list, thresholds=DEFAULT_THRESHOLDS, 
         if f1 > best[1]:
             best = (float(th), f1)
     return best
+
+
+def best_thresholds_by_group(probs_list, true_frames_list, groups, **kwargs) -> dict:
+    """:func:`best_threshold` of each group of songs: ``{group: (threshold, f1)}``.
+
+    ``groups[i]`` names the group of song ``i`` (e.g. its difficulty: Easy
+    levels want a higher threshold than Expert+ ones); ``kwargs`` go to
+    :func:`best_threshold`.
+    """
+    if len(groups) != len(probs_list):
+        raise ValueError(f"{len(probs_list)} probability arrays but {len(groups)} group names")
+    out = {}
+    for group in dict.fromkeys(groups):
+        idx = [i for i, g in enumerate(groups) if g == group]
+        out[group] = best_threshold([probs_list[i] for i in idx], [true_frames_list[i] for i in idx], **kwargs)
+    return out

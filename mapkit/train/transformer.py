@@ -7,7 +7,10 @@ causal decoder predicts each state token from the previous ones, with
 label-smoothed cross-entropy. Validation reports token accuracy and
 perplexity (``exp`` of the unsmoothed cross-entropy per predicted token).
 The vocabulary (full JSON) goes into the checkpoint, so generation decodes
-states without the store.
+states without the store. At the end of a run, ``metrics.jsonl`` gets the
+audio ablation (:mod:`mapkit.train.ablation`): the validation metrics again
+with the audio zeroed, shuffled and taken from another song, and with the
+gaps shuffled.
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ class TransformerStage(Stage):
 
         c = self.config
         kw = dict(stats=stats, characteristic=c.characteristic, difficulties=c.difficulties, vocab=self.vocab,
-                  max_tokens=c.max_tokens, seed=seed)
+                  max_tokens=c.max_tokens, seed=seed, exclude_flagged=c.exclude_flagged)
         self.train_dataset = SelectionDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = SelectionDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None
         if not self.train_dataset.levels:
@@ -133,9 +136,24 @@ class TransformerStage(Stage):
         return selection_loss(logits.float(), tokens[:, 1:], self.config.model.label_smoothing)
 
     def evaluate(self, model, device, autocast) -> dict:
+        return self.evaluate_dataset(model, self.val_dataset, device, autocast)
+
+    def final_records(self, model, device, autocast) -> list:
+        """The audio ablation of the trained model (:func:`~mapkit.train.ablation.audio_ablation`)."""
+        ablation = self.ablation(model, device, autocast)
+        return [{"split": "ablation", "mode": mode, **metrics} for mode, metrics in ablation.items()]
+
+    def ablation(self, model, device, autocast, modes=None) -> dict:
+        """Validation metrics with the real audio and each ablation in ``modes`` (default: all of them)."""
+        from mapkit.train.ablation import ABLATIONS, audio_ablation
+
+        return audio_ablation(lambda ds: self.evaluate_dataset(model, ds, device, autocast), self.val_dataset,
+                              self.config.model.n_mels, ABLATIONS if modes is None else modes, seed=self.config.seed)
+
+    def evaluate_dataset(self, model, ds, device, autocast) -> dict:
+        """Loss, perplexity and token accuracy of ``model`` over the levels of ``ds`` (unshuffled, whole)."""
         from mapkit.datasets.torch_datasets import collate_selection
 
-        ds = self.val_dataset
         nll = correct = counted = 0.0
         loss_sum = 0.0
         bs = self.config.batch_size

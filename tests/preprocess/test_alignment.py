@@ -76,7 +76,7 @@ def test_random_notes_have_no_clear_peak_however_many(song, n_notes):
         rng = np.random.default_rng(100 + seed)
         notes = np.sort(rng.choice(np.arange(len(onset)), size=n_notes, replace=False))
         strengths.append(align_notes(notes, onset).strength)
-    assert max(strengths) < 6, strengths
+    assert max(strengths) < 5, strengths
     assert 2 < np.median(strengths) < 3.5
 
 
@@ -136,3 +136,29 @@ def test_local_mean_window_is_one_second():
     from mapkit.preprocess.alignment import LOCAL_MEAN_FRAMES
 
     assert LOCAL_MEAN_FRAMES == FPS + 1
+
+
+@pytest.fixture(scope="module")
+def beat_song():
+    """Hits on 70 % of the half-beats at 100 BPM (30 frames): lags a beat apart nearly tie."""
+    grid = np.arange(1.0, DURATION_S - 1.0, 0.3)
+    times = grid[np.random.default_rng(7).random(len(grid)) < 0.7]
+    onset = onset_strength(placement_features(render_hits(times, seed=5), SR))
+    return onset, frame_of(times)
+
+
+def test_in_periodic_music_near_ties_go_to_the_lag_nearest_zero(beat_song):
+    onset, beats = beat_song
+    a = align_notes(beats, onset)
+    assert abs(a.lag_frames) <= 1
+    # lower than for irregular hits (the lags a beat away correlate too), still above random notes
+    assert a.strength > 4.2
+    # a one-beat offset cannot be told from an aligned map: documented, reads as aligned
+    assert abs(align_notes(beats + 60, onset).lag_frames) <= 1
+
+
+def test_in_periodic_music_an_offset_off_the_beat_grid_is_found(beat_song):
+    onset, beats = beat_song
+    for offset in (7, -12):
+        a = align_notes(beats + offset, onset)
+        assert abs(a.lag_frames - offset) <= 1, (offset, a.lag_frames)

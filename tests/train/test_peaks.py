@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
-from mapkit.train.peaks import best_threshold, onset_counts, onset_f1, pick_peaks, smooth
+from mapkit.train.peaks import best_threshold, best_thresholds_by_group, onset_counts, onset_f1, pick_peaks, smooth
 
 
 # ----------------------------------------------------------------- pick_peaks
@@ -105,3 +105,23 @@ def test_best_threshold_finds_the_separating_value():
     assert th == 0.35 and f1 == 1.0
     th, f1 = best_threshold(probs, trues, thresholds=[0.1, 0.95])
     assert 0.0 < f1 < 1.0
+
+
+def test_each_group_gets_its_own_best_threshold():
+    # group "loud": true peaks at 0.9 and false ones at 0.5; group "soft": true 0.3, false 0.1
+    def song(true_height, false_height):
+        p = np.zeros(200)
+        p[[20, 60, 100, 140]] = true_height
+        p[[40, 80, 120]] = false_height
+        return p, np.array([20, 60, 100, 140])
+
+    songs = [song(0.9, 0.5), song(0.3, 0.1), song(0.9, 0.5)]
+    groups = ["loud", "soft", "loud"]
+    best = best_thresholds_by_group([p for p, _ in songs], [t for _, t in songs], groups)
+    assert list(best) == ["loud", "soft"]
+    assert 0.5 < best["loud"][0] <= 0.9 and best["loud"][1] == 1.0
+    assert 0.1 < best["soft"][0] <= 0.3 and best["soft"][1] == 1.0
+    single, f1 = best_threshold([p for p, _ in songs], [t for _, t in songs])
+    assert f1 < 1.0  # no one threshold serves both groups
+    with pytest.raises(ValueError, match="group names"):
+        best_thresholds_by_group([songs[0][0]], [songs[0][1]], ["a", "b"])

@@ -1,0 +1,195 @@
+"""Does stage 2 listen? Validation with the audio (or the timing) of its source replaced (issue 15).
+
+A model conditioned on the music must do worse when the music is taken
+away. :func:`audio_ablation` evaluates one model on the same validation
+levels several times, each time with the mel part of every source vector
+(:func:`~mapkit.datasets.torch_datasets.selection_source`) replaced; the
+gaps (the timing) are left as they are, except in ``gaps``:
+
+- ``real``: unchanged (the reference);
+- ``zeros``: every mel row set to 0, the training mean after normalisation;
+- ``shuffle``: the level's own mel rows in a random order (the same song's
+  sound, at the wrong notes);
+- ``other``: the mel rows of a level of another validation song, repeated
+  or cut to this level's length (needs at least two validation songs);
+- ``gaps``: the audio kept, the level's gap rows (the timing) in a random
+  order instead: does the model use the timing?
+
+The training run writes the result into ``metrics.jsonl`` at its end (one
+record per mode, ``"split": "ablation"``); :func:`checkpoint_ablation` and
+``bench/ablation.py`` compute it for any stage-2 checkpoint.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: The replacements :func:`audio_ablation` knows, after ``real``.
+ABLATIONS = ("zeros", "shuffle", "other", "gaps")
+
+
+def ablated_source(src: np.ndarray, n_mels: int, mode: str, rng: np.random.Generator | None = None,
+                   other: np.ndarray | None = None) -> np.ndarray:
+    """A copy of one level's source ``[S, n_mels + n_gaps]`` with its mel part (or, ``gaps``, its gaps) replaced.
+
+    Parameters
+    ----------
+    src : np.ndarray [S, n_mels + n_gaps]
+        Normalised mel rows, then the gaps (kept).
+    n_mels : int
+    mode : {"real", "zeros", "shuffle", "other", "gaps"}
+    rng : np.random.Generator
+        The permutation of ``shuffle`` and ``gaps``.
+    other : np.ndarray [S', >= n_mels]
+        For ``other``: the source whose mel rows replace these, tiled to ``S`` rows.
+    """
+    out = np.array(src, dtype=np.float32, copy=True)
+    if mode == "real":
+        return out
+    if mode == "zeros":
+        out[:, :n_mels] = 0.0
+    elif mode == "shuffle":
+        out[:, :n_mels] = out[(rng or np.random.default_rng(0)).permutation(len(out)), :n_mels]
+    elif mode == "other":
+        if other is None or len(other) == 0:
+            raise ValueError("ablation 'other' needs another level's source")
+        out[:, :n_mels] = np.resize(np.asarray(other, dtype=np.float32)[:, :n_mels], (len(out), n_mels))
+    elif mode == "gaps":
+        out[:, n_mels:] = out[(rng or np.random.default_rng(0)).permutation(len(out)), n_mels:]
+    else:
+        raise ValueError(f"unknown ablation {mode!r}; choose from real, {', '.join(ABLATIONS)}")
+    return out
+
+
+class AblatedSelection(torch.utils.data.Dataset):
+    """A :class:`~mapkit.datasets.torch_datasets.SelectionDataset` whose items' sources are ablated.
+
+    ``other`` pairs level ``i`` with the next level (cyclically) of another
+    song; ``shuffle`` draws its permutation from ``(seed, i)``, so the
+    ablation is the same on every run.
+    """
+
+    def __init__(self, dataset, mode: str, n_mels: int, seed: int = 0):
+        if mode not in ("real",) + ABLATIONS:
+            raise ValueError(f"unknown ablation {mode!r}; choose from real, {', '.join(ABLATIONS)}")
+        self.dataset, self.mode, self.n_mels, self.seed = dataset, mode, int(n_mels), int(seed)
+        songs = [level.song_id for level in dataset.levels]
+        self.partner = [next((j % len(songs) for j in range(i + 1, i + len(songs))
+                              if songs[j % len(songs)] != songs[i]), None) for i in range(len(songs))]
+        if mode == "other" and any(p is None for p in self.partner):
+            raise ValueError("ablation 'other' needs levels of at least two songs")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        other = self.dataset[self.partner[index]]["src"].numpy() if self.mode == "other" else None
+        rng = np.random.default_rng([self.seed, index])
+        item["src"] = torch.from_numpy(ablated_source(item["src"].numpy(), self.n_mels, self.mode, rng, other))
+        return item
+
+
+def audio_ablation(evaluate, dataset, n_mels: int, modes=ABLATIONS, seed: int = 0) -> dict:
+    """Validation metrics with the real audio and with each ablation in ``modes``.
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``evaluate(dataset) -> dict`` of metrics (e.g. ``loss``, ``perplexity``, ``accuracy``).
+    dataset : SelectionDataset
+        The validation levels.
+    n_mels : int
+        Length of the mel part of a source vector.
+    modes : iterable of str
+        Ablations to run; ``other`` is skipped (not an error) when the levels are all of one song.
+
+    Returns
+    -------
+    dict
+        ``{"real": metrics, mode: metrics, ...}``.
+    """
+    single_song = len({level.song_id for level in dataset.levels}) < 2
+    out = {"real": evaluate(dataset)}
+    for mode in modes:
+        if mode == "other" and single_song:
+            continue
+        out[mode] = evaluate(AblatedSelection(dataset, mode, n_mels, seed))
+    return out
+
+
+def ablation_summary(metrics_path) -> str | None:
+    """One line for the user: validation loss with the real audio and each ablation of the run's last record.
+
+    None when ``metrics.jsonl`` holds no ablation (stage 1, no validation
+    songs, a run stopped early).
+    """
+    from mapkit.train.loop import read_metrics
+
+    records = [r for r in read_metrics(metrics_path) if r.get("split") == "ablation"]
+    if not records:
+        return None
+    last = [r for r in records if r["step"] == records[-1]["step"]]
+    real = next((r for r in last if r["mode"] == "real"), None)
+    if real is None:
+        return None
+    parts = [f"real {real['loss']:.4g}"] + [f"{r['mode']} {r['loss']:.4g} ({r['loss'] - real['loss']:+.3g})"
+                                            for r in last if r["mode"] != "real"]
+    return "audio ablation, validation loss: " + ", ".join(parts)
+
+
+def checkpoint_ablation(store, checkpoint, songs=None, modes=ABLATIONS, device="cpu") -> dict:
+    """:func:`audio_ablation` of a stage-2 checkpoint on ``songs`` of ``store``.
+
+    Parameters
+    ----------
+    store : Store or path
+        The store the checkpoint was trained on (same feature, target and vocabulary hashes).
+    checkpoint : path
+        ``best.pt`` or ``last.pt`` of ``mapkit train transformer``.
+    songs : iterable of str, optional
+        Default: the checkpoint's validation songs.
+    modes : iterable of str
+    device : str
+
+    Returns
+    -------
+    dict
+        ``{"real": metrics, mode: metrics, ...}``, metrics as in validation
+        (``loss``, ``perplexity``, ``accuracy``, ``tokens``).
+
+    Raises
+    ------
+    TrainingError
+        Not a stage-2 checkpoint, another store, or no level in ``songs``.
+    """
+    import contextlib
+
+    from mapkit.datasets.store import Store
+    from mapkit.datasets.torch_datasets import SelectionDataset
+    from mapkit.train.loop import TrainingError, check_fingerprint, load_checkpoint, store_fingerprint
+    from mapkit.train.transformer import TransformerConfig, TransformerStage
+
+    store = store if isinstance(store, Store) else Store(store)
+    model, ckpt = load_checkpoint(checkpoint, device)
+    if ckpt.get("stage") != "transformer":
+        raise TrainingError(checkpoint, f"a {ckpt.get('stage')} checkpoint, not a stage-2 (transformer) one")
+    check_fingerprint(ckpt, store_fingerprint(store, need_vocab=True), checkpoint)
+    config = TransformerConfig.from_json(ckpt["train_config"])
+    stage = TransformerStage(store, config)
+    songs = list(ckpt["val_songs"] if songs is None else songs)
+    stage.val_dataset = SelectionDataset(store, songs, stats=ckpt["stats"], characteristic=config.characteristic,
+                                         difficulties=config.difficulties, vocab=stage.vocab,
+                                         max_tokens=config.max_tokens, jitter=False, seed=config.seed)
+    try:
+        if not stage.val_dataset.levels:
+            raise TrainingError(store.root, f"no {config.characteristic} level in the songs {songs}")
+        with torch.no_grad():
+            return stage.ablation(model, device, contextlib.nullcontext, modes)
+    finally:
+        stage.close()
+
+
+__all__ = ["ABLATIONS", "AblatedSelection", "ablated_source", "ablation_summary", "audio_ablation",
+           "checkpoint_ablation"]
