@@ -71,7 +71,7 @@ import numpy as np
 
 from mapkit.datasets.names import name_problem, safe_attrs, song_id_problem
 from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
-                                    run_items, write_report)
+                                    check_scheduler, plural, run_items, write_report)
 from mapkit.datasets.split import grouping_record, song_groups
 from mapkit.datasets.store import (KIND_ROOTS, ShardItem, ShardWriter, Store, os_error_reason, shard_file_attrs,
                                    write_json_atomic)
@@ -96,6 +96,10 @@ DIFFICULTY_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames
                        "gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
 
 NO_FEATURES = "no features (run mapkit extract first)"
+
+#: Share of UNK state tokens above which build-targets and validate advise ``--rebuild-vocab``: levels added
+#: after the vocabulary was counted, or a vocabulary counted over too few songs, lose that much of their notes.
+UNK_WARN_SHARE = 0.05
 
 
 # --- pure functions: one difficulty ---------------------------------------------------------------
@@ -242,6 +246,54 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
         state_times_s=np.asarray(notes["time_s"][first], np.float64),
         state_beats=np.asarray(notes["beat"][first], np.float64),
         end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs)
+
+
+def audio_frame_count(path, fps: int = 100) -> tuple[int | None, str | None]:
+    """``(T, None)`` of the level's audio from its header (no decoding), or ``(None, why not)``.
+
+    T is :func:`~mapkit.preprocess.timebase.n_frames` of the declared sample
+    count: what ``mapkit extract`` stores for a sound file.
+    """
+    import soundfile as sf
+
+    from mapkit.preprocess.container import LevelContainer
+    from mapkit.preprocess.timebase import n_frames
+
+    try:
+        with LevelContainer(path) as c:
+            name = c.audio_name()
+            with c.open(name) as f:
+                info = sf.info(f)
+    except MapkitError as e:
+        return None, e.reason
+    except (OSError, RuntimeError, ValueError) as e:  # soundfile cannot read the header
+        return None, f"unreadable audio: {e}"
+    if info.frames <= 0 or info.samplerate <= 0:
+        return None, "the audio declares no samples"
+    return n_frames(int(info.frames), int(info.samplerate), fps), None
+
+
+def check_against_audio(level, path, settings: TargetSettings = TargetSettings()) -> int | None:
+    """Apply build-targets' audio checks to a read level in place (for ``mapkit inspect``).
+
+    When the level's audio can be read, every difficulty gets the verdict
+    build-targets would give it on a song of that many frames
+    (:func:`difficulty_targets`: notes beyond the audio dropped and counted,
+    quarantined past ``max_drop_fraction``); otherwise a level warning says
+    the notes were not checked against the audio. Returns T, or None.
+    """
+    T, why = audio_frame_count(path, settings.fps)
+    if T is None:
+        named = level.song_filename and any(level.song_filename in w for w in level.warnings)
+        if not named:  # a missing song file is already a warning of the level
+            level.warnings.append(f"notes not checked against the audio ({why})")
+        return None
+    for d in level.difficulties:
+        if d.quarantine is None:
+            dt = difficulty_targets(d, T, level.bpm, settings)
+            d.drops = dt.drops
+            d.quarantine = dt.quarantine
+    return T
 
 
 # --- one level: worker side -----------------------------------------------------------------------
@@ -391,11 +443,17 @@ def characteristic_selection(characteristic) -> str:
 
 # --- one level: parent side -----------------------------------------------------------------------
 
-def count_states(level: LevelTargets, counts: Counter) -> None:
-    """Add the states of the usable difficulties of ``level`` to ``counts`` (keyed by the state's 12 bytes)."""
+def count_states(level: LevelTargets, counts: Counter) -> int:
+    """Add the states of the usable difficulties of ``level`` to ``counts`` (keyed by the state's 12 bytes).
+
+    Returns the number of difficulties that had states.
+    """
+    n = 0
     for d in level.difficulties:
         if d.quarantine is None and len(d.states):
             _count_state_array(d.states, counts)
+            n += 1
+    return n
 
 
 def _count_state_array(states: np.ndarray, counts: Counter) -> None:
@@ -493,6 +551,30 @@ def report_names(song_id: str, difficulties) -> list[str]:
         seen[name] += 1
         out.append(name if seen[name] == 1 else f"{name} (listed again, #{seen[name]})")
     return out
+def item_unk_counts(item: ShardItem) -> tuple[int, int]:
+    """``(UNK state tokens, state tokens)`` of a level's shard item (the ``n_unk``/``n_states`` attrs)."""
+    n_unk = sum(int(a.get("n_unk", 0)) for a in item.subgroup_attrs.values())
+    n_states = sum(int(a.get("n_states", 0)) for a in item.subgroup_attrs.values())
+    return n_unk, n_states
+
+
+def unk_summary(n_unk: int, n_states: int, threshold: float = UNK_WARN_SHARE) -> str | None:
+    """The summary line about UNK tokens of a run's levels, or None when they hold no state.
+
+    Above ``threshold`` it says what it costs and that ``--rebuild-vocab`` fixes it.
+
+    >>> unk_summary(3, 100)
+    "UNK: 3 of 100 note states (3.0%) of this run's training-split levels are outside the vocabulary"
+    """
+    if n_states <= 0:
+        return None
+    share = n_unk / n_states
+    line = (f"UNK: {n_unk} of {n_states} note states ({100 * share:.1f}%) of this run's training-split levels "
+            f"are outside the vocabulary")
+    if share > threshold:
+        line += (f"; above {100 * threshold:g}%: the model cannot learn or generate them. Re-count the vocabulary "
+                 f"over the training songs with --rebuild-vocab")
+    return line
 
 
 def level_results(level: LevelTargets) -> list[ItemResult]:
@@ -613,16 +695,19 @@ def reencode_stored(entry, vocab: Vocabulary) -> ShardItem:
     return ShardItem(group=entry.group, datasets=datasets, attrs=attrs, subgroup_attrs=sub_attrs)
 
 
-def stored_state_counts(entry, counts: Counter) -> None:
-    """Add the stored ``states`` of a stored level to ``counts``."""
+def stored_state_counts(entry, counts: Counter) -> int:
+    """Add the stored ``states`` of a stored level to ``counts``; returns the number of difficulties with states."""
     from mapkit.datasets.store import open_shard
 
+    n = 0
     with open_shard(entry.shard, features=False) as f:
         g = f[entry.group]
         for name in _stored_difficulties(entry):
             states = g[name]["states"][()]
             if len(states):
                 _count_state_array(states, counts)
+                n += 1
+    return n
 
 
 # --- store checks -----------------------------------------------------------------------------------
@@ -793,10 +878,30 @@ def training_songs(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs
     return train, [s for s in val if s in ids]
 
 
+def empty_vocabulary_reason(split_ids, train, val, named: bool, n_states: int) -> str:
+    """Why no vocabulary can be counted, and what to do (build-targets then writes nothing).
+
+    The vocabulary is counted over the training songs' levels only; with few
+    songs the training split can hold no usable level (every song hashed into
+    validation, or the training songs' levels quarantined). Every state would
+    then be UNK and no ``vocab.json`` could be written.
+    """
+    shown = ", ".join(sorted(val)[:5]) + (" ..." if len(val) > 5 else "")
+    how = ("name fewer songs with --val-song" if named else
+           "name the validation songs with --val-song (the same for mapkit train), or lower --val-fraction")
+    return (f"no vocabulary can be counted: the training split ({len(train)} of {len(split_ids)} songs) holds no "
+            f"usable level, so all {n_states} note states would be UNK (validation songs: {shown or 'none'}); "
+            f"nothing was written. {how[0].upper() + how[1:]}, or add more songs")
+
+
 def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings, n_levels: int,
-                   counted_songs=(), val_songs=(), val_fraction: float | None = 0.1, seed: int = 0,
-                   grouping: dict | None = None) -> dict:
+                   n_difficulties: int = 0, counted_songs=(), val_songs=(), val_fraction: float | None = 0.1,
+                   seed: int = 0, grouping: dict | None = None) -> dict:
     """The content of ``vocab.json``: the vocabulary, and what it was counted over.
+
+    ``n_levels`` is the number of level groups (songs) whose states were
+    counted, ``n_difficulties`` the number of their difficulties that had
+    states, ``n_state_frames`` the states counted.
 
     ``counted_over`` is ``"training split"``; ``counted_songs`` the songs whose
     levels were counted, ``val_songs`` the validation songs left out,
@@ -808,6 +913,7 @@ def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings,
     total = int(sum(counts.values()))
     covered = int(sum(vocab.counts))
     return {**vocab.to_json(), "vocab_size": settings.vocab_size, "n_levels": int(n_levels),
+            "n_difficulties": int(n_difficulties),
             "n_state_frames": total, "n_distinct_states": len(counts),
             "coverage": covered / total if total else 1.0, "targets_settings_hash": settings.hash,
             "counted_over": COUNTED_OVER_TRAINING, "val_fraction": val_fraction, "seed": int(seed),
@@ -934,6 +1040,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
     """
     from mapkit.preprocess.sources import discover
 
+    if backend == "dask":
+        check_scheduler(scheduler)  # before anything is created
     store = store if isinstance(store, Store) else Store(store)
     ignored: list = []
     sources = discover(os.path.abspath(input_dir), kinds=("level",), ignored=ignored)
@@ -1015,6 +1123,16 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             return ItemResult(task.song_id, task.path, status, bad[0].reason if bad else "")
 
         n_counted = 0
+        unk = [0, 0]  # UNK state tokens, state tokens of the levels this run writes (validation songs aside)
+        unk_skip = set(loaded[1].get("val_songs") or ()) if loaded is not None else set()
+
+        def write_item(writer, item: ShardItem):
+            writer.write(item)
+            if item.attrs["song_id"] not in unk_skip:  # validation levels hold unseen states by design
+                n_unk, n_states = item_unk_counts(item)
+                unk[0] += n_unk
+                unk[1] += n_states
+
         if vocab is not None:
             # the vocabulary is known: encode and write each level as it arrives
             writer = new_writer(vocab)
@@ -1022,7 +1140,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             def write(task, value) -> ItemResult:
                 results = outcome(task, value)
                 if isinstance(value, LevelTargets):
-                    writer.write(level_item(value, vocab, selection, settings.fps, meta))
+                    write_item(writer, level_item(value, vocab, selection, settings.fps, meta))
                     written_ids.add(task.song_id)
                 per_task[task_of[task.song_id]] = results
                 return summary(results, task)
@@ -1038,12 +1156,14 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             # first pass: compute and count; results wait in an unnamed temporary file
             with tempfile.TemporaryFile(dir=store.root, prefix=".build-targets-spool-") as spool:
                 spooled: list[tuple[int, int]] = []  # (task position, file offset)
+                n_states_seen = [0]  # states of the levels to write: an empty vocabulary would make them UNK
 
                 def collect(task, value) -> ItemResult:
                     k = task_of[task.song_id]
                     results = outcome(task, value)
                     per_task[k] = results
                     if isinstance(value, LevelTargets):
+                        n_states_seen[0] += sum(len(d.states) for d in value.difficulties if d.quarantine is None)
                         spooled.append((k, spool.tell()))
                         try:
                             pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
@@ -1063,16 +1183,25 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 train = set(train)
                 counts = Counter()
                 spooled.sort()
+                n_difficulties = 0
                 for _k, offset in spooled:
                     if tasks[_k].song_id in train:
                         spool.seek(offset)
-                        count_states(pickle.load(spool), counts)
-                        n_counted += 1
+                        n = count_states(pickle.load(spool), counts)
+                        n_counted += n > 0
+                        n_difficulties += n
                 for e in kept_stored:
                     if e.song_id in train:
-                        stored_state_counts(e, counts)
-                        n_counted += 1
+                        n = stored_state_counts(e, counts)
+                        n_counted += n > 0
+                        n_difficulties += n
                 vocab = Vocabulary.from_counts(counts, settings.vocab_size)
+                if rebuild_vocab:
+                    n_states_seen[0] += sum(int(e.attrs.get("n_states", 0)) for e in kept_stored)
+                if not counts and n_states_seen[0]:
+                    raise MapkitError(store.root, empty_vocabulary_reason(
+                        split_ids, train, val, val_songs is not None, n_states_seen[0]))
+                unk_skip.update(val)
                 if not rebuild_vocab:
                     stale = sorted({str(e.file_attrs.get("vocab_hash")) for e in kept_stored if vocab_bound(e)}
                                    - {vocab.hash})
@@ -1082,27 +1211,28 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                                          f"not the one of the stored targets (hash {', '.join(stale)}); add "
                                          f"--rebuild-vocab to re-encode every stored level")
                 # an empty vocabulary would turn every later level into UNK: never saved
-                document = vocab_document(vocab, counts, settings, n_counted, counted_songs=train, val_songs=val,
+                document = vocab_document(vocab, counts, settings, n_counted, n_difficulties=n_difficulties,
+                                          counted_songs=train, val_songs=val,
                                           val_fraction=None if val_songs is not None else val_fraction,
                                           seed=seed, grouping=grouping_record(groups, split_ids)) if counts else None
                 if document is not None and not rebuild_vocab:
                     write_json_atomic(store.vocab_path, document)
                 n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
-                from tqdm import tqdm
+                from mapkit.progress import progress_bar
 
                 # --rebuild-vocab: the new shards stay partial files until vocab.json and they are published
                 # together, and the old shards deleted, in one commit (Store.commit_rebuild)
                 writer = new_writer(vocab)
                 writer.publish = not rebuild_vocab
-                with writer, tqdm(total=n_write, desc=f"{COMMAND} write", unit="level",
-                                  file=sys.stderr, disable=not progress) as bar:
+                with writer, progress_bar(total=n_write, desc=f"{COMMAND} write", unit="level",
+                                          file=sys.stderr, disable=not progress) as bar:
                     for _k, offset in spooled:
                         spool.seek(offset)
-                        writer.write(level_item(pickle.load(spool), vocab, selection, settings.fps, meta))
+                        write_item(writer, level_item(pickle.load(spool), vocab, selection, settings.fps, meta))
                         bar.update(1)
                     if rebuild_vocab:
                         for e in kept_stored:
-                            writer.write(reencode_stored(e, vocab))
+                            write_item(writer, reencode_stored(e, vocab))
                             bar.update(1)
                 if rebuild_vocab:
                     # every level the old shards held is now in a newer shard, encoded with the new vocabulary
@@ -1118,10 +1248,16 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 items.extend(per_task.get(k) or [ran[k]])
         index = store.index("targets")
         report = RunReport(COMMAND, items, problems=index.problems, ignored=ignored)
+        if store.recovered:  # flushed by a killed run, adopted when the lock was taken: not recomputed
+            report.notes.append(f"recovered {plural(len(store.recovered), 'items')} flushed by an interrupted run")
+        line = unk_summary(*unk)
+        if line:
+            report.notes.append(line)
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "rebuild_vocab": rebuild_vocab, "characteristic": selection, "backend": backend,
                             "vocab_hash": vocab.hash, "vocab_tokens": len(vocab), "stored_levels": len(index),
+                            "unk_tokens": unk[0], "state_tokens": unk[1],
                             "metadata": None if meta is None else {"file": meta.path, "maps": meta.n_maps,
                                                                    "bad_lines": len(meta.bad_lines)}})
     return report

@@ -11,7 +11,8 @@ skipped, failed or quarantined some items (details in the store's
 ``reports/``); 64 bad usage of the command line (unknown option, missing or
 invalid argument: sysexits' ``EX_USAGE``), so a script can tell a typo from a
 partial run; 130 or 143 (128 + the signal) stopped by Ctrl-C or SIGTERM
-(``extract`` and ``build-targets`` then print one line and keep what they wrote).
+(``extract`` and ``build-targets`` then print one line and keep what they wrote;
+``train`` saves ``last.pt`` first).
 """
 
 from __future__ import annotations
@@ -333,11 +334,14 @@ def validate_command(store, as_json, quick, no_progress):
     in place), token frames and gaps equal to those recomputed from the
     notes; tempo map finite, monotone, continuous and timing the notes.
     Per store: every shard readable, one settings hash, the vocabulary
-    hash, no targets without features. Checksums: every dataset's bytes and
+    hash, no targets without features; a folder without shards is not a
+    store. Checksums: every dataset's bytes and
     every group's attributes are what the writer wrote (moved, reordered or
     edited data fails; --quick skips this). Structure: no group, dataset or
     difficulty the contract does not name, none missing that a level lists.
     Every failure names the song or level, the check and the numbers.
+    Warns (exit code unchanged) when more than 5 % of the stored levels' note
+    states are UNK (validation songs aside): --rebuild-vocab fixes it.
     Streams: memory does not grow with the store. Exit code 0 when clean, 1
     when any check fails or a run is writing the store.
 
@@ -399,7 +403,10 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
     vocab.json; later runs encode with it (unseen states become UNK). Levels
     already stored with the same files, audio and settings are skipped.
     Quarantined difficulties and unreadable levels are reported
-    (STORE/reports/) and the exit code is then 2. Inputs are read as by
+    (STORE/reports/, and by reason on stderr) and the exit code is then 2.
+    The summary gives the share of UNK states (above 5 %: --rebuild-vocab).
+    A first run whose training split holds no level (e.g. every song held
+    out for validation) is refused, exit 1, nothing written. Inputs are read as by
     extract (regular files only, links inside INPUT, size caps); Ctrl-C or
     SIGTERM stops the run (exit code 130 or 143); run it again to finish.
 
@@ -530,25 +537,96 @@ def stats_command(store, as_json, png, jobs):
 # --- train: stage 1 (ddc) and stage 2 (transformer) ---
 
 
+def _preset_value(stage: str, field: str):
+    """``(default preset's value, tiny preset's value)`` of a config field (``model.x`` for the model's)."""
+    if stage == "ddc":
+        from mapkit.train.ddc import ddc_config as config_fn
+    else:
+        from mapkit.train.transformer import transformer_config as config_fn
+    values = []
+    for preset in ("default", "tiny"):
+        obj = config_fn(preset)
+        for part in field.split("."):
+            obj = getattr(obj, part)
+        values.append(obj)
+    return tuple(values)
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class PresetOption(click.Option):
+    """An option whose default comes from the --preset; --help shows both presets' values.
+
+    The values are read from the stage's config functions when help is shown
+    (so ``mapkit --help`` does not import torch). ``auto`` documents a value
+    that the run derives (e.g. ``eval_every``).
+    """
+
+    def __init__(self, *args, field: str, auto: str | None = None, **kwargs):
+        self.preset_field, self.auto = field, auto
+        super().__init__(*args, **kwargs)
+
+    def get_help_record(self, ctx):
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        default, tiny = _preset_value(ctx.command.name, self.preset_field)
+        if default is None and self.auto:
+            shown = self.auto
+        elif default == tiny:
+            shown = _show(default)
+        else:
+            shown = f"{_show(default)}; --preset tiny: {_show(tiny)}"
+        return record[0], f"{record[1]}  [default: {shown}]"
+
+
+def _preset_option(*decls, field: str, auto: str | None = None, **kwargs):
+    return click.option(*decls, cls=PresetOption, field=field, auto=auto, default=None, **kwargs)
+
+
+def _difficulty_names(ctx, param, values):
+    """--difficulty: canonical names (aliases like Expert+ accepted); a usage error lists the valid ones."""
+    from mapkit.preprocess.levels import DIFFICULTIES, canonical_difficulty
+
+    try:
+        if isinstance(values, str):
+            return canonical_difficulty(values)
+        return tuple(canonical_difficulty(v) for v in values)
+    except ValueError as e:
+        raise click.BadParameter(f"{e}; the names are {', '.join(DIFFICULTIES)} (Expert+ also accepted)") from None
+
+
 def _train_options(f):
     """The options both `mapkit train` stages share (applied bottom-up, so listed in reverse)."""
     options = [
         click.option("--no-progress", is_flag=True, help="No progress bar."),
         click.option("--stop-at", type=click.IntRange(min=1), default=None,
                      help="Stop after this step (checkpointing) as if interrupted; go on later with --resume."),
-        click.option("--resume", is_flag=True, help="Continue from OUT/last.pt exactly where it stopped."),
+        click.option("--overwrite", is_flag=True,
+                     help="Start afresh in an OUT that holds an earlier run, deleting its checkpoints and logs "
+                          "(without it, a non-empty OUT is refused)."),
+        click.option("--resume", is_flag=True,
+                     help="Continue from OUT/last.pt exactly where it stopped, with its settings; only "
+                          "--max-steps, --epochs, --eval-every, --checkpoint-every, --log-every may change."),
         click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
                      help="DataLoader worker processes (each opens its own HDF5 handles)."),
         click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto",
                      show_default=True, help="Mixed precision (auto: on with CUDA)."),
         click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1..."),
-        click.option("--log-every", type=click.IntRange(min=1), default=None, help="Steps between train-loss logs."),
-        click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Steps between validations."),
-        click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
-                     help="Steps between checkpoints (OUT/last.pt; also written at the end)."),
-        click.option("--difficulty", "difficulties", multiple=True,
-                     help="Train on these difficulties only (repeatable; default all)."),
+        _preset_option("--log-every", field="log_every", type=click.IntRange(min=1),
+                       help="Steps between train-loss logs."),
+        _preset_option("--eval-every", field="eval_every", type=click.IntRange(min=1),
+                       auto="auto: 20 validations per run", help="Steps between validations."),
+        _preset_option("--checkpoint-every", field="checkpoint_every", type=click.IntRange(min=1),
+                       help="Steps between checkpoints (OUT/last.pt; also written at the end, and on Ctrl-C)."),
+        click.option("--difficulty", "difficulties", multiple=True, callback=_difficulty_names,
+                     help="Train on these difficulties only: Easy, Normal, Hard, Expert, ExpertPlus "
+                          "(repeatable; default all)."),
         click.option("--exclude-flagged", is_flag=True,
                      help="Leave out difficulties flagged by `mapkit audit` (offset, no alignment peak, partial...)."),
         click.option("--exclude-automapped", is_flag=True, default=None,
@@ -560,15 +638,19 @@ def _train_options(f):
                      help="Validation song id (repeatable; overrides --val-fraction)."),
         click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1,
                      show_default=True, help="Songs held out for validation (by a hash of the song id)."),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--grad-clip", type=click.FloatRange(min=0.0, min_open=True), default=None,
-                     help="Gradient clipping by global norm."),
-        click.option("--warmup-steps", type=click.IntRange(min=0), default=None, help="Linear learning-rate warm-up."),
-        click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=None, help="Peak learning rate."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Items per step and process."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None,
-                     help="Stop after this many epochs (whichever of --epochs/--max-steps comes first; with only --max-steps, epochs are unlimited)."),
-        click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of training."),
+        _preset_option("--grad-clip", field="grad_clip", type=click.FloatRange(min=0.0, min_open=True),
+                       help="Gradient clipping by global norm."),
+        _preset_option("--warmup-steps", field="warmup_steps", type=click.IntRange(min=0),
+                       help="Linear learning-rate warm-up."),
+        _preset_option("--lr", field="lr", type=click.FloatRange(min=0.0, min_open=True), help="Peak learning rate."),
+        _preset_option("--batch-size", field="batch_size", type=click.IntRange(min=1),
+                       help="Items per step and process."),
+        _preset_option("--epochs", field="epochs", type=click.IntRange(min=1),
+                       help="Stop after this many epochs (whichever of --epochs/--max-steps comes first; with only "
+                            "--max-steps, epochs are unlimited)."),
+        _preset_option("--max-steps", field="max_steps", type=click.IntRange(min=1),
+                       help="Stop after this many steps."),
         click.option("--preset", type=click.Choice(["tiny", "default"]), default="default", show_default=True,
                      help="Model size: default (as DeepSaber/DDC) or tiny (tests, CPU)."),
         store_option,
@@ -589,14 +671,53 @@ def _train_config_kwargs(kw: dict) -> dict:
                 checkpoint_every=kw["checkpoint_every"], eval_every=kw["eval_every"], log_every=kw["log_every"])
 
 
+#: Exit code of a training run stopped by a signal after saving last.pt: 128 + the signal number, as a shell does.
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _explicit(ctx, names) -> set:
+    """The parameters of ``names`` given on the command line or by an environment variable."""
+    from click.core import ParameterSource
+
+    return {n for n in names if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE,
+                                                                   ParameterSource.ENVIRONMENT)}
+
+
+#: Options that choose the model: a resumed run keeps its checkpoint's model.
+MODEL_OPTIONS = ("preset", "d_model", "n_layers", "n_heads", "d_ff", "dropout")
+
+
+def _resume_config(config_fn, out, kw: dict, config_overrides: dict):
+    """--resume: the checkpoint's config, with only the options given on the command line changed."""
+    import dataclasses
+
+    from mapkit.train.loop import TrainingError, resumed_config
+
+    given = _explicit(click.get_current_context(), list(kw) + list(config_overrides))
+    fresh = config_fn(kw["preset"], **config_overrides, **_train_config_kwargs(kw))
+    fields = {f.name for f in dataclasses.fields(fresh)}
+    changes = {name: getattr(fresh, name) for name in given if name in fields}
+    model_given = sorted(given & set(MODEL_OPTIONS))
+    if model_given and resumed_config(out, type(fresh), {}).model != fresh.model:
+        names = ", ".join("--" + k.replace("_", "-") for k in model_given)
+        raise TrainingError(out, f"a resumed run keeps its model: {names} cannot change; train from scratch "
+                                 f"in another --out to change it")
+    return resumed_config(out, type(fresh), changes)
+
+
 def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
     from mapkit.errors import MapkitError
     from mapkit.train.loop import RunOptions
 
     options = RunOptions(device=kw["device"], amp=kw["amp"], num_workers=kw["workers"], resume=kw["resume"],
-                         progress=not kw["no_progress"], stop_at=kw["stop_at"])
+                         progress=not kw["no_progress"], stop_at=kw["stop_at"], overwrite=kw["overwrite"])
+    if kw["resume"] and kw["overwrite"]:
+        fail("--resume continues the run in OUT, --overwrite deletes it: give one of them")
     try:
-        config = config_fn(kw["preset"], **config_overrides, **_train_config_kwargs(kw))
+        if kw["resume"]:
+            config = _resume_config(config_fn, out, kw, config_overrides)
+        else:
+            config = config_fn(kw["preset"], **config_overrides, **_train_config_kwargs(kw))
         result = train_fn(kw["store"], out, config, options)
     except MapkitError as e:
         fail(str(e))
@@ -614,6 +735,10 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
         summary = ablation_summary(result.metrics_path) if result.metrics_path else None
         if summary:
             click.echo(summary)
+    if result.interrupted:
+        click.echo(f"interrupted by {result.interrupted} at step {result.step}: saved {result.last}; "
+                   f"continue with the same command and --resume", err=True)
+        sys.exit(SIGNAL_EXIT.get(result.interrupted, 1))
 
 
 @main.group("train", short_help="Train stage 1 (ddc) or stage 2 (transformer).")
@@ -624,6 +749,10 @@ def train_group():
     never in both), log to OUT/metrics.jsonl, plot OUT/curves.png, and
     write OUT/last.pt (every --checkpoint-every steps and at the end) and
     OUT/best.pt. On several GPUs run them under torchrun.
+
+    An OUT that holds an earlier run is refused: --resume continues it,
+    --overwrite deletes it. Ctrl-C (or SIGTERM) finishes the step, saves
+    OUT/last.pt and exits with 130 (143); a second Ctrl-C stops at once.
 
     \b
     Example:
@@ -636,13 +765,13 @@ def train_group():
 @_train_options
 @click.option("--out", type=click.Path(file_okay=False), default="mapkit-runs/ddc", show_default=True,
               help="Folder of checkpoints, metrics.jsonl and curves.png.")
-@click.option("--window", type=click.IntRange(min=1), default=None, help="Output frames per training item (100).")
-@click.option("--pos-weight", type=click.FloatRange(min=0.0, min_open=True), default=None,
-              help="Weight of note frames in the loss (default: empty/note frame ratio of the training split).")
-@click.option("--smoothing", type=click.IntRange(min=0), default=None,
-              help="Odd smoothing window (frames) before peak picking (5).")
-@click.option("--min-gap", "min_gap_frames", type=click.IntRange(min=1), default=None,
-              help="Minimum frames between picked peaks (5).")
+@_preset_option("--window", field="window", type=click.IntRange(min=1), help="Output frames per training item.")
+@_preset_option("--pos-weight", field="pos_weight", type=click.FloatRange(min=0.0, min_open=True),
+                auto="empty/note frame ratio of the training split", help="Weight of note frames in the loss.")
+@_preset_option("--smoothing", field="smoothing", type=click.IntRange(min=0),
+                help="Odd smoothing window (frames) before peak picking.")
+@_preset_option("--min-gap", "min_gap_frames", field="min_gap_frames", type=click.IntRange(min=1),
+                help="Minimum frames between picked peaks.")
 def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
     """Stage 1: the C-LSTM that says on which frames notes go.
 
@@ -667,14 +796,15 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
 @_train_options
 @click.option("--out", type=click.Path(file_okay=False), default="mapkit-runs/transformer", show_default=True,
               help="Folder of checkpoints, metrics.jsonl and curves.png.")
-@click.option("--d-model", type=click.IntRange(min=1), default=None, help="Model width (512).")
-@click.option("--layers", "n_layers", type=click.IntRange(min=1), default=None,
-              help="Encoder and decoder layers each (6).")
-@click.option("--heads", "n_heads", type=click.IntRange(min=1), default=None, help="Attention heads (8).")
-@click.option("--d-ff", type=click.IntRange(min=1), default=None, help="Feed-forward width (4 x d-model).")
-@click.option("--dropout", type=click.FloatRange(0.0, 1.0, max_open=True), default=None, help="Dropout (0.1).")
-@click.option("--max-tokens", type=click.IntRange(min=2), default=None,
-              help="Longer levels are cropped to a random window of this many tokens (1024).")
+@_preset_option("--d-model", field="model.d_model", type=click.IntRange(min=1), help="Model width.")
+@_preset_option("--layers", "n_layers", field="model.n_encoder_layers", type=click.IntRange(min=1),
+                help="Encoder and decoder layers each.")
+@_preset_option("--heads", "n_heads", field="model.n_heads", type=click.IntRange(min=1), help="Attention heads.")
+@_preset_option("--d-ff", field="model.d_ff", type=click.IntRange(min=1),
+                help="Feed-forward width (4 x --d-model when that is given).")
+@_preset_option("--dropout", field="model.dropout", type=click.FloatRange(0.0, 1.0, max_open=True), help="Dropout.")
+@_preset_option("--max-tokens", field="max_tokens", type=click.IntRange(min=2),
+                help="Longer levels are cropped to a random window of this many tokens.")
 def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, max_tokens, **kw):
     """Stage 2: the encoder-decoder that says which notes go on each note frame.
 
@@ -706,7 +836,7 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
               help="Stage-1 checkpoint (mapkit train ddc).")
 @click.option("--selection", type=click.Path(dir_okay=False), default="mapkit-runs/transformer/last.pt",
               show_default=True, help="Stage-2 checkpoint (mapkit train transformer).")
-@click.option("--difficulty", default="Expert", show_default=True,
+@click.option("--difficulty", default="Expert", show_default=True, callback=_difficulty_names,
               help="Easy, Normal, Hard, Expert or ExpertPlus (conditions stage 1; names the difficulty file).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="mapkit-generated", show_default=True,
               help="Folder for the level folder <song>-mapkit/ and its .zip.")
@@ -726,15 +856,18 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
               help="Print the generated level's metrics (as mapkit evaluate does).")
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None,
               help="With --evaluate: human baseline JSON (mapkit evaluate --save-baseline) for percentiles.")
+@click.option("--force", is_flag=True, help="Replace an earlier generated level of the same name in OUT.")
 def generate_command(song, placement, selection, difficulty, out_dir, beam_size, temperature, seed, threshold,
-                     no_snap, device, threads, evaluate_level, baseline):
+                     no_snap, device, threads, evaluate_level, baseline, force):
     """Generate a playable level for SONG with the two trained models.
 
     SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
     .zip. Writes OUT/<song>-mapkit/ (Info.dat v2.1.0, <Difficulty>Standard.dat
     v3.3.0, song.egg, cover.png) and OUT/<song>-mapkit.zip for Beat Saber or
     BeatSaver. The BPM is estimated from the audio; note times come from
-    stage-1 peaks, notes from a stage-2 beam search. Exit code 2: the level
+    stage-1 peaks, notes from a stage-2 beam search. The song name and
+    artist come from the source level's info file or the audio's tags. An
+    existing OUT/<song>-mapkit is not replaced without --force. Exit code 2: the level
     was written but something is off (e.g. no notes found; said on stderr).
     Checkpoints are loaded with pickle: load only checkpoints you trust.
 
@@ -759,7 +892,7 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
             human = load_baseline(baseline)  # before generating: a bad file fails fast
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
                          beam_size=beam_size, temperature=temperature, seed=seed, threshold=threshold,
-                         snap=not no_snap, out_dir=out_dir)
+                         snap=not no_snap, out_dir=out_dir, force=force)
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())

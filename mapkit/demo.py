@@ -704,9 +704,9 @@ def make_demo(out_dir, n_levels: int = 6, duration_s: float = 30.0, seed: int = 
     demo = DemoSet(root=root, levels_dir=levels_dir)
     indices = range(int(n_levels))
     if progress:
-        from tqdm import tqdm
+        from mapkit.progress import progress_bar
 
-        indices = tqdm(indices, desc="demo levels", unit="level")
+        indices = progress_bar(indices, desc="demo levels", unit="level")
     for i in indices:
         plan = plan_level(i, seed, float(duration_s))
         path = _write_level(levels_dir, plan, _level_files(plan, float(duration_s)))

@@ -47,7 +47,7 @@ import numpy as np
 from mapkit.datasets.groups import GroupAssigner
 from mapkit.datasets.names import safe_attrs
 from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
-                                    run_items, write_report)
+                                    check_scheduler, plural, run_items, write_report)
 from mapkit.datasets.store import (ATTRS_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
                                    shard_file_attrs)
 from mapkit.errors import MapkitError, StoreError
@@ -230,6 +230,8 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
     """
     from mapkit.preprocess.sources import discover
 
+    if backend == "dask":
+        check_scheduler(scheduler)  # before anything is created
     store = store if isinstance(store, Store) else Store(store)
     ignored: list = []
     sources = discover(os.path.abspath(input_dir), ignored=ignored)
@@ -251,6 +253,18 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
         written_groups: dict = {}
         no_fingerprint: set = set()
 
+        def regroup_stored() -> dict:
+            """A new song joined two groups: store the absorbed group's songs again with the new id."""
+            regroup = assigner.relabelled(written_groups)
+            if regroup:
+                stored_now = store.index("features")
+                with ShardWriter(store.features_dir, shard_file_attrs("features", settings),
+                                 max_items=shard_songs, max_bytes=shard_bytes) as rewriter:
+                    for sid, group in sorted(regroup.items()):
+                        rewriter.write(regrouped_item(stored_now[sid], group))
+                        written_groups[sid] = group
+            return regroup
+
         def write(task: ExtractTask, value) -> ItemResult:
             if isinstance(value, AlreadyPresent):
                 return ItemResult(task.song_id, task.path, "skipped", "already present (same audio and settings)")
@@ -269,19 +283,14 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
                                         time_limit=item_timeout)
                 except RunInterrupted:
                     writer.close()  # every song written so far is complete: keep them
+                    regroup_stored()  # and the groups they joined stay joined
                     store.write_feature_stats()
                     raise
         except StoreError:  # e.g. a full disk: the shards committed so far stay, and stats.json describes them
             if writer.committed:
                 store.write_feature_stats()
             raise
-        regroup = assigner.relabelled(written_groups)
-        if regroup:  # a new song joined two groups: store the absorbed group's songs again with the new id
-            index = store.index("features")
-            with ShardWriter(store.features_dir, shard_file_attrs("features", settings),
-                             max_items=shard_songs, max_bytes=shard_bytes) as rewriter:
-                for sid, group in sorted(regroup.items()):
-                    rewriter.write(regrouped_item(index[sid], group))
+        regroup = regroup_stored()
         note = grouping_note(no_fingerprint)
         if unprinted:
             old = (f"{len(unprinted)} stored songs have no fingerprint (e.g. {unprinted[0]}): they match other "
@@ -292,6 +301,8 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
         index = store.index("features")
         store.write_feature_stats(index)
         report = RunReport(COMMAND, results, problems=index.problems, ignored=ignored)
+        if store.recovered:  # flushed by a killed run, adopted when the lock was taken: not recomputed
+            report.notes.append(f"recovered {plural(len(store.recovered), 'items')} flushed by an interrupted run")
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "backend": backend, "stored_songs": len(index),

@@ -332,6 +332,28 @@ def _dumps(obj, pretty: bool = False) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def short_beats(beats, bpm: float) -> np.ndarray:
+    """``beats`` each with the fewest decimals (3 to 9) that keep its note on the same frame at ``bpm``.
+
+    Written files then read ``3.8`` rather than ``3.8002399999999996``, and
+    every note still plays on exactly the frame it had
+    (``frame_of(TempoMap.constant(bpm).seconds(beat))``).
+
+    >>> short_beats([3.8002399999999996, 0.5], 120.0).tolist()
+    [3.8, 0.5]
+    """
+    beats = np.asarray(beats, dtype=np.float64)
+    seconds = TempoMap.constant(bpm).seconds
+    out, frames = beats.copy(), frame_of(seconds(beats))
+    todo = np.ones(len(beats), dtype=bool)
+    for decimals in range(3, 10):
+        short = np.round(beats, decimals)
+        keep = todo & (frame_of(seconds(short)) == frames)
+        out[keep] = short[keep]
+        todo &= ~keep
+    return out
+
+
 def difficulty_json(notes: np.ndarray, bpm: float) -> dict:
     """A v3.3.0 difficulty holding ``notes`` (NOTE_DTYPE) at their ``beat``; no walls, arcs or lights.
 
@@ -360,7 +382,8 @@ def _rgba(hex_rgb: str) -> dict:
     return {"r": round(r, 4), "g": round(g, 4), "b": round(b, 4), "a": 1.0}
 
 
-def info_json(title: str, bpm: float, difficulty: str, beatmap_filename: str, duration_s: float) -> dict:
+def info_json(title: str, bpm: float, difficulty: str, beatmap_filename: str, duration_s: float,
+              author: str = "") -> dict:
     """An ``Info.dat`` v2.1.0 for one Standard difficulty.
 
     ``_songTimeOffset`` is 0 and ``_beatmapColorSchemeIdx`` 0 names the one
@@ -373,7 +396,7 @@ def info_json(title: str, bpm: float, difficulty: str, beatmap_filename: str, du
               "environmentColor1": "30ACFF", "obstaclesColor": "FF3030", "environmentColor0Boost": "D216D9",
               "environmentColor1Boost": "00FFA5"}
     return {
-        "_version": "2.1.0", "_songName": title, "_songSubName": "", "_songAuthorName": "",
+        "_version": "2.1.0", "_songName": title, "_songSubName": "", "_songAuthorName": author,
         "_levelAuthorName": "mapkit", "_beatsPerMinute": float(bpm), "_shuffle": 0, "_shufflePeriod": 0.5,
         "_previewStartTime": round(min(12.0, duration_s / 3), 3),
         "_previewDuration": round(min(10.0, duration_s / 3), 3),
@@ -501,6 +524,41 @@ class GeneratedLevel:
                 f"{self.duration_s:.1f} s of audio in {sum(self.timings.values()):.1f} s ({split})")
 
 
+def song_metadata(source) -> tuple[str, str]:
+    """``(song name, artist)`` for the generated Info.dat.
+
+    From the source level's info file (v2 ``_songName``/``_songAuthorName``,
+    v4 ``song.title``/``song.author``) when generating from a level, else from
+    the audio's tags (Vorbis comments, WAV/FLAC info: TITLE, ARTIST); the
+    file's name and no artist when there are none.
+    """
+    title = author = ""
+    try:
+        if source.kind == "level":
+            from mapkit.preprocess.container import LevelContainer
+
+            with LevelContainer(source.path) as c:
+                info = c.read_info_json()
+            song = info.get("song") if isinstance(info.get("song"), dict) else {}
+            title = info.get("_songName") or song.get("title") or info.get("songName") or ""
+            author = info.get("_songAuthorName") or song.get("author") or info.get("authorName") or ""
+        else:
+            import soundfile as sf
+
+            with sf.SoundFile(str(source.path)) as snd:
+                title, author = snd.title or "", snd.artist or ""
+    except (MapkitError, OSError, RuntimeError, ValueError, AttributeError):
+        pass  # no usable metadata: the file name below
+    return (str(title).strip() or source.song_id), str(author).strip()
+
+
+def _refuse_overwrite(out_dir, level_name: str, force: bool):
+    """Refuse (MapkitError) to replace an earlier generated level unless ``force``."""
+    for path in (Path(out_dir) / level_name, Path(out_dir) / f"{level_name}.zip"):
+        if path.exists() and not force:
+            raise MapkitError(path, "already exists; give --force to replace it, or choose another --out")
+
+
 def _song_source(song):
     """The one :class:`~mapkit.preprocess.sources.Source` of ``song`` (audio file, level folder or zip)."""
     from mapkit.preprocess.sources import discover
@@ -518,7 +576,8 @@ def _song_source(song):
 def generate_level(song, placement_model, selection_model, placement_ckpt: dict, selection_ckpt: dict,
                    difficulty: str = "Expert", beam_size: int = 8, temperature: float | None = None,
                    snap: bool = True, out_dir="mapkit-generated", threshold: float | None = None,
-                   seed: int = 0, use_cache: bool = True, name: str | None = None) -> GeneratedLevel:
+                   seed: int = 0, use_cache: bool = True, name: str | None = None,
+                   force: bool = False) -> GeneratedLevel:
     """Generate one level of ``song`` with loaded models.
 
     Parameters
@@ -550,6 +609,8 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         Incremental decoding with cached keys/values (same result, faster).
     name : str, optional
         Level name (default ``<song id>-mapkit``).
+    force : bool
+        Replace an existing ``out_dir/<name>`` (else refused before any work).
 
     Returns
     -------
@@ -596,6 +657,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
 
     clock = time.perf_counter()
     source = _song_source(song)
+    _refuse_overwrite(out_dir, name or f"{source.song_id}{LEVEL_SUFFIX}", force)
     feats = song_features(source, settings)  # the code of mapkit extract, float16 as the store holds it
     T = feats.n_frames
     timings["features"] = time.perf_counter() - clock
@@ -625,6 +687,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         beats, snapped = snap_beats(exact_beats, bpm, end_beat=tempo.beats(feats.duration_s), fps=settings.fps)
     else:
         beats, snapped = exact_beats, np.zeros(len(frames), dtype=bool)
+    beats = short_beats(beats, bpm)  # 3.8, not 3.8002399999999996, on the same frames
     times = tempo.seconds(beats)
     timings["peaks"] = time.perf_counter() - clock
 
@@ -650,8 +713,9 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         raise MapkitError(out_dir / level_name, "the generated level would replace the input song; choose --out")
     beatmap = f"{difficulty}Standard.dat"
     pp = settings.selection_pad
+    title, author = song_metadata(source)
     files = {
-        "Info.dat": _dumps(info_json(source.song_id, bpm, difficulty, beatmap, feats.duration_s), pretty=True),
+        "Info.dat": _dumps(info_json(title, bpm, difficulty, beatmap, feats.duration_s, author=author), pretty=True),
         beatmap: _dumps(difficulty_json(notes, bpm)),
         "song.egg": song_egg(source),
         "cover.png": png_bytes(cover_image(feats.selection[pp: pp + T])),
@@ -678,7 +742,8 @@ def missing_checkpoints(placement, selection) -> str | None:
     if not lines:
         return None
     return "\n".join(["generation needs both trained models:", *lines,
-                      "  (first `mapkit extract` and `mapkit build-targets` your levels into the store)"])
+                      "  (first `mapkit extract` and `mapkit build-targets` your levels into the store; trained "
+                      "into another --out? pass --placement OUT/last.pt and --selection OUT/last.pt)"])
 
 
 def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, device: str = "cpu",

@@ -362,3 +362,39 @@ def test_a_song_without_notes_is_written_with_a_warning_and_exit_2(tmp_path):
     with zipfile.ZipFile(tmp_path / "cli" / f"blip{LEVEL_SUFFIX}.zip") as z:
         assert z.testzip() is None
     # a song with notes has no warning and exits 0 (test_cli_generates_from_checkpoints)
+
+
+def test_song_name_from_tags_or_info_file_no_overwrite_without_force_and_short_beats(song, tmp_path):
+    placement, selection, p_ckpt, s_ckpt = tiny_models()
+    y = click_track(123.7, 6.0)  # beats of frame times at this tempo are long decimals unless rounded
+    tagged = tmp_path / "track01.ogg"
+    with sf.SoundFile(tagged, "w", SR, 1, format="OGG", subtype="VORBIS") as f:
+        f.title, f.artist = "Chaos God", "Muldjord"
+        f.write(y)
+    kw = dict(beam_size=2, out_dir=tmp_path / "out", snap=False)
+    gen = generate_level(tagged, placement, selection, p_ckpt, s_ckpt, **kw)
+    info = json.loads((gen.folder / "Info.dat").read_text())
+    assert (info["_songName"], info["_songAuthorName"]) == ("Chaos God", "Muldjord")
+    assert gen.bpm != round(gen.bpm)
+    beats = [n["b"] for n in json.loads((gen.folder / "ExpertStandard.dat").read_text())["colorNotes"]]
+    assert beats and all(b == round(b, 9) and len(repr(b)) <= 14 for b in beats), beats
+    assert set(frame_of(gen.notes["time_s"]).tolist()) == set(gen.peak_frames.tolist())  # same frames
+    # an existing level is not replaced without force, and nothing is touched
+    before = (gen.folder / "Info.dat").stat().st_mtime_ns
+    with pytest.raises(MapkitError, match="already exists.*--force"):
+        generate_level(tagged, placement, selection, p_ckpt, s_ckpt, **kw)
+    assert (gen.folder / "Info.dat").stat().st_mtime_ns == before
+    assert generate_level(tagged, placement, selection, p_ckpt, s_ckpt, force=True, **kw).folder == gen.folder
+    # from a level folder: the source level's info file names the song
+    level = tmp_path / "My Level"
+    level.mkdir()
+    (level / "song.ogg").write_bytes((song / "clicks.ogg").read_bytes())
+    (level / "Info.dat").write_text(json.dumps({"_version": "2.0.0", "_songName": "Real Title",
+                                                "_songAuthorName": "Real Artist", "_beatsPerMinute": 120,
+                                                "_songFilename": "song.ogg", "_difficultyBeatmapSets": []}))
+    gen = generate_level(level, placement, selection, p_ckpt, s_ckpt, **kw)
+    info = json.loads((gen.folder / "Info.dat").read_text())
+    assert (info["_songName"], info["_songAuthorName"]) == ("Real Title", "Real Artist")
+    # the file name when there is nothing better
+    gen = generate_level(song / "clicks.wav", placement, selection, p_ckpt, s_ckpt, **kw)
+    assert json.loads((gen.folder / "Info.dat").read_text())["_songName"] == "clicks"

@@ -46,6 +46,7 @@ every item with its status (``ok``, ``skipped`` = already present,
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -95,6 +96,9 @@ class _ItemTimeout(BaseException):
     """Raised by SIGALRM in the work of an item past its time limit."""
 
 BACKENDS = ("joblib", "dask")
+
+#: Seconds to wait for a Dask scheduler to answer before the run gives up (nothing written by then).
+DASK_CONNECT_TIMEOUT_S = 10.0
 
 
 class SourceItem:
@@ -358,7 +362,7 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
         SIGINT or SIGTERM arrived (when called from the main thread); the
         items handled before it were written, the one in progress was not.
     """
-    from tqdm import tqdm
+    from mapkit.progress import progress_bar
 
     items = list(items)
     if backend not in BACKENDS:
@@ -369,8 +373,8 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be > 0 seconds or None, got {time_limit}")
     results: list[ItemResult | None] = [None] * len(items)
-    bar = tqdm(total=len(items), desc=desc, unit=unit, file=sys.stderr, disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(total=len(items), desc=desc, unit=unit, file=sys.stderr, disable=not progress,
+                       dynamic_ncols=True, smoothing=0.1)
     n_failed = 0
     signals = _Signals()
 
@@ -477,6 +481,42 @@ def _run_isolated(work, i, item, time_limit=None):
         ex.shutdown(wait=False, kill_workers=True)
 
 
+def check_scheduler(address: str | None, timeout_s: float = DASK_CONNECT_TIMEOUT_S) -> None:
+    """Refuse (one line) a Dask scheduler address that does not answer within ``timeout_s``.
+
+    Called before a run creates or locks anything, so an unreachable
+    scheduler leaves no trace. Checks that a TCP connection to
+    ``tcp://HOST:PORT`` (or ``HOST:PORT``) opens; ``None`` (a local cluster)
+    and other protocols pass.
+
+    Raises
+    ------
+    MapkitError
+        Naming the address, the timeout and the reason.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if address is None:
+        return
+    text = str(address)
+    parts = urlsplit(text if "://" in text else f"tcp://{text}")
+    if parts.scheme not in ("tcp", ""):
+        return
+    try:
+        host, port = parts.hostname, parts.port or 8786
+    except ValueError as e:
+        raise MapkitError(text, f"not a Dask scheduler address ({e}); e.g. tcp://10.0.0.5:8786") from None
+    if not host:
+        raise MapkitError(text, "not a Dask scheduler address; e.g. tcp://10.0.0.5:8786")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        raise MapkitError(text, f"Dask scheduler unreachable within {timeout_s:g} s ({reason}); "
+                                f"nothing was written. Start it, or check --scheduler") from None
+
+
 def _run_dask(items, work, handle, jobs, scheduler):
     from distributed import Client, LocalCluster, as_completed
 
@@ -485,7 +525,13 @@ def _run_dask(items, work, handle, jobs, scheduler):
         cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
         scheduler = cluster
     try:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout=DASK_CONNECT_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - refused, timed out, or not a Dask scheduler: one line, not a trace
+            raise MapkitError(str(scheduler), f"cannot connect to the Dask scheduler within "
+                                              f"{DASK_CONNECT_TIMEOUT_S:g} s ({type(e).__name__}: {e}); is "
+                                              f"it a Dask scheduler?") from None
+        with client:
             futures = {client.submit(_guarded, work, i, item, pure=False): i for i, item in enumerate(items)}
             for future in as_completed(futures):
                 i = futures.pop(future)
@@ -517,6 +563,8 @@ class RunReport:
     report_path: Path | None = None
     problems: list = field(default_factory=list)
     ignored: list = field(default_factory=list)
+    #: Further lines of the summary (e.g. the UNK share of build-targets).
+    notes: list = field(default_factory=list)
 
     @property
     def counts(self) -> dict:
@@ -531,19 +579,66 @@ class RunReport:
         c = self.counts
         return 2 if (c["failed"] or c["quarantined"] or self.problems) else 0
 
-    def summary(self, unit: str = "songs") -> str:
-        """One line, e.g. ``extract: 10 songs: 8 written, 1 already present, 1 failed (see reports/...)``."""
+    def summary(self, unit: str = "songs", max_reasons: int = 8, max_named: int = 3) -> str:
+        """The counts, then why items failed or were quarantined, then :attr:`notes`.
+
+        E.g.::
+
+            extract: 10 songs: 8 written, 1 already present, 1 failed (see reports/...)
+              failed ×1: no features (run mapkit extract first): song-a
+
+        Reasons are grouped (numbers aside), most frequent first, at most
+        ``max_reasons`` groups with the first ``max_named`` items of each.
+        """
         c = self.counts
         parts = [f"{c['ok']} {STATUS_WORDS['ok']}"]
         parts += [f"{c[s]} {STATUS_WORDS[s]}" for s in STATUSES[1:] if c[s]]
         if self.problems:
-            parts.append(f"{len(self.problems)} unreadable shard{'s' if len(self.problems) != 1 else ''}")
+            parts.append(plural(len(self.problems), "unreadable shards"))
         if self.ignored:
             parts.append(f"{len(self.ignored)} input entr{'ies' if len(self.ignored) != 1 else 'y'} ignored")
-        line = f"{self.command}: {len(self.items)} {unit}: " + ", ".join(parts)
+        line = f"{self.command}: {plural(len(self.items), unit)}: " + ", ".join(parts)
         if self.report_path is not None:
             line += f" (see {self.report_path})"
-        return line
+        return "\n".join([line, *reason_lines(self.items, max_reasons, max_named),
+                          *(f"  {path}: {reason}" for path, reason in self.problems[:max_reasons]),
+                          *self.notes])
+
+
+def plural(n: int, noun: str) -> str:
+    """``n`` and ``noun`` (given in the plural), singular when ``n`` is 1.
+
+    >>> plural(1, "songs"), plural(2, "songs"), plural(1, "items"), plural(0, "levels")
+    ('1 song', '2 songs', '1 item', '0 levels')
+    """
+    if n == 1 and noun.endswith("s"):
+        noun = noun[:-1]
+    return f"{n} {noun}"
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def reason_lines(items, max_reasons: int = 8, max_named: int = 3) -> list[str]:
+    """Lines ``  failed ×4: <reason>: a, b, c and 1 more`` for failed and quarantined items.
+
+    Items whose reasons differ only in their numbers share a line (the first
+    one's reason is shown); groups are listed most frequent first.
+    """
+    groups: dict = {}
+    for r in items:
+        if r.status in ("failed", "quarantined"):
+            groups.setdefault((r.status, _NUMBER.sub("#", r.reason)), []).append(r)
+    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0].status, g[0].reason))
+    lines = []
+    for group in ordered[:max_reasons]:
+        names = ", ".join(r.song_id for r in group[:max_named])
+        more = f" and {len(group) - max_named} more" if len(group) > max_named else ""
+        reason = group[0].reason if len(group[0].reason) <= 200 else group[0].reason[:197] + "..."
+        lines.append(f"  {group[0].status} \u00d7{len(group)}: {reason}: {names}{more}")
+    if len(ordered) > max_reasons:
+        lines.append(f"  ... and {plural(len(ordered) - max_reasons, 'other reasons')} (see the report)")
+    return lines
 
 
 def write_report(reports_dir, report: RunReport, settings=None, extra: dict | None = None) -> Path:

@@ -19,8 +19,12 @@ Reliability rules, in one place:
 - **Commit by rename.** A shard is written as ``shard-NNNNN.h5.partial``,
   flushed after every item, and renamed to ``shard-NNNNN.h5`` (after fsync)
   only when it is full or the run ends (:class:`ShardWriter`). Only complete
-  shards are ever read. Leftover ``.partial`` files of a killed run are deleted
-  when the next run takes the lock: a kill loses at most the shard in progress.
+  shards are ever read. A ``.partial`` shard lists the items it has flushed
+  (dataset ``/.flushed``, dropped on commit); when the next run takes the
+  lock, the flushed items of a killed run's ``.partial`` that read back
+  whole are adopted into a new complete shard, and the ``.partial`` is
+  deleted (:meth:`Store.recover_partials`): a kill loses at most the item in
+  progress.
 - **Newest wins.** Shard numbers only grow. When a song is stored in several
   shards (``--force`` writes a new copy, it never rewrites a complete shard),
   the copy in the highest-numbered shard is the song; older copies are ignored
@@ -77,6 +81,8 @@ REBUILD_JOURNAL = ".rebuild-vocab.json"
 
 SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.h5$")
 PARTIAL_SUFFIX = ".partial"
+#: Dataset of a ``.partial`` shard naming the items flushed so far (deleted when the shard is committed).
+FLUSHED = ".flushed"
 
 #: Feature stages and the names of the per-song band statistics stored as attrs
 #: of each song group: ``<stage>_band_sum``, ``<stage>_band_sumsq`` (float64,
@@ -358,6 +364,7 @@ class ShardWriter:
         self._file.attrs[ATTRS_CHECKSUM] = attrs_checksum(self._file.attrs, "/")
         # a second descriptor, only to reserve disk space (:meth:`reserve`); O_NOFOLLOW: HDF5 just created it
         self._reserve_fd = os.open(self._partial, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._file.create_dataset(FLUSHED, shape=(0,), maxshape=(None,), chunks=(64,), dtype=h5py.string_dtype())
         self._items = 0
         self._bytes = 0
 
@@ -429,6 +436,9 @@ class ShardWriter:
             for k, v in attrs.items():
                 sg.attrs[k] = v
         _seal_group_attrs(g)
+        flushed = f[FLUSHED]  # the item is whole once this flush is done: a later run may adopt it
+        flushed.resize((flushed.shape[0] + 1,))
+        flushed[-1] = item.group
         f.flush()
 
     def _commit(self):
@@ -437,6 +447,7 @@ class ShardWriter:
         import h5py
 
         try:
+            del self._file[FLUSHED]  # complete: nothing left to adopt
             self._file.flush()
             self._file.close()
             self._file = None
@@ -590,6 +601,48 @@ def old_schema(path, version) -> None:
     """
     if isinstance(version, (int, np.integer)) and not isinstance(version, bool) and version < mapkit.SCHEMA_VERSION:
         raise StoreError(path, old_schema_message(int(version)))
+def _read_whole_item(f, group: str) -> "ShardItem | None":
+    """The item at ``group`` of an open shard, every dataset read in full, or None when any part fails to read."""
+    try:
+        g = f[group]
+        datasets, subgroup_attrs = {}, {}
+
+        def visit(name, obj):
+            if hasattr(obj, "shape"):
+                datasets[name] = obj[()]
+                if int(obj.attrs[DATA_CHECKSUM]) != data_checksum(obj.name, datasets[name]):
+                    raise ValueError(f"{obj.name}: checksum mismatch")  # torn or damaged: not adopted
+            else:
+                subgroup_attrs[name] = dict(obj.attrs.items())  # as stored: dtypes kept
+
+        g.visititems(visit)
+        item = ShardItem(group, datasets, dict(g.attrs.items()), subgroup_attrs)
+    except Exception:  # noqa: BLE001 - a damaged item is simply not adopted
+        return None
+    n = item.attrs.get("n_frames")
+    for name, rows in (("placement", "pad_placement"), ("selection", "pad_selection")):
+        if name in datasets and rows in item.attrs:  # features: the row count fixes the length
+            if datasets[name].shape[0] != int(n) + int(np.sum(item.attrs[rows])):
+                return None
+    return item
+
+
+def _adopt_partial(partial: Path) -> list[str]:
+    """Copy the whole flushed items of ``partial`` into a new complete shard beside it; their groups."""
+    import h5py
+
+    try:
+        with h5py.File(partial, "r") as f:
+            file_attrs = {k: v for k, v in f.attrs.items() if k != "created"}
+            listed = [x.decode() if isinstance(x, bytes) else str(x) for x in f[FLUSHED][()]]
+            items = [item for item in (_read_whole_item(f, g) for g in dict.fromkeys(listed)) if item is not None]
+    except Exception:  # noqa: BLE001 - unreadable, or written before items were listed: nothing to adopt
+        return []
+    if items:
+        with ShardWriter(partial.parent, file_attrs, max_items=len(items) + 1, max_bytes=1 << 62) as writer:
+            for item in items:
+                writer.write(item)
+    return [item.group for item in items]
 
 
 class Store:
@@ -597,6 +650,8 @@ class Store:
 
     def __init__(self, root):
         self.root = Path(root)
+        #: Groups adopted from a killed run's ``.partial`` shards when the lock was taken.
+        self.recovered: list[str] = []
 
     @property
     def features_dir(self) -> Path:
@@ -705,7 +760,7 @@ class Store:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"pid {os.getpid()}, mapkit {command}, since {utc_timestamp()}\n".encode(), 0)
                 self.finish_rebuild()  # a committed change first: its shards are partial files until published
-                self.remove_partials()
+                self.recovered = self.recover_partials()
             except OSError as e:
                 raise StoreError(self.root, f"cannot write in the store: {os_error_reason(e)}") from None
             yield self
@@ -765,18 +820,26 @@ class Store:
         except OSError as e:
             raise StoreError(path, f"cannot finish an interrupted --rebuild-vocab: {os_error_reason(e)}") from None
         return True
+    def recover_partials(self) -> list[str]:
+        """Adopt the whole items of leftover ``.partial`` shards, then delete them (call only holding the lock).
 
-    def remove_partials(self) -> list[Path]:
-        """Delete leftover ``.partial`` shards (call only while holding the lock)."""
-        removed = []
+        A killed run's ``.partial`` shard holds the items it flushed (listed in
+        its ``/.flushed`` dataset), perhaps followed by one half-written item.
+        Every listed item that reads back whole (:func:`_read_whole_item`) is
+        written into a new complete shard with the same file attributes
+        (numbered above every shard, so it is the newest copy); the rest is
+        dropped with the ``.partial`` file. Returns the groups adopted.
+        """
+        adopted = []
         for kind in KIND_ROOTS:
             d = self.shard_dir(kind)
-            if d.is_dir():
-                for p in d.iterdir():
-                    if p.name.endswith(PARTIAL_SUFFIX) and _shard_number(p.name) is not None:
-                        p.unlink()
-                        removed.append(p)
-        return removed
+            if not d.is_dir():
+                continue
+            for p in sorted(d.iterdir()):
+                if p.name.endswith(PARTIAL_SUFFIX) and _shard_number(p.name) is not None:
+                    adopted += _adopt_partial(p)
+                    p.unlink()
+        return adopted
 
     # --- reading ---
 

@@ -7,9 +7,11 @@ highest-numbered shard) and checks:
 ============================  =========================================================================
 check                         what it proves
 ============================  =========================================================================
-``store``                     the store folder exists, no run is writing it (``store is being written by
-                              pid N``: its shard in progress is not a leftover), and no committed
-                              ``--rebuild-vocab`` is waiting to be finished
+``store``                     the store folder exists and holds a store (feature or target shards: an
+                              empty folder, or one whose runs wrote nothing, is not a valid store), no
+                              run is writing it (``store is being written by pid N``: its shard in
+                              progress is not a leftover), and no committed ``--rebuild-vocab`` is
+                              waiting to be finished
 ``checksum``                  every dataset's ``crc32`` and every group's ``attrs_crc32`` (the shard's
                               root, songs, levels, characteristics, difficulties) are those of the bytes
                               and attributes as stored (:func:`~mapkit.datasets.store.data_checksum`,
@@ -69,6 +71,13 @@ check                         what it proves
                               (:class:`~mapkit.preprocess.tempo.TempoMap` refuses any other), and
                               times every note's beat to its ``time_s``
 ============================  =========================================================================
+
+Warning (not a failure) ``unk_share``: more than
+:data:`~mapkit.build_targets.UNK_WARN_SHARE` (5 %) of the note states of the stored levels are UNK
+(levels of the validation songs that ``vocab.json`` names are left out: their unseen states are
+expected). Typical causes: levels added
+after ``vocab.json`` was counted, or a vocabulary counted over too few songs): the models can neither
+learn nor generate them; ``mapkit build-targets --rebuild-vocab`` re-counts the vocabulary.
 
 Everything derived from a level's notes (frame classes, states, the tokens' states, gaps) is
 recomputed only once the notes are sound (finite, sorted, on the grid, on their
@@ -222,11 +231,13 @@ class ValidationReport:
     def summary(self) -> str:
         """Human-readable: counts, one line per problem (up to :data:`MAX_PROBLEMS`), the verdict."""
         c = self.counts
-        lines = [f"store {self.store}: {c.get('feature_shards', 0)} feature shards, "
-                 f"{c.get('songs', 0)} songs; {c.get('target_shards', 0)} target shards, "
-                 f"{c.get('levels', 0)} levels, {c.get('notes', 0)} notes"]
+        from mapkit.datasets.runner import plural
+
+        lines = [f"store {self.store}: {plural(c.get('feature_shards', 0), 'feature shards')}, "
+                 f"{plural(c.get('songs', 0), 'songs')}; {plural(c.get('target_shards', 0), 'target shards')}, "
+                 f"{plural(c.get('levels', 0), 'levels')}, {plural(c.get('notes', 0), 'notes')}"]
         if c.get("superseded"):
-            lines.append(f"  {c['superseded']} superseded copies ignored (newest shard wins)")
+            lines.append(f"  {plural(c['superseded'], 'superseded copies')} ignored (newest shard wins)")
         for w in self.warnings:
             lines.append(f"  warning [{w['check']}] {w['where']}: {w['message']}")
         for p in self.problems:
@@ -1077,6 +1088,45 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
 # --- the store ---------------------------------------------------------------------------------------
 
 
+class _UnkTotals:
+    """UNK state tokens over the stored levels but the vocabulary's validation songs (``unk_share`` warning)."""
+
+    def __init__(self, store: Store):
+        self.unk = self.states = 0
+        self.worst = (0.0, "", 0, 0)  # share, level, UNK, states
+        try:
+            self.val_songs = set(json.loads(store.vocab_path.read_text(encoding="utf-8")).get("val_songs") or ())
+        except (OSError, ValueError, AttributeError):
+            self.val_songs = set()
+
+    def add(self, dg, level: str):
+        from mapkit.preprocess.targets import UNK
+
+        if level.split("/", 1)[0] in self.val_songs:
+            return
+        tokens = np.asarray(dg["tokens"][()])
+        if tokens.ndim != 1 or len(tokens) <= 2:
+            return
+        n_unk, n = int((tokens[1:-1] == UNK).sum()), len(tokens) - 2
+        self.unk += n_unk
+        self.states += n
+        if n_unk / n > self.worst[0]:
+            self.worst = (n_unk / n, level, n_unk, n)
+
+    def warn(self, report: ValidationReport, where: str):
+        from mapkit.build_targets import UNK_WARN_SHARE
+
+        share = self.unk / self.states if self.states else 0.0
+        report.counts["unk_share"] = round(share, 6)
+        if share > UNK_WARN_SHARE:
+            level = self.worst[1]
+            report.warn("unk_share", where, f"{self.unk} of {self.states} note states ({100 * share:.1f}%) are UNK, "
+                                            f"above {100 * UNK_WARN_SHARE:g}% (most: {level}, {self.worst[2]} of "
+                                            f"{self.worst[3]}); the models can neither learn nor generate them: "
+                                            f"mapkit build-targets --rebuild-vocab re-counts the vocabulary",
+                        unk=self.unk, states=self.states, share=share)
+
+
 def _one_hash(shards: list[_Shard], key: str):
     hashes = Counter(str(s.attrs.get(key)) for s in shards if s.attrs.get(key) is not None)
     return hashes.most_common(1)[0][0] if hashes else None
@@ -1114,7 +1164,8 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
     (True, 100)
     """
     import h5py
-    from tqdm import tqdm
+
+    from mapkit.progress import progress_bar
 
     store = store if isinstance(store, Store) else Store(store)
     report = ValidationReport(str(store.root))
@@ -1139,14 +1190,17 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
 
     feature_shards = _scan_shards(store, "features", report, checksums)
     target_shards = _scan_shards(store, "targets", report, checksums)
+    if not feature_shards and not target_shards and not report.n_problems:
+        report.add("store", str(store.root), "no store here: no feature or target shards (run mapkit extract and "
+                                             "mapkit build-targets into this --store first)")
     report.counts["feature_shards"] = len(feature_shards)
     report.counts["target_shards"] = len(target_shards)
     songs_at = _winners(feature_shards, "features", report)
     levels_at = _winners(target_shards, "targets", report)
     features_hash = _one_hash([songs_at[i] for i in songs_at], "settings_hash")
 
-    bar = tqdm(total=len(songs_at) + len(levels_at), desc="validate", unit="song", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(songs_at) + len(levels_at), desc="validate", unit="song", file=sys.stderr,
+                       disable=not progress, dynamic_ncols=True)
     try:
         # Features, shard by shard, each song once (its newest copy).
         totals = _FeatureTotals()
@@ -1185,6 +1239,7 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
                        f"{len(target_shards)} target shards with {len(levels_at)} levels but no readable feature "
                        "shards: the targets cannot be used or cross-checked (run mapkit extract)",
                        target_shards=len(target_shards), levels=len(levels_at))
+        unk = _UnkTotals(store)
         if target_shards:
             vocab = _load_vocab(store, report)
             vocab_hash = vocab.hash if vocab is not None else None
@@ -1217,6 +1272,7 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
                                     report.counts["notes"] += check_level(
                                         dg, where, song_facts.get(song_id), vocab, vocab_hash, features_hash,
                                         fps, report, shard_vocab_hash=shard.attrs.get("vocab_hash"))
+                                    unk.add(dg, f"{song_id}/{name}")
                                 except Exception as e:  # noqa: BLE001 - a damaged level is a finding
                                     report.add("shard_readable", where, f"cannot read level: {type(e).__name__}: {e}")
                                 report.counts["levels"] += 1
@@ -1226,6 +1282,7 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
                         bar.update(1)
         elif store.vocab_path.exists():
             _load_vocab(store, report)  # still a finding when unreadable
+        unk.warn(report, str(store.root))
     finally:
         bar.close()
     report.counts["problems"] = report.n_problems

@@ -1088,6 +1088,10 @@ def inspect_levels(paths, settings: TargetSettings = TargetSettings(), as_json: 
     characteristic : str or None
         As in :func:`read_level`.
 
+    When the level's audio is readable, every difficulty is also checked
+    against it as build-targets checks it (notes beyond the audio's end are
+    dropped and can quarantine the difficulty); otherwise a warning says so.
+
     Yields
     ------
     InspectResult
@@ -1111,5 +1115,8 @@ def inspect_levels(paths, settings: TargetSettings = TargetSettings(), as_json: 
             except MapkitError as err:
                 yield InspectResult(str(p), error=err)
                 continue
+            from mapkit.build_targets import check_against_audio
+
+            check_against_audio(level, p, settings)  # the verdict build-targets gives (notes beyond the audio)
             text = json.dumps(level.to_json(notes=True)) if as_json else format_level(level)
             yield InspectResult(str(p), level=level, text=text)

@@ -25,7 +25,17 @@ loss of a batch and the validation metrics. Everything else lives here:
 - **logs**: ``metrics.jsonl`` (one JSON object per log or validation event,
   and, when a run finishes, the stage's :meth:`Stage.final_records`: for
   stage 2 the audio ablation), a tqdm bar with the loss, and ``curves.png``
-  (matplotlib, Agg) at the end.
+  (matplotlib, Agg) at the end: the training loss and every validation
+  metric, the step of ``best.pt`` marked;
+- **validation cadence**: ``eval_every`` None (the default) validates
+  :data:`EVAL_POINTS` times per run, evenly spaced (and at the end);
+- **the run folder**: a fresh run refuses a folder that already holds files
+  (``best.pt`` of an earlier run would be lost) unless ``overwrite``
+  (:func:`prepare_run_folder`); temporary checkpoint files of a run killed
+  while saving are removed at the next start;
+- **signals**: SIGINT (Ctrl-C) or SIGTERM finish the step in progress, save
+  ``last.pt`` and stop (:attr:`TrainResult.interrupted`); a second one stops
+  at once.
 """
 
 from __future__ import annotations
@@ -36,7 +46,11 @@ import datetime
 import json
 import math
 import os
+import re
+import signal
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +68,10 @@ LAST, BEST = "last.pt", "best.pt"
 METRICS_FILE, PLOT_FILE = "metrics.jsonl", "curves.png"
 #: Config fields that may change when resuming (a run can be extended, its logging changed).
 RESUMABLE_CHANGES = frozenset({"max_steps", "epochs", "checkpoint_every", "eval_every", "log_every"})
+#: Validations per run when ``eval_every`` is None (evenly spaced; the curves get this many points).
+EVAL_POINTS = 20
+#: Validation keys that are not metrics (not plotted): counts and chosen settings.
+NOT_METRICS = frozenset({"step", "epoch", "time", "elapsed_s", "tokens", "threshold"})
 #: Environment variable and default (minutes) of the DDP collective timeout (:func:`dist_timeout`).
 DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_MIN = "MAPKIT_DIST_TIMEOUT_MIN", 120.0
 
@@ -72,6 +90,7 @@ class TrainConfig(_Settings):
     ``max_steps`` and ``epochs``: training stops at whichever comes first
     (None = no limit from that one; at least one must be set).
     ``val_songs`` (explicit validation songs) overrides ``val_fraction``.
+    ``eval_every`` None: :data:`EVAL_POINTS` validations per run (:func:`eval_interval`).
     ``min_score``/``exclude_automapped`` leave levels out before the split
     (:mod:`mapkit.datasets.filters`; None = no filter).
     """
@@ -95,14 +114,14 @@ class TrainConfig(_Settings):
     min_score: float | None = None
     exclude_automapped: bool | None = None
     checkpoint_every: int = 1000
-    eval_every: int = 1000
+    eval_every: int | None = None
     log_every: int = 50
 
     def __post_init__(self):
         if self.max_steps is None and self.epochs is None:
             raise ValueError("set max_steps or epochs (or both)")
         for name in ("batch_size", "checkpoint_every", "eval_every", "log_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1 or self.epochs is not None and self.epochs < 1:
             raise ValueError("max_steps and epochs must be >= 1")
@@ -130,7 +149,8 @@ class RunOptions:
     processes; ``resume``: continue from ``OUT/last.pt``; ``stop_at``: stop
     (validating and checkpointing) after this global step, as an interrupted
     run would, while the schedule still follows ``max_steps``/``epochs``, so
-    a long run can be done in slices with ``resume``.
+    a long run can be done in slices with ``resume``; ``overwrite``: start
+    afresh in an ``out_dir`` that holds an earlier run (its files are deleted).
     """
 
     device: str = "auto"
@@ -139,6 +159,7 @@ class RunOptions:
     resume: bool = False
     progress: bool = True
     stop_at: int | None = None
+    overwrite: bool = False
 
 
 # --------------------------------------------------------------------------- devices and DDP
@@ -292,6 +313,17 @@ class EpochSampler(torch.utils.data.Sampler):
         return max(self.per_rank - self.skip, 0)
 
 
+def eval_interval(eval_every: int | None, total_steps: int, points: int = EVAL_POINTS) -> int:
+    """Steps between validations: ``eval_every``, or when None ``ceil(total_steps / points)``.
+
+    >>> eval_interval(None, 300), eval_interval(None, 10), eval_interval(50, 300)
+    (15, 1, 50)
+    """
+    if eval_every is not None:
+        return int(eval_every)
+    return max(1, -(-int(total_steps) // int(points)))
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
     """Learning-rate multiplier at ``step``: linear warm-up, then cosine from 1 down to ``min_ratio``."""
     if warmup_steps and step < warmup_steps:
@@ -369,16 +401,143 @@ def check_fingerprint(checkpoint: dict, fingerprint: dict, path, need_vocab: boo
 # --------------------------------------------------------------------------- checkpoints
 
 
+_TMP_CHECKPOINT = re.compile(r"^\.(?:last|best)\.pt\.(\d+)\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(out_dir) -> list[Path]:
+    """Delete ``.last.pt.<pid>.tmp``/``.best.pt.<pid>.tmp`` left by a run killed while saving.
+
+    Only files of processes that no longer run are removed (a live run's
+    checkpoint in progress is never touched). Returns the removed paths.
+    """
+    out_dir = Path(out_dir)
+    removed = []
+    if not out_dir.is_dir():
+        return removed
+    for p in out_dir.iterdir():
+        m = _TMP_CHECKPOINT.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+#: The files a run writes into its folder (what ``overwrite`` deletes).
+RUN_FILES = (LAST, BEST, METRICS_FILE, PLOT_FILE)
+
+
+def prepare_run_folder(out_dir, resume: bool = False, overwrite: bool = False) -> None:
+    """Make ``out_dir`` ready for a run; refuse to destroy an earlier run.
+
+    Stale temporary checkpoints are removed first. A fresh run (not
+    ``resume``) in a folder that holds anything else raises
+    :class:`TrainingError` naming what is there, unless ``overwrite``
+    (:func:`fit` then deletes the earlier run's files, :data:`RUN_FILES`,
+    once everything else has been checked, just before training starts).
+    """
+    out_dir = Path(out_dir)
+    remove_stale_temporaries(out_dir)
+    if resume or not out_dir.is_dir():
+        return
+    present = sorted(p.name for p in out_dir.iterdir())
+    if not present:
+        return
+    if not overwrite:
+        shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+        raise TrainingError(out_dir, f"the run folder is not empty ({shown}): continue that run with --resume, "
+                                     f"start over with --overwrite (deletes it), or choose another --out")
+
+
+def resumed_config(out_dir, config_cls, changes: dict, path_name: str = LAST):
+    """The training config of the run in ``out_dir``, with the explicitly given ``changes`` applied.
+
+    A resumed run continues with its checkpoint's config (model, preset
+    values, split...); only :data:`RESUMABLE_CHANGES` may change. Giving
+    ``max_steps`` without ``epochs`` lifts the epoch limit, as a fresh run
+    does.
+
+    Raises
+    ------
+    TrainingError
+        No checkpoint in ``out_dir`` (the message names the command that
+        starts the run), or a change of anything else, in one line naming
+        the options.
+    """
+    path = Path(out_dir) / path_name
+    if not path.is_file():
+        raise TrainingError(path, "no checkpoint to resume: start the run without --resume")
+    old = config_cls.from_json(read_checkpoint(path)["train_config"])
+    changes = dict(changes)
+    fixed = sorted(k for k, v in changes.items() if k not in RESUMABLE_CHANGES and v != getattr(old, k, v))
+    if fixed:
+        names = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        allowed = ", ".join("--" + k.replace("_", "-") for k in sorted(RESUMABLE_CHANGES))
+        raise TrainingError(path, f"a resumed run keeps its settings: {names} cannot change "
+                                  f"(only {allowed} can); train from scratch in another --out to change them")
+    changes = {k: v for k, v in changes.items() if k in RESUMABLE_CHANGES}
+    if "max_steps" in changes and "epochs" not in changes:
+        changes["epochs"] = None
+    return dataclasses.replace(old, **changes)
+
+
+@contextmanager
+def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+    """While inside, SIGINT/SIGTERM set ``flag["signal"]`` (its name) instead of killing the process.
+
+    The loop reads the flag after each step, saves ``last.pt`` and stops. A
+    second signal restores the previous handlers and raises
+    :class:`KeyboardInterrupt` (stop now). Outside the main thread (where
+    handlers cannot be set) it does nothing.
+    """
+    import threading
+
+    flag = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def handler(signum, _frame):
+        if flag["signal"] is not None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+        print(f"\n{flag['signal']}: finishing this step, saving last.pt (again to stop at once)", file=sys.stderr)
+
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def save_checkpoint(path, checkpoint: dict) -> Path:
     """``torch.save`` through a temporary file and a rename: a reader never sees half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a second Ctrl-C: no temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -478,7 +637,8 @@ class MetricsLog:
 
     Resuming from step ``s`` first drops the lines of steps after ``s`` (logged
     by the interrupted run after its last checkpoint), so the log never
-    holds two histories.
+    holds two histories; a line that is not JSON (torn by a kill mid-write)
+    is dropped too.
     """
 
     def __init__(self, path, resume_step: int | None = None):
@@ -487,8 +647,8 @@ class MetricsLog:
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [json.dumps(r, sort_keys=True) for r in read_metrics(self.path)
+                    if r.get("step", 0) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict):
@@ -497,12 +657,44 @@ class MetricsLog:
 
 
 def read_metrics(path) -> list[dict]:
-    """The records of a ``metrics.jsonl``."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a ``metrics.jsonl``; lines that are not a JSON object (a torn last line) are skipped."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
-def plot_metrics(metrics_path, png_path) -> Path:
-    """Plot the training loss and every validation metric against the step into a PNG (matplotlib Agg)."""
+def best_step(records: list[dict], metric: str, maximize: bool) -> int | None:
+    """The step of ``best.pt``: the first validation with the best ``metric`` (as :func:`fit` keeps it)."""
+    best = step = None
+    for r in records:
+        if r.get("split") == "val" and isinstance(r.get(metric), (int, float)):
+            v = r[metric]
+            if best is None or (v > best if maximize else v < best):
+                best, step = v, r["step"]
+    return step
+
+
+def plotted_metrics(records: list[dict]) -> list[str]:
+    """The validation metrics :func:`plot_metrics` gives a panel each: numbers but :data:`NOT_METRICS`
+    and ``loss`` (drawn with the training loss)."""
+    return sorted({k for r in records if r.get("split") == "val" for k, v in r.items()
+                   if isinstance(v, (int, float)) and k not in NOT_METRICS and k != "loss"
+                   and not k.startswith("threshold_")})  # per-difficulty thresholds are settings, not metrics
+
+
+def plot_metrics(metrics_path, png_path, metric: str | None = None, maximize: bool = False) -> Path:
+    """Plot the training loss and every validation metric against the step into a PNG (matplotlib Agg).
+
+    Only metrics are plotted (not :data:`NOT_METRICS`: token counts, the chosen
+    threshold); with ``metric``, a dashed line on every panel marks the step
+    of ``best.pt`` (best ``metric``, highest when ``maximize``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -511,8 +703,7 @@ def plot_metrics(metrics_path, png_path) -> Path:
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
-    val_keys = sorted({k for r in val for k, v in r.items()
-                       if isinstance(v, (int, float)) and k not in ("step", "epoch", "time", "elapsed_s")})
+    val_keys = plotted_metrics(records)
     n = 1 + len(val_keys)
     fig, axes = plt.subplots(n, 1, figsize=(7, 2.2 * n), sharex=True, squeeze=False)
     ax = axes[0, 0]
@@ -524,6 +715,11 @@ def plot_metrics(metrics_path, png_path) -> Path:
     for ax, key in zip(axes[1:, 0], val_keys):
         ax.plot([r["step"] for r in val if key in r], [r[key] for r in val if key in r], "o-", ms=3)
         ax.set_ylabel(key, fontsize=8)
+    best = best_step(records, metric, maximize) if metric else None
+    if best is not None:
+        for i, ax in enumerate(axes[:, 0]):
+            ax.axvline(best, color="tab:green", ls="--", lw=1, label=f"best.pt (step {best})" if i == 0 else None)
+        axes[0, 0].legend(loc="upper right", fontsize=8)
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     png_path = Path(png_path)
@@ -600,6 +796,8 @@ class TrainResult:
     train_songs: list
     val_songs: list
     stopped_early: bool = False
+    #: The signal that stopped the run ("SIGINT", "SIGTERM") after saving ``last``, or None.
+    interrupted: str | None = None
 
 
 def _check_resume_config(old_json: str, new, path):
@@ -627,16 +825,20 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
     StoreError
         The store is missing features, targets, stats or vocabulary.
     """
-    from tqdm import tqdm
+    from mapkit.progress import progress_bar
 
     out_dir = Path(out_dir)
     dist_info = init_distributed(options.device)
     device = resolve_device(options.device, dist_info)
     autocast_dtype = amp_dtype(options.amp, device)
+    prepare_run_folder(out_dir, options.resume, options.overwrite)
+    _barrier(dist_info)  # every rank has checked the folder before rank 0 writes into it
     fingerprint = store_fingerprint(store, stage.need_vocab)
 
     resume_ckpt = None
     if options.resume:
+        if not (out_dir / LAST).is_file():
+            raise TrainingError(out_dir / LAST, "no checkpoint to resume: start the run without --resume")
         resume_ckpt = read_checkpoint(out_dir / LAST)
         if resume_ckpt.get("stage") != stage.name:
             raise TrainingError(out_dir / LAST, f"a {resume_ckpt.get('stage')} checkpoint, not {stage.name}")
@@ -689,6 +891,7 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
                                         f"on each of {dist_info.world_size} process(es): lower --batch-size")
     limits = [x for x in (config.max_steps, config.epochs and config.epochs * steps_per_epoch) if x]
     total_steps = min(limits)
+    eval_every = eval_interval(config.eval_every, total_steps)
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -724,6 +927,9 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    if dist_info.main and options.overwrite and resume_ckpt is None:
+        for name in RUN_FILES:  # the earlier run, replaced now that this one can start
+            (out_dir / name).unlink(missing_ok=True)
     log = MetricsLog(out_dir / METRICS_FILE, resume_ckpt["step"] if resume_ckpt else None) if dist_info.main else None
     if dist_info.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -758,72 +964,82 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
         return metrics
 
     started = time.monotonic()
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {stage.name}", unit="step",
-               disable=not (options.progress and dist_info.main), dynamic_ncols=True)
+    bar = progress_bar(total=total_steps, initial=step, desc=f"train {stage.name}", unit="step",
+                       disable=not (options.progress and dist_info.main), dynamic_ncols=True)
     loss_sum, loss_n = 0.0, 0
     last_path = best_path = None
     model.train()
     loader_gen = torch.Generator()
     stopping = options.stop_at is not None and step >= options.stop_at
-    while step < total_steps and not stopping:
-        train_ds.set_epoch(epoch)
-        sampler.set_epoch(epoch, skip=batch_in_epoch * config.batch_size)
-        # The loader's own generator: creating an iterator must not draw from the global RNG (dropout's).
-        loader_gen.manual_seed(config.seed * 1_000_003 + epoch)
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler,
-                                             collate_fn=stage.collate_fn, num_workers=options.num_workers,
-                                             drop_last=True, generator=loader_gen,
-                                             pin_memory=device.type == "cuda")
-        for batch in loader:
-            batch = _to_device(batch, device)
-            with autocast():
-                loss = stage.loss(train_model, batch, device)
-            if not torch.isfinite(loss):
-                raise TrainingError(out_dir, f"non-finite loss {loss.item()} at step {step + 1}; "
-                                             f"lower --lr or check the store with mapkit validate")
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            batch_in_epoch += 1
-            loss_sum += float(loss.detach())
-            loss_n += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", epoch=epoch)
-            stopping = options.stop_at is not None and step >= options.stop_at
-            done = step >= total_steps or stopping
-            if log is not None and (step % config.log_every == 0 or done):
-                log.write({"split": "train", "step": step, "epoch": epoch, "loss": loss_sum / loss_n,
-                           "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                           "elapsed_s": round(time.monotonic() - started, 3)})
-                loss_sum, loss_n = 0.0, 0
-            # Collective, so on every rank at the same steps: the RNG states of all ranks for checkpoints.
-            rngs = (_all_gather_object(_rng_state(), dist_info)
-                    if step % config.eval_every == 0 or step % config.checkpoint_every == 0 or done else None)
-            if step % config.eval_every == 0 or done:
-                metrics = validate()
-                if metrics:
-                    last_metrics = metrics
-                    log.write({"split": "val", "step": step, "epoch": epoch, **metrics})
-                    value = metrics[stage.metric]
-                    if best_value is None or (value > best_value if stage.maximize else value < best_value):
-                        best_value = value
-                        best_path = out_dir / BEST
-                        save_checkpoint(best_path, checkpoint_dict(rngs))
-                _barrier(dist_info)
-            if step % config.checkpoint_every == 0 or done:
-                if dist_info.main:
-                    last_path = save_checkpoint(out_dir / LAST, checkpoint_dict(rngs))
-                _barrier(dist_info)
-            if done:
-                break
-        else:
-            epoch += 1
-            batch_in_epoch = 0
+    interrupted = None
+    signals = stop_on_signals()
+    flag = signals.__enter__()
+    try:
+        while step < total_steps and not stopping:
+            train_ds.set_epoch(epoch)
+            sampler.set_epoch(epoch, skip=batch_in_epoch * config.batch_size)
+            # The loader's own generator: creating an iterator must not draw from the global RNG (dropout's).
+            loader_gen.manual_seed(config.seed * 1_000_003 + epoch)
+            loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler,
+                                                 collate_fn=stage.collate_fn, num_workers=options.num_workers,
+                                                 drop_last=True, generator=loader_gen,
+                                                 pin_memory=device.type == "cuda",
+                                                 worker_init_fn=_ignore_stop_signals if options.num_workers
+                                                 else None)
+            for batch in loader:
+                batch = _to_device(batch, device)
+                with autocast():
+                    loss = stage.loss(train_model, batch, device)
+                if not torch.isfinite(loss):
+                    raise TrainingError(out_dir, f"non-finite loss {loss.item()} at step {step + 1}; "
+                                                 f"lower --lr or check the store with mapkit validate")
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                batch_in_epoch += 1
+                loss_sum += float(loss.detach())
+                loss_n += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", epoch=epoch, refresh=False)
+                interrupted = _agree_on_signal(flag["signal"], dist_info, device)
+                stopping = options.stop_at is not None and step >= options.stop_at or interrupted is not None
+                done = step >= total_steps or stopping
+                if log is not None and (step % config.log_every == 0 or done):
+                    log.write({"split": "train", "step": step, "epoch": epoch, "loss": loss_sum / loss_n,
+                               "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                               "elapsed_s": round(time.monotonic() - started, 3)})
+                    loss_sum, loss_n = 0.0, 0
+                # Collective, so on every rank at the same steps: the RNG states of all ranks for checkpoints.
+                rngs = (_all_gather_object(_rng_state(), dist_info)
+                        if step % eval_every == 0 or step % config.checkpoint_every == 0 or done else None)
+                # an interrupted run saves last.pt at once; it validates only when due anyway
+                if step % eval_every == 0 or done and interrupted is None:
+                    metrics = validate()
+                    if metrics:
+                        last_metrics = metrics
+                        log.write({"split": "val", "step": step, "epoch": epoch, **metrics})
+                        value = metrics[stage.metric]
+                        if best_value is None or (value > best_value if stage.maximize else value < best_value):
+                            best_value = value
+                            best_path = out_dir / BEST
+                            save_checkpoint(best_path, checkpoint_dict(rngs))
+                    _barrier(dist_info)
+                if step % config.checkpoint_every == 0 or done:
+                    if dist_info.main:
+                        last_path = save_checkpoint(out_dir / LAST, checkpoint_dict(rngs))
+                    _barrier(dist_info)
+                if done:
+                    break
+            else:
+                epoch += 1
+                batch_in_epoch = 0
+    finally:
+        signals.__exit__(None, None, None)
     bar.close()
 
     digests = _all_gather_object(parameter_digest(model), dist_info)
@@ -839,11 +1055,30 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
                    "elapsed_s": round(time.monotonic() - started, 3)})
         if len(set(digests)) > 1:
             raise TrainingError(out_dir, f"the ranks' weights differ after training: {digests}")
-        plot_path = plot_metrics(metrics_path, out_dir / PLOT_FILE)
+        plot_path = plot_metrics(metrics_path, out_dir / PLOT_FILE, stage.metric, stage.maximize)
         if last_path is None and (out_dir / LAST).exists():
             last_path = out_dir / LAST
         if best_path is None and (out_dir / BEST).exists():
             best_path = out_dir / BEST
     stage.close()
     return TrainResult(step, last_path, best_path, last_metrics, metrics_path, plot_path, list(train_songs),
-                       list(val_songs), stopped_early=step < total_steps)
+                       list(val_songs), stopped_early=step < total_steps, interrupted=interrupted)
+
+
+def _ignore_stop_signals(_worker_id: int):
+    """DataLoader workers ignore SIGINT/SIGTERM: a Ctrl-C reaches the whole process group, and the main
+    process, not a worker that dies of it while the main one waits for its batch, decides to finish the
+    step and save ``last.pt``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _agree_on_signal(name: str | None, dist_info: DistInfo, device) -> str | None:
+    """The signal name when this rank (or, under DDP, any rank) was signalled; the ranks stop together."""
+    if not dist_info.active:
+        return name
+    import torch.distributed as dist
+
+    flag = torch.tensor([0 if name is None else signal.Signals[name].value], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return None if int(flag) == 0 else signal.Signals(int(flag)).name

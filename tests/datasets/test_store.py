@@ -143,18 +143,18 @@ def test_lock_refuses_a_second_run_and_names_the_holder(tmp_path):
         pass
 
 
-def test_taking_the_lock_deletes_partial_shards_of_a_killed_run(tmp_path):
+def test_taking_the_lock_adopts_flushed_songs_and_deletes_partial_shards_of_a_killed_run(tmp_path):
     store = Store(tmp_path)
     w = features_writer(store)
     w.write(song_item("a"))
-    w.abandon()  # as if killed: the shard stays .partial
+    w.abandon()  # as if killed: the shard stays .partial, song "a" flushed whole
     store.targets_dir.mkdir()
     (store.targets_dir / "shard-00004.h5.partial").write_bytes(b"half")
     (store.features_dir / "notes.txt.partial").write_bytes(b"not ours")
     with store.lock("extract"):
-        assert sorted(os.listdir(store.features_dir)) == ["notes.txt.partial"]
+        assert sorted(os.listdir(store.features_dir)) == ["notes.txt.partial", "shard-00002.h5"]
         assert os.listdir(store.targets_dir) == []
-    assert store.index("features") == {}
+    assert list(store.index("features")) == ["a"] and store.recovered == ["songs/a"]
 
 
 def entry(song_id, placement, selection, settings_hash="h"):
@@ -252,7 +252,8 @@ def test_report_counts_exit_code_summary_and_json(tmp_path):
     assert report.exit_code == 2
     path = write_report(tmp_path, report, FeatureSettings(), extra={"input": "/in"})
     assert path.name.startswith("extract-") and path.name.endswith(f"-{os.getpid()}.json")
-    assert report.summary() == f"extract: 3 songs: 1 written, 1 already present, 1 failed (see {path})"
+    assert report.summary().splitlines() == [f"extract: 3 songs: 1 written, 1 already present, 1 failed (see {path})",
+                                             "  failed \u00d71: empty file (0 bytes): c"]
     obj = json.loads(path.read_text())
     assert obj["settings_hash"] == FeatureSettings().hash and obj["input"] == "/in"
     assert obj["items"][2] == {"song_id": "c", "source": "/c", "status": "failed", "reason": "empty file (0 bytes)"}
