@@ -8,17 +8,21 @@ Runs, in one process on the same songs:
     at 44.1 kHz, three ``melspectrogram`` calls, ``librosa.resample`` to 16 kHz
     and a fourth ``melspectrogram``, then ``log(S + 1e-10)``;
 
-and prints seconds per song, x-realtime (audio seconds per compute second) and
-the ratio, the end-to-end difference between (a) and (b) in log units, the
-floors (decode alone, the three FFT sizes alone), the scaling from 1 to 2
-joblib jobs, and (``--memory``) the peak RSS of one 10-minute stereo song.
+and prints CPU seconds per song and per 3 minutes of audio, x-realtime (audio
+seconds per CPU second) and the ratio, all measured side by side in the same
+run (see bench/cputime.py: CPU time of this process, one thread, minimum over
+repeats); the end-to-end difference between (a) and (b) in log units; the
+floor of the libraries in use (decoding plus the real FFTs of the four STFTs,
+nothing else) and how close (a) is to it; the scaling from 1 to 2 joblib jobs;
+and (``--memory``) the peak RSS of one 10-minute stereo song.
 
-Songs: the free Debian ``fretsonfire`` songs when installed, else generated
-music-like audio of several minutes.
+Songs: every ``song.ogg`` under ``--songs DIR`` (default: the free Debian
+``fretsonfire`` songs), else generated music-like audio of several minutes.
 
     python bench/extract.py                  # everything but memory
     python bench/extract.py --memory         # also the 10-minute memory figure
     python bench/extract.py --repeat 3       # min of 3 runs per song (noisy machines)
+    python bench/extract.py --songs ~/music --limit 4
 """
 
 from __future__ import annotations
@@ -31,22 +35,22 @@ import sys
 import tempfile
 import time
 
-# "Per core": one BLAS/OpenMP thread, so librosa's mel product (a BLAS matmul)
-# cannot borrow the second core that mapkit's single-threaded path leaves idle.
-# Set before numpy is imported; an explicit environment value wins.
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+# "Per core": one BLAS/OpenMP thread (set by cputime before numpy loads), so librosa's mel
+# product (a BLAS matmul) cannot borrow a second core that mapkit's single-threaded path leaves idle.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cputime import DEFAULT_SONGS, machine_note, measure, side_by_side  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-FRETSONFIRE = "/usr/share/games/fretsonfire/data/songs"
 
-
-def find_songs(limit: int, tmp: str) -> tuple[list[str], str]:
-    """Real songs if installed, else generated ones written to ``tmp``."""
-    songs = sorted(glob.glob(os.path.join(FRETSONFIRE, "*", "*", "song.ogg")))
+def find_songs(folder: str, limit: int, tmp: str) -> tuple[list[str], str]:
+    """Every ``song.ogg`` (or ``.ogg``/``.egg``) under ``folder``, else generated songs written to ``tmp``."""
+    songs = sorted(glob.glob(os.path.join(glob.escape(folder), "**", "song.ogg"), recursive=True))
+    if not songs:
+        songs = sorted(p for ext in ("ogg", "egg")
+                       for p in glob.glob(os.path.join(glob.escape(folder), "**", f"*.{ext}"), recursive=True))
     if songs:
-        return songs[:limit], "fretsonfire (real music, Ogg Vorbis 44.1 kHz stereo)"
+        return songs[:limit], f"{folder} (real audio)"
     out = []
     for i in range(min(limit, 3)):
         path = os.path.join(tmp, f"generated-{i}.ogg")
@@ -105,22 +109,6 @@ def mapkit_song(path: str):
     return song_features(Source(os.path.basename(os.path.dirname(path)) or path, path, "audio"))
 
 
-def timed(fn, *args, repeat: int = 1):
-    """(seconds, result): the minimum over ``repeat`` runs of the process CPU time.
-
-    CPU time, not wall time: on a machine shared with other work the wall
-    clock counts the time other processes held the core. Both pipelines run
-    one thread here (see the BLAS settings above), so CPU time is time on one core.
-    """
-    best, result = None, None
-    for _ in range(repeat):
-        t = time.process_time()
-        result = fn(*args)
-        dt = time.process_time() - t
-        best = dt if best is None else min(best, dt)
-    return best, result
-
-
 def end_to_end_difference(path: str, ours, theirs) -> tuple[float, float]:
     """Max |mapkit - librosa| in log units per stage, on common frames, float32 mapkit values."""
     from mapkit.preprocess.audio import decode_audio
@@ -137,16 +125,35 @@ def end_to_end_difference(path: str, ours, theirs) -> tuple[float, float]:
     return d1, d2
 
 
-def floors(path: str, repeat: int):
-    """Seconds to decode alone and to compute the three stage-1 FFT sizes alone."""
-    from mapkit.preprocess.audio import decode_audio
-    from mapkit.preprocess.features import log_mel
-    from mapkit.preprocess.timebase import n_frames
+def stft_ffts(y: np.ndarray, n_fft: int, hop: int, n_frames: int) -> None:
+    """Only the real FFTs of a centred STFT (frames copied in ~2 MB blocks, no window, no mel, no log)."""
+    import scipy.fft
 
-    t_dec, (y, sr) = timed(decode_audio, path, repeat=repeat)
+    block = max(1, (2 << 20) // (4 * n_fft))
+    padded = np.pad(y, (n_fft // 2, n_fft))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    for f0 in range(0, n_frames, block):
+        scipy.fft.rfft(frames[f0: min(n_frames, f0 + block)], axis=-1)
+
+
+def floors(path: str, repeat: int):
+    """CPU seconds of the library floor: decoding, and the real FFTs of the four STFTs alone."""
+    from mapkit.preprocess.audio import decode_audio, resample
+    from mapkit.preprocess.timebase import n_frames
+    from mapkit.settings import FeatureSettings
+
+    fs = FeatureSettings()
+    t_dec, (y, sr) = measure(decode_audio, path, repeat=repeat)
     T = n_frames(len(y), sr)
-    t_fft, _ = timed(lambda: [log_mel(y, sr, n, sr // 100, 80, T) for n in (1024, 2048, 4096)], repeat=repeat)
-    return len(y) / sr, t_dec, t_fft
+    y16 = resample(y, sr, fs.selection_sample_rate, fs.resample_quality)
+
+    def ffts():
+        for n_fft in fs.placement_n_ffts:
+            stft_ffts(y, n_fft, fs.placement_hop, T)
+        stft_ffts(y16, fs.selection_n_fft, fs.selection_hop, T)
+
+    t_fft, _ = measure(ffts, repeat=repeat)
+    return len(y) / sr, t_dec.cpu, t_fft.cpu
 
 
 def _timed_song(path: str):
@@ -166,6 +173,7 @@ def scaling(songs: list[str]) -> dict:
     """
     from joblib import Parallel, delayed
 
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the workers (one thread per process)
     result = {}
     for jobs in (1, 2):
         with Parallel(n_jobs=jobs, backend="loky") as par:
@@ -188,9 +196,9 @@ def hwm():  # peak RSS of this process image in KiB (VmHWM; ru_maxrss would incl
             return int(line.split()[1])
 
 base = hwm()
-t = time.perf_counter()
+t = time.process_time()
 song = song_features(Source("ten", sys.argv[1], "audio"))
-dt = time.perf_counter() - t
+dt = time.process_time() - t
 threads = [l.split()[1] for l in open("/proc/self/status") if l.startswith("Threads:")][0]
 print(base, hwm(), dt, song.n_frames, threads)
 """
@@ -205,51 +213,58 @@ def memory(tmp: str) -> None:
     out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, path], capture_output=True, text=True, check=True)
     base, peak, dt, frames, threads = out.stdout.split()
     base_mb, peak_mb = int(base) / 1024, int(peak) / 1024  # VmHWM is in KiB
-    print(f"  song_features on 600 s ({frames} frames): {float(dt):.2f} s; peak RSS {peak_mb:.0f} MiB "
+    print(f"  song_features on 600 s ({frames} frames): {float(dt):.2f} CPU s; peak RSS {peak_mb:.0f} MiB "
           f"(after imports {base_mb:.0f} MiB, so {peak_mb - base_mb:.0f} MiB for the song); threads {threads}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--songs", type=int, default=8, help="how many songs (default 8)")
+    parser.add_argument("--songs", default=DEFAULT_SONGS, metavar="DIR",
+                        help=f"folder searched for song.ogg files (default {DEFAULT_SONGS})")
+    parser.add_argument("--limit", type=int, default=8, help="how many songs (default 8)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per song; the minimum counts")
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS on a 10-minute song")
     parser.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 jobs run")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        songs, kind = find_songs(args.songs, tmp)
-        print(f"songs: {len(songs)} x {kind}; cpus: {os.cpu_count()}; "
-              f"BLAS threads {os.environ['OPENBLAS_NUM_THREADS']}; load avg {os.getloadavg()[0]:.2f}")
+        songs, kind = find_songs(args.songs, args.limit, tmp)
+        print(f"songs: {len(songs)} x {kind}; {machine_note()}; minimum of {args.repeat} run(s)")
         # warm both pipelines (lazy imports, librosa's first call) so only the work is timed
         mapkit_song(songs[0])
         librosa_pipeline(songs[0])
 
-        total_audio = total_a = total_b = 0.0
+        total_audio = total_a = total_b = wall_a = 0.0
         worst = [0.0, 0.0]
-        print(f"{'song':32s} {'audio s':>8s} {'mapkit cpu s':>12s} {'librosa cpu s':>13s} {'ratio':>6s}")
+        print(f"{'song':32s} {'audio s':>8s} {'mapkit cpu s':>12s} {'librosa cpu s':>13s} {'ratio':>6s}"
+              f" {'mapkit wall s':>13s}")
         for path in songs:
-            ta, song = timed(mapkit_song, path, repeat=args.repeat)
-            tb, theirs = timed(librosa_pipeline, path, repeat=args.repeat)
+            runs = side_by_side({"mapkit": lambda: mapkit_song(path), "librosa": lambda: librosa_pipeline(path)},
+                                repeat=args.repeat)
+            (ta, song), (tb, theirs) = runs["mapkit"], runs["librosa"]
             d1, d2 = end_to_end_difference(path, song, theirs)
             worst = [max(worst[0], d1), max(worst[1], d2)]
-            name = os.path.relpath(path, FRETSONFIRE) if path.startswith(FRETSONFIRE) else os.path.basename(path)
-            print(f"{name[:32]:32s} {song.duration_s:8.1f} {ta:12.3f} {tb:13.3f} {tb / ta:6.2f}")
+            name = os.path.relpath(path, args.songs) if path.startswith(args.songs) else os.path.basename(path)
+            print(f"{name[:32]:32s} {song.duration_s:8.1f} {ta.cpu:12.3f} {tb.cpu:13.3f} {tb.cpu / ta.cpu:6.2f}"
+                  f" {ta.wall:13.3f}")
             total_audio += song.duration_s
-            total_a += ta
-            total_b += tb
+            total_a, total_b, wall_a = total_a + ta.cpu, total_b + tb.cpu, wall_a + ta.wall
         n = len(songs)
-        print(f"per song: mapkit {total_a / n:.3f} s ({total_audio / total_a:.0f}x realtime), "
-              f"librosa {total_b / n:.3f} s ({total_audio / total_b:.0f}x realtime); "
-              f"mapkit is {total_b / total_a:.2f}x faster (1 core)")
+        per3 = 180.0 / total_audio
+        print(f"per song ({total_audio / n:.0f} s of audio): mapkit {total_a / n:.3f} s "
+              f"({total_audio / total_a:.0f}x realtime), librosa {total_b / n:.3f} s "
+              f"({total_audio / total_b:.0f}x realtime); mapkit is {total_b / total_a:.2f}x faster (1 core)")
+        print(f"per 3-minute song: mapkit {total_a * per3:.3f} CPU s (wall {wall_a * per3:.3f} s), "
+              f"librosa {total_b * per3:.3f} CPU s")
         print(f"end-to-end max |mapkit - librosa| in log units: placement {worst[0]:.4f}, selection {worst[1]:.4f}")
 
         dur = dec = fft = 0.0
         for path in songs:
             d, td, tf = floors(path, args.repeat)
             dur, dec, fft = dur + d, dec + td, fft + tf
-        print(f"floors: decode alone 1/{dur / dec:.0f} of real time, three FFT sizes alone 1/{dur / fft:.0f}; "
-              f"whole song_features 1/{total_audio / total_a:.0f}")
+        print(f"library floor per 3-minute song: decode {dec * 180 / dur:.3f} s + the four STFTs' real FFTs "
+              f"{fft * 180 / dur:.3f} s = {(dec + fft) * 180 / dur:.3f} s; mapkit runs at "
+              f"{total_a / total_audio / ((dec + fft) / dur):.2f}x its floor")
 
         if not args.no_scaling:
             runs = scaling(songs)

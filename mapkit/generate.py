@@ -120,6 +120,8 @@ class SelectionSetup:
     mean: np.ndarray
     std: np.ndarray
     vocab: object  # mapkit.preprocess.targets.Vocabulary
+    #: the training crop (``max_tokens``): longer levels are decoded in windows of it (None: whole)
+    window: int | None = None
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, path="selection checkpoint") -> "SelectionSetup":
@@ -131,7 +133,8 @@ class SelectionSetup:
             vocab = Vocabulary.from_json(ckpt["vocab"])
         except KeyError as e:
             raise MapkitError(path, f"not a stage-2 (transformer) checkpoint: no {e.args[0]!r}") from None
-        return cls(_feature_settings(ckpt, path), mean, std, vocab)
+        window = ckpt.get("max_tokens")
+        return cls(_feature_settings(ckpt, path), mean, std, vocab, None if window is None else int(window))
 
 
 def _feature_settings(ckpt: dict, path) -> FeatureSettings:
@@ -699,9 +702,10 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     with torch.inference_mode():
         if temperature is not None:
             hyp = sample(selection_model, src, None, len(frames), temperature=float(temperature), use_cache=use_cache,
-                         generator=torch.Generator().manual_seed(int(seed)))
+                         generator=torch.Generator().manual_seed(int(seed)), window=s_setup.window)
         else:
-            hyp = beam_search(selection_model, src, None, len(frames), beam_size=int(beam_size), use_cache=use_cache)
+            hyp = beam_search(selection_model, src, None, len(frames), beam_size=int(beam_size), use_cache=use_cache,
+                              window=s_setup.window)
     states = [s_setup.vocab.decode(t) for t in hyp.states.tolist()]
     notes = notes_from_states(times, beats, states)
     timings["stage2"] = time.perf_counter() - clock

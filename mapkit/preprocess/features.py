@@ -9,8 +9,9 @@ centred STFT could give one frame more or less, so frames are computed on the
 grid ``0 .. T-1`` directly instead of cropping an STFT.
 
 Speed without losing exactness (DESIGN.md section 9): frames are processed in
-blocks of about 2 MB (cache-sized), in float32, with ``scipy.fft``; the mel
-product touches each filter's non-zero bins only (a sparse matrix). The result
+blocks of about 2 MB (cache-sized), in float32, with ``scipy.fft``; the mel projection is a few dense products, each over
+the band of FFT bins its group of filters touches (:func:`mel_bands`), read
+straight from the squared spectrum (no transposed copies). The result
 equals ``log(librosa.feature.melspectrogram(...) + 1e-10)`` within about 0.02
 (see tests/preprocess/test_features.py for the bound that is enforced).
 
@@ -21,12 +22,13 @@ value of digital silence.
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mapkit.errors import AudioError
-from mapkit.preprocess.audio import audio_sha256, decode_audio, open_source_audio, resample
+from mapkit.preprocess.audio import AudioNote, audio_sha256, decode_audio, open_source_audio, resample
 from mapkit.preprocess.timebase import n_frames as count_frames
 from mapkit.settings import FeatureSettings
 
@@ -90,12 +92,62 @@ def mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     return weights
 
 
-@functools.lru_cache(maxsize=16)
-def _mel_matrix(sr: int, n_fft: int, n_mels: int):
-    """The filters as a sparse CSR matrix: the product touches non-zero bins only."""
-    import scipy.sparse
+#: Cost of one more band product, in multiply-adds per frame (call overhead and
+#: small-matrix inefficiency of BLAS); chosen by measurement, see :func:`mel_bands`.
+BAND_OVERHEAD = 256
 
-    return scipy.sparse.csr_matrix(mel_filters(sr, n_fft, n_mels))
+
+def mel_bands(weights: np.ndarray, overhead: float = BAND_OVERHEAD) -> list[tuple[int, int, int, int]]:
+    """Consecutive filters grouped so that each group multiplies only the FFT bins it touches.
+
+    Parameters
+    ----------
+    weights : np.ndarray [shape=(n_mels, n_bins)]
+        Filters (e.g. :func:`mel_filters`).
+    overhead : float
+        Cost charged per group, in multiply-adds per frame.
+
+    Returns
+    -------
+    list of (m0, m1, b0, b1)
+        Groups in filter order: filters ``m0 .. m1-1`` are zero outside bins
+        ``b0 .. b1-1``. The grouping minimises
+        ``sum((m1 - m0) * (b1 - b0) + overhead)`` (dynamic programming over
+        the split points); together the groups cover every filter once.
+    """
+    n = len(weights)
+    nonzero = [np.flatnonzero(w) for w in weights]
+    lo = [int(z[0]) if len(z) else 0 for z in nonzero]
+    hi = [int(z[-1]) + 1 if len(z) else 0 for z in nonzero]
+    best, split = [0.0] + [np.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * (max(hi[i:j]) - min(lo[i:j])) + overhead
+            if cost < best[j]:
+                best[j], split[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        i = split[j]
+        groups.append((i, j, min(lo[i:j]), max(hi[i:j])))
+        j = i
+    return groups[::-1]
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_products(sr: int, n_fft: int, n_mels: int) -> tuple:
+    """Per band of :func:`mel_bands`: ``(m0, m1, c0, c1, w)`` for ``sq[:, c0:c1] @ w -> mel[:, m0:m1]``.
+
+    ``sq`` is the interleaved ``re^2, im^2`` view of the spectrum, so each
+    weight appears twice (for ``re^2`` and ``im^2`` of its bin): the sum
+    ``re^2 + im^2`` happens inside the product, not as a pass of its own.
+    """
+    weights = mel_filters(sr, n_fft, n_mels)
+    products = []
+    for m0, m1, b0, b1 in mel_bands(weights):
+        w = np.ascontiguousarray(np.repeat(weights[m0:m1, b0:b1], 2, axis=1).T)
+        w.flags.writeable = False
+        products.append((m0, m1, 2 * b0, 2 * b1, w))
+    return tuple(products)
 
 
 @functools.lru_cache(maxsize=16)
@@ -171,24 +223,27 @@ def log_mel(
     if out.shape != (n_frames, n_mels):
         raise ValueError(f"out has shape {out.shape}, need {(n_frames, n_mels)}")
     window = hann_window(n_fft)
-    mel = _mel_matrix(int(sr), int(n_fft), int(n_mels))
+    products = _mel_products(int(sr), int(n_fft), int(n_mels))
     half = n_fft // 2
     block = max(1, BLOCK_BYTES // (n_fft * 4))
     # buffers reused by every block: no page faults from fresh multi-MB arrays
-    frames = np.empty((block, n_fft), dtype=np.float32)
-    power = np.empty((block, half + 1), dtype=np.float32)
+    frames = np.zeros((block, n_fft), dtype=np.float32)
+    mel = np.empty((block, n_mels), dtype=np.float32)
     for f0 in range(0, n_frames, block):
         f1 = min(n_frames, f0 + block)
         k = f1 - f0
         seg = _segment(y, f0 * hop - half, (f1 - 1) * hop + n_fft - half)
         view = np.lib.stride_tricks.sliding_window_view(seg, n_fft)[::hop]
         np.multiply(view, window, out=frames[:k])
-        spec = scipy.fft.rfft(frames[:k], axis=-1, overwrite_x=True)
-        # |X|^2 = re^2 + im^2, squared in place on the interleaved float32 view (no sqrt, no temporaries)
-        parts = spec.view(np.float32)
-        np.square(parts, out=parts)
-        np.add(parts[:, 0::2], parts[:, 1::2], out=power[:k])
-        out[f0:f1] = (mel @ power[:k].T).T
+        # Always the whole block (a short last block leaves older frames in the rest, ignored): BLAS
+        # rounds a row differently with the number of rows, so a frame's value must not depend on k.
+        spec = scipy.fft.rfft(frames, axis=-1, overwrite_x=True)
+        # |X|^2 = re^2 + im^2: square the interleaved float32 view in place; the products sum the pairs
+        sq = spec.view(np.float32)
+        np.square(sq, out=sq)
+        for m0, m1, c0, c1, w in products:
+            np.matmul(sq[:, c0:c1], w, out=mel[:, m0:m1])
+        out[f0:f1] = mel[:k]
     out += np.float32(log_floor)
     np.log(out, out=out)
     return out
@@ -297,6 +352,8 @@ class SongFeatures:
     pad_placement: tuple = (7, 7)
     pad_selection: tuple = (1, 1)
     band_sums: dict = field(default_factory=dict)
+    #: :class:`~mapkit.preprocess.audio.AudioNote` messages of the decode (e.g. no end-of-stream flag)
+    notes: tuple = ()
     #: Chromaprint raw fingerprint (uint32), None when not asked for or not computable
     chromaprint: np.ndarray | None = None
     #: why there is no fingerprint ("" when there is one or none was asked for)
@@ -327,9 +384,14 @@ def song_features(source, settings: FeatureSettings = FeatureSettings(), fingerp
         Missing, unreadable, truncated, empty or silent audio, with the file and reason.
     """
     file, name, data = open_source_audio(source)
-    with file:
+    with file, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AudioNote)
         sha = audio_sha256(data if data is not None else file)
         y, sr = decode_audio(file, name)
+    notes = tuple(str(w.message) for w in caught if issubclass(w.category, AudioNote))
+    for w in caught:  # anything else goes on as if not caught
+        if not issubclass(w.category, AudioNote):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     n = len(y)
     T = count_frames(n, sr, settings.fps)
     placement = placement_features(y, sr, settings)
@@ -356,6 +418,7 @@ def song_features(source, settings: FeatureSettings = FeatureSettings(), fingerp
         pad_placement=(pp, pp),
         pad_selection=(ps, ps),
         band_sums=sums,
+        notes=notes,
         chromaprint=chroma,
         chromaprint_error=chroma_error,
     )

@@ -18,11 +18,26 @@ is restored afterwards.
 
 Sources: one level at a time, ``src`` ``[S, n_mels + 4]`` or ``[1, S, n_mels + 4]``
 with ``S = n_tokens + 2`` real positions (one per token incl. BOS and EOS).
+
+Windows (``window``, the ``max_tokens`` the model was trained with): the
+model is trained on crops of at most ``window`` positions, numbered from 0.
+A level with ``n_tokens + 2 <= window`` is decoded whole, as before. A longer
+one is split into ``k = ceil(n_tokens / (window - 2))`` windows of ``q =
+ceil(n_tokens / k)`` states each, evenly spaced from the first state to the
+last (consecutive windows overlap by less than ``k`` states in all). Window
+``j`` predicting states ``a .. a+q-1`` reads source positions ``a-1 .. a+q``
+(its own positions 0 .. q+1, like a training crop) and starts from BOS. All
+windows are decoded side by side, as one batch of ``k * beam_size`` rows, so
+every step reads the weights once for all of them and attends over at most
+``window`` positions: the cost per note stays flat however long the level
+is. In an overlap the earlier window's states are kept; the score is the sum
+of the windows' scores.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -60,10 +75,43 @@ def _eval_no_grad(model):
         model.train(was_training)
 
 
-class _Stepper:
-    """Next-token log-probabilities of ``rows`` prefixes of one source, cached or not."""
+def window_starts(n_tokens: int, window: int | None) -> tuple[list[int], int]:
+    """How a level of ``n_tokens`` states is split into windows of at most ``window`` positions.
 
-    def __init__(self, model, src, src_mask, n_tokens: int, rows: int, use_cache: bool):
+    Returns
+    -------
+    starts : list of int
+        Token index (BOS = 0) of each window's first state; ``[1]`` when the
+        whole level fits (``window`` None or ``n_tokens + 2 <= window``).
+    q : int
+        States per window (``n_tokens`` for one window).
+    """
+    if window is None or n_tokens + 2 <= window:
+        return [1], n_tokens
+    if window < 3:
+        raise ValueError(f"a window needs at least 3 positions (BOS, a state, the next), got {window}")
+    k = math.ceil(n_tokens / (window - 2))
+    q = math.ceil(n_tokens / k)
+    return [1 + round(j * (n_tokens - q) / (k - 1)) for j in range(k)], q
+
+
+def _stitch(prefixes: list[torch.Tensor], starts: list[int], q: int) -> torch.Tensor:
+    """``[BOS, n states]`` from the windows' ``[BOS, q states]``; the earlier window wins in an overlap."""
+    parts, end = [prefixes[0][:1]], 1
+    for prefix, a in zip(prefixes, starts):
+        parts.append(prefix[1 + end - a:])  # its states from token index `end` on
+        end = a + q
+    return torch.cat(parts)
+
+
+class _Stepper:
+    """Next-token log-probabilities of ``rows`` prefixes per window of one source, cached or not.
+
+    Rows ``g * per_window ..`` belong to window ``g`` (see :func:`window_starts`).
+    """
+
+    def __init__(self, model, src, src_mask, n_tokens: int, per_window: int, use_cache: bool,
+                 window: int | None = None):
         self.model, self.use_cache = model, use_cache
         device = next(model.parameters()).device
         src = src.to(device)
@@ -78,18 +126,37 @@ class _Stepper:
         if n_real != n_tokens + 2:
             raise ValueError(f"the source has {n_real} real positions but {n_tokens} tokens need {n_tokens + 2} "
                              f"(BOS, one per note, EOS)")
+        self.starts, self.steps = window_starts(n_tokens, window)
+        if len(self.starts) > 1:  # windows of real positions, each its own source (no padding: equal lengths)
+            real = src[0][src_mask[0]]
+            src = torch.stack([real[a - 1: a + self.steps + 1] for a in self.starts])
+            src_mask = torch.ones(src.shape[:2], dtype=torch.bool, device=device)
+        self.per_window = per_window
+        rows = len(self.starts) * per_window
         self.src_mask = src_mask
         self.memory = model.encode(src, src_mask)
         self.prefix = torch.full((rows, 1), BOS, dtype=torch.long, device=device)
-        self.cache = model.start_cache(self.memory, src_mask, rows, n_tokens + 1) if use_cache else None
+        self.cache = model.start_cache(self.memory, src_mask, rows, self.steps + 1) if use_cache else None
+
+    @property
+    def windows(self) -> int:
+        return len(self.starts)
 
     def logits(self) -> torch.Tensor:
         """Logits ``[rows, vocab]`` of the token after each current prefix."""
         if self.use_cache:
             return self.model.decode_step(self.prefix[:, -1], self.cache)
-        memory = self.memory.expand(self.prefix.shape[0], -1, -1)
-        mask = self.src_mask.expand(self.prefix.shape[0], -1)
+        rows = self.prefix.shape[0]
+        if self.windows == 1:
+            memory, mask = self.memory.expand(rows, -1, -1), self.src_mask.expand(rows, -1)
+        else:
+            memory = self.memory.repeat_interleave(self.per_window, dim=0)
+            mask = self.src_mask.repeat_interleave(self.per_window, dim=0)
         return self.model.decode(memory, mask, self.prefix)[:, -1]
+
+    def tokens(self, best: list[int]) -> torch.Tensor:
+        """``[BOS, n states]``: row ``best[g]`` of each window ``g``, stitched."""
+        return _stitch([self.prefix[g * self.per_window + b] for g, b in enumerate(best)], self.starts, self.steps)
 
     def append(self, tokens: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """Extend prefix ``rows[b]`` (default ``b``) by ``tokens[b]``."""
@@ -127,7 +194,7 @@ def _finish(prefix_row: torch.Tensor, score: float) -> Hypothesis:
 
 
 def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: int, beam_size: int = 8,
-                use_cache: bool = True, allowed: Allowed = None) -> Hypothesis:
+                use_cache: bool = True, allowed: Allowed = None, window: int | None = None) -> Hypothesis:
     """The best sequence of exactly ``n_tokens`` states found by beam search.
 
     Parameters
@@ -145,62 +212,71 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_token
         Incremental decoding with cached keys/values.
     allowed : None, bool tensor [vocab] or callable
         Tokens allowed at each step (default: all states). A callable gets the
-        prefixes ``[beams, t]`` and returns ``[beams, vocab]``.
+        prefixes ``[beams, t]`` and returns ``[beams, vocab]`` (with several
+        windows: every window's beams, each prefix starting with BOS).
+    window : int, optional
+        At most this many positions per window (the model's training
+        ``max_tokens``); None decodes the whole level at once. See the module notes.
 
     Returns
     -------
     Hypothesis
-        ``tokens`` = BOS, ``n_tokens`` states, EOS; ``score`` its log-probability.
+        ``tokens`` = BOS, ``n_tokens`` states, EOS; ``score`` its log-probability
+        (with several windows, the sum of theirs).
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     with _eval_no_grad(model):
-        # all beams start as BOS; only beam 0 is live, so the first step expands one hypothesis
-        stepper = _Stepper(model, src, src_mask, n_tokens, beam_size, use_cache)
+        # all beams start as BOS; only beam 0 of a window is live, so its first step expands one hypothesis
+        stepper = _Stepper(model, src, src_mask, n_tokens, beam_size, use_cache, window)
         device = stepper.prefix.device
-        scores = torch.full((beam_size,), float("-inf"), device=device)
-        scores[0] = 0.0
-        for _ in range(n_tokens):
+        scores = torch.full((stepper.windows, beam_size), float("-inf"), device=device)
+        scores[:, 0] = 0.0
+        first_row = torch.arange(stepper.windows, device=device)[:, None] * beam_size
+        for _ in range(stepper.steps):
             logits = stepper.logits().float()
             vocab = logits.shape[-1]
             logp = _log_probs(logits, _allowed_mask(allowed, stepper.prefix, vocab))
-            top, flat = (scores[:, None] + logp).reshape(-1).topk(beam_size)
-            if not torch.isfinite(top[0]):
+            top, flat = (scores.reshape(-1, 1) + logp).reshape(stepper.windows, -1).topk(beam_size, dim=-1)
+            if not torch.isfinite(top[:, 0]).all():
                 raise ValueError("no allowed token can continue any hypothesis")
             scores = top
-            stepper.append(flat % vocab, rows=flat // vocab)
-        best = int(scores.argmax())
-        return _finish(stepper.prefix[best], scores[best])
+            stepper.append((flat % vocab).reshape(-1), rows=(flat // vocab + first_row).reshape(-1))
+        best = scores.argmax(dim=-1)
+        return _finish(stepper.tokens(best.tolist()), scores.gather(1, best[:, None]).sum())
 
 
 def greedy(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: int, use_cache: bool = True,
-           allowed: Allowed = None) -> Hypothesis:
+           allowed: Allowed = None, window: int | None = None) -> Hypothesis:
     """The most probable token at every step (beam search with one beam)."""
-    return beam_search(model, src, src_mask, n_tokens, beam_size=1, use_cache=use_cache, allowed=allowed)
+    return beam_search(model, src, src_mask, n_tokens, beam_size=1, use_cache=use_cache, allowed=allowed,
+                       window=window)
 
 
 def sample(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: int, temperature: float = 1.0,
-           use_cache: bool = True, allowed: Allowed = None, generator: torch.Generator | None = None) -> Hypothesis:
+           use_cache: bool = True, allowed: Allowed = None, generator: torch.Generator | None = None,
+           window: int | None = None) -> Hypothesis:
     """A sequence of exactly ``n_tokens`` states drawn token by token.
 
     Each token is drawn from ``softmax(logits / temperature)`` over the allowed
     tokens; the score is the log-probability of the drawn tokens at
     ``temperature`` 1. Parameters as :func:`beam_search`; ``generator`` makes
     the draw reproducible. The returned tokens start with BOS, followed by the
-    drawn states (none of them is the BOS prefix).
+    drawn states (none of them is the BOS prefix). With several windows
+    (``window``), each window draws its own states, side by side.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature} (use greedy() for the arg-max)")
     with _eval_no_grad(model):
-        stepper = _Stepper(model, src, src_mask, n_tokens, 1, use_cache)
+        stepper = _Stepper(model, src, src_mask, n_tokens, 1, use_cache, window)
         score = 0.0
-        for _ in range(n_tokens):
+        for _ in range(stepper.steps):
             logits = stepper.logits().float()
             mask = _allowed_mask(allowed, stepper.prefix, logits.shape[-1])
-            if not mask.any():
+            if not mask.any(dim=-1).all():
                 raise ValueError("no allowed token can continue the sequence")
             probs = _log_probs(logits, mask, temperature).exp()
             token = torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)[:, 0]
-            score += float(_log_probs(logits, mask)[0, token[0]])
+            score += float(_log_probs(logits, mask).gather(1, token[:, None]).sum())
             stepper.append(token)
-        return _finish(stepper.prefix[0], score)
+        return _finish(stepper.tokens([0] * stepper.windows), score)

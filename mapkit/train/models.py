@@ -319,13 +319,15 @@ class MultiHeadAttention(nn.Module):
         """Attention of queries from ``x`` [B, T, D] over keys ``k`` / values ``v``."""
         q = self._heads(self.q(x))
         B, H, T, d = q.shape
-        if k.shape[0] == 1 and B > 1 and (mask is None or mask.shape[0] == 1):
-            # one source shared by several beams: their queries attend as one batch row (one kernel
-            # call over the shared keys instead of B over expanded copies; ~3x faster when decoding)
-            q1 = q.transpose(0, 1).reshape(1, H, B * T, d)
+        G = k.shape[0]
+        if B > G and B % G == 0 and (mask is None or mask.shape[0] == G):
+            # each source shared by B/G consecutive rows (the beams of one source): a group's queries
+            # attend as one batch row (one kernel call over its keys instead of B/G over expanded
+            # copies; ~3x faster when decoding)
+            q1 = q.view(G, B // G, H, T, d).transpose(1, 2).reshape(G, H, (B // G) * T, d)
             y = F.scaled_dot_product_attention(q1, k, v, attn_mask=mask,
                                                dropout_p=self.dropout if self.training else 0.0)
-            y = y.reshape(H, B, T, d).transpose(0, 1)
+            y = y.reshape(G, H, B // G, T, d).transpose(1, 2).reshape(B, H, T, d)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                dropout_p=self.dropout if self.training else 0.0)
@@ -333,21 +335,24 @@ class MultiHeadAttention(nn.Module):
 
     def attend_with_prefix(self, x: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
                            k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Attention of one query per row over keys shared by every row, then the row's own keys.
+        """Attention of one query per row over keys shared by a group of rows, then the row's own keys.
 
-        ``x`` [B, 1, D]; ``prefix_k``/``prefix_v`` [1, H, P, d_head] (the same for
-        all rows), ``k``/``v`` [B, H, M, d_head]. Equals :meth:`attend` over the
+        ``x`` [B, 1, D]; ``prefix_k``/``prefix_v`` [G, H, P, d_head], group ``g``'s
+        keys shared by rows ``g*B/G .. (g+1)*B/G - 1`` (``G = 1``: by all rows),
+        ``k``/``v`` [B, H, M, d_head]. Equals :meth:`attend` over the
         concatenated keys (one softmax over both parts, no mask), but reads the
-        shared part once for all rows (as one batch row of B queries).
+        shared part once per group (as one batch row of B/G queries).
         """
         q = self._heads(self.q(x))  # [B, H, 1, d]
         B, H, _, d = q.shape
+        G, P = prefix_k.shape[0], prefix_k.shape[2]
         scale = 1.0 / math.sqrt(d)
-        shared = (q.transpose(0, 2) @ prefix_k.transpose(-1, -2)).transpose(0, 2)  # [B, H, 1, P]
+        grouped = q.view(G, B // G, H, d).transpose(1, 2)  # [G, H, B/G, d]
+        shared = (grouped @ prefix_k.transpose(-1, -2)).transpose(1, 2).reshape(B, H, 1, P)
         own = q @ k.transpose(-1, -2)  # [B, H, 1, M]
         w = torch.softmax(torch.cat([shared, own], dim=-1) * scale, dim=-1)
-        P = prefix_k.shape[2]
-        y = (w[..., :P].transpose(0, 2) @ prefix_v).transpose(0, 2) + w[..., P:] @ v  # [B, H, 1, d]
+        w_shared = w[..., :P].reshape(G, B // G, H, P).transpose(1, 2)  # [G, H, B/G, P]
+        y = (w_shared @ prefix_v).transpose(1, 2).reshape(B, H, 1, d) + w[..., P:] @ v  # [B, H, 1, d]
         return self.out(y.transpose(1, 2).reshape(B, 1, -1))
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -390,7 +395,7 @@ class DecoderLayer(nn.Module):
         """One layer given its attention keys/values (full or cached); see :class:`SelectionModel`.
 
         ``self_prefix`` (cached decoding only): self-attention keys/values
-        ``[1, H, P, d_head]`` shared by every row, before ``self_k``/``self_v``.
+        ``[G, H, P, d_head]`` shared by each group of rows, before ``self_k``/``self_v``.
         """
         if self_prefix is None:
             x = x + self.drop(self.self_attn.attend(self.norm1(x), self_k, self_v, self_mask))
@@ -406,12 +411,15 @@ class DecoderCache:
     Made by :meth:`SelectionModel.start_cache`. ``self_k[i]``/``self_v[i]``
     are buffers ``[B, H, capacity, d_head]`` of which the first ``length``
     positions are filled; ``cross_k[i]``/``cross_v[i]`` hold the memory's
-    projections (batch 1 when one source is shared by all rows).
+    projections: batch ``G``, one per source; source ``g`` is shared by rows
+    ``g*B/G .. (g+1)*B/G - 1`` (``G = 1``: all rows; ``G = B``: one row each).
+    Rows never move to another source's group.
 
     Shared prefix (beam search): the first ``shared`` positions have the same
-    history in every row (the beams' common ancestor), so their keys/values
-    are equal in all rows. :meth:`reorder` copies only the positions after
-    them and :meth:`SelectionModel.decode_step` reads them once, from row 0.
+    history in every row of a group (the beams' common ancestor), so their
+    keys/values are equal in those rows. :meth:`reorder` copies only the
+    positions after them and :meth:`SelectionModel.decode_step` reads them
+    once per group, from its first row.
     Beams of a song share all but their last few tokens (median 8 of 150 for
     random default-size weights), which makes both O(1) instead of O(length).
     """
@@ -424,6 +432,7 @@ class DecoderCache:
         self.length = 0
         self.shared = 0
         batch, capacity = self_k[0].shape[0] if self_k else 1, self_k[0].shape[2] if self_k else 0
+        self.groups = cross_k[0].shape[0] if cross_k else 1
         # node[b, p]: which written key row b's position p holds (equal ids = equal history)
         self._node = torch.arange(batch * capacity, device=cross_k[0].device if cross_k else None).view(
             capacity, batch).T.contiguous() if self_k else None
@@ -450,14 +459,15 @@ class DecoderCache:
         k = len(self.self_k)
         self.self_k, self.self_v = swapped[:k], swapped[k:]
         self._node[:, :n] = self._node[index, :n]
-        while self.shared < n and bool((self._node[:, self.shared] == self._node[0, self.shared]).all()):
+        node = self._node.view(self.groups, -1, self._node.shape[1])  # [groups, rows per group, capacity]
+        while self.shared < n and bool((node[:, :, self.shared] == node[:, :1, self.shared]).all()):
             self.shared += 1
-        if self.cross_k[0].shape[0] > 1:
+        if self.cross_k[0].shape[0] == len(index) > 1:  # one source per row: the rows' sources move with them
             self.cross_k = [k[index] for k in self.cross_k]
             self.cross_v = [v[index] for v in self.cross_v]
             if self.cross_mask is not None:
                 self.cross_mask = self.cross_mask[index]
-        if self.notes is not None and self.notes.shape[0] > 1:
+        if self.notes is not None and self.notes.shape[0] == len(index) > 1:
             self.notes = self.notes[index]
 
 
@@ -569,9 +579,10 @@ class SelectionModel(nn.Module):
                     capacity: int) -> DecoderCache:
         """An empty cache for ``batch_size`` rows decoding up to ``capacity`` tokens.
 
-        ``memory`` [B_m, S, d_model] with ``B_m`` equal to ``batch_size`` or 1
-        (one source shared by all rows, e.g. the beams of one song). The
-        cross-attention keys/values are computed here, once.
+        ``memory`` [B_m, S, d_model] with ``batch_size`` a multiple of ``B_m``:
+        source ``g`` is shared by rows ``g*batch_size/B_m ..`` (``B_m = 1``: the
+        beams of one song; ``B_m > 1``: the beams of several windows of a song,
+        decoded side by side). The cross-attention keys/values are computed here, once.
         """
         c = self.config
         d_head = c.d_model // c.n_heads
@@ -595,15 +606,18 @@ class SelectionModel(nn.Module):
             raise ValueError(f"decoder cache is full ({cache.capacity} tokens)")
         if pos >= cache.notes.shape[1]:
             raise ValueError(f"the source has no position {pos + 1} for decoder step {pos}")
-        x = self._embed_tokens(tokens[:, None], torch.tensor([pos], device=tokens.device),
-                               cache.notes[:, pos: pos + 1])
+        notes = cache.notes[:, pos: pos + 1]
+        if 1 < notes.shape[0] < tokens.shape[0]:  # one source per group of rows (windows side by side)
+            notes = notes.repeat_interleave(tokens.shape[0] // notes.shape[0], dim=0)
+        x = self._embed_tokens(tokens[:, None], torch.tensor([pos], device=tokens.device), notes)
         c = cache.shared
         for i, layer in enumerate(self.decoder):
             k, v = layer.self_attn.project_kv(layer.norm1(x))
             cache.self_k[i][:, :, pos: pos + 1] = k
             cache.self_v[i][:, :, pos: pos + 1] = v
             sk, sv = cache.self_k[i][:, :, c: pos + 1], cache.self_v[i][:, :, c: pos + 1]
-            prefix = (cache.self_k[i][:1, :, :c], cache.self_v[i][:1, :, :c]) if c else None
+            g = tokens.shape[0] // cache.groups  # rows per group: the first row of each holds its prefix
+            prefix = (cache.self_k[i][::g, :, :c], cache.self_v[i][::g, :, :c]) if c else None
             x = layer(x, sk, sv, None, cache.cross_k[i], cache.cross_v[i], cache.cross_mask, self_prefix=prefix)
         cache.length = pos + 1
         return self.out(self.dec_norm(x))[:, 0]

@@ -2,14 +2,19 @@ import hashlib
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from mapkit.errors import AudioError
-from mapkit.preprocess.audio import audio_sha256, decode_audio, open_source_audio, resample
+from mapkit.audio_out import _ogg_crc, encode_ogg_vorbis
+from mapkit.preprocess.audio import AudioNote, audio_sha256, decode_audio, ogg_stream_state, open_source_audio, resample
+from mapkit.preprocess.features import song_features
 from mapkit.preprocess.sources import Source
+
+REAL_SONG = Path("/usr/share/games/fretsonfire/data/songs/sectoid/Metal madness/song.ogg")
 
 
 def tone(n, sr, freq=440.0, amp=0.3):
@@ -101,6 +106,79 @@ def test_truncated_files_are_rejected(fmt, subtype):
     with pytest.raises(AudioError) as e:
         decode_audio(io.BytesIO(data[: int(len(data) * 0.7)]), name="cut")
     assert e.value.reason.startswith("truncated"), e.value.reason
+
+
+def ogg_pages(data: bytes) -> list[int]:
+    """Byte offsets of the pages of a whole Ogg file."""
+    starts, pos = [], 0
+    while pos < len(data):
+        starts.append(pos)
+        n_seg = data[pos + 26]
+        pos += 27 + n_seg + sum(data[pos + 27:pos + 27 + n_seg])
+    return starts
+
+
+def without_eos_flag(data: bytes) -> bytes:
+    """``data`` with the end-of-stream flag of its last page cleared and that page's CRC redone."""
+    last = ogg_pages(data)[-1]
+    assert data[last + 5] & 4  # the writer set it
+    page = bytearray(data[last:])
+    page[5] &= ~4
+    page[22:26] = b"\0\0\0\0"
+    page[22:26] = _ogg_crc(bytes(page)).to_bytes(4, "little")
+    return data[:last] + bytes(page)
+
+
+def test_ogg_without_end_of_stream_flag_that_decodes_fully_is_accepted_and_noted(tmp_path):
+    sr = 44100
+    whole = encode_ogg_vorbis(np.stack([tone(3 * sr, sr), tone(3 * sr, sr, 550)], axis=1), sr, serial=7)
+    no_eos = without_eos_flag(whole)
+    assert ogg_stream_state(whole) == (None, None)
+    problem, note = ogg_stream_state(no_eos)
+    assert problem is None and "end-of-stream flag" in note
+    expected, _ = decode_audio(io.BytesIO(whole))
+    with pytest.warns(AudioNote, match="level.zip!song.egg: Ogg stream ends without its end-of-stream flag"):
+        y, got_sr = decode_audio(io.BytesIO(no_eos), name="level.zip!song.egg")
+    assert got_sr == sr and len(y) == 3 * sr
+    np.testing.assert_array_equal(y, expected)  # same samples: only the flag differs
+    # the note reaches the song's record (mapkit extract puts it in the report line)
+    (tmp_path / "no-eos.ogg").write_bytes(no_eos)
+    song = song_features(Source("no-eos", str(tmp_path / "no-eos.ogg"), "audio"))
+    assert song.n_samples == 3 * sr and len(song.notes) == 1 and "end-of-stream flag" in song.notes[0]
+    (tmp_path / "whole.ogg").write_bytes(whole)
+    assert song_features(Source("whole", str(tmp_path / "whole.ogg"), "audio")).notes == ()
+
+
+def test_ogg_cut_inside_a_page_is_truncated_with_or_without_flag():
+    sr = 44100
+    whole = encode_ogg_vorbis(np.stack([tone(3 * sr, sr), tone(3 * sr, sr, 550)], axis=1), sr, serial=7)
+    pages = ogg_pages(whole)
+    assert len(pages) > 4
+    for cut in (pages[-1] + 10, pages[-2] + 30, pages[len(pages) // 2] + 3, len(whole) - 1):
+        for data in (whole[:cut], without_eos_flag(whole)[:cut]):
+            with pytest.raises(AudioError) as e:
+                decode_audio(io.BytesIO(data), name="cut")
+            assert e.value.reason.startswith("truncated"), e.value.reason
+
+
+def test_ogg_page_failing_its_checksum_is_corrupt():
+    sr = 44100
+    whole = encode_ogg_vorbis(np.stack([tone(3 * sr, sr), tone(3 * sr, sr, 550)], axis=1), sr, serial=7)
+    middle = ogg_pages(whole)[3]
+    flipped = bytearray(whole)
+    flipped[middle + 100] ^= 0x10  # one bit of audio data; the page keeps its old CRC
+    with pytest.raises(AudioError) as e:
+        decode_audio(io.BytesIO(bytes(flipped)), name="flipped")
+    assert e.value.reason == f"corrupt: the Ogg page at byte {middle} fails its checksum (its samples would be lost)"
+
+
+@pytest.mark.skipif(not REAL_SONG.exists(), reason="Debian fretsonfire songs not installed")
+def test_vorbis_decoder_matches_libvorbis_on_real_music():
+    data = REAL_SONG.read_bytes()
+    y, sr = decode_audio(io.BytesIO(data))
+    ref, ref_sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    assert sr == ref_sr and len(y) == len(ref)
+    assert np.max(np.abs(y - ref.mean(axis=1, dtype=np.float32))) < 5e-7
 
 
 def test_no_samples(tmp_path):

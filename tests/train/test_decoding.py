@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mapkit.preprocess.targets import BOS, EOS, N_SPECIAL
-from mapkit.train.decoding import beam_search, greedy, sample
+from mapkit.train.decoding import beam_search, greedy, sample, window_starts
 from mapkit.train.models import SelectionConfig, SelectionModel
 
 VOCAB = 12
@@ -146,3 +146,53 @@ def test_source_length_must_match_the_token_count(model):
     padded = beam_search(model, src, mask, 9, beam_size=3)
     assert torch.equal(padded.tokens, beam_search(model, _src(9), None, 9, beam_size=3).tokens)
     assert math.isfinite(padded.score)
+
+
+@pytest.mark.parametrize("n, window", [(10, 12), (11, 12), (30, 12), (29, 10), (1000, 1024), (2000, 1024), (5, 3)])
+def test_windows_cover_every_state_within_the_window_length(n, window):
+    starts, q = window_starts(n, window)
+    assert q + 2 <= window or n + 2 <= window
+    if n + 2 <= window:
+        assert (starts, q) == ([1], n)
+        return
+    assert len(starts) == math.ceil(n / (window - 2))
+    assert starts[0] == 1 and starts[-1] + q - 1 == n  # first state to last
+    for a, b in zip(starts, starts[1:]):
+        assert a < b <= a + q  # consecutive windows touch or overlap: no state is left out
+    assert sum(a + q - b for a, b in zip(starts, starts[1:])) < len(starts)  # overlaps are small
+
+
+def _decode_window_alone(model, src, a, q, **kw):
+    """One window decoded by itself: its source rows a-1 .. a+q as a level of q states."""
+    if "generator" in kw:
+        return sample(model, src[a - 1: a + q + 1], None, q, **kw)
+    return beam_search(model, src[a - 1: a + q + 1], None, q, **kw)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_windows_decoded_side_by_side_equal_each_window_decoded_alone(model, beam_size, use_cache):
+    n, window = 25, 10  # 4 windows of 7 states (3 states of overlap in all)
+    src = _src(n, seed=9)
+    hyp = beam_search(model, src, None, n, beam_size=beam_size, use_cache=use_cache, window=window)
+    starts, q = window_starts(n, window)
+    assert len(starts) == 4 and len(hyp.tokens) == n + 2
+    alone = [_decode_window_alone(model, src, a, q, beam_size=beam_size) for a in starts]
+    expected, end = [BOS], 1
+    for a, h in zip(starts, alone):
+        expected += h.tokens[1 + end - a: -1].tolist()  # the earlier window keeps the overlap
+        end = a + q
+    assert hyp.tokens.tolist() == expected + [EOS]
+    assert hyp.score == pytest.approx(sum(h.score for h in alone), abs=1e-4)
+    # a window that holds the whole level changes nothing
+    whole = beam_search(model, src, None, n, beam_size=beam_size, use_cache=use_cache)
+    assert torch.equal(whole.tokens, beam_search(model, src, None, n, beam_size=beam_size, window=n + 2).tokens)
+
+
+def test_windowed_sampling_is_cache_independent(model):
+    src = _src(25, seed=4)
+    a = sample(model, src, None, 25, generator=torch.Generator().manual_seed(3), window=10)
+    b = sample(model, src, None, 25, generator=torch.Generator().manual_seed(3), window=10, use_cache=False)
+    assert torch.equal(a.tokens, b.tokens) and a.score == pytest.approx(b.score, abs=1e-4)
+    assert len(a.tokens) == 27 and a.tokens[0] == BOS and a.tokens[-1] == EOS
+    assert bool((a.tokens[1:-1] >= N_SPECIAL).all())
