@@ -6,8 +6,9 @@ per 1365 samples at 11025 Hz (about 8.08 items per second), each bit the
 quantised output of one of Chromaprint's classifiers over a chroma image.
 It is computed by Debian's ``libchromaprint1`` through pyacoustid's ctypes
 binding (``import chromaprint``), fed with the mono samples that
-``extract`` already decoded, resampled to 11025 Hz with soxr (Chromaprint's
-own resampler costs about 5x more) and rounded to 16-bit PCM.
+``extract`` already decoded, resampled to 11025 Hz with soxr's quick
+quality (Chromaprint's own resampler costs about 5x more) and rounded to
+16-bit PCM: about 25 ms of CPU per 3 minutes of audio.
 
 Matching (:func:`match_fingerprints`) tolerates another encoder, bitrate or
 sample rate (bits flip) and a trimmed or padded start (the sequences are
@@ -48,6 +49,11 @@ CHROMAPRINT_RATE = 11025
 CHROMAPRINT_HOP = 1365
 #: Fingerprint items per second.
 ITEMS_PER_SECOND = CHROMAPRINT_RATE / CHROMAPRINT_HOP
+#: soxr quality of the resampling to CHROMAPRINT_RATE: "QQ" (quick) costs 9 ms per 3 minutes instead of
+#: 20 ms for "HQ", and matching is unchanged (Chromaprint's chroma spans 28 Hz - 3.5 kHz): measured on 5
+#: real songs re-encoded at 22.05 kHz (Vorbis q 0), worst agreement 99.8 % (HQ 99.9 %); different
+#: songs at most 4.9 % (HQ 4.7 %).
+RESAMPLE_QUALITY = "QQ"
 #: pyacoustid's Fingerprinter.ALGORITHM_TEST2 (the default).
 ALGORITHM = 1
 #: What to install when the library is missing.
@@ -105,7 +111,7 @@ def fingerprint(y: np.ndarray, sr: int) -> np.ndarray:
 
     from mapkit.preprocess.audio import resample
 
-    y11 = resample(y, sr, CHROMAPRINT_RATE, "HQ")
+    y11 = resample(y, sr, CHROMAPRINT_RATE, RESAMPLE_QUALITY)
     pcm = np.clip(np.rint(y11 * 32767.0), -32768, 32767).astype("<i2")
     fp = chromaprint.Fingerprinter(ALGORITHM)
     try:
