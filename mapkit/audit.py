@@ -18,13 +18,16 @@ flag            when                                                       reaso
 
 ``no_peak`` and ``offset`` are not judged for ``few_notes`` levels, and
 ``offset`` not without a peak. Why these numbers: random note sets give a
-strength below 4.2 in 99 % of cases whatever their size; maps aligned to
+strength below 4.2 whatever their size; maps aligned to
 irregular hits 10 and more, to hits on a strict half-beat grid about 4.5
 (lags a beat apart then correlate almost as well: tests/preprocess/
 test_alignment.py); real human maps with their audio measured 5.2 to 11.8,
 at lags -2 .. +1 frames (8 maps); a map spanning under half of its song is
-a partial map or has the wrong (longer) audio. A map offset by a whole number
-of beats cannot be told from an aligned one and is not flagged.
+a partial map or has the wrong (longer) audio. The lag is the tied
+correlation peak nearest 0, read modulo half a beat with the stored tempo
+map (:mod:`mapkit.preprocess.alignment`): a map offset by a multiple of half
+a beat cannot be told from an aligned one and is not flagged (the folded
+beats are stored as ``align_alias_beats``).
 
 Results are stored as attributes of each difficulty group (``align_*``,
 ``audit_flags_json``...; docs/store.md) and the level group
@@ -80,7 +83,7 @@ class AuditSettings(_Settings):
     #: Which FFT resolution of the placement features gives the onset (0: the finest).
     onset_column: int = 0
     #: Version of the alignment method: a change of the method changes the hash.
-    method: str = "spectral flux, gaussian ranks, robust z v1"
+    method: str = "spectral flux, gaussian ranks, robust z, paired-t ties, half-beat folding v2"
 
     def __post_init__(self):
         if self.max_lag_frames < 1 or self.offset_tolerance_frames < 0 or self.min_note_frames < 1:
@@ -125,6 +128,7 @@ class DifficultyAudit:
     n_note_frames: int
     flags: list
     reasons: list
+    alias_beats: float = 0.0  # beats (multiple of 1/2) folded out of the peak lag (alignment.fold_lag)
 
     @property
     def name(self) -> str:
@@ -134,6 +138,7 @@ class DifficultyAudit:
         """The difficulty-group attributes that store this result (docs/store.md)."""
         return {"align_lag_frames": int(self.lag_frames), "align_strength": float(self.strength),
                 "align_coverage": float(self.coverage), "align_n_note_frames": int(self.n_note_frames),
+                "align_alias_beats": float(self.alias_beats),
                 "audit_flags_json": json.dumps(self.flags), "audit_reasons_json": json.dumps(self.reasons),
                 "audit_settings_hash": settings.hash}
 
@@ -141,7 +146,13 @@ class DifficultyAudit:
     def from_attrs(cls, song_id: str, difficulty: str, attrs) -> "DifficultyAudit":
         return cls(song_id, difficulty, int(attrs["align_lag_frames"]), float(attrs["align_strength"]),
                    float(attrs["align_coverage"]), int(attrs["align_n_note_frames"]),
-                   json.loads(_text(attrs["audit_flags_json"])), json.loads(_text(attrs["audit_reasons_json"])))
+                   json.loads(_text(attrs["audit_flags_json"])), json.loads(_text(attrs["audit_reasons_json"])),
+                   float(attrs.get("align_alias_beats", 0.0)))
+
+
+def _nan_to_none(row: dict) -> dict:
+    """A difficulty's result for JSON: undefined values (NaN: a level without notes) as null."""
+    return {k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
 
 
 def _text(v) -> str:
@@ -177,6 +188,28 @@ def note_frames(notes: np.ndarray) -> np.ndarray:
     return notes["frame"][notes["color"] != BOMB].astype(np.int64)
 
 
+def stored_beat_frames(attrs, notes: np.ndarray, fps: int | None = None) -> float | None:
+    """Beat period in frames of a stored difficulty at its colour notes (``tempo_map`` attribute), or None.
+
+    :func:`mapkit.preprocess.alignment.beat_period_frames` of the stored
+    tempo map; None when the attribute is empty or unreadable.
+    """
+    from mapkit.preprocess.alignment import beat_period_frames
+    from mapkit.preprocess.notes import BOMB
+    from mapkit.preprocess.tempo import TempoMap
+    from mapkit.preprocess.timebase import FPS
+
+    text = _text(attrs.get("tempo_map", ""))
+    if not text:
+        return None
+    try:
+        tempo = TempoMap.from_json(json.loads(text))
+    except (ValueError, KeyError, TypeError):  # TempoError is a ValueError
+        return None
+    notes = np.asarray(notes)
+    return beat_period_frames(tempo, notes["beat"][notes["color"] != BOMB], fps or FPS)
+
+
 def _copy_group(group, prefix: str, datasets: dict, sub_attrs: dict):
     """Every dataset under ``group`` (paths relative to the level) and the attrs of every sub-group."""
     import h5py
@@ -210,10 +243,12 @@ def audit_level(task: AuditTask, settings: AuditSettings) -> LevelAudit:
         onset = onset_strength(placement, pad=task.pad, column=0)
         results = []
         for name in names:
-            a = align_notes(note_frames(level[name]["notes"][()]), onset, settings.max_lag_frames)
+            notes = level[name]["notes"][()]
+            a = align_notes(note_frames(notes), onset, settings.max_lag_frames,
+                            stored_beat_frames(level[name].attrs, notes))
             flags, reasons = audit_flags(a, settings)
             results.append(DifficultyAudit(task.song_id, name, a.lag_frames, a.strength, a.coverage,
-                                           a.n_note_frames, flags, reasons))
+                                           a.n_note_frames, flags, reasons, a.alias_beats))
         datasets, sub_attrs = {}, {}
         _copy_group(level, "", datasets, sub_attrs)
         attrs = dict(level.attrs.items())
@@ -280,7 +315,7 @@ class AuditReport:
                 "flags": self.flag_counts(), "lags": self.lag_summary(),
                 "problems": [{"path": p, "reason": r} for p, r in self.run.problems],
                 "failed": [asdict(r) for r in self.run.items if r.status == "failed"],
-                "difficulties": [asdict(d) for d in self.difficulties]}
+                "difficulties": [_nan_to_none(asdict(d)) for d in self.difficulties]}
 
     def table(self) -> str:
         """The flagged difficulties, one line each with the reasons, and a summary line."""

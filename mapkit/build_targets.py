@@ -76,7 +76,9 @@ from mapkit.datasets.split import grouping_record, song_groups
 from mapkit.datasets.store import (KIND_ROOTS, ShardItem, ShardWriter, Store, os_error_reason, shard_file_attrs,
                                    write_json_atomic)
 from mapkit.errors import MapkitError, StoreError
+from mapkit.preprocess.frame_events import FRAME_EVENTS, frame_events
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
+from mapkit.preprocess.objects import OBJECT_DATASETS, place_difficulty_objects
 from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, song_end_beat, token_sequence
 from mapkit.preprocess.timebase import frame_of, frame_time
 from mapkit.settings import FeatureSettings, TargetSettings
@@ -93,7 +95,7 @@ BEYOND_AUDIO = "beyond_audio"
 
 #: Datasets of one difficulty group, in the order they are written.
 DIFFICULTY_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames",
-                       "gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
+                       "gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats") + OBJECT_DATASETS + (FRAME_EVENTS,)
 
 NO_FEATURES = "no features (run mapkit extract first)"
 
@@ -129,11 +131,21 @@ class DifficultyTargets:
     collisions: int
     drops: dict
     attrs: dict = field(default_factory=dict)
+    #: walls, arcs, chains, events placed on frames (mapkit.preprocess.objects.place_objects)
+    objects: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         """``Characteristic/Difficulty``: the group path under the level, and the report item name."""
         return f"{self.characteristic}/{self.difficulty}"
+
+
+def inside_audio(notes: np.ndarray, n_frames: int, fps: int = 100) -> np.ndarray:
+    """Which notes build-targets keeps: those whose frame ``frame_of(time_s)`` lies in ``[0, T)`` (a bool mask)."""
+    if not len(notes):
+        return np.zeros(0, dtype=bool)
+    frames = frame_of(np.asarray(notes["time_s"], dtype=np.float64), fps)
+    return (frames >= 0) & (frames < n_frames)
 
 
 def place_notes(notes: np.ndarray, n_frames: int, fps: int = 100):
@@ -155,7 +167,7 @@ def place_notes(notes: np.ndarray, n_frames: int, fps: int = 100):
         How many were dropped (frame < 0 or >= T).
     """
     frames = frame_of(np.asarray(notes["time_s"], dtype=np.float64), fps) if len(notes) else np.zeros(0, np.int64)
-    inside = (frames >= 0) & (frames < n_frames)
+    inside = inside_audio(notes, n_frames, fps)
     kept = notes[inside]
     out = np.zeros(len(kept), dtype=STORED_NOTE_DTYPE)
     for name in kept.dtype.names:
@@ -208,8 +220,11 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
             detail = ", ".join(f"{r} {c}" for r, c in drops.items())
             quarantine = (f"dropped {n_dropped} of {n_read} notes ({100 * n_dropped / n_read:.1f}% > {limit}): "
                           f"{detail}")
+    objects, object_attrs, object_quarantine = place_difficulty_objects(diff, n_frames, notes, settings)
+    quarantine = quarantine or object_quarantine
     if quarantine is not None:
         notes = np.zeros(0, STORED_NOTE_DTYPE)
+        objects = {}
     state_frames, states, collisions = note_states(notes["frame"], notes["column"], notes["row"],
                                                    notes["color"], notes["direction"])
     # notes are sorted by time, so the first note of each frame is its earliest
@@ -239,13 +254,14 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
         "n_states": int(len(state_frames)),
         "end_beat": end_beat,
         "warnings_json": _jsonable(list(diff.warnings)),
+        **object_attrs,
     }
     return DifficultyTargets(
         characteristic=diff.characteristic, difficulty=diff.difficulty, quarantine=quarantine, notes=notes,
         state_frames=state_frames, states=states,
         state_times_s=np.asarray(notes["time_s"][first], np.float64),
         state_beats=np.asarray(notes["beat"][first], np.float64),
-        end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs)
+        end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs, objects=objects)
 
 
 def audio_frame_count(path, fps: int = 100) -> tuple[int | None, str | None]:
@@ -273,16 +289,22 @@ def audio_frame_count(path, fps: int = 100) -> tuple[int | None, str | None]:
     return n_frames(int(info.frames), int(info.samplerate), fps), None
 
 
-def check_against_audio(level, path, settings: TargetSettings = TargetSettings()) -> int | None:
-    """Apply build-targets' audio checks to a read level in place (for ``mapkit inspect``).
+def check_against_audio(level, path, settings: TargetSettings = TargetSettings(),
+                        n_frames: int | None = None) -> int | None:
+    """Apply build-targets' audio checks to a read level in place (``mapkit inspect``, ``mapkit evaluate``).
 
-    When the level's audio can be read, every difficulty gets the verdict
-    build-targets would give it on a song of that many frames
-    (:func:`difficulty_targets`: notes beyond the audio dropped and counted,
-    quarantined past ``max_drop_fraction``); otherwise a level warning says
-    the notes were not checked against the audio. Returns T, or None.
+    When the song's length is known (``n_frames``, e.g. from its decoded
+    features, else from the audio file's header), every difficulty gets the
+    verdict build-targets would give it on a song of that many frames
+    (:func:`difficulty_targets`): the notes beyond the audio are removed from
+    ``notes`` and counted in ``drops``, and the difficulty is quarantined past
+    ``max_drop_fraction``; so a level read from its folder holds the notes the
+    store would hold. Otherwise a level warning says the notes were not
+    checked against the audio. Returns T, or None.
     """
-    T, why = audio_frame_count(path, settings.fps)
+    T = n_frames
+    if T is None:
+        T, why = audio_frame_count(path, settings.fps)
     if T is None:
         named = level.song_filename and any(level.song_filename in w for w in level.warnings)
         if not named:  # a missing song file is already a warning of the level
@@ -291,6 +313,7 @@ def check_against_audio(level, path, settings: TargetSettings = TargetSettings()
     for d in level.difficulties:
         if d.quarantine is None:
             dt = difficulty_targets(d, T, level.bpm, settings)
+            d.notes = d.notes[inside_audio(d.notes, T, settings.fps)]
             d.drops = dt.drops
             d.quarantine = dt.quarantine
     return T
@@ -402,7 +425,7 @@ def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> A
             quarantined.append((item_name, dt.quarantine))
             dt = dataclasses.replace(dt, notes=dt.notes[:0], state_frames=dt.state_frames[:0],
                                      states=dt.states[:0], state_times_s=dt.state_times_s[:0],
-                                     state_beats=dt.state_beats[:0])
+                                     state_beats=dt.state_beats[:0], objects={})
         diffs.append(dt)
     if not level.difficulties:
         want = "any" if _is_all(characteristic) else characteristic
@@ -476,6 +499,8 @@ def difficulty_datasets(d: DifficultyTargets, n_frames: int, vocab: Vocabulary, 
         "gap_next_s": seq.gap_next_s,
         "gap_prev_beats": seq.gap_prev_beats,
         "gap_next_beats": seq.gap_next_beats,
+        **{name: d.objects[name] for name in OBJECT_DATASETS},
+        FRAME_EVENTS: frame_events(d.notes, d.objects, n_frames),
     }
 
 

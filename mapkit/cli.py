@@ -247,7 +247,8 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
 @main.command("inspect", short_help="Show what mapkit reads from levels.")
 @click.argument("levels", metavar="LEVEL...", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON document per level (one line each), with the full normalised note list.")
+              help="One JSON document per level (one line each), with the full normalised note list and every "
+                   "wall, arc, chain and event.")
 @click.option("--characteristic", default="Standard", show_default=True,
               help="Characteristic to read (case-insensitive), or 'all'.")
 @click.option("--song-offset", type=click.Choice(["quarantine", "apply"]), default="quarantine", show_default=True,
@@ -258,7 +259,9 @@ def inspect_command(levels, as_json, characteristic, song_offset):
     Each LEVEL is a level folder, a BeatSaver .zip, or a folder of levels.
     Per level: info version, BPM, audio file, and per characteristic and
     difficulty: file version (declared and from the keys), tempo map, note
-    and bomb counts, notes dropped by reason, quarantine reason. An
+    and bomb counts, notes dropped by reason, then per object kind (walls,
+    arcs, chains, light/boost/rotation/NJS events, event-box groups) read,
+    kept and dropped by reason, and the quarantine reason. An
     unreadable level is reported on stderr (file and reason), the others
     are still shown, and the exit code is 2 (1 when no level could be read).
 
@@ -776,7 +779,10 @@ def train_group():
                 help="Odd smoothing window (frames) before peak picking.")
 @_preset_option("--min-gap", "min_gap_frames", field="min_gap_frames", type=click.IntRange(min=1),
                 help="Minimum frames between picked peaks.")
-def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
+@click.option("--targets", type=click.Choice(["notes", "events"]), default="notes", show_default=True,
+              help="notes: where notes go; events: also every frame_events channel (walls, arcs, chains, "
+                   "lights...), with per-channel F1 in validation.")
+def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, targets, **kw):
     """Stage 1: the C-LSTM that says on which frames notes go.
 
     Trains on windows of placement features (+-7 context frames) with the
@@ -789,11 +795,12 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, **kw):
       mapkit train ddc --store data/ --out mapkit-runs/ddc --max-steps 20000
       mapkit train ddc --preset tiny --max-steps 300 --device cpu
       mapkit train ddc --resume --max-steps 40000
+      mapkit train ddc --targets events --out mapkit-runs/ddc-events
     """
     from mapkit.train.ddc import ddc_config, train_ddc
 
     _run_training(train_ddc, ddc_config, out, kw, window=window, pos_weight=pos_weight, smoothing=smoothing,
-                  min_gap_frames=min_gap_frames)
+                  min_gap_frames=min_gap_frames, targets=targets)
 
 
 @train_group.command("transformer", short_help="Stage 2: which notes go on them.")

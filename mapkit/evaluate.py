@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mapkit.errors import MapkitError
+from mapkit.preprocess.alignment import beat_period_frames
 from mapkit.preprocess.baseline import BAND, Baseline, outside_band
 from mapkit.preprocess.levels import DIFFICULTIES, canonical_difficulty
 from mapkit.preprocess.notes import BOMB
@@ -128,15 +129,20 @@ def header_duration(path) -> float | None:
         return None
 
 
-def _alignment_values(notes: np.ndarray, onset: np.ndarray, fps: int) -> dict:
-    """The audit's alignment of the colour notes against the onset strength, as metric values."""
+def _alignment_values(notes: np.ndarray, onset: np.ndarray, fps: int, beat_frames: float | None = None) -> dict:
+    """The audit's alignment of the colour notes against the onset strength, as metric values.
+
+    ``beat_frames`` (the level's beat period) lets the lag be read modulo half
+    a beat, as the audit does. All four are NaN when no colour note lies inside the song.
+    """
     from mapkit.preprocess.alignment import align_notes
 
     colour = notes[notes["color"] != BOMB]
-    a = align_notes(frame_of(colour["time_s"], fps), onset)
-    at_best = a.correlation[a.lag_frames + a.max_lag] if len(colour) else math.nan
+    a = align_notes(frame_of(colour["time_s"], fps), onset, beat_frames=beat_frames)
+    if a.n_note_frames == 0:
+        return dict.fromkeys(("align_lag_ms", "align_strength", "align_coverage", "align_correlation"), math.nan)
     return {"align_lag_ms": 1000.0 * a.lag_frames / fps, "align_strength": float(a.strength),
-            "align_coverage": float(a.coverage), "align_correlation": float(at_best)}
+            "align_coverage": float(a.coverage), "align_correlation": a.peak_correlation}
 
 
 def _wanted(difficulty: str, difficulties) -> bool:
@@ -189,7 +195,9 @@ def evaluate_levels(paths, reference=None, baseline: Baseline | None = None, dif
     """
     from tqdm import tqdm
 
+    from mapkit.build_targets import check_against_audio
     from mapkit.preprocess.levels import read_level
+    from mapkit.settings import TargetSettings
 
     wanted = {canonical_difficulty(d) for d in difficulties or ()}
     report = EvaluateReport(settings=settings)
@@ -210,6 +218,9 @@ def evaluate_levels(paths, reference=None, baseline: Baseline | None = None, dif
         if not chosen:
             continue
         duration, source, onset, warnings = _song_length(path, audio, settings)
+        # the audio checks of build-targets: a level measures the same from its folder and from the store
+        check_against_audio(level, path, TargetSettings(fps=settings.fps),
+                            round(duration * settings.fps) if source == "audio" else None)
         for d in chosen:
             if d.quarantine:
                 report.failures.append((f"{path}: {d.characteristic}/{d.difficulty}", f"not evaluated: {d.quarantine}"))
@@ -228,7 +239,8 @@ def evaluate_levels(paths, reference=None, baseline: Baseline | None = None, dif
                     ref_notes = ref.notes
             m = level_metrics(d.notes, d.difficulty, length, d.counts, ref_notes, settings)
             if onset is not None:
-                m.values.update(_alignment_values(d.notes, onset, settings.fps))
+                beat = beat_period_frames(d.tempo, d.notes["beat"][d.notes["color"] != BOMB], settings.fps)
+                m.values.update(_alignment_values(d.notes, onset, settings.fps, beat))
             item = EvaluatedDifficulty(level.song_id, str(path), d.characteristic, d.difficulty, d.notes, m,
                                        length_source, onset=onset, warnings=item_warnings)
             report.items.append(_place(item, baseline))
@@ -330,7 +342,10 @@ def _stored_level(group, entry, wanted, characteristic: str, settings: EvaluateS
             counts = json.loads(g.attrs.get("counts_json", "null") or "null")
             m = level_metrics(notes, diff_name, n_frames / settings.fps, counts, None, settings)
             if onset is not None:
-                m.values.update(_alignment_values(notes, onset, settings.fps))
+                from mapkit.audit import stored_beat_frames
+
+                beat = stored_beat_frames(g.attrs, notes, settings.fps)
+                m.values.update(_alignment_values(notes, onset, settings.fps, beat))
             out.append(EvaluatedDifficulty(entry.song_id, f"{entry.shard}:{g.name}", char_name, diff_name, notes, m,
                                            "store", onset=onset))
     return out

@@ -221,7 +221,11 @@ class PlacementDataset(torch.utils.data.Dataset):
     - ``mask`` bool ``[L]``: False on the frames past the end of a song shorter
       than ``L`` (their features are the silence value, their class 0);
     - ``difficulty`` int64 (Easy 0 .. ExpertPlus 4), ``level`` int64 (index
-      into :attr:`levels`), ``start`` int64 (``s``).
+      into :attr:`levels`), ``start`` int64 (``s``);
+    - ``frame_events`` float32 ``[L, K]`` only with ``frame_events=True``: the
+      stored multi-label target of those frames (channels of
+      :data:`mapkit.preprocess.frame_events.FRAME_EVENT_CHANNELS`; 0 where
+      ``mask`` is False).
 
     Parameters
     ----------
@@ -240,11 +244,15 @@ class PlacementDataset(torch.utils.data.Dataset):
     seed : int
     feature_settings : FeatureSettings
         For the silence value of the padding.
+    frame_events : bool
+        Also return the multi-label ``frame_events`` targets.
     """
 
     def __init__(self, store, song_ids=None, stats: dict | None = None, window: int = 100, context: int = 7,
                  characteristic: str = "Standard", difficulties=None, jitter: bool = True, seed: int = 0,
-                 feature_settings: FeatureSettings = FeatureSettings(), exclude_flagged: bool = False):
+                 feature_settings: FeatureSettings = FeatureSettings(), exclude_flagged: bool = False,
+                 frame_events: bool = False):
+        self.frame_events = bool(frame_events)
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         store = store if isinstance(store, Store) else Store(store)
@@ -304,9 +312,16 @@ class PlacementDataset(torch.utils.data.Dataset):
         li, start = self.locate(index)
         level = self.levels[li]
         x, classes, mask = self.read_window(level, start)
-        return {"features": torch.from_numpy(x), "frame_class": torch.from_numpy(classes),
+        item = {"features": torch.from_numpy(x), "frame_class": torch.from_numpy(classes),
                 "mask": torch.from_numpy(mask), "difficulty": torch.tensor(level.difficulty_index),
                 "level": torch.tensor(li), "start": torch.tensor(start)}
+        if self.frame_events:
+            from mapkit.datasets.object_stream import read_frame_events
+
+            item["frame_events"] = torch.from_numpy(read_frame_events(
+                self._handles.dataset(level.target_shard, level.target_group, "frame_events", False),
+                start, self.window, level.n_frames))
+        return item
 
     def level_features(self, li: int) -> np.ndarray:
         """The whole normalised padded placement array ``[T + 2*context, 3, 80]`` of level ``li``."""
@@ -318,6 +333,25 @@ class PlacementDataset(torch.utils.data.Dataset):
         """The stored ``frame_class`` [T] (uint8) of level ``li``."""
         level = self.levels[li]
         return self._handles.get(level.target_shard, features=False)[level.target_group]["frame_class"][:]
+
+    def level_frame_events(self, li: int) -> np.ndarray:
+        """The stored ``frame_events`` [T, K] (uint8) of level ``li``."""
+        level = self.levels[li]
+        return self._handles.get(level.target_shard, features=False)[level.target_group]["frame_events"][:]
+
+    def event_fractions(self) -> np.ndarray:
+        """Per channel, the fraction of frames on which it is 1, over all levels (closes the handles after)."""
+        from mapkit.preprocess.frame_events import N_FRAME_EVENT_CHANNELS
+
+        pos, total = np.zeros(N_FRAME_EVENT_CHANNELS, dtype=np.int64), 0
+        try:
+            for li in range(len(self.levels)):
+                fe = self.level_frame_events(li)
+                pos += fe.sum(axis=0, dtype=np.int64)
+                total += len(fe)
+        finally:
+            self.close()
+        return pos / total if total else pos.astype(np.float64)
 
     def positive_fraction(self) -> float:
         """Fraction of frames with a note (``frame_class > 0``) over all levels (reads every target).

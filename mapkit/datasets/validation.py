@@ -67,6 +67,9 @@ check                         what it proves
                               note of each frame), T and ``end_beat`` within float32 rounding
                               (:data:`GAP_RTOL`); the ``end_beat`` attribute is the tempo map's beat
                               of frame T - 1
+``objects``                   walls, arcs, chains, lighting, rotation and NJS events (schema 3), with
+                              ``object_frames``, ``object_times``, ``object_counts`` and ``frame_events``:
+                              the checks of :mod:`mapkit.datasets.object_validation`
 ``tempo_map``                 the tempo map reads, is finite, strictly increasing and continuous
                               (:class:`~mapkit.preprocess.tempo.TempoMap` refuses any other), and
                               times every note's beat to its ``time_s``
@@ -115,6 +118,7 @@ import mapkit
 from mapkit.datasets.store import (ATTRS_CHECKSUM, DATA_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, PARTIAL_SUFFIX,
                                    SHARD_PATTERN, Entry, Store, _attrs_dict, _shard_number, attrs_checksum,
                                    checksum_start, checksum_update, feature_stats, old_schema_message)
+from mapkit.datasets.object_validation import OBJECT_LEVEL_DTYPES, check_objects
 from mapkit.preprocess.notes import STORED_NOTE_DTYPE
 from mapkit.preprocess.timebase import frame_of, frame_time, n_frames as count_frames
 from mapkit.settings import FeatureSettings, TargetSettings
@@ -141,11 +145,11 @@ SONG_ATTRS = ("n_frames", "pad_placement", "pad_selection", "sample_rate", "n_sa
 
 #: Datasets of a level (DESIGN.md section 8 and the targets layout: ``states`` [n, 12] too).
 GAP_NAMES = ("gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
-LEVEL_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames") + GAP_NAMES
+LEVEL_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames") + GAP_NAMES + tuple(OBJECT_LEVEL_DTYPES)
 #: The dtype of each, as the public contract says (checked before any value is read as a number).
 LEVEL_DTYPES = {"frame_class": np.dtype(np.uint8), "notes": STORED_NOTE_DTYPE, "states": np.dtype(np.uint8),
                 "tokens": np.dtype(np.int32), "token_frames": np.dtype(np.int32),
-                **{name: np.dtype(np.float32) for name in GAP_NAMES}}
+                **{name: np.dtype(np.float32) for name in GAP_NAMES}, **OBJECT_LEVEL_DTYPES}
 #: Feature arrays are float16 (DESIGN.md section 8).
 FEATURE_DTYPE = np.dtype(np.float16)
 #: Fields of the stored note record; those after ``beat`` are integers.
@@ -1088,6 +1092,25 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
 # --- the store ---------------------------------------------------------------------------------------
 
 
+def _check_level_objects(dg, where: str, fps: int, report: ValidationReport) -> int:
+    """Walls, arcs, chains, events and frame_events of one level group (mapkit.datasets.object_validation)."""
+    from mapkit.preprocess.tempo import TempoMap
+
+    if any(k not in dg for k in LEVEL_DATASETS) or dg.attrs.get("n_frames") is None:
+        return 0  # check_level reported it
+    try:
+        raw = dg.attrs["tempo_map"]
+        tempo = TempoMap.from_json(json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)))
+    except Exception:  # noqa: BLE001 - check_level reports a broken tempo map
+        tempo = None
+    notes = dg["notes"][()]
+    if tempo is not None and len(notes) and notes.dtype.names and {"beat", "time_s"} <= set(notes.dtype.names):
+        with np.errstate(invalid="ignore"):
+            if not np.all(np.abs(tempo.seconds(notes["beat"]) - notes["time_s"]) <= NOTE_TIME_ATOL):
+                tempo = None  # a map that does not time the notes: check_level reports it, once
+    return check_objects(dg, where, int(dg.attrs["n_frames"]), tempo, report, fps)
+
+
 class _UnkTotals:
     """UNK state tokens over the stored levels but the vocabulary's validation songs (``unk_share`` warning)."""
 
@@ -1169,7 +1192,7 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
 
     store = store if isinstance(store, Store) else Store(store)
     report = ValidationReport(str(store.root))
-    report.counts.update({"feature_shards": 0, "target_shards": 0, "songs": 0, "levels": 0, "notes": 0,
+    report.counts.update({"feature_shards": 0, "target_shards": 0, "songs": 0, "levels": 0, "notes": 0, "objects": 0,
                           "superseded": 0, "partial_files": 0})
     if not store.root.is_dir():
         report.add("store", str(store.root), "not a folder" if store.root.exists() else "no such store folder")
@@ -1272,6 +1295,7 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
                                     report.counts["notes"] += check_level(
                                         dg, where, song_facts.get(song_id), vocab, vocab_hash, features_hash,
                                         fps, report, shard_vocab_hash=shard.attrs.get("vocab_hash"))
+                                    report.counts["objects"] += _check_level_objects(dg, where, fps, report)
                                     unk.add(dg, f"{song_id}/{name}")
                                 except Exception as e:  # noqa: BLE001 - a damaged level is a finding
                                     report.add("shard_readable", where, f"cannot read level: {type(e).__name__}: {e}")

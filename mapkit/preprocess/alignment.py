@@ -16,12 +16,39 @@ a few frames of 0 and its peak stands far above the other lags; notes timed to
 another cut of the song or with a wrong offset give a far lag, and notes
 unrelated to the audio give no clear peak.
 
+Beat-periodic music correlates almost as well a beat (or half a beat) away,
+and the highest peak can be that alias (a real 120 BPM Easy map read -500 ms,
+a 185 BPM Hard +320 ms). So the best lag is chosen in two steps:
+
+1. **Ties, nearest 0.** The local peaks of the correlation (the highest within
+   ``PEAK_HALF_WIDTH`` lags each way) that tie with the highest peak are the
+   candidates, and the one of smallest ``|lag|`` (then the negative one) wins.
+   A peak ``k`` ties with the highest ``k_top`` when its correlation is within
+   ``PEAK_TIE_Z`` robust spreads of it, or when the notes do not prefer
+   ``k_top`` significantly: the paired t statistic of
+   ``z[n - k_top] - z[n - k]`` over the note frames (:func:`_paired_t`, the
+   peak's own uncertainty) is below ``PEAK_TIE_T`` (3).
+2. **Half-beat folding** (when the level's beat period ``P`` in frames is
+   given: :func:`beat_period_frames`). A chosen lag within
+   ``BEAT_FOLD_TOLERANCE`` (3) frames of a non-zero multiple ``m`` of ``P/2``
+   is read as ``m/2`` beats away (``alias_beats``) and reported as its
+   remainder ``round(lag - m P/2)`` (:func:`fold_lag`).
+
+So a map offset by a multiple of half a beat reads as aligned (it cannot be
+told from an aligned one); an offset off the half-beat grid is found (one of
+more than a quarter beat may be reported as a tied alias nearer 0, which is
+still an offset). On 127 human difficulties of 81 real songs (measured
+locally, not shipped), the lags were: before, 4 at -500, -170, +320 and
++530 ms with strengths up to 7.3; after, all within ±30 ms but one without
+a peak (strength -0.1).
+
 Frames are those of :mod:`mapkit.preprocess.timebase` (``FPS`` per second,
 frame ``f`` centred on ``f / FPS`` s).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,11 +64,22 @@ TOP_DB_NATS = 80.0 * np.log(10.0) / 10.0
 #: scoring its peak: the onset envelope smears one onset over a few frames.
 PEAK_HALF_WIDTH = 3
 
-#: Lags whose correlation is within this many robust standard deviations of
-#: the highest are treated as equal, and the one nearest lag 0 is the best:
+#: A local peak of the correlation ties with the highest one when the notes
+#: do not prefer the highest significantly: their paired t statistic
+#: (:func:`_paired_t`) is below this. Among ties the lag nearest 0 is the best:
 #: in beat-periodic music lags a beat (or half a beat) apart correlate almost
 #: equally, and no onset measure can tell them apart.
+PEAK_TIE_T = 3.0
+
+#: A local peak also ties with the highest when its correlation is within this
+#: many robust spreads of the correlations (``_centre_and_spread``) of it.
 PEAK_TIE_Z = 1.0
+
+#: With a known beat period, a best lag within this many frames of a non-zero
+#: multiple of half a beat is read as that many beats away (``alias_beats``)
+#: and reported as its remainder: the rounding of the frame grid and the
+#: smearing of onsets (``PEAK_HALF_WIDTH``).
+BEAT_FOLD_TOLERANCE = PEAK_HALF_WIDTH
 
 #: The onset strength is compared with its mean over a centred window of this
 #: many frames (1 s), so that loud passages do not outweigh quiet ones.
@@ -125,31 +163,26 @@ class Alignment:
     Attributes
     ----------
     lag_frames : int
-        The best lag ``k*`` in ``[-max_lag, max_lag]``; **positive = notes
-        late** vs the audio (a note at frame ``n`` sits on the onset at
-        ``n - k``). It is the lag of smallest ``|k|`` (then the negative one)
-        among those whose correlation is at least ``c_max - PEAK_TIE_Z * s``,
-        where ``c_max`` is the highest correlation and ``s`` the robust
-        spread (``1.4826 * MAD``) of the correlations more than
-        ``PEAK_HALF_WIDTH`` frames from its lag: lags a beat apart are
-        near-ties in beat-periodic music, so a map offset by exactly a whole
-        number of beats (or half-beats, when its notes are on half-beats)
-        reads as aligned. 0 when there are no notes.
+        The best lag; **positive = notes late** vs the audio (a note at
+        frame ``n`` sits on the onset at ``n - k``). The peak lag
+        ``peak_lag_frames`` (the tied local peak nearest 0, module
+        docstring step 1) less the half-beats folded out of it
+        (``alias_beats``, step 2). 0 when there are no notes (then
+        ``n_note_frames`` is 0 and every other value is NaN).
     strength : float
         How far the peak stands out, as a robust z-score:
         ``(c[k*] - median(c_o)) / (1.4826 * MAD(c_o))`` where ``c_o`` are the
         correlations at the other lags, those more than ``PEAK_HALF_WIDTH``
         frames from ``k*`` (MAD: median absolute deviation from the median;
         when it is 0 the standard deviation is used; when that is 0 too, the
-        strength is 0). 0.0 when there are no notes. Notes unrelated to the
-        audio give about 3 (the largest of ~200 noisy lags; 99 % of random
-        note sets stay below 4.2 whatever their size); a clear peak gives 10
-        and more.
+        strength is 0). NaN when there are no notes. Notes unrelated to the
+        audio give 0.5-3 (a tied noisy lag near 0; random note sets stay below
+        4.2 whatever their size); a clear peak gives 10 and more.
     coverage : float
         Share of the song's frames spanned by the notes:
         ``(last - first + 1) / T``, where ``first``/``last`` are the smallest
         and largest note frames within ``[0, T)`` and ``T = len(onset)``;
-        0.0 when no note frame lies in ``[0, T)``. In ``[0, 1]``.
+        NaN when no note frame lies in ``[0, T)``. In ``[0, 1]``.
     correlation : np.ndarray [shape=(2*max_lag + 1,), dtype=float64]
         ``c[k]`` for ``k = -max_lag .. max_lag`` (index ``k + max_lag``): the
         mean normalised onset strength (:func:`normalised_onset`) at the frames ``n - k`` of the distinct
@@ -157,6 +190,11 @@ class Alignment:
         no note falls inside the song.
     n_note_frames : int
         Distinct note frames within ``[0, T)``.
+    alias_beats : float
+        Beats (a multiple of 1/2) folded out of the peak lag; 0.0 when none.
+    peak_lag_frames : int or None
+        The lag of the chosen correlation peak, before folding:
+        ``lag_frames`` plus ``alias_beats`` beats.
     """
 
     lag_frames: int
@@ -164,6 +202,14 @@ class Alignment:
     coverage: float
     correlation: np.ndarray
     n_note_frames: int = 0
+    alias_beats: float = 0.0
+    peak_lag_frames: int | None = None
+
+    @property
+    def peak_correlation(self) -> float:
+        """``c`` at the peak's lag (``peak_lag_frames``); NaN without notes."""
+        peak = self.lag_frames if self.peak_lag_frames is None else self.peak_lag_frames
+        return float(self.correlation[peak + self.max_lag]) if self.n_note_frames else math.nan
 
     @property
     def max_lag(self) -> int:
@@ -237,7 +283,8 @@ def _peak_strength(correlation: np.ndarray, peak: int) -> float:
     return float((correlation[peak] - centre) / spread)
 
 
-def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100) -> Alignment:
+def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100,
+                beat_frames: float | None = None) -> Alignment:
     """Best lag between a level's notes and its audio's onsets, and how clear it is.
 
     The notes are an impulse train on the frame grid (one impulse per distinct
@@ -245,7 +292,8 @@ def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100) 
     onset strength ``z`` (:func:`normalised_onset`). For each lag ``k`` in
     ``-max_lag .. max_lag`` the correlation is the mean of ``z[n - k]`` over
     the distinct note frames ``n`` with ``0 <= n - k < T``; the best lag is
-    the one where it is highest, near-ties going to the lag nearest 0. See
+    the tied peak nearest 0, folded by half-beats when ``beat_frames`` is
+    given (module docstring). See
     :class:`Alignment` for the exact definitions of ``lag_frames``,
     ``strength`` and ``coverage``.
 
@@ -259,6 +307,9 @@ def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100) 
         Onset strength of the song (:func:`onset_strength`).
     max_lag : int
         Largest lag tried, in frames (default 100: ±1 s).
+    beat_frames : float or None
+        The level's beat period in frames (:func:`beat_period_frames`); None:
+        no half-beat folding.
 
     Returns
     -------
@@ -289,28 +340,109 @@ def align_notes(note_frames: np.ndarray, onset: np.ndarray, max_lag: int = 100) 
     frames = frames[(frames >= 0) & (frames < T)]
     lags = np.arange(-max_lag, max_lag + 1)
     if frames.size == 0:
-        return Alignment(0, 0.0, 0.0, np.full(len(lags), np.nan), 0)
+        return Alignment(0, math.nan, math.nan, np.full(len(lags), np.nan), 0)
     src = frames[None, :] - lags[:, None]  # [lags, notes]: the audio frame each note meets at each lag
     inside = (src >= 0) & (src < T)
     values = np.where(inside, z[np.clip(src, 0, T - 1)], 0.0)
     counts = inside.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         correlation = np.where(counts > 0, values.sum(axis=1) / np.maximum(counts, 1), np.nan)
-    best = _best_lag_index(correlation, lags)
+    best = _best_lag_index(correlation, lags, values, inside)
     coverage = (int(frames[-1]) - int(frames[0]) + 1) / T
-    return Alignment(int(lags[best]), _peak_strength(correlation, best), float(coverage),
-                     correlation, int(frames.size))
+    lag, alias = fold_lag(int(lags[best]), beat_frames)
+    return Alignment(lag, _peak_strength(correlation, best), float(coverage), correlation, int(frames.size),
+                     alias, int(lags[best]))
 
 
-def _best_lag_index(correlation: np.ndarray, lags: np.ndarray) -> int:
-    """Index of the best lag: the smallest |lag| (then the negative one) among the near-ties of the highest.
+def fold_lag(peak_lag: int, beat_frames: float | None) -> tuple[int, float]:
+    """``(lag, alias_beats)``: a peak lag read modulo half a beat when it lies on that grid.
 
-    Near-ties: correlations within ``PEAK_TIE_Z`` robust spreads of the
-    highest finite one (spread measured away from the highest).
+    With ``h = beat_frames / 2`` and ``m = round(peak_lag / h)``: when
+    ``m != 0`` and ``|peak_lag - m h| <= BEAT_FOLD_TOLERANCE`` the lag is
+    ``round(peak_lag - m h)`` and ``alias_beats = m / 2``; otherwise (or
+    without a beat period) ``(peak_lag, 0.0)``.
+
+    >>> fold_lag(-50, 50.0), fold_lag(33, 62.0), fold_lag(12, 50.0), fold_lag(12, None)
+    ((0, -1.0), (2, 0.5), (12, 0.0), (12, 0.0))
+    """
+    if beat_frames is None or not np.isfinite(beat_frames) or beat_frames <= 2 * BEAT_FOLD_TOLERANCE:
+        return peak_lag, 0.0
+    half = beat_frames / 2.0
+    m = int(round(peak_lag / half))
+    if m == 0 or abs(peak_lag - m * half) > BEAT_FOLD_TOLERANCE:
+        return peak_lag, 0.0
+    return int(round(peak_lag - m * half)), m / 2.0
+
+
+def beat_period_frames(tempo, beats, fps: int = FPS) -> float | None:
+    """The level's beat period in frames at its notes: ``fps * 60 / median(bpm at each note's beat)``.
+
+    Parameters
+    ----------
+    tempo : mapkit.preprocess.tempo.TempoMap or None
+    beats : np.ndarray
+        The notes' beats (the ``beat`` field of the notes).
+    fps : int
+
+    Returns
+    -------
+    float or None
+        None without a tempo map or notes.
+
+    >>> from mapkit.preprocess.tempo import TempoMap
+    >>> beat_period_frames(TempoMap.constant(120.0), np.array([0.0, 4.0]))
+    50.0
+    """
+    beats = np.asarray(beats, dtype=np.float64)
+    if tempo is None or beats.size == 0:
+        return None
+    return float(fps * 60.0 / np.median(tempo.bpm_at(beats)))
+
+
+def _paired_t(values: np.ndarray, inside: np.ndarray, a: int, b: int) -> float:
+    """Paired t statistic of ``c[a] - c[b]`` over the note frames inside the song at both lags.
+
+    ``d_n = z[n - lag_a] - z[n - lag_b]``; ``t = mean(d) / (std(d) / sqrt(m))``
+    (``std`` with ``m - 1`` degrees of freedom, ``m`` such notes). When
+    ``std(d)`` is 0 (or ``m < 2``): ``+inf`` if ``mean(d) > 0``, else 0.
+    """
+    both = inside[a] & inside[b]
+    d = values[a, both] - values[b, both]
+    m = d.size
+    mean = float(d.mean()) if m else 0.0
+    sd = float(d.std(ddof=1)) if m >= 2 else 0.0
+    if sd <= 0:
+        return math.inf if mean > 0 else 0.0
+    return mean / (sd / math.sqrt(m))
+
+
+def _local_peaks(correlation: np.ndarray) -> np.ndarray:
+    """Indices of the lags whose correlation is the highest within ``PEAK_HALF_WIDTH`` lags each way."""
+    c = np.where(np.isfinite(correlation), correlation, -np.inf)
+    n = len(c)
+    padded = np.concatenate((np.full(PEAK_HALF_WIDTH, -np.inf), c, np.full(PEAK_HALF_WIDTH, -np.inf)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * PEAK_HALF_WIDTH + 1)
+    return np.flatnonzero(np.isfinite(c) & (c >= windows.max(axis=1)[:n]))
+
+
+def _best_lag_index(correlation: np.ndarray, lags: np.ndarray, values: np.ndarray, inside: np.ndarray) -> int:
+    """Index of the best lag: the local peak nearest lag 0 that the notes do not significantly reject.
+
+    The highest finite lag, and the local peaks (:func:`_local_peaks`) more
+    than ``2 * PEAK_HALF_WIDTH`` lags from it whose correlation is within
+    ``PEAK_TIE_Z`` robust spreads of it or whose paired t statistic against
+    it (:func:`_paired_t`) is below ``PEAK_TIE_T``; of these the smallest
+    ``|lag|``, then the negative one.
     """
     finite = np.isfinite(correlation)
     top = int(np.flatnonzero(finite)[np.argmax(correlation[finite])])
+    peaks = _local_peaks(correlation)
     _, spread = _centre_and_spread(correlation, top)
-    candidates = np.flatnonzero(finite & (correlation >= correlation[top] - PEAK_TIE_Z * spread))
-    order = np.lexsort((lags[candidates], np.abs(lags[candidates])))
-    return int(candidates[order[0]])
+    close = correlation[top] - PEAK_TIE_Z * spread
+    # peaks closer than 2 * PEAK_HALF_WIDTH to the highest are the same onsets, smeared: not aliases
+    far = peaks[np.abs(peaks - top) > 2 * PEAK_HALF_WIDTH]
+    tied = [top] + [int(k) for k in far
+                    if correlation[k] >= close or _paired_t(values, inside, top, int(k)) < PEAK_TIE_T]
+    tied = np.array(tied if tied else [top])
+    order = np.lexsort((lags[tied], np.abs(lags[tied])))
+    return int(tied[order[0]])

@@ -11,6 +11,8 @@ the file and the reason, so a batch run can record it and go on:
 
 - ``empty file (0 bytes)``
 - ``not a readable audio file: <libsndfile message>`` (corrupt, unsupported codec)
+- ``a Git LFS pointer, not audio: fetch the real file (git lfs pull)`` (the
+  file is the small text pointer a repository cloned without Git LFS holds)
 - ``no samples`` (a valid header with zero frames)
 - ``truncated: ...`` (samples are missing: fewer decoded than the header
   declares, a decode error mid-stream, a WAV data chunk or an Ogg page cut short)
@@ -66,6 +68,34 @@ def _is_empty(file) -> bool:
         return end - pos == 0
     except (OSError, AttributeError, ValueError):
         return False
+
+
+#: First line of a Git LFS pointer file (a file format marker): what a repository
+#: cloned without ``git lfs`` holds in place of a large file.
+LFS_POINTER_MARKER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def _is_lfs_pointer(file) -> bool:
+    """True when ``file`` (path or seekable binary file object) starts with a Git LFS pointer's first line."""
+    try:
+        if isinstance(file, (str, os.PathLike)):
+            with open(file, "rb") as f:
+                head = f.read(len(LFS_POINTER_MARKER))
+        else:
+            pos = file.tell()
+            file.seek(0)
+            head = file.read(len(LFS_POINTER_MARKER))
+            file.seek(pos)
+    except (OSError, AttributeError, ValueError):
+        return False
+    return head == LFS_POINTER_MARKER
+
+
+def _unreadable(file, message: str) -> str:
+    """The reason for a file libsndfile cannot open: a Git LFS pointer is named as such."""
+    if _is_lfs_pointer(file):
+        return "a Git LFS pointer, not audio: fetch the real file (git lfs pull)"
+    return f"not a readable audio file: {message.rstrip('. ')}"
 
 
 _WAV_DATA_SHORT = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.M)
@@ -236,9 +266,9 @@ def _decode_sndfile(file, where: str) -> tuple[np.ndarray, int, int, int]:
     try:
         snd = sf.SoundFile(file)
     except sf.LibsndfileError as e:
-        raise AudioError(where, f"not a readable audio file: {e.error_string}") from None
+        raise AudioError(where, _unreadable(file, e.error_string)) from None
     except (RuntimeError, TypeError, OSError) as e:
-        raise AudioError(where, f"not a readable audio file: {e}") from None
+        raise AudioError(where, _unreadable(file, str(e))) from None
     with snd:
         sample_rate = int(snd.samplerate)
         channels = int(snd.channels)

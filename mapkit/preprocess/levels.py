@@ -37,7 +37,7 @@ by one stable reason key, checked in this order:
 ``modded_data``        custom data that moves or animates the note (Noodle Extensions), whatever the info
                        file declares: v2 ``_customData`` with one of ``MODDED_NOTE_KEYS_V2``, v3
                        ``customData`` with one of ``MODDED_NOTE_KEYS_V3`` (the note is not where its
-                       cell says; walls with such data are counted as ``obstacles_modded``)
+                       cell says; walls with such data are the objects' ``modded`` drops)
 ``missing_field``      a v1/v2 note without one of its fields (v3/v4 fields default to 0)
 ``bad_value``          a field that is not a number (strings must parse strictly: ``"1"`` ok), or a
                        note that is not a JSON object
@@ -244,16 +244,6 @@ def _has_modded_data(custom, keys) -> bool:
     return isinstance(custom, dict) and any(k in custom for k in keys)
 
 
-def count_modded_obstacles(doc: dict, major: str) -> int:
-    """Walls whose custom data moves or animates them (v2 ``_obstacles``, v3 ``obstacles``)."""
-    key, custom, keys = (("_obstacles", "_customData", MODDED_NOTE_KEYS_V2) if major in ("1", "2")
-                         else ("obstacles", "customData", MODDED_NOTE_KEYS_V3))
-    walls = doc.get(key)
-    if not isinstance(walls, list):
-        return 0
-    return sum(1 for w in walls if isinstance(w, dict) and _has_modded_data(w.get(custom), keys))
-
-
 def _v3_notes(doc: dict, where: str) -> _RawNotes:
     custom = _as_dict(doc.get("customData"))
     raw = _RawNotes()
@@ -451,6 +441,12 @@ class Difficulty:
     warnings: list = field(default_factory=list)
     editor_bpm_changes: list = field(default_factory=list)
     requirements: list = field(default_factory=list)
+    #: walls, arcs, chains, lighting, rotations, NJS events (mapkit.preprocess.objects): records by kind,
+    #: objects read by kind, drops by kind {reason: n}; raw fields until normalised
+    objects: dict = field(default_factory=dict)
+    objects_read: dict = field(default_factory=dict)
+    objects_drops: dict = field(default_factory=dict)
+    raw_objects: dict | None = field(default=None, repr=False)
 
     @property
     def n_dropped(self) -> int:
@@ -476,6 +472,12 @@ class Difficulty:
             "editor_bpm_changes": list(self.editor_bpm_changes),
             "requirements": list(self.requirements),
         }
+        d["objects_read"] = dict(self.objects_read)
+        d["objects_kept"] = {k: len(v) for k, v in self.objects.items() if k in self.objects_read}
+        d["objects_drops"] = dict(self.objects_drops)
+        if notes:
+            from mapkit.preprocess.objects import objects_to_json
+            d["objects"] = objects_to_json(self.objects)
         if notes:
             d["notes"] = [
                 {"time_s": float(n["time_s"]), "beat": float(n["beat"]), "column": int(n["column"]),
@@ -545,6 +547,7 @@ class _Entry:
     filename: object
     njs: object
     requirements: list
+    lightshow: object = None
 
 
 def _requirements(*customs) -> list[str]:
@@ -574,7 +577,7 @@ def _info_entries(info: dict, major: str, where: str) -> list[_Entry]:
             d = _as_dict(d)
             entries.append(_Entry(str(d.get("characteristic", "Standard")), str(d.get("difficulty")),
                                   d.get("beatmapDataFilename"), d.get("noteJumpMovementSpeed"),
-                                  level_reqs + _requirements(d.get("customData"))))
+                                  level_reqs + _requirements(d.get("customData")), d.get("lightshowDataFilename")))
     else:
         level_reqs = _requirements(info.get("_customData"))
         for s in _as_list(info, "_difficultyBeatmapSets", where):
@@ -641,8 +644,9 @@ def level_file_names(container: LevelContainer, characteristic: str | None = "St
     if sniffed is None:
         return [info_name]
     want_all = characteristic is None or str(characteristic).lower() == "all"
-    wanted = [e.filename for e in _info_entries(info, sniffed, container.describe(info_name))
-              if want_all or e.characteristic.lower() == str(characteristic).lower()]
+    entries = [e for e in _info_entries(info, sniffed, container.describe(info_name))
+               if want_all or e.characteristic.lower() == str(characteristic).lower()]
+    wanted = [e.filename for e in entries] + [e.lightshow for e in entries if e.lightshow]
     if sniffed == "4":
         wanted.append(_as_dict(info.get("audio")).get("audioDataFilename"))
     for name in wanted:
@@ -812,16 +816,31 @@ def _read_difficulty(container, entry: _Entry, diff: Difficulty, level_bpm: floa
             warnings.append("v4 beatmap has bpmEvents (deprecated): ignored, the audio data regions time it")
     warnings.extend(tempo.warnings)
     diff.tempo = tempo
+    diff.raw_objects = _raw_objects(container, entry, doc, sniffed, where, warnings)
     diff.editor_bpm_changes = _editor_bpm_changes(doc, "3" if sniffed in ("3", "4") else "2")
     if diff.editor_bpm_changes:
         warnings.append(f"{len(diff.editor_bpm_changes)} editor-only BPM changes reported, not applied")
     n_bombs = _count_bombs(raw)
     diff.counts = {"notes": len(raw) - n_bombs, "bombs": n_bombs, "obstacles": obstacles, "arcs": arcs,
                    "chains": chains}
-    n_modded_walls = count_modded_obstacles(doc, sniffed) if sniffed != "4" else 0
-    if n_modded_walls:
-        diff.counts["obstacles_modded"] = n_modded_walls
     return raw
+
+
+def _raw_objects(container, entry: _Entry, doc: dict, sniffed: str, where: str, warnings: list) -> dict:
+    """Walls, arcs, chains, events of the file (and of a v4 beatmap's lightshow file), raw."""
+    from mapkit.preprocess.objects import read_raw_objects
+
+    lightshow, lwhere = None, ""
+    if sniffed == "4" and isinstance(entry.lightshow, str) and entry.lightshow:
+        lwhere = container.describe(entry.lightshow)
+        try:
+            lightshow = load_json_bytes(container.read_bytes(entry.lightshow), lwhere)
+            if not isinstance(lightshow, dict):
+                raise LevelError(lwhere, "lightshow file is not a JSON object")
+        except LevelError as err:  # lighting is lost, the gameplay is not
+            warnings.append(f"lightshow unreadable, no lighting read: {err.path}: {err.reason}")
+            lightshow = None
+    return read_raw_objects(doc, sniffed, where, lightshow, lwhere, warnings)
 
 
 def _modded(requirements: list[str]) -> str | None:
@@ -968,6 +987,7 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
                 diff.tempo = diff.tempo.shifted(applied_offset)
             diff.notes, drops, n_strings = normalise_notes(raw, diff.tempo)
             diff.drops = {r: drops[r] for r in DROP_REASONS if drops.get(r)}
+            _normalise_objects(diff)
             if n_strings:
                 dwarn.append(f"{n_strings} numeric fields written as strings (parsed strictly)")
         except LevelError as err:
@@ -988,6 +1008,8 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
                 diff.quarantine = (f"dropped {diff.n_dropped} of {n_read} notes "
                                    f"({100 * diff.n_dropped / n_read:.1f}% > {100 * settings.max_drop_fraction:g}%): "
                                    f"{detail}")
+            else:
+                diff.quarantine = _objects_quarantine(diff, settings)
         if diff.quarantine is None and diff.counts.get("notes", 0) == 0:
             # every frame would be a negative target: nothing to learn, and it flatters frame accuracy
             n_bombs = diff.counts.get("bombs", 0)
@@ -1013,6 +1035,20 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
         characteristics=all_chars,
         song_time_offset_error=offset_error,
     )
+
+
+def _normalise_objects(diff: Difficulty) -> None:
+    from mapkit.preprocess.objects import normalise_objects
+
+    if diff.raw_objects is not None:
+        diff.objects, diff.objects_read, diff.objects_drops = normalise_objects(diff.raw_objects, diff.tempo)
+        diff.raw_objects = None
+
+
+def _objects_quarantine(diff: Difficulty, settings: TargetSettings) -> str | None:
+    from mapkit.preprocess.objects import quarantine_reason
+
+    return quarantine_reason(diff.objects_read, diff.objects_drops, settings.max_drop_fraction)
 
 
 # --- inspection (behind `mapkit inspect`) ---------------------------------------------------------
@@ -1054,6 +1090,9 @@ def format_level(level: Level) -> str:
                          f"bombs {kept_bombs}")
             drops = ", ".join(f"{r} {n}" for r, n in d.drops.items()) or "none"
             lines.append(f"    dropped: {drops}")
+        if d.objects_read:
+            from mapkit.preprocess.objects import format_objects
+            lines.extend(format_objects(d.objects_read, d.objects, d.objects_drops))
         lines.append(f"    {'QUARANTINED: ' + d.quarantine if d.quarantine else 'ok'}")
         lines.extend(f"    warning: {w}" for w in d.warnings)
     return "\n".join(lines)

@@ -161,7 +161,8 @@ def density_metrics(notes: np.ndarray, duration_s: float, settings: EvaluateSett
 
     - ``nps_mean`` = colour notes / ``duration_s`` (the song's length).
     - ``nps_peak`` = the most colour notes in any window ``[t, t + w)`` that
-      starts on a colour note, divided by ``w`` (``density_window_s``, 2 s).
+      starts on a colour note, divided by ``w`` (``density_window_s``, 2 s);
+      NaN without colour notes (there is no such window).
     - ``empty_share`` = the share of the consecutive windows
       ``[k w, (k + 1) w)``, ``k = 0 .. ceil(duration / w) - 1``
       (``empty_window_s``, 2 s), that hold no colour note.
@@ -170,7 +171,7 @@ def density_metrics(notes: np.ndarray, duration_s: float, settings: EvaluateSett
     t = colour["time_s"]
     n = len(colour)
     w = settings.density_window_s
-    peak = float(np.max(np.searchsorted(t, t + w - _EPS, side="left") - np.arange(n)) / w) if n else 0.0
+    peak = float(np.max(np.searchsorted(t, t + w - _EPS, side="left") - np.arange(n)) / w) if n else math.nan
     n_windows = max(1, math.ceil(duration_s / settings.empty_window_s - _EPS))
     bins = np.floor(t / settings.empty_window_s).astype(np.int64)
     bins = bins[(bins >= 0) & (bins < n_windows)]
@@ -382,15 +383,16 @@ def difficulty_metrics(states: SwingStates, notes: np.ndarray, settings: Evaluat
       first to the last swing; its ``difficulty_quantile`` (80th percentile):
       the pace of the level's harder sections, not its average.
     - ``difficulty_travel``: mean distance in cells (Euclidean over column,
-      row) from one swing's last note to the same hand's next swing's first note.
+      row) from one swing's last note to the same hand's next swing's first
+      note; NaN when no hand swings twice (the estimate then counts no travel).
     - reset share: resets (errors and bomb resets) per swing.
 
-    ``difficulty_estimate`` is their product as above; 0 for a level
-    without swings. It is not calibrated to any ranking system's stars.
+    ``difficulty_estimate`` is their product as above; all three are NaN for
+    a level without swings. It is not calibrated to any ranking system's stars.
     """
     s = states.swings
     if not len(s):
-        return {"difficulty_estimate": 0.0, "difficulty_speed": 0.0, "difficulty_travel": math.nan}
+        return {"difficulty_estimate": math.nan, "difficulty_speed": math.nan, "difficulty_travel": math.nan}
     starts = np.sort(s["start_s"])
     w, hop = settings.difficulty_window_s, settings.difficulty_hop_s
     window_starts = np.arange(starts[0], max(starts[-1] - w, starts[0]) + _EPS, hop)
@@ -402,9 +404,10 @@ def difficulty_metrics(states: SwingStates, notes: np.ndarray, settings: Evaluat
         if len(mine) > 1:
             travel.append(np.hypot(mine["first_column"][1:].astype(float) - mine["last_column"][:-1],
                                    mine["first_row"][1:].astype(float) - mine["last_row"][:-1]))
-    travel = float(np.concatenate(travel).mean()) if travel else 0.0
+    travel = float(np.concatenate(travel).mean()) if travel else math.nan
     reset_share = float(s["reset"].sum() / len(s))
-    return {"difficulty_estimate": speed * (1 + travel / 4) * (1 + reset_share / 2), "difficulty_speed": speed,
+    moved = travel if travel == travel else 0.0  # NaN (no hand swings twice): no travel to count
+    return {"difficulty_estimate": speed * (1 + moved / 4) * (1 + reset_share / 2), "difficulty_speed": speed,
             "difficulty_travel": travel}
 
 

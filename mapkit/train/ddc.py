@@ -11,6 +11,10 @@ them; ``threshold`` is the best single one and ``f1_single_threshold`` the F1
 with it; ``f1_<Difficulty>`` and ``threshold_<Difficulty>`` are reported too). The thresholds and the
 peak-picking settings go into the checkpoint, so generation picks peaks
 exactly as validated, with the threshold of the difficulty it generates.
+
+With ``targets="events"`` (``--targets events``) the model also learns the
+multi-label ``frame_events`` target through its class head, and validation
+adds per-channel F1 (:mod:`mapkit.train.events`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ class DDCConfig(TrainConfig):
     min_gap_frames: int = 5
     tolerance_frames: int = 2
     eval_batch_size: int = 64
+    #: "notes" (frame_class onsets) or "events" (also the frame_events channels, mapkit.train.events)
+    targets: str = "notes"
+
+    def __post_init__(self):
+        super().__post_init__()
+        from mapkit.train.events import TARGETS
+
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got {self.targets!r}")
 
 
 def ddc_config(preset: str = "default", **overrides) -> DDCConfig:
@@ -64,7 +77,7 @@ def ddc_config(preset: str = "default", **overrides) -> DDCConfig:
 
 
 def predict_probabilities(model, placement, difficulty: int, mean, std, silence: float, window: int = 100,
-                          batch_size: int = 64, device="cpu", autocast=None) -> np.ndarray:
+                          batch_size: int = 64, device="cpu", autocast=None, classes: bool = False) -> np.ndarray:
     """Per-frame note probability ``[T]`` of a whole song, in windows as in training.
 
     The song's frames are cut into windows of ``window`` output frames
@@ -89,10 +102,12 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
     device : str or torch.device
     autocast : callable, optional
         A context-manager factory (mixed precision) wrapped around the forward passes.
+    classes : bool
+        Return the class head's per-channel probabilities ``[T, n_classes]`` instead.
 
     Returns
     -------
-    np.ndarray [T] float32
+    np.ndarray [T] float32 (``[T, n_classes]`` with ``classes``)
     """
     context = model.config.context
     x = (np.asarray(placement, dtype=np.float32) - mean) / std
@@ -105,14 +120,15 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
     starts = list(range(0, max(n_frames - window, 0) + 1, window))
     if starts[-1] + window < n_frames:
         starts.append(n_frames - window)
-    out = np.zeros(max(n_frames, window), dtype=np.float32)
+    out = np.zeros((max(n_frames, window),) + ((model.config.n_classes,) if classes else ()), dtype=np.float32)
     rows = window + 2 * context
     for i in range(0, len(starts), batch_size):
         chunk = starts[i: i + batch_size]
         xb = torch.from_numpy(np.stack([x[s: s + rows] for s in chunk])).to(device)
         db = torch.full((len(chunk),), int(difficulty), dtype=torch.int64, device=device)
         with torch.no_grad(), (autocast() if autocast else torch.autocast("cpu", enabled=False)):
-            p = torch.sigmoid(model(xb, db).float()).cpu().numpy()
+            y = model(xb, db, return_classes=True)[1] if classes else model(xb, db)
+            p = torch.sigmoid(y.float()).cpu().numpy()
         for s, row in zip(chunk, p):
             out[s: s + window] = row  # the clipped last window overwrites only frames it shares
     return out[:n_frames]
@@ -133,6 +149,8 @@ class DDCStage(Stage):
         self.threshold = None
         self.thresholds = {}  # difficulty name -> its own validated threshold
         self.feature_settings = FeatureSettings()
+        self.events = config.targets == "events"
+        self.event_pos_weight = None
 
     def prepare(self, stats, train_songs, val_songs, seed):
         from mapkit.datasets.torch_datasets import PlacementDataset
@@ -144,6 +162,7 @@ class DDCStage(Stage):
         kw = dict(stats=stats, window=c.window, context=c.model.context, characteristic=c.characteristic,
                   difficulties=c.difficulties, seed=seed, feature_settings=self.feature_settings,
                   exclude_flagged=c.exclude_flagged)
+        kw["frame_events"] = self.events
         self.train_dataset = PlacementDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = PlacementDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None
         if not self.train_dataset.levels:
@@ -153,12 +172,29 @@ class DDCStage(Stage):
         if self.pos_weight is None:
             p = self.train_dataset.positive_fraction()
             self.pos_weight = (1.0 - p) / p if p > 0 else 1.0
+        if self.events and self.event_pos_weight is None:
+            from mapkit.train.events import event_pos_weights
+
+            self.event_pos_weight = event_pos_weights(self.train_dataset.event_fractions()).tolist()
         self.train_dataset.close()  # no h5py handle open in the parent when the DataLoader workers start
 
     def model_config(self):
+        if self.events:
+            import dataclasses
+
+            from mapkit.preprocess.frame_events import N_FRAME_EVENT_CHANNELS
+
+            return dataclasses.replace(self.config.model, n_classes=N_FRAME_EVENT_CHANNELS)
         return self.config.model
 
     def loss(self, model, batch, device):
+        if self.events:
+            from mapkit.train.events import event_loss
+
+            logits, event_logits = model(batch["features"], batch["difficulty"], return_classes=True)
+            mask = batch["mask"]
+            onset = onset_loss(logits.float()[mask], batch["frame_class"][mask], self.pos_weight)
+            return onset + event_loss(event_logits, batch["frame_events"], mask, self.event_pos_weight)
         logits = model(batch["features"], batch["difficulty"])
         mask = batch["mask"]
         if bool(mask.all()):
@@ -204,17 +240,34 @@ class DDCStage(Stage):
             if name in by_difficulty:
                 metrics[f"f1_{name}"] = float(f1_from_counts(*by_difficulty[name])[2])
                 metrics[f"threshold_{name}"] = float(self.thresholds[name])
+        if self.events:
+            metrics.update(self._event_metrics(model, device, autocast))
         return metrics
+
+    def _event_metrics(self, model, device, autocast) -> dict:
+        """Per-channel frame F1 of the class head over the validation levels (mapkit.train.events)."""
+        from mapkit.train.events import channel_counts, channel_metrics
+
+        c, ds = self.config, self.val_dataset
+        counts = 0
+        for li, level in enumerate(ds.levels):
+            raw = ds._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
+            p = predict_probabilities(model, raw, level.difficulty_index, ds.mean, ds.std, float(ds.silence),
+                                      c.window, c.eval_batch_size, device, autocast, classes=True)
+            counts = counts + channel_counts(p, ds.level_frame_events(li))
+        return channel_metrics(counts)
 
     def checkpoint_extras(self) -> dict:
         c = self.config
-        return {"pos_weight": self.pos_weight, "window": c.window,
+        return {"pos_weight": self.pos_weight, "window": c.window, "targets": c.targets,
+                "event_pos_weight": self.event_pos_weight,
                 "peak_picking": {"threshold": self.threshold, "thresholds": dict(self.thresholds),
                                  "smoothing": c.smoothing,
                                  "min_gap_frames": c.min_gap_frames, "tolerance_frames": c.tolerance_frames}}
 
     def restore(self, checkpoint):
         self.pos_weight = checkpoint["pos_weight"]
+        self.event_pos_weight = checkpoint.get("event_pos_weight")
         self.threshold = checkpoint["peak_picking"]["threshold"]
         self.thresholds = dict(checkpoint["peak_picking"].get("thresholds") or {})
 

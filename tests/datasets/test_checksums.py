@@ -217,17 +217,18 @@ def test_checksums_are_the_documented_functions(store, sound):
         assert int(ds.attrs["crc32"]) == data_checksum(f"/songs/{sid}/placement", ds[()])
         g = f[f"songs/{sid}"]
         assert int(g.attrs["attrs_crc32"]) == attrs_checksum(g.attrs, f"/songs/{sid}")
-        assert f.attrs["schema_version"] == mapkit.SCHEMA_VERSION == 2
+        assert f.attrs["schema_version"] == mapkit.SCHEMA_VERSION == 3
 
 
-def test_a_store_of_the_previous_schema_is_refused_with_what_to_do(store, sound):
+@pytest.mark.parametrize("old", [1, 2])  # 2: before walls, arcs, chains and events (issue 14)
+def test_a_store_of_the_previous_schema_is_refused_with_what_to_do(store, sound, old):
     for shard in Store(store).shards("features"):
         with h5py.File(shard, "r+") as f:
-            f.attrs["schema_version"] = 1
+            f.attrs["schema_version"] = old
     with pytest.raises(StoreError, match="re-run mapkit extract and build-targets"):
         extract(sound["levels"], store=store, jobs=1, progress=False)
     r = CliRunner().invoke(main, ["build-targets", str(sound["levels"]), "--store", str(store), "--no-progress"])
-    assert r.exit_code == 1 and "schema 1" in r.stderr and "re-run mapkit extract" in r.stderr
+    assert r.exit_code == 1 and f"schema {old}" in r.stderr and "re-run mapkit extract" in r.stderr
     report = validate_store(store, progress=False)
     assert any("re-run mapkit extract" in p["message"] for p in report.problems if p["check"] == "shard_attrs")
 

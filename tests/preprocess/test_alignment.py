@@ -76,8 +76,9 @@ def test_random_notes_have_no_clear_peak_however_many(song, n_notes):
         rng = np.random.default_rng(100 + seed)
         notes = np.sort(rng.choice(np.arange(len(onset)), size=n_notes, replace=False))
         strengths.append(align_notes(notes, onset).strength)
-    assert max(strengths) < 5, strengths
-    assert 2 < np.median(strengths) < 3.5
+    assert max(strengths) < 4.5, strengths
+    # ties go to the lag nearest 0, not to the highest of ~200 noisy lags: random notes read weaker still
+    assert 0.5 < np.median(strengths) < 2.5
 
 
 def test_twenty_aligned_notes_still_peak_clearly(song):
@@ -112,7 +113,8 @@ def test_chords_count_once_and_notes_outside_the_song_are_ignored():
 
 def test_no_notes_gives_an_empty_alignment():
     a = align_notes(np.array([], dtype=np.int64), np.ones(300, dtype=np.float32), max_lag=10)
-    assert (a.lag_frames, a.strength, a.coverage, a.n_note_frames) == (0, 0.0, 0.0, 0)
+    assert (a.lag_frames, a.n_note_frames) == (0, 0) and np.isnan(a.strength) and np.isnan(a.coverage)
+    assert np.isnan(a.peak_correlation)
     assert np.isnan(a.correlation).all()
     with pytest.raises(ValueError):
         align_notes(np.array([1]), np.ones(10), max_lag=-1)
