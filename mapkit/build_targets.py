@@ -289,6 +289,19 @@ def audio_frame_count(path, fps: int = 100) -> tuple[int | None, str | None]:
     return n_frames(int(info.frames), int(info.samplerate), fps), None
 
 
+def no_notes_reason(diff) -> str | None:
+    """``"no notes"`` (``"no notes (only N bombs)"``) for a difficulty without colour notes, else None.
+
+    Such a difficulty is not a training target: every frame would be negative,
+    which teaches nothing and flatters frame accuracy. Only build-targets
+    quarantines it; ``inspect`` and ``evaluate`` read it as it is.
+    """
+    if int(diff.counts.get("notes", 0)) > 0:
+        return None
+    n_bombs = int(diff.counts.get("bombs", 0))
+    return "no notes" + (f" (only {n_bombs} bombs)" if n_bombs else "")
+
+
 def check_against_audio(level, path, settings: TargetSettings = TargetSettings(),
                         n_frames: int | None = None) -> int | None:
     """Apply build-targets' audio checks to a read level in place (``mapkit inspect``, ``mapkit evaluate``).
@@ -415,6 +428,8 @@ def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> A
     names = report_names(task.song_id, level.difficulties)
     for d, item_name in zip(level.difficulties, names):
         dt = difficulty_targets(d, task.n_frames, level.bpm, settings)
+        if dt.quarantine is None:
+            dt.quarantine = no_notes_reason(d)
         if dt.quarantine is None:
             problem = next((f"{what} name {n!r} {p}" for what, n in (("characteristic", dt.characteristic),
                                                                      ("difficulty", dt.difficulty))

@@ -357,8 +357,7 @@ def test_a_song_without_notes_is_written_with_a_warning_and_exit_2(tmp_path):
     folder = tmp_path / "cli" / f"blip{LEVEL_SUFFIX}"
     assert str(folder) in r.stdout
     diff = read_level(folder).get("Standard", "Expert")
-    # a readable level; as training data an empty difficulty is quarantined ("no notes")
-    assert diff is not None and diff.quarantine == "no notes" and len(diff.notes) == 0
+    assert diff is not None and diff.quarantine is None and len(diff.notes) == 0
     with zipfile.ZipFile(tmp_path / "cli" / f"blip{LEVEL_SUFFIX}.zip") as z:
         assert z.testzip() is None
     # a song with notes has no warning and exits 0 (test_cli_generates_from_checkpoints)

@@ -59,10 +59,10 @@ A difficulty is quarantined (``quarantine`` is its reason, the first that
 applies) when its file is unreadable or corrupt, its tempo is invalid (a BPM
 <= 0 or not finite, inconsistent regions), its info entry names an unknown
 difficulty or repeats one, the info file says it requires Mapping Extensions
-or Noodle Extensions, the level is quarantined, more than
+or Noodle Extensions, the level is quarantined, or more than
 ``settings.max_drop_fraction`` of its notes were dropped (e.g. notes carrying
-Noodle placement data the info file does not declare: ``modded_data``), or it
-has no colour notes at all ("no notes": every frame would be a negative target).
+Noodle placement data the info file does not declare: ``modded_data``). A
+difficulty without notes is read as it is (``build-targets`` quarantines it).
 
 A level is quarantined when its ``_songTimeOffset`` is non-zero and
 ``settings.song_offset == "quarantine"`` (the default). With ``"apply"`` the
@@ -1010,10 +1010,8 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
                                    f"{detail}")
             else:
                 diff.quarantine = _objects_quarantine(diff, settings)
-        if diff.quarantine is None and diff.counts.get("notes", 0) == 0:
-            # every frame would be a negative target: nothing to learn, and it flatters frame accuracy
-            n_bombs = diff.counts.get("bombs", 0)
-            diff.quarantine = "no notes" + (f" (only {n_bombs} bombs)" if n_bombs else "")
+        if diff.quarantine is None and n_read == 0:
+            dwarn.append("no notes")
         editor_changes.extend({"characteristic": diff.characteristic, "difficulty": diff.difficulty, **c}
                               for c in diff.editor_bpm_changes)
         difficulties.append(diff)

@@ -298,7 +298,7 @@ def test_unusual_version_string_is_read_by_its_major_digit(tmp_path):
     write_json(root / "Info.dat", v2_info(bpm=60))
     write_json(root / "Expert.dat", {"version": "v3"})
     d = only(read_level(root))
-    assert d.sniffed_version == "3" and not d.version_mismatch and d.quarantine == "no notes"
+    assert d.sniffed_version == "3" and not d.version_mismatch and d.quarantine is None
     assert any("unusual version string 'v3'" in w for w in d.warnings)
 
 
@@ -812,8 +812,12 @@ def test_undeclared_noodle_notes_are_dropped_and_the_level_quarantined(tmp_path)
     assert d.drops == {"modded_data": 1} and d.quarantine is None and len(d.notes) == 30
 
 
-def test_difficulty_without_notes_is_quarantined(tmp_path):
+def test_difficulty_without_notes_is_read_but_not_a_target(tmp_path):
+    from mapkit.build_targets import no_notes_reason
+
     d = only(read_level(make_v2_level(tmp_path, [])))
-    assert d.quarantine == "no notes"
+    assert d.quarantine is None and "no notes" in d.warnings  # inspect and evaluate see it as it is
+    assert no_notes_reason(d) == "no notes"  # build-targets quarantines it (tests/test_build_targets.py)
     d = only(read_level(make_v2_level(tmp_path, [n2(1, t=3), n2(2, t=3)], name="bombs")))
-    assert d.quarantine == "no notes (only 2 bombs)"
+    assert no_notes_reason(d) == "no notes (only 2 bombs)"
+    assert no_notes_reason(only(read_level(make_v2_level(tmp_path, [n2(1), n2(2, t=1)], name="two")))) is None
