@@ -72,6 +72,7 @@ import numpy as np
 from mapkit.datasets.names import name_problem, safe_attrs, song_id_problem
 from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
                                     check_scheduler, plural, run_items, write_report)
+from mapkit.datasets.split import grouping_record, song_groups
 from mapkit.datasets.store import (KIND_ROOTS, ShardItem, ShardWriter, Store, os_error_reason, shard_file_attrs,
                                    write_json_atomic)
 from mapkit.errors import MapkitError, StoreError
@@ -288,6 +289,19 @@ def audio_frame_count(path, fps: int = 100) -> tuple[int | None, str | None]:
     return n_frames(int(info.frames), int(info.samplerate), fps), None
 
 
+def no_notes_reason(diff) -> str | None:
+    """``"no notes"`` (``"no notes (only N bombs)"``) for a difficulty without colour notes, else None.
+
+    Such a difficulty is not a training target: every frame would be negative,
+    which teaches nothing and flatters frame accuracy. Only build-targets
+    quarantines it; ``inspect`` and ``evaluate`` read it as it is.
+    """
+    if int(diff.counts.get("notes", 0)) > 0:
+        return None
+    n_bombs = int(diff.counts.get("bombs", 0))
+    return "no notes" + (f" (only {n_bombs} bombs)" if n_bombs else "")
+
+
 def check_against_audio(level, path, settings: TargetSettings = TargetSettings(),
                         n_frames: int | None = None) -> int | None:
     """Apply build-targets' audio checks to a read level in place (``mapkit inspect``, ``mapkit evaluate``).
@@ -390,6 +404,10 @@ class LevelTargets:
     #: ``[(item name, reason)]`` of what is quarantined: difficulties, or the level itself
     quarantined: list
     warnings: list
+    #: the community level hash (:mod:`mapkit.preprocess.levelhash`), the join key of ``--metadata``
+    level_hash: str = ""
+    #: why the info file looks automapped (:mod:`mapkit.preprocess.automap`); empty when it does not
+    automap_evidence: list = field(default_factory=list)
 
 
 def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> AlreadyPresent | LevelTargets:
@@ -399,11 +417,19 @@ def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> A
     level_sha = level_files_sha256(task.path, characteristic)
     if task.known_level_sha256 is not None and level_sha == task.known_level_sha256:
         return AlreadyPresent(level_sha)
+    from mapkit.preprocess.automap import automap_evidence
+    from mapkit.preprocess.levelhash import level_hash_and_info
+
     level = read_level(task.path, settings=settings, characteristic=characteristic)
+    community_hash, info, hash_problem = level_hash_and_info(task.path)
+    if hash_problem is not None:
+        level.warnings.append(f"no level hash: {hash_problem.path}: {hash_problem.reason}")
     diffs, quarantined = [], []
     names = report_names(task.song_id, level.difficulties)
     for d, item_name in zip(level.difficulties, names):
         dt = difficulty_targets(d, task.n_frames, level.bpm, settings)
+        if dt.quarantine is None:
+            dt.quarantine = no_notes_reason(d)
         if dt.quarantine is None:
             problem = next((f"{what} name {n!r} {p}" for what, n in (("characteristic", dt.characteristic),
                                                                      ("difficulty", dt.difficulty))
@@ -424,7 +450,8 @@ def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> A
         song_id=task.song_id, source=task.path, level_sha256=level_sha, info_version=level.info_version,
         info_bpm=float(level.bpm), song_time_offset=float(level.song_time_offset), n_frames=task.n_frames,
         audio_sha256=task.audio_sha256, features_settings_hash=task.features_settings_hash,
-        difficulties=diffs, quarantined=quarantined, warnings=list(level.warnings))
+        difficulties=diffs, quarantined=quarantined, warnings=list(level.warnings), level_hash=community_hash,
+        automap_evidence=automap_evidence(info))
 
 
 def _is_all(characteristic) -> bool:
@@ -492,8 +519,12 @@ def difficulty_datasets(d: DifficultyTargets, n_frames: int, vocab: Vocabulary, 
     }
 
 
-def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int = 100) -> ShardItem:
-    """The shard item of one level: its usable difficulties encoded with ``vocab``, and all its attrs."""
+def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int = 100, metadata=None) -> ShardItem:
+    """The shard item of one level: its usable difficulties encoded with ``vocab``, and all its attrs.
+
+    ``metadata`` (:class:`mapkit.preprocess.metadata.Metadata`, optional) adds
+    the BeatSaver attrs of the level's hash when it holds them.
+    """
     datasets, sub_attrs, written, n_states = {}, {}, [], 0
     for d in level.difficulties:
         if d.quarantine is not None:
@@ -523,9 +554,23 @@ def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int 
         "difficulties_json": json.dumps(written),
         "quarantined_json": json.dumps([list(q) for q in level.quarantined]),
         "warnings_json": json.dumps(level.warnings),
+        "level_hash": level.level_hash,
     }
+    attrs.update(level_flags(level, metadata))
     return ShardItem(group=f"{KIND_ROOTS['targets']}/{level.song_id}", datasets=datasets, attrs=safe_attrs(attrs),
                      subgroup_attrs=sub_attrs)
+
+
+def level_flags(level: LevelTargets, metadata=None) -> dict:
+    """``automapped`` (bool), ``automap_evidence_json`` and, when ``metadata`` knows the level's hash, its
+    BeatSaver attrs (:func:`mapkit.preprocess.metadata.metadata_attrs`). BeatSaver's flag counts as evidence."""
+    evidence = list(level.automap_evidence)
+    joined = metadata.get(level.level_hash) if metadata is not None else None
+    out = dict(joined or {})
+    if joined and joined["bs_automapper"]:
+        evidence.append(f"BeatSaver map {joined['bs_id']}: automapper (declaredAi {joined['bs_declared_ai']})")
+    out.update(automapped=bool(evidence), automap_evidence_json=json.dumps(evidence))
+    return out
 
 
 def report_names(song_id: str, difficulties) -> list[str]:
@@ -838,15 +883,16 @@ def _features_fps(entry, cache: dict) -> int | None:
 COUNTED_OVER_TRAINING = "training split"
 
 
-def training_songs(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs=None) -> tuple[list, list]:
+def training_songs(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs=None, groups=None
+                   ) -> tuple[list, list]:
     """The trainer's ``(train, validation)`` split of ``song_ids``, for counting the vocabulary.
 
-    The same rule as ``mapkit train``
-    (:func:`~mapkit.datasets.torch_datasets.split_by_song`): pass the songs
-    the trainer splits (those with both features and targets) so that its
+    The same rule as ``mapkit train`` (:func:`mapkit.datasets.split.split_by_song`,
+    by song group; torch is not imported): pass the songs the trainer splits
+    (those with both features and targets) and their ``groups`` so that its
     set-dependent fallback (never an empty validation split) picks the same
-    song. Explicit ``val_songs`` absent from ``song_ids`` are validation songs
-    all the same (never counted) instead of an error.
+    group. Explicit ``val_songs`` absent from ``song_ids`` are validation
+    songs all the same (never counted) instead of an error.
 
     Parameters
     ----------
@@ -855,18 +901,20 @@ def training_songs(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs
     seed : int
         The trainer's ``--seed``.
     val_songs : iterable of str, optional
-        Explicit validation songs (override ``val_fraction``).
+        Explicit validation songs (override ``val_fraction``; their groups go with them).
+    groups : dict, optional
+        ``song_id -> group_id`` (:func:`mapkit.datasets.split.song_groups`).
 
     Returns
     -------
     train, val : list of str, sorted
         ``val`` holds only songs of ``song_ids``.
     """
-    from mapkit.datasets.torch_datasets import split_by_song
+    from mapkit.datasets.split import split_by_song
 
     ids = set(song_ids)
     named = None if val_songs is None else set(val_songs)
-    train, val = split_by_song(ids | (named or set()), val_fraction, seed, named)
+    train, val = split_by_song(ids | (named or set()), val_fraction, seed, named, groups)
     return train, [s for s in val if s in ids]
 
 
@@ -888,7 +936,7 @@ def empty_vocabulary_reason(split_ids, train, val, named: bool, n_states: int) -
 
 def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings, n_levels: int,
                    n_difficulties: int = 0, counted_songs=(), val_songs=(), val_fraction: float | None = 0.1,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, grouping: dict | None = None) -> dict:
     """The content of ``vocab.json``: the vocabulary, and what it was counted over.
 
     ``n_levels`` is the number of level groups (songs) whose states were
@@ -899,6 +947,8 @@ def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings,
     levels were counted, ``val_songs`` the validation songs left out,
     ``val_fraction`` (None when the validation songs were named) and ``seed``
     the split's settings: :func:`vocabulary_leak` compares a trainer's split with them.
+    ``grouping`` is the song grouping the split used
+    (:func:`mapkit.datasets.split.grouping_record`: hash, counts, shared groups).
     """
     total = int(sum(counts.values()))
     covered = int(sum(vocab.counts))
@@ -907,11 +957,11 @@ def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings,
             "n_state_frames": total, "n_distinct_states": len(counts),
             "coverage": covered / total if total else 1.0, "targets_settings_hash": settings.hash,
             "counted_over": COUNTED_OVER_TRAINING, "val_fraction": val_fraction, "seed": int(seed),
-            "val_songs": sorted(val_songs), "counted_songs": sorted(counted_songs)}
+            "val_songs": sorted(val_songs), "counted_songs": sorted(counted_songs), "grouping": grouping}
 
 
-def vocabulary_leak(vocab_json: dict, val_songs, max_named: int = 10) -> str | None:
-    """A warning when states of validation songs were counted into the vocabulary, else None.
+def vocabulary_leak(vocab_json: dict, val_songs, max_named: int = 10, groups=None) -> str | None:
+    """A warning when states of validation songs (or of their groups) were counted into the vocabulary, else None.
 
     Parameters
     ----------
@@ -921,15 +971,18 @@ def vocabulary_leak(vocab_json: dict, val_songs, max_named: int = 10) -> str | N
         The trainer's validation songs.
     max_named : int
         How many of the leaked songs the message names.
+    groups : dict, optional
+        ``song_id -> group_id``: a validation song also leaks when another
+        song of its group (another encode of the same recording) was counted.
 
     Returns
     -------
     str or None
-        Names the validation songs whose levels were counted (their rare states
-        have tokens, so validation perplexity looks better than it is), or says
-        that the vocabulary does not record what it was counted over (built
-        before the count left validation songs out); None when there is no leak
-        or no validation song.
+        Names the validation songs whose levels (or whose group's levels)
+        were counted (their rare states have tokens, so validation perplexity
+        looks better than it is), or says that the vocabulary does not record
+        what it was counted over (built before the count left validation songs
+        out); None when there is no leak or no validation song.
     """
     val = sorted(set(val_songs))
     if not val:
@@ -939,12 +992,16 @@ def vocabulary_leak(vocab_json: dict, val_songs, max_named: int = 10) -> str | N
     if vocab_json.get("counted_over") != COUNTED_OVER_TRAINING or "counted_songs" not in vocab_json:
         return "vocab.json does not record which songs it was counted over (it may hold states of validation " \
                "songs, making validation perplexity look better than it is)" + fix
-    leaked = [s for s in val if s in set(vocab_json["counted_songs"])]
+    counted = set(vocab_json["counted_songs"])  # once: a set per validation song was quadratic
+    groups = groups or {}
+    counted_groups = {str(groups.get(s) or s) for s in counted}
+    leaked = [s for s in val if s in counted or str(groups.get(s) or s) in counted_groups]
     if not leaked:
         return None
     more = f" and {len(leaked) - max_named} more" if len(leaked) > max_named else ""
-    return (f"{len(leaked)} of the {len(val)} validation songs were counted into vocab.json (validation "
-            f"perplexity looks better than it is): {', '.join(leaked[:max_named])}{more}" + fix)
+    return (f"{len(leaked)} of the {len(val)} validation songs were counted into vocab.json, or share a group "
+            f"with a counted song (validation perplexity looks better than it is): "
+            f"{', '.join(leaked[:max_named])}{more}" + fix)
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -954,7 +1011,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                   val_fraction: float = 0.1, val_songs=None, seed: int = 0,
                   backend: str = "joblib", scheduler=None, progress: bool = True,
                   shard_levels: int = DEFAULT_SHARD_LEVELS, shard_bytes: int = DEFAULT_SHARD_BYTES,
-                  item_timeout: float | None = DEFAULT_ITEM_TIMEOUT_S) -> RunReport:
+                  item_timeout: float | None = DEFAULT_ITEM_TIMEOUT_S, metadata=None) -> RunReport:
     """Build the targets of every level under ``input_dir`` into ``store``.
 
     Parameters
@@ -990,6 +1047,11 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         When a shard is full and committed.
     item_timeout : float or None
         Seconds one level may take before it fails with "timed out after N s"; None: no limit.
+    metadata : path, optional
+        A JSON-lines file of BeatSaver map documents
+        (:mod:`mapkit.preprocess.metadata`), joined on the level hash into the
+        attrs of every level this run writes (stored levels that are skipped
+        keep theirs: add ``force`` to join it to them).
 
     Returns
     -------
@@ -1027,6 +1089,13 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         raise MapkitError(input_dir, "no levels found (level folders or .zip files with an info file)")
     selection = characteristic_selection(characteristic)
     check_characteristic_present(sources, characteristic, input_dir)
+    meta = None
+    if metadata is not None:
+        from mapkit.preprocess.metadata import read_metadata
+
+        meta = read_metadata(metadata)
+        if meta.warning():
+            print(f"warning: {meta.warning()}", file=sys.stderr)
     force = force or rebuild_vocab
     with store.lock(COMMAND):
         features = store.index("features")
@@ -1111,7 +1180,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             def write(task, value) -> ItemResult:
                 results = outcome(task, value)
                 if isinstance(value, LevelTargets):
-                    write_item(writer, level_item(value, vocab, selection, settings.fps))
+                    write_item(writer, level_item(value, vocab, selection, settings.fps, meta))
                     written_ids.add(task.song_id)
                 per_task[task_of[task.song_id]] = results
                 return summary(results, task)
@@ -1149,7 +1218,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
                 # the songs the trainer will split: features and targets (after this run)
                 split_ids = set(features) & (set(targets) | written_ids)
-                train, val = training_songs(split_ids, val_fraction, seed, val_songs)
+                groups = song_groups(features)
+                train, val = training_songs(split_ids, val_fraction, seed, val_songs, groups)
                 train = set(train)
                 counts = Counter()
                 spooled.sort()
@@ -1184,7 +1254,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 document = vocab_document(vocab, counts, settings, n_counted, n_difficulties=n_difficulties,
                                           counted_songs=train, val_songs=val,
                                           val_fraction=None if val_songs is not None else val_fraction,
-                                          seed=seed) if counts else None
+                                          seed=seed, grouping=grouping_record(groups, split_ids)) if counts else None
                 if document is not None and not rebuild_vocab:
                     write_json_atomic(store.vocab_path, document)
                 n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
@@ -1198,7 +1268,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                                           file=sys.stderr, disable=not progress) as bar:
                     for _k, offset in spooled:
                         spool.seek(offset)
-                        write_item(writer, level_item(pickle.load(spool), vocab, selection, settings.fps))
+                        write_item(writer, level_item(pickle.load(spool), vocab, selection, settings.fps, meta))
                         bar.update(1)
                     if rebuild_vocab:
                         for e in kept_stored:
@@ -1227,5 +1297,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "rebuild_vocab": rebuild_vocab, "characteristic": selection, "backend": backend,
                             "vocab_hash": vocab.hash, "vocab_tokens": len(vocab), "stored_levels": len(index),
-                            "unk_tokens": unk[0], "state_tokens": unk[1]})
+                            "unk_tokens": unk[0], "state_tokens": unk[1],
+                            "metadata": None if meta is None else {"file": meta.path, "maps": meta.n_maps,
+                                                                   "bad_lines": len(meta.bad_lines)}})
     return report

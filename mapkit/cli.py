@@ -213,6 +213,8 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
     skipped, so an interrupted run is finished by running it again. A song
     that cannot be read is reported (STORE/reports/) and skipped; the exit
     code is then 2. stats.json (per-band mean/std) is updated at the end.
+    Each song is fingerprinted (Chromaprint) and given a group_id shared with
+    its other encodes and copies; training splits by group (docs/store.md).
 
     Only regular files are read; links below INPUT are followed only inside
     it; a zip member or gzip file may expand to at most 512 MiB (audio) or
@@ -386,9 +388,13 @@ def validate_command(store, as_json, quick, no_progress):
 @click.option("--shard-levels", type=click.IntRange(min=1), default=256, show_default=True,
               help="Levels per HDF5 shard (a killed run loses at most one shard in progress).")
 @item_timeout_option
+@click.option("--metadata", type=click.Path(dir_okay=False), default=None,
+              help="JSON-lines file of BeatSaver map documents (hash, stats, automapper, ranked, tags; .gz ok), "
+                   "joined on the level hash into the written levels' attrs (bs_score, bs_automapper...).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_vocab, val_fraction, val_songs, seed,
-                          song_offset, jobs, force, backend, scheduler, shard_levels, item_timeout, no_progress):
+                          song_offset, jobs, force, backend, scheduler, shard_levels, item_timeout, metadata,
+                          no_progress):
     """Levels -> per-frame classes and state-token sequences in the store's HDF5 shards.
 
     INPUT is a folder of level folders and/or .zip files (the same folder as
@@ -411,6 +417,7 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
     Example:
       mapkit extract CustomLevels/ && mapkit build-targets CustomLevels/
       mapkit build-targets CustomLevels/ --characteristic all --vocab-size 4000 --rebuild-vocab
+      mapkit build-targets CustomLevels/ --metadata beatsaver-maps.jsonl --force
     """
     from mapkit.build_targets import build_targets
     from mapkit.datasets.runner import RunInterrupted
@@ -424,7 +431,7 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
                                    force=force, rebuild_vocab=rebuild_vocab, val_fraction=val_fraction,
                                    val_songs=tuple(val_songs) or None, seed=seed, backend=backend,
                                    scheduler=scheduler, progress=not no_progress, shard_levels=shard_levels,
-                                   item_timeout=item_timeout)
+                                   item_timeout=item_timeout, metadata=metadata)
     except MapkitError as e:
         fail(str(e))
     except RunInterrupted as e:
@@ -628,6 +635,10 @@ def _train_options(f):
                           "(repeatable; default all)."),
         click.option("--exclude-flagged", is_flag=True,
                      help="Leave out difficulties flagged by `mapkit audit` (offset, no alignment peak, partial...)."),
+        click.option("--exclude-automapped", is_flag=True, default=None,
+                     help="Leave out levels flagged automapped (info-file rules or BeatSaver's flag)."),
+        click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=None,
+                     help="Keep only levels whose BeatSaver score (build-targets --metadata) is at least this."),
         click.option("--characteristic", default="Standard", show_default=True, help="Characteristic to train on."),
         click.option("--val-song", "val_songs", multiple=True,
                      help="Validation song id (repeatable; overrides --val-fraction)."),
@@ -662,6 +673,7 @@ def _train_config_kwargs(kw: dict) -> dict:
                 val_fraction=kw["val_fraction"], val_songs=tuple(kw["val_songs"]) or None,
                 characteristic=kw["characteristic"], difficulties=tuple(kw["difficulties"]) or None,
                 exclude_flagged=kw["exclude_flagged"],
+                min_score=kw["min_score"], exclude_automapped=kw["exclude_automapped"] or None,
                 checkpoint_every=kw["checkpoint_every"], eval_every=kw["eval_every"], log_every=kw["log_every"])
 
 

@@ -10,9 +10,17 @@ One run (:func:`extract`):
    hashes the audio file, which is cheap, and computes nothing else);
    ``force=True`` computes and stores them again (the new copy, in a newer
    shard, wins: see :mod:`mapkit.datasets.store`);
-4. compute features in workers (:func:`mapkit.preprocess.features.song_features`)
-   and write them in this process into new shards;
-5. recompute ``stats.json`` from the stored songs and write the run's report.
+4. compute features in workers (:func:`mapkit.preprocess.features.song_features`),
+   with each song's Chromaprint fingerprint from the samples already decoded
+   (:mod:`mapkit.preprocess.fingerprint`), and write them in this process
+   into new shards, each song with its ``group_id``
+   (:class:`mapkit.datasets.groups.GroupAssigner`: the songs it matches by
+   identical audio or fingerprint, among the stored ones and those written
+   before it);
+5. when a new song joined two groups, store the absorbed group's songs again
+   (newer shard) with the surviving group id;
+6. recompute ``stats.json`` from the stored songs and write the run's report
+   (its ``grouping`` says which songs matched which, and how).
 
 Settings are never mixed: when the store already holds features made with
 other settings (another settings hash), the run refuses with a
@@ -30,15 +38,17 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mapkit.datasets.groups import GroupAssigner
 from mapkit.datasets.names import safe_attrs
 from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
                                     check_scheduler, plural, run_items, write_report)
-from mapkit.datasets.store import (FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
+from mapkit.datasets.store import (ATTRS_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
                                    shard_file_attrs)
 from mapkit.errors import MapkitError, StoreError
 from mapkit.settings import FeatureSettings
@@ -84,13 +94,15 @@ def extract_one(task: ExtractTask, settings: FeatureSettings):
         raise MapkitError(task.path, problem)
     if task.known_sha256 is not None and _source_sha256(task.source) == task.known_sha256:
         return AlreadyPresent(task.known_sha256)
-    return song_features(task.source, settings)
+    return song_features(task.source, settings, fingerprint=True)
 
 
-def feature_item(song) -> ShardItem:
+def feature_item(song, group_id: str | None = None) -> ShardItem:
     """The shard item of one song's features (DESIGN.md section 8).
 
-    ``song`` is a :class:`mapkit.preprocess.features.SongFeatures`.
+    ``song`` is a :class:`mapkit.preprocess.features.SongFeatures`;
+    ``group_id`` its group (:mod:`mapkit.datasets.groups`; default: its song id).
+    Its Chromaprint fingerprint, when there is one, is the dataset ``chromaprint``.
     """
     attrs = {
         "n_frames": int(song.n_frames),
@@ -101,6 +113,8 @@ def feature_item(song) -> ShardItem:
         "duration_s": float(song.duration_s),
         "audio_sha256": str(song.audio_sha256),
         "source": str(song.source),
+        "group_id": str(group_id or song.song_id),
+        "chromaprint_error": str(song.chromaprint_error),
     }
     for stage in FEATURE_STAGES:
         sums = song.band_sums[stage]
@@ -108,12 +122,54 @@ def feature_item(song) -> ShardItem:
             raise StoreError(song.source, f"{stage} band sums over {sums['count']} frames, expected {song.n_frames}")
         attrs[f"{stage}_band_sum"] = np.asarray(sums["sum"], dtype=np.float64)
         attrs[f"{stage}_band_sumsq"] = np.asarray(sums["sum_sq"], dtype=np.float64)
-    return ShardItem(
-        group=f"{KIND_ROOTS['features']}/{song.song_id}",
-        datasets={"placement": np.asarray(song.placement, dtype=np.float16),
-                  "selection": np.asarray(song.selection, dtype=np.float16)},
-        attrs=safe_attrs(attrs),
-    )
+    datasets = {"placement": np.asarray(song.placement, dtype=np.float16),
+                "selection": np.asarray(song.selection, dtype=np.float16)}
+    if song.chromaprint is not None:
+        datasets[CHROMAPRINT] = np.asarray(song.chromaprint, dtype=np.uint32)
+    return ShardItem(group=f"{KIND_ROOTS['features']}/{song.song_id}", datasets=datasets,
+                     attrs=safe_attrs(attrs))
+
+
+#: Name of the fingerprint dataset of a song group.
+CHROMAPRINT = "chromaprint"
+
+
+def stored_groups(index) -> dict:
+    """``song_id -> (group_id, audio_sha256, fingerprint or None)`` of the stored songs (reads every fingerprint)."""
+    from mapkit.datasets.store import open_shard
+
+    out = {}
+    by_shard: dict = {}
+    for sid, e in index.items():
+        by_shard.setdefault(e.shard, []).append(e)
+    for shard, entries in by_shard.items():
+        with open_shard(shard) as f:
+            for e in entries:
+                g = f[e.group]
+                fp = g[CHROMAPRINT][()] if CHROMAPRINT in g else None
+                out[e.song_id] = (str(e.attrs.get("group_id") or e.song_id), str(e.attrs.get("audio_sha256", "")), fp)
+    return out
+
+
+def regrouped_item(entry, group_id: str) -> ShardItem:
+    """A stored song copied unchanged but for its ``group_id`` (for a newer shard: newest wins)."""
+    from mapkit.datasets.store import open_shard
+
+    with open_shard(entry.shard) as f:
+        g = f[entry.group]
+        datasets = {name: g[name][()] for name in g}
+        attrs = {k: v for k, v in g.attrs.items() if k != ATTRS_CHECKSUM}  # the writer seals them again
+    attrs["group_id"] = group_id
+    return ShardItem(group=entry.group, datasets=datasets, attrs=attrs)
+
+
+def grouping_note(problems: set) -> str | None:
+    """The warning when some songs have no fingerprint: they are grouped by identical audio only."""
+    if not problems:
+        return None
+    return ("songs without an acoustic fingerprint are grouped only with byte-identical audio (same SHA-256), "
+            "so other encodes of one song may end up on both sides of the train/validation split: "
+            + "; ".join(sorted(problems)))
 
 
 def check_settings(index, settings: FeatureSettings, store_root) -> None:
@@ -190,11 +246,35 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
         writer = ShardWriter(store.features_dir, shard_file_attrs("features", settings),
                              max_items=shard_songs, max_bytes=shard_bytes)
 
+        stored = stored_groups(index)
+        assigner = GroupAssigner(stored)
+        redone = {t.song_id for t in tasks} if force else set()
+        unprinted = sorted(sid for sid, (_g, _sha, fp) in stored.items() if fp is None and sid not in redone)
+        written_groups: dict = {}
+        no_fingerprint: set = set()
+
+        def regroup_stored() -> dict:
+            """A new song joined two groups: store the absorbed group's songs again with the new id."""
+            regroup = assigner.relabelled(written_groups)
+            if regroup:
+                stored_now = store.index("features")
+                with ShardWriter(store.features_dir, shard_file_attrs("features", settings),
+                                 max_items=shard_songs, max_bytes=shard_bytes) as rewriter:
+                    for sid, group in sorted(regroup.items()):
+                        rewriter.write(regrouped_item(stored_now[sid], group))
+                        written_groups[sid] = group
+            return regroup
+
         def write(task: ExtractTask, value) -> ItemResult:
             if isinstance(value, AlreadyPresent):
                 return ItemResult(task.song_id, task.path, "skipped", "already present (same audio and settings)")
-            writer.write(feature_item(value))
-            return ItemResult(task.song_id, task.path, "ok", "; ".join(value.notes))
+            group = assigner.assign(value.song_id, value.audio_sha256, value.chromaprint)
+            if value.chromaprint_error:
+                no_fingerprint.add(value.chromaprint_error)
+            writer.write(feature_item(value, group))
+            written_groups[value.song_id] = group
+            notes = list(value.notes) + ([] if group == value.song_id else [f"group {group}"])
+            return ItemResult(task.song_id, task.path, "ok", "; ".join(notes))
 
         try:
             with writer:
@@ -204,12 +284,21 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
                                         time_limit=item_timeout)
                 except RunInterrupted:
                     writer.close()  # every song written so far is complete: keep them
+                    regroup_stored()  # and the groups they joined stay joined
                     store.write_feature_stats()
                     raise
         except StoreError:  # e.g. a full disk: the shards committed so far stay, and stats.json describes them
             if writer.committed:
                 store.write_feature_stats()
             raise
+        regroup = regroup_stored()
+        note = grouping_note(no_fingerprint)
+        if unprinted:
+            old = (f"{len(unprinted)} stored songs have no fingerprint (e.g. {unprinted[0]}): they match other "
+                   f"songs only by identical audio; extract them again with --force to fingerprint them")
+            note = f"{note}; {old}" if note else old
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
         index = store.index("features")
         store.write_feature_stats(index)
         report = RunReport(COMMAND, results, problems=index.problems, ignored=ignored)
@@ -217,5 +306,11 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
             report.notes.append(f"recovered {plural(len(store.recovered), 'items')} flushed by an interrupted run")
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
-                            "backend": backend, "stored_songs": len(index)})
+                            "backend": backend, "stored_songs": len(index),
+                            "grouping": {"method": "audio_sha256 only" if no_fingerprint else "chromaprint+audio_sha256",
+                                         "warning": note, "regrouped": regroup,
+                                         "matches": {sid: [[o, "same audio" if isinstance(m, str) else
+                                                            f"offset {m.offset_s:+.2f} s, {100 * m.share:.1f}% agree"]
+                                                           for o, m in found]
+                                                     for sid, found in assigner.matches.items() if found}}})
     return report

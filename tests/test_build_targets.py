@@ -374,13 +374,14 @@ def statuses(report):
 
 def test_edge_report(edge):
     st = statuses(edge["report"])
-    assert st["edges/Standard/Expert"] == "ok" and st["edges/Standard/Easy"] == "ok"
+    assert st["edges/Standard/Expert"] == "ok" and st["edges/Standard/Easy"] == "quarantined"
     assert st["late/Standard/Hard"] == "quarantined" and st["late/Standard/Normal"] == "ok"
     reason = next(r.reason for r in edge["report"].items if r.song_id == "late/Standard/Hard")
     assert reason.startswith("notes beyond audio: wrong audio or offset?") and "2 of 10" in reason
+    assert next(r.reason for r in edge["report"].items if r.song_id == "edges/Standard/Easy") == "no notes"
     assert edge["report"].exit_code == 2
     report_file = json.loads(edge["report"].report_path.read_text())
-    assert report_file["counts"]["quarantined"] == 1 and report_file["exit_code"] == 2
+    assert report_file["counts"]["quarantined"] == 2 and report_file["exit_code"] == 2
 
 
 def test_edge_quarantined_difficulty_not_written(edge):
@@ -414,14 +415,11 @@ def test_edge_last_frame_after_end_and_shared_frames(edge):
     assert decode(d["tokens"], d["token_frames"], edge["vocab"]) == note_tuples(notes)
 
 
-def test_edge_zero_notes_kept(edge):
-    d = edge["targets"]["edges"]["Standard/Easy"]
-    assert len(d["notes"]) == 0 and d["states"].shape == (0, 12)
-    np.testing.assert_array_equal(d["tokens"], [BOS, EOS])
-    np.testing.assert_array_equal(d["token_frames"], [-1, EDGE_T])
-    assert not d["frame_class"].any() and d["frame_class"].shape == (EDGE_T,)
-    np.testing.assert_allclose(d["gap_next_s"], [(EDGE_T - 1) / 100, 0], rtol=1e-6)
-    np.testing.assert_allclose(d["gap_prev_beats"], [0, 3.0], rtol=1e-6)  # 60 BPM: 3 s = 3 beats
+def test_edge_zero_notes_quarantined(edge):
+    """An empty difficulty would be a target with every frame negative: quarantined "no notes", not written."""
+    edges = edge["targets"]["edges"]
+    assert "Standard/Easy" not in edges and "Standard/Expert" in edges
+    assert ["edges/Standard/Easy", "no notes"] in json.loads(edges["attrs"]["quarantined_json"])
 
 
 def test_edge_tempo_change(edge):
@@ -621,7 +619,7 @@ def test_cli(edge, tmp_path):
     assert "already present" in r.output
     r = runner.invoke(main, ["build-targets", str(edge["inputs"]), "--store", str(store), "--vocab-size", "100000",
                              "--no-progress", "-j", "1"])
-    assert r.exit_code == 2 and "1 quarantined" in r.output
+    assert r.exit_code == 2 and "2 quarantined" in r.output
     r = runner.invoke(main, ["build-targets", str(edge["inputs"]), "--store", str(store), "--no-progress"])
     assert r.exit_code == 1 and "--rebuild-vocab" in r.output
     r = runner.invoke(main, ["build-targets", str(tmp_path / "nowhere"), "--store", str(store)])

@@ -15,13 +15,12 @@ handles (they cannot be pickled, DESIGN.md section 9) and a forked worker
 never reuses its parent's. Nothing depends on DataLoader internals: every
 item is a pure function of ``(index, epoch, seed)`` and the store.
 
-The train/validation split is by song (:func:`split_by_song`), so a song's
-levels are all on one side.
+The train/validation split is by song group (:func:`mapkit.datasets.split.split_by_song`),
+so a song's levels, and those of its other encodes, are all on one side.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mapkit.datasets.split import song_unit, split_by_song  # noqa: F401 - re-exported
 from mapkit.datasets.store import Store, open_shard
 from mapkit.errors import StoreError
 from mapkit.preprocess.targets import PAD, Vocabulary, one_hot_states
@@ -45,48 +45,7 @@ GAP_NAMES = ("gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
 # --------------------------------------------------------------------------- split
 
 
-def song_unit(song_id: str, seed: int = 0) -> float:
-    """A number in [0, 1) fixed by ``song_id`` and ``seed`` (SHA-256), the same on every machine."""
-    digest = hashlib.sha256(f"{seed}:{song_id}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
-
-
-def split_by_song(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs=None) -> tuple[list, list]:
-    """Split songs into ``(train, validation)`` lists, deterministically by song id.
-
-    A song is in validation when ``song_unit(song_id, seed) < val_fraction``,
-    so adding songs to a store never moves an existing song to the other
-    side. When that leaves validation empty although ``val_fraction > 0`` and
-    there are at least two songs, the song with the smallest unit value goes
-    to validation: a split asked for is never silently empty.
-
-    Parameters
-    ----------
-    song_ids : iterable of str
-    val_fraction : float in [0, 1)
-    seed : int
-    val_songs : iterable of str, optional
-        Explicit validation songs; when given, ``val_fraction`` is ignored.
-        Songs named here but absent from ``song_ids`` raise ``ValueError``.
-
-    Returns
-    -------
-    train, val : list of str, sorted
-    """
-    ids = sorted(set(song_ids))
-    if val_songs is not None:
-        val = set(val_songs)
-        missing = sorted(val - set(ids))
-        if missing:
-            raise ValueError(f"validation songs not in the store: {', '.join(missing)}")
-    else:
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
-        units = {s: song_unit(s, seed) for s in ids}
-        val = {s for s in ids if units[s] < val_fraction}
-        if not val and val_fraction > 0 and len(ids) >= 2:
-            val = {min(ids, key=lambda s: (units[s], s))}
-    return [s for s in ids if s not in val], [s for s in ids if s in val]
+# song_unit and split_by_song live in the torch-free mapkit.datasets.split (re-exported here)
 
 
 # --------------------------------------------------------------------------- store metadata

@@ -19,7 +19,8 @@ check                         what it proves
                               so moved or swapped data fails too). Skipped by ``checksums=False``
                               (``--quick``)
 ``structure``                 nothing the contract does not name: the shard root holds only
-                              ``songs``/``levels``; a song only ``placement`` and ``selection``; a level
+                              ``songs``/``levels``; a song only ``placement``, ``selection`` and
+                              (optionally) ``chromaprint``; a level
                               only characteristic groups of difficulty groups, each only the level
                               datasets; datasets only ``crc32``; every difficulty group listed in
                               ``difficulties_json`` exists and no other does
@@ -131,6 +132,9 @@ MAX_PROBLEMS = 1000
 #: Float16 unit roundoff and the largest rounding error in its subnormal range.
 F16_U = 2.0 ** -11
 F16_SUBNORMAL_ERR = 2.0 ** -25
+
+#: The optional fingerprint dataset of a song (mapkit.extract.CHROMAPRINT; docs/store.md).
+SONG_FINGERPRINT = "chromaprint"
 
 #: Relative tolerance between stats.json and the stats recomputed from the stored float64 sums.
 STATS_RTOL = 1e-9
@@ -526,9 +530,10 @@ class _FeatureTotals:
 def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: ValidationReport,
                 totals: _FeatureTotals, block_rows: int, checksums: bool = True):
     """Every features check of one song group; returns ``(T, audio_sha256)`` or None."""
-    _check_members(g, FEATURE_STAGES, where, report)
+    _check_members(g, FEATURE_STAGES + (SONG_FINGERPRINT,), where, report)
     if checksums:
         _check_attrs_checksum(g, where, report)
+    _check_fingerprint(g, where, report, checksums)
     attrs = _attrs_dict(g.attrs)
     missing = [k for k in SONG_ATTRS if k not in attrs]
     if missing:
@@ -613,6 +618,18 @@ def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: 
                                                f"sums to {arr_sum[k]:.6g} (float16 tolerance {tol[k]:.3g})",
                            band=k, stored=float(stored[k]), from_array=float(arr_sum[k]), tolerance=float(tol[k]))
     return T, str(attrs["audio_sha256"])
+
+
+def _check_fingerprint(g, where: str, report: ValidationReport, checksums: bool = True):
+    """A song's optional ``chromaprint`` dataset is one-dimensional uint32 (and its checksum holds)."""
+    if SONG_FINGERPRINT not in g:
+        return
+    ds = g[SONG_FINGERPRINT]
+    if ds.dtype != np.uint32 or ds.ndim != 1:
+        report.add("dtypes", where, f"{SONG_FINGERPRINT} is {ds.dtype} {list(ds.shape)}, the store contract says "
+                                    f"uint32 [m]", dataset=SONG_FINGERPRINT, dtype=str(ds.dtype))
+    elif checksums:
+        _check_data_checksum(ds, None, where, report)
 
 
 def _check_stats(store: Store, totals: _FeatureTotals, settings_hash, report: ValidationReport):

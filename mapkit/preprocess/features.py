@@ -354,9 +354,13 @@ class SongFeatures:
     band_sums: dict = field(default_factory=dict)
     #: :class:`~mapkit.preprocess.audio.AudioNote` messages of the decode (e.g. no end-of-stream flag)
     notes: tuple = ()
+    #: Chromaprint raw fingerprint (uint32), None when not asked for or not computable
+    chromaprint: np.ndarray | None = None
+    #: why there is no fingerprint ("" when there is one or none was asked for)
+    chromaprint_error: str = ""
 
 
-def song_features(source, settings: FeatureSettings = FeatureSettings()) -> SongFeatures:
+def song_features(source, settings: FeatureSettings = FeatureSettings(), fingerprint: bool = False) -> SongFeatures:
     """Decode one song and compute both stages: the per-song work of ``mapkit extract``.
 
     Parameters
@@ -364,6 +368,11 @@ def song_features(source, settings: FeatureSettings = FeatureSettings()) -> Song
     source : mapkit.preprocess.sources.Source
         A level (its info file names the audio) or a bare audio file.
     settings : FeatureSettings
+    fingerprint : bool
+        Also compute the song's Chromaprint fingerprint from the decoded
+        samples (no second decode; :func:`mapkit.preprocess.fingerprint.fingerprint`).
+        When libchromaprint is missing, ``chromaprint`` is None and
+        ``chromaprint_error`` says why; the features are computed all the same.
 
     Returns
     -------
@@ -387,6 +396,7 @@ def song_features(source, settings: FeatureSettings = FeatureSettings()) -> Song
     T = count_frames(n, sr, settings.fps)
     placement = placement_features(y, sr, settings)
     selection = selection_features(y, sr, settings)
+    chroma, chroma_error = _song_fingerprint(y, sr) if fingerprint else (None, "")
     del y
     pp, ps = settings.placement_pad, settings.selection_pad
     sums = {
@@ -409,4 +419,16 @@ def song_features(source, settings: FeatureSettings = FeatureSettings()) -> Song
         pad_selection=(ps, ps),
         band_sums=sums,
         notes=notes,
+        chromaprint=chroma,
+        chromaprint_error=chroma_error,
     )
+
+
+def _song_fingerprint(y: np.ndarray, sr: int):
+    """``(fingerprint or None, reason "" or why not)``: a missing library never fails the song."""
+    from mapkit.preprocess.fingerprint import fingerprint
+
+    try:
+        return fingerprint(y, sr), ""
+    except RuntimeError as e:
+        return None, str(e)

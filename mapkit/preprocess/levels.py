@@ -34,6 +34,10 @@ by one stable reason key, checked in this order:
 
 =====================  ==============================================================
 ``fake``               Noodle Extensions fake note (v2 ``_customData._fake``, v3 ``customData.fake*``)
+``modded_data``        custom data that moves or animates the note (Noodle Extensions), whatever the info
+                       file declares: v2 ``_customData`` with one of ``MODDED_NOTE_KEYS_V2``, v3
+                       ``customData`` with one of ``MODDED_NOTE_KEYS_V3`` (the note is not where its
+                       cell says; walls with such data are the objects' ``modded`` drops)
 ``missing_field``      a v1/v2 note without one of its fields (v3/v4 fields default to 0)
 ``bad_value``          a field that is not a number (strings must parse strictly: ``"1"`` ok), or a
                        note that is not a JSON object
@@ -56,7 +60,9 @@ applies) when its file is unreadable or corrupt, its tempo is invalid (a BPM
 <= 0 or not finite, inconsistent regions), its info entry names an unknown
 difficulty or repeats one, the info file says it requires Mapping Extensions
 or Noodle Extensions, the level is quarantined, or more than
-``settings.max_drop_fraction`` of its notes were dropped.
+``settings.max_drop_fraction`` of its notes were dropped (e.g. notes carrying
+Noodle placement data the info file does not declare: ``modded_data``). A
+difficulty without notes is read as it is (``build-targets`` quarantines it).
 
 A level is quarantined when its ``_songTimeOffset`` is non-zero and
 ``settings.song_offset == "quarantine"`` (the default). With ``"apply"`` the
@@ -91,8 +97,15 @@ from mapkit.settings import TargetSettings
 DIFFICULTIES = ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")
 
 #: Drop reasons, in the order they are checked.
-DROP_REASONS = ("fake", "missing_field", "bad_value", "non_finite", "unknown_type", "fractional_position",
+DROP_REASONS = ("fake", "modded_data", "missing_field", "bad_value", "non_finite", "unknown_type", "fractional_position",
                 "off_grid", "bad_direction", "negative_time", "duplicate")
+
+#: Note/wall custom data that moves, turns or animates the object (Noodle Extensions): the object is not
+#: where its grid fields say. ``_cutDirection`` (v2) turns it to any angle, ``_flip`` moves its spawn.
+#: ``_track``/``track`` alone is not counted: Chroma-only maps use tracks to animate colours (the
+#: JOURNEY fixture does), and colour changes nothing a trainer learns.
+MODDED_NOTE_KEYS_V2 = ("_position", "_animation", "_rotation", "_localRotation", "_cutDirection", "_flip")
+MODDED_NOTE_KEYS_V3 = ("coordinates", "animation", "worldRotation", "localRotation", "flip")
 
 #: Requirements that change what a note's fields mean: such difficulties are quarantined.
 MODDED_REQUIREMENTS = ("mapping extensions", "noodle extensions")
@@ -198,13 +211,15 @@ class _RawNotes:
     direction: list = field(default_factory=list)
     fake: list = field(default_factory=list)
     kind: list = field(default_factory=list)
+    modded: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.beat)
 
-    def extend(self, beat, x, y, type, direction, fake, kind: int):
-        """Append equally long columns; ``fake`` is one bool for all of them or a list."""
+    def extend(self, beat, x, y, type, direction, fake, kind: int, modded=False):
+        """Append equally long columns; ``fake`` and ``modded`` are one bool for all of them or a list."""
         n = len(beat)
+        self.modded += modded if isinstance(modded, list) else [modded] * n
         self.beat += beat
         self.x += x
         self.y += y
@@ -220,8 +235,13 @@ def _v2_notes(doc: dict, where: str) -> _RawNotes:
     raw.extend(*([n.get(key, _MISSING) for n in notes]
                  for key in ("_time", "_lineIndex", "_lineLayer", "_type", "_cutDirection")),
                fake=[isinstance(c := n.get("_customData"), dict) and c.get("_fake") is True for n in notes],
-               kind=_ANY_TYPE)
+               kind=_ANY_TYPE, modded=[_has_modded_data(n.get("_customData"), MODDED_NOTE_KEYS_V2) for n in notes])
     return raw
+
+
+def _has_modded_data(custom, keys) -> bool:
+    """Whether a note's or wall's custom data holds one of ``keys`` (moving or animating it)."""
+    return isinstance(custom, dict) and any(k in custom for k in keys)
 
 
 def _v3_notes(doc: dict, where: str) -> _RawNotes:
@@ -230,10 +250,12 @@ def _v3_notes(doc: dict, where: str) -> _RawNotes:
     for fake, color_key, bomb_key in ((False, "colorNotes", "bombNotes"), (True, "fakeColorNotes", "fakeBombNotes")):
         src = doc if not fake else custom
         colour = [n if isinstance(n, dict) else _V3_NOT_AN_OBJECT for n in _as_list(src, color_key, where)]
-        raw.extend(*([n.get(key, 0) for n in colour] for key in "bxycd"), fake=fake, kind=_COLOUR_TYPE)
+        raw.extend(*([n.get(key, 0) for n in colour] for key in "bxycd"), fake=fake, kind=_COLOUR_TYPE,
+                   modded=[_has_modded_data(n.get("customData"), MODDED_NOTE_KEYS_V3) for n in colour])
         bombs = [n if isinstance(n, dict) else _V3_NOT_AN_OBJECT for n in _as_list(src, bomb_key, where)]
         raw.extend(*([n.get(key, 0) for n in bombs] for key in "bxy"), [BOMB] * len(bombs), [0] * len(bombs),
-                   fake=fake, kind=_BOMB_TYPE)
+                   fake=fake, kind=_BOMB_TYPE,
+                   modded=[_has_modded_data(n.get("customData"), MODDED_NOTE_KEYS_V3) for n in bombs])
     return raw
 
 
@@ -341,6 +363,7 @@ def normalise_notes(raw_notes: _RawNotes, tempo: TempoMap):
         _number_column(c) for c in (raw_notes.beat, raw_notes.x, raw_notes.y, raw_notes.type, raw_notes.direction)))
     states = np.stack(states)
     fake = np.array(raw_notes.fake, dtype=bool)
+    modded = np.array(raw_notes.modded, dtype=bool) if len(raw_notes.modded) == len(fake) else np.zeros_like(fake)
     kind = np.array(raw_notes.kind, dtype=np.int8)
     direction = np.where(_is_bomb(kind, typ), 0.0, direction)  # the game ignores a bomb's direction
     with np.errstate(invalid="ignore"):
@@ -353,6 +376,7 @@ def normalise_notes(raw_notes: _RawNotes, tempo: TempoMap):
         on_grid = (x >= 0) & (x < N_COLUMNS) & (y >= 0) & (y < N_ROWS)
         good_direction = _is_integer(direction) & (direction >= 0) & (direction < N_DIRECTIONS)
     checks = (("fake", fake),
+              ("modded_data", modded),
               ("missing_field", (states == _ABSENT).any(axis=0)),
               ("bad_value", (states == _BAD).any(axis=0)),
               ("non_finite", ~finite),

@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 
 import mapkit
+from mapkit.datasets.split import grouping_record
 from mapkit.datasets.store import Store
 from mapkit.errors import MapkitError, StoreError
 from mapkit.settings import _Settings
@@ -90,6 +91,8 @@ class TrainConfig(_Settings):
     (None = no limit from that one; at least one must be set).
     ``val_songs`` (explicit validation songs) overrides ``val_fraction``.
     ``eval_every`` None: :data:`EVAL_POINTS` validations per run (:func:`eval_interval`).
+    ``min_score``/``exclude_automapped`` leave levels out before the split
+    (:mod:`mapkit.datasets.filters`; None = no filter).
     """
 
     KIND = "train"
@@ -108,6 +111,8 @@ class TrainConfig(_Settings):
     characteristic: str = "Standard"
     difficulties: tuple | None = None
     exclude_flagged: bool = False  # leave out difficulties flagged by mapkit audit
+    min_score: float | None = None
+    exclude_automapped: bool | None = None
     checkpoint_every: int = 1000
     eval_every: int | None = None
     log_every: int = 50
@@ -394,13 +399,13 @@ def store_fingerprint(store: Store, need_vocab: bool) -> dict:
     return out
 
 
-def warn_vocabulary_leak(store: Store, val_songs) -> str | None:
-    """Warn on stderr when ``vocab.json`` was counted over some of ``val_songs`` (a leak); return the warning."""
+def warn_vocabulary_leak(store: Store, val_songs, groups=None) -> str | None:
+    """Warn on stderr when ``vocab.json`` was counted over some of ``val_songs`` or their groups; return the warning."""
     import sys
 
     from mapkit.build_targets import vocabulary_leak
 
-    message = vocabulary_leak(json.loads(store.vocab_path.read_text(encoding="utf-8")), val_songs)
+    message = vocabulary_leak(json.loads(store.vocab_path.read_text(encoding="utf-8")), val_songs, groups=groups)
     if message:
         print(f"warning: {message}", file=sys.stderr)
     return message
@@ -870,19 +875,36 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
         _check_resume_config(resume_ckpt["train_config"], config, out_dir / LAST)
         stats = resume_ckpt["stats"]  # normalise exactly as the run being continued did
         train_songs, val_songs = resume_ckpt["train_songs"], resume_ckpt["val_songs"]
+        groups = resume_ckpt.get("song_groups") or {}
     else:
-        from mapkit.datasets.torch_datasets import split_by_song
+        from mapkit.datasets.split import song_groups, split_by_song
 
         stats = store.read_stats()
-        song_ids = set(store.index("features")) & set(store.index("targets"))
+        features_index = store.index("features")
+        targets_index = store.index("targets")
+        song_ids = set(features_index) & set(targets_index)
         if not song_ids:
             raise TrainingError(store.root, "no song has both features and targets")
-        train_songs, val_songs = split_by_song(song_ids, config.val_fraction, config.seed, config.val_songs)
+        if config.min_score is not None or config.exclude_automapped:
+            from mapkit.datasets.filters import filter_songs
+
+            song_ids, left_out = filter_songs(targets_index, song_ids, config.min_score, config.exclude_automapped)
+            if not song_ids:
+                raise TrainingError(store.root, f"the filters leave no song ({len(left_out)} left out, e.g. "
+                                                f"{next(iter(left_out.items()), ('', ''))[1]})")
+            if left_out and dist_info.main:
+                import sys
+
+                print(f"{len(left_out)} levels left out by the filters (e.g. {next(iter(sorted(left_out.items())))})",
+                      file=sys.stderr)
+        # by group: two encodes of one song never sit on both sides
+        groups = song_groups(features_index)
+        train_songs, val_songs = split_by_song(song_ids, config.val_fraction, config.seed, config.val_songs, groups)
         if not train_songs:
             raise TrainingError(store.root, "the training split is empty: lower --val-fraction")
 
     if stage.need_vocab and dist_info.main:
-        warn_vocabulary_leak(store, val_songs)
+        warn_vocabulary_leak(store, val_songs, groups)
 
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     stage.prepare(stats, train_songs, val_songs, config.seed)
@@ -957,6 +979,8 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "total_steps": total_steps,
             "rng": rngs, "world_size": dist_info.world_size,
             "stats": stats, "train_songs": list(train_songs), "val_songs": list(val_songs),
+            "song_groups": {s: groups.get(s, s) for s in (*train_songs, *val_songs)},
+            "grouping": grouping_record(groups, (*train_songs, *val_songs)),
             "metrics": dict(last_metrics), "best_value": best_value,
             **fingerprint, **stage.checkpoint_extras(),
         }

@@ -365,6 +365,7 @@ def test_shuffle_is_flagged(tmp_path):
 
 DROP_CASES = {
     "fake": n2(1, _customData={"_fake": True}),
+    "modded_data": n2(1, _customData={"_position": [0.5, 1.25], "_color": [1, 0, 0, 1]}),
     "missing_field": {"_time": 1, "_lineIndex": 1, "_type": 0, "_cutDirection": 1},
     "bad_value": n2(1, x="left"),
     "unknown_type": n2(1, t=2),
@@ -785,3 +786,38 @@ def test_zip_without_any_info_file_names_the_reason(tmp_path):
     with pytest.raises(LevelError) as e:
         read_level(z)
     assert e.value.reason == "no Info.dat (or legacy info.json) in level"
+
+
+# --- undeclared modded data, empty difficulties ------------------------------------------------------
+
+def test_undeclared_noodle_notes_are_dropped_and_the_level_quarantined(tmp_path):
+    """Like a real level that declares no requirement while most notes carry Noodle placement data."""
+    noodle = [n2(2 + i, _customData={"_position": [i * 0.5, 1.0]}) for i in range(6)]
+    noodle += [n2(8, _customData={"_animation": {"_dissolve": [[0, 0]]}})]
+    plain = [n2(10, x=2, _customData={"_color": [1, 0, 0, 1]}), n2(11, t=1, x=3)]  # Chroma colour is harmless
+    walls = [{"_time": 1, "_lineIndex": 0, "_type": 0, "_duration": 1, "_width": 1,
+              "_customData": {"_position": [-5, 0], "_scale": [1, 5]}},
+             {"_time": 2, "_lineIndex": 3, "_type": 0, "_duration": 1, "_width": 1}]
+    d = only(read_level(make_v2_level(tmp_path, noodle + plain, _obstacles=walls)))
+    assert d.drops == {"modded_data": 7} and d.counts["obstacles"] == 2
+    assert d.objects_drops.get("obstacles", {}).get("modded") == 1  # walls: the objects' own rule
+    assert d.quarantine.startswith("dropped 7 of 9 notes") and "modded_data 7" in d.quarantine
+    v3 = tmp_path / "v3"
+    v3.mkdir()
+    write_json(v3 / "Info.dat", v2_info(bpm=60))
+    write_json(v3 / "Expert.dat", {"version": "3.2.0", "colorNotes": [
+        {"b": 1, "x": 1, "y": 0, "c": 0, "d": 1, "customData": {"coordinates": [0.5, 2]}},
+        *({"b": 2 + i, "x": 1, "y": 0, "c": 1, "d": 1} for i in range(30))]})
+    d = only(read_level(v3))
+    assert d.drops == {"modded_data": 1} and d.quarantine is None and len(d.notes) == 30
+
+
+def test_difficulty_without_notes_is_read_but_not_a_target(tmp_path):
+    from mapkit.build_targets import no_notes_reason
+
+    d = only(read_level(make_v2_level(tmp_path, [])))
+    assert d.quarantine is None and "no notes" in d.warnings  # inspect and evaluate see it as it is
+    assert no_notes_reason(d) == "no notes"  # build-targets quarantines it (tests/test_build_targets.py)
+    d = only(read_level(make_v2_level(tmp_path, [n2(1, t=3), n2(2, t=3)], name="bombs")))
+    assert no_notes_reason(d) == "no notes (only 2 bombs)"
+    assert no_notes_reason(only(read_level(make_v2_level(tmp_path, [n2(1), n2(2, t=1)], name="two")))) is None
