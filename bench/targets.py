@@ -75,6 +75,32 @@ def single_difficulty_level(src: Path, filename: str, dst: Path) -> Path:
     return out
 
 
+def objects_share(raw: bytes, path: Path, diff, dt, T: int, total: float, repeat: int) -> None:
+    """(b') The whole-level objects' part of (b): walls, arcs, chains, events read, timed, placed, frame_events.
+
+    Measured side by side with (b) in the same run; "notes only" is (b)'s
+    total less this part, i.e. the per-level cost before the store held the
+    whole level, and the ratio is what the objects cost on a level with
+    thousands of light events.
+    """
+    from mapkit.preprocess.frame_events import frame_events
+    from mapkit.preprocess.objects import normalise_objects, place_objects, read_raw_objects
+
+    doc = load_json_bytes(raw, str(path))
+    major = str(diff.sniffed_version)
+    t_raw, rawobj = best(lambda: read_raw_objects(doc, major, str(path)), repeat)
+    t_norm, (records, _read, _drops) = best(lambda: normalise_objects(rawobj, diff.tempo), repeat)
+    t_place, (placed, _beyond) = best(lambda: place_objects(records, T, dt.notes), repeat)
+    t_frames, _ = best(lambda: frame_events(dt.notes, placed, T), repeat)
+    part = t_raw + t_norm + t_place + t_frames
+    n = {k: len(v) for k, v in records.items() if hasattr(v, "__len__")}
+    print(f"(b') its objects ({', '.join(f'{k} {v}' for k, v in n.items() if v)}):")
+    print(f"    read {1000 * t_raw:.1f} ms, timed {1000 * t_norm:.1f} ms, placed {1000 * t_place:.1f} ms, "
+          f"frame_events {1000 * t_frames:.1f} ms: {1000 * part:.1f} ms of (b)'s {1000 * total:.1f} ms; "
+          f"notes only {1000 * (total - part):.1f} ms, so the whole level costs "
+          f"{total / max(total - part, 1e-9):.2f}x (limit 2x)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
@@ -138,6 +164,7 @@ def main():
     print(f"    total:                                           {1000 * total:6.1f} ms")
     print(f"    build-targets' own share (targets, count, encode): {1000 * (t_targets + t_count + t_encode):.1f} ms")
     print(f"    (resume check: SHA-256 of all the level's files, {1000 * t_hash:.1f} ms per level)")
+    objects_share(raw, path, diff, dt, T, total, args.repeat)
 
     # (c) HDF5 writing in the parent
     with tempfile.TemporaryDirectory() as tmp:
