@@ -697,7 +697,8 @@ def _resume_config(config_fn, out, kw: dict, config_overrides: dict):
     """--resume: the checkpoint's config, with only the options given on the command line changed."""
     import dataclasses
 
-    from mapkit.train.loop import TrainingError, resumed_config
+    from mapkit.errors import TrainingError
+    from mapkit.train.loop import resumed_config
 
     given = _explicit(click.get_current_context(), list(kw) + list(config_overrides))
     fresh = config_fn(kw["preset"], **config_overrides, **_train_config_kwargs(kw))

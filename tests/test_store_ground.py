@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from mapkit.cli import main
 from mapkit.datasets import store as store_module
-from mapkit.datasets.store import DiskFullError, ShardWriter, Store
+from mapkit.datasets.store import ShardWriter, Store
+from mapkit.errors import DiskFullError
 from mapkit.datasets.validation import validate_store
 from mapkit.demo import make_demo
 from mapkit.errors import StoreError

@@ -68,7 +68,7 @@ from pathlib import Path
 import numpy as np
 
 import mapkit
-from mapkit.errors import StoreError
+from mapkit.errors import DiskFullError, StoreError
 
 #: Kind of shard -> its folder in the store and the top-level group of its items.
 KIND_ROOTS = {"features": "songs", "targets": "levels"}
@@ -101,9 +101,6 @@ ATTRS_CHECKSUM = "attrs_crc32"
 DISK_FACTOR = 1.05
 DISK_MARGIN_BYTES = 1 << 20
 
-
-class DiskFullError(StoreError):
-    """The disk has no room for the next item: the run stops cleanly, the store stays valid."""
 
 
 def checksum_start(path: str) -> int:

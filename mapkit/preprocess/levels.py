@@ -90,7 +90,8 @@ from mapkit.errors import LevelError
 from mapkit.preprocess.container import LevelContainer
 from mapkit.preprocess.jsonio import load_json_bytes
 from mapkit.preprocess.notes import BOMB, N_COLUMNS, N_DIRECTIONS, N_ROWS, NOTE_DTYPE, sort_notes
-from mapkit.preprocess.tempo import TempoError, TempoMap
+from mapkit.errors import TempoError
+from mapkit.preprocess.tempo import TempoMap
 from mapkit.settings import TargetSettings
 
 #: Canonical difficulty names, easiest first.

@@ -42,9 +42,8 @@ import math
 
 import numpy as np
 
+from mapkit.errors import TempoError
 
-class TempoError(ValueError):
-    """A tempo map cannot be built: invalid BPM, invalid region, inconsistent regions."""
 
 
 #: Continuity tolerance of a segment's start second, relative to ``max(1 s, |second|)``: the

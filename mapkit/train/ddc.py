@@ -166,7 +166,7 @@ class DDCStage(Stage):
         self.train_dataset = PlacementDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = PlacementDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None
         if not self.train_dataset.levels:
-            from mapkit.train.loop import TrainingError
+            from mapkit.errors import TrainingError
 
             raise TrainingError(self.store.root, f"no {c.characteristic} level in the training songs")
         if self.pos_weight is None:

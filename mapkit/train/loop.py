@@ -59,7 +59,7 @@ import torch
 import mapkit
 from mapkit.datasets.split import grouping_record
 from mapkit.datasets.store import Store
-from mapkit.errors import MapkitError, StoreError
+from mapkit.errors import StoreError, TrainingError
 from mapkit.settings import _Settings
 
 CHECKPOINT_FORMAT = "mapkit-checkpoint"
@@ -75,9 +75,6 @@ NOT_METRICS = frozenset({"step", "epoch", "time", "elapsed_s", "tokens", "thresh
 #: Environment variable and default (minutes) of the DDP collective timeout (:func:`dist_timeout`).
 DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_MIN = "MAPKIT_DIST_TIMEOUT_MIN", 120.0
 
-
-class TrainingError(MapkitError):
-    """Training cannot start or go on (bad checkpoint, mismatched store, empty split)."""
 
 
 # --------------------------------------------------------------------------- configs

@@ -91,7 +91,8 @@ def stage1_report(store, checkpoint, songs=None, train_songs=None, tolerances=(2
     from mapkit.datasets.torch_datasets import PlacementDataset
     from mapkit.generate import PlacementSetup
     from mapkit.train.ddc import predict_probabilities
-    from mapkit.train.loop import TrainingError, load_checkpoint
+    from mapkit.errors import TrainingError
+    from mapkit.train.loop import load_checkpoint
     from mapkit.train.models import DIFFICULTIES
     from mapkit.train.peaks import pick_peaks
 
@@ -228,7 +229,8 @@ def stage2_baselines(store, checkpoint, songs=None) -> dict:
     """
     from mapkit.datasets.torch_datasets import SelectionDataset
     from mapkit.preprocess.targets import Vocabulary
-    from mapkit.train.loop import TrainingError, read_checkpoint
+    from mapkit.errors import TrainingError
+    from mapkit.train.loop import read_checkpoint
     from mapkit.train.transformer import TransformerConfig
 
     ckpt = read_checkpoint(checkpoint)

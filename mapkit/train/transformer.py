@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from mapkit.datasets.store import Store
 from mapkit.preprocess.targets import N_SPECIAL, PAD
-from mapkit.train.loop import RunOptions, Stage, TrainConfig, TrainingError, TrainResult, fit
+from mapkit.errors import TrainingError
+from mapkit.train.loop import RunOptions, Stage, TrainConfig, TrainResult, fit
 from mapkit.train.models import SELECTION_PRESETS, SelectionConfig, selection_loss, token_accuracy
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mapkit.preprocess.tempo import TempoError, TempoMap
+from mapkit.errors import TempoError
+from mapkit.preprocess.tempo import TempoMap
 
 
 # --- the worked examples of DESIGN.md section 1 --------------------------------------------------

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from mapkit.cli import main
 from mapkit.datasets.torch_datasets import SelectionDataset
 from mapkit.train.ablation import AblatedSelection, ablated_source
-from mapkit.train.loop import TrainingError, load_checkpoint, read_checkpoint, read_metrics, save_checkpoint
+from mapkit.errors import TrainingError
+from mapkit.train.loop import load_checkpoint, read_checkpoint, read_metrics, save_checkpoint
 from mapkit.train.models import SelectionConfig
 from tests.tone_store import VAL_SONGS, build_tone_store
 

@@ -19,7 +19,8 @@ from mapkit.datasets.torch_datasets import PlacementDataset, SelectionDataset, r
 from mapkit.datasets.store import Store
 from mapkit.generate import PlacementSetup
 from mapkit.train.ddc import DDCStage, ddc_config, predict_probabilities, train_ddc
-from mapkit.train.loop import (DIST_TIMEOUT_ENV, EpochSampler, RunOptions, TrainingError, dist_timeout,
+from mapkit.errors import TrainingError
+from mapkit.train.loop import (DIST_TIMEOUT_ENV, EpochSampler, RunOptions, dist_timeout,
                                load_checkpoint, lr_factor, read_checkpoint, read_metrics, save_checkpoint)
 from mapkit.train.models import PLACEMENT_PRESETS
 from mapkit.train.peaks import onset_f1
