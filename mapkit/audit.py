@@ -53,7 +53,7 @@ import numpy as np
 from mapkit.datasets.runner import ItemResult, RunReport, run_items, write_report
 from mapkit.datasets.store import ShardItem, ShardWriter, Store, open_shard
 from mapkit.errors import StoreError
-from mapkit.settings import _Settings
+from mapkit.settings import Settings
 
 COMMAND = "audit"
 
@@ -65,7 +65,7 @@ FLAGS = ("few_notes", "no_peak", "offset", "partial")
 
 
 @dataclass(frozen=True)
-class AuditSettings(_Settings):
+class AuditSettings(Settings):
     """Thresholds of the audit (module docstring); their hash is stored with every result."""
 
     KIND = "audit"

@@ -14,9 +14,11 @@ import json
 import math
 from dataclasses import dataclass
 
+from mapkit.preprocess.timebase import FPS
 
-class _Settings:
-    """Mixin: ``to_dict``, ``to_json``, ``hash`` and ``from_dict`` for frozen dataclasses."""
+
+class Settings:
+    """Base of every settings and config class (a frozen dataclass): ``to_dict``, ``to_json``, ``hash``, ``from_dict``."""
 
     KIND = "settings"
 
@@ -49,12 +51,12 @@ class _Settings:
 
 
 @dataclass(frozen=True)
-class FeatureSettings(_Settings):
+class FeatureSettings(Settings):
     """Audio feature settings of both stages (DESIGN.md section 2)."""
 
     KIND = "features"
 
-    fps: int = 100
+    fps: int = FPS
     # stage 1, "placement": DDC multi-resolution log-mel
     placement_sample_rate: int = 44100
     placement_n_ffts: tuple = (1024, 2048, 4096)
@@ -90,12 +92,12 @@ class FeatureSettings(_Settings):
 
 
 @dataclass(frozen=True)
-class TargetSettings(_Settings):
+class TargetSettings(Settings):
     """Level-reading and target settings (DESIGN.md sections 1 and 3)."""
 
     KIND = "targets"
 
-    fps: int = 100
+    fps: int = FPS
     #: "quarantine" (default): a level with a non-zero _songTimeOffset is reported, not used.
     #: "apply": the offset is applied to note times (sign convention: see mapkit.preprocess.tempo).
     song_offset: str = "quarantine"

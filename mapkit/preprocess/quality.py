@@ -22,7 +22,7 @@ from mapkit.preprocess.notes import BLUE, BOMB, N_DIRECTIONS, RED
 from mapkit.preprocess.parity import DIRECTION_VECTORS, DOT, ParitySettings, SwingStates, parity_errors, swing_states
 from mapkit.preprocess.targets import note_states
 from mapkit.preprocess.timebase import FPS, frame_of
-from mapkit.settings import _Settings
+from mapkit.settings import Settings
 
 #: Vision-block window per difficulty: (min, max) seconds after a centre note
 #: (BeatSaber-MapCheck's difficulty-specific defaults, MIT).
@@ -39,7 +39,7 @@ _EPS = 1e-9  # time comparisons at a window's edge are inclusive despite float r
 
 
 @dataclass(frozen=True)
-class EvaluateSettings(_Settings):
+class EvaluateSettings(Settings):
     """Every constant of the metrics (docs/evaluate.md); its hash is saved with a baseline."""
 
     KIND = "evaluate"

@@ -60,7 +60,7 @@ import mapkit
 from mapkit.datasets.split import grouping_record
 from mapkit.datasets.store import Store
 from mapkit.errors import StoreError, TrainingError
-from mapkit.settings import _Settings
+from mapkit.settings import Settings
 
 CHECKPOINT_FORMAT = "mapkit-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -81,7 +81,7 @@ DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_MIN = "MAPKIT_DIST_TIMEOUT_MIN", 120.0
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Settings):
+class TrainConfig(Settings):
     """What both stages share. Stage configs extend it with their model and data fields.
 
     ``max_steps`` and ``epochs``: training stops at whichever comes first

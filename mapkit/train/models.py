@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mapkit.preprocess.targets import N_SPECIAL, PAD
-from mapkit.settings import _Settings
+from mapkit.settings import Settings
 
 #: Difficulty index of the conditioning input.
 DIFFICULTIES = ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")
@@ -43,7 +43,7 @@ DIFFICULTIES = ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")
 
 
 @dataclass(frozen=True)
-class PlacementConfig(_Settings):
+class PlacementConfig(Settings):
     """Architecture of the stage-1 C-LSTM.
 
     ``conv_filters``, ``conv_time_kernels`` and ``conv_mel_kernels`` describe
@@ -227,7 +227,7 @@ SELECTION_DESIGN = 2
 
 
 @dataclass(frozen=True)
-class SelectionConfig(_Settings):
+class SelectionConfig(Settings):
     """Architecture of the stage-2 encoder-decoder transformer (pre-LN)."""
 
     KIND = "selection_model"
