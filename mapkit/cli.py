@@ -593,7 +593,7 @@ def _preset_option(*decls, field: str, auto: str | None = None, **kwargs):
 
 def _difficulty_names(ctx, param, values):
     """--difficulty: canonical names (aliases like Expert+ accepted); a usage error lists the valid ones."""
-    from mapkit.preprocess.levels import DIFFICULTIES, canonical_difficulty
+    from mapkit.preprocess.difficulties import DIFFICULTIES, canonical_difficulty
 
     try:
         if isinstance(values, str):

@@ -45,6 +45,7 @@ import numpy as np
 from mapkit.audio_out import encode_ogg_vorbis
 from mapkit.imageio import png_bytes
 from mapkit.level_out import remove_path, write_folder, write_zip
+from mapkit.preprocess.difficulties import DIFFICULTY_SPECS
 from mapkit.preprocess.notes import BLUE, BOMB, NOTE_DTYPE, RED, sort_notes
 from mapkit.preprocess.tempo import TempoMap
 
@@ -59,11 +60,12 @@ NOISE_FLOOR_RMS = 0.003
 #: Half-beat slots per 4/4 bar.
 SLOTS_PER_BAR = 8
 
-#: Difficulty name -> (rank, note jump speed, slots of a bar it keeps). Nested: Easy ⊂ Normal ⊂ Expert.
-DIFFICULTY_SPECS = {
-    "Easy": (1, 10.0, frozenset({0, 4})),
-    "Normal": (3, 12.0, frozenset({0, 2, 4, 6})),
-    "Expert": (7, 16.0, frozenset(range(SLOTS_PER_BAR))),
+#: Difficulty name -> the slots of a bar it keeps. Nested: Easy ⊂ Normal ⊂ Expert. Rank and note jump
+#: speed are the official ones (:data:`mapkit.preprocess.difficulties.DIFFICULTY_SPECS`).
+DEMO_SLOTS = {
+    "Easy": frozenset({0, 4}),
+    "Normal": frozenset({0, 2, 4, 6}),
+    "Expert": frozenset(range(SLOTS_PER_BAR)),
 }
 #: Loudness of a hit by its slot in the bar: downbeat > beat 3 > beats 2, 4 > off-beats.
 SLOT_GAIN = (1.0, 0.5, 0.75, 0.5, 0.9, 0.5, 0.75, 0.5)
@@ -323,7 +325,7 @@ def plan_level(index: int, seed: int = 0, duration_s: float = 30.0, sample_rate:
 
 
 def _difficulty_hits(plan: _Plan, difficulty: str) -> list:
-    keep = DIFFICULTY_SPECS[difficulty][2]
+    keep = DEMO_SLOTS[difficulty]
     return [h for h in plan.hits if h.slot in keep]
 
 
@@ -439,9 +441,9 @@ def _v2_info(plan: _Plan, duration_s: float) -> dict:
         "_difficultyBeatmapSets": [{
             "_beatmapCharacteristicName": "Standard",
             "_difficultyBeatmaps": [{
-                "_difficulty": d, "_difficultyRank": DIFFICULTY_SPECS[d][0],
+                "_difficulty": d, "_difficultyRank": DIFFICULTY_SPECS[d].rank,
                 "_beatmapFilename": _difficulty_filename(plan, d),
-                "_noteJumpMovementSpeed": DIFFICULTY_SPECS[d][1], "_noteJumpStartBeatOffset": 0,
+                "_noteJumpMovementSpeed": DIFFICULTY_SPECS[d].njs, "_noteJumpStartBeatOffset": 0,
                 "_customData": {"_difficultyLabel": f"demo {d.lower()}"},
             } for d in plan.difficulties],
         }],
@@ -469,7 +471,7 @@ def _v4_info(plan: _Plan, duration_s: float) -> dict:
             "characteristic": "Standard", "difficulty": d,
             "beatmapAuthors": {"mappers": ["mapkit"], "lighters": ["mapkit"]},
             "environmentNameIdx": 0, "beatmapColorSchemeIdx": 0,
-            "noteJumpMovementSpeed": DIFFICULTY_SPECS[d][1], "noteJumpStartBeatOffset": 0,
+            "noteJumpMovementSpeed": DIFFICULTY_SPECS[d].njs, "noteJumpStartBeatOffset": 0,
             "beatmapDataFilename": _difficulty_filename(plan, d), "lightshowDataFilename": "Lightshow.dat",
         } for d in plan.difficulties],
         "customData": {},

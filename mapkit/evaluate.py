@@ -20,7 +20,7 @@ import numpy as np
 from mapkit.errors import MapkitError
 from mapkit.preprocess.alignment import beat_period_frames
 from mapkit.preprocess.baseline import BAND, Baseline, outside_band
-from mapkit.preprocess.levels import DIFFICULTIES, canonical_difficulty
+from mapkit.preprocess.difficulties import DIFFICULTIES, canonical_difficulty
 from mapkit.preprocess.notes import BOMB
 from mapkit.preprocess.quality import METRICS, EvaluateSettings, LevelMetrics, level_metrics
 from mapkit.preprocess.timebase import frame_of

@@ -44,6 +44,7 @@ import numpy as np
 
 from mapkit.errors import MapkitError
 from mapkit.level_out import remove_path, write_folder, write_zip
+from mapkit.preprocess.difficulties import DIFFICULTY_SPECS
 from mapkit.preprocess.notes import BOMB, NOTE_DTYPE, sort_notes
 from mapkit.preprocess.tempo import TempoMap
 from mapkit.preprocess.timebase import FPS, frame_of, frame_time
@@ -52,14 +53,6 @@ from mapkit.settings import FeatureSettings
 #: Where ``mapkit train ddc`` / ``mapkit train transformer`` write their last checkpoints by default.
 DEFAULT_PLACEMENT = "mapkit-runs/ddc/last.pt"
 DEFAULT_SELECTION = "mapkit-runs/transformer/last.pt"
-#: Difficulty -> (``_difficultyRank``, note jump speed in m/s): the values of the official levels.
-DIFFICULTY_SPECS = {
-    "Easy": (1, 10.0),
-    "Normal": (3, 10.0),
-    "Hard": (5, 12.0),
-    "Expert": (7, 16.0),
-    "ExpertPlus": (9, 18.0),
-}
 #: Grid divisions per beat of snapping, and how far (s) a note may move onto the grid.
 SNAP_DIVISIONS = 16
 SNAP_TOLERANCE_S = 0.010
@@ -632,11 +625,11 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     from mapkit.datasets.torch_datasets import selection_source
     from mapkit.imageio import png_bytes
     from mapkit.preprocess.features import song_features
-    from mapkit.preprocess.levels import canonical_difficulty
+    from mapkit.preprocess.difficulties import canonical_difficulty
     from mapkit.preprocess.targets import token_sequence
     from mapkit.train.ddc import predict_probabilities
     from mapkit.train.decoding import beam_search, sample
-    from mapkit.train.models import DIFFICULTIES
+    from mapkit.preprocess.difficulties import DIFFICULTIES
     from mapkit.train.peaks import pick_peaks
 
     try:

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from mapkit.cli import main
 from mapkit.errors import MapkitError
+from mapkit.preprocess.difficulties import DIFFICULTY_SPECS
 from mapkit.generate import (
-    DIFFICULTY_SPECS,
     LEVEL_SUFFIX,
     estimate_tempo,
     generate,
@@ -185,7 +185,7 @@ def test_level_folder_and_zip_hold_the_generated_notes(generated):
         assert level.quarantine is None and level.bpm == gen.bpm and level.song_time_offset == 0
         diff = level.get("Standard", "Expert")
         assert diff is not None and diff.quarantine is None and diff.n_dropped == 0
-        assert diff.declared_version == "3.3.0" and diff.njs == DIFFICULTY_SPECS["Expert"][1]
+        assert diff.declared_version == "3.3.0" and diff.njs == DIFFICULTY_SPECS["Expert"].njs
         back = diff.notes
         assert len(back) == len(gen.notes)
         assert np.array_equal(back["beat"], gen.notes["beat"])

@@ -32,12 +32,10 @@ import torch
 from mapkit.datasets.split import song_unit, split_by_song  # noqa: F401 - re-exported
 from mapkit.datasets.store import Store, open_shard
 from mapkit.errors import StoreError
+from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
 from mapkit.preprocess.targets import PAD, Vocabulary, one_hot_states
 from mapkit.settings import FeatureSettings
-from mapkit.train.models import DIFFICULTIES
 
-#: Difficulty name -> conditioning index of the stage-1 model (Easy 0 .. ExpertPlus 4).
-DIFFICULTY_INDEX = {name: i for i, name in enumerate(DIFFICULTIES)}
 #: The four stored gap datasets, in the order the stage-2 model reads them.
 GAP_NAMES = ("gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
 

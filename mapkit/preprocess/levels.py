@@ -86,16 +86,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mapkit.errors import LevelError
+from mapkit.errors import LevelError, TempoError
 from mapkit.preprocess.container import LevelContainer
+from mapkit.preprocess.difficulties import canonical_difficulty
 from mapkit.preprocess.jsonio import load_json_bytes
 from mapkit.preprocess.notes import BOMB, N_COLUMNS, N_DIRECTIONS, N_ROWS, NOTE_DTYPE, sort_notes
-from mapkit.errors import TempoError
 from mapkit.preprocess.tempo import TempoMap
 from mapkit.settings import TargetSettings
-
-#: Canonical difficulty names, easiest first.
-DIFFICULTIES = ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")
 
 #: Drop reasons, in the order they are checked.
 DROP_REASONS = ("fake", "modded_data", "missing_field", "bad_value", "non_finite", "unknown_type", "fractional_position",
@@ -111,39 +108,10 @@ MODDED_NOTE_KEYS_V3 = ("coordinates", "animation", "worldRotation", "localRotati
 #: Requirements that change what a note's fields mean: such difficulties are quarantined.
 MODDED_REQUIREMENTS = ("mapping extensions", "noodle extensions")
 
-_DIFFICULTY_ALIASES = {
-    "easy": "Easy",
-    "normal": "Normal",
-    "hard": "Hard",
-    "expert": "Expert",
-    "expertplus": "ExpertPlus",
-    "expert+": "ExpertPlus",
-    "ex+": "ExpertPlus",
-}
-
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _VERSION_RE = re.compile(r"\d+")
 _MISSING = object()
 
-
-def canonical_difficulty(name: str) -> str:
-    """The canonical difficulty name: ``"Expert+"``, ``"expertplus"``, ``"Expert Plus"`` -> ``"ExpertPlus"``.
-
-    Case, spaces, ``_`` and ``-`` are ignored.
-
-    Raises
-    ------
-    ValueError
-        ``name`` is not one of Easy, Normal, Hard, Expert, ExpertPlus (or an alias).
-
-    >>> canonical_difficulty("Expert+"), canonical_difficulty("expertplus"), canonical_difficulty(" hard ")
-    ('ExpertPlus', 'ExpertPlus', 'Hard')
-    """
-    key = re.sub(r"[\s_\-]", "", str(name)).lower()
-    try:
-        return _DIFFICULTY_ALIASES[key]
-    except KeyError:
-        raise ValueError(f"unknown difficulty name {name!r}") from None
 
 
 def _major(version) -> str | None:

@@ -27,7 +27,8 @@ import torch
 from mapkit.datasets.store import Store
 from mapkit.settings import FeatureSettings
 from mapkit.train.loop import RunOptions, Stage, TrainConfig, TrainResult, fit
-from mapkit.train.models import DIFFICULTIES, PLACEMENT_PRESETS, PlacementConfig, onset_loss
+from mapkit.preprocess.difficulties import DIFFICULTIES
+from mapkit.train.models import PLACEMENT_PRESETS, PlacementConfig, onset_loss
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mapkit.preprocess.difficulties import DIFFICULTIES
 from mapkit.preprocess.targets import N_SPECIAL, PAD
 from mapkit.settings import Settings
 
-#: Difficulty index of the conditioning input.
-DIFFICULTIES = ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")
 
 
 # --------------------------------------------------------------------------- stage 1

@@ -93,7 +93,7 @@ def stage1_report(store, checkpoint, songs=None, train_songs=None, tolerances=(2
     from mapkit.train.ddc import predict_probabilities
     from mapkit.errors import TrainingError
     from mapkit.train.loop import load_checkpoint
-    from mapkit.train.models import DIFFICULTIES
+    from mapkit.preprocess.difficulties import DIFFICULTIES
     from mapkit.train.peaks import pick_peaks
 
     model, ckpt = load_checkpoint(checkpoint, device)
@@ -125,7 +125,7 @@ def stage1_report(store, checkpoint, songs=None, train_songs=None, tolerances=(2
 
 
 def _by_difficulty(predicted, truths, names, tolerances) -> dict:
-    from mapkit.train.models import DIFFICULTIES
+    from mapkit.preprocess.difficulties import DIFFICULTIES
 
     table = {}
     for name in [d for d in DIFFICULTIES if d in names] + ["all"]:
@@ -138,7 +138,7 @@ def _by_difficulty(predicted, truths, names, tolerances) -> dict:
 
 def _baseline(store, ckpt, train_songs, held_out, truths, names, setup, tolerances, kw) -> dict:
     from mapkit.datasets.torch_datasets import PlacementDataset
-    from mapkit.train.models import DIFFICULTIES
+    from mapkit.preprocess.difficulties import DIFFICULTIES
     from mapkit.train.peaks import pick_peaks
 
     settings = setup.feature_settings

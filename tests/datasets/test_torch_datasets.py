@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from mapkit.datasets.store import Store
-from mapkit.datasets.torch_datasets import (DIFFICULTY_INDEX, PlacementDataset, SelectionDataset, collate_selection,
+from mapkit.datasets.torch_datasets import (PlacementDataset, SelectionDataset, collate_selection,
                                             read_vocab, split_by_song, stage_stats, store_levels)
 from mapkit.errors import StoreError
+from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
 from mapkit.preprocess.targets import PAD, one_hot_states
 from mapkit.settings import FeatureSettings
 from tests.tiny_store import build_tiny_store

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mapkit.errors import LevelError
 from mapkit.preprocess.levels import (_MISSING, DROP_REASONS, _strict_number, _v2_notes, _v3_notes,
-                                      canonical_difficulty, normalise_notes, read_level)
+                                      normalise_notes, read_level)
 from mapkit.preprocess.notes import BOMB, NOTE_DTYPE
 from mapkit.preprocess.tempo import TempoMap
 from mapkit.settings import TargetSettings
@@ -501,17 +501,6 @@ def test_unknown_and_repeated_difficulty_names(tmp_path):
     assert b.quarantine == "duplicate difficulty: Standard/ExpertPlus listed twice in the info file"
     assert c.difficulty == "Insane" and c.quarantine == "unknown difficulty name 'Insane'"
 
-
-@pytest.mark.parametrize("name, canonical", [("Expert+", "ExpertPlus"), ("expertplus", "ExpertPlus"),
-                                             ("Expert Plus", "ExpertPlus"), ("EASY", "Easy"), ("normal", "Normal"),
-                                             ("Hard", "Hard"), ("expert", "Expert")])
-def test_canonical_difficulty(name, canonical):
-    assert canonical_difficulty(name) == canonical
-
-
-def test_canonical_difficulty_rejects_unknown_names():
-    with pytest.raises(ValueError, match="unknown difficulty name 'Extreme'"):
-        canonical_difficulty("Extreme")
 
 
 def test_file_names_from_the_info_cannot_leave_the_level(tmp_path):
