@@ -73,8 +73,8 @@ from mapkit.datasets.names import name_problem, safe_attrs, song_id_problem
 from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
                                     check_scheduler, plural, run_items, write_report)
 from mapkit.datasets.split import grouping_record, song_groups
-from mapkit.datasets.store import (KIND_ROOTS, ShardItem, ShardWriter, Store, os_error_reason, shard_file_attrs,
-                                   write_json_atomic)
+from mapkit.datasets.schema import KIND_ROOTS, LEVEL_DATASETS, UNK
+from mapkit.datasets.store import ShardItem, ShardWriter, Store, os_error_reason, shard_file_attrs
 from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.frame_events import FRAME_EVENTS, frame_events
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
@@ -92,10 +92,6 @@ DEFAULT_SHARD_BYTES = 1 << 30
 
 #: Drop reason of notes whose frame lies outside [0, T) (past the end of the audio).
 BEYOND_AUDIO = "beyond_audio"
-
-#: Datasets of one difficulty group, in the order they are written.
-DIFFICULTY_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames",
-                       "gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats") + OBJECT_DATASETS + (FRAME_EVENTS,)
 
 NO_FEATURES = "no features (run mapkit extract first)"
 
@@ -530,10 +526,10 @@ def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int 
         if d.quarantine is not None:
             continue
         arrays = difficulty_datasets(d, level.n_frames, vocab, fps)
-        for name in DIFFICULTY_DATASETS:
+        for name in LEVEL_DATASETS:
             datasets[f"{d.name}/{name}"] = arrays[name]
         sub_attrs[d.name] = {**safe_attrs(d.attrs), "vocab_hash": vocab.hash,
-                             "n_unk": int((arrays["tokens"] == 3).sum()),
+                             "n_unk": int((arrays["tokens"] == UNK).sum()),
                              "features_settings_hash": level.features_settings_hash,
                              "audio_sha256": level.audio_sha256}
         written.append(d.name)
@@ -687,7 +683,7 @@ def intact_levels(entries) -> set:
                 if names is None or listed_quarantine(e.attrs.get("quarantined_json", "")) is None:
                     continue
                 g = f[e.group]
-                if all(isinstance(g.get(name), h5py.Group) and all(k in g[name] for k in DIFFICULTY_DATASETS)
+                if all(isinstance(g.get(name), h5py.Group) and all(k in g[name] for k in LEVEL_DATASETS)
                        for name in names):
                     intact.add(e.song_id)
     return intact
@@ -723,14 +719,14 @@ def reencode_stored(entry, vocab: Vocabulary) -> ShardItem:
         attrs = {k: v for k, v in g.attrs.items()}
         for name in _stored_difficulties(entry):
             dg = g[name]
-            arrays = {k: dg[k][()] for k in DIFFICULTY_DATASETS}
+            arrays = {k: dg[k][()] for k in LEVEL_DATASETS}
             tokens = arrays["tokens"].copy()
             tokens[1:-1] = vocab.encode(arrays["states"])
             arrays["tokens"] = tokens
-            for k in DIFFICULTY_DATASETS:
+            for k in LEVEL_DATASETS:
                 datasets[f"{name}/{k}"] = arrays[k]
             sub_attrs[name] = {**{k: v for k, v in dg.attrs.items()}, "vocab_hash": vocab.hash,
-                               "n_unk": int((tokens == 3).sum())}
+                               "n_unk": int((tokens == UNK).sum())}
     attrs["vocab_hash"] = vocab.hash
     return ShardItem(group=entry.group, datasets=datasets, attrs=attrs, subgroup_attrs=sub_attrs)
 
@@ -835,13 +831,11 @@ def check_characteristic_present(sources, characteristic, input_dir) -> None:
 
 def load_vocab(store: Store) -> tuple[Vocabulary, dict] | None:
     """``(vocabulary, its JSON)`` from ``vocab.json``, or None when there is none."""
-    try:
-        text = store.vocab_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    document = store.read_vocab_json(missing_ok=True)
+    if document is None:
         return None
     try:
-        d = json.loads(text)
-        return Vocabulary.from_json(d), d
+        return Vocabulary.from_json(document), document
     except (ValueError, KeyError, TypeError) as e:
         raise StoreError(store.vocab_path, f"unreadable vocabulary: {e}") from None
 
@@ -1256,7 +1250,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                                           val_fraction=None if val_songs is not None else val_fraction,
                                           seed=seed, grouping=grouping_record(groups, split_ids)) if counts else None
                 if document is not None and not rebuild_vocab:
-                    write_json_atomic(store.vocab_path, document)
+                    store.write_vocab(document)
                 n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
                 from mapkit.progress import progress_bar
 

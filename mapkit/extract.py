@@ -48,8 +48,8 @@ from mapkit.datasets.groups import GroupAssigner
 from mapkit.datasets.names import safe_attrs
 from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
                                     check_scheduler, plural, run_items, write_report)
-from mapkit.datasets.store import (ATTRS_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, ShardItem, ShardWriter, Store,
-                                   shard_file_attrs)
+from mapkit.datasets.schema import ATTRS_CHECKSUM, FEATURE_STAGES, KIND_ROOTS
+from mapkit.datasets.store import ShardItem, ShardWriter, Store, shard_file_attrs
 from mapkit.errors import MapkitError, StoreError
 from mapkit.settings import FeatureSettings
 

@@ -622,6 +622,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     """
     import torch
 
+    from mapkit.datasets.schema import GAP_NAMES
     from mapkit.datasets.torch_datasets import selection_source
     from mapkit.imageio import png_bytes
     from mapkit.preprocess.features import song_features
@@ -690,7 +691,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     clock = time.perf_counter()
     seq = token_sequence(frames, np.zeros(len(frames), np.int32), times, beats, T,
                          end_beat=tempo.beats(frame_time(T - 1)), fps=settings.fps)
-    gaps = np.stack([seq.gap_prev_s, seq.gap_next_s, seq.gap_prev_beats, seq.gap_next_beats], axis=1)
+    gaps = np.stack([getattr(seq, name) for name in GAP_NAMES], axis=1)
     src = torch.from_numpy(selection_source(feats.selection, seq.token_frames, gaps, s_setup.mean, s_setup.std))
     with torch.inference_mode():
         if temperature is not None:

@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mapkit.datasets.store import KIND_ROOTS, Store, open_shard
+from mapkit.datasets.schema import KIND_ROOTS
+from mapkit.datasets.store import Store, open_shard
 from mapkit.errors import StoreError
 from mapkit.preprocess.timebase import FPS
 
@@ -226,8 +227,8 @@ def newest_report_failures(reports_dir: Path) -> dict:
 def _split(store: Store, song_ids) -> tuple[set, set, str]:
     """Training and validation songs: those recorded in ``vocab.json``, else the trainer's default split."""
     try:
-        vocab = json.loads(store.vocab_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        vocab = store.read_vocab_json(missing_ok=True) or {}
+    except StoreError:
         vocab = {}
     if "counted_songs" in vocab and "val_songs" in vocab:
         return set(vocab["counted_songs"]), set(vocab["val_songs"]), "vocab.json"

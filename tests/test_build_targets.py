@@ -811,7 +811,7 @@ def test_validation_song_states_are_not_counted(edge, tmp_path):
 
 def test_vocabulary_split_is_the_trainers(edge, tmp_path):
     """Default split: the one mapkit train makes of the songs with features and targets (fallback included)."""
-    from mapkit.datasets.torch_datasets import split_by_song
+    from mapkit.datasets.split import split_by_song
 
     store = copy_store(edge, tmp_path)
     report = build_targets(edge["inputs"], store=store, settings=BIG_VOCAB, jobs=1, progress=False,

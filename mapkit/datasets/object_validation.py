@@ -34,9 +34,6 @@ from mapkit.preprocess.objects import (ATTR_DROPS, ATTR_KEPT, ATTR_READ, EVENT_B
                                        OBJECT_DTYPES, OBJECT_KINDS)
 from mapkit.preprocess.timebase import frame_of
 
-#: Datasets and dtypes this module checks (added to the level contract of validation.py).
-OBJECT_LEVEL_DTYPES = {**OBJECT_DTYPES, EVENT_BOX_JSON: np.dtype(np.uint8), FRAME_EVENTS: np.dtype(np.uint8)}
-
 #: |beat -> seconds - stored seconds| allowed (float64 arithmetic on the same numbers), as for notes.
 TIME_ATOL = 1e-6
 

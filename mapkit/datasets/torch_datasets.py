@@ -29,21 +29,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mapkit.datasets.split import song_unit, split_by_song  # noqa: F401 - re-exported
+from mapkit.datasets.schema import GAP_NAMES, NO_FRAME
 from mapkit.datasets.store import Store, open_shard
 from mapkit.errors import StoreError
 from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
 from mapkit.preprocess.targets import PAD, Vocabulary, one_hot_states
 from mapkit.settings import FeatureSettings
 
-#: The four stored gap datasets, in the order the stage-2 model reads them.
-GAP_NAMES = ("gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
-
 
 # --------------------------------------------------------------------------- split
 
 
-# song_unit and split_by_song live in the torch-free mapkit.datasets.split (re-exported here)
 
 
 # --------------------------------------------------------------------------- store metadata
@@ -489,16 +485,9 @@ def selection_source(selection: np.ndarray, token_frames: np.ndarray, gaps: np.n
 
 
 def read_vocab(store) -> Vocabulary:
-    """The store's ``vocab.json`` as a :class:`Vocabulary` (hash checked)."""
-    import json
-
+    """The store's ``vocab.json`` as a :class:`Vocabulary` (hash checked): :meth:`Store.read_vocab`."""
     store = store if isinstance(store, Store) else Store(store)
-    try:
-        return Vocabulary.from_json(json.loads(store.vocab_path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise StoreError(store.vocab_path, "no vocab.json: run mapkit build-targets first") from None
-    except (ValueError, KeyError) as e:
-        raise StoreError(store.vocab_path, f"unreadable vocabulary: {e}") from None
+    return store.read_vocab()
 
 
 def collate_selection(items: list[dict]) -> dict:
@@ -516,7 +505,7 @@ def collate_selection(items: list[dict]) -> dict:
     B = len(items)
     out = {
         "tokens": torch.full((B, S), PAD, dtype=torch.int64),
-        "token_frames": torch.full((B, S), -2, dtype=torch.int64),
+        "token_frames": torch.full((B, S), NO_FRAME, dtype=torch.int64),
         "src": torch.zeros((B, S, items[0]["src"].shape[1]) if B else (0, 0, 0), dtype=torch.float32),
         "mask": torch.zeros((B, S), dtype=torch.bool),
         "lengths": lengths,

@@ -115,11 +115,13 @@ from pathlib import Path
 import numpy as np
 
 import mapkit
-from mapkit.datasets.store import (ATTRS_CHECKSUM, DATA_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, PARTIAL_SUFFIX,
-                                   SHARD_PATTERN, Entry, Store, _attrs_dict, _shard_number, attrs_checksum,
-                                   checksum_start, checksum_update, feature_stats, old_schema_message)
-from mapkit.datasets.object_validation import OBJECT_LEVEL_DTYPES, check_objects
-from mapkit.preprocess.notes import STORED_NOTE_DTYPE
+from mapkit.datasets.object_validation import check_objects
+from mapkit.datasets.schema import (ATTRS_CHECKSUM, DATA_CHECKSUM, FEATURE_DTYPE, FEATURE_STAGES, GAP_NAMES,
+                                    KIND_ROOTS, LEVEL_DATASETS, LEVEL_DTYPES, NOTE_FIELDS, PARTIAL_SUFFIX, SHARD_PATTERN,
+                                    SONG_ATTRS, shard_number)
+from mapkit.datasets.store import (Entry, Store, attrs_checksum, attrs_dict, checksum_start, checksum_update,
+                                   feature_stats, old_schema_message)
+from mapkit.errors import StoreError
 from mapkit.preprocess.timebase import frame_of, frame_time, n_frames as count_frames
 from mapkit.settings import FeatureSettings, TargetSettings
 
@@ -139,21 +141,6 @@ SONG_FINGERPRINT = "chromaprint"
 #: Relative tolerance between stats.json and the stats recomputed from the stored float64 sums.
 STATS_RTOL = 1e-9
 
-#: Song attributes of DESIGN.md section 8 (plus the band sums stats.json is made from).
-SONG_ATTRS = ("n_frames", "pad_placement", "pad_selection", "sample_rate", "n_samples", "duration_s",
-              "audio_sha256", "source") + tuple(f"{s}_{k}" for s in FEATURE_STAGES for k in ("band_sum", "band_sumsq"))
-
-#: Datasets of a level (DESIGN.md section 8 and the targets layout: ``states`` [n, 12] too).
-GAP_NAMES = ("gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
-LEVEL_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames") + GAP_NAMES + tuple(OBJECT_LEVEL_DTYPES)
-#: The dtype of each, as the public contract says (checked before any value is read as a number).
-LEVEL_DTYPES = {"frame_class": np.dtype(np.uint8), "notes": STORED_NOTE_DTYPE, "states": np.dtype(np.uint8),
-                "tokens": np.dtype(np.int32), "token_frames": np.dtype(np.int32),
-                **{name: np.dtype(np.float32) for name in GAP_NAMES}, **OBJECT_LEVEL_DTYPES}
-#: Feature arrays are float16 (DESIGN.md section 8).
-FEATURE_DTYPE = np.dtype(np.float16)
-#: Fields of the stored note record; those after ``beat`` are integers.
-NOTE_FIELDS = ("time_s", "beat", "frame", "column", "row", "color", "direction")
 #: Attributes of a level that are checked.
 LEVEL_ATTRS = ("n_frames", "audio_sha256", "features_settings_hash", "vocab_hash", "tempo_map", "end_beat")
 
@@ -314,7 +301,7 @@ def _scan_shards(store: Store, kind: str, report: ValidationReport, checksums: b
     for p in sorted(d.iterdir()):
         if SHARD_PATTERN.match(p.name):
             continue
-        if p.name.endswith(PARTIAL_SUFFIX) and _shard_number(p.name) is not None:
+        if p.name.endswith(PARTIAL_SUFFIX) and shard_number(p.name) is not None:
             report.warn("foreign_file", str(p), "incomplete shard left by a killed run (ignored by readers; "
                                                 "the next writing run deletes it)")
             report.counts["partial_files"] = report.counts.get("partial_files", 0) + 1
@@ -328,7 +315,7 @@ def _scan_shards(store: Store, kind: str, report: ValidationReport, checksums: b
         where = str(path)
         try:
             with h5py.File(path, "r") as f:
-                attrs = _attrs_dict(f.attrs)
+                attrs = attrs_dict(f.attrs)
                 ids = list(f[root].keys()) if root in f else []
                 if attrs.get("schema_version") == mapkit.SCHEMA_VERSION:
                     if checksums:
@@ -351,7 +338,7 @@ def _scan_shards(store: Store, kind: str, report: ValidationReport, checksums: b
             report.add("shard_attrs", where, f"shard kind {attrs.get('kind')!r} in {kind}/")
             continue
         settings = _settings_of(kind, attrs, report, where)
-        shards.append(_Shard(path, _shard_number(path.name), attrs, settings, ids))
+        shards.append(_Shard(path, shard_number(path.name), attrs, settings, ids))
     return shards
 
 
@@ -534,7 +521,7 @@ def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: 
     if checksums:
         _check_attrs_checksum(g, where, report)
     _check_fingerprint(g, where, report, checksums)
-    attrs = _attrs_dict(g.attrs)
+    attrs = attrs_dict(g.attrs)
     missing = [k for k in SONG_ATTRS if k not in attrs]
     if missing:
         report.add("song_attrs", where, f"missing attributes {missing}", missing=missing)
@@ -707,16 +694,15 @@ def _check_stats(store: Store, totals: _FeatureTotals, settings_hash, report: Va
 
 def _load_vocab(store: Store, report: ValidationReport):
     """The store's Vocabulary, or None (reported) when it is missing or unreadable."""
-    from mapkit.preprocess.targets import Vocabulary
-
     where = str(store.vocab_path)
     try:
-        return Vocabulary.from_json(json.loads(store.vocab_path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
+        vocab = store.read_vocab(missing_ok=True)
+    except StoreError as e:
+        report.add("vocab", where, f"unreadable: {e.reason}")
+        return None
+    if vocab is None:
         report.add("vocab", where, "no vocab.json, but the store holds targets")
-    except Exception as e:  # noqa: BLE001 - any unreadable vocabulary is a finding
-        report.add("vocab", where, f"unreadable: {type(e).__name__}: {e}")
-    return None
+    return vocab
 
 
 def check_level_group(lg, where: str, song, report: ValidationReport, checksums: bool = True):
@@ -874,7 +860,7 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
     A level without states (``[BOS, EOS]``) is the same under every
     vocabulary, so only levels with states must name the hash of ``vocab.json``.
     """
-    from mapkit.preprocess.targets import BOS, EOS, frame_class, note_states, song_end_beat, token_sequence
+    from mapkit.preprocess.targets import BOS, EOS, PAD, frame_class, note_states, song_end_beat, token_sequence
     from mapkit.preprocess.tempo import TempoMap
 
     # only the attributes checked (a level has many): reading each costs
@@ -986,8 +972,8 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
         if n_tok < 2 or tokens[0] != BOS or tokens[-1] != EOS:
             report.add("tokens", where, f"tokens must start with BOS {BOS} and end with EOS {EOS}, got "
                                         f"{tokens[:1].tolist()} ... {tokens[-1:].tolist()}", length=n_tok)
-        elif np.any(np.isin(tokens[1:-1], (0, BOS, EOS))):
-            i = 1 + int(np.flatnonzero(np.isin(tokens[1:-1], (0, BOS, EOS)))[0])
+        elif np.any(np.isin(tokens[1:-1], (PAD, BOS, EOS))):
+            i = 1 + int(np.flatnonzero(np.isin(tokens[1:-1], (PAD, BOS, EOS)))[0])
             report.add("tokens", where, f"PAD/BOS/EOS token {int(tokens[i])} inside the sequence at {i}", index=i)
     if tokens is not None and vocab is not None:
         bad = np.flatnonzero((tokens < 0) | (tokens >= len(vocab)))
@@ -1118,8 +1104,8 @@ class _UnkTotals:
         self.unk = self.states = 0
         self.worst = (0.0, "", 0, 0)  # share, level, UNK, states
         try:
-            self.val_songs = set(json.loads(store.vocab_path.read_text(encoding="utf-8")).get("val_songs") or ())
-        except (OSError, ValueError, AttributeError):
+            self.val_songs = set((store.read_vocab_json(missing_ok=True) or {}).get("val_songs") or ())
+        except (StoreError, AttributeError, TypeError):
             self.val_songs = set()
 
     def add(self, dg, level: str):

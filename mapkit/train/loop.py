@@ -386,12 +386,11 @@ def store_fingerprint(store: Store, need_vocab: bool) -> dict:
         raise StoreError(store.stats_path, f"stats.json is for feature settings {stats.get('settings_hash')}, "
                                            f"the features have {out['feature_settings_hash']}; run mapkit extract")
     out["vocab_hash"] = None
-    if need_vocab or store.vocab_path.exists():
+    document = store.read_vocab_json(missing_ok=not need_vocab)
+    if document is not None:
         try:
-            out["vocab_hash"] = json.loads(store.vocab_path.read_text(encoding="utf-8"))["hash"]
-        except FileNotFoundError:
-            raise StoreError(store.vocab_path, "no vocab.json: run mapkit build-targets first") from None
-        except (ValueError, KeyError) as e:
+            out["vocab_hash"] = document["hash"]
+        except (KeyError, TypeError) as e:
             raise StoreError(store.vocab_path, f"unreadable vocabulary: {e}") from None
     return out
 
@@ -402,7 +401,7 @@ def warn_vocabulary_leak(store: Store, val_songs, groups=None) -> str | None:
 
     from mapkit.build_targets import vocabulary_leak
 
-    message = vocabulary_leak(json.loads(store.vocab_path.read_text(encoding="utf-8")), val_songs, groups=groups)
+    message = vocabulary_leak(store.read_vocab_json(), val_songs, groups=groups)
     if message:
         print(f"warning: {message}", file=sys.stderr)
     return message

@@ -9,7 +9,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from mapkit.cli import main
-from mapkit.datasets.store import FLUSHED, ShardItem, ShardWriter, Store, open_shard
+from mapkit.datasets.schema import FLUSHED
+from mapkit.datasets.store import ShardItem, ShardWriter, Store, open_shard
 
 ATTRS = {"schema_version": __import__("mapkit").SCHEMA_VERSION, "kind": "features", "settings_hash": "x"}
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from mapkit.datasets.split import split_by_song
 from mapkit.datasets.store import Store
 from mapkit.datasets.torch_datasets import (PlacementDataset, SelectionDataset, collate_selection,
-                                            read_vocab, split_by_song, stage_stats, store_levels)
+                                            read_vocab, stage_stats, store_levels)
 from mapkit.errors import StoreError
 from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
 from mapkit.preprocess.targets import PAD, one_hot_states
