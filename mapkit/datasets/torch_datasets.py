@@ -37,11 +37,6 @@ from mapkit.preprocess.targets import PAD, Vocabulary, one_hot_states
 from mapkit.settings import FeatureSettings
 
 
-# --------------------------------------------------------------------------- split
-
-
-
-
 # --------------------------------------------------------------------------- store metadata
 
 
