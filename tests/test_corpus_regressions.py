@@ -25,7 +25,7 @@ SONG_S = 12.0
 
 def _level(folder, notes, audio: bool = True, difficulty: str = "Expert"):
     """A level folder: Info.dat v2.1, a v3.3 difficulty holding ``notes``, and a rendered song.egg of SONG_S s."""
-    from mapkit.generate import difficulty_json, info_json
+    from mapkit.beatmap import difficulty_json, info_json
 
     folder.mkdir(parents=True)
     name = f"{difficulty}Standard.dat"

@@ -115,7 +115,7 @@ def test_generate_evaluate_prints_metrics_and_percentiles(tiny, tmp_path, one_to
 
 def _write_level(folder, notes, difficulty="Expert", bpm=120.0):
     """A hand-written level folder (Info.dat v2.1, a v3.3 difficulty) holding ``notes``."""
-    from mapkit.generate import difficulty_json, info_json
+    from mapkit.beatmap import difficulty_json, info_json
 
     folder.mkdir(parents=True)
     name = f"{difficulty}Standard.dat"
