@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mapkit.preprocess.notes import BOMB, BLUE, N_COLUMNS, N_DIRECTIONS, N_ROWS, RED
+from mapkit.preprocess.notes import BLUE, BOMB, N_COLUMNS, N_DIRECTIONS, N_ROWS, NOTE_DTYPE, RED, sort_notes
 from mapkit.preprocess.timebase import frame_time
 
 EMPTY, RED_ONLY, BLUE_ONLY, RED_AND_BLUE, BOMBS_ONLY = 0, 1, 2, 3, 4
@@ -236,3 +236,15 @@ def one_hot_states(tokens: np.ndarray, vocab: Vocabulary) -> np.ndarray:
         if s is not None:
             out[i, np.arange(N_CELLS), np.asarray(s)] = 1.0
     return out
+
+
+def notes_from_states(times_s: np.ndarray, beats: np.ndarray, states) -> np.ndarray:
+    """Notes (``NOTE_DTYPE``, sorted) of one 12-cell state per time.
+
+    ``states[i]`` is the 12-tuple state at ``times_s[i]`` / ``beats[i]``.
+    """
+    rows = []
+    for t, b, state in zip(times_s, beats, states):
+        rows.extend((float(t), float(b), column, row, color, direction)
+                    for column, row, color, direction in state_notes(state))
+    return sort_notes(np.array(rows, dtype=NOTE_DTYPE))

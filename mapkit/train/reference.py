@@ -5,7 +5,7 @@
 checkpoint's threshold of each difficulty, smoothing and minimum gap) and
 matches them one to one with the human notes at several tolerances (2
 frames = +-20 ms, 5 = +-50 ms). The baseline is the onset strength of the
-audio (:func:`mapkit.generate.onset_envelope`, librosa's spectral flux, of
+audio (:func:`mapkit.preprocess.beats.onset_envelope`, librosa's spectral flux, of
 the 2048-point stage-1 spectrogram), divided by its 99th percentile per
 song, with a threshold and a constant shift in frames tuned per difficulty
 on the *training* songs (the F1 at the smallest tolerance decides).
@@ -31,7 +31,7 @@ def _level_truths(dataset) -> list:
 
 def normalised_flux(placement: np.ndarray, pad: int, column: int) -> np.ndarray:
     """Onset strength ``[T]`` of a song's padded placement features, divided by its 99th percentile, clipped to 1."""
-    from mapkit.generate import onset_envelope
+    from mapkit.preprocess.beats import onset_envelope
 
     rows = np.asarray(placement, dtype=np.float32)
     env = onset_envelope(rows[pad: rows.shape[0] - pad, column])
