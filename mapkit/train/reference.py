@@ -89,7 +89,7 @@ def stage1_report(store, checkpoint, songs=None, train_songs=None, tolerances=(2
         "baseline": {...same...}, "baseline_settings": {difficulty: {"threshold", "shift"}}}``.
     """
     from mapkit.datasets.torch_datasets import PlacementDataset
-    from mapkit.generate import PlacementSetup
+    from mapkit.train.checkpoints import PlacementSetup
     from mapkit.train.ddc import predict_probabilities
     from mapkit.errors import TrainingError
     from mapkit.train.loop import load_checkpoint

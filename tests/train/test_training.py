@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from mapkit.cli import main
 from mapkit.datasets.torch_datasets import PlacementDataset, SelectionDataset, read_vocab
 from mapkit.datasets.store import Store
-from mapkit.generate import PlacementSetup
+from mapkit.train.checkpoints import PlacementSetup
 from mapkit.train.ddc import DDCStage, ddc_config, predict_probabilities, train_ddc
 from mapkit.errors import TrainingError
 from mapkit.train.loop import (DIST_TIMEOUT_ENV, EpochSampler, RunOptions, dist_timeout,
