@@ -79,8 +79,8 @@ from mapkit.errors import MapkitError, StoreError
 from mapkit.preprocess.frame_events import FRAME_EVENTS, frame_events
 from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
 from mapkit.preprocess.objects import OBJECT_DATASETS, place_difficulty_objects
-from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, song_end_beat, token_sequence
-from mapkit.preprocess.timebase import frame_of, frame_time
+from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, token_sequence
+from mapkit.preprocess.timebase import FPS, frame_of, frame_time, song_end_beat
 from mapkit.settings import FeatureSettings, TargetSettings
 
 COMMAND = "build-targets"
@@ -136,7 +136,7 @@ class DifficultyTargets:
         return f"{self.characteristic}/{self.difficulty}"
 
 
-def inside_audio(notes: np.ndarray, n_frames: int, fps: int = 100) -> np.ndarray:
+def inside_audio(notes: np.ndarray, n_frames: int, fps: int = FPS) -> np.ndarray:
     """Which notes build-targets keeps: those whose frame ``frame_of(time_s)`` lies in ``[0, T)`` (a bool mask)."""
     if not len(notes):
         return np.zeros(0, dtype=bool)
@@ -144,7 +144,7 @@ def inside_audio(notes: np.ndarray, n_frames: int, fps: int = 100) -> np.ndarray
     return (frames >= 0) & (frames < n_frames)
 
 
-def place_notes(notes: np.ndarray, n_frames: int, fps: int = 100):
+def place_notes(notes: np.ndarray, n_frames: int, fps: int = FPS):
     """Put notes on frames: ``(kept STORED_NOTE_DTYPE array, beyond_audio count)``.
 
     Parameters
@@ -260,7 +260,7 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
         end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs, objects=objects)
 
 
-def audio_frame_count(path, fps: int = 100) -> tuple[int | None, str | None]:
+def audio_frame_count(path, fps: int = FPS) -> tuple[int | None, str | None]:
     """``(T, None)`` of the level's audio from its header (no decoding), or ``(None, why not)``.
 
     T is :func:`~mapkit.preprocess.timebase.n_frames` of the declared sample
@@ -496,7 +496,7 @@ def _count_state_array(states: np.ndarray, counts: Counter) -> None:
     counts.update(rows.view(f"V{rows.shape[1]}").ravel().tolist())
 
 
-def difficulty_datasets(d: DifficultyTargets, n_frames: int, vocab: Vocabulary, fps: int = 100) -> dict:
+def difficulty_datasets(d: DifficultyTargets, n_frames: int, vocab: Vocabulary, fps: int = FPS) -> dict:
     """The datasets of one usable difficulty, encoded with ``vocab`` (see the module docstring)."""
     tokens = vocab.encode(d.states)
     seq = token_sequence(d.state_frames, tokens, d.state_times_s, d.state_beats, n_frames, d.end_beat, fps)
@@ -515,7 +515,7 @@ def difficulty_datasets(d: DifficultyTargets, n_frames: int, vocab: Vocabulary, 
     }
 
 
-def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int = 100, metadata=None) -> ShardItem:
+def level_item(level: LevelTargets, vocab: Vocabulary, selection: str, fps: int = FPS, metadata=None) -> ShardItem:
     """The shard item of one level: its usable difficulties encoded with ``vocab``, and all its attrs.
 
     ``metadata`` (:class:`mapkit.preprocess.metadata.Metadata`, optional) adds

@@ -48,6 +48,7 @@ from mapkit.level_out import write_level
 from mapkit.preprocess.difficulties import DIFFICULTY_SPECS
 from mapkit.preprocess.notes import BLUE, BOMB, NOTE_DTYPE, RED, sort_notes
 from mapkit.preprocess.tempo import TempoMap
+from mapkit.preprocess.timebase import sample_of
 
 #: Sample rate of the rendered songs (the Beat Saber norm).
 SAMPLE_RATE = 44100
@@ -234,7 +235,7 @@ def _regions(base_bpm: float, events, n_samples: int, sample_rate: int) -> list:
     """v4 ``bpmData`` regions (si, ei, sb, eb) that realise ``events`` and cover the whole song."""
     nominal = TempoMap.from_bpm_events(base_bpm, events)
     segs = nominal.segments  # [(beat, second, bpm), ...]
-    starts = [int(round(s * sample_rate)) for _, s, _ in segs]
+    starts = [sample_of(s, sample_rate) for _, s, _ in segs]
     regions = []
     for k, (beat, _sec, bpm) in enumerate(segs):
         si = starts[k]
@@ -285,7 +286,7 @@ def plan_level(index: int, seed: int = 0, duration_s: float = 30.0, sample_rate:
     beatmap_format = ("v2", "v3", "v4")[index % 3]
     title = _title(seed, index)
     song_id = f"demo-{index + 1:02d}-{_slug(title).replace('_', '-')}"
-    n_samples = int(round(duration_s * sample_rate))
+    n_samples = sample_of(duration_s, sample_rate)
     base_bpm = int(rng.integers(100, 141))
     events = _tempo_events(rng, base_bpm, duration_s)
     if beatmap_format == "v4":
@@ -557,7 +558,7 @@ def render_audio(plan: _Plan, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     audio = np.stack([bg, bg], axis=1) + hiss
     n = plan.n_samples
     for h in plan.hits:
-        start = int(np.floor(plan.tempo.seconds(h.beat) * sample_rate + 0.5))
+        start = sample_of(plan.tempo.seconds(h.beat), sample_rate)
         gain = SLOT_GAIN[h.slot]
         for color in sorted({c for _x, _y, c, _d in h.notes}):
             sample = kit[color]

@@ -46,7 +46,7 @@ from mapkit.preprocess.beats import SNAP_DIVISIONS, estimate_tempo, onset_envelo
 from mapkit.preprocess.notes import BOMB
 from mapkit.preprocess.targets import notes_from_states
 from mapkit.preprocess.tempo import TempoMap
-from mapkit.preprocess.timebase import frame_time
+from mapkit.preprocess.timebase import frame_time, song_end_beat
 from mapkit.train.checkpoints import PlacementSetup, SelectionSetup
 
 #: Where ``mapkit train ddc`` / ``mapkit train transformer`` write their last checkpoints by default.
@@ -291,10 +291,9 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     timings["features"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    pad = settings.placement_pad
     # the middle FFT size (2048) of the placement features: librosa's default onset resolution
     column = len(settings.placement_n_ffts) // 2
-    bpm = estimate_tempo(onset_envelope(feats.placement[pad: pad + T, column]), settings.fps)
+    bpm = estimate_tempo(onset_envelope(settings.unpad("placement", feats.placement)[:, column]), settings.fps)
     timings["tempo"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -307,7 +306,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
 
     clock = time.perf_counter()
     frames = pick_peaks(probs, th, p_setup.min_gap_frames, p_setup.smoothing)
-    exact_s = frame_time(frames)
+    exact_s = frame_time(frames, settings.fps)
     frames, exact_s = frames[exact_s < feats.duration_s], exact_s[exact_s < feats.duration_s]  # inside the audio
     tempo = TempoMap.constant(bpm)
     exact_beats = tempo.beats(exact_s)
@@ -321,9 +320,10 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
 
     clock = time.perf_counter()
     seq = token_sequence(frames, np.zeros(len(frames), np.int32), times, beats, T,
-                         end_beat=tempo.beats(frame_time(T - 1)), fps=settings.fps)
+                         end_beat=song_end_beat(tempo, T, settings.fps), fps=settings.fps)
     gaps = np.stack([getattr(seq, name) for name in GAP_NAMES], axis=1)
-    src = torch.from_numpy(selection_source(feats.selection, seq.token_frames, gaps, s_setup.mean, s_setup.std))
+    src = torch.from_numpy(selection_source(feats.selection, seq.token_frames, gaps, s_setup.mean, s_setup.std,
+                                                    settings.selection_pad))
     with torch.inference_mode():
         if temperature is not None:
             hyp = sample(selection_model, src, None, len(frames), temperature=float(temperature), use_cache=use_cache,
@@ -341,13 +341,12 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     if (out_dir / level_name).resolve() == Path(source.path).resolve():
         raise MapkitError(out_dir / level_name, "the generated level would replace the input song; choose --out")
     beatmap = f"{difficulty}Standard.dat"
-    pp = settings.selection_pad
     title, author = song_metadata(source)
     files = {
         "Info.dat": dumps(info_json(title, bpm, difficulty, beatmap, feats.duration_s, author=author), pretty=True),
         beatmap: dumps(difficulty_json(notes, bpm)),
         "song.egg": song_egg(source),
-        "cover.png": png_bytes(cover_image(feats.selection[pp: pp + T])),
+        "cover.png": png_bytes(cover_image(settings.unpad("selection", feats.selection))),
     }
     written = write_level(out_dir, level_name, files)
     folder, zip_path = written["folder"], written["zip"]

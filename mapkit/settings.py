@@ -85,6 +85,17 @@ class FeatureSettings(Settings):
     def selection_hop(self) -> int:
         return self.selection_sample_rate // self.fps
 
+    def pad(self, stage: str) -> int:
+        """Rows of silence stored before and after the T frames of ``stage`` ("placement" or "selection")."""
+        if stage not in ("placement", "selection"):
+            raise ValueError(f"unknown feature stage {stage!r}")
+        return self.placement_pad if stage == "placement" else self.selection_pad
+
+    def unpad(self, stage: str, rows):
+        """The T song frames of a padded ``stage`` array: its pad rows cut off both ends."""
+        p = self.pad(stage)
+        return rows[p: len(rows) - p]
+
     @property
     def silence_value(self) -> float:
         """Feature value of digital silence, used for padding: ``ln(log_floor)``."""

@@ -32,7 +32,7 @@ import numpy as np
 from mapkit.preprocess.frame_events import FRAME_EVENTS, N_FRAME_EVENT_CHANNELS, frame_events
 from mapkit.preprocess.objects import (ATTR_DROPS, ATTR_KEPT, ATTR_READ, EVENT_BOX_JSON, FIELD_RANGES, FLOAT_FIELDS,
                                        OBJECT_DTYPES, OBJECT_KINDS)
-from mapkit.preprocess.timebase import frame_of
+from mapkit.preprocess.timebase import FPS, frame_of
 
 #: |beat -> seconds - stored seconds| allowed (float64 arithmetic on the same numbers), as for notes.
 TIME_ATOL = 1e-6
@@ -199,7 +199,7 @@ def _notes_sound(notes: np.ndarray, T: int, fps: int) -> bool:
                 and np.all(on_grid) and in_order)
 
 
-def check_objects(dg, where: str, T: int, tempo, report, fps: int = 100) -> int:
+def check_objects(dg, where: str, T: int, tempo, report, fps: int = FPS) -> int:
     """Every object check of one difficulty group ``dg`` (see the module docstring); returns its object count.
 
     ``tempo`` is the group's TempoMap (None when it does not read: then only

@@ -226,7 +226,8 @@ class PlacementDataset(torch.utils.data.Dataset):
     window : int
         ``L``, output frames per item.
     context : int
-        Context frames each side; must equal the stored placement pad.
+        Context frames each side (default: the stored placement pad, ``feature_settings.placement_pad``);
+        any other value is a ``ValueError``: the windows would silently shift.
     characteristic, difficulties, exclude_flagged : see :func:`store_levels`
     jitter : bool
         Random window offsets (training) or exact tiling (validation).
@@ -237,7 +238,7 @@ class PlacementDataset(torch.utils.data.Dataset):
         Also return the multi-label ``frame_events`` targets.
     """
 
-    def __init__(self, store, song_ids=None, stats: dict | None = None, window: int = 100, context: int = 7,
+    def __init__(self, store, song_ids=None, stats: dict | None = None, window: int = 100, context: int | None = None,
                  characteristic: str = "Standard", difficulties=None, jitter: bool = True, seed: int = 0,
                  feature_settings: FeatureSettings = FeatureSettings(), exclude_flagged: bool = False,
                  frame_events: bool = False):
@@ -247,7 +248,9 @@ class PlacementDataset(torch.utils.data.Dataset):
         store = store if isinstance(store, Store) else Store(store)
         self.levels = store_levels(store, song_ids, characteristic, difficulties, exclude_flagged)
         self.window = int(window)
-        self.context = int(context)
+        if context is not None and int(context) != feature_settings.placement_pad:
+            raise ValueError(f"context {context} is not the store's placement pad {feature_settings.placement_pad}")
+        self.context = feature_settings.placement_pad
         self.jitter = bool(jitter)
         self.seed = int(seed)
         self.epoch = 0
@@ -397,8 +400,10 @@ class SelectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, store, song_ids=None, stats: dict | None = None, characteristic: str = "Standard",
                  difficulties=None, vocab: Vocabulary | None = None, one_hot: bool = False,
-                 max_tokens: int | None = None, jitter: bool = True, seed: int = 0, exclude_flagged: bool = False):
+                 max_tokens: int | None = None, jitter: bool = True, seed: int = 0, exclude_flagged: bool = False,
+                 feature_settings: FeatureSettings = FeatureSettings()):
         store = store if isinstance(store, Store) else Store(store)
+        self.pad = feature_settings.selection_pad
         self.levels = store_levels(store, song_ids, characteristic, difficulties, exclude_flagged)
         self.mean, self.std = stage_stats(stats if stats is not None else store.read_stats(), "selection")
         self.one_hot = bool(one_hot)
@@ -431,7 +436,7 @@ class SelectionDataset(torch.utils.data.Dataset):
         if frames.size and (frames[0] + 1 < 0 or frames[-1] + 1 >= len(rows)):
             raise StoreError(level.target_shard, f"{level.target_group}: token frames outside the features; "
                                                  f"run mapkit validate")
-        src = selection_source(rows, frames, gaps, self.mean, self.std)
+        src = selection_source(rows, frames, gaps, self.mean, self.std, self.pad)
         return {"tokens": tokens, "token_frames": frames, "src": src}
 
     def __getitem__(self, index: int) -> dict:
@@ -456,26 +461,30 @@ class SelectionDataset(torch.utils.data.Dataset):
 
 
 def selection_source(selection: np.ndarray, token_frames: np.ndarray, gaps: np.ndarray, mean: np.ndarray,
-                     std: np.ndarray) -> np.ndarray:
+                     std: np.ndarray, pad: int) -> np.ndarray:
     """Stage-2 source vectors ``[n+2, n_mels + 4]`` of one level: training and generation both call this.
 
     Parameters
     ----------
-    selection : np.ndarray [T + 2, n_mels]
+    selection : np.ndarray [pad + T + pad, n_mels]
         Raw padded stage-2 features (float16 as stored, or float32).
     token_frames : np.ndarray [n+2] int
-        Frame of each token; BOS -1 and EOS T read the pad rows (row = frame + 1).
+        Frame of each token; BOS -1 and EOS T read the pad rows (row = frame + pad).
     gaps : np.ndarray [n+2, 4]
         ``gap_prev_s, gap_next_s, gap_prev_beats, gap_next_beats``, used as they are.
     mean, std : np.ndarray [n_mels]
         Per-band normalisation (:func:`stage_stats`).
+    pad : int
+        The stored stage-2 pad (``FeatureSettings.selection_pad``, at least 1: BOS and EOS sit on pad rows).
 
     Returns
     -------
     np.ndarray [n+2, n_mels + 4] float32
         The normalised feature row of each token's frame, then its four gaps.
     """
-    mel = (np.asarray(selection)[np.asarray(token_frames) + 1].astype(np.float32) - mean) / std
+    if pad < 1:
+        raise ValueError(f"the stage-2 features need a pad of at least one row for BOS and EOS, got {pad}")
+    mel = (np.asarray(selection)[np.asarray(token_frames) + pad].astype(np.float32) - mean) / std
     return np.concatenate([mel, np.asarray(gaps, dtype=np.float32)], axis=1)
 
 

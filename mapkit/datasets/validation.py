@@ -122,7 +122,7 @@ from mapkit.datasets.schema import (ATTRS_CHECKSUM, DATA_CHECKSUM, FEATURE_DTYPE
 from mapkit.datasets.store import (Entry, Store, attrs_checksum, attrs_dict, checksum_start, checksum_update,
                                    feature_stats, old_schema_message)
 from mapkit.errors import StoreError
-from mapkit.preprocess.timebase import frame_of, frame_time, n_frames as count_frames
+from mapkit.preprocess.timebase import frame_of, frame_time, n_frames as count_frames, song_end_beat
 from mapkit.settings import FeatureSettings, TargetSettings
 
 #: Rows of a feature array read at once (placement: 4096 x 3 x 80 float16 = 1.9 MB).
@@ -860,7 +860,7 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
     A level without states (``[BOS, EOS]``) is the same under every
     vocabulary, so only levels with states must name the hash of ``vocab.json``.
     """
-    from mapkit.preprocess.targets import BOS, EOS, PAD, frame_class, note_states, song_end_beat, token_sequence
+    from mapkit.preprocess.targets import BOS, EOS, PAD, frame_class, note_states, token_sequence
     from mapkit.preprocess.tempo import TempoMap
 
     # only the attributes checked (a level has many): reading each costs

@@ -61,7 +61,7 @@ from collections import Counter
 
 import numpy as np
 
-from mapkit.preprocess.timebase import frame_of
+from mapkit.preprocess.timebase import FPS, frame_of
 
 #: The kinds, in the order they are stored and reported.
 OBJECT_KINDS = ("obstacles", "arcs", "chains", "light_events", "boost_events", "rotation_events", "njs_events",
@@ -582,7 +582,7 @@ def _link_notes(notes: np.ndarray, beats, xs, ys, colors) -> np.ndarray:
     return out
 
 
-def place_objects(records: dict, n_frames: int, notes: np.ndarray, fps: int = 100) -> tuple[dict, dict]:
+def place_objects(records: dict, n_frames: int, notes: np.ndarray, fps: int = FPS) -> tuple[dict, dict]:
     """Put every kind on frames: ``(placed records by kind, beyond_audio counts by kind)``.
 
     The placed dict also holds :data:`EVENT_BOX_JSON`: the kept groups' JSON

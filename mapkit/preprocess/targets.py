@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mapkit.preprocess.notes import BLUE, BOMB, N_COLUMNS, N_DIRECTIONS, N_ROWS, NOTE_DTYPE, RED, sort_notes
-from mapkit.preprocess.timebase import frame_time
+from mapkit.preprocess.timebase import FPS, last_frame_time
 
 EMPTY, RED_ONLY, BLUE_ONLY, RED_AND_BLUE, BOMBS_ONLY = 0, 1, 2, 3, 4
 N_CELLS = N_COLUMNS * N_ROWS
@@ -194,13 +194,8 @@ class TokenSequence:
     gap_next_beats: np.ndarray
 
 
-def song_end_beat(tempo, n_frames: int, fps: int = 100) -> float:
-    """The beat of a song's last frame (where EOS sits for the gaps), by ``tempo`` (a TempoMap)."""
-    return float(tempo.beats(frame_time(n_frames - 1, fps)))
-
-
 def token_sequence(state_frames, state_tokens, state_times_s, state_beats, n_frames: int, end_beat: float,
-                   fps: int = 100) -> TokenSequence:
+                   fps: int = FPS) -> TokenSequence:
     """Tokens, their frames and the gaps to the previous/next note, in seconds and beats.
 
     ``state_times_s``/``state_beats`` are the time and beat of each state (the
@@ -210,7 +205,7 @@ def token_sequence(state_frames, state_tokens, state_times_s, state_beats, n_fra
     and the last note's next gap is its time to the end. BOS has gap_prev 0 and EOS gap_next 0. Gaps are
     float32, never truncated.
     """
-    end_s = frame_time(n_frames - 1, fps)
+    end_s = last_frame_time(n_frames, fps)
     times = np.concatenate([[0.0], np.asarray(state_times_s, np.float64), [end_s]])
     beats = np.concatenate([[0.0], np.asarray(state_beats, np.float64), [float(end_beat)]])
     dt, db = np.diff(times), np.diff(beats)

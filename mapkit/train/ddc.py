@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from mapkit.datasets.store import Store
+from mapkit.errors import TrainingError
+from mapkit.preprocess.difficulties import DIFFICULTIES
 from mapkit.settings import FeatureSettings
 from mapkit.train.loop import RunOptions, Stage, TrainConfig, TrainResult, fit
-from mapkit.preprocess.difficulties import DIFFICULTIES
 from mapkit.train.models import PLACEMENT_PRESETS, PlacementConfig, onset_loss
 
 
@@ -160,6 +161,10 @@ class DDCStage(Stage):
         index = self.store.index("features")
         some = next(iter(index.values()))
         self.feature_settings = FeatureSettings.from_json(some.file_attrs["settings_json"])
+        mismatches = c.model.feature_mismatches(self.feature_settings)
+        if mismatches:
+            raise TrainingError(self.store.root, "the stage-1 model does not fit the store's features ("
+                                + "; ".join(mismatches) + "): train with the settings the store was extracted with")
         kw = dict(stats=stats, window=c.window, context=c.model.context, characteristic=c.characteristic,
                   difficulties=c.difficulties, seed=seed, feature_settings=self.feature_settings,
                   exclude_flagged=c.exclude_flagged)
@@ -167,8 +172,6 @@ class DDCStage(Stage):
         self.train_dataset = PlacementDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = PlacementDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None
         if not self.train_dataset.levels:
-            from mapkit.errors import TrainingError
-
             raise TrainingError(self.store.root, f"no {c.characteristic} level in the training songs")
         if self.pos_weight is None:
             p = self.train_dataset.positive_fraction()

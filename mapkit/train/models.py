@@ -102,6 +102,18 @@ class PlacementConfig(Settings):
         """Length of one output frame's flattened conv features."""
         return self.conv_filters[-1] * self.context_rows * self.conv_mel_bins
 
+    def feature_mismatches(self, features) -> list[str]:
+        """How the store's :class:`~mapkit.settings.FeatureSettings` ``features`` differ from what the model reads.
+
+        The context must be the stored placement pad (windows read ``L + 2 * pad``
+        rows: another context would shift every window), and the channels and
+        bands those of the placement features. Empty when the model fits.
+        """
+        wanted = (("context", self.context, "placement_pad", features.placement_pad),
+                  ("n_channels", self.n_channels, "FFT sizes", len(features.placement_n_ffts)),
+                  ("n_mels", self.n_mels, "placement_n_mels", features.placement_n_mels))
+        return [f"model {name} {mine}, store {what} {theirs}" for name, mine, what, theirs in wanted if mine != theirs]
+
 
 PLACEMENT_PRESETS = {
     "tiny": PlacementConfig(conv_filters=(4, 4), dense_units=16, difficulty_dim=4, lstm_units=16, lstm_layers=1,

@@ -229,3 +229,9 @@ def test_max_tokens_crops_a_contiguous_window(store):
     whole, part = full[li]["tokens"].tolist(), crop[li]["tokens"].tolist()
     assert len(part) == 8
     assert any(whole[s: s + 8] == part for s in range(len(whole) - 7))
+
+
+def test_windows_read_the_stored_pad_and_refuse_another_context(store):
+    assert PlacementDataset(store).context == FeatureSettings().placement_pad
+    with pytest.raises(ValueError, match="context 5 is not the store's placement pad 7"):
+        PlacementDataset(store, context=5)

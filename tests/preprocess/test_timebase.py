@@ -34,3 +34,13 @@ def test_frame_of_rounds_half_away_from_zero():
     arr = frame_of(np.array([0.0, 0.004, 0.006, 1.234]))
     assert arr.dtype == np.int64 and arr.tolist() == [0, 0, 1, 123]
     assert frame_time(123) == pytest.approx(1.23)
+
+
+def test_the_song_end_and_samples_follow_the_frame_rule():
+    from mapkit.preprocess.tempo import TempoMap
+    from mapkit.preprocess.timebase import last_frame_time, sample_of, song_end_beat
+
+    assert last_frame_time(101) == 1.0 and last_frame_time(101, fps=50) == 2.0
+    assert song_end_beat(TempoMap.constant(120.0), 101) == 2.0  # 1 s at 120 BPM
+    assert sample_of(0.5 / 44100, 44100) == 1 and sample_of(1.5 / 44100, 44100) == 2  # half away from zero
+    assert sample_of(np.array([0.0, 1.0]), 100).tolist() == [0, 100]
