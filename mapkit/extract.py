@@ -48,7 +48,7 @@ from mapkit.datasets.groups import GroupAssigner
 from mapkit.datasets.names import safe_attrs
 from mapkit.datasets.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
                                     check_scheduler, plural, run_items, write_report)
-from mapkit.datasets.schema import ATTRS_CHECKSUM, FEATURE_STAGES, KIND_ROOTS
+from mapkit.datasets.schema import ATTRS_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, SONG_FINGERPRINT
 from mapkit.datasets.store import ShardItem, ShardWriter, Store, shard_file_attrs
 from mapkit.errors import MapkitError, StoreError
 from mapkit.settings import FeatureSettings
@@ -125,13 +125,9 @@ def feature_item(song, group_id: str | None = None) -> ShardItem:
     datasets = {"placement": np.asarray(song.placement, dtype=np.float16),
                 "selection": np.asarray(song.selection, dtype=np.float16)}
     if song.chromaprint is not None:
-        datasets[CHROMAPRINT] = np.asarray(song.chromaprint, dtype=np.uint32)
+        datasets[SONG_FINGERPRINT] = np.asarray(song.chromaprint, dtype=np.uint32)
     return ShardItem(group=f"{KIND_ROOTS['features']}/{song.song_id}", datasets=datasets,
                      attrs=safe_attrs(attrs))
-
-
-#: Name of the fingerprint dataset of a song group.
-CHROMAPRINT = "chromaprint"
 
 
 def stored_groups(index) -> dict:
@@ -146,7 +142,7 @@ def stored_groups(index) -> dict:
         with open_shard(shard) as f:
             for e in entries:
                 g = f[e.group]
-                fp = g[CHROMAPRINT][()] if CHROMAPRINT in g else None
+                fp = g[SONG_FINGERPRINT][()] if SONG_FINGERPRINT in g else None
                 out[e.song_id] = (str(e.attrs.get("group_id") or e.song_id), str(e.attrs.get("audio_sha256", "")), fp)
     return out
 

@@ -72,6 +72,10 @@ ATTRS_CHECKSUM = "attrs_crc32"
 #: Feature stages: one dataset each, ``[pad + T + pad, ...]`` float16, time first.
 FEATURE_STAGES = ("placement", "selection")
 FEATURE_DTYPE = np.dtype(np.float16)
+#: The optional fingerprint dataset of a song (uint32 [m], Chromaprint; docs/store.md), and every dataset a
+#: song group may hold.
+SONG_FINGERPRINT = "chromaprint"
+SONG_DATASETS = FEATURE_STAGES + (SONG_FINGERPRINT,)
 
 
 def pad_attr(stage: str) -> str:

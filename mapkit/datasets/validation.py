@@ -118,7 +118,7 @@ import mapkit
 from mapkit.datasets.object_validation import check_objects
 from mapkit.datasets.schema import (ATTRS_CHECKSUM, DATA_CHECKSUM, FEATURE_DTYPE, FEATURE_STAGES, GAP_NAMES,
                                     KIND_ROOTS, LEVEL_DATASETS, LEVEL_DTYPES, NOTE_FIELDS, PARTIAL_SUFFIX, SHARD_PATTERN,
-                                    SONG_ATTRS, shard_number)
+                                    SONG_ATTRS, SONG_DATASETS, SONG_FINGERPRINT, shard_number)
 from mapkit.datasets.store import (Entry, Store, attrs_checksum, attrs_dict, checksum_start, checksum_update,
                                    feature_stats, old_schema_message)
 from mapkit.errors import StoreError
@@ -135,8 +135,6 @@ MAX_PROBLEMS = 1000
 F16_U = 2.0 ** -11
 F16_SUBNORMAL_ERR = 2.0 ** -25
 
-#: The optional fingerprint dataset of a song (mapkit.extract.CHROMAPRINT; docs/store.md).
-SONG_FINGERPRINT = "chromaprint"
 
 #: Relative tolerance between stats.json and the stats recomputed from the stored float64 sums.
 STATS_RTOL = 1e-9
@@ -517,7 +515,7 @@ class _FeatureTotals:
 def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: ValidationReport,
                 totals: _FeatureTotals, block_rows: int, checksums: bool = True):
     """Every features check of one song group; returns ``(T, audio_sha256)`` or None."""
-    _check_members(g, FEATURE_STAGES + (SONG_FINGERPRINT,), where, report)
+    _check_members(g, SONG_DATASETS, where, report)
     if checksums:
         _check_attrs_checksum(g, where, report)
     _check_fingerprint(g, where, report, checksums)
