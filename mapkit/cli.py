@@ -131,13 +131,13 @@ item_timeout_option = click.option(
 def signals_stop_the_run():
     """Inside, SIGINT and SIGTERM raise RunInterrupted, before and after the per-item work too.
 
-    (During the work, :func:`~mapkit.datasets.runner.run_items` handles them
+    (During the work, :func:`~mapkit.runs.runner.run_items` handles them
     itself, so that no write is cut in half.) The old handlers come back after.
     """
     import signal
     import threading
 
-    from mapkit.datasets.runner import RunInterrupted
+    from mapkit.runs.runner import RunInterrupted
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
@@ -156,7 +156,7 @@ def signals_stop_the_run():
 
 def interrupted(e) -> None:
     """Print the one line of a run stopped by SIGINT/SIGTERM and exit with 128 + the signal number."""
-    from mapkit.datasets.runner import INTERRUPTED_MESSAGE
+    from mapkit.runs.runner import INTERRUPTED_MESSAGE
 
     click.echo(INTERRUPTED_MESSAGE, err=True)
     sys.exit(e.exit_code)
@@ -227,9 +227,9 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
       mapkit extract ~/BeatSaber/CustomLevels --store data/ --jobs 8
       mapkit extract songs/ --backend dask --scheduler tcp://10.0.0.5:8786
     """
-    from mapkit.datasets.runner import RunInterrupted
+    from mapkit.runs.runner import RunInterrupted
     from mapkit.errors import MapkitError
-    from mapkit.extract import extract
+    from mapkit.runs.extract import extract
 
     try:
         with signals_stop_the_run():
@@ -311,7 +311,7 @@ def demo_command(out_dir, n_levels, duration_s, seed, no_songs, no_progress):
       mapkit extract demo/levels && mapkit build-targets demo/levels
       mapkit demo small/ --levels 3 --duration 10 --seed 1 --no-songs
     """
-    from mapkit.demo import make_demo, quickstart_text
+    from mapkit.runs.demo import make_demo, quickstart_text
 
     try:
         demo = make_demo(out_dir, n_levels=n_levels, duration_s=duration_s, seed=seed,
@@ -419,8 +419,8 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
       mapkit build-targets CustomLevels/ --characteristic all --vocab-size 4000 --rebuild-vocab
       mapkit build-targets CustomLevels/ --metadata beatsaver-maps.jsonl --force
     """
-    from mapkit.build_targets import build_targets
-    from mapkit.datasets.runner import RunInterrupted
+    from mapkit.runs.build_targets import build_targets
+    from mapkit.runs.runner import RunInterrupted
     from mapkit.errors import MapkitError
     from mapkit.settings import TargetSettings
 
@@ -472,7 +472,7 @@ def audit_command(store, as_json, plot, jobs, force, backend, scheduler, no_prog
     """
     import json
 
-    from mapkit.audit import audit_store
+    from mapkit.runs.audit import audit_store
     from mapkit.errors import MapkitError
 
     try:
@@ -518,7 +518,7 @@ def stats_command(store, as_json, png, jobs):
 
     from mapkit.datasets.store import Store, utc_timestamp, write_json_atomic
     from mapkit.errors import MapkitError
-    from mapkit.stats import corpus_stats, stats_text
+    from mapkit.runs.stats import corpus_stats, stats_text
 
     s = Store(store)
     stem = s.reports_dir / f"stats-{utc_timestamp()}-{os.getpid()}"
@@ -893,13 +893,13 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
     import torch
 
     from mapkit.errors import MapkitError
-    from mapkit.generate import generate
+    from mapkit.runs.generate import generate
 
     torch.set_num_threads(threads)
     try:
         human = None
         if baseline is not None:
-            from mapkit.evaluate import load_baseline
+            from mapkit.runs.evaluate import load_baseline
 
             human = load_baseline(baseline)  # before generating: a bad file fails fast
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
@@ -909,7 +909,7 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
         fail(str(e))
     click.echo(level.summary())
     if evaluate_level or baseline is not None:
-        from mapkit.evaluate import evaluate_generated, format_table
+        from mapkit.runs.evaluate import evaluate_generated, format_table
 
         click.echo(format_table(evaluate_generated(level, human, baseline)))
     for warning in level.warnings:
@@ -965,7 +965,7 @@ def evaluate_command(levels, reference, baseline, store, save_baseline_to, diffi
     import json as json_module
 
     from mapkit.errors import MapkitError
-    from mapkit.evaluate import evaluate, format_table
+    from mapkit.runs.evaluate import evaluate, format_table
 
     try:
         report = evaluate(levels, store=store, reference=reference, baseline=baseline,

@@ -41,7 +41,7 @@ import zlib
 
 import numpy as np
 
-from mapkit.audio_out import _REFLECT_BYTE
+from mapkit.writers.ogg import _REFLECT_BYTE
 from mapkit.errors import AudioError
 
 #: Frames decoded per soundfile call: large enough that call overhead vanishes,
@@ -124,7 +124,7 @@ def _truncation(extra_info: str) -> str | None:
 def _page_crc(page: memoryview) -> int:
     """Ogg CRC of one page (its CRC field taken as zero).
 
-    The same CRC as :func:`mapkit.audio_out._ogg_crc`, without zeroing a copy of the page: zlib's
+    The same CRC as :func:`mapkit.writers.ogg._ogg_crc`, without zeroing a copy of the page: zlib's
     reflected CRC-32 runs over the bit-reflected bytes in three pieces, the four CRC bytes as zeros.
     """
     reflected = bytes(page).translate(_REFLECT_BYTE)

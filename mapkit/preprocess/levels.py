@@ -1121,7 +1121,7 @@ def inspect_levels(paths, settings: TargetSettings = TargetSettings(), as_json: 
             except MapkitError as err:
                 yield InspectResult(str(p), error=err)
                 continue
-            from mapkit.build_targets import check_against_audio
+            from mapkit.runs.build_targets import check_against_audio
 
             check_against_audio(level, p, settings)  # the verdict build-targets gives (notes beyond the audio)
             text = json.dumps(level.to_json(notes=True)) if as_json else format_level(level)

@@ -4,7 +4,7 @@ Pure numpy functions over ``NOTE_DTYPE``/``STORED_NOTE_DTYPE`` arrays sorted
 by time (as levels, the store and generation give them). Every metric is
 defined exactly, with its source, in docs/evaluate.md; the docstrings below
 repeat the definitions. :func:`level_metrics` computes all of them for one
-difficulty; ``mapkit evaluate`` (:mod:`mapkit.evaluate`) runs it over levels.
+difficulty; ``mapkit evaluate`` (:mod:`mapkit.runs.evaluate`) runs it over levels.
 
 Conventions: "colour notes" are red (0) and blue (1) notes, bombs (3) are
 counted separately; a metric that is undefined (e.g. the colour balance of a
@@ -138,11 +138,11 @@ def timing_metrics(notes: np.ndarray, reference: np.ndarray, settings: EvaluateS
 
     Both are reduced to their distinct note frames (:func:`onset_frames`) and
     matched one to one within ``+-tolerance`` frames by
-    :func:`mapkit.train.peaks.onset_counts` (the matching of stage-1
+    :func:`mapkit.preprocess.peaks.onset_counts` (the matching of stage-1
     validation). Keys: ``onset_{precision,recall,f1}_{ms}ms`` with ``ms =
     1000 * tolerance / fps``.
     """
-    from mapkit.train.peaks import f1_from_counts, onset_counts
+    from mapkit.preprocess.peaks import f1_from_counts, onset_counts
 
     pred, true = onset_frames(notes, settings.fps), onset_frames(reference, settings.fps)
     out = {}

@@ -38,7 +38,7 @@ class DDCConfig(TrainConfig):
 
     ``pos_weight`` None: the ratio of empty to note frames in the training
     split. ``smoothing``, ``min_gap_frames`` and ``tolerance_frames`` are
-    those of :mod:`mapkit.train.peaks` (2 frames = +-20 ms).
+    those of :mod:`mapkit.preprocess.peaks` (2 frames = +-20 ms).
     """
 
     KIND = "train_ddc"
@@ -207,7 +207,7 @@ class DDCStage(Stage):
         return onset_loss(logits.float()[mask], batch["frame_class"][mask], self.pos_weight)
 
     def evaluate(self, model, device, autocast) -> dict:
-        from mapkit.train.peaks import (best_threshold, best_thresholds_by_group, f1_from_counts, onset_counts,
+        from mapkit.preprocess.peaks import (best_threshold, best_thresholds_by_group, f1_from_counts, onset_counts,
                                         pick_peaks)
 
         c, ds = self.config, self.val_dataset

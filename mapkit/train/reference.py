@@ -41,7 +41,7 @@ def normalised_flux(placement: np.ndarray, pad: int, column: int) -> np.ndarray:
 
 def f1_at(peaks_list, truths, tolerance: int) -> float:
     """Micro-averaged onset F1 of predicted frames against true frames at ``tolerance`` frames."""
-    from mapkit.train.peaks import f1_from_counts, onset_counts
+    from mapkit.preprocess.peaks import f1_from_counts, onset_counts
 
     totals = np.zeros(3, dtype=np.int64)
     for p, t in zip(peaks_list, truths):
@@ -52,7 +52,7 @@ def f1_at(peaks_list, truths, tolerance: int) -> float:
 def tune_baseline(envelopes, truths, min_gap_frames: int, tolerance: int, thresholds=None,
                   shifts=BASELINE_SHIFTS) -> tuple[float, int, float]:
     """``(threshold, shift, f1)`` of the best peak picking of ``envelopes`` against ``truths``."""
-    from mapkit.train.peaks import DEFAULT_THRESHOLDS, pick_peaks
+    from mapkit.preprocess.peaks import DEFAULT_THRESHOLDS, pick_peaks
 
     best = (float("nan"), 0, -1.0)
     for th in DEFAULT_THRESHOLDS if thresholds is None else thresholds:
@@ -94,7 +94,7 @@ def stage1_report(store, checkpoint, songs=None, train_songs=None, tolerances=(2
     from mapkit.errors import TrainingError
     from mapkit.train.loop import load_checkpoint
     from mapkit.preprocess.difficulties import DIFFICULTIES
-    from mapkit.train.peaks import pick_peaks
+    from mapkit.preprocess.peaks import pick_peaks
 
     model, ckpt = load_checkpoint(checkpoint, device)
     if ckpt.get("stage") != "ddc":
@@ -139,7 +139,7 @@ def _by_difficulty(predicted, truths, names, tolerances) -> dict:
 def _baseline(store, ckpt, train_songs, held_out, truths, names, setup, tolerances, kw) -> dict:
     from mapkit.datasets.torch_datasets import PlacementDataset
     from mapkit.preprocess.difficulties import DIFFICULTIES
-    from mapkit.train.peaks import pick_peaks
+    from mapkit.preprocess.peaks import pick_peaks
 
     settings = setup.feature_settings
     pad, column = settings.placement_pad, len(settings.placement_n_ffts) // 2

@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings as hsettings, strategies as st
 
-from mapkit.build_targets import build_targets
+from mapkit.runs.build_targets import build_targets
 from mapkit.cli import main
 from mapkit.datasets.store import Store
 from mapkit.datasets.validation import (MAX_PROBLEMS, ValidationReport, float16_sum_tolerances, scan_features,
                                         validate_store as validate_with_checksums)
-from mapkit.demo import make_demo
-from mapkit.extract import extract
+from mapkit.runs.demo import make_demo
+from mapkit.runs.extract import extract
 from mapkit.settings import FeatureSettings
 
 SILENCE = FeatureSettings().silence_value

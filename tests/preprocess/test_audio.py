@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from mapkit.errors import AudioError
-from mapkit.audio_out import _ogg_crc, encode_ogg_vorbis
+from mapkit.writers.ogg import _ogg_crc, encode_ogg_vorbis
 from mapkit.preprocess.audio import AudioNote, audio_sha256, decode_audio, ogg_stream_state, open_source_audio, resample
 from mapkit.preprocess.features import song_features
 from mapkit.preprocess.sources import Source

@@ -802,11 +802,11 @@ def test_undeclared_noodle_notes_are_dropped_and_the_level_quarantined(tmp_path)
 
 
 def test_difficulty_without_notes_is_read_but_not_a_target(tmp_path):
-    from mapkit.build_targets import no_notes_reason
+    from mapkit.runs.build_targets import no_notes_reason
 
     d = only(read_level(make_v2_level(tmp_path, [])))
     assert d.quarantine is None and "no notes" in d.warnings  # inspect and evaluate see it as it is
-    assert no_notes_reason(d) == "no notes"  # build-targets quarantines it (tests/test_build_targets.py)
+    assert no_notes_reason(d) == "no notes"  # build-targets quarantines it (tests/runs/test_build_targets.py)
     d = only(read_level(make_v2_level(tmp_path, [n2(1, t=3), n2(2, t=3)], name="bombs")))
     assert no_notes_reason(d) == "no notes (only 2 bombs)"
     assert no_notes_reason(only(read_level(make_v2_level(tmp_path, [n2(1), n2(2, t=1)], name="two")))) is None
