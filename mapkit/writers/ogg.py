@@ -10,19 +10,10 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import numpy as np
 
-# Ogg page CRC: polynomial 0x04C11DB7, not reflected, init 0, no final xor. zlib's CRC-32 is the
-# reflected form of the same polynomial, so reflect bytes in and the 32-bit result out.
-_REFLECT_BYTE = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
-
-
-def _ogg_crc(page: bytes) -> int:
-    """CRC of one Ogg page (its CRC field must be zero)."""
-    raw = ~zlib.crc32(page.translate(_REFLECT_BYTE), 0xFFFFFFFF) & 0xFFFFFFFF
-    return int(f"{raw:032b}"[::-1], 2)
+from mapkit.preprocess.audio import ogg_page_crc
 
 
 def set_ogg_serial(data: bytes, serial: int) -> bytes:
@@ -36,7 +27,7 @@ def set_ogg_serial(data: bytes, serial: int) -> bytes:
         end = pos + 27 + n_segments + sum(buf[pos + 27:pos + 27 + n_segments])
         struct.pack_into("<I", buf, pos + 14, serial)
         struct.pack_into("<I", buf, pos + 22, 0)
-        struct.pack_into("<I", buf, pos + 22, _ogg_crc(bytes(buf[pos:end])))
+        struct.pack_into("<I", buf, pos + 22, ogg_page_crc(bytes(buf[pos:end])))
         pos = end
     return bytes(buf)
 
