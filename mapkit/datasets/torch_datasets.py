@@ -136,7 +136,7 @@ def stage_stats(stats: dict, stage: str) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-class _Handles:
+class ShardHandles:
     """h5py files and datasets opened on first use, per process: a forked or spawned worker opens its own.
 
     Dataset objects are cached too: an h5py group lookup costs more than
@@ -259,7 +259,7 @@ class PlacementDataset(torch.utils.data.Dataset):
         counts = [max(1, -(-lv.n_frames // self.window)) for lv in self.levels]
         #: item index -> (level index, window number k)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._handles = _Handles()
+        self._handles = ShardHandles()
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -416,7 +416,7 @@ class SelectionDataset(torch.utils.data.Dataset):
         self.jitter = bool(jitter)
         self.seed = int(seed)
         self.epoch = 0
-        self._handles = _Handles()
+        self._handles = ShardHandles()
 
     def __len__(self) -> int:
         return len(self.levels)

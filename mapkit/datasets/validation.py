@@ -76,7 +76,7 @@ check                         what it proves
 ============================  =========================================================================
 
 Warning (not a failure) ``unk_share``: more than
-:data:`~mapkit.runs.build_targets.UNK_WARN_SHARE` (5 %) of the note states of the stored levels are UNK
+:data:`~mapkit.datasets.vocab.UNK_WARN_SHARE` (5 %) of the note states of the stored levels are UNK
 (levels of the validation songs that ``vocab.json`` names are left out: their unseen states are
 expected). Typical causes: levels added
 after ``vocab.json`` was counted, or a vocabulary counted over too few songs): the models can neither
@@ -220,7 +220,7 @@ class ValidationReport:
     def summary(self) -> str:
         """Human-readable: counts, one line per problem (up to :data:`MAX_PROBLEMS`), the verdict."""
         c = self.counts
-        from mapkit.runs.runner import plural
+        from mapkit.datasets.names import plural
 
         lines = [f"store {self.store}: {plural(c.get('feature_shards', 0), 'feature shards')}, "
                  f"{plural(c.get('songs', 0), 'songs')}; {plural(c.get('target_shards', 0), 'target shards')}, "
@@ -712,7 +712,7 @@ def check_level_group(lg, where: str, song, report: ValidationReport, checksums:
     """
     import h5py
 
-    from mapkit.runs.build_targets import listed_difficulties, listed_quarantine
+    from mapkit.datasets.level_attrs import listed_difficulties, listed_quarantine
 
     _check_members(lg, None, where, report, datasets=False)
     groups = [lg] + [cg for cg in lg.values() if isinstance(cg, h5py.Group)]
@@ -1121,7 +1121,7 @@ class _UnkTotals:
             self.worst = (n_unk / n, level, n_unk, n)
 
     def warn(self, report: ValidationReport, where: str):
-        from mapkit.runs.build_targets import UNK_WARN_SHARE
+        from mapkit.datasets.vocab import UNK_WARN_SHARE
 
         share = self.unk / self.states if self.states else 0.0
         report.counts["unk_share"] = round(share, 6)

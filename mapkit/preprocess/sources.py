@@ -69,7 +69,7 @@ def _lower_names(path: Path) -> set[str]:
         return set()
 
 
-def _is_level_dir(path: Path) -> bool:
+def is_level_dir(path: Path) -> bool:
     return any(n in _lower_names(path) for n in INFO_NAMES)
 
 
@@ -93,7 +93,7 @@ def _holds_levels(path: Path) -> bool:
         try:
             if e.name.lower().endswith(".zip") and not e.is_dir():
                 return True
-            if e.is_dir() and _is_level_dir(Path(e.path)):
+            if e.is_dir() and is_level_dir(Path(e.path)):
                 return True
         except OSError:
             continue

@@ -59,7 +59,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import os
 import pickle
 import sys
@@ -69,18 +68,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mapkit.datasets.names import name_problem, safe_attrs, song_id_problem
-from mapkit.runs.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
-                                    check_scheduler, plural, run_items, write_report)
-from mapkit.datasets.split import grouping_record, song_groups
+from mapkit.datasets.level_attrs import (holds_difficulties, listed_difficulties, listed_quarantine, same_selection,
+                                         stored_difficulties)
+from mapkit.datasets.names import name_problem, plural, safe_attrs, song_id_problem
 from mapkit.datasets.schema import KIND_ROOTS, LEVEL_DATASETS, UNK
+from mapkit.datasets.split import grouping_record, song_groups
 from mapkit.datasets.store import ShardItem, ShardWriter, Store, os_error_reason, shard_file_attrs
+from mapkit.datasets.vocab import (check_vocab, count_state_array, empty_vocabulary_reason, load_vocab,
+                                   stored_state_counts, training_songs, unk_summary, vocab_bound, vocab_document)
 from mapkit.errors import MapkitError, StoreError
+from mapkit.preprocess.difficulty_targets import DifficultyTargets, difficulty_targets, no_notes_reason
 from mapkit.preprocess.frame_events import FRAME_EVENTS, frame_events
-from mapkit.preprocess.notes import BOMB, STORED_NOTE_DTYPE
-from mapkit.preprocess.objects import OBJECT_DATASETS, place_difficulty_objects
-from mapkit.preprocess.targets import Vocabulary, frame_class, note_states, token_sequence
-from mapkit.preprocess.timebase import FPS, frame_of, frame_time, song_end_beat
+from mapkit.preprocess.objects import OBJECT_DATASETS
+from mapkit.preprocess.targets import Vocabulary, frame_class, token_sequence
+from mapkit.preprocess.timebase import FPS
+from mapkit.runs.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
+                                check_scheduler, run_items, write_report)
 from mapkit.settings import FeatureSettings, TargetSettings
 
 COMMAND = "build-targets"
@@ -90,242 +93,11 @@ DEFAULT_SHARD_LEVELS = 256
 #: Bytes of target data per shard (whichever limit comes first).
 DEFAULT_SHARD_BYTES = 1 << 30
 
-#: Drop reason of notes whose frame lies outside [0, T) (past the end of the audio).
-BEYOND_AUDIO = "beyond_audio"
 
 NO_FEATURES = "no features (run mapkit extract first)"
 
-#: Share of UNK state tokens above which build-targets and validate advise ``--rebuild-vocab``: levels added
-#: after the vocabulary was counted, or a vocabulary counted over too few songs, lose that much of their notes.
-UNK_WARN_SHARE = 0.05
-
 
 # --- pure functions: one difficulty ---------------------------------------------------------------
-
-@dataclass
-class DifficultyTargets:
-    """Everything about one difficulty except its tokens (which need the vocabulary).
-
-    ``notes`` are the kept notes (``STORED_NOTE_DTYPE``, sorted by time, column,
-    row); ``state_frames``/``states`` the note-bearing frames and their 12-cell
-    states; ``state_times_s``/``state_beats`` the time and beat of the earliest
-    note of each state; ``drops`` every drop by reason, those of level reading
-    plus ``beyond_audio``; ``quarantine`` the reason not to use it, or None
-    (then the arrays are empty). ``attrs`` are the level-reading facts stored
-    as attributes of the difficulty group.
-    """
-
-    characteristic: str
-    difficulty: str
-    quarantine: str | None
-    notes: np.ndarray
-    state_frames: np.ndarray
-    states: np.ndarray
-    state_times_s: np.ndarray
-    state_beats: np.ndarray
-    end_beat: float
-    collisions: int
-    drops: dict
-    attrs: dict = field(default_factory=dict)
-    #: walls, arcs, chains, events placed on frames (mapkit.preprocess.objects.place_objects)
-    objects: dict = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        """``Characteristic/Difficulty``: the group path under the level, and the report item name."""
-        return f"{self.characteristic}/{self.difficulty}"
-
-
-def inside_audio(notes: np.ndarray, n_frames: int, fps: int = FPS) -> np.ndarray:
-    """Which notes build-targets keeps: those whose frame ``frame_of(time_s)`` lies in ``[0, T)`` (a bool mask)."""
-    if not len(notes):
-        return np.zeros(0, dtype=bool)
-    frames = frame_of(np.asarray(notes["time_s"], dtype=np.float64), fps)
-    return (frames >= 0) & (frames < n_frames)
-
-
-def place_notes(notes: np.ndarray, n_frames: int, fps: int = FPS):
-    """Put notes on frames: ``(kept STORED_NOTE_DTYPE array, beyond_audio count)``.
-
-    Parameters
-    ----------
-    notes : np.ndarray of NOTE_DTYPE
-        Sorted by (time_s, column, row).
-    n_frames : int
-        T of the song.
-    fps : int
-
-    Returns
-    -------
-    stored : np.ndarray of STORED_NOTE_DTYPE
-        The notes whose frame ``frame_of(time_s)`` lies in [0, T), in the same order.
-    n_beyond : int
-        How many were dropped (frame < 0 or >= T).
-    """
-    frames = frame_of(np.asarray(notes["time_s"], dtype=np.float64), fps) if len(notes) else np.zeros(0, np.int64)
-    inside = inside_audio(notes, n_frames, fps)
-    kept = notes[inside]
-    out = np.zeros(len(kept), dtype=STORED_NOTE_DTYPE)
-    for name in kept.dtype.names:
-        out[name] = kept[name]
-    out["frame"] = frames[inside]
-    return out, int((~inside).sum())
-
-
-def _jsonable(value):
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSettings = TargetSettings()
-                       ) -> DifficultyTargets:
-    """Targets of one difficulty as read by :func:`~mapkit.preprocess.levels.read_level`, on a song of T frames.
-
-    Parameters
-    ----------
-    diff : mapkit.preprocess.levels.Difficulty
-    n_frames : int
-        T, from the song's features.
-    info_bpm : float
-        The info file's BPM (stored as an attribute).
-    settings : TargetSettings
-        ``fps`` and ``max_drop_fraction``.
-
-    Returns
-    -------
-    DifficultyTargets
-        Quarantined (with empty arrays) when reading quarantined it, when more
-        than ``max_drop_fraction`` of its notes lie beyond the audio ("notes
-        beyond audio: wrong audio or offset?"), or when all its drops together
-        pass that fraction.
-    """
-    n_read = int(diff.counts.get("notes", 0) + diff.counts.get("bombs", 0))
-    drops = dict(diff.drops)
-    quarantine = diff.quarantine
-    notes = np.zeros(0, STORED_NOTE_DTYPE)
-    if quarantine is None:
-        notes, n_beyond = place_notes(diff.notes, n_frames, settings.fps)
-        if n_beyond:
-            drops[BEYOND_AUDIO] = n_beyond
-        n_dropped = int(sum(drops.values()))
-        end_s = frame_time(n_frames - 1, settings.fps)
-        limit = f"{100 * settings.max_drop_fraction:g}%"
-        if n_read and n_beyond / n_read > settings.max_drop_fraction:
-            quarantine = (f"notes beyond audio: wrong audio or offset? ({n_beyond} of {n_read} notes "
-                          f"({100 * n_beyond / n_read:.1f}% > {limit}) after the last frame at {end_s:.2f} s)")
-        elif n_read and n_dropped / n_read > settings.max_drop_fraction:
-            detail = ", ".join(f"{r} {c}" for r, c in drops.items())
-            quarantine = (f"dropped {n_dropped} of {n_read} notes ({100 * n_dropped / n_read:.1f}% > {limit}): "
-                          f"{detail}")
-    objects, object_attrs, object_quarantine = place_difficulty_objects(diff, n_frames, notes, settings)
-    quarantine = quarantine or object_quarantine
-    if quarantine is not None:
-        notes = np.zeros(0, STORED_NOTE_DTYPE)
-        objects = {}
-    state_frames, states, collisions = note_states(notes["frame"], notes["column"], notes["row"],
-                                                   notes["color"], notes["direction"])
-    # notes are sorted by time, so the first note of each frame is its earliest
-    first = np.searchsorted(notes["frame"], state_frames, side="left") if len(notes) else np.zeros(0, np.int64)
-    tempo = diff.tempo
-    end_beat = song_end_beat(tempo, n_frames, settings.fps) if tempo is not None else 0.0
-    colors = notes["color"]
-    attrs = {
-        "characteristic": diff.characteristic,
-        "difficulty": diff.difficulty,
-        "filename": diff.filename or "",
-        "info_bpm": float(info_bpm),
-        "tempo_map": _jsonable(tempo.to_json()) if tempo is not None else "",
-        "njs": float(diff.njs) if diff.njs is not None else math.nan,
-        "declared_version": diff.declared_version or "",
-        "sniffed_version": diff.sniffed_version or "",
-        "version_mismatch": bool(diff.version_mismatch),
-        "n_frames": int(n_frames),
-        "n_kept": int(len(notes)),
-        "n_notes": int((colors != BOMB).sum()),
-        "n_bombs": int((colors == BOMB).sum()),
-        "n_read": n_read,
-        "n_dropped": int(sum(drops.values())),
-        "counts_json": _jsonable(diff.counts),
-        "drops_json": _jsonable(drops),
-        "collisions": int(collisions),
-        "n_states": int(len(state_frames)),
-        "end_beat": end_beat,
-        "warnings_json": _jsonable(list(diff.warnings)),
-        **object_attrs,
-    }
-    return DifficultyTargets(
-        characteristic=diff.characteristic, difficulty=diff.difficulty, quarantine=quarantine, notes=notes,
-        state_frames=state_frames, states=states,
-        state_times_s=np.asarray(notes["time_s"][first], np.float64),
-        state_beats=np.asarray(notes["beat"][first], np.float64),
-        end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs, objects=objects)
-
-
-def audio_frame_count(path, fps: int = FPS) -> tuple[int | None, str | None]:
-    """``(T, None)`` of the level's audio from its header (no decoding), or ``(None, why not)``.
-
-    T is :func:`~mapkit.preprocess.timebase.n_frames` of the declared sample
-    count: what ``mapkit extract`` stores for a sound file.
-    """
-    import soundfile as sf
-
-    from mapkit.preprocess.container import LevelContainer
-    from mapkit.preprocess.timebase import n_frames
-
-    try:
-        with LevelContainer(path) as c:
-            name = c.audio_name()
-            with c.open(name) as f:
-                info = sf.info(f)
-    except MapkitError as e:
-        return None, e.reason
-    except (OSError, RuntimeError, ValueError) as e:  # soundfile cannot read the header
-        return None, f"unreadable audio: {e}"
-    if info.frames <= 0 or info.samplerate <= 0:
-        return None, "the audio declares no samples"
-    return n_frames(int(info.frames), int(info.samplerate), fps), None
-
-
-def no_notes_reason(diff) -> str | None:
-    """``"no notes"`` (``"no notes (only N bombs)"``) for a difficulty without colour notes, else None.
-
-    Such a difficulty is not a training target: every frame would be negative,
-    which teaches nothing and flatters frame accuracy. Only build-targets
-    quarantines it; ``inspect`` and ``evaluate`` read it as it is.
-    """
-    if int(diff.counts.get("notes", 0)) > 0:
-        return None
-    n_bombs = int(diff.counts.get("bombs", 0))
-    return "no notes" + (f" (only {n_bombs} bombs)" if n_bombs else "")
-
-
-def check_against_audio(level, path, settings: TargetSettings = TargetSettings(),
-                        n_frames: int | None = None) -> int | None:
-    """Apply build-targets' audio checks to a read level in place (``mapkit inspect``, ``mapkit evaluate``).
-
-    When the song's length is known (``n_frames``, e.g. from its decoded
-    features, else from the audio file's header), every difficulty gets the
-    verdict build-targets would give it on a song of that many frames
-    (:func:`difficulty_targets`): the notes beyond the audio are removed from
-    ``notes`` and counted in ``drops``, and the difficulty is quarantined past
-    ``max_drop_fraction``; so a level read from its folder holds the notes the
-    store would hold. Otherwise a level warning says the notes were not
-    checked against the audio. Returns T, or None.
-    """
-    T = n_frames
-    if T is None:
-        T, why = audio_frame_count(path, settings.fps)
-    if T is None:
-        named = level.song_filename and any(level.song_filename in w for w in level.warnings)
-        if not named:  # a missing song file is already a warning of the level
-            level.warnings.append(f"notes not checked against the audio ({why})")
-        return None
-    for d in level.difficulties:
-        if d.quarantine is None:
-            dt = difficulty_targets(d, T, level.bpm, settings)
-            d.notes = d.notes[inside_audio(d.notes, T, settings.fps)]
-            d.drops = dt.drops
-            d.quarantine = dt.quarantine
-    return T
 
 
 # --- one level: worker side -----------------------------------------------------------------------
@@ -485,15 +257,9 @@ def count_states(level: LevelTargets, counts: Counter) -> int:
     n = 0
     for d in level.difficulties:
         if d.quarantine is None and len(d.states):
-            _count_state_array(d.states, counts)
+            count_state_array(d.states, counts)
             n += 1
     return n
-
-
-def _count_state_array(states: np.ndarray, counts: Counter) -> None:
-    # each row's 12 bytes as one key: ~20x faster than np.unique(axis=0); states hold 0..19, so uint8 is exact
-    rows = np.ascontiguousarray(states, dtype=np.uint8)
-    counts.update(rows.view(f"V{rows.shape[1]}").ravel().tolist())
 
 
 def difficulty_datasets(d: DifficultyTargets, n_frames: int, vocab: Vocabulary, fps: int = FPS) -> dict:
@@ -594,25 +360,6 @@ def item_unk_counts(item: ShardItem) -> tuple[int, int]:
     return n_unk, n_states
 
 
-def unk_summary(n_unk: int, n_states: int, threshold: float = UNK_WARN_SHARE) -> str | None:
-    """The summary line about UNK tokens of a run's levels, or None when they hold no state.
-
-    Above ``threshold`` it says what it costs and that ``--rebuild-vocab`` fixes it.
-
-    >>> unk_summary(3, 100)
-    "UNK: 3 of 100 note states (3.0%) of this run's training-split levels are outside the vocabulary"
-    """
-    if n_states <= 0:
-        return None
-    share = n_unk / n_states
-    line = (f"UNK: {n_unk} of {n_states} note states ({100 * share:.1f}%) of this run's training-split levels "
-            f"are outside the vocabulary")
-    if share > threshold:
-        line += (f"; above {100 * threshold:g}%: the model cannot learn or generate them. Re-count the vocabulary "
-                 f"over the training songs with --rebuild-vocab")
-    return line
-
-
 def level_results(level: LevelTargets) -> list[ItemResult]:
     """One report item per difficulty (:func:`report_names`), and one per level-wide problem."""
     out = []
@@ -626,33 +373,6 @@ def level_results(level: LevelTargets) -> list[ItemResult]:
                                                             f"states, {d.attrs['collisions']} collisions"))
     out.extend(ItemResult(name, level.source, "quarantined", reason) for name, reason in quarantined.items())
     return out
-
-
-def listed_difficulties(value):
-    """The ``Characteristic/Difficulty`` names of a level's ``difficulties_json`` attribute, or None when garbage.
-
-    Anything but a JSON list of strings with one ``/`` each is garbage (a
-    damaged store: ``mapkit validate`` names it, build-targets redoes the level).
-    """
-    try:
-        names = json.loads(value.decode() if isinstance(value, bytes) else str(value))
-    except (ValueError, TypeError, UnicodeDecodeError):
-        return None
-    if not isinstance(names, list) or not all(isinstance(n, str) and n.count("/") == 1 for n in names):
-        return None
-    return names
-
-
-def listed_quarantine(value):
-    """The ``[item, reason]`` pairs of a level's ``quarantined_json`` attribute, or None when garbage."""
-    try:
-        pairs = json.loads(value.decode() if isinstance(value, bytes) else str(value))
-    except (ValueError, TypeError, UnicodeDecodeError):
-        return None
-    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
-                                              for p in pairs):
-        return None
-    return pairs
 
 
 def intact_levels(entries) -> set:
@@ -689,19 +409,10 @@ def intact_levels(entries) -> set:
     return intact
 
 
-def _stored_difficulties(entry) -> list:
-    """The difficulty groups a stored level lists; a StoreError naming it when the list is garbage."""
-    names = listed_difficulties(entry.attrs.get("difficulties_json", ""))
-    if names is None:
-        raise StoreError(entry.shard, f"stored level {entry.song_id} is damaged (difficulties_json is not a list "
-                                      "of difficulties): run mapkit build-targets on its level to rebuild it")
-    return names
-
-
 def stored_level_results(entry, source: str) -> list[ItemResult]:
     """Report items of a level skipped because it is stored: its difficulties, and what was quarantined."""
     out = [ItemResult(f"{entry.song_id}/{name}", source, "skipped", "already present (same level, audio and settings)")
-           for name in _stored_difficulties(entry)]
+           for name in stored_difficulties(entry)]
     out += [ItemResult(name, source, "quarantined", reason)
             for name, reason in listed_quarantine(entry.attrs.get("quarantined_json", "[]")) or []]
     if not out:
@@ -717,7 +428,7 @@ def reencode_stored(entry, vocab: Vocabulary) -> ShardItem:
     with open_shard(entry.shard, features=False) as f:
         g = f[entry.group]
         attrs = {k: v for k, v in g.attrs.items()}
-        for name in _stored_difficulties(entry):
+        for name in stored_difficulties(entry):
             dg = g[name]
             arrays = {k: dg[k][()] for k in LEVEL_DATASETS}
             tokens = arrays["tokens"].copy()
@@ -729,21 +440,6 @@ def reencode_stored(entry, vocab: Vocabulary) -> ShardItem:
                                "n_unk": int((tokens == UNK).sum())}
     attrs["vocab_hash"] = vocab.hash
     return ShardItem(group=entry.group, datasets=datasets, attrs=attrs, subgroup_attrs=sub_attrs)
-
-
-def stored_state_counts(entry, counts: Counter) -> int:
-    """Add the stored ``states`` of a stored level to ``counts``; returns the number of difficulties with states."""
-    from mapkit.datasets.store import open_shard
-
-    n = 0
-    with open_shard(entry.shard, features=False) as f:
-        g = f[entry.group]
-        for name in _stored_difficulties(entry):
-            states = g[name]["states"][()]
-            if len(states):
-                _count_state_array(states, counts)
-                n += 1
-    return n
 
 
 # --- store checks -----------------------------------------------------------------------------------
@@ -764,19 +460,6 @@ def check_settings(index, settings: TargetSettings, store_root) -> None:
         raise StoreError(store_root, f"store holds targets made with other settings (hash {h}; this run: "
                                      f"{settings.hash}); use another --store or delete "
                                      f"{os.path.join(str(store_root), 'targets')} and vocab.json to rebuild")
-
-
-def holds_difficulties(entry) -> bool:
-    """Whether a stored level group holds at least one difficulty group (a missing list counts as holding)."""
-    try:
-        return bool(json.loads(entry.attrs.get("difficulties_json", '["?"]')))
-    except ValueError:
-        return True
-
-
-def same_selection(entry, selection: str) -> bool:
-    """Whether a stored level was built with the characteristic selection ``selection`` (case-insensitive)."""
-    return str(entry.attrs.get("characteristic", "")).lower() == selection.lower()
 
 
 def check_selection(index, selection: str, store_root) -> None:
@@ -829,40 +512,6 @@ def check_characteristic_present(sources, characteristic, input_dir) -> None:
                                      f"with one of those, or all")
 
 
-def load_vocab(store: Store) -> tuple[Vocabulary, dict] | None:
-    """``(vocabulary, its JSON)`` from ``vocab.json``, or None when there is none."""
-    document = store.read_vocab_json(missing_ok=True)
-    if document is None:
-        return None
-    try:
-        return Vocabulary.from_json(document), document
-    except (ValueError, KeyError, TypeError) as e:
-        raise StoreError(store.vocab_path, f"unreadable vocabulary: {e}") from None
-
-
-def vocab_bound(entry) -> bool:
-    """Whether a stored level's tokens depend on the vocabulary: it has at least one state.
-
-    A level without states (zero notes, or nothing usable) is ``[BOS, EOS]``
-    under every vocabulary, so it never conflicts with one.
-    """
-    return int(entry.attrs.get("n_states", 1)) > 0
-
-
-def check_vocab(index, vocab: Vocabulary, vocab_json: dict, settings: TargetSettings, store: Store) -> None:
-    """Refuse a ``vocab.json`` that is not the vocabulary of the stored targets, or of another size setting."""
-    stored_size = vocab_json.get("vocab_size")
-    if stored_size is not None and int(stored_size) != settings.vocab_size:
-        raise StoreError(store.vocab_path, f"vocabulary built with vocab size {stored_size}, this run asks for "
-                                           f"{settings.vocab_size}; add --rebuild-vocab to rebuild it and "
-                                           f"re-encode every stored level")
-    others = sorted({str(e.file_attrs.get("vocab_hash")) for e in index.values() if vocab_bound(e)} - {vocab.hash})
-    if others:
-        raise StoreError(store.vocab_path, f"vocab.json (hash {vocab.hash}) is not the vocabulary of the stored "
-                                           f"targets (hash {', '.join(others)}); add --rebuild-vocab to re-encode "
-                                           f"every stored level with a new vocabulary")
-
-
 def _features_fps(entry, cache: dict) -> int | None:
     s = str(entry.file_attrs.get("settings_json", ""))
     if s not in cache:
@@ -871,131 +520,6 @@ def _features_fps(entry, cache: dict) -> int | None:
         except (ValueError, TypeError):
             cache[s] = None
     return cache[s]
-
-
-#: ``vocab.json``'s ``counted_over`` when only the training split's levels were counted.
-COUNTED_OVER_TRAINING = "training split"
-
-
-def training_songs(song_ids, val_fraction: float = 0.1, seed: int = 0, val_songs=None, groups=None
-                   ) -> tuple[list, list]:
-    """The trainer's ``(train, validation)`` split of ``song_ids``, for counting the vocabulary.
-
-    The same rule as ``mapkit train`` (:func:`mapkit.datasets.split.split_by_song`,
-    by song group; torch is not imported): pass the songs the trainer splits
-    (those with both features and targets) and their ``groups`` so that its
-    set-dependent fallback (never an empty validation split) picks the same
-    group. Explicit ``val_songs`` absent from ``song_ids`` are validation
-    songs all the same (never counted) instead of an error.
-
-    Parameters
-    ----------
-    song_ids : iterable of str
-    val_fraction : float in [0, 1)
-    seed : int
-        The trainer's ``--seed``.
-    val_songs : iterable of str, optional
-        Explicit validation songs (override ``val_fraction``; their groups go with them).
-    groups : dict, optional
-        ``song_id -> group_id`` (:func:`mapkit.datasets.split.song_groups`).
-
-    Returns
-    -------
-    train, val : list of str, sorted
-        ``val`` holds only songs of ``song_ids``.
-    """
-    from mapkit.datasets.split import split_by_song
-
-    ids = set(song_ids)
-    named = None if val_songs is None else set(val_songs)
-    train, val = split_by_song(ids | (named or set()), val_fraction, seed, named, groups)
-    return train, [s for s in val if s in ids]
-
-
-def empty_vocabulary_reason(split_ids, train, val, named: bool, n_states: int) -> str:
-    """Why no vocabulary can be counted, and what to do (build-targets then writes nothing).
-
-    The vocabulary is counted over the training songs' levels only; with few
-    songs the training split can hold no usable level (every song hashed into
-    validation, or the training songs' levels quarantined). Every state would
-    then be UNK and no ``vocab.json`` could be written.
-    """
-    shown = ", ".join(sorted(val)[:5]) + (" ..." if len(val) > 5 else "")
-    how = ("name fewer songs with --val-song" if named else
-           "name the validation songs with --val-song (the same for mapkit train), or lower --val-fraction")
-    return (f"no vocabulary can be counted: the training split ({len(train)} of {len(split_ids)} songs) holds no "
-            f"usable level, so all {n_states} note states would be UNK (validation songs: {shown or 'none'}); "
-            f"nothing was written. {how[0].upper() + how[1:]}, or add more songs")
-
-
-def vocab_document(vocab: Vocabulary, counts: Counter, settings: TargetSettings, n_levels: int,
-                   n_difficulties: int = 0, counted_songs=(), val_songs=(), val_fraction: float | None = 0.1,
-                   seed: int = 0, grouping: dict | None = None) -> dict:
-    """The content of ``vocab.json``: the vocabulary, and what it was counted over.
-
-    ``n_levels`` is the number of level groups (songs) whose states were
-    counted, ``n_difficulties`` the number of their difficulties that had
-    states, ``n_state_frames`` the states counted.
-
-    ``counted_over`` is ``"training split"``; ``counted_songs`` the songs whose
-    levels were counted, ``val_songs`` the validation songs left out,
-    ``val_fraction`` (None when the validation songs were named) and ``seed``
-    the split's settings: :func:`vocabulary_leak` compares a trainer's split with them.
-    ``grouping`` is the song grouping the split used
-    (:func:`mapkit.datasets.split.grouping_record`: hash, counts, shared groups).
-    """
-    total = int(sum(counts.values()))
-    covered = int(sum(vocab.counts))
-    return {**vocab.to_json(), "vocab_size": settings.vocab_size, "n_levels": int(n_levels),
-            "n_difficulties": int(n_difficulties),
-            "n_state_frames": total, "n_distinct_states": len(counts),
-            "coverage": covered / total if total else 1.0, "targets_settings_hash": settings.hash,
-            "counted_over": COUNTED_OVER_TRAINING, "val_fraction": val_fraction, "seed": int(seed),
-            "val_songs": sorted(val_songs), "counted_songs": sorted(counted_songs), "grouping": grouping}
-
-
-def vocabulary_leak(vocab_json: dict, val_songs, max_named: int = 10, groups=None) -> str | None:
-    """A warning when states of validation songs (or of their groups) were counted into the vocabulary, else None.
-
-    Parameters
-    ----------
-    vocab_json : dict
-        The content of ``vocab.json``.
-    val_songs : iterable of str
-        The trainer's validation songs.
-    max_named : int
-        How many of the leaked songs the message names.
-    groups : dict, optional
-        ``song_id -> group_id``: a validation song also leaks when another
-        song of its group (another encode of the same recording) was counted.
-
-    Returns
-    -------
-    str or None
-        Names the validation songs whose levels (or whose group's levels)
-        were counted (their rare states have tokens, so validation perplexity
-        looks better than it is), or says that the vocabulary does not record
-        what it was counted over (built before the count left validation songs
-        out); None when there is no leak or no validation song.
-    """
-    val = sorted(set(val_songs))
-    if not val:
-        return None
-    fix = "; rebuild it with the trainer's split: mapkit build-targets --rebuild-vocab with the same " \
-          "--val-fraction/--val-song/--seed"
-    if vocab_json.get("counted_over") != COUNTED_OVER_TRAINING or "counted_songs" not in vocab_json:
-        return "vocab.json does not record which songs it was counted over (it may hold states of validation " \
-               "songs, making validation perplexity look better than it is)" + fix
-    counted = set(vocab_json["counted_songs"])  # once: a set per validation song was quadratic
-    groups = groups or {}
-    counted_groups = {str(groups.get(s) or s) for s in counted}
-    leaked = [s for s in val if s in counted or str(groups.get(s) or s) in counted_groups]
-    if not leaked:
-        return None
-    more = f" and {len(leaked) - max_named} more" if len(leaked) > max_named else ""
-    return (f"{len(leaked)} of the {len(val)} validation songs were counted into vocab.json, or share a group "
-            f"with a counted song (validation perplexity looks better than it is): "
-            f"{', '.join(leaked[:max_named])}{more}" + fix)
 
 
 # --- the run ----------------------------------------------------------------------------------------

@@ -151,12 +151,12 @@ def _wanted(difficulty: str, difficulties) -> bool:
 
 def _level_paths(paths, failures: list) -> list:
     """Each path, or the levels in it when it is a folder of levels (as ``inspect``); missing ones -> failures."""
-    from mapkit.preprocess.levels import _expand
+    from mapkit.preprocess.levels import expand_level_paths
 
     out = []
     for p in paths:
         try:
-            out.extend(_expand(p))
+            out.extend(expand_level_paths(p))
         except MapkitError as e:
             failures.append((e.path, e.reason))
     return out
@@ -195,7 +195,7 @@ def evaluate_levels(paths, reference=None, baseline: Baseline | None = None, dif
     """
     from tqdm import tqdm
 
-    from mapkit.runs.build_targets import check_against_audio
+    from mapkit.preprocess.difficulty_targets import check_against_audio
     from mapkit.preprocess.levels import read_level
     from mapkit.settings import TargetSettings
 

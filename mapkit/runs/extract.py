@@ -45,9 +45,9 @@ from pathlib import Path
 import numpy as np
 
 from mapkit.datasets.groups import GroupAssigner
-from mapkit.datasets.names import safe_attrs
+from mapkit.datasets.names import plural, safe_attrs
 from mapkit.runs.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
-                                    check_scheduler, plural, run_items, write_report)
+                                    check_scheduler, run_items, write_report)
 from mapkit.datasets.schema import ATTRS_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, SONG_FINGERPRINT
 from mapkit.datasets.store import ShardItem, ShardWriter, Store, shard_file_attrs
 from mapkit.errors import MapkitError, StoreError

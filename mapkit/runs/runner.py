@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import mapkit
+from mapkit.datasets.names import plural
 from mapkit.errors import MapkitError
 
 STATUSES = ("ok", "skipped", "failed", "quarantined")
@@ -603,17 +604,6 @@ class RunReport:
         return "\n".join([line, *reason_lines(self.items, max_reasons, max_named),
                           *(f"  {path}: {reason}" for path, reason in self.problems[:max_reasons]),
                           *self.notes])
-
-
-def plural(n: int, noun: str) -> str:
-    """``n`` and ``noun`` (given in the plural), singular when ``n`` is 1.
-
-    >>> plural(1, "songs"), plural(2, "songs"), plural(1, "items"), plural(0, "levels")
-    ('1 song', '2 songs', '1 item', '0 levels')
-    """
-    if n == 1 and noun.endswith("s"):
-        noun = noun[:-1]
-    return f"{n} {noun}"
 
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")

@@ -232,7 +232,7 @@ def _split(store: Store, song_ids) -> tuple[set, set, str]:
         vocab = {}
     if "counted_songs" in vocab and "val_songs" in vocab:
         return set(vocab["counted_songs"]), set(vocab["val_songs"]), "vocab.json"
-    from mapkit.runs.build_targets import training_songs
+    from mapkit.datasets.vocab import training_songs
 
     train, val = training_songs(song_ids)
     return set(train), set(val), "default split (val fraction 0.1, seed 0)"

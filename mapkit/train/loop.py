@@ -399,7 +399,7 @@ def warn_vocabulary_leak(store: Store, val_songs, groups=None) -> str | None:
     """Warn on stderr when ``vocab.json`` was counted over some of ``val_songs`` or their groups; return the warning."""
     import sys
 
-    from mapkit.runs.build_targets import vocabulary_leak
+    from mapkit.datasets.vocab import vocabulary_leak
 
     message = vocabulary_leak(store.read_vocab_json(), val_songs, groups=groups)
     if message:

@@ -102,7 +102,7 @@ def test_split_by_group_keeps_a_group_on_one_side():
 
 @needs_chromaprint
 def test_extract_stores_fingerprints_and_groups(tmp_path, capsys, songs):
-    from mapkit.runs.build_targets import training_songs
+    from mapkit.datasets.vocab import training_songs
     from mapkit.runs.extract import extract
 
     inp = tmp_path / "in"
@@ -207,7 +207,7 @@ print("torch imported:", "torch" in sys.modules)
 
 
 def test_vocabulary_leak_sees_groups():
-    from mapkit.runs.build_targets import COUNTED_OVER_TRAINING, vocabulary_leak
+    from mapkit.datasets.vocab import COUNTED_OVER_TRAINING, vocabulary_leak
 
     doc = {"counted_over": COUNTED_OVER_TRAINING, "counted_songs": ["a", "c"]}
     assert vocabulary_leak(doc, ["b"]) is None

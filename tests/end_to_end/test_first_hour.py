@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from mapkit.runs.build_targets import build_targets
 from mapkit.cli import main
-from mapkit.runs.runner import ItemResult, RunReport, plural
+from mapkit.datasets.names import plural
+from mapkit.runs.runner import ItemResult, RunReport
 from mapkit.datasets.store import Store
 from mapkit.datasets.validation import validate_store
 from mapkit.runs.demo import make_demo

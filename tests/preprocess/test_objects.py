@@ -205,7 +205,7 @@ def test_lighting_that_is_not_a_list_is_lost_with_a_warning_but_walls_are_corrup
 # --- frames, links, the frame target and the stream ----------------------------------------------
 
 def test_placement_frames_links_and_beyond_audio(tmp_path):
-    from mapkit.runs.build_targets import place_notes
+    from mapkit.preprocess.difficulty_targets import place_notes
 
     d = only(read_level(write_v3(tmp_path / "v3"), settings=LENIENT))
     T = 451  # 4.5 s is frame 450, the last one

@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from mapkit.runs.build_targets import BEYOND_AUDIO, build_targets, level_files_sha256
+from mapkit.preprocess.objects import BEYOND_AUDIO
+from mapkit.runs.build_targets import build_targets, level_files_sha256
 from mapkit.cli import main
 from mapkit.datasets.store import Store, open_shard
 from mapkit.runs.demo import make_demo
@@ -839,7 +840,7 @@ def test_validation_song_without_features_refused(edge, tmp_path):
 
 
 def test_trainer_warns_on_validation_songs_counted(edge, tmp_path, capsys):
-    from mapkit.runs.build_targets import vocabulary_leak
+    from mapkit.datasets.vocab import vocabulary_leak
     from mapkit.train.loop import warn_vocabulary_leak
 
     store = copy_store(edge, tmp_path)
