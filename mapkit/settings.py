@@ -52,7 +52,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class FeatureSettings(Settings):
-    """Audio feature settings of both stages (DESIGN.md section 2)."""
+    """Audio feature settings of both stages (docs/design.md §2)."""
 
     KIND = "features"
 
@@ -104,7 +104,7 @@ class FeatureSettings(Settings):
 
 @dataclass(frozen=True)
 class TargetSettings(Settings):
-    """Level-reading and target settings (DESIGN.md sections 1 and 3)."""
+    """Level-reading and target settings (docs/design.md §§1 and 3)."""
 
     KIND = "targets"
 

@@ -1,6 +1,6 @@
 """The store: a folder of HDF5 shards, its lock, its index and its statistics.
 
-The layout is a public contract (DESIGN.md section 8)::
+The layout is a public contract (docs/design.md §4)::
 
     STORE/
       .lock                      held (flock) by the one run that writes the store
@@ -462,7 +462,7 @@ class ShardWriter:
 
 
 def shard_file_attrs(kind: str, settings) -> dict:
-    """The attributes every shard file carries (DESIGN.md section 8).
+    """The attributes every shard file carries (docs/design.md §4).
 
     ``schema_version``, ``mapkit_version``, ``kind`` ("features" or "targets"),
     ``settings_json`` and ``settings_hash``; :class:`ShardWriter` adds ``created``.
@@ -614,7 +614,7 @@ def _adopt_partial(partial: Path) -> list[str]:
 
 
 class Store:
-    """A store folder (DESIGN.md section 8). Creating the object touches nothing on disk."""
+    """A store folder (docs/design.md §4). Creating the object touches nothing on disk."""
 
     def __init__(self, root):
         self.root = Path(root)

@@ -1,4 +1,4 @@
-"""PyTorch datasets over the store (DESIGN.md section 4).
+"""PyTorch datasets over the store (docs/design.md §6).
 
 :class:`PlacementDataset` (stage 1) yields windows of ``L`` output frames with
 their +-7 context rows of placement features, per-band normalised, the
@@ -11,7 +11,7 @@ Both read the HDF5 shards lazily. ``__init__`` reads only metadata (the
 store's indexes, one pass over the target groups) and closes every file;
 ``__getitem__`` opens the shards it needs in the process that calls it, with
 handles cached per process id, so each DataLoader worker has its own
-handles (they cannot be pickled, DESIGN.md section 9) and a forked worker
+handles (they cannot be pickled, docs/design.md §10) and a forked worker
 never reuses its parent's. Nothing depends on DataLoader internals: every
 item is a pure function of ``(index, epoch, seed)`` and the store.
 

@@ -1,4 +1,4 @@
-"""``mapkit validate``: prove every length, alignment and vocabulary invariant of a store (DESIGN.md section 5).
+"""``mapkit validate``: prove every length, alignment and vocabulary invariant of a store (docs/design.md §5).
 
 :func:`validate_store` reads a store the way every mapkit reader does (only
 complete ``shard-NNNNN.h5`` files; of several copies of a song, the one in the
@@ -31,11 +31,11 @@ check                         what it proves
                               stored features' settings hash
 ``foreign_file``              nothing else in ``features/`` or ``targets/`` (a ``.partial`` file is
                               only a warning: a killed run left it, readers ignore it)
-``song_attrs``                every song attribute of DESIGN.md section 8 is present
+``song_attrs``                every song attribute of docs/design.md §4 is present
 ``frame_count``               ``T = 1 + floor(n_samples * 100 / sample_rate)`` and ``duration_s``
 ``padding``                   pad widths equal the settings
 ``feature_rows``              placement ``[T + 14, 3, 80]``, selection ``[T + 2, 100]``
-``dtypes``                    the dtypes of the public contract (DESIGN.md section 8): features float16;
+``dtypes``                    the dtypes of the public contract (docs/design.md §4): features float16;
                               ``frame_class``/``states`` uint8, ``notes`` the stored note record,
                               ``tokens``/``token_frames`` int32, gaps float32. Values are never cast
                               before they are checked (a token stored as 7.5 is not read as 7)
@@ -786,7 +786,7 @@ def _integral(values: np.ndarray, name: str, where: str, check: str, report: Val
 
 
 def _check_dtypes(dg, where: str, report: ValidationReport):
-    """Every level dataset has the dtype of the public contract (DESIGN.md section 8)."""
+    """Every level dataset has the dtype of the public contract (docs/design.md §4)."""
     for name, expected in LEVEL_DTYPES.items():
         dtype = dg[name].dtype
         if dtype != expected:

@@ -1,4 +1,4 @@
-"""Decode, downmix and resample song audio (DESIGN.md section 2).
+"""Decode, downmix and resample song audio (docs/design.md §2).
 
 Audio is decoded with soundfile (libsndfile: WAV, FLAC, MP3, Ogg) except Ogg
 Vorbis (``.egg``/``.ogg``, nearly every level's song), which miniaudio
@@ -205,7 +205,7 @@ def _downmix_into(block: np.ndarray, out: np.ndarray) -> None:
     """Mean of the channels of ``block`` [n, channels] written into ``out`` [n].
 
     Column sums, not ``block.mean(axis=1)``: the row-wise reduction over a
-    2-column array is ~10x slower (DESIGN.md section 9).
+    2-column array is ~10x slower (docs/design.md §10).
     """
     channels = block.shape[1]
     if channels == 1:

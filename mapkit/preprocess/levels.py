@@ -1,4 +1,4 @@
-"""Exact level reading for every Beat Saber format (DESIGN.md sections 1 and 3, formats.md part 1).
+"""Exact level reading for every Beat Saber format (docs/design.md §§1 and 3, docs/formats.md part 1).
 
 :func:`read_level` reads a level folder or BeatSaver ``.zip`` (without
 unpacking it) into a :class:`Level`: the info file's facts and, per
@@ -643,7 +643,7 @@ _V3_V4_KEYS = ("colorNotes", "bombNotes", "obstacles")
 
 
 def _sniff_difficulty(doc: dict, legacy: bool, declared_major: str | None) -> str | None:
-    """Format major from the keys (formats.md 1.7); ``None`` when the keys say nothing."""
+    """Format major from the keys (docs/formats.md §1.7); ``None`` when the keys say nothing."""
     if any(k in doc for k in _V4_KEYS):
         return "4"
     if any(k in doc for k in _V3_KEYS):

@@ -1,6 +1,6 @@
 """How much one input file may be, so that no input can make a run read without bound.
 
-Every file of an input is read through these limits (DESIGN.md section 2;
+Every file of an input is read through these limits (docs/design.md §2;
 README "Reliability"):
 
 - **regular files only**: a FIFO, a device (``/dev/zero``), a socket or a

@@ -1,4 +1,4 @@
-"""Peak picking of stage-1 probabilities and onset F1 (DESIGN.md sections 4 and 6).
+"""Peak picking of stage-1 probabilities and onset F1 (docs/design.md §§6 and 7).
 
 Frames are on the one time base (:mod:`mapkit.preprocess.timebase`): at 100 fps
 a tolerance of 2 frames is +-20 ms, a minimum gap of 13 frames is DDC's

@@ -1,4 +1,4 @@
-"""Find the songs in an input folder (DESIGN.md sections 2 and 8).
+"""Find the songs in an input folder (docs/design.md §§2 and 4).
 
 An input folder holds level folders and/or BeatSaver ``.zip`` files, or bare
 audio files. The song id is the level folder's name, the zip's name without

@@ -1,4 +1,4 @@
-"""Training targets from normalised notes (DESIGN.md section 3). Pure functions.
+"""Training targets from normalised notes (docs/design.md §3). Pure functions.
 
 Stage 1, per frame (``frame_class``, uint8, length T):
     0 empty, 1 red only, 2 blue only, 3 red and blue, 4 bombs only.

@@ -1,4 +1,4 @@
-"""The one time base of mapkit (DESIGN.md section 1).
+"""The one time base of mapkit (docs/design.md §1).
 
 Every array lives on a grid of ``FPS`` frames per second; frame ``f`` is centred
 on ``t = f / FPS`` seconds. The rules below are the only place where seconds

@@ -24,7 +24,7 @@ One run (:func:`build_targets`):
    results wait in an unnamed temporary file in the store (bounded memory);
 6. write the run's report: one item per level/characteristic/difficulty.
 
-Layout (DESIGN.md section 8, docs/store.md), per level group
+Layout (docs/design.md §4, docs/store.md), per level group
 ``/levels/<song_id>`` and per difficulty group ``<Characteristic>/<Difficulty>``:
 
 =================  =============  ===================================================

@@ -92,7 +92,7 @@ _TITLE_WORDS = (
     ("Neon", "Crystal", "Velvet", "Silver", "Hollow", "Electric", "Midnight", "Golden", "Paper", "Distant"),
     ("Drift", "Echoes", "Circuit", "Garden", "Signal", "Horizon", "Pulse", "Lantern", "Orbit", "Tide"),
 )
-#: Direction codes (formats.md 1.3): swing (down, up) per colour and cut style.
+#: Direction codes (docs/formats.md §1.3): swing (down, up) per colour and cut style.
 _CUTS = {
     ("straight", RED): (1, 0), ("straight", BLUE): (1, 0),
     ("diagonal", RED): (6, 5), ("diagonal", BLUE): (7, 4),

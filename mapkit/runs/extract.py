@@ -29,7 +29,7 @@ delete ``STORE/features`` to rebuild it with the new settings.
 
 Each song is stored as group ``/songs/<song_id>`` of a feature shard, with the
 datasets ``placement`` [T+14, 3, 80] and ``selection`` [T+2, 100] (float16,
-time first) and the attrs of DESIGN.md section 8, plus ``<stage>_band_sum``
+time first) and the attrs of docs/design.md §4, plus ``<stage>_band_sum``
 and ``<stage>_band_sumsq`` (float64 per-band sums over the song's T unpadded
 frames) from which ``stats.json`` is computed.
 """
@@ -98,7 +98,7 @@ def extract_one(task: ExtractTask, settings: FeatureSettings):
 
 
 def feature_item(song, group_id: str | None = None) -> ShardItem:
-    """The shard item of one song's features (DESIGN.md section 8).
+    """The shard item of one song's features (docs/design.md §4).
 
     ``song`` is a :class:`mapkit.preprocess.features.SongFeatures`;
     ``group_id`` its group (:mod:`mapkit.datasets.groups`; default: its song id).

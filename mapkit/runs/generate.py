@@ -1,4 +1,4 @@
-"""Generate a level from a song with the two trained models (DESIGN.md section 6).
+"""Generate a level from a song with the two trained models (docs/design.md §7).
 
     song -> song_features (the code of ``mapkit extract``, float16 as stored)
          -> stage 1: per-frame note probabilities (``ddc.predict_probabilities``,

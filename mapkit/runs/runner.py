@@ -6,7 +6,7 @@ The shape of every batch command (``extract``, ``build-targets``):
   worker processes (joblib/loky, ``jobs`` of them) or on a Dask cluster;
 - **the parent writes**: ``write(item, value)`` runs in this process, one call
   at a time, as results arrive (in any order), so each HDF5 shard has exactly
-  one writer (DESIGN.md section 9);
+  one writer (docs/design.md §10);
 - **a bad item never stops the run**: an exception raised by ``work`` becomes a
   ``failed`` :class:`ItemResult` with its reason (a
   :class:`~mapkit.errors.MapkitError` gives its own reason; anything else its

@@ -1,4 +1,4 @@
-"""Stage 1 training, ``mapkit train ddc``: where notes go in time (DESIGN.md section 4).
+"""Stage 1 training, ``mapkit train ddc``: where notes go in time (docs/design.md §6).
 
 The C-LSTM (:class:`~mapkit.train.models.PlacementModel`) learns "any note"
 per frame from windows of :class:`~mapkit.datasets.torch_datasets.PlacementDataset`,

@@ -1,4 +1,4 @@
-"""The two models of the generator (DESIGN.md section 4).
+"""The two models of the generator (docs/design.md §6).
 
 Stage 1, :class:`PlacementModel`: a C-LSTM in the shape of Dance Dance
 Convolution (Donahue et al. 2017). It reads a window of ``L`` output frames with

@@ -1,4 +1,4 @@
-"""Stage 2 training, ``mapkit train transformer``: which notes go where (DESIGN.md section 4).
+"""Stage 2 training, ``mapkit train transformer``: which notes go where (docs/design.md §6).
 
 The encoder-decoder (:class:`~mapkit.train.models.SelectionModel`) reads one
 level per item of :class:`~mapkit.datasets.torch_datasets.SelectionDataset`:

@@ -54,7 +54,7 @@ def encode_ogg_vorbis(audio: np.ndarray, sample_rate: int, serial: int = 0, qual
     Notes
     -----
     Written in blocks of one second: a single ``soundfile.write`` of more than
-    ~2M frames to Ogg crashes libsndfile (DESIGN.md section 9).
+    ~2M frames to Ogg crashes libsndfile (docs/design.md §10).
     """
     import soundfile as sf
 

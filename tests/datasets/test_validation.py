@@ -634,7 +634,7 @@ def test_a_state_frame_missing_from_token_frames(store, sound_store):
     assert "other frames than the notes" in p["message"]
 
 
-# --- dtypes of the public contract (DESIGN.md section 8) ---------------------------------------------
+# --- dtypes of the public contract (docs/design.md §4) ---------------------------------------------
 
 
 def test_tokens_stored_as_floats_with_a_half_are_not_cast_away(store, sound_store):

@@ -712,7 +712,7 @@ def test_v4_info_with_a_2_0_0_audio_data_file_uses_its_regions(tmp_path):
                                              "_startBeat": 20, "_endBeat": 60}]})
     d = only(read_level(root))
     assert d.quarantine is None and d.tempo.source == "regions"
-    assert d.notes["time_s"].tolist() == [5.0, 12.5]  # DESIGN.md section 1: beat 30 -> 12.5 s
+    assert d.notes["time_s"].tolist() == [5.0, 12.5]  # docs/design.md §1: beat 30 -> 12.5 s
 
 
 def test_info_characteristics_reads_only_the_info_file(tmp_path):

@@ -9,12 +9,12 @@ from mapkit.errors import TempoError
 from mapkit.preprocess.tempo import TempoMap
 
 
-# --- the worked examples of DESIGN.md section 1 --------------------------------------------------
+# --- the worked examples of docs/design.md §1 --------------------------------------------------
 
 def test_worked_example_tempo_event():
     # base 120, a real tempo event at beat 16 to 240: 16 * 0.5 + 4 * 0.25
     assert TempoMap.from_bpm_events(120, [(16, 240)]).seconds(20) == 9.0
-    # the same with an explicit event at beat 0 (formats.md 1.8 example)
+    # the same with an explicit event at beat 0 (docs/formats.md §1.8 example)
     assert TempoMap.from_bpm_events(120, [(0, 120), (16, 240)]).seconds(20) == 9.0
 
 

@@ -129,7 +129,7 @@ def test_level_files_are_valid_v2_info_and_v3_difficulty(generated):
     assert 0 <= entry["_beatmapColorSchemeIdx"] < len(info["_colorSchemes"])
     assert 0 <= entry["_environmentNameIdx"] < len(info["_environmentNames"])
     raw = (folder / "ExpertStandard.dat").read_bytes()
-    assert raw.startswith(b'{"version":"3.3.0"')  # no whitespace after the colon (formats.md 1.4)
+    assert raw.startswith(b'{"version":"3.3.0"')  # no whitespace after the colon (docs/formats.md §1.4)
     diff = json.loads(raw)
     for key in ("bpmEvents", "rotationEvents", "colorNotes", "bombNotes", "obstacles", "sliders", "burstSliders",
                 "basicBeatmapEvents", "colorBoostBeatmapEvents", "lightColorEventBoxGroups",
