@@ -731,21 +731,11 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
         fail(str(e))
     except ValueError as e:
         fail(f"bad training settings: {e}")
-    import os
-
-    if os.environ.get("RANK", "0") == "0":
-        metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.metrics.items())
-        click.echo(f"step {result.step}{' (stopped early)' if result.stopped_early else ''}; "
-                   f"validation: {metrics or 'none (no validation songs)'}")
-        click.echo(f"checkpoint: {result.last}; log: {result.metrics_path}; curves: {result.plot_path}")
-        from mapkit.train.ablation import ablation_summary
-
-        summary = ablation_summary(result.metrics_path) if result.metrics_path else None
-        if summary:
-            click.echo(summary)
+    summary = result.summary()
+    if summary:
+        click.echo(summary)
     if result.interrupted:
-        click.echo(f"interrupted by {result.interrupted} at step {result.step}: saved {result.last}; "
-                   f"continue with the same command and --resume", err=True)
+        click.echo(result.interruption(), err=True)
         sys.exit(SIGNAL_EXIT.get(result.interrupted, 1))
 
 
@@ -890,12 +880,9 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
       mapkit generate song.ogg --temperature 0.8 --seed 3 --no-snap
       mapkit generate song.ogg --evaluate --baseline human.json
     """
-    import torch
-
     from mapkit.errors import MapkitError
     from mapkit.runs.generate import generate
 
-    torch.set_num_threads(threads)
     try:
         human = None
         if baseline is not None:
@@ -904,7 +891,7 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
             human = load_baseline(baseline)  # before generating: a bad file fails fast
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
                          beam_size=beam_size, temperature=temperature, seed=seed, threshold=threshold,
-                         snap=not no_snap, out_dir=out_dir, force=force)
+                         snap=not no_snap, out_dir=out_dir, force=force, threads=threads)
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())
@@ -914,7 +901,7 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
         click.echo(format_table(evaluate_generated(level, human, baseline)))
     for warning in level.warnings:
         click.echo(f"warning: {warning}", err=True)
-    sys.exit(2 if level.warnings else 0)
+    sys.exit(level.exit_code)
 
 
 # --- evaluate: objective metrics of levels against human baselines ---

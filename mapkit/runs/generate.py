@@ -141,6 +141,11 @@ class GeneratedLevel:
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
 
+    @property
+    def exit_code(self) -> int:
+        """0, or 2 when the level was written but something is off (:attr:`warnings`)."""
+        return 2 if self.warnings else 0
+
     def summary(self) -> str:
         """One human-readable paragraph: where, how many notes, BPM, time per stage."""
         n_bombs = int((self.notes["color"] == BOMB).sum())
@@ -376,7 +381,7 @@ def missing_checkpoints(placement, selection) -> str | None:
 
 
 def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, device: str = "cpu",
-             **kwargs) -> GeneratedLevel:
+             threads: int | None = None, **kwargs) -> GeneratedLevel:
     """Load both checkpoints and generate a level of ``song`` (see :func:`generate_level`).
 
     Parameters
@@ -386,6 +391,9 @@ def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, dev
         Checkpoints of ``mapkit train ddc`` and ``mapkit train transformer``.
     device : str
         Torch device of the models.
+    threads : int, optional
+        Torch CPU threads (``torch.set_num_threads``; 1 is fastest on small CPUs: decoding is a long
+        chain of small steps); None leaves torch's setting.
     **kwargs
         Passed to :func:`generate_level` (difficulty, beam_size, temperature, snap, out_dir, ...).
 
@@ -399,7 +407,12 @@ def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, dev
     if message:
         missing = [str(p) for p in (placement, selection) if not Path(p).is_file()]
         raise MapkitError(", ".join(missing), message)
+    import torch
+
     from mapkit.train.loop import load_checkpoint
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
 
     p_model, p_ckpt = load_checkpoint(placement, device)
     s_model, s_ckpt = load_checkpoint(selection, device)

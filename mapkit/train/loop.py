@@ -824,6 +824,35 @@ class TrainResult:
     #: The signal that stopped the run ("SIGINT", "SIGTERM") after saving ``last``, or None.
     interrupted: str | None = None
 
+    def summary(self) -> str | None:
+        """What the run did, for people: step, validation metrics, files, the audio ablation (stage 2).
+
+        None in every process but the one that reports (:func:`is_main_process`), so that a run under
+        torchrun prints it once.
+        """
+        if not is_main_process():
+            return None
+        metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.metrics.items())
+        lines = [f"step {self.step}{' (stopped early)' if self.stopped_early else ''}; "
+                 f"validation: {metrics or 'none (no validation songs)'}",
+                 f"checkpoint: {self.last}; log: {self.metrics_path}; curves: {self.plot_path}"]
+        from mapkit.train.ablation import ablation_summary
+
+        ablation = ablation_summary(self.metrics_path) if self.metrics_path else None
+        return "\n".join(lines + ([ablation] if ablation else []))
+
+    def interruption(self) -> str | None:
+        """The line saying the run was stopped by a signal and how to go on, or None when it was not."""
+        if not self.interrupted:
+            return None
+        return (f"interrupted by {self.interrupted} at step {self.step}: saved {self.last}; "
+                f"continue with the same command and --resume")
+
+
+def is_main_process() -> bool:
+    """True in the process that reports and writes: rank 0 under torchrun (``RANK``), or the only one."""
+    return os.environ.get("RANK", "0") == "0"
+
 
 def _check_resume_config(old_json: str, new, path):
     old = json.loads(old_json)
