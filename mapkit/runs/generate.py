@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -256,18 +257,54 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         Unreadable song (:class:`~mapkit.errors.AudioError`), checkpoints that
         do not fit together, or an unknown difficulty.
     """
-    import torch
-
-    from mapkit.datasets.schema import GAP_NAMES
-    from mapkit.datasets.torch_datasets import selection_source
-    from mapkit.writers.png import png_bytes
     from mapkit.preprocess.features import song_features
+
+    difficulty, p_setup, s_setup, th = _checked_setups(song, difficulty, placement_ckpt, selection_ckpt,
+                                                       selection_model, threshold)
+    settings = p_setup.feature_settings
+    timings = {}
+    with _timed(timings, "features"):
+        source = _song_source(song)
+        level_name = name or f"{source.song_id}{LEVEL_SUFFIX}"
+        _refuse_overwrite(out_dir, level_name, force)
+        feats = song_features(source, settings)  # the code of mapkit extract, float16 as the store holds it
+    with _timed(timings, "tempo"):
+        # the middle FFT size (2048) of the placement features: librosa's default onset resolution
+        column = len(settings.placement_n_ffts) // 2
+        bpm = estimate_tempo(onset_envelope(settings.unpad("placement", feats.placement)[:, column]), settings.fps)
+    with _timed(timings, "stage1"):
+        probs = _note_probabilities(placement_model, p_setup, feats.placement, difficulty)
+    with _timed(timings, "peaks"):
+        frames, beats, snapped = _note_beats(probs, th, p_setup, bpm, feats.duration_s, snap)
+    with _timed(timings, "stage2"):
+        notes, score = _note_states(selection_model, s_setup, feats, frames, beats, bpm, temperature=temperature,
+                                    beam_size=beam_size, seed=seed, use_cache=use_cache)
+    with _timed(timings, "writing"):
+        out_dir = Path(out_dir)
+        if (out_dir / level_name).resolve() == Path(source.path).resolve():
+            raise MapkitError(out_dir / level_name, "the generated level would replace the input song; choose --out")
+        written = write_level(out_dir, level_name, _level_files(source, difficulty, bpm, notes, feats, settings))
+    warnings = []
+    if len(frames) == 0:
+        warnings.append(f"no notes found: stage 1 put no peak above the threshold {th:g} in the "
+                        f"{feats.duration_s:.2f} s of {source.path}; the level was written without notes")
+    return GeneratedLevel(song_id=source.song_id, folder=written["folder"], zip_path=written["zip"],
+                          difficulty=difficulty, bpm=bpm, notes=notes, peak_frames=frames, snapped=snapped,
+                          n_frames=feats.n_frames, duration_s=feats.duration_s, score=score, timings=timings,
+                          warnings=warnings)
+
+
+@contextmanager
+def _timed(timings: dict, stage: str):
+    """Record the seconds the block takes as ``timings[stage]``."""
+    clock = time.perf_counter()
+    yield
+    timings[stage] = time.perf_counter() - clock
+
+
+def _checked_setups(song, difficulty: str, placement_ckpt: dict, selection_ckpt: dict, selection_model, threshold):
+    """``(canonical difficulty, PlacementSetup, SelectionSetup, threshold)``; MapkitError when they do not fit."""
     from mapkit.preprocess.difficulties import canonical_difficulty
-    from mapkit.preprocess.targets import token_sequence
-    from mapkit.train.ddc import predict_probabilities
-    from mapkit.train.decoding import beam_search, sample
-    from mapkit.preprocess.difficulties import DIFFICULTIES
-    from mapkit.preprocess.peaks import pick_peaks
 
     try:
         difficulty = canonical_difficulty(difficulty)
@@ -281,54 +318,63 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     if len(s_setup.vocab) != selection_model.config.vocab_size:
         raise MapkitError(song, f"the stage-2 vocabulary has {len(s_setup.vocab)} tokens, "
                                 f"the model {selection_model.config.vocab_size}")
-    settings = p_setup.feature_settings
     th = p_setup.threshold_for(difficulty) if threshold is None else float(threshold)
     if th is None:
         raise MapkitError(song, "the stage-1 checkpoint holds no validated threshold (trained without a "
                                 "validation split); pass a threshold")
-    timings = {}
+    return difficulty, p_setup, s_setup, th
 
-    clock = time.perf_counter()
-    source = _song_source(song)
-    _refuse_overwrite(out_dir, name or f"{source.song_id}{LEVEL_SUFFIX}", force)
-    feats = song_features(source, settings)  # the code of mapkit extract, float16 as the store holds it
-    T = feats.n_frames
-    timings["features"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    # the middle FFT size (2048) of the placement features: librosa's default onset resolution
-    column = len(settings.placement_n_ffts) // 2
-    bpm = estimate_tempo(onset_envelope(settings.unpad("placement", feats.placement)[:, column]), settings.fps)
-    timings["tempo"] = time.perf_counter() - clock
+def _note_probabilities(placement_model, p_setup: PlacementSetup, placement: np.ndarray, difficulty: str):
+    """Stage 1: the note probability of every frame, in the windows the threshold was validated with."""
+    import torch
 
-    clock = time.perf_counter()
+    from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
+    from mapkit.train.ddc import predict_probabilities
+
     placement_model.eval()
     with torch.inference_mode():
-        probs = predict_probabilities(placement_model, feats.placement, DIFFICULTIES.index(difficulty),
-                                      p_setup.mean, p_setup.std, settings.silence_value, window=p_setup.window,
-                                      device=next(placement_model.parameters()).device)
-    timings["stage1"] = time.perf_counter() - clock
+        return predict_probabilities(placement_model, placement, DIFFICULTY_INDEX[difficulty], p_setup.mean,
+                                     p_setup.std, p_setup.feature_settings.silence_value, window=p_setup.window,
+                                     device=next(placement_model.parameters()).device)
 
-    clock = time.perf_counter()
+
+def _note_beats(probs, th: float, p_setup: PlacementSetup, bpm: float, duration_s: float, snap: bool):
+    """Peaks inside the audio, as ``(frames, beats, snapped)``: beats at ``bpm`` (snapped to 1/16 where the note
+    stays on its frame), written short, every one still on its frame."""
+    from mapkit.preprocess.peaks import pick_peaks
+
+    fps = p_setup.feature_settings.fps
     frames = pick_peaks(probs, th, p_setup.min_gap_frames, p_setup.smoothing)
-    exact_s = frame_time(frames, settings.fps)
-    frames, exact_s = frames[exact_s < feats.duration_s], exact_s[exact_s < feats.duration_s]  # inside the audio
+    exact_s = frame_time(frames, fps)
+    frames, exact_s = frames[exact_s < duration_s], exact_s[exact_s < duration_s]  # inside the audio
     tempo = TempoMap.constant(bpm)
     exact_beats = tempo.beats(exact_s)
     if snap:
-        beats, snapped = snap_beats(exact_beats, bpm, end_beat=tempo.beats(feats.duration_s), fps=settings.fps)
+        beats, snapped = snap_beats(exact_beats, bpm, end_beat=tempo.beats(duration_s), fps=fps)
     else:
         beats, snapped = exact_beats, np.zeros(len(frames), dtype=bool)
-    beats = short_beats(beats, bpm)  # 3.8, not 3.8002399999999996, on the same frames
-    times = tempo.seconds(beats)
-    timings["peaks"] = time.perf_counter() - clock
+    return frames, short_beats(beats, bpm), snapped  # 3.8, not 3.8002399999999996, on the same frames
 
-    clock = time.perf_counter()
+
+def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats, bpm: float, temperature=None,
+                 beam_size: int = 8, seed: int = 0, use_cache: bool = True):
+    """Stage 2: one state per note time, by beam search (or sampling at ``temperature``); ``(notes, score)``."""
+    import torch
+
+    from mapkit.datasets.schema import GAP_NAMES
+    from mapkit.datasets.torch_datasets import selection_source
+    from mapkit.preprocess.targets import token_sequence
+    from mapkit.train.decoding import beam_search, sample
+
+    settings, T = s_setup.feature_settings, feats.n_frames
+    tempo = TempoMap.constant(bpm)
+    times = tempo.seconds(beats)
     seq = token_sequence(frames, np.zeros(len(frames), np.int32), times, beats, T,
                          end_beat=song_end_beat(tempo, T, settings.fps), fps=settings.fps)
     gaps = np.stack([getattr(seq, name) for name in GAP_NAMES], axis=1)
     src = torch.from_numpy(selection_source(feats.selection, seq.token_frames, gaps, s_setup.mean, s_setup.std,
-                                                    settings.selection_pad))
+                                            settings.selection_pad))
     with torch.inference_mode():
         if temperature is not None:
             hyp = sample(selection_model, src, None, len(frames), temperature=float(temperature), use_cache=use_cache,
@@ -337,32 +383,21 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
             hyp = beam_search(selection_model, src, None, len(frames), beam_size=int(beam_size), use_cache=use_cache,
                               window=s_setup.window)
     states = [s_setup.vocab.decode(t) for t in hyp.states.tolist()]
-    notes = notes_from_states(times, beats, states)
-    timings["stage2"] = time.perf_counter() - clock
+    return notes_from_states(times, beats, states), hyp.score
 
-    clock = time.perf_counter()
-    level_name = name or f"{source.song_id}{LEVEL_SUFFIX}"
-    out_dir = Path(out_dir)
-    if (out_dir / level_name).resolve() == Path(source.path).resolve():
-        raise MapkitError(out_dir / level_name, "the generated level would replace the input song; choose --out")
+
+def _level_files(source, difficulty: str, bpm: float, notes, feats, settings) -> dict:
+    """The files of the generated level: Info.dat v2.1.0, one v3.3.0 difficulty, song.egg, cover.png."""
+    from mapkit.writers.png import png_bytes
+
     beatmap = f"{difficulty}Standard.dat"
     title, author = song_metadata(source)
-    files = {
+    return {
         "Info.dat": dumps(info_json(title, bpm, difficulty, beatmap, feats.duration_s, author=author), pretty=True),
         beatmap: dumps(difficulty_json(notes, bpm)),
         "song.egg": song_egg(source),
         "cover.png": png_bytes(cover_image(settings.unpad("selection", feats.selection))),
     }
-    written = write_level(out_dir, level_name, files)
-    folder, zip_path = written["folder"], written["zip"]
-    timings["writing"] = time.perf_counter() - clock
-    warnings = []
-    if len(frames) == 0:
-        warnings.append(f"no notes found: stage 1 put no peak above the threshold {th:g} in the "
-                        f"{feats.duration_s:.2f} s of {source.path}; the level was written without notes")
-    return GeneratedLevel(song_id=source.song_id, folder=folder, zip_path=zip_path, difficulty=difficulty, bpm=bpm,
-                          notes=notes, peak_frames=frames, snapped=snapped, n_frames=T, duration_s=feats.duration_s,
-                          score=hyp.score, timings=timings, warnings=warnings)
 
 
 def missing_checkpoints(placement, selection) -> str | None:
