@@ -858,9 +858,6 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
     A level without states (``[BOS, EOS]``) is the same under every
     vocabulary, so only levels with states must name the hash of ``vocab.json``.
     """
-    from mapkit.preprocess.targets import BOS, EOS, PAD, frame_class, note_states, token_sequence
-    from mapkit.preprocess.tempo import TempoMap
-
     # only the attributes checked (a level has many): reading each costs
     attrs = {k: v.decode() if isinstance(v, bytes) else v
              for k in LEVEL_ATTRS if (v := dg.attrs.get(k)) is not None}
@@ -872,6 +869,21 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
         report.add("target_length", where, "no n_frames attribute")
         return 0
     T = int(attrs["n_frames"])
+    _check_level_song(attrs, T, song, features_hash, where, report)
+    _check_dtypes(dg, where, report)
+    n_notes, notes, notes_sound = _check_notes(dg, T, fps, where, report)
+    if notes is None:
+        return n_notes
+    state_frames, states, expected_states = _check_states(dg, notes, notes_sound, where, report)
+    raw_tokens = _check_tokens(dg, states, expected_states, vocab, vocab_hash, attrs, shard_vocab_hash, where, report)
+    _check_token_frames(dg, raw_tokens, state_frames, T, where, report)
+    tempo = _check_tempo_map(attrs, notes, where, report)
+    _check_gaps(dg, raw_tokens, tempo, notes, notes_sound, state_frames, attrs, T, fps, where, report)
+    return n_notes
+
+
+def _check_level_song(attrs: dict, T: int, song, features_hash, where: str, report: ValidationReport):
+    """The level's T, audio and feature settings against its song's stored features."""
     if song is None:
         report.add("targets_without_features", where, "no readable features stored for this song: a level is "
                                                       "unusable without them and its T and audio cannot be "
@@ -887,7 +899,13 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
         report.add("settings_hash", where, f"features_settings_hash {attrs['features_settings_hash']} but the "
                                            f"feature shards have {features_hash}",
                    stored=attrs["features_settings_hash"], expected=features_hash)
-    _check_dtypes(dg, where, report)
+
+
+def _check_notes(dg, T: int, fps: int, where: str, report: ValidationReport):
+    """``frame_class``'s length and the notes: fields, finite, sorted, on the grid, on their frames in [0, T), and
+    the frame classes they give. Returns ``(n_notes, notes or None, sound)``: the notes as a dict of float64
+    times/beats and int64 fields (None when they cannot be read as numbers), sound when every note check passed."""
+    from mapkit.preprocess.targets import frame_class
 
     fc = dg["frame_class"][()]
     if fc.shape != (T,):
@@ -898,17 +916,17 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
     names = set(raw_notes.dtype.names or ())
     if not set(NOTE_FIELDS) <= names:
         report.add("notes", where, f"notes have fields {sorted(names)}, not the stored note record")
-        return n_notes
+        return n_notes, None, False
     notes = {k: raw_notes[k].astype(np.float64) for k in ("time_s", "beat")}
     for k in NOTE_FIELDS[2:]:
         notes[k] = _integral(raw_notes[k], f"notes field {k}", where, "notes", report)
         if notes[k] is None:
-            return n_notes
+            return n_notes, None, False
     times, frames = notes["time_s"], notes["frame"]
     if not (np.all(np.isfinite(times)) and np.all(np.isfinite(notes["beat"]))):
         report.add("notes", where, f"{int((~np.isfinite(times)).sum() + (~np.isfinite(notes['beat'])).sum())} "
                                    "non-finite note times or beats")
-        return n_notes
+        return n_notes, None, False
     order = np.lexsort((notes["row"], notes["column"], times))
     notes_sound = np.array_equal(order, np.arange(n_notes))
     if not notes_sound:
@@ -939,8 +957,17 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
             report.add("frame_class", where, f"{diff.size} frames disagree with the notes; frame {f} holds class "
                                              f"{fc[f]}, its notes give {int(recomputed[f])}",
                        count=int(diff.size), frame=f, stored=fc[f].item(), from_notes=int(recomputed[f]))
+    return n_notes, notes, notes_sound
 
-    # --- states: the 12-cell grid of each note-bearing frame, grouped by the notes' frames
+
+def _check_states(dg, notes: dict, notes_sound: bool, where: str, report: ValidationReport):
+    """``states`` against the 12-cell grids the sound notes give, grouped by their frames.
+
+    Returns ``(state_frames, stored states or None, states from the notes or None)``.
+    """
+    from mapkit.preprocess.targets import note_states
+
+    frames = notes["frame"]
     state_frames = np.unique(frames)
     states = _integral(dg["states"][()], "states", where, "states", report)
     expected_states = None
@@ -961,8 +988,15 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
                                                 f"the notes give {int(expected_states[i, cell])}",
                                count=count, index=i, frame=int(state_frames[i]), cell=cell,
                                stored=int(states[i, cell]), from_notes=int(expected_states[i, cell]))
+    return state_frames, states, expected_states
 
-    # --- tokens
+
+def _check_tokens(dg, states, expected_states, vocab, vocab_hash, attrs: dict, shard_vocab_hash, where: str,
+                  report: ValidationReport):
+    """Tokens: whole numbers, BOS first, EOS last, no special token between, the vocabulary's encoding of the
+    states (those the notes give, else the stored ones), the vocabulary hash named. Returns the raw tokens."""
+    from mapkit.preprocess.targets import BOS, EOS, PAD
+
     raw_tokens = dg["tokens"][()]
     n_tok = len(raw_tokens)
     tokens = _integral(raw_tokens, "tokens", where, "tokens", report)
@@ -998,10 +1032,16 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
             if h is not None and str(h) != vocab_hash:
                 report.add("vocab_hash", where, f"{what} vocab_hash {h}, vocab.json has {vocab_hash}",
                            stored=str(h), expected=vocab_hash)
+    return raw_tokens
+
+
+def _check_token_frames(dg, raw_tokens, state_frames, T: int, where: str, report: ValidationReport):
+    """Token frames: one per token, strictly increasing, BOS on -1, EOS on T, the notes' frames between."""
+    n_tok = len(raw_tokens)
     token_frames = _integral(dg["token_frames"][()], "token_frames", where, "token_frames", report)
     if token_frames is None:
-        pass
-    elif token_frames.shape != raw_tokens.shape:
+        return
+    if token_frames.shape != raw_tokens.shape:
         report.add("token_frames", where, f"{len(token_frames)} token frames for {n_tok} tokens")
     else:
         steps = np.diff(token_frames)
@@ -1017,7 +1057,12 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
                                               "on other frames than the notes",
                        states=n_tok - 2, note_frames=int(len(state_frames)))
 
-    # --- tempo
+
+def _check_tempo_map(attrs: dict, notes: dict, where: str, report: ValidationReport):
+    """The tempo map reads and times every note's beat to its ``time_s``; None when it does not."""
+    from mapkit.preprocess.tempo import TempoMap
+
+    n_notes, times = len(notes["time_s"]), notes["time_s"]
     tempo = None
     try:
         tempo = TempoMap.from_json(json.loads(str(attrs["tempo_map"])))
@@ -1034,8 +1079,16 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
                                            f"by the tempo map, stored at {times[i]:.6f} s", index=i,
                        seconds_from_tempo=float(from_tempo[i]), time_s=float(times[i]))
             tempo = None  # a map that does not time the notes cannot time the song's end either
+    return tempo
 
-    # --- gaps: shapes, finiteness, and token_sequence recomputed from the notes and the song's end
+
+def _check_gaps(dg, raw_tokens, tempo, notes: dict, notes_sound: bool, state_frames, attrs: dict, T: int, fps: int,
+               where: str, report: ValidationReport):
+    """Gaps: one per token, finite, and :func:`token_sequence` recomputed from the notes, T and ``end_beat``
+    (the tempo map's beat of frame T - 1), within float32 rounding (:data:`GAP_RTOL`)."""
+    from mapkit.preprocess.targets import token_sequence
+
+    n_tok, times, frames = len(raw_tokens), notes["time_s"], notes["frame"]
     gaps_sound = True
     for name in GAP_NAMES:
         gap = dg[name][()]
@@ -1047,14 +1100,14 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
             report.add("gaps", where, f"{name} non-finite at token {i}: {gap[i]}", index=i)
             gaps_sound = False
     if tempo is None or not notes_sound:
-        return n_notes
+        return
     end_beat = song_end_beat(tempo, T, fps)  # as build-targets computes it
     stored_end = attrs.get("end_beat")
     if stored_end is None or not abs(float(stored_end) - end_beat) <= END_BEAT_RTOL * max(1.0, abs(end_beat)):
         report.add("gaps", where, f"end_beat attribute {stored_end}, the tempo map gives {end_beat!r} at the last "
                                   f"frame {T - 1}", stored=stored_end, expected=end_beat)
     if not gaps_sound:
-        return n_notes
+        return
     first = np.searchsorted(frames, state_frames, side="left")  # sorted notes: the earliest note of each frame
     expected_gaps = token_sequence(state_frames, np.zeros(len(state_frames), np.int32), times[first],
                                    notes["beat"][first], T, end_beat, fps)
@@ -1070,7 +1123,7 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
             report.add("gaps", where, f"{name}: {count} gaps differ from the notes' times; token {i} holds "
                                       f"{float(gap[i])!r}, the notes give {float(want[i])!r}",
                        gap=name, count=count, index=i, stored=float(gap[i]), from_notes=float(want[i]))
-    return n_notes
+
 
 
 # --- the store ---------------------------------------------------------------------------------------
