@@ -1223,28 +1223,13 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
     >>> report.ok, report.counts["songs"]  # doctest: +SKIP
     (True, 100)
     """
-    import h5py
-
     from mapkit.progress import progress_bar
 
     store = store if isinstance(store, Store) else Store(store)
     report = ValidationReport(str(store.root))
     report.counts.update({"feature_shards": 0, "target_shards": 0, "songs": 0, "levels": 0, "notes": 0, "objects": 0,
                           "superseded": 0, "partial_files": 0})
-    if not store.root.is_dir():
-        report.add("store", str(store.root), "not a folder" if store.root.exists() else "no such store folder")
-        report.counts.update(problems=report.n_problems, warnings=0)
-        return report
-    holder = store.writer_holding_lock()
-    if holder is not None:  # its shard in progress is not a killed run's leftover: check once it has finished
-        report.add("store", str(store.root), f"store is being written by {holder}; validate it when that run "
-                                             "has finished")
-        report.counts.update(problems=report.n_problems, warnings=0)
-        return report
-    if store.rebuild_journal_path.exists():  # vocab.json and the targets are between two states
-        report.add("store", str(store.rebuild_journal_path), "a committed build-targets --rebuild-vocab was "
-                                                             "interrupted before it finished: the next mapkit "
-                                                             "extract or build-targets on this store finishes it")
+    if _store_not_ready(store, report):
         report.counts.update(problems=report.n_problems, warnings=0)
         return report
 
@@ -1262,90 +1247,122 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
     bar = progress_bar(total=len(songs_at) + len(levels_at), desc="validate", unit="song", file=sys.stderr,
                        disable=not progress, dynamic_ncols=True)
     try:
-        # Features, shard by shard, each song once (its newest copy).
-        totals = _FeatureTotals()
-        song_facts = {}  # song_id -> (T, audio_sha256): what the targets are checked against
-        for shard in feature_shards:
-            mine = [i for i in shard.ids if songs_at[i] is shard]
-            if not mine:
-                continue
-            settings = shard.settings or FeatureSettings()
-            try:
-                f = h5py.File(shard.path, "r", rdcc_nbytes=0)
-            except Exception as e:  # noqa: BLE001 - it opened in the first pass; report if it no longer does
-                report.add("shard_readable", str(shard.path), f"cannot read shard: {type(e).__name__}: {e}")
-                bar.update(len(mine))
-                continue
-            with f:
-                for song_id in mine:
-                    where = f"song {song_id} ({shard.path.name})"
-                    try:
-                        facts = _check_song(f[KIND_ROOTS["features"]][song_id], song_id, where, settings, report,
-                                            totals, block_rows, checksums)
-                    except Exception as e:  # noqa: BLE001 - a damaged song is a finding, the rest goes on
-                        report.add("shard_readable", where, f"cannot read song: {type(e).__name__}: {e}")
-                        totals.arrays_complete = False
-                        facts = None
-                    if facts is not None:
-                        song_facts[song_id] = facts
-                    report.counts["songs"] += 1
-                    bar.update(1)
+        totals, song_facts = _check_features(feature_shards, songs_at, report, bar, block_rows, checksums)
         if feature_shards or store.stats_path.exists():
             _check_stats(store, totals, features_hash, report)
 
-        # Targets.
-        if target_shards and not songs_at:
-            report.add("targets_without_features", str(store.shard_dir("features")),
-                       f"{len(target_shards)} target shards with {len(levels_at)} levels but no readable feature "
-                       "shards: the targets cannot be used or cross-checked (run mapkit extract)",
-                       target_shards=len(target_shards), levels=len(levels_at))
-        unk = _UnkTotals(store)
-        if target_shards:
-            vocab = _load_vocab(store, report)
-            vocab_hash = vocab.hash if vocab is not None else None
-            for shard in target_shards:
-                mine = [i for i in shard.ids if levels_at[i] is shard]
-                if not mine:
-                    continue
-                fps = shard.settings.fps if shard.settings is not None else TargetSettings().fps
-                try:
-                    f = h5py.File(shard.path, "r")
-                except Exception as e:  # noqa: BLE001
-                    report.add("shard_readable", str(shard.path), f"cannot read shard: {type(e).__name__}: {e}")
-                    bar.update(len(mine))
-                    continue
-                with f:
-                    for song_id in mine:
-                        try:
-                            lg = f[KIND_ROOTS["targets"]][song_id]
-                            check_level_group(lg, f"level {song_id} ({shard.path.name})", song_facts.get(song_id),
-                                              report, checksums)
-                            for name, dg in _walk_levels(lg):
-                                where = f"level {song_id}/{name} ({shard.path.name})"
-                                try:
-                                    _check_members(dg, LEVEL_DATASETS, where, report)
-                                    if checksums:
-                                        _check_attrs_checksum(dg, where, report)
-                                        for ds_name in LEVEL_DATASETS:
-                                            if ds_name in dg:
-                                                _check_data_checksum(dg[ds_name], None, where, report)
-                                    report.counts["notes"] += check_level(
-                                        dg, where, song_facts.get(song_id), vocab, vocab_hash, features_hash,
-                                        fps, report, shard_vocab_hash=shard.attrs.get("vocab_hash"))
-                                    report.counts["objects"] += _check_level_objects(dg, where, fps, report)
-                                    unk.add(dg, f"{song_id}/{name}")
-                                except Exception as e:  # noqa: BLE001 - a damaged level is a finding
-                                    report.add("shard_readable", where, f"cannot read level: {type(e).__name__}: {e}")
-                                report.counts["levels"] += 1
-                        except Exception as e:  # noqa: BLE001
-                            report.add("shard_readable", f"song {song_id} ({shard.path.name})",
-                                       f"cannot read levels: {type(e).__name__}: {e}")
-                        bar.update(1)
-        elif store.vocab_path.exists():
-            _load_vocab(store, report)  # still a finding when unreadable
-        unk.warn(report, str(store.root))
+        _check_targets(store, target_shards, levels_at, songs_at, song_facts, features_hash, report, bar, checksums)
     finally:
         bar.close()
     report.counts["problems"] = report.n_problems
     report.counts["warnings"] = len(report.warnings)
     return report
+
+
+def _store_not_ready(store: Store, report: ValidationReport) -> bool:
+    """True (reported) when there is no store folder, a run is writing it, or a --rebuild-vocab is half done."""
+    if not store.root.is_dir():
+        report.add("store", str(store.root), "not a folder" if store.root.exists() else "no such store folder")
+        return True
+    holder = store.writer_holding_lock()
+    if holder is not None:  # its shard in progress is not a killed run's leftover: check once it has finished
+        report.add("store", str(store.root), f"store is being written by {holder}; validate it when that run "
+                                             "has finished")
+        return True
+    if store.rebuild_journal_path.exists():  # vocab.json and the targets are between two states
+        report.add("store", str(store.rebuild_journal_path), "a committed build-targets --rebuild-vocab was "
+                                                             "interrupted before it finished: the next mapkit "
+                                                             "extract or build-targets on this store finishes it")
+        return True
+    return False
+
+
+def _check_features(feature_shards, songs_at: dict, report: ValidationReport, bar, block_rows: int, checksums: bool):
+    """Every song, shard by shard, each once (its newest copy); ``(totals for the stats, {song_id: (T, audio)})``."""
+    import h5py
+
+    totals = _FeatureTotals()
+    song_facts = {}  # song_id -> (T, audio_sha256): what the targets are checked against
+    for shard in feature_shards:
+        mine = [i for i in shard.ids if songs_at[i] is shard]
+        if not mine:
+            continue
+        settings = shard.settings or FeatureSettings()
+        try:
+            f = h5py.File(shard.path, "r", rdcc_nbytes=0)
+        except Exception as e:  # noqa: BLE001 - it opened in the first pass; report if it no longer does
+            report.add("shard_readable", str(shard.path), f"cannot read shard: {type(e).__name__}: {e}")
+            bar.update(len(mine))
+            continue
+        with f:
+            for song_id in mine:
+                where = f"song {song_id} ({shard.path.name})"
+                try:
+                    facts = _check_song(f[KIND_ROOTS["features"]][song_id], song_id, where, settings, report,
+                                        totals, block_rows, checksums)
+                except Exception as e:  # noqa: BLE001 - a damaged song is a finding, the rest goes on
+                    report.add("shard_readable", where, f"cannot read song: {type(e).__name__}: {e}")
+                    totals.arrays_complete = False
+                    facts = None
+                if facts is not None:
+                    song_facts[song_id] = facts
+                report.counts["songs"] += 1
+                bar.update(1)
+    return totals, song_facts
+
+
+def _check_targets(store: Store, target_shards, levels_at: dict, songs_at: dict, song_facts: dict, features_hash,
+                   report: ValidationReport, bar, checksums: bool):
+    """Every level, shard by shard, each once (its newest copy), against its song's facts and the vocabulary."""
+    import h5py
+
+    if target_shards and not songs_at:
+        report.add("targets_without_features", str(store.shard_dir("features")),
+                   f"{len(target_shards)} target shards with {len(levels_at)} levels but no readable feature "
+                   "shards: the targets cannot be used or cross-checked (run mapkit extract)",
+                   target_shards=len(target_shards), levels=len(levels_at))
+    unk = _UnkTotals(store)
+    if target_shards:
+        vocab = _load_vocab(store, report)
+        vocab_hash = vocab.hash if vocab is not None else None
+        for shard in target_shards:
+            mine = [i for i in shard.ids if levels_at[i] is shard]
+            if not mine:
+                continue
+            fps = shard.settings.fps if shard.settings is not None else TargetSettings().fps
+            try:
+                f = h5py.File(shard.path, "r")
+            except Exception as e:  # noqa: BLE001
+                report.add("shard_readable", str(shard.path), f"cannot read shard: {type(e).__name__}: {e}")
+                bar.update(len(mine))
+                continue
+            with f:
+                for song_id in mine:
+                    try:
+                        lg = f[KIND_ROOTS["targets"]][song_id]
+                        check_level_group(lg, f"level {song_id} ({shard.path.name})", song_facts.get(song_id),
+                                          report, checksums)
+                        for name, dg in _walk_levels(lg):
+                            where = f"level {song_id}/{name} ({shard.path.name})"
+                            try:
+                                _check_members(dg, LEVEL_DATASETS, where, report)
+                                if checksums:
+                                    _check_attrs_checksum(dg, where, report)
+                                    for ds_name in LEVEL_DATASETS:
+                                        if ds_name in dg:
+                                            _check_data_checksum(dg[ds_name], None, where, report)
+                                report.counts["notes"] += check_level(
+                                    dg, where, song_facts.get(song_id), vocab, vocab_hash, features_hash,
+                                    fps, report, shard_vocab_hash=shard.attrs.get("vocab_hash"))
+                                report.counts["objects"] += _check_level_objects(dg, where, fps, report)
+                                unk.add(dg, f"{song_id}/{name}")
+                            except Exception as e:  # noqa: BLE001 - a damaged level is a finding
+                                report.add("shard_readable", where, f"cannot read level: {type(e).__name__}: {e}")
+                            report.counts["levels"] += 1
+                    except Exception as e:  # noqa: BLE001
+                        report.add("shard_readable", f"song {song_id} ({shard.path.name})",
+                                   f"cannot read levels: {type(e).__name__}: {e}")
+                    bar.update(1)
+    elif store.vocab_path.exists():
+        _load_vocab(store, report)  # still a finding when unreadable
+    unk.warn(report, str(store.root))
