@@ -524,6 +524,82 @@ def _features_fps(entry, cache: dict) -> int | None:
 
 # --- the run ----------------------------------------------------------------------------------------
 
+def _plan_tasks(sources, features, targets, settings: TargetSettings, selection: str, vocab, intact: set,
+                force: bool):
+    """What each source needs before any work: ``(early, tasks, task_pos)``.
+
+    ``early`` maps a source's index to its results when it fails before any
+    work (a bad song id, no features, features at another frame rate);
+    ``tasks`` are the :class:`TargetTask` of the others, ``task_pos`` their
+    source indices. A task knows its stored level's files hash when
+    everything else about the stored copy matches (the worker then skips it).
+    """
+    early: dict[int, list[ItemResult]] = {}  # source index -> results decided before any work
+    tasks, task_pos, fps_cache = [], [], {}
+    for i, s in enumerate(sources):
+        problem = song_id_problem(s.song_id)
+        if problem is not None:  # "." (from "..zip"), control characters, undecodable bytes
+            early[i] = [ItemResult(s.song_id, str(s.path), "failed", problem)]
+            continue
+        f = features.get(s.song_id)
+        if f is None or "n_frames" not in f.attrs:
+            reason = unreadable_level_reason(s.path) or NO_FEATURES
+            early[i] = [ItemResult(s.song_id, str(s.path), "failed", reason)]
+            continue
+        ffps = _features_fps(f, fps_cache)
+        if ffps != settings.fps:
+            early[i] = [ItemResult(s.song_id, str(s.path), "failed",
+                                   f"features made at {ffps} frames per second, targets at {settings.fps}")]
+            continue
+        audio_sha, fhash = str(f.attrs.get("audio_sha256", "")), f.settings_hash
+        known = None
+        t = targets.get(s.song_id)
+        if (not force and vocab is not None and t is not None and t.song_id in intact
+                and t.settings_hash == settings.hash
+                and same_selection(t, selection)
+                and t.attrs.get("audio_sha256") == audio_sha and t.attrs.get("features_settings_hash") == fhash
+                and (t.file_attrs.get("vocab_hash") == vocab.hash or not vocab_bound(t))):
+            known = str(t.attrs.get("level_sha256"))
+        tasks.append(TargetTask(s, int(f.attrs["n_frames"]), audio_sha, fhash, known))
+        task_pos.append(i)
+    return early, tasks, task_pos
+
+
+def _ordered_items(n_sources: int, early: dict, task_pos: list, per_task: dict, ran: list) -> list[ItemResult]:
+    """The report's items in the order of the sources: early results, else a task's results (or its summary)."""
+    items: list[ItemResult] = []
+    pos_of_task = {i: k for k, i in enumerate(task_pos)}
+    for i in range(n_sources):
+        if i in early:
+            items.extend(early[i])
+        else:
+            k = pos_of_task[i]
+            items.extend(per_task.get(k) or [ran[k]])
+    return items
+
+
+def _count_training_states(spool, spooled: list, tasks: list, kept_stored: list, train: set):
+    """Count the states of the training songs' levels: those spooled by this run and the stored ones it keeps.
+
+    Returns ``(counts, levels counted, difficulties counted)``.
+    """
+    n_counted = 0
+    counts = Counter()
+    n_difficulties = 0
+    for _k, offset in spooled:
+        if tasks[_k].song_id in train:
+            spool.seek(offset)
+            n = count_states(pickle.load(spool), counts)
+            n_counted += n > 0
+            n_difficulties += n
+    for e in kept_stored:
+        if e.song_id in train:
+            n = stored_state_counts(e, counts)
+            n_counted += n > 0
+            n_difficulties += n
+    return counts, n_counted, n_difficulties
+
+
 def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = TargetSettings(),
                   characteristic="Standard", jobs=None, force: bool = False, rebuild_vocab: bool = False,
                   val_fraction: float = 0.1, val_songs=None, seed: int = 0,
@@ -631,35 +707,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             check_vocab(targets, vocab, loaded[1], settings, store)
 
         intact = intact_levels(targets[s.song_id] for s in sources if s.song_id in targets) if not force else set()
-        early: dict[int, list[ItemResult]] = {}  # source index -> results decided before any work
-        tasks, task_pos, fps_cache = [], [], {}
-        for i, s in enumerate(sources):
-            problem = song_id_problem(s.song_id)
-            if problem is not None:  # "." (from "..zip"), control characters, undecodable bytes
-                early[i] = [ItemResult(s.song_id, str(s.path), "failed", problem)]
-                continue
-            f = features.get(s.song_id)
-            if f is None or "n_frames" not in f.attrs:
-                reason = unreadable_level_reason(s.path) or NO_FEATURES
-                early[i] = [ItemResult(s.song_id, str(s.path), "failed", reason)]
-                continue
-            ffps = _features_fps(f, fps_cache)
-            if ffps != settings.fps:
-                early[i] = [ItemResult(s.song_id, str(s.path), "failed",
-                                       f"features made at {ffps} frames per second, targets at {settings.fps}")]
-                continue
-            audio_sha, fhash = str(f.attrs.get("audio_sha256", "")), f.settings_hash
-            known = None
-            t = targets.get(s.song_id)
-            if (not force and vocab is not None and t is not None and t.song_id in intact
-                    and t.settings_hash == settings.hash
-                    and same_selection(t, selection)
-                    and t.attrs.get("audio_sha256") == audio_sha and t.attrs.get("features_settings_hash") == fhash
-                    and (t.file_attrs.get("vocab_hash") == vocab.hash or not vocab_bound(t))):
-                known = str(t.attrs.get("level_sha256"))
-            tasks.append(TargetTask(s, int(f.attrs["n_frames"]), audio_sha, fhash, known))
-            task_pos.append(i)
-
+        early, tasks, task_pos = _plan_tasks(sources, features, targets, settings, selection, vocab, intact, force)
         task_of = {t.song_id: k for k, t in enumerate(tasks)}
         per_task: dict[int, list[ItemResult]] = {}
         written_ids: set = set()
@@ -680,7 +728,6 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
             status = bad[0].status if bad else results[0].status
             return ItemResult(task.song_id, task.path, status, bad[0].reason if bad else "")
 
-        n_counted = 0
         unk = [0, 0]  # UNK state tokens, state tokens of the levels this run writes (validation songs aside)
         unk_skip = set(loaded[1].get("val_songs") or ()) if loaded is not None else set()
 
@@ -739,20 +786,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 groups = song_groups(features)
                 train, val = training_songs(split_ids, val_fraction, seed, val_songs, groups)
                 train = set(train)
-                counts = Counter()
                 spooled.sort()
-                n_difficulties = 0
-                for _k, offset in spooled:
-                    if tasks[_k].song_id in train:
-                        spool.seek(offset)
-                        n = count_states(pickle.load(spool), counts)
-                        n_counted += n > 0
-                        n_difficulties += n
-                for e in kept_stored:
-                    if e.song_id in train:
-                        n = stored_state_counts(e, counts)
-                        n_counted += n > 0
-                        n_difficulties += n
+                counts, n_counted, n_difficulties = _count_training_states(spool, spooled, tasks, kept_stored, train)
                 vocab = Vocabulary.from_counts(counts, settings.vocab_size)
                 if rebuild_vocab:
                     n_states_seen[0] += sum(int(e.attrs.get("n_states", 0)) for e in kept_stored)
@@ -796,14 +831,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                     # every level the old shards held is now in a newer shard, encoded with the new vocabulary
                     store.commit_rebuild(document, writer.pending, targets.shards)
 
-        items: list[ItemResult] = []
-        pos_of_task = {i: k for k, i in enumerate(task_pos)}
-        for i in range(len(sources)):
-            if i in early:
-                items.extend(early[i])
-            else:
-                k = pos_of_task[i]
-                items.extend(per_task.get(k) or [ran[k]])
+        items = _ordered_items(len(sources), early, task_pos, per_task, ran)
         index = store.index("targets")
         report = RunReport(COMMAND, items, problems=index.problems, ignored=ignored)
         if store.recovered:  # flushed by a killed run, adopted when the lock was taken: not recomputed
