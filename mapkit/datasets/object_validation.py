@@ -31,7 +31,7 @@ import numpy as np
 
 from mapkit.preprocess.frame_events import FRAME_EVENTS, N_FRAME_EVENT_CHANNELS, frame_events
 from mapkit.preprocess.objects import (ATTR_DROPS, ATTR_KEPT, ATTR_READ, EVENT_BOX_JSON, FIELD_RANGES, FLOAT_FIELDS,
-                                       OBJECT_DTYPES, OBJECT_KINDS)
+                                       OBJECT_DTYPES, OBJECT_KINDS, field_out_of_range)
 from mapkit.preprocess.timebase import FPS, frame_of
 
 #: |beat -> seconds - stored seconds| allowed (float64 arithmetic on the same numbers), as for notes.
@@ -73,13 +73,7 @@ def _check_kind(kind: str, r: np.ndarray, T: int, tempo, notes, where: str, repo
         sound = False
     for f, (lo, hi) in FIELD_RANGES[kind].items():
         v = r[f].astype(np.float64)
-        bad = np.zeros(n, dtype=bool) if f in FLOAT_FIELDS else (np.floor(v) != v)
-        if lo is not None:
-            bad |= v < lo
-        if hi is not None:
-            bad |= v > hi
-        if f == "squish":
-            bad |= v <= 0
+        bad = field_out_of_range(kind, f, v)
         if bad.any():
             i = _first(bad)
             report.add("objects", where, f"{kind}: {int(bad.sum())} records with {f} outside [{lo}, {hi}]; record "

@@ -426,6 +426,24 @@ def _v2_obstacle_geometry(typ, layer, height):
     return y.astype(np.float64), h.astype(np.float64), np.isin(typ, (0, 1, 2))
 
 
+def field_out_of_range(kind: str, field_name: str, values) -> np.ndarray:
+    """Which ``values`` of one field of ``kind`` break its rule (:data:`FIELD_RANGES`): outside ``[lo, hi]``,
+    not whole where the field is an integer, or (``squish``) not above 0 (squish 0 crashes the game).
+
+    Reading drops such objects (``out_of_range``); validation reports a stored one.
+    """
+    lo, hi = FIELD_RANGES[kind][field_name]
+    v = np.asarray(values, dtype=np.float64)
+    bad = np.zeros(len(v), dtype=bool) if field_name in FLOAT_FIELDS else (np.floor(v) != v)
+    if lo is not None:
+        bad |= v < lo
+    if hi is not None:
+        bad |= v > hi
+    if field_name == "squish":
+        bad |= v <= 0
+    return bad
+
+
 def normalise_kind(kind: str, raw: RawKind, tempo) -> tuple[np.ndarray, Counter]:
     """One kind's raw fields -> (time-sorted records of ``OBJECT_DTYPES[kind]``, drops by reason).
 
@@ -463,15 +481,8 @@ def normalise_kind(kind: str, raw: RawKind, tempo) -> tuple[np.ndarray, Counter]
             if f in vals:
                 modded |= np.abs(vals[f]) >= 1000
         out_of_range = np.zeros(n, dtype=bool)
-        for f, (lo, hi) in FIELD_RANGES[kind].items():
-            v = vals[f]
-            bad = np.zeros(n, dtype=bool) if f in FLOAT_FIELDS else (np.floor(v) != v)
-            if lo is not None:
-                bad |= v < lo
-            if hi is not None:
-                bad |= v > hi
-            if f == "squish":
-                bad |= v <= 0  # squish 0 crashes the game
+        for f in FIELD_RANGES[kind]:
+            bad = field_out_of_range(kind, f, vals[f])
             if f != "duration_beats":
                 out_of_range |= bad
         negative_duration = vals["duration_beats"] < 0 if kind == "obstacles" else np.zeros(n, dtype=bool)
