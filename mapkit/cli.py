@@ -271,7 +271,7 @@ def inspect_command(levels, as_json, characteristic, song_offset):
       mapkit inspect ~/BeatSaber/CustomLevels/ --json > levels.jsonl
     """
     from mapkit.datasets.names import printable
-    from mapkit.preprocess.levels import inspect_levels
+    from mapkit.runs.inspect import inspect_levels
     from mapkit.settings import TargetSettings
 
     settings = TargetSettings(song_offset=song_offset)

@@ -151,7 +151,7 @@ def _wanted(difficulty: str, difficulties) -> bool:
 
 def _level_paths(paths, failures: list) -> list:
     """Each path, or the levels in it when it is a folder of levels (as ``inspect``); missing ones -> failures."""
-    from mapkit.preprocess.levels import expand_level_paths
+    from mapkit.runs.inspect import expand_level_paths
 
     out = []
     for p in paths:

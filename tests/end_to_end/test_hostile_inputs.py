@@ -399,7 +399,7 @@ def test_a_fifo_given_as_the_input_is_refused_without_blocking(tmp_path, caps):
 
 
 def test_inspect_reads_the_levels_of_a_pack_not_its_stray_info_file(tmp_path):
-    from mapkit.preprocess.levels import inspect_levels
+    from mapkit.runs.inspect import inspect_levels
 
     pack = tmp_path / "pack"
     make_level(str(pack / "a"), tmp_path)
