@@ -76,7 +76,6 @@ NOT_METRICS = frozenset({"step", "epoch", "time", "elapsed_s", "tokens", "thresh
 DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_MIN = "MAPKIT_DIST_TIMEOUT_MIN", 120.0
 
 
-
 # --------------------------------------------------------------------------- configs
 
 
@@ -889,44 +888,14 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
     _barrier(dist_info)  # every rank has checked the folder before rank 0 writes into it
     fingerprint = store_fingerprint(store, stage.need_vocab)
 
-    resume_ckpt = None
-    if options.resume:
-        if not (out_dir / LAST).is_file():
-            raise TrainingError(out_dir / LAST, "no checkpoint to resume: start the run without --resume")
-        resume_ckpt = read_checkpoint(out_dir / LAST)
-        if resume_ckpt.get("stage") != stage.name:
-            raise TrainingError(out_dir / LAST, f"a {resume_ckpt.get('stage')} checkpoint, not {stage.name}")
-        check_fingerprint(resume_ckpt, fingerprint, out_dir / LAST, need_vocab=stage.need_vocab)
-        _check_resume_config(resume_ckpt["train_config"], config, out_dir / LAST)
+    resume_ckpt = _resumed_checkpoint(out_dir, stage, config, fingerprint) if options.resume else None
+    if resume_ckpt is not None:
         stats = resume_ckpt["stats"]  # normalise exactly as the run being continued did
         train_songs, val_songs = resume_ckpt["train_songs"], resume_ckpt["val_songs"]
         groups = resume_ckpt.get("song_groups") or {}
     else:
-        from mapkit.datasets.split import song_groups, split_by_song
-
         stats = store.read_stats()
-        features_index = store.index("features")
-        targets_index = store.index("targets")
-        song_ids = set(features_index) & set(targets_index)
-        if not song_ids:
-            raise TrainingError(store.root, "no song has both features and targets")
-        if config.min_score is not None or config.exclude_automapped:
-            from mapkit.datasets.filters import filter_songs
-
-            song_ids, left_out = filter_songs(targets_index, song_ids, config.min_score, config.exclude_automapped)
-            if not song_ids:
-                raise TrainingError(store.root, f"the filters leave no song ({len(left_out)} left out, e.g. "
-                                                f"{next(iter(left_out.items()), ('', ''))[1]})")
-            if left_out and dist_info.main:
-                import sys
-
-                print(f"{len(left_out)} levels left out by the filters (e.g. {next(iter(sorted(left_out.items())))})",
-                      file=sys.stderr)
-        # by group: two encodes of one song never sit on both sides
-        groups = song_groups(features_index)
-        train_songs, val_songs = split_by_song(song_ids, config.val_fraction, config.seed, config.val_songs, groups)
-        if not train_songs:
-            raise TrainingError(store.root, "the training split is empty: lower --val-fraction")
+        train_songs, val_songs, groups = _split_songs(store, config, dist_info.main)
 
     if stage.need_vocab and dist_info.main:
         warn_vocabulary_leak(store, val_songs, groups)
@@ -949,13 +918,7 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
     total_steps = min(limits)
     eval_every = eval_interval(config.eval_every, total_steps)
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, config.min_lr_ratio))
+    optimizer, scheduler = _optimizer(model, config, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
 
     step, epoch, batch_in_epoch = 0, 0, 0
@@ -1119,6 +1082,60 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
     stage.close()
     return TrainResult(step, last_path, best_path, last_metrics, metrics_path, plot_path, list(train_songs),
                        list(val_songs), stopped_early=step < total_steps, interrupted=interrupted)
+
+
+def _resumed_checkpoint(out_dir: Path, stage: "Stage", config: TrainConfig, fingerprint: dict) -> dict:
+    """``OUT/last.pt``, checked: the same stage, store and config (:data:`RESUMABLE_CHANGES` aside)."""
+    if not (out_dir / LAST).is_file():
+        raise TrainingError(out_dir / LAST, "no checkpoint to resume: start the run without --resume")
+    resume_ckpt = read_checkpoint(out_dir / LAST)
+    if resume_ckpt.get("stage") != stage.name:
+        raise TrainingError(out_dir / LAST, f"a {resume_ckpt.get('stage')} checkpoint, not {stage.name}")
+    check_fingerprint(resume_ckpt, fingerprint, out_dir / LAST, need_vocab=stage.need_vocab)
+    _check_resume_config(resume_ckpt["train_config"], config, out_dir / LAST)
+    return resume_ckpt
+
+
+def _split_songs(store: Store, config: TrainConfig, main: bool) -> tuple[list, list, dict]:
+    """``(train songs, validation songs, song groups)``: the songs with features and targets that pass the
+    filters, split by group (two encodes of one song never sit on both sides)."""
+    from mapkit.datasets.split import song_groups, split_by_song
+
+    features_index = store.index("features")
+    targets_index = store.index("targets")
+    song_ids = set(features_index) & set(targets_index)
+    if not song_ids:
+        raise TrainingError(store.root, "no song has both features and targets")
+    if config.min_score is not None or config.exclude_automapped:
+        from mapkit.datasets.filters import filter_songs
+
+        song_ids, left_out = filter_songs(targets_index, song_ids, config.min_score, config.exclude_automapped)
+        if not song_ids:
+            raise TrainingError(store.root, f"the filters leave no song ({len(left_out)} left out, e.g. "
+                                            f"{next(iter(left_out.items()), ('', ''))[1]})")
+        if left_out and main:
+            import sys
+
+            print(f"{len(left_out)} levels left out by the filters (e.g. {next(iter(sorted(left_out.items())))})",
+                  file=sys.stderr)
+    # by group: two encodes of one song never sit on both sides
+    groups = song_groups(features_index)
+    train_songs, val_songs = split_by_song(song_ids, config.val_fraction, config.seed, config.val_songs, groups)
+    if not train_songs:
+        raise TrainingError(store.root, "the training split is empty: lower --val-fraction")
+    return train_songs, val_songs, groups
+
+
+def _optimizer(model, config: TrainConfig, total_steps: int):
+    """AdamW (no weight decay on biases and norms) and its schedule: linear warm-up, then cosine (:func:`lr_factor`)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, config.min_lr_ratio))
+    return optimizer, scheduler
 
 
 def _ignore_stop_signals(_worker_id: int):
