@@ -80,7 +80,7 @@ def music_like(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
 
 
 def write_ogg(path: str, data: np.ndarray, sr: int) -> None:
-    """Write Ogg Vorbis in 1 s blocks: one large write crashes libsndfile (DESIGN.md section 9)."""
+    """Write Ogg Vorbis in 1 s blocks: one large write crashes libsndfile (docs/design.md §10)."""
     import soundfile as sf
 
     with sf.SoundFile(path, "w", sr, data.shape[1], format="OGG", subtype="VORBIS") as f:

@@ -3,7 +3,7 @@
 Builds both models at the chosen preset (``default``: the DDC-sized C-LSTM and
 the 6+6-layer d512 transformer over a 2000-state vocabulary) with random
 weights (the timings do not depend on the weights), and runs
-:func:`mapkit.generate.generate_level` on a song, printing the split by stage:
+:func:`mapkit.runs.generate.generate_level` on a song, printing the split by stage:
 features (decode + both feature stages), tempo, stage1, peaks, stage2 (beam
 search with cached keys/values), writing (JSON, song.egg, cover, zip). With
 ``--cli`` it also saves the models as checkpoints and times the whole
@@ -127,7 +127,7 @@ def per_note_cost(selection, n_notes: int, beam_size: int, window, runs: int) ->
 
 
 class _CpuClock:
-    """Stands in for the ``time`` module inside mapkit.generate: its stage clock reads CPU seconds."""
+    """Stands in for the ``time`` module inside mapkit.runs.generate: its stage clock reads CPU seconds."""
 
     perf_counter = staticmethod(cpu_seconds)
 
@@ -142,7 +142,7 @@ def evaluate_summary(level, baseline_path: str | None) -> str:
     the level is measurable; with trained models they are how generated
     levels are judged (docs/evaluate.md).
     """
-    from mapkit.evaluate import evaluate_generated, format_table, load_baseline
+    from mapkit.runs.evaluate import evaluate_generated, format_table, load_baseline
 
     baseline = load_baseline(baseline_path) if baseline_path else None
     return "mapkit evaluate of the generated level:\n" + format_table(
@@ -172,11 +172,11 @@ def main(argv=None) -> int:
 
     torch_one_thread()
 
-    import mapkit.generate
-    from mapkit.generate import generate_level
+    import mapkit.runs.generate
+    from mapkit.runs.generate import generate_level
     from mapkit.train.transformer import TransformerConfig
 
-    mapkit.generate.time = _CpuClock()  # stage timings in CPU seconds
+    mapkit.runs.generate.time = _CpuClock()  # stage timings in CPU seconds
     window = TransformerConfig().max_tokens
     with tempfile.TemporaryDirectory() as tmp:
         song, what = (args.song, "given") if args.song else pick_song(args.songs, tmp)

@@ -34,8 +34,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cputime import machine_note, measure  # noqa: E402  (sets one thread before numpy loads)
 
-from mapkit.build_targets import (LevelTargets, count_states, difficulty_targets, level_files_sha256,
-                                  level_item, targets_one, TargetTask)
+from mapkit.preprocess.difficulty_targets import difficulty_targets  # noqa: E402
+from mapkit.runs.build_targets import (LevelTargets, TargetTask, count_states, level_files_sha256,  # noqa: E402
+                                       level_item, targets_one)
 from mapkit.datasets.store import ShardWriter, shard_file_attrs
 from mapkit.preprocess.jsonio import load_json_bytes
 from mapkit.preprocess.levels import read_level

@@ -1,6 +1,6 @@
 """Benchmark of ``mapkit validate`` against the extraction that built the store (not a unit test).
 
-Builds (or reuses) a store of N demo songs (:func:`mapkit.demo.make_demo`:
+Builds (or reuses) a store of N demo songs (:func:`mapkit.runs.demo.make_demo`:
 levels with matching rendered audio), timing ``extract`` and
 ``build-targets``, then times :func:`mapkit.datasets.validation.validate_store`
 over it and prints the three times, the ratio, and (in a second validation)
@@ -28,9 +28,9 @@ from cputime import machine_note, run_once  # noqa: E402  (sets one thread befor
 
 def build(root: Path, songs: int, seconds: float, jobs: int) -> dict:
     """Demo levels -> extract -> build-targets into ``root/store``; returns seconds per step."""
-    from mapkit.build_targets import build_targets
-    from mapkit.demo import make_demo
-    from mapkit.extract import extract
+    from mapkit.runs.build_targets import build_targets
+    from mapkit.runs.demo import make_demo
+    from mapkit.runs.extract import extract
 
     times = {}
     cpu, wall, demo = run_once(make_demo, root / "demo", n_levels=songs, duration_s=seconds,

@@ -131,13 +131,13 @@ item_timeout_option = click.option(
 def signals_stop_the_run():
     """Inside, SIGINT and SIGTERM raise RunInterrupted, before and after the per-item work too.
 
-    (During the work, :func:`~mapkit.datasets.runner.run_items` handles them
+    (During the work, :func:`~mapkit.runs.runner.run_items` handles them
     itself, so that no write is cut in half.) The old handlers come back after.
     """
     import signal
     import threading
 
-    from mapkit.datasets.runner import RunInterrupted
+    from mapkit.runs.runner import RunInterrupted
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
@@ -156,7 +156,7 @@ def signals_stop_the_run():
 
 def interrupted(e) -> None:
     """Print the one line of a run stopped by SIGINT/SIGTERM and exit with 128 + the signal number."""
-    from mapkit.datasets.runner import INTERRUPTED_MESSAGE
+    from mapkit.runs.runner import INTERRUPTED_MESSAGE
 
     click.echo(INTERRUPTED_MESSAGE, err=True)
     sys.exit(e.exit_code)
@@ -227,9 +227,9 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
       mapkit extract ~/BeatSaber/CustomLevels --store data/ --jobs 8
       mapkit extract songs/ --backend dask --scheduler tcp://10.0.0.5:8786
     """
-    from mapkit.datasets.runner import RunInterrupted
+    from mapkit.runs.runner import RunInterrupted
     from mapkit.errors import MapkitError
-    from mapkit.extract import extract
+    from mapkit.runs.extract import extract
 
     try:
         with signals_stop_the_run():
@@ -271,7 +271,7 @@ def inspect_command(levels, as_json, characteristic, song_offset):
       mapkit inspect ~/BeatSaber/CustomLevels/ --json > levels.jsonl
     """
     from mapkit.datasets.names import printable
-    from mapkit.preprocess.levels import inspect_levels
+    from mapkit.runs.inspect import inspect_levels
     from mapkit.settings import TargetSettings
 
     settings = TargetSettings(song_offset=song_offset)
@@ -311,7 +311,7 @@ def demo_command(out_dir, n_levels, duration_s, seed, no_songs, no_progress):
       mapkit extract demo/levels && mapkit build-targets demo/levels
       mapkit demo small/ --levels 3 --duration 10 --seed 1 --no-songs
     """
-    from mapkit.demo import make_demo, quickstart_text
+    from mapkit.runs.demo import make_demo, quickstart_text
 
     try:
         demo = make_demo(out_dir, n_levels=n_levels, duration_s=duration_s, seed=seed,
@@ -419,8 +419,8 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
       mapkit build-targets CustomLevels/ --characteristic all --vocab-size 4000 --rebuild-vocab
       mapkit build-targets CustomLevels/ --metadata beatsaver-maps.jsonl --force
     """
-    from mapkit.build_targets import build_targets
-    from mapkit.datasets.runner import RunInterrupted
+    from mapkit.runs.build_targets import build_targets
+    from mapkit.runs.runner import RunInterrupted
     from mapkit.errors import MapkitError
     from mapkit.settings import TargetSettings
 
@@ -472,7 +472,7 @@ def audit_command(store, as_json, plot, jobs, force, backend, scheduler, no_prog
     """
     import json
 
-    from mapkit.audit import audit_store
+    from mapkit.runs.audit import audit_store
     from mapkit.errors import MapkitError
 
     try:
@@ -518,7 +518,7 @@ def stats_command(store, as_json, png, jobs):
 
     from mapkit.datasets.store import Store, utc_timestamp, write_json_atomic
     from mapkit.errors import MapkitError
-    from mapkit.stats import corpus_stats, stats_text
+    from mapkit.runs.stats import corpus_stats, stats_text
 
     s = Store(store)
     stem = s.reports_dir / f"stats-{utc_timestamp()}-{os.getpid()}"
@@ -593,7 +593,7 @@ def _preset_option(*decls, field: str, auto: str | None = None, **kwargs):
 
 def _difficulty_names(ctx, param, values):
     """--difficulty: canonical names (aliases like Expert+ accepted); a usage error lists the valid ones."""
-    from mapkit.preprocess.levels import DIFFICULTIES, canonical_difficulty
+    from mapkit.preprocess.difficulties import DIFFICULTIES, canonical_difficulty
 
     try:
         if isinstance(values, str):
@@ -697,7 +697,8 @@ def _resume_config(config_fn, out, kw: dict, config_overrides: dict):
     """--resume: the checkpoint's config, with only the options given on the command line changed."""
     import dataclasses
 
-    from mapkit.train.loop import TrainingError, resumed_config
+    from mapkit.errors import TrainingError
+    from mapkit.train.loop import resumed_config
 
     given = _explicit(click.get_current_context(), list(kw) + list(config_overrides))
     fresh = config_fn(kw["preset"], **config_overrides, **_train_config_kwargs(kw))
@@ -730,21 +731,11 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
         fail(str(e))
     except ValueError as e:
         fail(f"bad training settings: {e}")
-    import os
-
-    if os.environ.get("RANK", "0") == "0":
-        metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.metrics.items())
-        click.echo(f"step {result.step}{' (stopped early)' if result.stopped_early else ''}; "
-                   f"validation: {metrics or 'none (no validation songs)'}")
-        click.echo(f"checkpoint: {result.last}; log: {result.metrics_path}; curves: {result.plot_path}")
-        from mapkit.train.ablation import ablation_summary
-
-        summary = ablation_summary(result.metrics_path) if result.metrics_path else None
-        if summary:
-            click.echo(summary)
+    summary = result.summary()
+    if summary:
+        click.echo(summary)
     if result.interrupted:
-        click.echo(f"interrupted by {result.interrupted} at step {result.step}: saved {result.last}; "
-                   f"continue with the same command and --resume", err=True)
+        click.echo(result.interruption(), err=True)
         sys.exit(SIGNAL_EXIT.get(result.interrupted, 1))
 
 
@@ -889,31 +880,28 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
       mapkit generate song.ogg --temperature 0.8 --seed 3 --no-snap
       mapkit generate song.ogg --evaluate --baseline human.json
     """
-    import torch
-
     from mapkit.errors import MapkitError
-    from mapkit.generate import generate
+    from mapkit.runs.generate import generate
 
-    torch.set_num_threads(threads)
     try:
         human = None
         if baseline is not None:
-            from mapkit.evaluate import load_baseline
+            from mapkit.runs.evaluate import load_baseline
 
             human = load_baseline(baseline)  # before generating: a bad file fails fast
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
                          beam_size=beam_size, temperature=temperature, seed=seed, threshold=threshold,
-                         snap=not no_snap, out_dir=out_dir, force=force)
+                         snap=not no_snap, out_dir=out_dir, force=force, threads=threads)
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())
     if evaluate_level or baseline is not None:
-        from mapkit.evaluate import evaluate_generated, format_table
+        from mapkit.runs.evaluate import evaluate_generated, format_table
 
         click.echo(format_table(evaluate_generated(level, human, baseline)))
     for warning in level.warnings:
         click.echo(f"warning: {warning}", err=True)
-    sys.exit(2 if level.warnings else 0)
+    sys.exit(level.exit_code)
 
 
 # --- evaluate: objective metrics of levels against human baselines ---
@@ -964,7 +952,7 @@ def evaluate_command(levels, reference, baseline, store, save_baseline_to, diffi
     import json as json_module
 
     from mapkit.errors import MapkitError
-    from mapkit.evaluate import evaluate, format_table
+    from mapkit.runs.evaluate import evaluate, format_table
 
     try:
         report = evaluate(levels, store=store, reference=reference, baseline=baseline,

@@ -14,9 +14,11 @@ import json
 import math
 from dataclasses import dataclass
 
+from mapkit.preprocess.timebase import FPS
 
-class _Settings:
-    """Mixin: ``to_dict``, ``to_json``, ``hash`` and ``from_dict`` for frozen dataclasses."""
+
+class Settings:
+    """Base of every settings and config class (a frozen dataclass): ``to_dict``, ``to_json``, ``hash``, ``from_dict``."""
 
     KIND = "settings"
 
@@ -49,12 +51,12 @@ class _Settings:
 
 
 @dataclass(frozen=True)
-class FeatureSettings(_Settings):
-    """Audio feature settings of both stages (DESIGN.md section 2)."""
+class FeatureSettings(Settings):
+    """Audio feature settings of both stages (docs/design.md §2)."""
 
     KIND = "features"
 
-    fps: int = 100
+    fps: int = FPS
     # stage 1, "placement": DDC multi-resolution log-mel
     placement_sample_rate: int = 44100
     placement_n_ffts: tuple = (1024, 2048, 4096)
@@ -83,6 +85,17 @@ class FeatureSettings(_Settings):
     def selection_hop(self) -> int:
         return self.selection_sample_rate // self.fps
 
+    def pad(self, stage: str) -> int:
+        """Rows of silence stored before and after the T frames of ``stage`` ("placement" or "selection")."""
+        if stage not in ("placement", "selection"):
+            raise ValueError(f"unknown feature stage {stage!r}")
+        return self.placement_pad if stage == "placement" else self.selection_pad
+
+    def unpad(self, stage: str, rows):
+        """The T song frames of a padded ``stage`` array: its pad rows cut off both ends."""
+        p = self.pad(stage)
+        return rows[p: len(rows) - p]
+
     @property
     def silence_value(self) -> float:
         """Feature value of digital silence, used for padding: ``ln(log_floor)``."""
@@ -90,12 +103,12 @@ class FeatureSettings(_Settings):
 
 
 @dataclass(frozen=True)
-class TargetSettings(_Settings):
-    """Level-reading and target settings (DESIGN.md sections 1 and 3)."""
+class TargetSettings(Settings):
+    """Level-reading and target settings (docs/design.md §§1 and 3)."""
 
     KIND = "targets"
 
-    fps: int = 100
+    fps: int = FPS
     #: "quarantine" (default): a level with a non-zero _songTimeOffset is reported, not used.
     #: "apply": the offset is applied to note times (sign convention: see mapkit.preprocess.tempo).
     song_offset: str = "quarantine"

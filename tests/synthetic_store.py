@@ -9,9 +9,10 @@ import json
 import numpy as np
 
 from mapkit.datasets.store import ShardItem, ShardWriter, Store, shard_file_attrs
+from mapkit.preprocess.difficulties import DIFFICULTIES
 from mapkit.settings import FeatureSettings, TargetSettings
 
-DIFFICULTIES = ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")
+
 VERSIONS = ("2.0.0", "2.6.0", "3.3.0", "4.1.0")
 
 

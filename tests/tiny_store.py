@@ -1,8 +1,8 @@
 """A tiny real store for the training tests: demo levels whose notes are loud hits, extracted and built."""
 
-from mapkit.build_targets import build_targets
-from mapkit.demo import make_demo
-from mapkit.extract import extract
+from mapkit.runs.build_targets import build_targets
+from mapkit.runs.demo import make_demo
+from mapkit.runs.extract import extract
 
 #: The demo song held out for validation in the training tests (demo level 1: Normal and Expert).
 VAL_SONG = "demo-02-electric-tide"

@@ -13,10 +13,10 @@ import json
 
 import numpy as np
 
-from mapkit.audio_out import encode_ogg_vorbis
-from mapkit.build_targets import build_targets
-from mapkit.extract import extract
-from mapkit.level_out import write_folder
+from mapkit.writers.ogg import encode_ogg_vorbis
+from mapkit.runs.build_targets import build_targets
+from mapkit.runs.extract import extract
+from mapkit.writers.files import write_folder
 
 SAMPLE_RATE = 22050
 #: Pitch of the burst at a note in column 0..3 (octaves apart: far apart in the 100 mel bands).

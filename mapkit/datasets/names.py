@@ -85,3 +85,14 @@ def printable(text: str) -> str:
 def safe_attrs(attrs: dict) -> dict:
     """``attrs`` with every string value passed through :func:`attr_text`."""
     return {k: attr_text(v) if isinstance(v, str) else v for k, v in attrs.items()}
+
+
+def plural(n: int, noun: str) -> str:
+    """``n`` and ``noun`` (given in the plural), singular when ``n`` is 1.
+
+    >>> plural(1, "songs"), plural(2, "songs"), plural(1, "items"), plural(0, "levels")
+    ('1 song', '2 songs', '1 item', '0 levels')
+    """
+    if n == 1 and noun.endswith("s"):
+        noun = noun[:-1]
+    return f"{n} {noun}"

@@ -55,7 +55,7 @@ class ObjectStreamDataset(torch.utils.data.Dataset):
 
     def __init__(self, store, song_ids=None, stats: dict | None = None, characteristic: str = "Standard",
                  difficulties=None, kinds=None):
-        from mapkit.datasets.torch_datasets import _Handles, stage_stats, store_levels
+        from mapkit.datasets.torch_datasets import ShardHandles, stage_stats, store_levels
 
         store = store if isinstance(store, Store) else Store(store)
         self.levels = store_levels(store, song_ids, characteristic, difficulties)
@@ -64,7 +64,7 @@ class ObjectStreamDataset(torch.utils.data.Dataset):
         if unknown:
             raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {', '.join(STREAM_KINDS)}")
         self.kinds = tuple(kinds) if kinds else STREAM_KINDS
-        self._handles = _Handles()
+        self._handles = ShardHandles()
 
     def __len__(self) -> int:
         return len(self.levels)

@@ -31,11 +31,8 @@ import numpy as np
 
 from mapkit.preprocess.frame_events import FRAME_EVENTS, N_FRAME_EVENT_CHANNELS, frame_events
 from mapkit.preprocess.objects import (ATTR_DROPS, ATTR_KEPT, ATTR_READ, EVENT_BOX_JSON, FIELD_RANGES, FLOAT_FIELDS,
-                                       OBJECT_DTYPES, OBJECT_KINDS)
-from mapkit.preprocess.timebase import frame_of
-
-#: Datasets and dtypes this module checks (added to the level contract of validation.py).
-OBJECT_LEVEL_DTYPES = {**OBJECT_DTYPES, EVENT_BOX_JSON: np.dtype(np.uint8), FRAME_EVENTS: np.dtype(np.uint8)}
+                                       OBJECT_DTYPES, OBJECT_KINDS, field_out_of_range)
+from mapkit.preprocess.timebase import FPS, frame_of
 
 #: |beat -> seconds - stored seconds| allowed (float64 arithmetic on the same numbers), as for notes.
 TIME_ATOL = 1e-6
@@ -76,13 +73,7 @@ def _check_kind(kind: str, r: np.ndarray, T: int, tempo, notes, where: str, repo
         sound = False
     for f, (lo, hi) in FIELD_RANGES[kind].items():
         v = r[f].astype(np.float64)
-        bad = np.zeros(n, dtype=bool) if f in FLOAT_FIELDS else (np.floor(v) != v)
-        if lo is not None:
-            bad |= v < lo
-        if hi is not None:
-            bad |= v > hi
-        if f == "squish":
-            bad |= v <= 0
+        bad = field_out_of_range(kind, f, v)
         if bad.any():
             i = _first(bad)
             report.add("objects", where, f"{kind}: {int(bad.sum())} records with {f} outside [{lo}, {hi}]; record "
@@ -202,7 +193,7 @@ def _notes_sound(notes: np.ndarray, T: int, fps: int) -> bool:
                 and np.all(on_grid) and in_order)
 
 
-def check_objects(dg, where: str, T: int, tempo, report, fps: int = 100) -> int:
+def check_objects(dg, where: str, T: int, tempo, report, fps: int = FPS) -> int:
     """Every object check of one difficulty group ``dg`` (see the module docstring); returns its object count.
 
     ``tempo`` is the group's TempoMap (None when it does not read: then only

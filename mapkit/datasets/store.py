@@ -1,6 +1,6 @@
 """The store: a folder of HDF5 shards, its lock, its index and its statistics.
 
-The layout is a public contract (DESIGN.md section 8)::
+The layout is a public contract (docs/design.md §4)::
 
     STORE/
       .lock                      held (flock) by the one run that writes the store
@@ -59,7 +59,6 @@ import json
 import os
 import stat
 import time
-import re
 import zlib
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -68,32 +67,13 @@ from pathlib import Path
 import numpy as np
 
 import mapkit
-from mapkit.errors import StoreError
-
-#: Kind of shard -> its folder in the store and the top-level group of its items.
-KIND_ROOTS = {"features": "songs", "targets": "levels"}
+from mapkit.datasets.schema import (ATTRS_CHECKSUM, DATA_CHECKSUM, FEATURE_STAGES, FLUSHED, KIND_ROOTS, LOCK_FILE,
+                                    PARTIAL_SUFFIX, REBUILD_JOURNAL, REPORTS_DIR, SHARD_PATTERN, STATS_FILE, VOCAB_FILE,
+                                    shard_name, shard_number)
+from mapkit.errors import DiskFullError, StoreError
 
 #: Rows per HDF5 chunk along the time (first) axis.
 CHUNK_ROWS = 1024
-
-#: Journal of a committed ``build-targets --rebuild-vocab`` not yet applied (:meth:`Store.commit_rebuild`).
-REBUILD_JOURNAL = ".rebuild-vocab.json"
-
-SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.h5$")
-PARTIAL_SUFFIX = ".partial"
-#: Dataset of a ``.partial`` shard naming the items flushed so far (deleted when the shard is committed).
-FLUSHED = ".flushed"
-
-#: Feature stages and the names of the per-song band statistics stored as attrs
-#: of each song group: ``<stage>_band_sum``, ``<stage>_band_sumsq`` (float64,
-#: the per-band sums over the song's T unpadded frames; the count is ``n_frames``).
-FEATURE_STAGES = ("placement", "selection")
-
-
-#: Attribute of every dataset: :func:`data_checksum` of its values (CRC-32, as an int).
-DATA_CHECKSUM = "crc32"
-#: Attribute of every group of an item and of the shard's root group: :func:`attrs_checksum` of its other attrs.
-ATTRS_CHECKSUM = "attrs_crc32"
 
 #: Disk space reserved in the shard file before each item (:meth:`ShardWriter.reserve`): ``DISK_FACTOR``
 #: times the item's bytes plus ``DISK_MARGIN_BYTES`` for HDF5's own bytes. The unused reserve is trimmed
@@ -101,9 +81,6 @@ ATTRS_CHECKSUM = "attrs_crc32"
 DISK_FACTOR = 1.05
 DISK_MARGIN_BYTES = 1 << 20
 
-
-class DiskFullError(StoreError):
-    """The disk has no room for the next item: the run stops cleanly, the store stays valid."""
 
 
 def checksum_start(path: str) -> int:
@@ -196,16 +173,6 @@ def make_folder(path) -> Path:
 def utc_timestamp() -> str:
     """The current UTC time as ``YYYYmmddTHHMMSSZ`` (safe in file names)."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def shard_name(number: int) -> str:
-    """File name of complete shard ``number``: ``shard-00003.h5``."""
-    return f"shard-{number:05d}.h5"
-
-
-def _shard_number(name: str) -> int | None:
-    m = SHARD_PATTERN.match(name[: -len(PARTIAL_SUFFIX)] if name.endswith(PARTIAL_SUFFIX) else name)
-    return int(m.group(1)) if m else None
 
 
 def _fsync_dir(directory: Path):
@@ -343,7 +310,7 @@ class ShardWriter:
         self.pending: list[tuple[Path, Path]] = []
 
     def _next_number(self) -> int:
-        numbers = [n for n in (_shard_number(p.name) for p in self.directory.iterdir()) if n is not None]
+        numbers = [n for n in (shard_number(p.name) for p in self.directory.iterdir()) if n is not None]
         return max(numbers, default=0) + 1
 
     def _open(self):
@@ -495,7 +462,7 @@ class ShardWriter:
 
 
 def shard_file_attrs(kind: str, settings) -> dict:
-    """The attributes every shard file carries (DESIGN.md section 8).
+    """The attributes every shard file carries (docs/design.md §4).
 
     ``schema_version``, ``mapkit_version``, ``kind`` ("features" or "targets"),
     ``settings_json`` and ``settings_hash``; :class:`ShardWriter` adds ``created``.
@@ -549,7 +516,8 @@ class Index(dict):
         return {e.settings_hash for e in self.values()}
 
 
-def _attrs_dict(attrs) -> dict:
+def attrs_dict(attrs) -> dict:
+    """HDF5 attributes as a dict of plain Python values (bytes decoded, numpy scalars as Python numbers)."""
     out = {}
     for k, v in attrs.items():
         if isinstance(v, bytes):
@@ -646,7 +614,7 @@ def _adopt_partial(partial: Path) -> list[str]:
 
 
 class Store:
-    """A store folder (DESIGN.md section 8). Creating the object touches nothing on disk."""
+    """A store folder (docs/design.md §4). Creating the object touches nothing on disk."""
 
     def __init__(self, root):
         self.root = Path(root)
@@ -663,19 +631,19 @@ class Store:
 
     @property
     def reports_dir(self) -> Path:
-        return self.root / "reports"
+        return self.root / REPORTS_DIR
 
     @property
     def vocab_path(self) -> Path:
-        return self.root / "vocab.json"
+        return self.root / VOCAB_FILE
 
     @property
     def stats_path(self) -> Path:
-        return self.root / "stats.json"
+        return self.root / STATS_FILE
 
     @property
     def lock_path(self) -> Path:
-        return self.root / ".lock"
+        return self.root / LOCK_FILE
 
     def shard_dir(self, kind: str) -> Path:
         """``features/`` or ``targets/``."""
@@ -836,7 +804,7 @@ class Store:
             if not d.is_dir():
                 continue
             for p in sorted(d.iterdir()):
-                if p.name.endswith(PARTIAL_SUFFIX) and _shard_number(p.name) is not None:
+                if p.name.endswith(PARTIAL_SUFFIX) and shard_number(p.name) is not None:
                     adopted += _adopt_partial(p)
                     p.unlink()
         return adopted
@@ -849,7 +817,7 @@ class Store:
         if not d.is_dir():
             return []
         found = [(n, p) for p in d.iterdir()
-                 if SHARD_PATTERN.match(p.name) and (n := _shard_number(p.name)) is not None]
+                 if SHARD_PATTERN.match(p.name) and (n := shard_number(p.name)) is not None]
         return [p for _, p in sorted(found)]
 
     def index(self, kind: str) -> Index:
@@ -868,7 +836,7 @@ class Store:
         for path in self.shards(kind):
             try:
                 with open_shard(path, features=(kind == "features")) as f:
-                    file_attrs = _attrs_dict(f.attrs)
+                    file_attrs = attrs_dict(f.attrs)
                     old_schema(path, file_attrs.get("schema_version"))
                     if file_attrs.get("schema_version") != mapkit.SCHEMA_VERSION:
                         index.problems.append((str(path), f"schema version {file_attrs.get('schema_version')!r}, "
@@ -881,7 +849,7 @@ class Store:
                     if root_group in f:
                         for song_id, g in f[root_group].items():
                             entries[song_id] = Entry(song_id, path, g.name.lstrip("/"),
-                                                     _attrs_dict(g.attrs), file_attrs)
+                                                     attrs_dict(g.attrs), file_attrs)
             except StoreError:
                 raise
             except Exception as e:  # noqa: BLE001 - any unreadable shard is reported, never crashed on
@@ -908,6 +876,43 @@ class Store:
         stats = feature_stats(index.values())
         write_json_atomic(self.stats_path, stats)
         return stats
+
+    # --- the vocabulary ---
+
+    def read_vocab_json(self, missing_ok: bool = False) -> dict | None:
+        """The parsed ``vocab.json``; None when it is missing and ``missing_ok``.
+
+        Raises :class:`~mapkit.errors.StoreError` naming the file when it is
+        missing (``"no vocab.json: run mapkit build-targets first"``) or is not JSON.
+        """
+        try:
+            return json.loads(self.vocab_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise StoreError(self.vocab_path, "no vocab.json: run mapkit build-targets first") from None
+        except (OSError, ValueError) as e:
+            raise StoreError(self.vocab_path, f"unreadable vocabulary: {e}") from None
+
+    def read_vocab(self, missing_ok: bool = False):
+        """``vocab.json`` as a :class:`~mapkit.preprocess.targets.Vocabulary` (its hash checked), or None.
+
+        None only when the file is missing and ``missing_ok``; any other
+        problem is a :class:`~mapkit.errors.StoreError` naming the file.
+        """
+        from mapkit.preprocess.targets import Vocabulary
+
+        document = self.read_vocab_json(missing_ok)
+        if document is None:
+            return None
+        try:
+            return Vocabulary.from_json(document)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(self.vocab_path, f"unreadable vocabulary: {e}") from None
+
+    def write_vocab(self, document: dict) -> Path:
+        """Write ``vocab.json`` atomically (:func:`write_json_atomic`); ``document`` as made by build-targets."""
+        return write_json_atomic(self.vocab_path, document)
 
     def read_stats(self) -> dict:
         """The parsed ``stats.json``; :class:`StoreError` when missing."""

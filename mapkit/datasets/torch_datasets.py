@@ -1,4 +1,4 @@
-"""PyTorch datasets over the store (DESIGN.md section 4).
+"""PyTorch datasets over the store (docs/design.md §6).
 
 :class:`PlacementDataset` (stage 1) yields windows of ``L`` output frames with
 their +-7 context rows of placement features, per-band normalised, the
@@ -11,7 +11,7 @@ Both read the HDF5 shards lazily. ``__init__`` reads only metadata (the
 store's indexes, one pass over the target groups) and closes every file;
 ``__getitem__`` opens the shards it needs in the process that calls it, with
 handles cached per process id, so each DataLoader worker has its own
-handles (they cannot be pickled, DESIGN.md section 9) and a forked worker
+handles (they cannot be pickled, docs/design.md §10) and a forked worker
 never reuses its parent's. Nothing depends on DataLoader internals: every
 item is a pure function of ``(index, epoch, seed)`` and the store.
 
@@ -29,23 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mapkit.datasets.split import song_unit, split_by_song  # noqa: F401 - re-exported
+from mapkit.datasets.schema import GAP_NAMES, NO_FRAME
 from mapkit.datasets.store import Store, open_shard
 from mapkit.errors import StoreError
+from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
 from mapkit.preprocess.targets import PAD, Vocabulary, one_hot_states
 from mapkit.settings import FeatureSettings
-from mapkit.train.models import DIFFICULTIES
-
-#: Difficulty name -> conditioning index of the stage-1 model (Easy 0 .. ExpertPlus 4).
-DIFFICULTY_INDEX = {name: i for i, name in enumerate(DIFFICULTIES)}
-#: The four stored gap datasets, in the order the stage-2 model reads them.
-GAP_NAMES = ("gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
-
-
-# --------------------------------------------------------------------------- split
-
-
-# song_unit and split_by_song live in the torch-free mapkit.datasets.split (re-exported here)
 
 
 # --------------------------------------------------------------------------- store metadata
@@ -147,7 +136,7 @@ def stage_stats(stats: dict, stage: str) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-class _Handles:
+class ShardHandles:
     """h5py files and datasets opened on first use, per process: a forked or spawned worker opens its own.
 
     Dataset objects are cached too: an h5py group lookup costs more than
@@ -237,7 +226,8 @@ class PlacementDataset(torch.utils.data.Dataset):
     window : int
         ``L``, output frames per item.
     context : int
-        Context frames each side; must equal the stored placement pad.
+        Context frames each side (default: the stored placement pad, ``feature_settings.placement_pad``);
+        any other value is a ``ValueError``: the windows would silently shift.
     characteristic, difficulties, exclude_flagged : see :func:`store_levels`
     jitter : bool
         Random window offsets (training) or exact tiling (validation).
@@ -248,7 +238,7 @@ class PlacementDataset(torch.utils.data.Dataset):
         Also return the multi-label ``frame_events`` targets.
     """
 
-    def __init__(self, store, song_ids=None, stats: dict | None = None, window: int = 100, context: int = 7,
+    def __init__(self, store, song_ids=None, stats: dict | None = None, window: int = 100, context: int | None = None,
                  characteristic: str = "Standard", difficulties=None, jitter: bool = True, seed: int = 0,
                  feature_settings: FeatureSettings = FeatureSettings(), exclude_flagged: bool = False,
                  frame_events: bool = False):
@@ -258,7 +248,9 @@ class PlacementDataset(torch.utils.data.Dataset):
         store = store if isinstance(store, Store) else Store(store)
         self.levels = store_levels(store, song_ids, characteristic, difficulties, exclude_flagged)
         self.window = int(window)
-        self.context = int(context)
+        if context is not None and int(context) != feature_settings.placement_pad:
+            raise ValueError(f"context {context} is not the store's placement pad {feature_settings.placement_pad}")
+        self.context = feature_settings.placement_pad
         self.jitter = bool(jitter)
         self.seed = int(seed)
         self.epoch = 0
@@ -267,7 +259,7 @@ class PlacementDataset(torch.utils.data.Dataset):
         counts = [max(1, -(-lv.n_frames // self.window)) for lv in self.levels]
         #: item index -> (level index, window number k)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._handles = _Handles()
+        self._handles = ShardHandles()
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -408,8 +400,10 @@ class SelectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, store, song_ids=None, stats: dict | None = None, characteristic: str = "Standard",
                  difficulties=None, vocab: Vocabulary | None = None, one_hot: bool = False,
-                 max_tokens: int | None = None, jitter: bool = True, seed: int = 0, exclude_flagged: bool = False):
+                 max_tokens: int | None = None, jitter: bool = True, seed: int = 0, exclude_flagged: bool = False,
+                 feature_settings: FeatureSettings = FeatureSettings()):
         store = store if isinstance(store, Store) else Store(store)
+        self.pad = feature_settings.selection_pad
         self.levels = store_levels(store, song_ids, characteristic, difficulties, exclude_flagged)
         self.mean, self.std = stage_stats(stats if stats is not None else store.read_stats(), "selection")
         self.one_hot = bool(one_hot)
@@ -422,7 +416,7 @@ class SelectionDataset(torch.utils.data.Dataset):
         self.jitter = bool(jitter)
         self.seed = int(seed)
         self.epoch = 0
-        self._handles = _Handles()
+        self._handles = ShardHandles()
 
     def __len__(self) -> int:
         return len(self.levels)
@@ -442,7 +436,7 @@ class SelectionDataset(torch.utils.data.Dataset):
         if frames.size and (frames[0] + 1 < 0 or frames[-1] + 1 >= len(rows)):
             raise StoreError(level.target_shard, f"{level.target_group}: token frames outside the features; "
                                                  f"run mapkit validate")
-        src = selection_source(rows, frames, gaps, self.mean, self.std)
+        src = selection_source(rows, frames, gaps, self.mean, self.std, self.pad)
         return {"tokens": tokens, "token_frames": frames, "src": src}
 
     def __getitem__(self, index: int) -> dict:
@@ -467,40 +461,37 @@ class SelectionDataset(torch.utils.data.Dataset):
 
 
 def selection_source(selection: np.ndarray, token_frames: np.ndarray, gaps: np.ndarray, mean: np.ndarray,
-                     std: np.ndarray) -> np.ndarray:
+                     std: np.ndarray, pad: int) -> np.ndarray:
     """Stage-2 source vectors ``[n+2, n_mels + 4]`` of one level: training and generation both call this.
 
     Parameters
     ----------
-    selection : np.ndarray [T + 2, n_mels]
+    selection : np.ndarray [pad + T + pad, n_mels]
         Raw padded stage-2 features (float16 as stored, or float32).
     token_frames : np.ndarray [n+2] int
-        Frame of each token; BOS -1 and EOS T read the pad rows (row = frame + 1).
+        Frame of each token; BOS -1 and EOS T read the pad rows (row = frame + pad).
     gaps : np.ndarray [n+2, 4]
         ``gap_prev_s, gap_next_s, gap_prev_beats, gap_next_beats``, used as they are.
     mean, std : np.ndarray [n_mels]
         Per-band normalisation (:func:`stage_stats`).
+    pad : int
+        The stored stage-2 pad (``FeatureSettings.selection_pad``, at least 1: BOS and EOS sit on pad rows).
 
     Returns
     -------
     np.ndarray [n+2, n_mels + 4] float32
         The normalised feature row of each token's frame, then its four gaps.
     """
-    mel = (np.asarray(selection)[np.asarray(token_frames) + 1].astype(np.float32) - mean) / std
+    if pad < 1:
+        raise ValueError(f"the stage-2 features need a pad of at least one row for BOS and EOS, got {pad}")
+    mel = (np.asarray(selection)[np.asarray(token_frames) + pad].astype(np.float32) - mean) / std
     return np.concatenate([mel, np.asarray(gaps, dtype=np.float32)], axis=1)
 
 
 def read_vocab(store) -> Vocabulary:
-    """The store's ``vocab.json`` as a :class:`Vocabulary` (hash checked)."""
-    import json
-
+    """The store's ``vocab.json`` as a :class:`Vocabulary` (hash checked): :meth:`Store.read_vocab`."""
     store = store if isinstance(store, Store) else Store(store)
-    try:
-        return Vocabulary.from_json(json.loads(store.vocab_path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise StoreError(store.vocab_path, "no vocab.json: run mapkit build-targets first") from None
-    except (ValueError, KeyError) as e:
-        raise StoreError(store.vocab_path, f"unreadable vocabulary: {e}") from None
+    return store.read_vocab()
 
 
 def collate_selection(items: list[dict]) -> dict:
@@ -518,7 +509,7 @@ def collate_selection(items: list[dict]) -> dict:
     B = len(items)
     out = {
         "tokens": torch.full((B, S), PAD, dtype=torch.int64),
-        "token_frames": torch.full((B, S), -2, dtype=torch.int64),
+        "token_frames": torch.full((B, S), NO_FRAME, dtype=torch.int64),
         "src": torch.zeros((B, S, items[0]["src"].shape[1]) if B else (0, 0, 0), dtype=torch.float32),
         "mask": torch.zeros((B, S), dtype=torch.bool),
         "lengths": lengths,

@@ -1,4 +1,4 @@
-"""``mapkit validate``: prove every length, alignment and vocabulary invariant of a store (DESIGN.md section 5).
+"""``mapkit validate``: prove every length, alignment and vocabulary invariant of a store (docs/design.md §5).
 
 :func:`validate_store` reads a store the way every mapkit reader does (only
 complete ``shard-NNNNN.h5`` files; of several copies of a song, the one in the
@@ -31,11 +31,11 @@ check                         what it proves
                               stored features' settings hash
 ``foreign_file``              nothing else in ``features/`` or ``targets/`` (a ``.partial`` file is
                               only a warning: a killed run left it, readers ignore it)
-``song_attrs``                every song attribute of DESIGN.md section 8 is present
+``song_attrs``                every song attribute of docs/design.md §4 is present
 ``frame_count``               ``T = 1 + floor(n_samples * 100 / sample_rate)`` and ``duration_s``
 ``padding``                   pad widths equal the settings
 ``feature_rows``              placement ``[T + 14, 3, 80]``, selection ``[T + 2, 100]``
-``dtypes``                    the dtypes of the public contract (DESIGN.md section 8): features float16;
+``dtypes``                    the dtypes of the public contract (docs/design.md §4): features float16;
                               ``frame_class``/``states`` uint8, ``notes`` the stored note record,
                               ``tokens``/``token_frames`` int32, gaps float32. Values are never cast
                               before they are checked (a token stored as 7.5 is not read as 7)
@@ -76,7 +76,7 @@ check                         what it proves
 ============================  =========================================================================
 
 Warning (not a failure) ``unk_share``: more than
-:data:`~mapkit.build_targets.UNK_WARN_SHARE` (5 %) of the note states of the stored levels are UNK
+:data:`~mapkit.datasets.vocab.UNK_WARN_SHARE` (5 %) of the note states of the stored levels are UNK
 (levels of the validation songs that ``vocab.json`` names are left out: their unseen states are
 expected). Typical causes: levels added
 after ``vocab.json`` was counted, or a vocabulary counted over too few songs): the models can neither
@@ -115,12 +115,14 @@ from pathlib import Path
 import numpy as np
 
 import mapkit
-from mapkit.datasets.store import (ATTRS_CHECKSUM, DATA_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, PARTIAL_SUFFIX,
-                                   SHARD_PATTERN, Entry, Store, _attrs_dict, _shard_number, attrs_checksum,
-                                   checksum_start, checksum_update, feature_stats, old_schema_message)
-from mapkit.datasets.object_validation import OBJECT_LEVEL_DTYPES, check_objects
-from mapkit.preprocess.notes import STORED_NOTE_DTYPE
-from mapkit.preprocess.timebase import frame_of, frame_time, n_frames as count_frames
+from mapkit.datasets.object_validation import check_objects
+from mapkit.datasets.schema import (ATTRS_CHECKSUM, DATA_CHECKSUM, FEATURE_DTYPE, FEATURE_STAGES, GAP_NAMES,
+                                    KIND_ROOTS, LEVEL_DATASETS, LEVEL_DTYPES, NOTE_FIELDS, PARTIAL_SUFFIX, SHARD_PATTERN,
+                                    SONG_ATTRS, SONG_DATASETS, SONG_FINGERPRINT, shard_number)
+from mapkit.datasets.store import (Entry, Store, attrs_checksum, attrs_dict, checksum_start, checksum_update,
+                                   feature_stats, old_schema_message)
+from mapkit.errors import StoreError
+from mapkit.preprocess.timebase import frame_of, frame_time, n_frames as count_frames, song_end_beat
 from mapkit.settings import FeatureSettings, TargetSettings
 
 #: Rows of a feature array read at once (placement: 4096 x 3 x 80 float16 = 1.9 MB).
@@ -133,27 +135,10 @@ MAX_PROBLEMS = 1000
 F16_U = 2.0 ** -11
 F16_SUBNORMAL_ERR = 2.0 ** -25
 
-#: The optional fingerprint dataset of a song (mapkit.extract.CHROMAPRINT; docs/store.md).
-SONG_FINGERPRINT = "chromaprint"
 
 #: Relative tolerance between stats.json and the stats recomputed from the stored float64 sums.
 STATS_RTOL = 1e-9
 
-#: Song attributes of DESIGN.md section 8 (plus the band sums stats.json is made from).
-SONG_ATTRS = ("n_frames", "pad_placement", "pad_selection", "sample_rate", "n_samples", "duration_s",
-              "audio_sha256", "source") + tuple(f"{s}_{k}" for s in FEATURE_STAGES for k in ("band_sum", "band_sumsq"))
-
-#: Datasets of a level (DESIGN.md section 8 and the targets layout: ``states`` [n, 12] too).
-GAP_NAMES = ("gap_prev_s", "gap_next_s", "gap_prev_beats", "gap_next_beats")
-LEVEL_DATASETS = ("frame_class", "notes", "states", "tokens", "token_frames") + GAP_NAMES + tuple(OBJECT_LEVEL_DTYPES)
-#: The dtype of each, as the public contract says (checked before any value is read as a number).
-LEVEL_DTYPES = {"frame_class": np.dtype(np.uint8), "notes": STORED_NOTE_DTYPE, "states": np.dtype(np.uint8),
-                "tokens": np.dtype(np.int32), "token_frames": np.dtype(np.int32),
-                **{name: np.dtype(np.float32) for name in GAP_NAMES}, **OBJECT_LEVEL_DTYPES}
-#: Feature arrays are float16 (DESIGN.md section 8).
-FEATURE_DTYPE = np.dtype(np.float16)
-#: Fields of the stored note record; those after ``beat`` are integers.
-NOTE_FIELDS = ("time_s", "beat", "frame", "column", "row", "color", "direction")
 #: Attributes of a level that are checked.
 LEVEL_ATTRS = ("n_frames", "audio_sha256", "features_settings_hash", "vocab_hash", "tempo_map", "end_beat")
 
@@ -235,7 +220,7 @@ class ValidationReport:
     def summary(self) -> str:
         """Human-readable: counts, one line per problem (up to :data:`MAX_PROBLEMS`), the verdict."""
         c = self.counts
-        from mapkit.datasets.runner import plural
+        from mapkit.datasets.names import plural
 
         lines = [f"store {self.store}: {plural(c.get('feature_shards', 0), 'feature shards')}, "
                  f"{plural(c.get('songs', 0), 'songs')}; {plural(c.get('target_shards', 0), 'target shards')}, "
@@ -314,7 +299,7 @@ def _scan_shards(store: Store, kind: str, report: ValidationReport, checksums: b
     for p in sorted(d.iterdir()):
         if SHARD_PATTERN.match(p.name):
             continue
-        if p.name.endswith(PARTIAL_SUFFIX) and _shard_number(p.name) is not None:
+        if p.name.endswith(PARTIAL_SUFFIX) and shard_number(p.name) is not None:
             report.warn("foreign_file", str(p), "incomplete shard left by a killed run (ignored by readers; "
                                                 "the next writing run deletes it)")
             report.counts["partial_files"] = report.counts.get("partial_files", 0) + 1
@@ -328,7 +313,7 @@ def _scan_shards(store: Store, kind: str, report: ValidationReport, checksums: b
         where = str(path)
         try:
             with h5py.File(path, "r") as f:
-                attrs = _attrs_dict(f.attrs)
+                attrs = attrs_dict(f.attrs)
                 ids = list(f[root].keys()) if root in f else []
                 if attrs.get("schema_version") == mapkit.SCHEMA_VERSION:
                     if checksums:
@@ -351,7 +336,7 @@ def _scan_shards(store: Store, kind: str, report: ValidationReport, checksums: b
             report.add("shard_attrs", where, f"shard kind {attrs.get('kind')!r} in {kind}/")
             continue
         settings = _settings_of(kind, attrs, report, where)
-        shards.append(_Shard(path, _shard_number(path.name), attrs, settings, ids))
+        shards.append(_Shard(path, shard_number(path.name), attrs, settings, ids))
     return shards
 
 
@@ -530,11 +515,11 @@ class _FeatureTotals:
 def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: ValidationReport,
                 totals: _FeatureTotals, block_rows: int, checksums: bool = True):
     """Every features check of one song group; returns ``(T, audio_sha256)`` or None."""
-    _check_members(g, FEATURE_STAGES + (SONG_FINGERPRINT,), where, report)
+    _check_members(g, SONG_DATASETS, where, report)
     if checksums:
         _check_attrs_checksum(g, where, report)
     _check_fingerprint(g, where, report, checksums)
-    attrs = _attrs_dict(g.attrs)
+    attrs = attrs_dict(g.attrs)
     missing = [k for k in SONG_ATTRS if k not in attrs]
     if missing:
         report.add("song_attrs", where, f"missing attributes {missing}", missing=missing)
@@ -707,16 +692,15 @@ def _check_stats(store: Store, totals: _FeatureTotals, settings_hash, report: Va
 
 def _load_vocab(store: Store, report: ValidationReport):
     """The store's Vocabulary, or None (reported) when it is missing or unreadable."""
-    from mapkit.preprocess.targets import Vocabulary
-
     where = str(store.vocab_path)
     try:
-        return Vocabulary.from_json(json.loads(store.vocab_path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
+        vocab = store.read_vocab(missing_ok=True)
+    except StoreError as e:
+        report.add("vocab", where, f"unreadable: {e.reason}")
+        return None
+    if vocab is None:
         report.add("vocab", where, "no vocab.json, but the store holds targets")
-    except Exception as e:  # noqa: BLE001 - any unreadable vocabulary is a finding
-        report.add("vocab", where, f"unreadable: {type(e).__name__}: {e}")
-    return None
+    return vocab
 
 
 def check_level_group(lg, where: str, song, report: ValidationReport, checksums: bool = True):
@@ -728,7 +712,7 @@ def check_level_group(lg, where: str, song, report: ValidationReport, checksums:
     """
     import h5py
 
-    from mapkit.build_targets import listed_difficulties, listed_quarantine
+    from mapkit.datasets.level_attrs import listed_difficulties, listed_quarantine
 
     _check_members(lg, None, where, report, datasets=False)
     groups = [lg] + [cg for cg in lg.values() if isinstance(cg, h5py.Group)]
@@ -802,7 +786,7 @@ def _integral(values: np.ndarray, name: str, where: str, check: str, report: Val
 
 
 def _check_dtypes(dg, where: str, report: ValidationReport):
-    """Every level dataset has the dtype of the public contract (DESIGN.md section 8)."""
+    """Every level dataset has the dtype of the public contract (docs/design.md §4)."""
     for name, expected in LEVEL_DTYPES.items():
         dtype = dg[name].dtype
         if dtype != expected:
@@ -874,9 +858,6 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
     A level without states (``[BOS, EOS]``) is the same under every
     vocabulary, so only levels with states must name the hash of ``vocab.json``.
     """
-    from mapkit.preprocess.targets import BOS, EOS, frame_class, note_states, song_end_beat, token_sequence
-    from mapkit.preprocess.tempo import TempoMap
-
     # only the attributes checked (a level has many): reading each costs
     attrs = {k: v.decode() if isinstance(v, bytes) else v
              for k in LEVEL_ATTRS if (v := dg.attrs.get(k)) is not None}
@@ -888,6 +869,21 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
         report.add("target_length", where, "no n_frames attribute")
         return 0
     T = int(attrs["n_frames"])
+    _check_level_song(attrs, T, song, features_hash, where, report)
+    _check_dtypes(dg, where, report)
+    n_notes, notes, notes_sound = _check_notes(dg, T, fps, where, report)
+    if notes is None:
+        return n_notes
+    state_frames, states, expected_states = _check_states(dg, notes, notes_sound, where, report)
+    raw_tokens = _check_tokens(dg, states, expected_states, vocab, vocab_hash, attrs, shard_vocab_hash, where, report)
+    _check_token_frames(dg, raw_tokens, state_frames, T, where, report)
+    tempo = _check_tempo_map(attrs, notes, where, report)
+    _check_gaps(dg, raw_tokens, tempo, notes, notes_sound, state_frames, attrs, T, fps, where, report)
+    return n_notes
+
+
+def _check_level_song(attrs: dict, T: int, song, features_hash, where: str, report: ValidationReport):
+    """The level's T, audio and feature settings against its song's stored features."""
     if song is None:
         report.add("targets_without_features", where, "no readable features stored for this song: a level is "
                                                       "unusable without them and its T and audio cannot be "
@@ -903,7 +899,13 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
         report.add("settings_hash", where, f"features_settings_hash {attrs['features_settings_hash']} but the "
                                            f"feature shards have {features_hash}",
                    stored=attrs["features_settings_hash"], expected=features_hash)
-    _check_dtypes(dg, where, report)
+
+
+def _check_notes(dg, T: int, fps: int, where: str, report: ValidationReport):
+    """``frame_class``'s length and the notes: fields, finite, sorted, on the grid, on their frames in [0, T), and
+    the frame classes they give. Returns ``(n_notes, notes or None, sound)``: the notes as a dict of float64
+    times/beats and int64 fields (None when they cannot be read as numbers), sound when every note check passed."""
+    from mapkit.preprocess.targets import frame_class
 
     fc = dg["frame_class"][()]
     if fc.shape != (T,):
@@ -914,17 +916,17 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
     names = set(raw_notes.dtype.names or ())
     if not set(NOTE_FIELDS) <= names:
         report.add("notes", where, f"notes have fields {sorted(names)}, not the stored note record")
-        return n_notes
+        return n_notes, None, False
     notes = {k: raw_notes[k].astype(np.float64) for k in ("time_s", "beat")}
     for k in NOTE_FIELDS[2:]:
         notes[k] = _integral(raw_notes[k], f"notes field {k}", where, "notes", report)
         if notes[k] is None:
-            return n_notes
+            return n_notes, None, False
     times, frames = notes["time_s"], notes["frame"]
     if not (np.all(np.isfinite(times)) and np.all(np.isfinite(notes["beat"]))):
         report.add("notes", where, f"{int((~np.isfinite(times)).sum() + (~np.isfinite(notes['beat'])).sum())} "
                                    "non-finite note times or beats")
-        return n_notes
+        return n_notes, None, False
     order = np.lexsort((notes["row"], notes["column"], times))
     notes_sound = np.array_equal(order, np.arange(n_notes))
     if not notes_sound:
@@ -955,8 +957,17 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
             report.add("frame_class", where, f"{diff.size} frames disagree with the notes; frame {f} holds class "
                                              f"{fc[f]}, its notes give {int(recomputed[f])}",
                        count=int(diff.size), frame=f, stored=fc[f].item(), from_notes=int(recomputed[f]))
+    return n_notes, notes, notes_sound
 
-    # --- states: the 12-cell grid of each note-bearing frame, grouped by the notes' frames
+
+def _check_states(dg, notes: dict, notes_sound: bool, where: str, report: ValidationReport):
+    """``states`` against the 12-cell grids the sound notes give, grouped by their frames.
+
+    Returns ``(state_frames, stored states or None, states from the notes or None)``.
+    """
+    from mapkit.preprocess.targets import note_states
+
+    frames = notes["frame"]
     state_frames = np.unique(frames)
     states = _integral(dg["states"][()], "states", where, "states", report)
     expected_states = None
@@ -977,8 +988,15 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
                                                 f"the notes give {int(expected_states[i, cell])}",
                                count=count, index=i, frame=int(state_frames[i]), cell=cell,
                                stored=int(states[i, cell]), from_notes=int(expected_states[i, cell]))
+    return state_frames, states, expected_states
 
-    # --- tokens
+
+def _check_tokens(dg, states, expected_states, vocab, vocab_hash, attrs: dict, shard_vocab_hash, where: str,
+                  report: ValidationReport):
+    """Tokens: whole numbers, BOS first, EOS last, no special token between, the vocabulary's encoding of the
+    states (those the notes give, else the stored ones), the vocabulary hash named. Returns the raw tokens."""
+    from mapkit.preprocess.targets import BOS, EOS, PAD
+
     raw_tokens = dg["tokens"][()]
     n_tok = len(raw_tokens)
     tokens = _integral(raw_tokens, "tokens", where, "tokens", report)
@@ -986,8 +1004,8 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
         if n_tok < 2 or tokens[0] != BOS or tokens[-1] != EOS:
             report.add("tokens", where, f"tokens must start with BOS {BOS} and end with EOS {EOS}, got "
                                         f"{tokens[:1].tolist()} ... {tokens[-1:].tolist()}", length=n_tok)
-        elif np.any(np.isin(tokens[1:-1], (0, BOS, EOS))):
-            i = 1 + int(np.flatnonzero(np.isin(tokens[1:-1], (0, BOS, EOS)))[0])
+        elif np.any(np.isin(tokens[1:-1], (PAD, BOS, EOS))):
+            i = 1 + int(np.flatnonzero(np.isin(tokens[1:-1], (PAD, BOS, EOS)))[0])
             report.add("tokens", where, f"PAD/BOS/EOS token {int(tokens[i])} inside the sequence at {i}", index=i)
     if tokens is not None and vocab is not None:
         bad = np.flatnonzero((tokens < 0) | (tokens >= len(vocab)))
@@ -1014,10 +1032,16 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
             if h is not None and str(h) != vocab_hash:
                 report.add("vocab_hash", where, f"{what} vocab_hash {h}, vocab.json has {vocab_hash}",
                            stored=str(h), expected=vocab_hash)
+    return raw_tokens
+
+
+def _check_token_frames(dg, raw_tokens, state_frames, T: int, where: str, report: ValidationReport):
+    """Token frames: one per token, strictly increasing, BOS on -1, EOS on T, the notes' frames between."""
+    n_tok = len(raw_tokens)
     token_frames = _integral(dg["token_frames"][()], "token_frames", where, "token_frames", report)
     if token_frames is None:
-        pass
-    elif token_frames.shape != raw_tokens.shape:
+        return
+    if token_frames.shape != raw_tokens.shape:
         report.add("token_frames", where, f"{len(token_frames)} token frames for {n_tok} tokens")
     else:
         steps = np.diff(token_frames)
@@ -1033,7 +1057,12 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
                                               "on other frames than the notes",
                        states=n_tok - 2, note_frames=int(len(state_frames)))
 
-    # --- tempo
+
+def _check_tempo_map(attrs: dict, notes: dict, where: str, report: ValidationReport):
+    """The tempo map reads and times every note's beat to its ``time_s``; None when it does not."""
+    from mapkit.preprocess.tempo import TempoMap
+
+    n_notes, times = len(notes["time_s"]), notes["time_s"]
     tempo = None
     try:
         tempo = TempoMap.from_json(json.loads(str(attrs["tempo_map"])))
@@ -1050,8 +1079,16 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
                                            f"by the tempo map, stored at {times[i]:.6f} s", index=i,
                        seconds_from_tempo=float(from_tempo[i]), time_s=float(times[i]))
             tempo = None  # a map that does not time the notes cannot time the song's end either
+    return tempo
 
-    # --- gaps: shapes, finiteness, and token_sequence recomputed from the notes and the song's end
+
+def _check_gaps(dg, raw_tokens, tempo, notes: dict, notes_sound: bool, state_frames, attrs: dict, T: int, fps: int,
+               where: str, report: ValidationReport):
+    """Gaps: one per token, finite, and :func:`token_sequence` recomputed from the notes, T and ``end_beat``
+    (the tempo map's beat of frame T - 1), within float32 rounding (:data:`GAP_RTOL`)."""
+    from mapkit.preprocess.targets import token_sequence
+
+    n_tok, times, frames = len(raw_tokens), notes["time_s"], notes["frame"]
     gaps_sound = True
     for name in GAP_NAMES:
         gap = dg[name][()]
@@ -1063,14 +1100,14 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
             report.add("gaps", where, f"{name} non-finite at token {i}: {gap[i]}", index=i)
             gaps_sound = False
     if tempo is None or not notes_sound:
-        return n_notes
+        return
     end_beat = song_end_beat(tempo, T, fps)  # as build-targets computes it
     stored_end = attrs.get("end_beat")
     if stored_end is None or not abs(float(stored_end) - end_beat) <= END_BEAT_RTOL * max(1.0, abs(end_beat)):
         report.add("gaps", where, f"end_beat attribute {stored_end}, the tempo map gives {end_beat!r} at the last "
                                   f"frame {T - 1}", stored=stored_end, expected=end_beat)
     if not gaps_sound:
-        return n_notes
+        return
     first = np.searchsorted(frames, state_frames, side="left")  # sorted notes: the earliest note of each frame
     expected_gaps = token_sequence(state_frames, np.zeros(len(state_frames), np.int32), times[first],
                                    notes["beat"][first], T, end_beat, fps)
@@ -1086,7 +1123,7 @@ def check_level(dg, where: str, song, vocab, vocab_hash, features_hash, fps: int
             report.add("gaps", where, f"{name}: {count} gaps differ from the notes' times; token {i} holds "
                                       f"{float(gap[i])!r}, the notes give {float(want[i])!r}",
                        gap=name, count=count, index=i, stored=float(gap[i]), from_notes=float(want[i]))
-    return n_notes
+
 
 
 # --- the store ---------------------------------------------------------------------------------------
@@ -1118,8 +1155,8 @@ class _UnkTotals:
         self.unk = self.states = 0
         self.worst = (0.0, "", 0, 0)  # share, level, UNK, states
         try:
-            self.val_songs = set(json.loads(store.vocab_path.read_text(encoding="utf-8")).get("val_songs") or ())
-        except (OSError, ValueError, AttributeError):
+            self.val_songs = set((store.read_vocab_json(missing_ok=True) or {}).get("val_songs") or ())
+        except (StoreError, AttributeError, TypeError):
             self.val_songs = set()
 
     def add(self, dg, level: str):
@@ -1137,7 +1174,7 @@ class _UnkTotals:
             self.worst = (n_unk / n, level, n_unk, n)
 
     def warn(self, report: ValidationReport, where: str):
-        from mapkit.build_targets import UNK_WARN_SHARE
+        from mapkit.datasets.vocab import UNK_WARN_SHARE
 
         share = self.unk / self.states if self.states else 0.0
         report.counts["unk_share"] = round(share, 6)
@@ -1186,28 +1223,13 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
     >>> report.ok, report.counts["songs"]  # doctest: +SKIP
     (True, 100)
     """
-    import h5py
-
     from mapkit.progress import progress_bar
 
     store = store if isinstance(store, Store) else Store(store)
     report = ValidationReport(str(store.root))
     report.counts.update({"feature_shards": 0, "target_shards": 0, "songs": 0, "levels": 0, "notes": 0, "objects": 0,
                           "superseded": 0, "partial_files": 0})
-    if not store.root.is_dir():
-        report.add("store", str(store.root), "not a folder" if store.root.exists() else "no such store folder")
-        report.counts.update(problems=report.n_problems, warnings=0)
-        return report
-    holder = store.writer_holding_lock()
-    if holder is not None:  # its shard in progress is not a killed run's leftover: check once it has finished
-        report.add("store", str(store.root), f"store is being written by {holder}; validate it when that run "
-                                             "has finished")
-        report.counts.update(problems=report.n_problems, warnings=0)
-        return report
-    if store.rebuild_journal_path.exists():  # vocab.json and the targets are between two states
-        report.add("store", str(store.rebuild_journal_path), "a committed build-targets --rebuild-vocab was "
-                                                             "interrupted before it finished: the next mapkit "
-                                                             "extract or build-targets on this store finishes it")
+    if _store_not_ready(store, report):
         report.counts.update(problems=report.n_problems, warnings=0)
         return report
 
@@ -1225,90 +1247,122 @@ def validate_store(store, progress: bool = True, block_rows: int = BLOCK_ROWS, c
     bar = progress_bar(total=len(songs_at) + len(levels_at), desc="validate", unit="song", file=sys.stderr,
                        disable=not progress, dynamic_ncols=True)
     try:
-        # Features, shard by shard, each song once (its newest copy).
-        totals = _FeatureTotals()
-        song_facts = {}  # song_id -> (T, audio_sha256): what the targets are checked against
-        for shard in feature_shards:
-            mine = [i for i in shard.ids if songs_at[i] is shard]
-            if not mine:
-                continue
-            settings = shard.settings or FeatureSettings()
-            try:
-                f = h5py.File(shard.path, "r", rdcc_nbytes=0)
-            except Exception as e:  # noqa: BLE001 - it opened in the first pass; report if it no longer does
-                report.add("shard_readable", str(shard.path), f"cannot read shard: {type(e).__name__}: {e}")
-                bar.update(len(mine))
-                continue
-            with f:
-                for song_id in mine:
-                    where = f"song {song_id} ({shard.path.name})"
-                    try:
-                        facts = _check_song(f[KIND_ROOTS["features"]][song_id], song_id, where, settings, report,
-                                            totals, block_rows, checksums)
-                    except Exception as e:  # noqa: BLE001 - a damaged song is a finding, the rest goes on
-                        report.add("shard_readable", where, f"cannot read song: {type(e).__name__}: {e}")
-                        totals.arrays_complete = False
-                        facts = None
-                    if facts is not None:
-                        song_facts[song_id] = facts
-                    report.counts["songs"] += 1
-                    bar.update(1)
+        totals, song_facts = _check_features(feature_shards, songs_at, report, bar, block_rows, checksums)
         if feature_shards or store.stats_path.exists():
             _check_stats(store, totals, features_hash, report)
 
-        # Targets.
-        if target_shards and not songs_at:
-            report.add("targets_without_features", str(store.shard_dir("features")),
-                       f"{len(target_shards)} target shards with {len(levels_at)} levels but no readable feature "
-                       "shards: the targets cannot be used or cross-checked (run mapkit extract)",
-                       target_shards=len(target_shards), levels=len(levels_at))
-        unk = _UnkTotals(store)
-        if target_shards:
-            vocab = _load_vocab(store, report)
-            vocab_hash = vocab.hash if vocab is not None else None
-            for shard in target_shards:
-                mine = [i for i in shard.ids if levels_at[i] is shard]
-                if not mine:
-                    continue
-                fps = shard.settings.fps if shard.settings is not None else TargetSettings().fps
-                try:
-                    f = h5py.File(shard.path, "r")
-                except Exception as e:  # noqa: BLE001
-                    report.add("shard_readable", str(shard.path), f"cannot read shard: {type(e).__name__}: {e}")
-                    bar.update(len(mine))
-                    continue
-                with f:
-                    for song_id in mine:
-                        try:
-                            lg = f[KIND_ROOTS["targets"]][song_id]
-                            check_level_group(lg, f"level {song_id} ({shard.path.name})", song_facts.get(song_id),
-                                              report, checksums)
-                            for name, dg in _walk_levels(lg):
-                                where = f"level {song_id}/{name} ({shard.path.name})"
-                                try:
-                                    _check_members(dg, LEVEL_DATASETS, where, report)
-                                    if checksums:
-                                        _check_attrs_checksum(dg, where, report)
-                                        for ds_name in LEVEL_DATASETS:
-                                            if ds_name in dg:
-                                                _check_data_checksum(dg[ds_name], None, where, report)
-                                    report.counts["notes"] += check_level(
-                                        dg, where, song_facts.get(song_id), vocab, vocab_hash, features_hash,
-                                        fps, report, shard_vocab_hash=shard.attrs.get("vocab_hash"))
-                                    report.counts["objects"] += _check_level_objects(dg, where, fps, report)
-                                    unk.add(dg, f"{song_id}/{name}")
-                                except Exception as e:  # noqa: BLE001 - a damaged level is a finding
-                                    report.add("shard_readable", where, f"cannot read level: {type(e).__name__}: {e}")
-                                report.counts["levels"] += 1
-                        except Exception as e:  # noqa: BLE001
-                            report.add("shard_readable", f"song {song_id} ({shard.path.name})",
-                                       f"cannot read levels: {type(e).__name__}: {e}")
-                        bar.update(1)
-        elif store.vocab_path.exists():
-            _load_vocab(store, report)  # still a finding when unreadable
-        unk.warn(report, str(store.root))
+        _check_targets(store, target_shards, levels_at, songs_at, song_facts, features_hash, report, bar, checksums)
     finally:
         bar.close()
     report.counts["problems"] = report.n_problems
     report.counts["warnings"] = len(report.warnings)
     return report
+
+
+def _store_not_ready(store: Store, report: ValidationReport) -> bool:
+    """True (reported) when there is no store folder, a run is writing it, or a --rebuild-vocab is half done."""
+    if not store.root.is_dir():
+        report.add("store", str(store.root), "not a folder" if store.root.exists() else "no such store folder")
+        return True
+    holder = store.writer_holding_lock()
+    if holder is not None:  # its shard in progress is not a killed run's leftover: check once it has finished
+        report.add("store", str(store.root), f"store is being written by {holder}; validate it when that run "
+                                             "has finished")
+        return True
+    if store.rebuild_journal_path.exists():  # vocab.json and the targets are between two states
+        report.add("store", str(store.rebuild_journal_path), "a committed build-targets --rebuild-vocab was "
+                                                             "interrupted before it finished: the next mapkit "
+                                                             "extract or build-targets on this store finishes it")
+        return True
+    return False
+
+
+def _check_features(feature_shards, songs_at: dict, report: ValidationReport, bar, block_rows: int, checksums: bool):
+    """Every song, shard by shard, each once (its newest copy); ``(totals for the stats, {song_id: (T, audio)})``."""
+    import h5py
+
+    totals = _FeatureTotals()
+    song_facts = {}  # song_id -> (T, audio_sha256): what the targets are checked against
+    for shard in feature_shards:
+        mine = [i for i in shard.ids if songs_at[i] is shard]
+        if not mine:
+            continue
+        settings = shard.settings or FeatureSettings()
+        try:
+            f = h5py.File(shard.path, "r", rdcc_nbytes=0)
+        except Exception as e:  # noqa: BLE001 - it opened in the first pass; report if it no longer does
+            report.add("shard_readable", str(shard.path), f"cannot read shard: {type(e).__name__}: {e}")
+            bar.update(len(mine))
+            continue
+        with f:
+            for song_id in mine:
+                where = f"song {song_id} ({shard.path.name})"
+                try:
+                    facts = _check_song(f[KIND_ROOTS["features"]][song_id], song_id, where, settings, report,
+                                        totals, block_rows, checksums)
+                except Exception as e:  # noqa: BLE001 - a damaged song is a finding, the rest goes on
+                    report.add("shard_readable", where, f"cannot read song: {type(e).__name__}: {e}")
+                    totals.arrays_complete = False
+                    facts = None
+                if facts is not None:
+                    song_facts[song_id] = facts
+                report.counts["songs"] += 1
+                bar.update(1)
+    return totals, song_facts
+
+
+def _check_targets(store: Store, target_shards, levels_at: dict, songs_at: dict, song_facts: dict, features_hash,
+                   report: ValidationReport, bar, checksums: bool):
+    """Every level, shard by shard, each once (its newest copy), against its song's facts and the vocabulary."""
+    import h5py
+
+    if target_shards and not songs_at:
+        report.add("targets_without_features", str(store.shard_dir("features")),
+                   f"{len(target_shards)} target shards with {len(levels_at)} levels but no readable feature "
+                   "shards: the targets cannot be used or cross-checked (run mapkit extract)",
+                   target_shards=len(target_shards), levels=len(levels_at))
+    unk = _UnkTotals(store)
+    if target_shards:
+        vocab = _load_vocab(store, report)
+        vocab_hash = vocab.hash if vocab is not None else None
+        for shard in target_shards:
+            mine = [i for i in shard.ids if levels_at[i] is shard]
+            if not mine:
+                continue
+            fps = shard.settings.fps if shard.settings is not None else TargetSettings().fps
+            try:
+                f = h5py.File(shard.path, "r")
+            except Exception as e:  # noqa: BLE001
+                report.add("shard_readable", str(shard.path), f"cannot read shard: {type(e).__name__}: {e}")
+                bar.update(len(mine))
+                continue
+            with f:
+                for song_id in mine:
+                    try:
+                        lg = f[KIND_ROOTS["targets"]][song_id]
+                        check_level_group(lg, f"level {song_id} ({shard.path.name})", song_facts.get(song_id),
+                                          report, checksums)
+                        for name, dg in _walk_levels(lg):
+                            where = f"level {song_id}/{name} ({shard.path.name})"
+                            try:
+                                _check_members(dg, LEVEL_DATASETS, where, report)
+                                if checksums:
+                                    _check_attrs_checksum(dg, where, report)
+                                    for ds_name in LEVEL_DATASETS:
+                                        if ds_name in dg:
+                                            _check_data_checksum(dg[ds_name], None, where, report)
+                                report.counts["notes"] += check_level(
+                                    dg, where, song_facts.get(song_id), vocab, vocab_hash, features_hash,
+                                    fps, report, shard_vocab_hash=shard.attrs.get("vocab_hash"))
+                                report.counts["objects"] += _check_level_objects(dg, where, fps, report)
+                                unk.add(dg, f"{song_id}/{name}")
+                            except Exception as e:  # noqa: BLE001 - a damaged level is a finding
+                                report.add("shard_readable", where, f"cannot read level: {type(e).__name__}: {e}")
+                            report.counts["levels"] += 1
+                    except Exception as e:  # noqa: BLE001
+                        report.add("shard_readable", f"song {song_id} ({shard.path.name})",
+                                   f"cannot read levels: {type(e).__name__}: {e}")
+                    bar.update(1)
+    elif store.vocab_path.exists():
+        _load_vocab(store, report)  # still a finding when unreadable
+    unk.warn(report, str(store.root))

@@ -1,4 +1,4 @@
-"""Decode, downmix and resample song audio (DESIGN.md section 2).
+"""Decode, downmix and resample song audio (docs/design.md §2).
 
 Audio is decoded with soundfile (libsndfile: WAV, FLAC, MP3, Ogg) except Ogg
 Vorbis (``.egg``/``.ogg``, nearly every level's song), which miniaudio
@@ -41,7 +41,6 @@ import zlib
 
 import numpy as np
 
-from mapkit.audio_out import _REFLECT_BYTE
 from mapkit.errors import AudioError
 
 #: Frames decoded per soundfile call: large enough that call overhead vanishes,
@@ -121,11 +120,17 @@ def _truncation(extra_info: str) -> str | None:
     return None
 
 
-def _page_crc(page: memoryview) -> int:
-    """Ogg CRC of one page (its CRC field taken as zero).
+# Ogg page CRC: polynomial 0x04C11DB7, not reflected, init 0, no final xor. zlib's CRC-32 is the
+# reflected form of the same polynomial, so reflect bytes in and the 32-bit result out.
+_REFLECT_BYTE = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
-    The same CRC as :func:`mapkit.audio_out._ogg_crc`, without zeroing a copy of the page: zlib's
-    reflected CRC-32 runs over the bit-reflected bytes in three pieces, the four CRC bytes as zeros.
+
+def ogg_page_crc(page) -> int:
+    """Ogg CRC of one page (bytes or memoryview), its CRC field (bytes 22-25) taken as zero.
+
+    Reading checks pages with it and writing (:mod:`mapkit.writers.ogg`) seals them: zlib's reflected
+    CRC-32 runs over the bit-reflected bytes in three pieces, the four CRC bytes as zeros, without
+    zeroing a copy of the page.
     """
     reflected = bytes(page).translate(_REFLECT_BYTE)
     crc = zlib.crc32(reflected[:22], 0xFFFFFFFF)
@@ -172,7 +177,7 @@ def ogg_stream_state(data: bytes) -> tuple[str | None, str | None]:
         end = pos + _OGG_HEADER + len(segments) + sum(segments)
         if end > n:
             return f"truncated: the Ogg page at byte {pos} is cut short ({n - pos} of its {end - pos} bytes)", None
-        if _page_crc(view[pos:end]) != int.from_bytes(data[pos + 22: pos + 26], "little"):
+        if ogg_page_crc(view[pos:end]) != int.from_bytes(data[pos + 22: pos + 26], "little"):
             return f"corrupt: the Ogg page at byte {pos} fails its checksum (its samples would be lost)", None
         last_flags, pos = data[pos + 5], end
     if last_flags is not None and not last_flags & _OGG_EOS:
@@ -200,7 +205,7 @@ def _downmix_into(block: np.ndarray, out: np.ndarray) -> None:
     """Mean of the channels of ``block`` [n, channels] written into ``out`` [n].
 
     Column sums, not ``block.mean(axis=1)``: the row-wise reduction over a
-    2-column array is ~10x slower (DESIGN.md section 9).
+    2-column array is ~10x slower (docs/design.md §10).
     """
     channels = block.shape[1]
     if channels == 1:

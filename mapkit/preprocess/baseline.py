@@ -7,7 +7,7 @@ them: the inverse of the piecewise-linear quantile function, with ties
 (a run of equal percentiles, e.g. many levels with 0 parity errors) placed
 at the middle of the run, so the median of the baseline is at 50 and a value
 is flagged only when it lies outside the human ``[5, 95]`` band. Pure
-functions; reading and writing the JSON file is :mod:`mapkit.evaluate`'s.
+functions; reading and writing the JSON file is :mod:`mapkit.runs.evaluate`'s.
 """
 
 from __future__ import annotations

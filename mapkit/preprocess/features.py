@@ -1,4 +1,4 @@
-"""Log-mel features of both stages on the one frame grid (DESIGN.md sections 1, 2, 9).
+"""Log-mel features of both stages on the one frame grid (docs/design.md §§1, 2, 10).
 
 Every feature frame ``f`` is the Hann-windowed FFT centred on ``t = f / 100`` s,
 i.e. on sample ``f * hop`` of the signal at the stage's sample rate, with
@@ -8,7 +8,7 @@ frames, counted from its ORIGINAL sample count and rate; after resampling, a
 centred STFT could give one frame more or less, so frames are computed on the
 grid ``0 .. T-1`` directly instead of cropping an STFT.
 
-Speed without losing exactness (DESIGN.md section 9): frames are processed in
+Speed without losing exactness (docs/design.md §10): frames are processed in
 blocks of about 2 MB (cache-sized), in float32, with ``scipy.fft``; the mel projection is a few dense products, each over
 the band of FFT bins its group of filters touches (:func:`mel_bands`), read
 straight from the squared spectrum (no transposed copies). The result
@@ -332,7 +332,7 @@ def band_sums(features: np.ndarray) -> dict:
 
 @dataclass
 class SongFeatures:
-    """Everything the store keeps of one song (DESIGN.md section 8).
+    """Everything the store keeps of one song (docs/design.md §4).
 
     ``placement`` [T+14, 3, 80] and ``selection`` [T+2, 100] are float16,
     padded with the silence value. ``band_sums`` maps ``"placement"`` and

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mapkit.settings import _Settings
+from mapkit.settings import Settings
 
 #: Chromaprint analyses audio at this rate; feeding it this rate skips its own (slower) resampler.
 CHROMAPRINT_RATE = 11025
@@ -127,7 +127,7 @@ def fingerprint(y: np.ndarray, sr: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class MatchRule(_Settings):
+class MatchRule(Settings):
     """When two fingerprints are the same recording (see the module docstring for the rule)."""
 
     KIND = "fingerprint-match"

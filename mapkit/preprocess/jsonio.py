@@ -1,4 +1,4 @@
-"""Level files as bytes -> JSON, safely (formats.md 1.1 and 1.12).
+"""Level files as bytes -> JSON, safely (docs/formats.md §1.1 and 1.12).
 
 Gzip (magic ``1f 8b``; decompressed in bounded steps, at most the JSON cap of
 :mod:`mapkit.preprocess.limits`), UTF-8 with or without BOM, UTF-16/32 with BOM (or

@@ -1,4 +1,4 @@
-"""Exact level reading for every Beat Saber format (DESIGN.md sections 1 and 3, formats.md part 1).
+"""Exact level reading for every Beat Saber format (docs/design.md §§1 and 3, docs/formats.md part 1).
 
 :func:`read_level` reads a level folder or BeatSaver ``.zip`` (without
 unpacking it) into a :class:`Level`: the info file's facts and, per
@@ -82,19 +82,16 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from mapkit.errors import LevelError
+from mapkit.errors import LevelError, TempoError
 from mapkit.preprocess.container import LevelContainer
+from mapkit.preprocess.difficulties import canonical_difficulty
 from mapkit.preprocess.jsonio import load_json_bytes
 from mapkit.preprocess.notes import BOMB, N_COLUMNS, N_DIRECTIONS, N_ROWS, NOTE_DTYPE, sort_notes
-from mapkit.preprocess.tempo import TempoError, TempoMap
+from mapkit.preprocess.tempo import TempoMap
 from mapkit.settings import TargetSettings
-
-#: Canonical difficulty names, easiest first.
-DIFFICULTIES = ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")
 
 #: Drop reasons, in the order they are checked.
 DROP_REASONS = ("fake", "modded_data", "missing_field", "bad_value", "non_finite", "unknown_type", "fractional_position",
@@ -110,39 +107,9 @@ MODDED_NOTE_KEYS_V3 = ("coordinates", "animation", "worldRotation", "localRotati
 #: Requirements that change what a note's fields mean: such difficulties are quarantined.
 MODDED_REQUIREMENTS = ("mapping extensions", "noodle extensions")
 
-_DIFFICULTY_ALIASES = {
-    "easy": "Easy",
-    "normal": "Normal",
-    "hard": "Hard",
-    "expert": "Expert",
-    "expertplus": "ExpertPlus",
-    "expert+": "ExpertPlus",
-    "ex+": "ExpertPlus",
-}
-
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _VERSION_RE = re.compile(r"\d+")
-_MISSING = object()
-
-
-def canonical_difficulty(name: str) -> str:
-    """The canonical difficulty name: ``"Expert+"``, ``"expertplus"``, ``"Expert Plus"`` -> ``"ExpertPlus"``.
-
-    Case, spaces, ``_`` and ``-`` are ignored.
-
-    Raises
-    ------
-    ValueError
-        ``name`` is not one of Easy, Normal, Hard, Expert, ExpertPlus (or an alias).
-
-    >>> canonical_difficulty("Expert+"), canonical_difficulty("expertplus"), canonical_difficulty(" hard ")
-    ('ExpertPlus', 'ExpertPlus', 'Hard')
-    """
-    key = re.sub(r"[\s_\-]", "", str(name)).lower()
-    try:
-        return _DIFFICULTY_ALIASES[key]
-    except KeyError:
-        raise ValueError(f"unknown difficulty name {name!r}") from None
+MISSING = object()
 
 
 def _major(version) -> str | None:
@@ -153,7 +120,7 @@ def _major(version) -> str | None:
     return m.group(0) if m else None
 
 
-def _strict_number(value):
+def strict_number(value):
     """``(float, was_string)`` for a JSON number or a strictly numeric string; ``(None, ...)`` otherwise."""
     if isinstance(value, bool):
         return None, False
@@ -167,7 +134,7 @@ def _strict_number(value):
     return None, isinstance(value, str)
 
 
-def _as_list(doc: dict, key: str, where: str) -> list:
+def as_list(doc: dict, key: str, where: str) -> list:
     """``doc[key]`` as a list; absent or null -> []; any other type is corruption."""
     value = doc.get(key)
     if value is None:
@@ -177,7 +144,7 @@ def _as_list(doc: dict, key: str, where: str) -> list:
     return value
 
 
-def _as_dict(value) -> dict:
+def as_dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
@@ -191,13 +158,13 @@ _ANY_TYPE, _COLOUR_TYPE, _BOMB_TYPE = 0, 1, 2
 _V2_NOT_AN_OBJECT = {"_time": None, "_lineIndex": 0, "_lineLayer": 0, "_type": 0, "_cutDirection": 0}
 _V3_NOT_AN_OBJECT = {"b": None}
 
-# How a raw field parsed (see _number_column)
-_NUMBER, _STRING, _BAD, _ABSENT = 0, 1, 2, 3
+# How a raw field parsed (see number_column)
+_NUMBER, _STRING, BAD, ABSENT = 0, 1, 2, 3
 
 
 @dataclass
 class _RawNotes:
-    """A file's notes as columns of raw JSON values (``_MISSING`` when absent), in file order.
+    """A file's notes as columns of raw JSON values (``MISSING`` when absent), in file order.
 
     ``type`` is the v2 ``_type``, the v3/v4 colour ``c``, or BOMB for v3/v4
     bombs; ``fake`` flags Noodle Extensions fakes; ``kind`` says which types
@@ -230,9 +197,9 @@ class _RawNotes:
 
 
 def _v2_notes(doc: dict, where: str) -> _RawNotes:
-    notes = [n if isinstance(n, dict) else _V2_NOT_AN_OBJECT for n in _as_list(doc, "_notes", where)]
+    notes = [n if isinstance(n, dict) else _V2_NOT_AN_OBJECT for n in as_list(doc, "_notes", where)]
     raw = _RawNotes()
-    raw.extend(*([n.get(key, _MISSING) for n in notes]
+    raw.extend(*([n.get(key, MISSING) for n in notes]
                  for key in ("_time", "_lineIndex", "_lineLayer", "_type", "_cutDirection")),
                fake=[isinstance(c := n.get("_customData"), dict) and c.get("_fake") is True for n in notes],
                kind=_ANY_TYPE, modded=[_has_modded_data(n.get("_customData"), MODDED_NOTE_KEYS_V2) for n in notes])
@@ -245,14 +212,14 @@ def _has_modded_data(custom, keys) -> bool:
 
 
 def _v3_notes(doc: dict, where: str) -> _RawNotes:
-    custom = _as_dict(doc.get("customData"))
+    custom = as_dict(doc.get("customData"))
     raw = _RawNotes()
     for fake, color_key, bomb_key in ((False, "colorNotes", "bombNotes"), (True, "fakeColorNotes", "fakeBombNotes")):
         src = doc if not fake else custom
-        colour = [n if isinstance(n, dict) else _V3_NOT_AN_OBJECT for n in _as_list(src, color_key, where)]
+        colour = [n if isinstance(n, dict) else _V3_NOT_AN_OBJECT for n in as_list(src, color_key, where)]
         raw.extend(*([n.get(key, 0) for n in colour] for key in "bxycd"), fake=fake, kind=_COLOUR_TYPE,
                    modded=[_has_modded_data(n.get("customData"), MODDED_NOTE_KEYS_V3) for n in colour])
-        bombs = [n if isinstance(n, dict) else _V3_NOT_AN_OBJECT for n in _as_list(src, bomb_key, where)]
+        bombs = [n if isinstance(n, dict) else _V3_NOT_AN_OBJECT for n in as_list(src, bomb_key, where)]
         raw.extend(*([n.get(key, 0) for n in bombs] for key in "bxy"), [BOMB] * len(bombs), [0] * len(bombs),
                    fake=fake, kind=_BOMB_TYPE,
                    modded=[_has_modded_data(n.get("customData"), MODDED_NOTE_KEYS_V3) for n in bombs])
@@ -269,19 +236,19 @@ def _v4_index(obj: dict, key: str, data: list, array: str, k: int, where: str) -
 
 
 def _v4_notes(doc: dict, where: str) -> _RawNotes:
-    color_data = _as_list(doc, "colorNotesData", where)
-    bomb_data = _as_list(doc, "bombNotesData", where)
+    color_data = as_list(doc, "colorNotesData", where)
+    bomb_data = as_list(doc, "bombNotesData", where)
     raw = _RawNotes()
     rows = []
-    for k, n in enumerate(_as_list(doc, "colorNotes", where)):
-        n = _as_dict(n)
+    for k, n in enumerate(as_list(doc, "colorNotes", where)):
+        n = as_dict(n)
         d = _v4_index(n, "i", color_data, "colorNotes", k, where)
         rows.append((n.get("b", 0), d.get("x", 0), d.get("y", 0), d.get("c", 0), d.get("d", 0)))
     if rows:
         raw.extend(*map(list, zip(*rows)), fake=False, kind=_COLOUR_TYPE)
     rows = []
-    for k, n in enumerate(_as_list(doc, "bombNotes", where)):
-        n = _as_dict(n)
+    for k, n in enumerate(as_list(doc, "bombNotes", where)):
+        n = as_dict(n)
         d = _v4_index(n, "i", bomb_data, "bombNotes", k, where)
         rows.append((n.get("b", 0), d.get("x", 0), d.get("y", 0), BOMB, 0))
     if rows:
@@ -291,17 +258,17 @@ def _v4_notes(doc: dict, where: str) -> _RawNotes:
               ("arcs", (("hi", "colorNotesData"), ("ti", "colorNotesData"), ("ai", "arcsData"))),
               ("chains", (("i", "colorNotesData"), ("ci", "chainsData"))))
     for array, keys in checks:
-        for k, obj in enumerate(_as_list(doc, array, where)):
+        for k, obj in enumerate(as_list(doc, array, where)):
             for key, data_name in keys:
-                _v4_index(_as_dict(obj), key, _as_list(doc, data_name, where), array, k, where)
+                _v4_index(as_dict(obj), key, as_list(doc, data_name, where), array, k, where)
     return raw
 
 
-def _number_column(values: list) -> tuple[np.ndarray, np.ndarray]:
-    """Raw JSON values -> (float64 values, how each parsed: ``_NUMBER``, ``_STRING``, ``_BAD``, ``_ABSENT``).
+def number_column(values: list) -> tuple[np.ndarray, np.ndarray]:
+    """Raw JSON values -> (float64 values, how each parsed: ``_NUMBER``, ``_STRING``, ``BAD``, ``ABSENT``).
 
-    Numbers (not bools) and strictly numeric strings (see :func:`_strict_number`)
-    are values; anything else is NaN with state ``_BAD``, or ``_ABSENT`` for ``_MISSING``.
+    Numbers (not bools) and strictly numeric strings (see :func:`strict_number`)
+    are values; anything else is NaN with state ``BAD``, or ``ABSENT`` for ``MISSING``.
     """
     if set(map(type, values)) <= {int, float}:  # the usual case: plain JSON numbers
         try:
@@ -311,12 +278,12 @@ def _number_column(values: list) -> tuple[np.ndarray, np.ndarray]:
     nums = np.full(len(values), np.nan)
     states = np.empty(len(values), dtype=np.int8)
     for i, v in enumerate(values):
-        if v is _MISSING:
-            states[i] = _ABSENT
+        if v is MISSING:
+            states[i] = ABSENT
             continue
-        num, was_string = _strict_number(v)
+        num, was_string = strict_number(v)
         if num is None:
-            states[i] = _BAD
+            states[i] = BAD
         else:
             nums[i], states[i] = num, _STRING if was_string else _NUMBER
     return nums, states
@@ -333,7 +300,7 @@ def _is_bomb(kind: np.ndarray, typ: np.ndarray) -> np.ndarray:
 
 def _count_bombs(raw_notes: _RawNotes) -> int:
     """Bombs as read (dropped ones included)."""
-    return int(_is_bomb(np.array(raw_notes.kind, dtype=np.int8), _number_column(raw_notes.type)[0]).sum())
+    return int(_is_bomb(np.array(raw_notes.kind, dtype=np.int8), number_column(raw_notes.type)[0]).sum())
 
 
 def normalise_notes(raw_notes: _RawNotes, tempo: TempoMap):
@@ -360,7 +327,7 @@ def normalise_notes(raw_notes: _RawNotes, tempo: TempoMap):
         counted on notes whose fields are all present and numeric.
     """
     (beat, x, y, typ, direction), states = zip(*(
-        _number_column(c) for c in (raw_notes.beat, raw_notes.x, raw_notes.y, raw_notes.type, raw_notes.direction)))
+        number_column(c) for c in (raw_notes.beat, raw_notes.x, raw_notes.y, raw_notes.type, raw_notes.direction)))
     states = np.stack(states)
     fake = np.array(raw_notes.fake, dtype=bool)
     modded = np.array(raw_notes.modded, dtype=bool) if len(raw_notes.modded) == len(fake) else np.zeros_like(fake)
@@ -377,8 +344,8 @@ def normalise_notes(raw_notes: _RawNotes, tempo: TempoMap):
         good_direction = _is_integer(direction) & (direction >= 0) & (direction < N_DIRECTIONS)
     checks = (("fake", fake),
               ("modded_data", modded),
-              ("missing_field", (states == _ABSENT).any(axis=0)),
-              ("bad_value", (states == _BAD).any(axis=0)),
+              ("missing_field", (states == ABSENT).any(axis=0)),
+              ("bad_value", (states == BAD).any(axis=0)),
               ("non_finite", ~finite),
               ("unknown_type", ~allowed),
               ("off_grid", fractional & placement_ext),
@@ -554,7 +521,7 @@ def _requirements(*customs) -> list[str]:
     """The mod requirements of custom-data dicts; one written as a string instead of a list counts too."""
     out = []
     for c in customs:
-        c = _as_dict(c)
+        c = as_dict(c)
         for key in ("_requirements", "requirements"):
             reqs = c.get(key)
             if isinstance(reqs, str):
@@ -567,24 +534,24 @@ def _requirements(*customs) -> list[str]:
 def _info_entries(info: dict, major: str, where: str) -> list[_Entry]:
     entries = []
     if major == "1":
-        for d in _as_list(info, "difficultyLevels", where):
-            d = _as_dict(d)
+        for d in as_list(info, "difficultyLevels", where):
+            d = as_dict(d)
             entries.append(_Entry(str(d.get("characteristic") or "Standard"), str(d.get("difficulty")),
                                   d.get("jsonPath"), None, _requirements(d.get("customData"))))
     elif major == "4":
         level_reqs = _requirements(info.get("customData"))
-        for d in _as_list(info, "difficultyBeatmaps", where):
-            d = _as_dict(d)
+        for d in as_list(info, "difficultyBeatmaps", where):
+            d = as_dict(d)
             entries.append(_Entry(str(d.get("characteristic", "Standard")), str(d.get("difficulty")),
                                   d.get("beatmapDataFilename"), d.get("noteJumpMovementSpeed"),
                                   level_reqs + _requirements(d.get("customData")), d.get("lightshowDataFilename")))
     else:
         level_reqs = _requirements(info.get("_customData"))
-        for s in _as_list(info, "_difficultyBeatmapSets", where):
-            s = _as_dict(s)
+        for s in as_list(info, "_difficultyBeatmapSets", where):
+            s = as_dict(s)
             name = str(s.get("_beatmapCharacteristicName", "Standard"))
-            for d in _as_list(s, "_difficultyBeatmaps", where):
-                d = _as_dict(d)
+            for d in as_list(s, "_difficultyBeatmaps", where):
+                d = as_dict(d)
                 entries.append(_Entry(name, str(d.get("_difficulty")), d.get("_beatmapFilename"),
                                       d.get("_noteJumpMovementSpeed"),
                                       level_reqs + _requirements(d.get("_customData"))))
@@ -648,7 +615,7 @@ def level_file_names(container: LevelContainer, characteristic: str | None = "St
                if want_all or e.characteristic.lower() == str(characteristic).lower()]
     wanted = [e.filename for e in entries] + [e.lightshow for e in entries if e.lightshow]
     if sniffed == "4":
-        wanted.append(_as_dict(info.get("audio")).get("audioDataFilename"))
+        wanted.append(as_dict(info.get("audio")).get("audioDataFilename"))
     for name in wanted:
         real = container.find(name) if isinstance(name, str) and name else None
         if real is not None:
@@ -674,7 +641,7 @@ _V3_V4_KEYS = ("colorNotes", "bombNotes", "obstacles")
 
 
 def _sniff_difficulty(doc: dict, legacy: bool, declared_major: str | None) -> str | None:
-    """Format major from the keys (formats.md 1.7); ``None`` when the keys say nothing."""
+    """Format major from the keys (docs/formats.md §1.7); ``None`` when the keys say nothing."""
     if any(k in doc for k in _V4_KEYS):
         return "4"
     if any(k in doc for k in _V3_KEYS):
@@ -694,7 +661,7 @@ def _sniff_difficulty(doc: dict, legacy: bool, declared_major: str | None) -> st
 
 
 def _finite_number(value, what: str, where: str) -> float:
-    num, _ = _strict_number(value)
+    num, _ = strict_number(value)
     if num is None or not math.isfinite(num):
         raise LevelError(where, f"{what} is not a finite number: {value!r}")
     return num
@@ -708,11 +675,11 @@ def _read_regions(container: LevelContainer, name: str, base_bpm: float) -> Temp
         raise LevelError(where, "audio data file is not a JSON object")
     if "_regions" in doc:
         regions = [(r.get("_startSampleIndex", 0), r.get("_endSampleIndex", 0), r.get("_startBeat", 0),
-                    r.get("_endBeat", 0)) for r in map(_as_dict, _as_list(doc, "_regions", where))]
+                    r.get("_endBeat", 0)) for r in map(as_dict, as_list(doc, "_regions", where))]
         rate = doc.get("_songFrequency", 0)
     else:
         regions = [(r.get("si", 0), r.get("ei", 0), r.get("sb", 0), r.get("eb", 0))
-                   for r in map(_as_dict, _as_list(doc, "bpmData", where))]
+                   for r in map(as_dict, as_list(doc, "bpmData", where))]
         rate = doc.get("songFrequency", 0)
     try:
         return TempoMap.from_regions(base_bpm, regions, rate)
@@ -726,17 +693,17 @@ def _editor_bpm_changes(doc: dict, major: str) -> list[dict]:
     """Editor-only BPM changes (they do not move notes), for reports."""
     out = []
     if major == "3":
-        for c in map(_as_dict, _as_list(_as_dict(doc.get("customData")), "BPMChanges", "-")):
+        for c in map(as_dict, as_list(as_dict(doc.get("customData")), "BPMChanges", "-")):
             out.append({"beat": c.get("b"), "bpm": c.get("m"), "source": "customData.BPMChanges"})
         return out
-    custom = _as_dict(doc.get("_customData"))
+    custom = as_dict(doc.get("_customData"))
     sources = ((custom, "_BPMChanges", "_BPM", "_customData._BPMChanges"),
                (custom, "_bpmChanges", "_bpm", "_customData._bpmChanges"),
                (doc, "_BPMChanges", "_BPM", "_BPMChanges"))
     for where, key, bpm_key, name in sources:
         value = where.get(key)
         if isinstance(value, list):
-            for c in map(_as_dict, value):
+            for c in map(as_dict, value):
                 out.append({"beat": c.get("_time"), "bpm": c.get(bpm_key), "source": name})
     return out
 
@@ -772,7 +739,7 @@ def _read_difficulty(container, entry: _Entry, diff: Difficulty, level_bpm: floa
 
     if sniffed in ("1", "2"):
         raw = _v2_notes(doc, where)
-        obstacles, arcs, chains = (len(_as_list(doc, k, where)) for k in ("_obstacles", "_sliders", "_chains"))
+        obstacles, arcs, chains = (len(as_list(doc, k, where)) for k in ("_obstacles", "_sliders", "_chains"))
         base = level_bpm
         if sniffed == "1":
             if "_beatsPerMinute" in doc:
@@ -782,15 +749,15 @@ def _read_difficulty(container, entry: _Entry, diff: Difficulty, level_bpm: floa
                                     f"the difficulty's own BPM times its beats")
             else:
                 warnings.append("legacy difficulty file has no _beatsPerMinute; info BPM used")
-            if _strict_number(doc.get("_shuffle", 0))[0] not in (0, None):
+            if strict_number(doc.get("_shuffle", 0))[0] not in (0, None):
                 warnings.append(f"_shuffle {doc.get('_shuffle')!r} is non-zero (deprecated swing, ignored)")
             if diff.njs is None and doc.get("_noteJumpSpeed") is not None:
-                diff.njs = _strict_number(doc.get("_noteJumpSpeed"))[0]
+                diff.njs = strict_number(doc.get("_noteJumpSpeed"))[0]
         # thousands of light events: their types are gathered in one pass, only BPM events visited
-        events = [e for e in _as_list(doc, "_events", where) if isinstance(e, dict)]
+        events = [e for e in as_list(doc, "_events", where) if isinstance(e, dict)]
         etypes = [e.get("_type") for e in events]
         if not set(map(type, etypes)) <= {int}:  # floats, numeric strings, junk: parsed strictly
-            etypes = [_strict_number(t)[0] for t in etypes]
+            etypes = [strict_number(t)[0] for t in etypes]
         n_type10 = etypes.count(10)
         tempo_events = []
         for e in (events[i] for i, t in enumerate(etypes) if t == 100) if 100 in etypes else ():
@@ -802,17 +769,17 @@ def _read_difficulty(container, entry: _Entry, diff: Difficulty, level_bpm: floa
         tempo = TempoMap.from_bpm_events(base, tempo_events) if tempo_events else TempoMap.constant(base)
     elif sniffed == "3":
         raw = _v3_notes(doc, where)
-        obstacles, arcs, chains = (len(_as_list(doc, k, where)) for k in ("obstacles", "sliders", "burstSliders"))
-        events = [_as_dict(e) for e in _as_list(doc, "bpmEvents", where)]
+        obstacles, arcs, chains = (len(as_list(doc, k, where)) for k in ("obstacles", "sliders", "burstSliders"))
+        events = [as_dict(e) for e in as_list(doc, "bpmEvents", where)]
         tempo_events = [(e.get("b", 0), e.get("m", 0)) for e in events]
         tempo = TempoMap.from_bpm_events(level_bpm, tempo_events) if tempo_events else TempoMap.constant(level_bpm)
     else:
         raw = _v4_notes(doc, where)
-        obstacles, arcs, chains = (len(_as_list(doc, k, where)) for k in ("obstacles", "arcs", "chains"))
+        obstacles, arcs, chains = (len(as_list(doc, k, where)) for k in ("obstacles", "arcs", "chains"))
         if isinstance(regions_tempo, Exception):
             raise regions_tempo
         tempo = regions_tempo if regions_tempo is not None else TempoMap.constant(level_bpm)
-        if _as_list(doc, "bpmEvents", where):
+        if as_list(doc, "bpmEvents", where):
             warnings.append("v4 beatmap has bpmEvents (deprecated): ignored, the audio data regions time it")
     warnings.extend(tempo.warnings)
     diff.tempo = tempo
@@ -903,14 +870,14 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
         warnings.append(f"info files differing only in case: {', '.join([info_name] + others)}; "
                         f"{info_name} is read (exact spelling Info.dat first, then code-point order)")
 
-    audio = _as_dict(info.get("audio"))
+    audio = as_dict(info.get("audio"))
     if sniffed == "4":
         if audio.get("bpm") is None:
             raise LevelError(iwhere, "v4 info has no audio.bpm")
         bpm_value, song_filename = audio.get("bpm"), audio.get("songFilename")
     elif legacy:
         bpm_value = info.get("beatsPerMinute")
-        song_filename = next((d.get("audioPath") for d in map(_as_dict, _as_list(info, "difficultyLevels", iwhere))
+        song_filename = next((d.get("audioPath") for d in map(as_dict, as_list(info, "difficultyLevels", iwhere))
                               if d.get("audioPath")), None)
     else:
         bpm_value, song_filename = info.get("_beatsPerMinute"), info.get("_songFilename")
@@ -934,7 +901,7 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
         warnings.append(f"song file {song_filename!r} named by the info file is not in the level")
 
     quarantine = offset_error = None
-    offset = _strict_number(info.get("_songTimeOffset", 0))[0]
+    offset = strict_number(info.get("_songTimeOffset", 0))[0]
     if offset is None or not math.isfinite(offset):
         offset_error = f"{info.get('_songTimeOffset')!r} is not a finite number"
         quarantine = f"_songTimeOffset {offset_error}"
@@ -945,7 +912,7 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
                           f"--song-offset apply adds it to every note time)")
         else:
             warnings.append(f"_songTimeOffset {offset:g} s applied: added to every note time")
-    shuffle = _strict_number(info.get("_shuffle", 0))[0]
+    shuffle = strict_number(info.get("_shuffle", 0))[0]
     if shuffle not in (0, None):
         warnings.append(f"_shuffle {shuffle:g} is non-zero (deprecated swing, ignored)")
     applied_offset = offset if (offset and settings.song_offset == "apply") else 0.0
@@ -966,7 +933,7 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
         except ValueError as err:
             name, bad_name = entry.difficulty, str(err)
         filename = entry.filename if isinstance(entry.filename, str) else None
-        njs = _strict_number(entry.njs)[0] if entry.njs is not None else None
+        njs = strict_number(entry.njs)[0] if entry.njs is not None else None
         diff = Difficulty(entry.characteristic, name, filename, njs=njs, warnings=dwarn,
                           requirements=list(entry.requirements))
         key = (entry.characteristic.lower(), name)
@@ -1047,113 +1014,3 @@ def _objects_quarantine(diff: Difficulty, settings: TargetSettings) -> str | Non
     from mapkit.preprocess.objects import quarantine_reason
 
     return quarantine_reason(diff.objects_read, diff.objects_drops, settings.max_drop_fraction)
-
-
-# --- inspection (behind `mapkit inspect`) ---------------------------------------------------------
-
-@dataclass
-class InspectResult:
-    """One inspected input: its ``level`` and rendered ``text``, or the ``error`` that made it unreadable."""
-
-    path: str
-    level: Level | None = None
-    text: str = ""
-    error: Exception | None = None
-
-
-def format_level(level: Level) -> str:
-    """A human-readable report of ``level``: info facts, then one block per difficulty."""
-    bpm = f"{level.bpm:g}" if math.isfinite(level.bpm) else "invalid"
-    offset = (f"{level.song_time_offset:g} s" if level.song_time_offset_error is None
-              else f"invalid ({level.song_time_offset_error})")
-    lines = [f"{level.song_id}  ({level.path})",
-             f"  info {level.info_filename} v{level.info_version} | BPM {bpm} | audio {level.song_filename} | "
-             f"song offset {offset} | characteristics: {', '.join(level.characteristics)}"]
-    if level.quarantine:
-        lines.append(f"  QUARANTINED: {level.quarantine}")
-    lines.extend(f"  warning: {w}" for w in level.warnings)
-    for d in level.difficulties:
-        version = f"v{d.declared_version}" if d.declared_version else "no version"
-        if d.sniffed_version:
-            version += f" (keys: v{d.sniffed_version}{', MISMATCH' if d.version_mismatch else ''})"
-        lines.append(f"  {d.characteristic}/{d.difficulty}  {d.filename}  {version}"
-                     + (f"  NJS {d.njs:g}" if d.njs is not None else ""))
-        if d.tempo is not None:
-            lines.append(f"    tempo: {d.tempo.describe()}")
-        if d.counts:
-            c = d.counts
-            kept_bombs = int((d.notes["color"] == BOMB).sum())
-            lines.append(f"    read: notes {c['notes']}, bombs {c['bombs']}, obstacles {c['obstacles']}, "
-                         f"arcs {c['arcs']}, chains {c['chains']} | kept: notes {len(d.notes) - kept_bombs}, "
-                         f"bombs {kept_bombs}")
-            drops = ", ".join(f"{r} {n}" for r, n in d.drops.items()) or "none"
-            lines.append(f"    dropped: {drops}")
-        if d.objects_read:
-            from mapkit.preprocess.objects import format_objects
-            lines.extend(format_objects(d.objects_read, d.objects, d.objects_drops))
-        lines.append(f"    {'QUARANTINED: ' + d.quarantine if d.quarantine else 'ok'}")
-        lines.extend(f"    warning: {w}" for w in d.warnings)
-    return "\n".join(lines)
-
-
-def _expand(path) -> list:
-    """A level, or the levels in a folder of levels (so ``inspect levels/`` works)."""
-    from mapkit.preprocess.sources import _is_level_dir, discover, is_pack
-
-    p = Path(path)
-    if not p.exists():
-        raise LevelError(p, "no such file or folder")
-    if p.is_dir() and (not _is_level_dir(p) or is_pack(p)):
-        found = [s.path for s in discover(p, kinds=("level",))]
-        if found:
-            return found
-    return [path]
-
-
-def inspect_levels(paths, settings: TargetSettings = TargetSettings(), as_json: bool = False,
-                   characteristic: str | None = "Standard"):
-    """Read each level and render it: human text, or one JSON document with every note.
-
-    Parameters
-    ----------
-    paths : iterable of str or Path
-        Level folders or ``.zip`` files; a folder that is not itself a level
-        stands for the levels found in it.
-    settings : TargetSettings
-    as_json : bool
-        Render ``Level.to_json(notes=True)`` as one line of JSON instead of text.
-    characteristic : str or None
-        As in :func:`read_level`.
-
-    When the level's audio is readable, every difficulty is also checked
-    against it as build-targets checks it (notes beyond the audio's end are
-    dropped and can quarantine the difficulty); otherwise a warning says so.
-
-    Yields
-    ------
-    InspectResult
-        One per level, in order; an unreadable level has ``error`` set (a
-        :class:`~mapkit.errors.MapkitError` naming the file and the reason)
-        and the next one is still read.
-    """
-    import json
-
-    from mapkit.errors import MapkitError
-
-    for path in paths:
-        try:
-            expanded = _expand(path)
-        except MapkitError as err:
-            yield InspectResult(str(path), error=err)
-            continue
-        for p in expanded:
-            try:
-                level = read_level(p, settings=settings, characteristic=characteristic)
-            except MapkitError as err:
-                yield InspectResult(str(p), error=err)
-                continue
-            from mapkit.build_targets import check_against_audio
-
-            check_against_audio(level, p, settings)  # the verdict build-targets gives (notes beyond the audio)
-            text = json.dumps(level.to_json(notes=True)) if as_json else format_level(level)
-            yield InspectResult(str(p), level=level, text=text)

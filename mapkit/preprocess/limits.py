@@ -1,6 +1,6 @@
 """How much one input file may be, so that no input can make a run read without bound.
 
-Every file of an input is read through these limits (DESIGN.md section 2;
+Every file of an input is read through these limits (docs/design.md §2;
 README "Reliability"):
 
 - **regular files only**: a FIFO, a device (``/dev/zero``), a socket or a
@@ -30,7 +30,7 @@ import stat
 from dataclasses import dataclass
 
 from mapkit.errors import MapkitError
-from mapkit.settings import _Settings
+from mapkit.settings import Settings
 
 #: Default cap on a JSON file (info, difficulty, audio data), decompressed: 64 MiB.
 DEFAULT_MAX_JSON_BYTES = 64 << 20
@@ -46,7 +46,7 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # POSIX: opening a FIFO without a writ
 
 
 @dataclass(frozen=True)
-class ReadLimits(_Settings):
+class ReadLimits(Settings):
     """Caps on what one input file may expand to, in bytes (see the module docstring)."""
 
     KIND = "read_limits"

@@ -61,7 +61,7 @@ from collections import Counter
 
 import numpy as np
 
-from mapkit.preprocess.timebase import frame_of
+from mapkit.preprocess.timebase import FPS, frame_of
 
 #: The kinds, in the order they are stored and reported.
 OBJECT_KINDS = ("obstacles", "arcs", "chains", "light_events", "boost_events", "rotation_events", "njs_events",
@@ -184,12 +184,12 @@ _warnings: list = []  # of the read in progress (read_raw_objects hands them out
 
 def _objs(doc: dict, key: str, where: str) -> list:
     """``doc[key]``'s entries (a non-object entry becomes ``{}``); a gameplay key that is not a list is corruption."""
-    from mapkit.preprocess.levels import _as_list
+    from mapkit.preprocess.levels import as_list
     value = doc.get(key)
     if key in _LENIENT_KEYS and value is not None and not isinstance(value, list):
         _warnings.append(f"{key} is not a list but {type(value).__name__}: ignored")
         return []
-    return [o if isinstance(o, dict) else {} for o in _as_list(doc, key, where)]
+    return [o if isinstance(o, dict) else {} for o in as_list(doc, key, where)]
 
 
 def _cols(objs: list, keys, default) -> dict:
@@ -215,8 +215,8 @@ _V2_ARC = (("_headTime", "beat"), ("_headLineIndex", "x"), ("_headLineLayer", "y
 
 
 def _read_v2(doc: dict, where: str, raw: dict):
-    from mapkit.preprocess.levels import _MISSING, _strict_number
-    m = _MISSING
+    from mapkit.preprocess.levels import MISSING, strict_number
+    m = MISSING
     walls = _objs(doc, "_obstacles", where)
     if walls:
         cols = _cols(walls, (("_time", "beat"), ("_duration", "duration_beats"), ("_lineIndex", "x"),
@@ -233,7 +233,7 @@ def _read_v2(doc: dict, where: str, raw: dict):
         return
     types = [e.get("_type", m) for e in events]
     if not set(map(type, types)) <= {int}:  # floats, numeric strings, junk: parsed strictly
-        types = [_strict_number(t)[0] if t is not m else None for t in types]
+        types = [strict_number(t)[0] if t is not m else None for t in types]
     boost = [e for e, t in zip(events, types) if t == _V2_BOOST]
     rotations = [(e, t) for e, t in zip(events, types) if t in (_V2_EARLY, _V2_LATE)]
     lights = [e for e, t in zip(events, types) if t not in (_V2_BOOST, _V2_EARLY, _V2_LATE, _V2_TEMPO)]
@@ -256,8 +256,8 @@ def _fake_v2(o: dict) -> bool:
 
 
 def _read_v3(doc: dict, where: str, raw: dict):
-    from mapkit.preprocess.levels import _as_dict
-    custom = _as_dict(doc.get("customData"))
+    from mapkit.preprocess.levels import as_dict
+    custom = as_dict(doc.get("customData"))
     for fake, src in ((False, doc), (True, custom)):
         walls = _objs(src, "fakeObstacles" if fake else "obstacles", where)
         if walls:
@@ -303,12 +303,12 @@ def _add_groups(raw: dict, groups: list, types: list):
 
 def _indexed(doc: dict, objs: list, key: str, array: str, where: str):
     """The v4 data entries ``objs[k][key]`` index in ``doc[array]``: (entries, index ok flags)."""
-    from mapkit.preprocess.levels import _as_list
+    from mapkit.preprocess.levels import as_list
     value = doc.get(array)
     if array in _LENIENT_KEYS and value is not None and not isinstance(value, list):
         _warnings.append(f"{array} is not a list but {type(value).__name__}: ignored")
         value = []
-    data = value if isinstance(value, list) else _as_list(doc, array, where)
+    data = value if isinstance(value, list) else as_list(doc, array, where)
     entries, ok = [], []
     for o in objs:
         i = o.get(key, 0)
@@ -410,13 +410,13 @@ def read_raw_objects(doc: dict, major: str, where: str, lightshow: dict | None =
 
 def _column(raw: RawKind, name: str):
     """(float64 values, parse states) of one raw column; an absent column is all zeros."""
-    from mapkit.preprocess.levels import _number_column
+    from mapkit.preprocess.levels import number_column
     n = len(raw)
     col = raw.cols.get(name)
     if col is None:
         return np.zeros(n), np.zeros(n, dtype=np.int8)
-    from mapkit.preprocess.levels import _MISSING
-    return _number_column([v if v is not None else _MISSING for v in col])
+    from mapkit.preprocess.levels import MISSING
+    return number_column([v if v is not None else MISSING for v in col])
 
 
 def _v2_obstacle_geometry(typ, layer, height):
@@ -424,6 +424,24 @@ def _v2_obstacle_geometry(typ, layer, height):
     y = np.where(typ == 0, 0, np.where(typ == 1, 2, layer))
     h = np.where(typ == 0, 5, np.where(typ == 1, 3, height))
     return y.astype(np.float64), h.astype(np.float64), np.isin(typ, (0, 1, 2))
+
+
+def field_out_of_range(kind: str, field_name: str, values) -> np.ndarray:
+    """Which ``values`` of one field of ``kind`` break its rule (:data:`FIELD_RANGES`): outside ``[lo, hi]``,
+    not whole where the field is an integer, or (``squish``) not above 0 (squish 0 crashes the game).
+
+    Reading drops such objects (``out_of_range``); validation reports a stored one.
+    """
+    lo, hi = FIELD_RANGES[kind][field_name]
+    v = np.asarray(values, dtype=np.float64)
+    bad = np.zeros(len(v), dtype=bool) if field_name in FLOAT_FIELDS else (np.floor(v) != v)
+    if lo is not None:
+        bad |= v < lo
+    if hi is not None:
+        bad |= v > hi
+    if field_name == "squish":
+        bad |= v <= 0
+    return bad
 
 
 def normalise_kind(kind: str, raw: RawKind, tempo) -> tuple[np.ndarray, Counter]:
@@ -434,7 +452,7 @@ def normalise_kind(kind: str, raw: RawKind, tempo) -> tuple[np.ndarray, Counter]
     their own beats, so a tempo change inside a wall is honoured); ``frame``
     fields stay 0 until :func:`place_objects`. Ties in time keep file order.
     """
-    from mapkit.preprocess.levels import _ABSENT, _BAD
+    from mapkit.preprocess.levels import ABSENT, BAD
     dtype = OBJECT_DTYPES[kind]
     n = len(raw)
     if n == 0:
@@ -463,22 +481,15 @@ def normalise_kind(kind: str, raw: RawKind, tempo) -> tuple[np.ndarray, Counter]
             if f in vals:
                 modded |= np.abs(vals[f]) >= 1000
         out_of_range = np.zeros(n, dtype=bool)
-        for f, (lo, hi) in FIELD_RANGES[kind].items():
-            v = vals[f]
-            bad = np.zeros(n, dtype=bool) if f in FLOAT_FIELDS else (np.floor(v) != v)
-            if lo is not None:
-                bad |= v < lo
-            if hi is not None:
-                bad |= v > hi
-            if f == "squish":
-                bad |= v <= 0  # squish 0 crashes the game
+        for f in FIELD_RANGES[kind]:
+            bad = field_out_of_range(kind, f, vals[f])
             if f != "duration_beats":
                 out_of_range |= bad
         negative_duration = vals["duration_beats"] < 0 if kind == "obstacles" else np.zeros(n, dtype=bool)
         reversed_ = vals["tail_beat"] < vals["beat"] if "tail_beat" in vals else np.zeros(n, dtype=bool)
     checks = (("fake", np.array(raw.fake, dtype=bool)),
-              ("missing_field", (states == _ABSENT).any(axis=0)),
-              ("bad_value", (states == _BAD).any(axis=0)),
+              ("missing_field", (states == ABSENT).any(axis=0)),
+              ("bad_value", (states == BAD).any(axis=0)),
               ("non_finite", ~finite),
               ("modded", modded),
               ("unknown_type", unknown),
@@ -582,7 +593,7 @@ def _link_notes(notes: np.ndarray, beats, xs, ys, colors) -> np.ndarray:
     return out
 
 
-def place_objects(records: dict, n_frames: int, notes: np.ndarray, fps: int = 100) -> tuple[dict, dict]:
+def place_objects(records: dict, n_frames: int, notes: np.ndarray, fps: int = FPS) -> tuple[dict, dict]:
     """Put every kind on frames: ``(placed records by kind, beyond_audio counts by kind)``.
 
     The placed dict also holds :data:`EVENT_BOX_JSON`: the kept groups' JSON

@@ -60,7 +60,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mapkit.preprocess.notes import BLUE, BOMB, RED
-from mapkit.settings import _Settings
+from mapkit.settings import Settings
 
 FOREHAND, BACKHAND, NO_PARITY = 1, -1, 0
 DOT = 8
@@ -84,7 +84,7 @@ SWING_DTYPE = np.dtype([
 
 
 @dataclass(frozen=True)
-class ParitySettings(_Settings):
+class ParitySettings(Settings):
     """How notes group into swings (seconds). See the module docstring, rule 1."""
 
     KIND = "parity"

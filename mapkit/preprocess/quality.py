@@ -4,7 +4,7 @@ Pure numpy functions over ``NOTE_DTYPE``/``STORED_NOTE_DTYPE`` arrays sorted
 by time (as levels, the store and generation give them). Every metric is
 defined exactly, with its source, in docs/evaluate.md; the docstrings below
 repeat the definitions. :func:`level_metrics` computes all of them for one
-difficulty; ``mapkit evaluate`` (:mod:`mapkit.evaluate`) runs it over levels.
+difficulty; ``mapkit evaluate`` (:mod:`mapkit.runs.evaluate`) runs it over levels.
 
 Conventions: "colour notes" are red (0) and blue (1) notes, bombs (3) are
 counted separately; a metric that is undefined (e.g. the colour balance of a
@@ -22,7 +22,7 @@ from mapkit.preprocess.notes import BLUE, BOMB, N_DIRECTIONS, RED
 from mapkit.preprocess.parity import DIRECTION_VECTORS, DOT, ParitySettings, SwingStates, parity_errors, swing_states
 from mapkit.preprocess.targets import note_states
 from mapkit.preprocess.timebase import FPS, frame_of
-from mapkit.settings import _Settings
+from mapkit.settings import Settings
 
 #: Vision-block window per difficulty: (min, max) seconds after a centre note
 #: (BeatSaber-MapCheck's difficulty-specific defaults, MIT).
@@ -39,7 +39,7 @@ _EPS = 1e-9  # time comparisons at a window's edge are inclusive despite float r
 
 
 @dataclass(frozen=True)
-class EvaluateSettings(_Settings):
+class EvaluateSettings(Settings):
     """Every constant of the metrics (docs/evaluate.md); its hash is saved with a baseline."""
 
     KIND = "evaluate"
@@ -138,11 +138,11 @@ def timing_metrics(notes: np.ndarray, reference: np.ndarray, settings: EvaluateS
 
     Both are reduced to their distinct note frames (:func:`onset_frames`) and
     matched one to one within ``+-tolerance`` frames by
-    :func:`mapkit.train.peaks.onset_counts` (the matching of stage-1
+    :func:`mapkit.preprocess.peaks.onset_counts` (the matching of stage-1
     validation). Keys: ``onset_{precision,recall,f1}_{ms}ms`` with ``ms =
     1000 * tolerance / fps``.
     """
-    from mapkit.train.peaks import f1_from_counts, onset_counts
+    from mapkit.preprocess.peaks import f1_from_counts, onset_counts
 
     pred, true = onset_frames(notes, settings.fps), onset_frames(reference, settings.fps)
     out = {}

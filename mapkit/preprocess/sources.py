@@ -1,4 +1,4 @@
-"""Find the songs in an input folder (DESIGN.md sections 2 and 8).
+"""Find the songs in an input folder (docs/design.md §§2 and 4).
 
 An input folder holds level folders and/or BeatSaver ``.zip`` files, or bare
 audio files. The song id is the level folder's name, the zip's name without
@@ -69,7 +69,7 @@ def _lower_names(path: Path) -> set[str]:
         return set()
 
 
-def _is_level_dir(path: Path) -> bool:
+def is_level_dir(path: Path) -> bool:
     return any(n in _lower_names(path) for n in INFO_NAMES)
 
 
@@ -93,7 +93,7 @@ def _holds_levels(path: Path) -> bool:
         try:
             if e.name.lower().endswith(".zip") and not e.is_dir():
                 return True
-            if e.is_dir() and _is_level_dir(Path(e.path)):
+            if e.is_dir() and is_level_dir(Path(e.path)):
                 return True
         except OSError:
             continue

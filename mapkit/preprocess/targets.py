@@ -1,4 +1,4 @@
-"""Training targets from normalised notes (DESIGN.md section 3). Pure functions.
+"""Training targets from normalised notes (docs/design.md §3). Pure functions.
 
 Stage 1, per frame (``frame_class``, uint8, length T):
     0 empty, 1 red only, 2 blue only, 3 red and blue, 4 bombs only.
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mapkit.preprocess.notes import BOMB, BLUE, N_COLUMNS, N_DIRECTIONS, N_ROWS, RED
-from mapkit.preprocess.timebase import frame_time
+from mapkit.preprocess.notes import BLUE, BOMB, N_COLUMNS, N_DIRECTIONS, N_ROWS, NOTE_DTYPE, RED, sort_notes
+from mapkit.preprocess.timebase import FPS, last_frame_time
 
 EMPTY, RED_ONLY, BLUE_ONLY, RED_AND_BLUE, BOMBS_ONLY = 0, 1, 2, 3, 4
 N_CELLS = N_COLUMNS * N_ROWS
@@ -194,13 +194,8 @@ class TokenSequence:
     gap_next_beats: np.ndarray
 
 
-def song_end_beat(tempo, n_frames: int, fps: int = 100) -> float:
-    """The beat of a song's last frame (where EOS sits for the gaps), by ``tempo`` (a TempoMap)."""
-    return float(tempo.beats(frame_time(n_frames - 1, fps)))
-
-
 def token_sequence(state_frames, state_tokens, state_times_s, state_beats, n_frames: int, end_beat: float,
-                   fps: int = 100) -> TokenSequence:
+                   fps: int = FPS) -> TokenSequence:
     """Tokens, their frames and the gaps to the previous/next note, in seconds and beats.
 
     ``state_times_s``/``state_beats`` are the time and beat of each state (the
@@ -210,7 +205,7 @@ def token_sequence(state_frames, state_tokens, state_times_s, state_beats, n_fra
     and the last note's next gap is its time to the end. BOS has gap_prev 0 and EOS gap_next 0. Gaps are
     float32, never truncated.
     """
-    end_s = frame_time(n_frames - 1, fps)
+    end_s = last_frame_time(n_frames, fps)
     times = np.concatenate([[0.0], np.asarray(state_times_s, np.float64), [end_s]])
     beats = np.concatenate([[0.0], np.asarray(state_beats, np.float64), [float(end_beat)]])
     dt, db = np.diff(times), np.diff(beats)
@@ -236,3 +231,15 @@ def one_hot_states(tokens: np.ndarray, vocab: Vocabulary) -> np.ndarray:
         if s is not None:
             out[i, np.arange(N_CELLS), np.asarray(s)] = 1.0
     return out
+
+
+def notes_from_states(times_s: np.ndarray, beats: np.ndarray, states) -> np.ndarray:
+    """Notes (``NOTE_DTYPE``, sorted) of one 12-cell state per time.
+
+    ``states[i]`` is the 12-tuple state at ``times_s[i]`` / ``beats[i]``.
+    """
+    rows = []
+    for t, b, state in zip(times_s, beats, states):
+        rows.extend((float(t), float(b), column, row, color, direction)
+                    for column, row, color, direction in state_notes(state))
+    return sort_notes(np.array(rows, dtype=NOTE_DTYPE))

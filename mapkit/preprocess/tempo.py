@@ -1,4 +1,4 @@
-"""Tempo maps: beats <-> seconds for one difficulty file (DESIGN.md section 1, formats.md 1.8).
+"""Tempo maps: beats <-> seconds for one difficulty file (docs/design.md §1, docs/formats.md §1.8).
 
 A :class:`TempoMap` is an immutable, continuous, strictly increasing,
 piecewise-linear function from beats to seconds. It is a list of segments
@@ -26,7 +26,7 @@ time, ``t = seconds_from_tempo(beat) + offset``; a positive offset makes
 notes later in the audio. :meth:`TempoMap.shifted` builds that map, so
 ``tempo.seconds(beat)`` is always the time of a note of that difficulty.
 
-Worked examples (DESIGN.md section 1):
+Worked examples (docs/design.md §1):
 
 >>> TempoMap.from_bpm_events(120, [(16, 240)]).seconds(20)
 9.0
@@ -42,9 +42,8 @@ import math
 
 import numpy as np
 
+from mapkit.errors import TempoError
 
-class TempoError(ValueError):
-    """A tempo map cannot be built: invalid BPM, invalid region, inconsistent regions."""
 
 
 #: Continuity tolerance of a segment's start second, relative to ``max(1 s, |second|)``: the
@@ -147,7 +146,7 @@ class TempoMap:
 
         The tempo is ``base_bpm`` from beat 0 until the first event; from an
         event at beat ``b`` with BPM ``m`` on, it is ``m``; beats are read in
-        the tempo in force (formats.md 1.8, rule 2).
+        the tempo in force (docs/formats.md §1.8, rule 2).
 
         Handling of bad input, each recorded in :attr:`warnings`:
         unsorted events are sorted (stably); of several events at one beat the
@@ -210,7 +209,7 @@ class TempoMap:
         Between two regions the map runs linearly from the end of one to the
         start of the next (continuity). After the last region, and between
         beat 0 and a first region that starts later, the tempo is ``base_bpm``
-        (formats.md 1.8 rule 3: outside all regions, the base BPM), anchored at
+        (docs/formats.md §1.8 rule 3: outside all regions, the base BPM), anchored at
         the region boundary so the map stays continuous.
         Regions are sorted by start sample.
 

@@ -1,9 +1,10 @@
-"""The one time base of mapkit (DESIGN.md section 1).
+"""The one time base of mapkit (docs/design.md §1).
 
 Every array lives on a grid of ``FPS`` frames per second; frame ``f`` is centred
-on ``t = f / FPS`` seconds. The two rules below are the only place where
-seconds become frames and where a sample count becomes a frame count: feature
-extraction, targets, validation, training and generation all call them.
+on ``t = f / FPS`` seconds. The rules below are the only place where seconds
+become frames or samples, where a sample count becomes a frame count, and
+where a song's end (its last frame) is timed: feature extraction, targets,
+validation, training and generation all call them.
 """
 
 from __future__ import annotations
@@ -55,3 +56,23 @@ def frame_time(frame, fps: int = FPS):
     if np.ndim(frame) == 0:
         return float(frame) / fps
     return np.asarray(frame, dtype=np.float64) / fps
+
+
+def last_frame_time(n_frames: int, fps: int = FPS) -> float:
+    """The time of a song's end for its targets: the centre of its last frame, ``(n_frames - 1) / fps``.
+
+    EOS sits there (the last note's ``gap_next`` runs to it).
+    """
+    return frame_time(int(n_frames) - 1, fps)
+
+
+def song_end_beat(tempo, n_frames: int, fps: int = FPS) -> float:
+    """The beat of a song's end (:func:`last_frame_time`) by ``tempo`` (anything with ``beats(seconds)``,
+    e.g. a :class:`~mapkit.preprocess.tempo.TempoMap`)."""
+    return float(tempo.beats(last_frame_time(n_frames, fps)))
+
+
+def sample_of(seconds, sample_rate: int):
+    """Sample index of an event at ``seconds``: ``round(seconds * sample_rate)``, half away from zero (as
+    :func:`frame_of`). Scalars give ``int``, arrays ``int64`` arrays."""
+    return frame_of(seconds, sample_rate)

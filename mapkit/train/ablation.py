@@ -168,7 +168,8 @@ def checkpoint_ablation(store, checkpoint, songs=None, modes=ABLATIONS, device="
 
     from mapkit.datasets.store import Store
     from mapkit.datasets.torch_datasets import SelectionDataset
-    from mapkit.train.loop import TrainingError, check_fingerprint, load_checkpoint, store_fingerprint
+    from mapkit.errors import TrainingError
+    from mapkit.train.loop import check_fingerprint, load_checkpoint, store_fingerprint
     from mapkit.train.transformer import TransformerConfig, TransformerStage
 
     store = store if isinstance(store, Store) else Store(store)

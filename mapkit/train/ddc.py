@@ -1,4 +1,4 @@
-"""Stage 1 training, ``mapkit train ddc``: where notes go in time (DESIGN.md section 4).
+"""Stage 1 training, ``mapkit train ddc``: where notes go in time (docs/design.md §6).
 
 The C-LSTM (:class:`~mapkit.train.models.PlacementModel`) learns "any note"
 per frame from windows of :class:`~mapkit.datasets.torch_datasets.PlacementDataset`,
@@ -25,9 +25,11 @@ import numpy as np
 import torch
 
 from mapkit.datasets.store import Store
+from mapkit.errors import TrainingError
+from mapkit.preprocess.difficulties import DIFFICULTIES
 from mapkit.settings import FeatureSettings
 from mapkit.train.loop import RunOptions, Stage, TrainConfig, TrainResult, fit
-from mapkit.train.models import DIFFICULTIES, PLACEMENT_PRESETS, PlacementConfig, onset_loss
+from mapkit.train.models import PLACEMENT_PRESETS, PlacementConfig, onset_loss
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class DDCConfig(TrainConfig):
 
     ``pos_weight`` None: the ratio of empty to note frames in the training
     split. ``smoothing``, ``min_gap_frames`` and ``tolerance_frames`` are
-    those of :mod:`mapkit.train.peaks` (2 frames = +-20 ms).
+    those of :mod:`mapkit.preprocess.peaks` (2 frames = +-20 ms).
     """
 
     KIND = "train_ddc"
@@ -159,6 +161,10 @@ class DDCStage(Stage):
         index = self.store.index("features")
         some = next(iter(index.values()))
         self.feature_settings = FeatureSettings.from_json(some.file_attrs["settings_json"])
+        mismatches = c.model.feature_mismatches(self.feature_settings)
+        if mismatches:
+            raise TrainingError(self.store.root, "the stage-1 model does not fit the store's features ("
+                                + "; ".join(mismatches) + "): train with the settings the store was extracted with")
         kw = dict(stats=stats, window=c.window, context=c.model.context, characteristic=c.characteristic,
                   difficulties=c.difficulties, seed=seed, feature_settings=self.feature_settings,
                   exclude_flagged=c.exclude_flagged)
@@ -166,8 +172,6 @@ class DDCStage(Stage):
         self.train_dataset = PlacementDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = PlacementDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None
         if not self.train_dataset.levels:
-            from mapkit.train.loop import TrainingError
-
             raise TrainingError(self.store.root, f"no {c.characteristic} level in the training songs")
         if self.pos_weight is None:
             p = self.train_dataset.positive_fraction()
@@ -203,7 +207,7 @@ class DDCStage(Stage):
         return onset_loss(logits.float()[mask], batch["frame_class"][mask], self.pos_weight)
 
     def evaluate(self, model, device, autocast) -> dict:
-        from mapkit.train.peaks import (best_threshold, best_thresholds_by_group, f1_from_counts, onset_counts,
+        from mapkit.preprocess.peaks import (best_threshold, best_thresholds_by_group, f1_from_counts, onset_counts,
                                         pick_peaks)
 
         c, ds = self.config, self.val_dataset

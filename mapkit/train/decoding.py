@@ -1,4 +1,4 @@
-"""Stage-2 decoding: beam search, sampling and greedy (DESIGN.md section 6).
+"""Stage-2 decoding: beam search, sampling and greedy (docs/design.md §7).
 
 The number of notes is fixed by stage 1 (one token per picked peak), so every
 decoder here produces exactly ``n_tokens`` state tokens between BOS and EOS:

@@ -59,8 +59,8 @@ import torch
 import mapkit
 from mapkit.datasets.split import grouping_record
 from mapkit.datasets.store import Store
-from mapkit.errors import MapkitError, StoreError
-from mapkit.settings import _Settings
+from mapkit.errors import StoreError, TrainingError
+from mapkit.settings import Settings
 
 CHECKPOINT_FORMAT = "mapkit-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -76,15 +76,11 @@ NOT_METRICS = frozenset({"step", "epoch", "time", "elapsed_s", "tokens", "thresh
 DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_MIN = "MAPKIT_DIST_TIMEOUT_MIN", 120.0
 
 
-class TrainingError(MapkitError):
-    """Training cannot start or go on (bad checkpoint, mismatched store, empty split)."""
-
-
 # --------------------------------------------------------------------------- configs
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Settings):
+class TrainConfig(Settings):
     """What both stages share. Stage configs extend it with their model and data fields.
 
     ``max_steps`` and ``epochs``: training stops at whichever comes first
@@ -389,12 +385,11 @@ def store_fingerprint(store: Store, need_vocab: bool) -> dict:
         raise StoreError(store.stats_path, f"stats.json is for feature settings {stats.get('settings_hash')}, "
                                            f"the features have {out['feature_settings_hash']}; run mapkit extract")
     out["vocab_hash"] = None
-    if need_vocab or store.vocab_path.exists():
+    document = store.read_vocab_json(missing_ok=not need_vocab)
+    if document is not None:
         try:
-            out["vocab_hash"] = json.loads(store.vocab_path.read_text(encoding="utf-8"))["hash"]
-        except FileNotFoundError:
-            raise StoreError(store.vocab_path, "no vocab.json: run mapkit build-targets first") from None
-        except (ValueError, KeyError) as e:
+            out["vocab_hash"] = document["hash"]
+        except (KeyError, TypeError) as e:
             raise StoreError(store.vocab_path, f"unreadable vocabulary: {e}") from None
     return out
 
@@ -403,9 +398,9 @@ def warn_vocabulary_leak(store: Store, val_songs, groups=None) -> str | None:
     """Warn on stderr when ``vocab.json`` was counted over some of ``val_songs`` or their groups; return the warning."""
     import sys
 
-    from mapkit.build_targets import vocabulary_leak
+    from mapkit.datasets.vocab import vocabulary_leak
 
-    message = vocabulary_leak(json.loads(store.vocab_path.read_text(encoding="utf-8")), val_songs, groups=groups)
+    message = vocabulary_leak(store.read_vocab_json(), val_songs, groups=groups)
     if message:
         print(f"warning: {message}", file=sys.stderr)
     return message
@@ -828,6 +823,35 @@ class TrainResult:
     #: The signal that stopped the run ("SIGINT", "SIGTERM") after saving ``last``, or None.
     interrupted: str | None = None
 
+    def summary(self) -> str | None:
+        """What the run did, for people: step, validation metrics, files, the audio ablation (stage 2).
+
+        None in every process but the one that reports (:func:`is_main_process`), so that a run under
+        torchrun prints it once.
+        """
+        if not is_main_process():
+            return None
+        metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.metrics.items())
+        lines = [f"step {self.step}{' (stopped early)' if self.stopped_early else ''}; "
+                 f"validation: {metrics or 'none (no validation songs)'}",
+                 f"checkpoint: {self.last}; log: {self.metrics_path}; curves: {self.plot_path}"]
+        from mapkit.train.ablation import ablation_summary
+
+        ablation = ablation_summary(self.metrics_path) if self.metrics_path else None
+        return "\n".join(lines + ([ablation] if ablation else []))
+
+    def interruption(self) -> str | None:
+        """The line saying the run was stopped by a signal and how to go on, or None when it was not."""
+        if not self.interrupted:
+            return None
+        return (f"interrupted by {self.interrupted} at step {self.step}: saved {self.last}; "
+                f"continue with the same command and --resume")
+
+
+def is_main_process() -> bool:
+    """True in the process that reports and writes: rank 0 under torchrun (``RANK``), or the only one."""
+    return os.environ.get("RANK", "0") == "0"
+
 
 def _check_resume_config(old_json: str, new, path):
     old = json.loads(old_json)
@@ -845,6 +869,10 @@ def _to_device(batch: dict, device) -> dict:
 
 def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResult:
     """Train ``stage`` on ``store`` into ``out_dir`` (see the module docstring).
+
+    One loop read in one sitting (nanoGPT-style): set-up (resume or split,
+    model, optimiser), then each step, logging, validation and checkpoints in
+    the order they happen; the pieces that stand alone are functions of their own.
 
     Raises
     ------
@@ -864,44 +892,14 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
     _barrier(dist_info)  # every rank has checked the folder before rank 0 writes into it
     fingerprint = store_fingerprint(store, stage.need_vocab)
 
-    resume_ckpt = None
-    if options.resume:
-        if not (out_dir / LAST).is_file():
-            raise TrainingError(out_dir / LAST, "no checkpoint to resume: start the run without --resume")
-        resume_ckpt = read_checkpoint(out_dir / LAST)
-        if resume_ckpt.get("stage") != stage.name:
-            raise TrainingError(out_dir / LAST, f"a {resume_ckpt.get('stage')} checkpoint, not {stage.name}")
-        check_fingerprint(resume_ckpt, fingerprint, out_dir / LAST, need_vocab=stage.need_vocab)
-        _check_resume_config(resume_ckpt["train_config"], config, out_dir / LAST)
+    resume_ckpt = _resumed_checkpoint(out_dir, stage, config, fingerprint) if options.resume else None
+    if resume_ckpt is not None:
         stats = resume_ckpt["stats"]  # normalise exactly as the run being continued did
         train_songs, val_songs = resume_ckpt["train_songs"], resume_ckpt["val_songs"]
         groups = resume_ckpt.get("song_groups") or {}
     else:
-        from mapkit.datasets.split import song_groups, split_by_song
-
         stats = store.read_stats()
-        features_index = store.index("features")
-        targets_index = store.index("targets")
-        song_ids = set(features_index) & set(targets_index)
-        if not song_ids:
-            raise TrainingError(store.root, "no song has both features and targets")
-        if config.min_score is not None or config.exclude_automapped:
-            from mapkit.datasets.filters import filter_songs
-
-            song_ids, left_out = filter_songs(targets_index, song_ids, config.min_score, config.exclude_automapped)
-            if not song_ids:
-                raise TrainingError(store.root, f"the filters leave no song ({len(left_out)} left out, e.g. "
-                                                f"{next(iter(left_out.items()), ('', ''))[1]})")
-            if left_out and dist_info.main:
-                import sys
-
-                print(f"{len(left_out)} levels left out by the filters (e.g. {next(iter(sorted(left_out.items())))})",
-                      file=sys.stderr)
-        # by group: two encodes of one song never sit on both sides
-        groups = song_groups(features_index)
-        train_songs, val_songs = split_by_song(song_ids, config.val_fraction, config.seed, config.val_songs, groups)
-        if not train_songs:
-            raise TrainingError(store.root, "the training split is empty: lower --val-fraction")
+        train_songs, val_songs, groups = _split_songs(store, config, dist_info.main)
 
     if stage.need_vocab and dist_info.main:
         warn_vocabulary_leak(store, val_songs, groups)
@@ -924,13 +922,7 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
     total_steps = min(limits)
     eval_every = eval_interval(config.eval_every, total_steps)
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, config.min_lr_ratio))
+    optimizer, scheduler = _optimizer(model, config, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
 
     step, epoch, batch_in_epoch = 0, 0, 0
@@ -1094,6 +1086,60 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
     stage.close()
     return TrainResult(step, last_path, best_path, last_metrics, metrics_path, plot_path, list(train_songs),
                        list(val_songs), stopped_early=step < total_steps, interrupted=interrupted)
+
+
+def _resumed_checkpoint(out_dir: Path, stage: "Stage", config: TrainConfig, fingerprint: dict) -> dict:
+    """``OUT/last.pt``, checked: the same stage, store and config (:data:`RESUMABLE_CHANGES` aside)."""
+    if not (out_dir / LAST).is_file():
+        raise TrainingError(out_dir / LAST, "no checkpoint to resume: start the run without --resume")
+    resume_ckpt = read_checkpoint(out_dir / LAST)
+    if resume_ckpt.get("stage") != stage.name:
+        raise TrainingError(out_dir / LAST, f"a {resume_ckpt.get('stage')} checkpoint, not {stage.name}")
+    check_fingerprint(resume_ckpt, fingerprint, out_dir / LAST, need_vocab=stage.need_vocab)
+    _check_resume_config(resume_ckpt["train_config"], config, out_dir / LAST)
+    return resume_ckpt
+
+
+def _split_songs(store: Store, config: TrainConfig, main: bool) -> tuple[list, list, dict]:
+    """``(train songs, validation songs, song groups)``: the songs with features and targets that pass the
+    filters, split by group (two encodes of one song never sit on both sides)."""
+    from mapkit.datasets.split import song_groups, split_by_song
+
+    features_index = store.index("features")
+    targets_index = store.index("targets")
+    song_ids = set(features_index) & set(targets_index)
+    if not song_ids:
+        raise TrainingError(store.root, "no song has both features and targets")
+    if config.min_score is not None or config.exclude_automapped:
+        from mapkit.datasets.filters import filter_songs
+
+        song_ids, left_out = filter_songs(targets_index, song_ids, config.min_score, config.exclude_automapped)
+        if not song_ids:
+            raise TrainingError(store.root, f"the filters leave no song ({len(left_out)} left out, e.g. "
+                                            f"{next(iter(left_out.items()), ('', ''))[1]})")
+        if left_out and main:
+            import sys
+
+            print(f"{len(left_out)} levels left out by the filters (e.g. {next(iter(sorted(left_out.items())))})",
+                  file=sys.stderr)
+    # by group: two encodes of one song never sit on both sides
+    groups = song_groups(features_index)
+    train_songs, val_songs = split_by_song(song_ids, config.val_fraction, config.seed, config.val_songs, groups)
+    if not train_songs:
+        raise TrainingError(store.root, "the training split is empty: lower --val-fraction")
+    return train_songs, val_songs, groups
+
+
+def _optimizer(model, config: TrainConfig, total_steps: int):
+    """AdamW (no weight decay on biases and norms) and its schedule: linear warm-up, then cosine (:func:`lr_factor`)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.warmup_steps, total_steps, config.min_lr_ratio))
+    return optimizer, scheduler
 
 
 def _ignore_stop_signals(_worker_id: int):

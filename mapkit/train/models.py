@@ -1,4 +1,4 @@
-"""The two models of the generator (DESIGN.md section 4).
+"""The two models of the generator (docs/design.md §6).
 
 Stage 1, :class:`PlacementModel`: a C-LSTM in the shape of Dance Dance
 Convolution (Donahue et al. 2017). It reads a window of ``L`` output frames with
@@ -32,18 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mapkit.preprocess.difficulties import DIFFICULTIES
 from mapkit.preprocess.targets import N_SPECIAL, PAD
-from mapkit.settings import _Settings
+from mapkit.settings import Settings
 
-#: Difficulty index of the conditioning input.
-DIFFICULTIES = ("Easy", "Normal", "Hard", "Expert", "ExpertPlus")
 
 
 # --------------------------------------------------------------------------- stage 1
 
 
 @dataclass(frozen=True)
-class PlacementConfig(_Settings):
+class PlacementConfig(Settings):
     """Architecture of the stage-1 C-LSTM.
 
     ``conv_filters``, ``conv_time_kernels`` and ``conv_mel_kernels`` describe
@@ -102,6 +101,18 @@ class PlacementConfig(_Settings):
     def frame_features(self) -> int:
         """Length of one output frame's flattened conv features."""
         return self.conv_filters[-1] * self.context_rows * self.conv_mel_bins
+
+    def feature_mismatches(self, features) -> list[str]:
+        """How the store's :class:`~mapkit.settings.FeatureSettings` ``features`` differ from what the model reads.
+
+        The context must be the stored placement pad (windows read ``L + 2 * pad``
+        rows: another context would shift every window), and the channels and
+        bands those of the placement features. Empty when the model fits.
+        """
+        wanted = (("context", self.context, "placement_pad", features.placement_pad),
+                  ("n_channels", self.n_channels, "FFT sizes", len(features.placement_n_ffts)),
+                  ("n_mels", self.n_mels, "placement_n_mels", features.placement_n_mels))
+        return [f"model {name} {mine}, store {what} {theirs}" for name, mine, what, theirs in wanted if mine != theirs]
 
 
 PLACEMENT_PRESETS = {
@@ -227,7 +238,7 @@ SELECTION_DESIGN = 2
 
 
 @dataclass(frozen=True)
-class SelectionConfig(_Settings):
+class SelectionConfig(Settings):
     """Architecture of the stage-2 encoder-decoder transformer (pre-LN)."""
 
     KIND = "selection_model"

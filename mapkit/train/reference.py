@@ -5,7 +5,7 @@
 checkpoint's threshold of each difficulty, smoothing and minimum gap) and
 matches them one to one with the human notes at several tolerances (2
 frames = +-20 ms, 5 = +-50 ms). The baseline is the onset strength of the
-audio (:func:`mapkit.generate.onset_envelope`, librosa's spectral flux, of
+audio (:func:`mapkit.preprocess.beats.onset_envelope`, librosa's spectral flux, of
 the 2048-point stage-1 spectrogram), divided by its 99th percentile per
 song, with a threshold and a constant shift in frames tuned per difficulty
 on the *training* songs (the F1 at the smallest tolerance decides).
@@ -31,7 +31,7 @@ def _level_truths(dataset) -> list:
 
 def normalised_flux(placement: np.ndarray, pad: int, column: int) -> np.ndarray:
     """Onset strength ``[T]`` of a song's padded placement features, divided by its 99th percentile, clipped to 1."""
-    from mapkit.generate import onset_envelope
+    from mapkit.preprocess.beats import onset_envelope
 
     rows = np.asarray(placement, dtype=np.float32)
     env = onset_envelope(rows[pad: rows.shape[0] - pad, column])
@@ -41,7 +41,7 @@ def normalised_flux(placement: np.ndarray, pad: int, column: int) -> np.ndarray:
 
 def f1_at(peaks_list, truths, tolerance: int) -> float:
     """Micro-averaged onset F1 of predicted frames against true frames at ``tolerance`` frames."""
-    from mapkit.train.peaks import f1_from_counts, onset_counts
+    from mapkit.preprocess.peaks import f1_from_counts, onset_counts
 
     totals = np.zeros(3, dtype=np.int64)
     for p, t in zip(peaks_list, truths):
@@ -52,7 +52,7 @@ def f1_at(peaks_list, truths, tolerance: int) -> float:
 def tune_baseline(envelopes, truths, min_gap_frames: int, tolerance: int, thresholds=None,
                   shifts=BASELINE_SHIFTS) -> tuple[float, int, float]:
     """``(threshold, shift, f1)`` of the best peak picking of ``envelopes`` against ``truths``."""
-    from mapkit.train.peaks import DEFAULT_THRESHOLDS, pick_peaks
+    from mapkit.preprocess.peaks import DEFAULT_THRESHOLDS, pick_peaks
 
     best = (float("nan"), 0, -1.0)
     for th in DEFAULT_THRESHOLDS if thresholds is None else thresholds:
@@ -89,11 +89,12 @@ def stage1_report(store, checkpoint, songs=None, train_songs=None, tolerances=(2
         "baseline": {...same...}, "baseline_settings": {difficulty: {"threshold", "shift"}}}``.
     """
     from mapkit.datasets.torch_datasets import PlacementDataset
-    from mapkit.generate import PlacementSetup
+    from mapkit.train.checkpoints import PlacementSetup
     from mapkit.train.ddc import predict_probabilities
-    from mapkit.train.loop import TrainingError, load_checkpoint
-    from mapkit.train.models import DIFFICULTIES
-    from mapkit.train.peaks import pick_peaks
+    from mapkit.errors import TrainingError
+    from mapkit.train.loop import load_checkpoint
+    from mapkit.preprocess.difficulties import DIFFICULTIES
+    from mapkit.preprocess.peaks import pick_peaks
 
     model, ckpt = load_checkpoint(checkpoint, device)
     if ckpt.get("stage") != "ddc":
@@ -124,7 +125,7 @@ def stage1_report(store, checkpoint, songs=None, train_songs=None, tolerances=(2
 
 
 def _by_difficulty(predicted, truths, names, tolerances) -> dict:
-    from mapkit.train.models import DIFFICULTIES
+    from mapkit.preprocess.difficulties import DIFFICULTIES
 
     table = {}
     for name in [d for d in DIFFICULTIES if d in names] + ["all"]:
@@ -137,8 +138,8 @@ def _by_difficulty(predicted, truths, names, tolerances) -> dict:
 
 def _baseline(store, ckpt, train_songs, held_out, truths, names, setup, tolerances, kw) -> dict:
     from mapkit.datasets.torch_datasets import PlacementDataset
-    from mapkit.train.models import DIFFICULTIES
-    from mapkit.train.peaks import pick_peaks
+    from mapkit.preprocess.difficulties import DIFFICULTIES
+    from mapkit.preprocess.peaks import pick_peaks
 
     settings = setup.feature_settings
     pad, column = settings.placement_pad, len(settings.placement_n_ffts) // 2
@@ -228,7 +229,8 @@ def stage2_baselines(store, checkpoint, songs=None) -> dict:
     """
     from mapkit.datasets.torch_datasets import SelectionDataset
     from mapkit.preprocess.targets import Vocabulary
-    from mapkit.train.loop import TrainingError, read_checkpoint
+    from mapkit.errors import TrainingError
+    from mapkit.train.loop import read_checkpoint
     from mapkit.train.transformer import TransformerConfig
 
     ckpt = read_checkpoint(checkpoint)

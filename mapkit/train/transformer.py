@@ -1,4 +1,4 @@
-"""Stage 2 training, ``mapkit train transformer``: which notes go where (DESIGN.md section 4).
+"""Stage 2 training, ``mapkit train transformer``: which notes go where (docs/design.md §6).
 
 The encoder-decoder (:class:`~mapkit.train.models.SelectionModel`) reads one
 level per item of :class:`~mapkit.datasets.torch_datasets.SelectionDataset`:
@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from mapkit.datasets.store import Store
+from mapkit.errors import TrainingError
 from mapkit.preprocess.targets import N_SPECIAL, PAD
-from mapkit.train.loop import RunOptions, Stage, TrainConfig, TrainingError, TrainResult, fit
+from mapkit.settings import FeatureSettings
+from mapkit.train.loop import RunOptions, Stage, TrainConfig, TrainResult, fit
 from mapkit.train.models import SELECTION_PRESETS, SelectionConfig, selection_loss, token_accuracy
 
 
@@ -116,8 +118,10 @@ class TransformerStage(Stage):
         from mapkit.datasets.torch_datasets import SelectionDataset
 
         c = self.config
+        some = next(iter(self.store.index("features").values()))
         kw = dict(stats=stats, characteristic=c.characteristic, difficulties=c.difficulties, vocab=self.vocab,
-                  max_tokens=c.max_tokens, seed=seed, exclude_flagged=c.exclude_flagged)
+                  max_tokens=c.max_tokens, seed=seed, exclude_flagged=c.exclude_flagged,
+                  feature_settings=FeatureSettings.from_json(some.file_attrs["settings_json"]))
         self.train_dataset = SelectionDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = SelectionDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None
         if not self.train_dataset.levels:

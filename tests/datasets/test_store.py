@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mapkit
-from mapkit.datasets.runner import ItemResult, RunReport, run_items, write_report
+from mapkit.runs.runner import ItemResult, RunReport, run_items, write_report
 from mapkit.datasets.store import (CHUNK_ROWS, Entry, attrs_checksum, ShardItem, ShardWriter, Store, feature_stats,
                                    shard_file_attrs, write_json_atomic)
 from mapkit.errors import AudioError, StoreError

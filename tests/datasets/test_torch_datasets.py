@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from mapkit.datasets.split import split_by_song
 from mapkit.datasets.store import Store
-from mapkit.datasets.torch_datasets import (DIFFICULTY_INDEX, PlacementDataset, SelectionDataset, collate_selection,
-                                            read_vocab, split_by_song, stage_stats, store_levels)
+from mapkit.datasets.torch_datasets import (PlacementDataset, SelectionDataset, collate_selection,
+                                            read_vocab, stage_stats, store_levels)
 from mapkit.errors import StoreError
+from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
 from mapkit.preprocess.targets import PAD, one_hot_states
 from mapkit.settings import FeatureSettings
 from tests.tiny_store import build_tiny_store
@@ -227,3 +229,9 @@ def test_max_tokens_crops_a_contiguous_window(store):
     whole, part = full[li]["tokens"].tolist(), crop[li]["tokens"].tolist()
     assert len(part) == 8
     assert any(whole[s: s + 8] == part for s in range(len(whole) - 7))
+
+
+def test_windows_read_the_stored_pad_and_refuse_another_context(store):
+    assert PlacementDataset(store).context == FeatureSettings().placement_pad
+    with pytest.raises(ValueError, match="context 5 is not the store's placement pad 7"):
+        PlacementDataset(store, context=5)

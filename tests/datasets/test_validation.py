@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings as hsettings, strategies as st
 
-from mapkit.build_targets import build_targets
+from mapkit.runs.build_targets import build_targets
 from mapkit.cli import main
 from mapkit.datasets.store import Store
 from mapkit.datasets.validation import (MAX_PROBLEMS, ValidationReport, float16_sum_tolerances, scan_features,
                                         validate_store as validate_with_checksums)
-from mapkit.demo import make_demo
-from mapkit.extract import extract
+from mapkit.runs.demo import make_demo
+from mapkit.runs.extract import extract
 from mapkit.settings import FeatureSettings
 
 SILENCE = FeatureSettings().silence_value
@@ -634,7 +634,7 @@ def test_a_state_frame_missing_from_token_frames(store, sound_store):
     assert "other frames than the notes" in p["message"]
 
 
-# --- dtypes of the public contract (DESIGN.md section 8) ---------------------------------------------
+# --- dtypes of the public contract (docs/design.md §4) ---------------------------------------------
 
 
 def test_tokens_stored_as_floats_with_a_half_are_not_cast_away(store, sound_store):

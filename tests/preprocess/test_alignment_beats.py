@@ -9,7 +9,7 @@ ms of jitter.
 import numpy as np
 import pytest
 
-from mapkit.audit import AuditSettings, audit_flags
+from mapkit.runs.audit import AuditSettings, audit_flags
 from mapkit.preprocess.alignment import align_notes, beat_period_frames, fold_lag, onset_strength
 from mapkit.preprocess.features import placement_features
 from mapkit.preprocess.tempo import TempoMap
@@ -83,7 +83,7 @@ def test_fold_lag_reads_lags_modulo_half_a_beat_only_on_that_grid():
 def test_the_audit_reads_the_beat_period_from_the_stored_tempo_map():
     import json
 
-    from mapkit.audit import stored_beat_frames
+    from mapkit.runs.audit import stored_beat_frames
     from mapkit.preprocess.notes import STORED_NOTE_DTYPE
 
     notes = np.zeros(3, dtype=STORED_NOTE_DTYPE)
@@ -99,8 +99,8 @@ def test_the_audit_reads_the_beat_period_from_the_stored_tempo_map():
 def test_a_difficulty_without_notes_is_few_notes_only_and_null_in_the_audit_json():
     import json
 
-    from mapkit.audit import AuditReport, DifficultyAudit
-    from mapkit.datasets.runner import RunReport
+    from mapkit.runs.audit import AuditReport, DifficultyAudit
+    from mapkit.runs.runner import RunReport
 
     a = align_notes(np.zeros(0, np.int64), np.ones(500, np.float32), beat_frames=BEAT_FRAMES)
     flags, reasons = audit_flags(a, AuditSettings())

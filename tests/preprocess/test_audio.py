@@ -9,10 +9,11 @@ import pytest
 import soundfile as sf
 
 from mapkit.errors import AudioError
-from mapkit.audio_out import _ogg_crc, encode_ogg_vorbis
-from mapkit.preprocess.audio import AudioNote, audio_sha256, decode_audio, ogg_stream_state, open_source_audio, resample
+from mapkit.preprocess.audio import (AudioNote, audio_sha256, decode_audio, ogg_page_crc, ogg_stream_state,
+                                    open_source_audio, resample)
 from mapkit.preprocess.features import song_features
 from mapkit.preprocess.sources import Source
+from mapkit.writers.ogg import encode_ogg_vorbis
 
 REAL_SONG = Path("/usr/share/games/fretsonfire/data/songs/sectoid/Metal madness/song.ogg")
 
@@ -125,7 +126,7 @@ def without_eos_flag(data: bytes) -> bytes:
     page = bytearray(data[last:])
     page[5] &= ~4
     page[22:26] = b"\0\0\0\0"
-    page[22:26] = _ogg_crc(bytes(page)).to_bytes(4, "little")
+    page[22:26] = ogg_page_crc(bytes(page)).to_bytes(4, "little")
     return data[:last] + bytes(page)
 
 

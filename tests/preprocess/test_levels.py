@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mapkit.errors import LevelError
-from mapkit.preprocess.levels import (_MISSING, DROP_REASONS, _strict_number, _v2_notes, _v3_notes,
-                                      canonical_difficulty, normalise_notes, read_level)
+from mapkit.preprocess.levels import (MISSING, DROP_REASONS, strict_number, _v2_notes, _v3_notes,
+                                      normalise_notes, read_level)
 from mapkit.preprocess.notes import BOMB, NOTE_DTYPE
 from mapkit.preprocess.tempo import TempoMap
 from mapkit.settings import TargetSettings
@@ -502,17 +502,6 @@ def test_unknown_and_repeated_difficulty_names(tmp_path):
     assert c.difficulty == "Insane" and c.quarantine == "unknown difficulty name 'Insane'"
 
 
-@pytest.mark.parametrize("name, canonical", [("Expert+", "ExpertPlus"), ("expertplus", "ExpertPlus"),
-                                             ("Expert Plus", "ExpertPlus"), ("EASY", "Easy"), ("normal", "Normal"),
-                                             ("Hard", "Hard"), ("expert", "Expert")])
-def test_canonical_difficulty(name, canonical):
-    assert canonical_difficulty(name) == canonical
-
-
-def test_canonical_difficulty_rejects_unknown_names():
-    with pytest.raises(ValueError, match="unknown difficulty name 'Extreme'"):
-        canonical_difficulty("Extreme")
-
 
 def test_file_names_from_the_info_cannot_leave_the_level(tmp_path):
     write_json(tmp_path / "outside.dat", {"_version": "2.0.0", "_notes": [n2(1)]})
@@ -541,9 +530,9 @@ def reference_check(beat, x, y, typ, direction, fake, allowed, is_bomb):
     if fake:
         return "fake", None, 0
     fields = (beat, x, y, typ, direction)
-    if any(v is _MISSING for v in fields):
+    if any(v is MISSING for v in fields):
         return "missing_field", None, 0
-    parsed = [_strict_number(v) for v in fields]
+    parsed = [strict_number(v) for v in fields]
     if any(num is None for num, _ in parsed):
         return "bad_value", None, 0
     n_strings = sum(s for _, s in parsed)
@@ -586,7 +575,7 @@ def reference_normalise(checked, bpm):
 raw_values = st.sampled_from([0, 1, 2, 3, 8, 9, -1, 4, 1.0, 2.5, -0.5, 1000, -2000, 1500.5, 1045, float("inf"),
                               float("nan"), 10 ** 400, -(10 ** 400), "1", " 2 ", "1e0", "0x10", "left", "", True,
                               False, None, [1], {"a": 1}])
-maybe = st.one_of(raw_values, st.just(_MISSING))
+maybe = st.one_of(raw_values, st.just(MISSING))
 V2_KEYS = ("_time", "_lineIndex", "_lineLayer", "_type", "_cutDirection")
 v2_note = st.one_of(
     st.fixed_dictionaries({}, optional={**{k: raw_values for k in V2_KEYS},
@@ -609,11 +598,11 @@ def test_v2_note_checks_equal_the_per_note_rules(notes):
         if not isinstance(n, dict):
             checked.append(reference_check(None, 0, 0, 0, 0, False, (0, 1, 3), False))
             continue
-        t = n.get("_type", _MISSING)
+        t = n.get("_type", MISSING)
         custom = n.get("_customData")
-        checked.append(reference_check(*(n.get(k, _MISSING) for k in V2_KEYS),
+        checked.append(reference_check(*(n.get(k, MISSING) for k in V2_KEYS),
                                        isinstance(custom, dict) and custom.get("_fake") is True, (0, 1, 3),
-                                       _strict_number(t)[0] == 3))
+                                       strict_number(t)[0] == 3))
     expected, expected_drops, expected_strings = reference_normalise(checked, 120)
     arr, drops, n_strings = normalise_notes(_v2_notes({"_notes": notes}, "x.dat"), TempoMap.constant(120))
     assert arr.tolist() == expected
@@ -723,7 +712,7 @@ def test_v4_info_with_a_2_0_0_audio_data_file_uses_its_regions(tmp_path):
                                              "_startBeat": 20, "_endBeat": 60}]})
     d = only(read_level(root))
     assert d.quarantine is None and d.tempo.source == "regions"
-    assert d.notes["time_s"].tolist() == [5.0, 12.5]  # DESIGN.md section 1: beat 30 -> 12.5 s
+    assert d.notes["time_s"].tolist() == [5.0, 12.5]  # docs/design.md §1: beat 30 -> 12.5 s
 
 
 def test_info_characteristics_reads_only_the_info_file(tmp_path):
@@ -813,11 +802,11 @@ def test_undeclared_noodle_notes_are_dropped_and_the_level_quarantined(tmp_path)
 
 
 def test_difficulty_without_notes_is_read_but_not_a_target(tmp_path):
-    from mapkit.build_targets import no_notes_reason
+    from mapkit.preprocess.difficulty_targets import no_notes_reason
 
     d = only(read_level(make_v2_level(tmp_path, [])))
     assert d.quarantine is None and "no notes" in d.warnings  # inspect and evaluate see it as it is
-    assert no_notes_reason(d) == "no notes"  # build-targets quarantines it (tests/test_build_targets.py)
+    assert no_notes_reason(d) == "no notes"  # build-targets quarantines it (tests/runs/test_build_targets.py)
     d = only(read_level(make_v2_level(tmp_path, [n2(1, t=3), n2(2, t=3)], name="bombs")))
     assert no_notes_reason(d) == "no notes (only 2 bombs)"
     assert no_notes_reason(only(read_level(make_v2_level(tmp_path, [n2(1), n2(2, t=1)], name="two")))) is None

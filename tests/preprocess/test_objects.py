@@ -8,7 +8,8 @@ import pytest
 
 from mapkit.errors import LevelError
 from mapkit.preprocess.frame_events import FRAME_EVENT_CHANNELS, STREAM_KINDS, frame_events, object_stream
-from mapkit.preprocess.levels import format_level, read_level
+from mapkit.preprocess.levels import read_level
+from mapkit.runs.inspect import format_level
 from mapkit.preprocess.objects import EVENT_BOX_JSON, OBJECT_KINDS, group_json, place_objects
 from mapkit.settings import TargetSettings
 from tests.objects_levels import seconds, write_v2, write_v3, write_v4
@@ -205,7 +206,7 @@ def test_lighting_that_is_not_a_list_is_lost_with_a_warning_but_walls_are_corrup
 # --- frames, links, the frame target and the stream ----------------------------------------------
 
 def test_placement_frames_links_and_beyond_audio(tmp_path):
-    from mapkit.build_targets import place_notes
+    from mapkit.preprocess.difficulty_targets import place_notes
 
     d = only(read_level(write_v3(tmp_path / "v3"), settings=LENIENT))
     T = 451  # 4.5 s is frame 450, the last one
@@ -242,7 +243,7 @@ def test_placement_frames_links_and_beyond_audio(tmp_path):
 
 
 def test_inspect_text_and_json_show_every_kind(tmp_path):
-    from mapkit.preprocess.levels import inspect_levels
+    from mapkit.runs.inspect import inspect_levels
 
     root = write_v3(tmp_path / "v3")
     [text] = inspect_levels([root], settings=LENIENT)

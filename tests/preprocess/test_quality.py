@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from mapkit.preprocess.levels import DIFFICULTIES, read_level
+from mapkit.preprocess.difficulties import DIFFICULTIES
+from mapkit.preprocess.levels import read_level
 from mapkit.preprocess.notes import BLUE, BOMB, RED, sort_notes
 from mapkit.preprocess.quality import (
     METRIC_NAMES, VISION_WINDOWS, colliding_pairs, crossover_notes, density_metrics, level_metrics,

@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mapkit.preprocess.tempo import TempoError, TempoMap
+from mapkit.errors import TempoError
+from mapkit.preprocess.tempo import TempoMap
 
 
-# --- the worked examples of DESIGN.md section 1 --------------------------------------------------
+# --- the worked examples of docs/design.md §1 --------------------------------------------------
 
 def test_worked_example_tempo_event():
     # base 120, a real tempo event at beat 16 to 240: 16 * 0.5 + 4 * 0.25
     assert TempoMap.from_bpm_events(120, [(16, 240)]).seconds(20) == 9.0
-    # the same with an explicit event at beat 0 (formats.md 1.8 example)
+    # the same with an explicit event at beat 0 (docs/formats.md §1.8 example)
     assert TempoMap.from_bpm_events(120, [(0, 120), (16, 240)]).seconds(20) == 9.0
 
 
@@ -218,3 +219,36 @@ def test_every_regions_map_is_continuous_and_survives_json_and_shift(base, steps
     back = TempoMap.from_json(json.loads(json.dumps(tm.shifted(offset).to_json())))
     b = np.linspace(-1, sb + 10, 400)
     assert np.all(np.diff(back.seconds(b)) > 0)
+
+
+# --- properties (from the end-to-end reliability tests)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.floats(30, 400), st.lists(st.tuples(st.floats(0, 500), st.floats(20, 600)), max_size=6),
+       st.lists(st.floats(0, 900), min_size=1, max_size=20))
+def test_tempo_seconds_of_beats_of_t_is_t(base, events, times):
+    tm = TempoMap.from_bpm_events(base, events)
+    t = np.sort(np.array(times))
+    b = tm.beats(t)
+    assert np.all(np.diff(b) >= 0)  # beats(t) monotone
+    np.testing.assert_allclose(tm.seconds(b), t, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(60, 240), st.lists(st.tuples(st.integers(1, 88200), st.floats(0.25, 16)), min_size=1,
+                                    max_size=5),
+       st.lists(st.floats(0, 30), min_size=1, max_size=20))
+def test_regions_map_is_monotone_and_invertible(base, spans, times):
+    """v4 regions laid end to end (sample spans, beat spans) give a strictly increasing invertible map."""
+    regions, si, sb = [], 0, 0.0
+    for samples, beats in spans:
+        regions.append((si, si + samples, sb, sb + beats))
+        si, sb = si + samples, sb + beats
+    tm = TempoMap.from_regions(base, regions, 44100)
+    t = np.sort(np.array(times))
+    b = tm.beats(t)
+    assert np.all(np.diff(b) >= 0)
+    np.testing.assert_allclose(tm.seconds(b), t, rtol=1e-9, atol=1e-9)
+    for r in regions:  # each region's end sample is reached at its end beat
+        assert tm.seconds(r[3]) == pytest.approx(r[1] / 44100, abs=1e-9)

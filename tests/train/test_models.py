@@ -279,3 +279,13 @@ def test_forward_is_deterministic_in_eval_mode():
     a.eval(), b.eval()
     assert torch.equal(a(src, mask, tokens[:, :-1]), b(src, mask, tokens[:, :-1]))
     assert torch.equal(a(src, mask, tokens[:, :-1]), a(src, mask, tokens[:, :-1]))
+
+
+def test_a_model_that_does_not_fit_the_store_features_is_named():
+    from mapkit.settings import FeatureSettings
+
+    assert PlacementConfig().feature_mismatches(FeatureSettings()) == []
+    bad = PlacementConfig(context=5, n_mels=64).feature_mismatches(FeatureSettings())
+    assert bad == ["model context 5, store placement_pad 7", "model n_mels 64, store placement_n_mels 80"]
+    assert PlacementConfig().feature_mismatches(FeatureSettings(placement_pad=9)) == [
+        "model context 7, store placement_pad 9"]

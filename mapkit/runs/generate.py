@@ -1,0 +1,459 @@
+"""Generate a level from a song with the two trained models (docs/design.md §7).
+
+    song -> song_features (the code of ``mapkit extract``, float16 as stored)
+         -> stage 1: per-frame note probabilities (``ddc.predict_probabilities``,
+            the windows the threshold was validated with)
+         -> peak picking (the checkpoint's threshold of the difficulty, smoothing, minimum gap)
+         -> tempo from the audio, note beats (optionally snapped to a 1/16 grid)
+         -> stage 2: one state per peak by beam search (cached keys/values) or sampling
+         -> a level folder (Info.dat v2.1.0, a v3.3.0 difficulty, song.egg, cover.png) and its .zip
+
+Timing. The level has one constant BPM, estimated from the audio
+(:func:`estimate_tempo`), ``_songTimeOffset`` 0 and beat 0 at audio time 0
+(BeatSaver rejects offsets). A note at ``t`` seconds sits at beat
+``TempoMap.constant(bpm).beats(t)`` (the one beats <-> seconds rule,
+:class:`~mapkit.preprocess.tempo.TempoMap`). With snapping, a beat is moved
+to the nearest 1/16 beat only when the note stays on its own stage-1 frame
+(the snapped time rounds to the same frame, :func:`~mapkit.preprocess.timebase.frame_of`),
+moves by at most ``tolerance_s`` and keeps the notes' order; otherwise it
+stays exact. Either way every note's time rounds to exactly the frame
+stage 1 chose, and the notes of :class:`GeneratedLevel` hold exactly the
+times the level plays (``TempoMap.constant(bpm).seconds(beat)``). The grid's
+phase is that of audio time 0, not of the music's downbeat: aligning it
+would need a lead-in tempo change.
+
+Stage-2 sources are built as in training: the normalised stage-2 feature row
+of each token's frame (BOS on frame -1, EOS on frame T, i.e. the pad rows)
+and the gaps to the previous/next note in seconds and beats from
+:func:`~mapkit.preprocess.targets.token_sequence` (BOS at 0 s, EOS at the
+end of the song), computed from the times and beats the level will hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mapkit.writers.beatmap import difficulty_json, dumps, info_json
+from mapkit.errors import MapkitError
+from mapkit.writers.files import write_level
+from mapkit.preprocess.beats import SNAP_DIVISIONS, estimate_tempo, onset_envelope, short_beats, snap_beats
+from mapkit.preprocess.notes import BOMB
+from mapkit.preprocess.targets import notes_from_states
+from mapkit.preprocess.tempo import TempoMap
+from mapkit.preprocess.timebase import frame_time, song_end_beat
+from mapkit.train.checkpoints import PlacementSetup, SelectionSetup
+
+#: Where ``mapkit train ddc`` / ``mapkit train transformer`` write their last checkpoints by default.
+DEFAULT_PLACEMENT = "mapkit-runs/ddc/last.pt"
+DEFAULT_SELECTION = "mapkit-runs/transformer/last.pt"
+#: Name of the generated level (folder and zip): ``<song id>-mapkit``.
+LEVEL_SUFFIX = "-mapkit"
+
+
+# --------------------------------------------------------------------------- tempo and beats
+
+
+# --------------------------------------------------------------------------- stage 2 input and output
+
+
+# --------------------------------------------------------------------------- level files
+
+
+def cover_image(selection: np.ndarray, size: int = 256) -> np.ndarray:
+    """A cover drawn from the song itself: its stage-2 log-mel spectrogram, ``[size, size, 3]`` uint8.
+
+    Time runs left to right, low bands at the bottom; values between the 5th
+    and 99.5th percentile map onto a dark-blue -> magenta -> yellow ramp.
+    """
+    x = np.asarray(selection, dtype=np.float32)
+    n_frames = x.shape[0]
+    if n_frames == 0:
+        return np.zeros((size, size, 3), np.uint8)
+    # column i is the mean of its frames; a song shorter than the image repeats frames
+    starts = np.floor(np.arange(size) * n_frames / size).astype(np.int64)
+    counts = np.maximum(np.diff(np.append(starts, n_frames)), 1)
+    img = (np.add.reduceat(x, starts, axis=0) / counts[:, None]).T  # [bands, size]
+    img = img[np.linspace(x.shape[1] - 1, 0, size).round().astype(int)]  # low bands at the bottom
+    lo, hi = np.percentile(img, [5, 99.5])
+    v = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)[..., None]
+    stops = np.array([[10, 10, 40], [180, 30, 140], [255, 220, 60]], dtype=np.float32)
+    rgb = np.where(v < 0.5, stops[0] + (stops[1] - stops[0]) * (v * 2), stops[1] + (stops[2] - stops[1]) * (v * 2 - 1))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def song_egg(source) -> bytes:
+    """Ogg Vorbis bytes of the song: the file itself when it already is Ogg Vorbis, else re-encoded.
+
+    Copying keeps the audio bit for bit (no second lossy encoding, and the
+    notes stay aligned to exactly the audio they were made from). Other
+    formats are decoded with every channel and encoded in 1 s blocks
+    (:func:`mapkit.writers.ogg.encode_ogg_vorbis`).
+    """
+    import soundfile as sf
+
+    from mapkit.writers.ogg import encode_ogg_vorbis
+    from mapkit.preprocess.audio import open_source_audio
+
+    file, name, data = open_source_audio(source)
+    with file:
+        raw = data if data is not None else file.read()
+    with sf.SoundFile(io.BytesIO(raw)) as snd:
+        if snd.format == "OGG" and snd.subtype == "VORBIS":
+            return raw
+        audio = snd.read(dtype="float32", always_2d=True)
+        rate = snd.samplerate
+    serial = int.from_bytes(hashlib.sha256(raw).digest()[:4], "little")  # same song, same bytes
+    return encode_ogg_vorbis(audio, rate, serial=serial)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass
+class GeneratedLevel:
+    """What :func:`generate_level` made.
+
+    ``notes`` (NOTE_DTYPE, sorted) are exactly the notes written, with the
+    time the level plays them at (``TempoMap.constant(bpm).seconds(beat)``). ``peak_frames`` are
+    the stage-1 peaks (one state each), ``snapped`` says which of them were
+    moved onto the beat grid. ``timings`` maps stage -> seconds: features,
+    tempo, stage1, peaks, stage2, writing. ``warnings`` says what is off
+    about a level that was still written (e.g. no notes found).
+    """
+
+    song_id: str
+    folder: Path
+    zip_path: Path
+    difficulty: str
+    bpm: float
+    notes: np.ndarray
+    peak_frames: np.ndarray
+    snapped: np.ndarray
+    n_frames: int
+    duration_s: float
+    score: float
+    timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 2 when the level was written but something is off (:attr:`warnings`)."""
+        return 2 if self.warnings else 0
+
+    def summary(self) -> str:
+        """One human-readable paragraph: where, how many notes, BPM, time per stage."""
+        n_bombs = int((self.notes["color"] == BOMB).sum())
+        split = ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
+        return (f"{self.folder} (+ {self.zip_path.name}): {self.difficulty}, {self.bpm:g} BPM, "
+                f"{len(self.peak_frames)} note times, {len(self.notes) - n_bombs} notes, {n_bombs} bombs, "
+                f"{int(self.snapped.sum())} snapped to 1/{SNAP_DIVISIONS} beat; "
+                f"{self.duration_s:.1f} s of audio in {sum(self.timings.values()):.1f} s ({split})")
+
+
+def song_metadata(source) -> tuple[str, str]:
+    """``(song name, artist)`` for the generated Info.dat.
+
+    From the source level's info file (v2 ``_songName``/``_songAuthorName``,
+    v4 ``song.title``/``song.author``) when generating from a level, else from
+    the audio's tags (Vorbis comments, WAV/FLAC info: TITLE, ARTIST); the
+    file's name and no artist when there are none.
+    """
+    title = author = ""
+    try:
+        if source.kind == "level":
+            from mapkit.preprocess.container import LevelContainer
+
+            with LevelContainer(source.path) as c:
+                info = c.read_info_json()
+            song = info.get("song") if isinstance(info.get("song"), dict) else {}
+            title = info.get("_songName") or song.get("title") or info.get("songName") or ""
+            author = info.get("_songAuthorName") or song.get("author") or info.get("authorName") or ""
+        else:
+            import soundfile as sf
+
+            with sf.SoundFile(str(source.path)) as snd:
+                title, author = snd.title or "", snd.artist or ""
+    except (MapkitError, OSError, RuntimeError, ValueError, AttributeError):
+        pass  # no usable metadata: the file name below
+    return (str(title).strip() or source.song_id), str(author).strip()
+
+
+def _refuse_overwrite(out_dir, level_name: str, force: bool):
+    """Refuse (MapkitError) to replace an earlier generated level unless ``force``."""
+    for path in (Path(out_dir) / level_name, Path(out_dir) / f"{level_name}.zip"):
+        if path.exists() and not force:
+            raise MapkitError(path, "already exists; give --force to replace it, or choose another --out")
+
+
+def _song_source(song):
+    """The one :class:`~mapkit.preprocess.sources.Source` of ``song`` (audio file, level folder or zip)."""
+    from mapkit.preprocess.sources import discover
+
+    path = Path(song)
+    if not path.exists():
+        raise MapkitError(path, "song does not exist")
+    sources = discover(path)
+    if len(sources) != 1:
+        what = "no song" if not sources else f"{len(sources)} songs"
+        raise MapkitError(path, f"expected one song (an audio file, a level folder or a .zip), found {what}")
+    return sources[0]
+
+
+def generate_level(song, placement_model, selection_model, placement_ckpt: dict, selection_ckpt: dict,
+                   difficulty: str = "Expert", beam_size: int = 8, temperature: float | None = None,
+                   snap: bool = True, out_dir="mapkit-generated", threshold: float | None = None,
+                   seed: int = 0, use_cache: bool = True, name: str | None = None,
+                   force: bool = False) -> GeneratedLevel:
+    """Generate one level of ``song`` with loaded models.
+
+    Parameters
+    ----------
+    song : path
+        An audio file, a level folder or a ``.zip`` (anything ``mapkit extract`` reads).
+    placement_model : PlacementModel
+    selection_model : SelectionModel
+    placement_ckpt, selection_ckpt : dict
+        The models' checkpoints (:func:`mapkit.train.loop.load_checkpoint`):
+        normalisation stats, feature settings, ``window`` and
+        ``peak_picking`` (stage 1), ``vocab`` (stage 2).
+    difficulty : str
+        Easy, Normal, Hard, Expert or ExpertPlus (aliases like "Expert+" accepted).
+    beam_size : int
+        Beams of the stage-2 search (1 = greedy). Ignored when sampling.
+    temperature : float, optional
+        Sample stage 2 at this temperature instead of beam search.
+    snap : bool
+        Snap note beats to 1/16 beat within 10 ms (:func:`snap_beats`).
+    out_dir : path
+        The level is written to ``out_dir/<name>/`` and ``out_dir/<name>.zip``.
+    threshold : float, optional
+        Peak threshold instead of the checkpoint's (that of ``difficulty`` when
+        validated, else the single best one).
+    seed : int
+        Seed of sampling.
+    use_cache : bool
+        Incremental decoding with cached keys/values (same result, faster).
+    name : str, optional
+        Level name (default ``<song id>-mapkit``).
+    force : bool
+        Replace an existing ``out_dir/<name>`` (else refused before any work).
+
+    Returns
+    -------
+    GeneratedLevel
+        A song where stage 1 finds no note still gets its (empty) level,
+        with a "no notes found" entry in ``warnings``.
+
+    Raises
+    ------
+    MapkitError
+        Unreadable song (:class:`~mapkit.errors.AudioError`), checkpoints that
+        do not fit together, or an unknown difficulty.
+    """
+    from mapkit.preprocess.features import song_features
+
+    difficulty, p_setup, s_setup, th = _checked_setups(song, difficulty, placement_ckpt, selection_ckpt,
+                                                       selection_model, threshold)
+    settings = p_setup.feature_settings
+    timings = {}
+    with _timed(timings, "features"):
+        source = _song_source(song)
+        level_name = name or f"{source.song_id}{LEVEL_SUFFIX}"
+        _refuse_overwrite(out_dir, level_name, force)
+        feats = song_features(source, settings)  # the code of mapkit extract, float16 as the store holds it
+    with _timed(timings, "tempo"):
+        # the middle FFT size (2048) of the placement features: librosa's default onset resolution
+        column = len(settings.placement_n_ffts) // 2
+        bpm = estimate_tempo(onset_envelope(settings.unpad("placement", feats.placement)[:, column]), settings.fps)
+    with _timed(timings, "stage1"):
+        probs = _note_probabilities(placement_model, p_setup, feats.placement, difficulty)
+    with _timed(timings, "peaks"):
+        frames, beats, snapped = _note_beats(probs, th, p_setup, bpm, feats.duration_s, snap)
+    with _timed(timings, "stage2"):
+        notes, score = _note_states(selection_model, s_setup, feats, frames, beats, bpm, temperature=temperature,
+                                    beam_size=beam_size, seed=seed, use_cache=use_cache)
+    with _timed(timings, "writing"):
+        out_dir = Path(out_dir)
+        if (out_dir / level_name).resolve() == Path(source.path).resolve():
+            raise MapkitError(out_dir / level_name, "the generated level would replace the input song; choose --out")
+        written = write_level(out_dir, level_name, _level_files(source, difficulty, bpm, notes, feats, settings))
+    warnings = []
+    if len(frames) == 0:
+        warnings.append(f"no notes found: stage 1 put no peak above the threshold {th:g} in the "
+                        f"{feats.duration_s:.2f} s of {source.path}; the level was written without notes")
+    return GeneratedLevel(song_id=source.song_id, folder=written["folder"], zip_path=written["zip"],
+                          difficulty=difficulty, bpm=bpm, notes=notes, peak_frames=frames, snapped=snapped,
+                          n_frames=feats.n_frames, duration_s=feats.duration_s, score=score, timings=timings,
+                          warnings=warnings)
+
+
+@contextmanager
+def _timed(timings: dict, stage: str):
+    """Record the seconds the block takes as ``timings[stage]``."""
+    clock = time.perf_counter()
+    yield
+    timings[stage] = time.perf_counter() - clock
+
+
+def _checked_setups(song, difficulty: str, placement_ckpt: dict, selection_ckpt: dict, selection_model, threshold):
+    """``(canonical difficulty, PlacementSetup, SelectionSetup, threshold)``; MapkitError when they do not fit."""
+    from mapkit.preprocess.difficulties import canonical_difficulty
+
+    try:
+        difficulty = canonical_difficulty(difficulty)
+    except ValueError as e:
+        raise MapkitError(song, str(e)) from None
+    p_setup = PlacementSetup.from_checkpoint(placement_ckpt)
+    s_setup = SelectionSetup.from_checkpoint(selection_ckpt)
+    if p_setup.feature_settings != s_setup.feature_settings:
+        raise MapkitError(song, f"the checkpoints were trained on different features "
+                                f"({p_setup.feature_settings.hash} vs {s_setup.feature_settings.hash})")
+    if len(s_setup.vocab) != selection_model.config.vocab_size:
+        raise MapkitError(song, f"the stage-2 vocabulary has {len(s_setup.vocab)} tokens, "
+                                f"the model {selection_model.config.vocab_size}")
+    th = p_setup.threshold_for(difficulty) if threshold is None else float(threshold)
+    if th is None:
+        raise MapkitError(song, "the stage-1 checkpoint holds no validated threshold (trained without a "
+                                "validation split); pass a threshold")
+    return difficulty, p_setup, s_setup, th
+
+
+def _note_probabilities(placement_model, p_setup: PlacementSetup, placement: np.ndarray, difficulty: str):
+    """Stage 1: the note probability of every frame, in the windows the threshold was validated with."""
+    import torch
+
+    from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
+    from mapkit.train.ddc import predict_probabilities
+
+    placement_model.eval()
+    with torch.inference_mode():
+        return predict_probabilities(placement_model, placement, DIFFICULTY_INDEX[difficulty], p_setup.mean,
+                                     p_setup.std, p_setup.feature_settings.silence_value, window=p_setup.window,
+                                     device=next(placement_model.parameters()).device)
+
+
+def _note_beats(probs, th: float, p_setup: PlacementSetup, bpm: float, duration_s: float, snap: bool):
+    """Peaks inside the audio, as ``(frames, beats, snapped)``: beats at ``bpm`` (snapped to 1/16 where the note
+    stays on its frame), written short, every one still on its frame."""
+    from mapkit.preprocess.peaks import pick_peaks
+
+    fps = p_setup.feature_settings.fps
+    frames = pick_peaks(probs, th, p_setup.min_gap_frames, p_setup.smoothing)
+    exact_s = frame_time(frames, fps)
+    frames, exact_s = frames[exact_s < duration_s], exact_s[exact_s < duration_s]  # inside the audio
+    tempo = TempoMap.constant(bpm)
+    exact_beats = tempo.beats(exact_s)
+    if snap:
+        beats, snapped = snap_beats(exact_beats, bpm, end_beat=tempo.beats(duration_s), fps=fps)
+    else:
+        beats, snapped = exact_beats, np.zeros(len(frames), dtype=bool)
+    return frames, short_beats(beats, bpm), snapped  # 3.8, not 3.8002399999999996, on the same frames
+
+
+def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats, bpm: float, temperature=None,
+                 beam_size: int = 8, seed: int = 0, use_cache: bool = True):
+    """Stage 2: one state per note time, by beam search (or sampling at ``temperature``); ``(notes, score)``."""
+    import torch
+
+    from mapkit.datasets.schema import GAP_NAMES
+    from mapkit.datasets.torch_datasets import selection_source
+    from mapkit.preprocess.targets import token_sequence
+    from mapkit.train.decoding import beam_search, sample
+
+    settings, T = s_setup.feature_settings, feats.n_frames
+    tempo = TempoMap.constant(bpm)
+    times = tempo.seconds(beats)
+    seq = token_sequence(frames, np.zeros(len(frames), np.int32), times, beats, T,
+                         end_beat=song_end_beat(tempo, T, settings.fps), fps=settings.fps)
+    gaps = np.stack([getattr(seq, name) for name in GAP_NAMES], axis=1)
+    src = torch.from_numpy(selection_source(feats.selection, seq.token_frames, gaps, s_setup.mean, s_setup.std,
+                                            settings.selection_pad))
+    with torch.inference_mode():
+        if temperature is not None:
+            hyp = sample(selection_model, src, None, len(frames), temperature=float(temperature), use_cache=use_cache,
+                         generator=torch.Generator().manual_seed(int(seed)), window=s_setup.window)
+        else:
+            hyp = beam_search(selection_model, src, None, len(frames), beam_size=int(beam_size), use_cache=use_cache,
+                              window=s_setup.window)
+    states = [s_setup.vocab.decode(t) for t in hyp.states.tolist()]
+    return notes_from_states(times, beats, states), hyp.score
+
+
+def _level_files(source, difficulty: str, bpm: float, notes, feats, settings) -> dict:
+    """The files of the generated level: Info.dat v2.1.0, one v3.3.0 difficulty, song.egg, cover.png."""
+    from mapkit.writers.png import png_bytes
+
+    beatmap = f"{difficulty}Standard.dat"
+    title, author = song_metadata(source)
+    return {
+        "Info.dat": dumps(info_json(title, bpm, difficulty, beatmap, feats.duration_s, author=author), pretty=True),
+        beatmap: dumps(difficulty_json(notes, bpm)),
+        "song.egg": song_egg(source),
+        "cover.png": png_bytes(cover_image(settings.unpad("selection", feats.selection))),
+    }
+
+
+def missing_checkpoints(placement, selection) -> str | None:
+    """None when both checkpoint files exist, else a message naming each missing one and how to make it."""
+    lines = []
+    for path, stage, default in ((placement, "ddc", DEFAULT_PLACEMENT), (selection, "transformer", DEFAULT_SELECTION)):
+        if not Path(path).is_file():
+            out = Path(path).parent
+            how = f"mapkit train {stage}" + ("" if Path(path) == Path(default) else f" --out {out}")
+            lines.append(f"  {path}: missing; make it with `{how}` (stage {'1' if stage == 'ddc' else '2'})")
+    if not lines:
+        return None
+    return "\n".join(["generation needs both trained models:", *lines,
+                      "  (first `mapkit extract` and `mapkit build-targets` your levels into the store; trained "
+                      "into another --out? pass --placement OUT/last.pt and --selection OUT/last.pt)"])
+
+
+def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, device: str = "cpu",
+             threads: int | None = None, **kwargs) -> GeneratedLevel:
+    """Load both checkpoints and generate a level of ``song`` (see :func:`generate_level`).
+
+    Parameters
+    ----------
+    song : path
+    placement, selection : path
+        Checkpoints of ``mapkit train ddc`` and ``mapkit train transformer``.
+    device : str
+        Torch device of the models.
+    threads : int, optional
+        Torch CPU threads (``torch.set_num_threads``; 1 is fastest on small CPUs: decoding is a long
+        chain of small steps); None leaves torch's setting.
+    **kwargs
+        Passed to :func:`generate_level` (difficulty, beam_size, temperature, snap, out_dir, ...).
+
+    Raises
+    ------
+    MapkitError
+        A checkpoint is missing (the message says which and the command that
+        makes it) or unreadable, or any error of :func:`generate_level`.
+    """
+    message = missing_checkpoints(placement, selection)
+    if message:
+        missing = [str(p) for p in (placement, selection) if not Path(p).is_file()]
+        raise MapkitError(", ".join(missing), message)
+    import torch
+
+    from mapkit.train.loop import load_checkpoint
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+
+    p_model, p_ckpt = load_checkpoint(placement, device)
+    s_model, s_ckpt = load_checkpoint(selection, device)
+    if p_ckpt.get("model_kind") != "placement":
+        raise MapkitError(placement, f"not a stage-1 (ddc) checkpoint: it holds a {p_ckpt.get('model_kind')} model")
+    if s_ckpt.get("model_kind") != "selection":
+        raise MapkitError(selection, f"not a stage-2 (transformer) checkpoint: it holds a "
+                                     f"{s_ckpt.get('model_kind')} model")
+    return generate_level(song, p_model, s_model, p_ckpt, s_ckpt, **kwargs)

@@ -1,0 +1,95 @@
+"""Beat Saber's JSON files as mapkit writes them: the one serialiser, a v3 difficulty, a v2.1 info file.
+
+Shared by ``mapkit generate`` and the demo set (docs/formats.md describes the formats).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from mapkit.preprocess.difficulties import DIFFICULTY_SPECS
+from mapkit.preprocess.notes import BOMB
+
+
+def dumps(obj, pretty: bool = False) -> bytes:
+    """UTF-8 JSON bytes of a level file: compact (difficulty files) or indented with a final newline (info files).
+
+    Compact separators: v3 files must have no whitespace after the colon of
+    ``"version"`` (docs/formats.md §1.4).
+    """
+    if pretty:
+        return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def v3_difficulty(color_notes: list, bomb_notes: list, bpm_events: list, light_events=(),
+                  compatible_events: bool = False) -> dict:
+    """A v3.3.0 difficulty: the given notes, tempo and basic light events, every other array empty.
+
+    ``compatible_events`` is ``useNormalEventsAsCompatibleEvents``.
+    """
+    return {
+        "version": "3.3.0", "bpmEvents": list(bpm_events), "rotationEvents": [], "colorNotes": list(color_notes),
+        "bombNotes": list(bomb_notes), "obstacles": [], "sliders": [], "burstSliders": [], "waypoints": [],
+        "basicBeatmapEvents": list(light_events), "colorBoostBeatmapEvents": [], "lightColorEventBoxGroups": [],
+        "lightRotationEventBoxGroups": [], "lightTranslationEventBoxGroups": [], "vfxEventBoxGroups": [],
+        "_fxEventsCollections": {"_fl": [], "_il": []}, "basicEventTypesWithKeywords": {"d": []},
+        "useNormalEventsAsCompatibleEvents": bool(compatible_events), "customData": {},
+    }
+
+def difficulty_json(notes: np.ndarray, bpm: float) -> dict:
+    """A v3.3.0 difficulty holding ``notes`` (NOTE_DTYPE) at their ``beat``; no walls, arcs or lights.
+
+    Every field is written (no defaulted properties) and the tempo is also
+    given as a ``bpmEvents`` entry at beat 0, as the official editor does.
+    """
+    color, bomb = [], []
+    for n in notes:
+        if int(n["color"]) == BOMB:
+            bomb.append({"b": float(n["beat"]), "x": int(n["column"]), "y": int(n["row"])})
+        else:
+            color.append({"b": float(n["beat"]), "x": int(n["column"]), "y": int(n["row"]), "c": int(n["color"]),
+                          "d": int(n["direction"]), "a": 0})
+    return v3_difficulty(color, bomb, [{"b": 0.0, "m": float(bpm)}], compatible_events=True)
+
+
+def _rgba(hex_rgb: str) -> dict:
+    r, g, b = (int(hex_rgb[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
+    return {"r": round(r, 4), "g": round(g, 4), "b": round(b, 4), "a": 1.0}
+
+
+def info_json(title: str, bpm: float, difficulty: str, beatmap_filename: str, duration_s: float,
+              author: str = "") -> dict:
+    """An ``Info.dat`` v2.1.0 for one Standard difficulty.
+
+    ``_songTimeOffset`` is 0 and ``_beatmapColorSchemeIdx`` 0 names the one
+    scheme in ``_colorSchemes`` (BeatSaver rejects an index out of range);
+    that scheme has ``useOverride`` false, so the environment's own colours
+    are used.
+    """
+    rank, njs = DIFFICULTY_SPECS[difficulty]
+    colors = {"saberAColor": "C81414", "saberBColor": "288ED2", "environmentColor0": "D91616",
+              "environmentColor1": "30ACFF", "obstaclesColor": "FF3030", "environmentColor0Boost": "D216D9",
+              "environmentColor1Boost": "00FFA5"}
+    return {
+        "_version": "2.1.0", "_songName": title, "_songSubName": "", "_songAuthorName": author,
+        "_levelAuthorName": "mapkit", "_beatsPerMinute": float(bpm), "_shuffle": 0, "_shufflePeriod": 0.5,
+        "_previewStartTime": round(min(12.0, duration_s / 3), 3),
+        "_previewDuration": round(min(10.0, duration_s / 3), 3),
+        "_songFilename": "song.egg", "_coverImageFilename": "cover.png",
+        "_environmentName": "DefaultEnvironment", "_allDirectionsEnvironmentName": "GlassDesertEnvironment",
+        "_environmentNames": ["DefaultEnvironment"],
+        "_colorSchemes": [{"useOverride": False, "colorScheme": {
+            "colorSchemeId": "mapkit", **{k: _rgba(v) for k, v in colors.items()}}}],
+        "_songTimeOffset": 0, "_customData": {"_editors": {"_lastEditedBy": "mapkit"}},
+        "_difficultyBeatmapSets": [{
+            "_beatmapCharacteristicName": "Standard",
+            "_difficultyBeatmaps": [{
+                "_difficulty": difficulty, "_difficultyRank": rank, "_beatmapFilename": beatmap_filename,
+                "_noteJumpMovementSpeed": njs, "_noteJumpStartBeatOffset": 0, "_beatmapColorSchemeIdx": 0,
+                "_environmentNameIdx": 0, "_customData": {"_difficultyLabel": "mapkit"},
+            }],
+        }],
+    }
