@@ -718,55 +718,11 @@ def _read_difficulty(container, entry: _Entry, diff: Difficulty, level_bpm: floa
     doc = load_json_bytes(container.read_bytes(entry.filename), where)
     if not isinstance(doc, dict):
         raise LevelError(where, f"difficulty file is a JSON {type(doc).__name__}, not an object")
-    declared = doc.get("_version", doc.get("version"))
-    diff.declared_version = None if declared is None else str(declared)
-    declared_major = _major(declared)
-    if declared is not None and (not isinstance(declared, str) or not re.fullmatch(r"\d+\.\d+\.\d+", declared)):
-        warnings.append(f"unusual version string {declared!r}, read as major {declared_major}")
-    sniffed = _sniff_difficulty(doc, legacy, declared_major)
-    if sniffed is None:
-        sniffed = declared_major if declared_major in ("2", "3", "4") else None
-        if sniffed is None and legacy:
-            sniffed = "1"
-    if sniffed is None:
-        raise LevelError(where, f"cannot tell the format version (declared {declared!r}, no known keys)")
-    diff.sniffed_version = sniffed
-    # 1 and 2 share one shape; a legacy level's v2-declared file is still timed by its own BPM
-    same = declared_major == sniffed or {declared_major, sniffed} == {"1", "2"}
-    diff.version_mismatch = declared_major is not None and not same
-    if diff.version_mismatch:
-        warnings.append(f"declared version {declared!r} but the keys say v{sniffed}; read as v{sniffed}")
-
+    sniffed = _difficulty_version(doc, diff, legacy, where, warnings)
     if sniffed in ("1", "2"):
         raw = _v2_notes(doc, where)
         obstacles, arcs, chains = (len(as_list(doc, k, where)) for k in ("_obstacles", "_sliders", "_chains"))
-        base = level_bpm
-        if sniffed == "1":
-            if "_beatsPerMinute" in doc:
-                base = _finite_number(doc["_beatsPerMinute"], "_beatsPerMinute", where)
-                if base != level_bpm:
-                    warnings.append(f"difficulty BPM {base:g} differs from info BPM {level_bpm:g}; "
-                                    f"the difficulty's own BPM times its beats")
-            else:
-                warnings.append("legacy difficulty file has no _beatsPerMinute; info BPM used")
-            if strict_number(doc.get("_shuffle", 0))[0] not in (0, None):
-                warnings.append(f"_shuffle {doc.get('_shuffle')!r} is non-zero (deprecated swing, ignored)")
-            if diff.njs is None and doc.get("_noteJumpSpeed") is not None:
-                diff.njs = strict_number(doc.get("_noteJumpSpeed"))[0]
-        # thousands of light events: their types are gathered in one pass, only BPM events visited
-        events = [e for e in as_list(doc, "_events", where) if isinstance(e, dict)]
-        etypes = [e.get("_type") for e in events]
-        if not set(map(type, etypes)) <= {int}:  # floats, numeric strings, junk: parsed strictly
-            etypes = [strict_number(t)[0] for t in etypes]
-        n_type10 = etypes.count(10)
-        tempo_events = []
-        for e in (events[i] for i, t in enumerate(etypes) if t == 100) if 100 in etypes else ():
-            if "_floatValue" not in e:
-                raise TempoError(f"type-100 (BPM) event at beat {e.get('_time')!r} has no _floatValue")
-            tempo_events.append((e.get("_time", 0), e.get("_floatValue")))
-        if n_type10:
-            warnings.append(f"{n_type10} type-10 events (a BPM change before game 1.18, a light after): not applied")
-        tempo = TempoMap.from_bpm_events(base, tempo_events) if tempo_events else TempoMap.constant(base)
+        tempo = _v2_tempo(doc, diff, level_bpm, sniffed, where, warnings)
     elif sniffed == "3":
         raw = _v3_notes(doc, where)
         obstacles, arcs, chains = (len(as_list(doc, k, where)) for k in ("obstacles", "sliders", "burstSliders"))
@@ -791,6 +747,74 @@ def _read_difficulty(container, entry: _Entry, diff: Difficulty, level_bpm: floa
     diff.counts = {"notes": len(raw) - n_bombs, "bombs": n_bombs, "obstacles": obstacles, "arcs": arcs,
                    "chains": chains}
     return raw
+
+
+def _difficulty_version(doc: dict, diff: Difficulty, legacy: bool, where: str, warnings: list) -> str:
+    """The major version a difficulty file is read as ("1" to "4"): its keys first, else what it declares.
+
+    Sets ``diff.declared_version``, ``sniffed_version`` and ``version_mismatch``;
+    raises LevelError when neither keys nor declaration tell.
+    """
+    declared = doc.get("_version", doc.get("version"))
+    diff.declared_version = None if declared is None else str(declared)
+    declared_major = _major(declared)
+    if declared is not None and (not isinstance(declared, str) or not re.fullmatch(r"\d+\.\d+\.\d+", declared)):
+        warnings.append(f"unusual version string {declared!r}, read as major {declared_major}")
+    sniffed = _sniff_difficulty(doc, legacy, declared_major)
+    if sniffed is None:
+        sniffed = declared_major if declared_major in ("2", "3", "4") else None
+        if sniffed is None and legacy:
+            sniffed = "1"
+    if sniffed is None:
+        raise LevelError(where, f"cannot tell the format version (declared {declared!r}, no known keys)")
+    diff.sniffed_version = sniffed
+    # 1 and 2 share one shape; a legacy level's v2-declared file is still timed by its own BPM
+    same = declared_major == sniffed or {declared_major, sniffed} == {"1", "2"}
+    diff.version_mismatch = declared_major is not None and not same
+    if diff.version_mismatch:
+        warnings.append(f"declared version {declared!r} but the keys say v{sniffed}; read as v{sniffed}")
+    return sniffed
+
+
+def _v2_tempo(doc: dict, diff: Difficulty, level_bpm: float, sniffed: str, where: str, warnings: list) -> TempoMap:
+    """The tempo map of a v1/v2 difficulty file: its base BPM (a v1 file's own) and its type-100 BPM events.
+
+    A v1 file also gives ``diff.njs`` when the info entry did not.
+    """
+    base = level_bpm
+    if sniffed == "1":
+        base = _v1_base_bpm(doc, level_bpm, where, warnings)
+        if diff.njs is None and doc.get("_noteJumpSpeed") is not None:
+            diff.njs = strict_number(doc.get("_noteJumpSpeed"))[0]
+    # thousands of light events: their types are gathered in one pass, only BPM events visited
+    events = [e for e in as_list(doc, "_events", where) if isinstance(e, dict)]
+    etypes = [e.get("_type") for e in events]
+    if not set(map(type, etypes)) <= {int}:  # floats, numeric strings, junk: parsed strictly
+        etypes = [strict_number(t)[0] for t in etypes]
+    n_type10 = etypes.count(10)
+    tempo_events = []
+    for e in (events[i] for i, t in enumerate(etypes) if t == 100) if 100 in etypes else ():
+        if "_floatValue" not in e:
+            raise TempoError(f"type-100 (BPM) event at beat {e.get('_time')!r} has no _floatValue")
+        tempo_events.append((e.get("_time", 0), e.get("_floatValue")))
+    if n_type10:
+        warnings.append(f"{n_type10} type-10 events (a BPM change before game 1.18, a light after): not applied")
+    return TempoMap.from_bpm_events(base, tempo_events) if tempo_events else TempoMap.constant(base)
+
+
+def _v1_base_bpm(doc: dict, level_bpm: float, where: str, warnings: list) -> float:
+    """A legacy (v1) file's own ``_beatsPerMinute`` (else the info BPM); warns of a non-zero ``_shuffle``."""
+    base = level_bpm
+    if "_beatsPerMinute" in doc:
+        base = _finite_number(doc["_beatsPerMinute"], "_beatsPerMinute", where)
+        if base != level_bpm:
+            warnings.append(f"difficulty BPM {base:g} differs from info BPM {level_bpm:g}; "
+                            f"the difficulty's own BPM times its beats")
+    else:
+        warnings.append("legacy difficulty file has no _beatsPerMinute; info BPM used")
+    if strict_number(doc.get("_shuffle", 0))[0] not in (0, None):
+        warnings.append(f"_shuffle {doc.get('_shuffle')!r} is non-zero (deprecated swing, ignored)")
+    return base
 
 
 def _raw_objects(container, entry: _Entry, doc: dict, sniffed: str, where: str, warnings: list) -> dict:
