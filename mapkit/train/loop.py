@@ -876,7 +876,7 @@ def _to_device(batch: dict, device) -> dict:
 def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResult:
     """Train ``stage`` on ``store`` into ``out_dir`` (see the module docstring).
 
-    One loop read in one sitting (nanoGPT-style): set-up (resume or split,
+    One function because it is one loop read in one sitting (nanoGPT-style): set-up (resume or split,
     model, optimiser), then each step, logging, validation and checkpoints in
     the order they happen; the pieces that stand alone are functions of their own.
 
