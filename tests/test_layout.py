@@ -152,3 +152,34 @@ def test_tests_mirror_the_package():
         if not any(stem == m or stem.startswith(m + "_") for m in modules):
             bad.append(str(rel))
     assert bad == []
+
+
+#: The most lines a function in mapkit/ may have, counted from its ``def`` line to its last line, its
+#: docstring excluded (documentation is never what makes a function too long to read).
+MAX_FUNCTION_LINES = 80
+#: What a longer function's docstring says (with the reason after it) when it truly reads better whole.
+LONG_FUNCTION_MARKER = "one function because"
+
+
+def _function_lengths() -> list[tuple[str, int, str]]:
+    """``(module:function:line, code lines, docstring)`` of every function and method in mapkit/, nested ones too."""
+    out = []
+    for module, tree in MODULES.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                doc = ast.get_docstring(node, clean=False)
+                if doc is not None:
+                    first = node.body[0]
+                    n -= first.end_lineno - first.lineno + 1
+                out.append((f"{module}:{node.name}:{node.lineno}", n, doc or ""))
+    return out
+
+
+def test_functions_are_short_unless_their_docstring_says_why():
+    lengths = _function_lengths()
+    assert any(n > 40 for _, n, _ in lengths)  # the count reads real code
+    too_long = [f"{name} ({n} lines)" for name, n, doc in lengths
+                if n > MAX_FUNCTION_LINES and LONG_FUNCTION_MARKER not in " ".join(doc.lower().split())]
+    assert not too_long, (f"functions over {MAX_FUNCTION_LINES} lines (docstring excluded) without "
+                          f"'{LONG_FUNCTION_MARKER} ...' in their docstring: {too_long}")

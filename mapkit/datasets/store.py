@@ -67,9 +67,9 @@ from pathlib import Path
 import numpy as np
 
 import mapkit
-from mapkit.datasets.schema import (ATTRS_CHECKSUM, DATA_CHECKSUM, FEATURE_STAGES, FLUSHED, KIND_ROOTS, LOCK_FILE,
-                                    PARTIAL_SUFFIX, REBUILD_JOURNAL, REPORTS_DIR, SHARD_PATTERN, STATS_FILE, VOCAB_FILE,
-                                    shard_name, shard_number)
+from mapkit.datasets.schema import (ATTRS_CHECKSUM, DATA_CHECKSUM, FEATURE_STAGES, FILE_ATTRS, FLUSHED, KIND_ROOTS,
+                                    LOCK_FILE, PARTIAL_SUFFIX, REBUILD_JOURNAL, REPORTS_DIR, SHARD_PATTERN, STATS_FILE,
+                                    VOCAB_FILE, shard_name, shard_number)
 from mapkit.errors import DiskFullError, StoreError
 
 #: Rows per HDF5 chunk along the time (first) axis.
@@ -469,13 +469,15 @@ def shard_file_attrs(kind: str, settings) -> dict:
     """
     if kind not in KIND_ROOTS:
         raise ValueError(f"unknown shard kind {kind!r}")
-    return {
+    values = {
         "schema_version": mapkit.SCHEMA_VERSION,
         "mapkit_version": mapkit.__version__,
         "kind": kind,
         "settings_json": settings.to_json(),
         "settings_hash": settings.hash,
     }
+    # schema.FILE_ATTRS is the one list: a name added there without a value here fails at once (KeyError)
+    return {name: values[name] for name in FILE_ATTRS if name != "created"}
 
 
 @dataclass(frozen=True)

@@ -525,19 +525,9 @@ def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: 
         report.add("song_attrs", where, f"missing attributes {missing}", missing=missing)
         totals.arrays_complete = False
         return None
-    T = int(attrs["n_frames"])
-    n, sr = int(attrs["n_samples"]), int(attrs["sample_rate"])
-    expected_T = count_frames(n, sr, settings.fps) if sr > 0 and n >= 0 else None
-    if expected_T != T:
-        report.add("frame_count", where, f"n_frames {T} but 1 + floor({n} * {settings.fps} / {sr}) = {expected_T}",
-                   n_frames=T, n_samples=n, sample_rate=sr, expected=expected_T)
-    if sr > 0 and not math.isclose(float(attrs["duration_s"]), n / sr, rel_tol=1e-9, abs_tol=1e-9):
-        report.add("frame_count", where, f"duration_s {attrs['duration_s']} but n_samples / sample_rate = {n / sr}",
-                   duration_s=attrs["duration_s"], expected=n / sr)
+    T = _check_song_frames(attrs, where, settings, report)
     pads = {"placement": (settings.placement_pad, settings.placement_pad),
             "selection": (settings.selection_pad, settings.selection_pad)}
-    shapes = {"placement": (len(settings.placement_n_ffts), settings.placement_n_mels),
-              "selection": (settings.selection_n_mels,)}
     for stage in FEATURE_STAGES:
         stored_pad = tuple(int(x) for x in np.ravel(attrs[f"pad_{stage}"]))
         if stored_pad != pads[stage]:
@@ -550,59 +540,87 @@ def _check_song(g, song_id: str, where: str, settings: FeatureSettings, report: 
                                                                                     np.float64)
         totals.attr[stage]["band_sumsq"] = totals.attr[stage]["band_sumsq"] + np.asarray(
             attrs[f"{stage}_band_sumsq"], np.float64)
-        if stage not in g:
-            report.add("feature_rows", where, f"no {stage} dataset")
-            totals.arrays_complete = False
-            continue
-        ds = g[stage]
-        pad = pads[stage]
-        expected_shape = (T + pad[0] + pad[1],) + shapes[stage]
-        if ds.dtype != FEATURE_DTYPE:
-            report.add("dtypes", where, f"{stage} is {ds.dtype}, the store contract says {FEATURE_DTYPE}",
-                       dataset=stage, dtype=str(ds.dtype), expected=str(FEATURE_DTYPE))
-            if ds.dtype.kind != "f":  # values are read as floats only when they are floats
-                totals.arrays_complete = False
-                continue
-        if tuple(ds.shape) != expected_shape:
-            report.add("feature_rows", where, f"{stage} is {list(ds.shape)}, expected T + pads = "
-                                              f"{list(expected_shape)} (T = {T}, pads {list(pad)})",
-                       shape=tuple(ds.shape), expected=expected_shape, n_frames=T, pad=pad)
-            totals.arrays_complete = False
-            continue
-        scan = scan_features(ds, pad, T, settings.silence_value, block_rows,
-                             crc=checksum_start(ds.name) if checksums else None)
-        if checksums:
-            _check_data_checksum(ds, scan.crc, where, report)
-        if scan.nonfinite:
-            report.add("features_finite", where, f"{stage}: {scan.nonfinite} non-finite values, first in row "
-                                                 f"{scan.first_nonfinite_row}",
-                       count=scan.nonfinite, first_row=scan.first_nonfinite_row)
-            totals.arrays_complete = False
-        if scan.bad_pad:
-            report.add("pad_values", where, f"{stage}: {scan.bad_pad} pad rows are not the silence value "
-                                            f"{settings.silence_value:.4f}, first row {scan.first_bad_pad_row}",
-                       rows=scan.bad_pad, first_row=scan.first_bad_pad_row, silence=settings.silence_value)
-        if scan.nonfinite:
-            continue
-        tol_sum, tol_sq = float16_sum_tolerances(scan.sum_abs, scan.sum_sq, T)
-        a = totals.array[stage]
-        a["sum"] = a["sum"] + scan.sum
-        a["sum_sq"] = a["sum_sq"] + scan.sum_sq
-        a["tol_sum"] = a["tol_sum"] + tol_sum
-        a["tol_sq"] = a["tol_sq"] + tol_sq
-        for key, arr_sum, tol in (("band_sum", scan.sum, tol_sum), ("band_sumsq", scan.sum_sq, tol_sq)):
-            stored = np.asarray(attrs[f"{stage}_{key}"], np.float64)
-            if stored.shape != arr_sum.shape:
-                report.add("band_sums", where, f"{stage}_{key} has shape {list(stored.shape)}, the bands "
-                                               f"{list(arr_sum.shape)}")
-                continue
-            excess = np.abs(stored - arr_sum) - tol
-            if not np.all(excess <= 0):  # NaN in the stored sums fails too
-                k = _worst(excess)
-                report.add("band_sums", where, f"{stage}_{key} band {list(k)}: stored {stored[k]:.6g}, the array "
-                                               f"sums to {arr_sum[k]:.6g} (float16 tolerance {tol[k]:.3g})",
-                           band=k, stored=float(stored[k]), from_array=float(arr_sum[k]), tolerance=float(tol[k]))
+        _check_stage_array(g, stage, attrs, T, pads[stage], where, settings, report, totals, block_rows, checksums)
     return T, str(attrs["audio_sha256"])
+
+
+def _check_song_frames(attrs: dict, where: str, settings: FeatureSettings, report: ValidationReport) -> int:
+    """A song's ``n_frames`` T follows the frame rule from ``n_samples`` and ``sample_rate``, and
+    ``duration_s`` = n_samples / sample_rate; returns T as stored."""
+    T = int(attrs["n_frames"])
+    n, sr = int(attrs["n_samples"]), int(attrs["sample_rate"])
+    expected_T = count_frames(n, sr, settings.fps) if sr > 0 and n >= 0 else None
+    if expected_T != T:
+        report.add("frame_count", where, f"n_frames {T} but 1 + floor({n} * {settings.fps} / {sr}) = {expected_T}",
+                   n_frames=T, n_samples=n, sample_rate=sr, expected=expected_T)
+    if sr > 0 and not math.isclose(float(attrs["duration_s"]), n / sr, rel_tol=1e-9, abs_tol=1e-9):
+        report.add("frame_count", where, f"duration_s {attrs['duration_s']} but n_samples / sample_rate = {n / sr}",
+                   duration_s=attrs["duration_s"], expected=n / sr)
+    return T
+
+
+def _check_stage_array(g, stage: str, attrs: dict, T: int, pad: tuple, where: str, settings: FeatureSettings,
+                       report: ValidationReport, totals: _FeatureTotals, block_rows: int, checksums: bool):
+    """One stage's features array: present, float16, T + pads rows, finite, silent pads, its checksum, and
+    its sums (added to ``totals``) agreeing with the song's stored band sums."""
+    shapes = {"placement": (len(settings.placement_n_ffts), settings.placement_n_mels),
+              "selection": (settings.selection_n_mels,)}
+    if stage not in g:
+        report.add("feature_rows", where, f"no {stage} dataset")
+        totals.arrays_complete = False
+        return
+    ds = g[stage]
+    expected_shape = (T + pad[0] + pad[1],) + shapes[stage]
+    if ds.dtype != FEATURE_DTYPE:
+        report.add("dtypes", where, f"{stage} is {ds.dtype}, the store contract says {FEATURE_DTYPE}",
+                   dataset=stage, dtype=str(ds.dtype), expected=str(FEATURE_DTYPE))
+        if ds.dtype.kind != "f":  # values are read as floats only when they are floats
+            totals.arrays_complete = False
+            return
+    if tuple(ds.shape) != expected_shape:
+        report.add("feature_rows", where, f"{stage} is {list(ds.shape)}, expected T + pads = "
+                                          f"{list(expected_shape)} (T = {T}, pads {list(pad)})",
+                   shape=tuple(ds.shape), expected=expected_shape, n_frames=T, pad=pad)
+        totals.arrays_complete = False
+        return
+    scan = scan_features(ds, pad, T, settings.silence_value, block_rows,
+                         crc=checksum_start(ds.name) if checksums else None)
+    if checksums:
+        _check_data_checksum(ds, scan.crc, where, report)
+    if scan.nonfinite:
+        report.add("features_finite", where, f"{stage}: {scan.nonfinite} non-finite values, first in row "
+                                             f"{scan.first_nonfinite_row}",
+                   count=scan.nonfinite, first_row=scan.first_nonfinite_row)
+        totals.arrays_complete = False
+    if scan.bad_pad:
+        report.add("pad_values", where, f"{stage}: {scan.bad_pad} pad rows are not the silence value "
+                                        f"{settings.silence_value:.4f}, first row {scan.first_bad_pad_row}",
+                   rows=scan.bad_pad, first_row=scan.first_bad_pad_row, silence=settings.silence_value)
+    if scan.nonfinite:
+        return
+    tol_sum, tol_sq = float16_sum_tolerances(scan.sum_abs, scan.sum_sq, T)
+    a = totals.array[stage]
+    a["sum"] = a["sum"] + scan.sum
+    a["sum_sq"] = a["sum_sq"] + scan.sum_sq
+    a["tol_sum"] = a["tol_sum"] + tol_sum
+    a["tol_sq"] = a["tol_sq"] + tol_sq
+    for key, arr_sum, tol in (("band_sum", scan.sum, tol_sum), ("band_sumsq", scan.sum_sq, tol_sq)):
+        _check_band_sums(f"{stage}_{key}", np.asarray(attrs[f"{stage}_{key}"], np.float64), arr_sum, tol, where,
+                         report)
+
+
+def _check_band_sums(name: str, stored: np.ndarray, arr_sum: np.ndarray, tol: np.ndarray, where: str,
+                     report: ValidationReport):
+    """A stored band-sum attribute ``name`` equals the array's sums within the float16 tolerance ``tol``."""
+    if stored.shape != arr_sum.shape:
+        report.add("band_sums", where, f"{name} has shape {list(stored.shape)}, the bands {list(arr_sum.shape)}")
+        return
+    excess = np.abs(stored - arr_sum) - tol
+    if not np.all(excess <= 0):  # NaN in the stored sums fails too
+        k = _worst(excess)
+        report.add("band_sums", where, f"{name} band {list(k)}: stored {stored[k]:.6g}, the array "
+                                       f"sums to {arr_sum[k]:.6g} (float16 tolerance {tol[k]:.3g})",
+                   band=k, stored=float(stored[k]), from_array=float(arr_sum[k]), tolerance=float(tol[k]))
 
 
 def _check_fingerprint(g, where: str, report: ValidationReport, checksums: bool = True):

@@ -121,6 +121,40 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
         pass that fraction.
     """
     n_read = int(diff.counts.get("notes", 0) + diff.counts.get("bombs", 0))
+    notes, drops, quarantine = _placed_notes(diff, n_frames, n_read, settings)
+    objects, object_attrs, object_quarantine = place_difficulty_objects(diff, n_frames, notes, settings)
+    quarantine = quarantine or object_quarantine
+    if quarantine is not None:
+        notes = np.zeros(0, STORED_NOTE_DTYPE)
+        objects = {}
+    state_frames, states, collisions = note_states(notes["frame"], notes["column"], notes["row"],
+                                                   notes["color"], notes["direction"])
+    # notes are sorted by time, so the first note of each frame is its earliest
+    first = np.searchsorted(notes["frame"], state_frames, side="left") if len(notes) else np.zeros(0, np.int64)
+    tempo = diff.tempo
+    end_beat = song_end_beat(tempo, n_frames, settings.fps) if tempo is not None else 0.0
+    attrs = {**_difficulty_attrs(diff, n_frames, info_bpm, notes, n_read, drops),
+             "collisions": int(collisions),
+             "n_states": int(len(state_frames)),
+             "end_beat": end_beat,
+             "warnings_json": _jsonable(list(diff.warnings)),
+             **object_attrs}
+    return DifficultyTargets(
+        characteristic=diff.characteristic, difficulty=diff.difficulty, quarantine=quarantine, notes=notes,
+        state_frames=state_frames, states=states,
+        state_times_s=np.asarray(notes["time_s"][first], np.float64),
+        state_beats=np.asarray(notes["beat"][first], np.float64),
+        end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs, objects=objects)
+
+
+def _placed_notes(diff, n_frames: int, n_read: int, settings: TargetSettings) -> tuple[np.ndarray, dict, str | None]:
+    """``(stored notes on the T frames, drops by reason, quarantine reason or None)`` of a difficulty.
+
+    Nothing is placed for a difficulty already quarantined. Notes beyond the
+    audio are dropped as :data:`BEYOND_AUDIO`; when they, or all drops
+    together, pass ``settings.max_drop_fraction`` of the ``n_read`` notes,
+    the difficulty is quarantined.
+    """
     drops = dict(diff.drops)
     quarantine = diff.quarantine
     notes = np.zeros(0, STORED_NOTE_DTYPE)
@@ -138,19 +172,14 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
             detail = ", ".join(f"{r} {c}" for r, c in drops.items())
             quarantine = (f"dropped {n_dropped} of {n_read} notes ({100 * n_dropped / n_read:.1f}% > {limit}): "
                           f"{detail}")
-    objects, object_attrs, object_quarantine = place_difficulty_objects(diff, n_frames, notes, settings)
-    quarantine = quarantine or object_quarantine
-    if quarantine is not None:
-        notes = np.zeros(0, STORED_NOTE_DTYPE)
-        objects = {}
-    state_frames, states, collisions = note_states(notes["frame"], notes["column"], notes["row"],
-                                                   notes["color"], notes["direction"])
-    # notes are sorted by time, so the first note of each frame is its earliest
-    first = np.searchsorted(notes["frame"], state_frames, side="left") if len(notes) else np.zeros(0, np.int64)
+    return notes, drops, quarantine
+
+
+def _difficulty_attrs(diff, n_frames: int, info_bpm: float, notes: np.ndarray, n_read: int, drops: dict) -> dict:
+    """The attributes of a difficulty group that describe its file, tempo and notes (docs/store.md)."""
     tempo = diff.tempo
-    end_beat = song_end_beat(tempo, n_frames, settings.fps) if tempo is not None else 0.0
     colors = notes["color"]
-    attrs = {
+    return {
         "characteristic": diff.characteristic,
         "difficulty": diff.difficulty,
         "filename": diff.filename or "",
@@ -168,18 +197,7 @@ def difficulty_targets(diff, n_frames: int, info_bpm: float, settings: TargetSet
         "n_dropped": int(sum(drops.values())),
         "counts_json": _jsonable(diff.counts),
         "drops_json": _jsonable(drops),
-        "collisions": int(collisions),
-        "n_states": int(len(state_frames)),
-        "end_beat": end_beat,
-        "warnings_json": _jsonable(list(diff.warnings)),
-        **object_attrs,
     }
-    return DifficultyTargets(
-        characteristic=diff.characteristic, difficulty=diff.difficulty, quarantine=quarantine, notes=notes,
-        state_frames=state_frames, states=states,
-        state_times_s=np.asarray(notes["time_s"][first], np.float64),
-        state_beats=np.asarray(notes["beat"][first], np.float64),
-        end_beat=end_beat, collisions=int(collisions), drops=drops, attrs=attrs, objects=objects)
 
 
 def audio_frame_count(path, fps: int = FPS) -> tuple[int | None, str | None]:

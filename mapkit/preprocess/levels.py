@@ -718,55 +718,11 @@ def _read_difficulty(container, entry: _Entry, diff: Difficulty, level_bpm: floa
     doc = load_json_bytes(container.read_bytes(entry.filename), where)
     if not isinstance(doc, dict):
         raise LevelError(where, f"difficulty file is a JSON {type(doc).__name__}, not an object")
-    declared = doc.get("_version", doc.get("version"))
-    diff.declared_version = None if declared is None else str(declared)
-    declared_major = _major(declared)
-    if declared is not None and (not isinstance(declared, str) or not re.fullmatch(r"\d+\.\d+\.\d+", declared)):
-        warnings.append(f"unusual version string {declared!r}, read as major {declared_major}")
-    sniffed = _sniff_difficulty(doc, legacy, declared_major)
-    if sniffed is None:
-        sniffed = declared_major if declared_major in ("2", "3", "4") else None
-        if sniffed is None and legacy:
-            sniffed = "1"
-    if sniffed is None:
-        raise LevelError(where, f"cannot tell the format version (declared {declared!r}, no known keys)")
-    diff.sniffed_version = sniffed
-    # 1 and 2 share one shape; a legacy level's v2-declared file is still timed by its own BPM
-    same = declared_major == sniffed or {declared_major, sniffed} == {"1", "2"}
-    diff.version_mismatch = declared_major is not None and not same
-    if diff.version_mismatch:
-        warnings.append(f"declared version {declared!r} but the keys say v{sniffed}; read as v{sniffed}")
-
+    sniffed = _difficulty_version(doc, diff, legacy, where, warnings)
     if sniffed in ("1", "2"):
         raw = _v2_notes(doc, where)
         obstacles, arcs, chains = (len(as_list(doc, k, where)) for k in ("_obstacles", "_sliders", "_chains"))
-        base = level_bpm
-        if sniffed == "1":
-            if "_beatsPerMinute" in doc:
-                base = _finite_number(doc["_beatsPerMinute"], "_beatsPerMinute", where)
-                if base != level_bpm:
-                    warnings.append(f"difficulty BPM {base:g} differs from info BPM {level_bpm:g}; "
-                                    f"the difficulty's own BPM times its beats")
-            else:
-                warnings.append("legacy difficulty file has no _beatsPerMinute; info BPM used")
-            if strict_number(doc.get("_shuffle", 0))[0] not in (0, None):
-                warnings.append(f"_shuffle {doc.get('_shuffle')!r} is non-zero (deprecated swing, ignored)")
-            if diff.njs is None and doc.get("_noteJumpSpeed") is not None:
-                diff.njs = strict_number(doc.get("_noteJumpSpeed"))[0]
-        # thousands of light events: their types are gathered in one pass, only BPM events visited
-        events = [e for e in as_list(doc, "_events", where) if isinstance(e, dict)]
-        etypes = [e.get("_type") for e in events]
-        if not set(map(type, etypes)) <= {int}:  # floats, numeric strings, junk: parsed strictly
-            etypes = [strict_number(t)[0] for t in etypes]
-        n_type10 = etypes.count(10)
-        tempo_events = []
-        for e in (events[i] for i, t in enumerate(etypes) if t == 100) if 100 in etypes else ():
-            if "_floatValue" not in e:
-                raise TempoError(f"type-100 (BPM) event at beat {e.get('_time')!r} has no _floatValue")
-            tempo_events.append((e.get("_time", 0), e.get("_floatValue")))
-        if n_type10:
-            warnings.append(f"{n_type10} type-10 events (a BPM change before game 1.18, a light after): not applied")
-        tempo = TempoMap.from_bpm_events(base, tempo_events) if tempo_events else TempoMap.constant(base)
+        tempo = _v2_tempo(doc, diff, level_bpm, sniffed, where, warnings)
     elif sniffed == "3":
         raw = _v3_notes(doc, where)
         obstacles, arcs, chains = (len(as_list(doc, k, where)) for k in ("obstacles", "sliders", "burstSliders"))
@@ -791,6 +747,74 @@ def _read_difficulty(container, entry: _Entry, diff: Difficulty, level_bpm: floa
     diff.counts = {"notes": len(raw) - n_bombs, "bombs": n_bombs, "obstacles": obstacles, "arcs": arcs,
                    "chains": chains}
     return raw
+
+
+def _difficulty_version(doc: dict, diff: Difficulty, legacy: bool, where: str, warnings: list) -> str:
+    """The major version a difficulty file is read as ("1" to "4"): its keys first, else what it declares.
+
+    Sets ``diff.declared_version``, ``sniffed_version`` and ``version_mismatch``;
+    raises LevelError when neither keys nor declaration tell.
+    """
+    declared = doc.get("_version", doc.get("version"))
+    diff.declared_version = None if declared is None else str(declared)
+    declared_major = _major(declared)
+    if declared is not None and (not isinstance(declared, str) or not re.fullmatch(r"\d+\.\d+\.\d+", declared)):
+        warnings.append(f"unusual version string {declared!r}, read as major {declared_major}")
+    sniffed = _sniff_difficulty(doc, legacy, declared_major)
+    if sniffed is None:
+        sniffed = declared_major if declared_major in ("2", "3", "4") else None
+        if sniffed is None and legacy:
+            sniffed = "1"
+    if sniffed is None:
+        raise LevelError(where, f"cannot tell the format version (declared {declared!r}, no known keys)")
+    diff.sniffed_version = sniffed
+    # 1 and 2 share one shape; a legacy level's v2-declared file is still timed by its own BPM
+    same = declared_major == sniffed or {declared_major, sniffed} == {"1", "2"}
+    diff.version_mismatch = declared_major is not None and not same
+    if diff.version_mismatch:
+        warnings.append(f"declared version {declared!r} but the keys say v{sniffed}; read as v{sniffed}")
+    return sniffed
+
+
+def _v2_tempo(doc: dict, diff: Difficulty, level_bpm: float, sniffed: str, where: str, warnings: list) -> TempoMap:
+    """The tempo map of a v1/v2 difficulty file: its base BPM (a v1 file's own) and its type-100 BPM events.
+
+    A v1 file also gives ``diff.njs`` when the info entry did not.
+    """
+    base = level_bpm
+    if sniffed == "1":
+        base = _v1_base_bpm(doc, level_bpm, where, warnings)
+        if diff.njs is None and doc.get("_noteJumpSpeed") is not None:
+            diff.njs = strict_number(doc.get("_noteJumpSpeed"))[0]
+    # thousands of light events: their types are gathered in one pass, only BPM events visited
+    events = [e for e in as_list(doc, "_events", where) if isinstance(e, dict)]
+    etypes = [e.get("_type") for e in events]
+    if not set(map(type, etypes)) <= {int}:  # floats, numeric strings, junk: parsed strictly
+        etypes = [strict_number(t)[0] for t in etypes]
+    n_type10 = etypes.count(10)
+    tempo_events = []
+    for e in (events[i] for i, t in enumerate(etypes) if t == 100) if 100 in etypes else ():
+        if "_floatValue" not in e:
+            raise TempoError(f"type-100 (BPM) event at beat {e.get('_time')!r} has no _floatValue")
+        tempo_events.append((e.get("_time", 0), e.get("_floatValue")))
+    if n_type10:
+        warnings.append(f"{n_type10} type-10 events (a BPM change before game 1.18, a light after): not applied")
+    return TempoMap.from_bpm_events(base, tempo_events) if tempo_events else TempoMap.constant(base)
+
+
+def _v1_base_bpm(doc: dict, level_bpm: float, where: str, warnings: list) -> float:
+    """A legacy (v1) file's own ``_beatsPerMinute`` (else the info BPM); warns of a non-zero ``_shuffle``."""
+    base = level_bpm
+    if "_beatsPerMinute" in doc:
+        base = _finite_number(doc["_beatsPerMinute"], "_beatsPerMinute", where)
+        if base != level_bpm:
+            warnings.append(f"difficulty BPM {base:g} differs from info BPM {level_bpm:g}; "
+                            f"the difficulty's own BPM times its beats")
+    else:
+        warnings.append("legacy difficulty file has no _beatsPerMinute; info BPM used")
+    if strict_number(doc.get("_shuffle", 0))[0] not in (0, None):
+        warnings.append(f"_shuffle {doc.get('_shuffle')!r} is non-zero (deprecated swing, ignored)")
+    return base
 
 
 def _raw_objects(container, entry: _Entry, doc: dict, sniffed: str, where: str, warnings: list) -> dict:
@@ -850,12 +874,52 @@ def read_level(path, settings: TargetSettings = TargetSettings(), characteristic
 
 
 def _read_level(container: LevelContainer, settings: TargetSettings, characteristic) -> Level:
+    """Read the opened level: its info file, then each chosen difficulty (rules: :func:`read_level`)."""
+    warnings: list[str] = []
+    info, info_name, sniffed, info_version = _read_info(container, warnings)
+    iwhere = container.describe(info_name)
+    legacy = sniffed == "1"
+    bpm, song_filename = _level_bpm_and_song(container, info, sniffed, iwhere, warnings)
+    offset, offset_error, quarantine = _song_time_offset(info, settings, warnings)
+    applied_offset = offset if (offset and settings.song_offset == "apply") else 0.0
+
+    audio_data = as_dict(info.get("audio")).get("audioDataFilename") if sniffed == "4" else None
+    entries = _info_entries(info, sniffed, iwhere)
+    all_chars = _characteristic_names(entries)
+    want_all = characteristic is None or str(characteristic).lower() == "all"
+    chosen = [e for e in entries if want_all or e.characteristic.lower() == str(characteristic).lower()]
+    difficulties, editor_changes = _read_difficulties(container, chosen, audio_data, bpm, legacy, applied_offset,
+                                                      quarantine, settings)
+    if not want_all and not chosen:
+        warnings.append(f"no {characteristic} difficulties (level has: {', '.join(all_chars) or 'none'})")
+
+    return Level(
+        song_id=container.name,
+        path=str(container.path),
+        info_version=info_version,
+        bpm=bpm,
+        song_filename=song_filename,
+        song_time_offset=offset,
+        editor_bpm_changes=editor_changes,
+        difficulties=difficulties,
+        quarantine=quarantine,
+        warnings=warnings,
+        info_filename=info_name,
+        characteristics=all_chars,
+        song_time_offset_error=offset_error,
+    )
+
+
+def _read_info(container: LevelContainer, warnings: list) -> tuple[dict, str, str, str]:
+    """The info file: ``(info JSON object, its file name, sniffed major version, version as recorded)``.
+
+    Raises LevelError when it is not a JSON object or lists no difficulties.
+    """
     info = container.read_info_json()
     info_name = container.info_name()
     iwhere = container.describe(info_name)
     if not isinstance(info, dict):
         raise LevelError(iwhere, f"info file is a JSON {type(info).__name__}, not an object")
-    warnings: list[str] = []
     declared = info.get("_version", info.get("version"))
     sniffed = _sniff_info(info)
     if sniffed is None:
@@ -864,12 +928,21 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
     if declared is not None and _major(declared) != sniffed:
         warnings.append(f"info declares version {declared!r} but its keys say v{sniffed}; read as v{sniffed}")
     info_version = str(declared) if declared is not None else sniffed
-    legacy = sniffed == "1"
     others = container.other_info_names()
     if others:
         warnings.append(f"info files differing only in case: {', '.join([info_name] + others)}; "
                         f"{info_name} is read (exact spelling Info.dat first, then code-point order)")
+    return info, info_name, sniffed, info_version
 
+
+def _level_bpm_and_song(container: LevelContainer, info: dict, sniffed: str, iwhere: str,
+                        warnings: list) -> tuple[float, str | None]:
+    """``(base BPM, song file name or None)`` of the info file.
+
+    An invalid BPM raises LevelError, but in a legacy (v1) level, whose
+    difficulty files carry their own BPM, it is NaN with a warning.
+    """
+    legacy = sniffed == "1"
     audio = as_dict(info.get("audio"))
     if sniffed == "4":
         if audio.get("bpm") is None:
@@ -899,7 +972,18 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
         warnings.append("info file names no song file")
     elif container.find(song_filename) is None:
         warnings.append(f"song file {song_filename!r} named by the info file is not in the level")
+    return bpm, song_filename
 
+
+def _song_time_offset(info: dict, settings: TargetSettings,
+                      warnings: list) -> tuple[float, str | None, str | None]:
+    """``(_songTimeOffset in seconds, why it is invalid or None, the level's quarantine reason or None)``.
+
+    Warns of a non-zero ``_shuffle`` too.
+
+    An offset that is not a finite number reads as 0 and quarantines the
+    level; a non-zero one does too unless ``settings.song_offset`` is "apply".
+    """
     quarantine = offset_error = None
     offset = strict_number(info.get("_songTimeOffset", 0))[0]
     if offset is None or not math.isfinite(offset):
@@ -915,91 +999,98 @@ def _read_level(container: LevelContainer, settings: TargetSettings, characteris
     shuffle = strict_number(info.get("_shuffle", 0))[0]
     if shuffle not in (0, None):
         warnings.append(f"_shuffle {shuffle:g} is non-zero (deprecated swing, ignored)")
-    applied_offset = offset if (offset and settings.song_offset == "apply") else 0.0
+    return offset, offset_error, quarantine
 
-    regions_tempo = None
-    audio_data = audio.get("audioDataFilename") if sniffed == "4" else None
-    entries = _info_entries(info, sniffed, iwhere)
-    all_chars = _characteristic_names(entries)
-    want_all = characteristic is None or str(characteristic).lower() == "all"
-    chosen = [e for e in entries if want_all or e.characteristic.lower() == str(characteristic).lower()]
 
+def _new_difficulty(entry: _Entry) -> tuple[Difficulty, str | None]:
+    """The unread Difficulty of an info entry and why its name is not a known difficulty (or None)."""
+    try:
+        name = canonical_difficulty(entry.difficulty)
+        bad_name = None
+    except ValueError as err:
+        name, bad_name = entry.difficulty, str(err)
+    filename = entry.filename if isinstance(entry.filename, str) else None
+    njs = strict_number(entry.njs)[0] if entry.njs is not None else None
+    diff = Difficulty(entry.characteristic, name, filename, njs=njs, warnings=[],
+                      requirements=list(entry.requirements))
+    return diff, bad_name
+
+
+def _read_difficulties(container: LevelContainer, chosen: list, audio_data, bpm: float, legacy: bool,
+                       applied_offset: float, level_quarantine: str | None,
+                       settings: TargetSettings) -> tuple[list, list]:
+    """``(the Difficulty of each chosen entry in order, the editor-only BPM changes of them all)``.
+
+    A broken file quarantines its difficulty only; a v4 level's audio data
+    file is read once, for the first difficulty that needs it.
+    """
     difficulties, seen, editor_changes = [], set(), []
+    regions_tempo = None
     for entry in chosen:
-        dwarn: list[str] = []
-        try:
-            name = canonical_difficulty(entry.difficulty)
-            bad_name = None
-        except ValueError as err:
-            name, bad_name = entry.difficulty, str(err)
-        filename = entry.filename if isinstance(entry.filename, str) else None
-        njs = strict_number(entry.njs)[0] if entry.njs is not None else None
-        diff = Difficulty(entry.characteristic, name, filename, njs=njs, warnings=dwarn,
-                          requirements=list(entry.requirements))
-        key = (entry.characteristic.lower(), name)
+        diff, bad_name = _new_difficulty(entry)
+        key = (entry.characteristic.lower(), diff.difficulty)
         if key in seen:  # a repeat is never read: listing one file 3000 times costs 3000 lookups, no parse
-            diff.quarantine = f"duplicate difficulty: {entry.characteristic}/{name} listed twice in the info file"
+            diff.quarantine = (f"duplicate difficulty: {entry.characteristic}/{diff.difficulty} "
+                               f"listed twice in the info file")
             difficulties.append(diff)
             continue
         seen.add(key)
-        raw = []
         try:
             if audio_data and regions_tempo is None:
                 try:
                     regions_tempo = _read_regions(container, audio_data, bpm)
                 except LevelError as err:  # only v4 beatmaps need it: remembered, raised for them
                     regions_tempo = err
-            raw = _read_difficulty(container, entry, diff, bpm, legacy, regions_tempo, dwarn)
-            if applied_offset:
-                diff.tempo = diff.tempo.shifted(applied_offset)
-            diff.notes, drops, n_strings = normalise_notes(raw, diff.tempo)
-            diff.drops = {r: drops[r] for r in DROP_REASONS if drops.get(r)}
-            _normalise_objects(diff)
-            if n_strings:
-                dwarn.append(f"{n_strings} numeric fields written as strings (parsed strictly)")
+            raw = _read_difficulty(container, entry, diff, bpm, legacy, regions_tempo, diff.warnings)
+            _normalise_difficulty(diff, raw, applied_offset)
         except LevelError as err:
             diff.quarantine = f"unreadable: {err.path}: {err.reason}"
         except TempoError as err:
             diff.quarantine = f"invalid tempo: {err}"
-        modded = _modded(entry.requirements)
-        n_read = diff.counts.get("notes", 0) + diff.counts.get("bombs", 0)
-        if diff.quarantine is None:
-            if bad_name:
-                diff.quarantine = bad_name
-            elif modded:
-                diff.quarantine = f"requires {modded}"
-            elif quarantine:
-                diff.quarantine = f"level quarantined: {quarantine}"
-            elif n_read and diff.n_dropped / n_read > settings.max_drop_fraction:
-                detail = ", ".join(f"{r} {c}" for r, c in diff.drops.items())
-                diff.quarantine = (f"dropped {diff.n_dropped} of {n_read} notes "
-                                   f"({100 * diff.n_dropped / n_read:.1f}% > {100 * settings.max_drop_fraction:g}%): "
-                                   f"{detail}")
-            else:
-                diff.quarantine = _objects_quarantine(diff, settings)
-        if diff.quarantine is None and n_read == 0:
-            dwarn.append("no notes")
+        _settle_quarantine(diff, entry, bad_name, level_quarantine, settings)
         editor_changes.extend({"characteristic": diff.characteristic, "difficulty": diff.difficulty, **c}
                               for c in diff.editor_bpm_changes)
         difficulties.append(diff)
-    if not want_all and not chosen:
-        warnings.append(f"no {characteristic} difficulties (level has: {', '.join(all_chars) or 'none'})")
+    return difficulties, editor_changes
 
-    return Level(
-        song_id=container.name,
-        path=str(container.path),
-        info_version=info_version,
-        bpm=bpm,
-        song_filename=song_filename,
-        song_time_offset=offset,
-        editor_bpm_changes=editor_changes,
-        difficulties=difficulties,
-        quarantine=quarantine,
-        warnings=warnings,
-        info_filename=info_name,
-        characteristics=all_chars,
-        song_time_offset_error=offset_error,
-    )
+
+def _normalise_difficulty(diff: Difficulty, raw: list, applied_offset: float) -> None:
+    """Shift the tempo by an applied song offset, then normalise the raw notes and the other objects."""
+    if applied_offset:
+        diff.tempo = diff.tempo.shifted(applied_offset)
+    diff.notes, drops, n_strings = normalise_notes(raw, diff.tempo)
+    diff.drops = {r: drops[r] for r in DROP_REASONS if drops.get(r)}
+    _normalise_objects(diff)
+    if n_strings:
+        diff.warnings.append(f"{n_strings} numeric fields written as strings (parsed strictly)")
+
+
+def _settle_quarantine(diff: Difficulty, entry: _Entry, bad_name: str | None, level_quarantine: str | None,
+                       settings: TargetSettings) -> None:
+    """Quarantine a read difficulty for the first reason that holds, in this order.
+
+    Unknown difficulty name, a modded requirement, the level's own
+    quarantine, more dropped notes than ``settings.max_drop_fraction``, then
+    the objects' rules; an unquarantined one without notes gets a warning.
+    """
+    modded = _modded(entry.requirements)
+    n_read = diff.counts.get("notes", 0) + diff.counts.get("bombs", 0)
+    if diff.quarantine is None:
+        if bad_name:
+            diff.quarantine = bad_name
+        elif modded:
+            diff.quarantine = f"requires {modded}"
+        elif level_quarantine:
+            diff.quarantine = f"level quarantined: {level_quarantine}"
+        elif n_read and diff.n_dropped / n_read > settings.max_drop_fraction:
+            detail = ", ".join(f"{r} {c}" for r, c in diff.drops.items())
+            diff.quarantine = (f"dropped {diff.n_dropped} of {n_read} notes "
+                               f"({100 * diff.n_dropped / n_read:.1f}% > {100 * settings.max_drop_fraction:g}%): "
+                               f"{detail}")
+        else:
+            diff.quarantine = _objects_quarantine(diff, settings)
+    if diff.quarantine is None and n_read == 0:
+        diff.warnings.append("no notes")
 
 
 def _normalise_objects(diff: Difficulty) -> None:

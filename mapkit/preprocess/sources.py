@@ -134,46 +134,66 @@ def discover(input_dir, kinds=("level", "audio"), ignored: list | None = None) -
     root = Path(input_dir)
     if not root.exists():
         raise MapkitError(root, "input does not exist")
-    root_real = os.path.realpath(root)
     found: dict[str, Source] = {}
     ignored = [] if ignored is None else ignored
-
-    def add(src: Source):
-        if src.kind not in kinds:
-            return
-        other = found.get(src.song_id)
-        if other is not None:
-            raise MapkitError(src.path, f"duplicate song id {src.song_id!r}: also {other.path}")
-        found[src.song_id] = src
-
-    def classify(p: Path, top: bool = False):
-        if p.is_dir():
-            names = _lower_names(p)
-            holds_audio = _holds_audio(names)
-            if any(n in names for n in INFO_NAMES):
-                if is_pack(p):
-                    info = next(n for n in sorted(os.listdir(p)) if n.lower() in INFO_NAMES)
-                    ignored.append((str(p / info), "stray info file ignored: its folder holds no audio but "
-                                                   "holds level folders or .zip files, so it is searched as a pack"))
-                    return "dir"
-                return "level"
-            # below the input folder, audio without an info file is a broken level, not bare songs
-            return "level" if (not top and holds_audio) else "dir"
-        suffix = p.suffix.lower()
-        if suffix == ".zip":
-            return "level"
-        if suffix in AUDIO_EXTENSIONS:
-            return "audio"
-        return None
-
-    def song_id(p: Path, kind: str) -> str:
-        return p.name if (kind == "level" and p.is_dir()) else p.stem
-
-    kind = classify(root, top=True)
+    kind = _classify(root, ignored, top=True)
     if kind in ("level", "audio"):
-        add(Source(song_id(root, kind), str(root), kind))
+        _add_source(found, Source(_song_id(root, kind), str(root), kind), kinds)
         return list(found.values())
+    for p, k in _walk(root, ignored):
+        _add_source(found, Source(_song_id(p, k), str(p), k), kinds)
+    return sorted(found.values(), key=lambda s: s.song_id)
 
+
+def _add_source(found: dict, src: Source, kinds) -> None:
+    """Add ``src`` to ``found`` (``song_id -> Source``) when its kind is wanted; a second song id raises."""
+    if src.kind not in kinds:
+        return
+    other = found.get(src.song_id)
+    if other is not None:
+        raise MapkitError(src.path, f"duplicate song id {src.song_id!r}: also {other.path}")
+    found[src.song_id] = src
+
+
+def _classify(p: Path, ignored: list, top: bool = False) -> str | None:
+    """What ``p`` is: "level", "audio", "dir" (a folder to search) or None (anything else).
+
+    ``top``: ``p`` is the input itself, where audio without an info file is a
+    folder of bare songs. A stray info file in a pack is added to ``ignored``.
+    """
+    if p.is_dir():
+        names = _lower_names(p)
+        holds_audio = _holds_audio(names)
+        if any(n in names for n in INFO_NAMES):
+            if is_pack(p):
+                info = next(n for n in sorted(os.listdir(p)) if n.lower() in INFO_NAMES)
+                ignored.append((str(p / info), "stray info file ignored: its folder holds no audio but "
+                                               "holds level folders or .zip files, so it is searched as a pack"))
+                return "dir"
+            return "level"
+        # below the input folder, audio without an info file is a broken level, not bare songs
+        return "level" if (not top and holds_audio) else "dir"
+    suffix = p.suffix.lower()
+    if suffix == ".zip":
+        return "level"
+    if suffix in AUDIO_EXTENSIONS:
+        return "audio"
+    return None
+
+
+def _song_id(p: Path, kind: str) -> str:
+    """A level folder's name, else the file name without its extension."""
+    return p.name if (kind == "level" and p.is_dir()) else p.stem
+
+
+def _walk(root: Path, ignored: list):
+    """Yield ``(path, kind)`` of every level and audio file in the folder ``root``, searched depth-first.
+
+    Each folder is searched once (symbolic link loops end); a link leading
+    outside ``root`` is not followed but added to ``ignored``; entries that
+    cannot be read are skipped.
+    """
+    root_real = os.path.realpath(root)
     seen = set()
     stack = [root]
     while stack:
@@ -195,11 +215,10 @@ def discover(input_dir, kinds=("level", "audio"), ignored: list | None = None) -
                     continue
                 if e.is_dir() and os.path.realpath(p) in seen:
                     continue  # a link back to the input folder or to a folder already searched
-                k = classify(p)
+                k = _classify(p, ignored)
             except OSError:
                 continue
             if k == "dir":
                 stack.append(p)
             elif k is not None:
-                add(Source(song_id(p, k), str(p), k))
-    return sorted(found.values(), key=lambda s: s.song_id)
+                yield p, k

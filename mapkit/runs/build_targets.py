@@ -608,7 +608,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                   item_timeout: float | None = DEFAULT_ITEM_TIMEOUT_S, metadata=None) -> RunReport:
     """Build the targets of every level under ``input_dir`` into ``store``.
 
-    Longer than the rest on purpose: the two ways of writing (as levels
+    One function because the two ways of writing (as levels
     arrive, or after counting the vocabulary from a spool) share the run's
     state (lock, indexes, per-task results, UNK totals) through small
     closures, and read in order as the steps of the module docstring.

@@ -239,60 +239,31 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
         tasks = [ExtractTask(s, None if force or s.song_id not in index else
                              str(index[s.song_id].attrs.get("audio_sha256")))
                  for s in sources]
-        writer = ShardWriter(store.features_dir, shard_file_attrs("features", settings),
-                             max_items=shard_songs, max_bytes=shard_bytes)
+        new_writer = functools.partial(_features_writer, store, settings, shard_songs, shard_bytes)
+        writer = new_writer()
 
         stored = stored_groups(index)
-        assigner = GroupAssigner(stored)
+        groups = _RunGroups(stored)
         redone = {t.song_id for t in tasks} if force else set()
         unprinted = sorted(sid for sid, (_g, _sha, fp) in stored.items() if fp is None and sid not in redone)
-        written_groups: dict = {}
-        no_fingerprint: set = set()
-
-        def regroup_stored() -> dict:
-            """A new song joined two groups: store the absorbed group's songs again with the new id."""
-            regroup = assigner.relabelled(written_groups)
-            if regroup:
-                stored_now = store.index("features")
-                with ShardWriter(store.features_dir, shard_file_attrs("features", settings),
-                                 max_items=shard_songs, max_bytes=shard_bytes) as rewriter:
-                    for sid, group in sorted(regroup.items()):
-                        rewriter.write(regrouped_item(stored_now[sid], group))
-                        written_groups[sid] = group
-            return regroup
-
-        def write(task: ExtractTask, value) -> ItemResult:
-            if isinstance(value, AlreadyPresent):
-                return ItemResult(task.song_id, task.path, "skipped", "already present (same audio and settings)")
-            group = assigner.assign(value.song_id, value.audio_sha256, value.chromaprint)
-            if value.chromaprint_error:
-                no_fingerprint.add(value.chromaprint_error)
-            writer.write(feature_item(value, group))
-            written_groups[value.song_id] = group
-            notes = list(value.notes) + ([] if group == value.song_id else [f"group {group}"])
-            return ItemResult(task.song_id, task.path, "ok", "; ".join(notes))
-
         try:
             with writer:
                 try:
-                    results = run_items(tasks, functools.partial(extract_one, settings=settings), write, jobs=jobs,
+                    results = run_items(tasks, functools.partial(extract_one, settings=settings),
+                                        functools.partial(groups.write, writer), jobs=jobs,
                                         backend=backend, scheduler=scheduler, desc=COMMAND, progress=progress,
                                         time_limit=item_timeout)
                 except RunInterrupted:
                     writer.close()  # every song written so far is complete: keep them
-                    regroup_stored()  # and the groups they joined stay joined
+                    groups.regroup_stored(store, new_writer)  # and the groups they joined stay joined
                     store.write_feature_stats()
                     raise
         except StoreError:  # e.g. a full disk: the shards committed so far stay, and stats.json describes them
             if writer.committed:
                 store.write_feature_stats()
             raise
-        regroup = regroup_stored()
-        note = grouping_note(no_fingerprint)
-        if unprinted:
-            old = (f"{len(unprinted)} stored songs have no fingerprint (e.g. {unprinted[0]}): they match other "
-                   f"songs only by identical audio; extract them again with --force to fingerprint them")
-            note = f"{note}; {old}" if note else old
+        regroup = groups.regroup_stored(store, new_writer)
+        note = _fingerprint_warning(groups.no_fingerprint, unprinted)
         if note:
             print(f"warning: {note}", file=sys.stderr)
         index = store.index("features")
@@ -303,10 +274,73 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
         write_report(store.reports_dir, report, settings,
                      extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
                             "backend": backend, "stored_songs": len(index),
-                            "grouping": {"method": "audio_sha256 only" if no_fingerprint else "chromaprint+audio_sha256",
-                                         "warning": note, "regrouped": regroup,
-                                         "matches": {sid: [[o, "same audio" if isinstance(m, str) else
-                                                            f"offset {m.offset_s:+.2f} s, {100 * m.share:.1f}% agree"]
-                                                           for o, m in found]
-                                                     for sid, found in assigner.matches.items() if found}}})
+                            "grouping": _grouping_record(groups.assigner, groups.no_fingerprint, note, regroup)})
     return report
+
+
+class _RunGroups:
+    """The groups of one run's songs: assigned as each song is written, and stored songs written
+    again when a new song joined their group to another (:mod:`mapkit.datasets.groups`)."""
+
+    def __init__(self, stored: dict):
+        self.assigner = GroupAssigner(stored)
+        #: ``song_id -> group_id`` of every song this run wrote (regrouped ones included).
+        self.written: dict = {}
+        #: Why songs of this run have no fingerprint (Chromaprint errors).
+        self.no_fingerprint: set = set()
+
+    def write(self, writer: ShardWriter, task: ExtractTask, value) -> ItemResult:
+        """Write one song's features with its group (the ``write`` of :func:`~mapkit.runs.runner.run_items`)."""
+        if isinstance(value, AlreadyPresent):
+            return ItemResult(task.song_id, task.path, "skipped", "already present (same audio and settings)")
+        group = self.assigner.assign(value.song_id, value.audio_sha256, value.chromaprint)
+        if value.chromaprint_error:
+            self.no_fingerprint.add(value.chromaprint_error)
+        writer.write(feature_item(value, group))
+        self.written[value.song_id] = group
+        notes = list(value.notes) + ([] if group == value.song_id else [f"group {group}"])
+        return ItemResult(task.song_id, task.path, "ok", "; ".join(notes))
+
+    def regroup_stored(self, store: Store, new_writer) -> dict:
+        """A new song joined two groups: store the absorbed group's songs again with the new id.
+
+        ``new_writer()`` makes the writer of the new shard; returns ``{song_id: new group_id}``.
+        """
+        regroup = self.assigner.relabelled(self.written)
+        if regroup:
+            stored_now = store.index("features")
+            with new_writer() as rewriter:
+                for sid, group in sorted(regroup.items()):
+                    rewriter.write(regrouped_item(stored_now[sid], group))
+                    self.written[sid] = group
+        return regroup
+
+
+def _features_writer(store: Store, settings: FeatureSettings, shard_songs: int, shard_bytes: int) -> ShardWriter:
+    """A writer of new features shards into ``store``."""
+    return ShardWriter(store.features_dir, shard_file_attrs("features", settings),
+                       max_items=shard_songs, max_bytes=shard_bytes)
+
+
+def _fingerprint_warning(no_fingerprint: set, unprinted: list) -> str | None:
+    """The run's warning that songs were grouped without fingerprints, or None.
+
+    ``no_fingerprint`` holds why this run's songs had none; ``unprinted`` the
+    stored songs (sorted ids) extracted before fingerprints, not redone.
+    """
+    note = grouping_note(no_fingerprint)
+    if unprinted:
+        old = (f"{len(unprinted)} stored songs have no fingerprint (e.g. {unprinted[0]}): they match other "
+               f"songs only by identical audio; extract them again with --force to fingerprint them")
+        note = f"{note}; {old}" if note else old
+    return note
+
+
+def _grouping_record(assigner: GroupAssigner, no_fingerprint: set, note: str | None, regroup: dict) -> dict:
+    """The run report's ``grouping``: the method, the warning, the songs regrouped and every match found."""
+    return {"method": "audio_sha256 only" if no_fingerprint else "chromaprint+audio_sha256",
+            "warning": note, "regrouped": regroup,
+            "matches": {sid: [[o, "same audio" if isinstance(m, str) else
+                               f"offset {m.offset_s:+.2f} s, {100 * m.share:.1f}% agree"]
+                              for o, m in found]
+                        for sid, found in assigner.matches.items() if found}}

@@ -366,6 +366,31 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
     from mapkit.progress import progress_bar
 
     items = list(items)
+    jobs = _checked_run_args(backend, jobs, time_limit)
+    bar = progress_bar(total=len(items), desc=desc, unit=unit, file=sys.stderr, disable=not progress,
+                       dynamic_ncols=True, smoothing=0.1)
+    signals = _Signals()
+    recorder = _Recorder(items, write, bar, signals)
+    try:
+        with _interruptible(signals), _quiet_unraisable():
+            if not items:
+                pass
+            elif backend == "dask":
+                with signals.raising():
+                    _run_dask(items, work, recorder.handle, jobs, scheduler)
+            elif jobs == 1:
+                _run_here(items, work, recorder.handle, time_limit, signals)
+            else:
+                _run_joblib(items, work, recorder.handle, jobs, time_limit, signals)
+            signals.check()
+    finally:
+        bar.close()
+    return recorder.results
+
+
+def _checked_run_args(backend: str, jobs, time_limit) -> int:
+    """The number of jobs (default all cores); raises ValueError for an unknown backend, jobs < 1 or a
+    time limit that is not > 0."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     jobs = default_jobs() if jobs is None else int(jobs)
@@ -373,49 +398,45 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be > 0 seconds or None, got {time_limit}")
-    results: list[ItemResult | None] = [None] * len(items)
-    bar = progress_bar(total=len(items), desc=desc, unit=unit, file=sys.stderr, disable=not progress,
-                       dynamic_ncols=True, smoothing=0.1)
-    n_failed = 0
-    signals = _Signals()
+    return jobs
 
-    def handle(i, ok, value):
-        nonlocal n_failed
-        raising, signals.raise_now = signals.raise_now, False  # a write is never cut in half
+
+class _Recorder:
+    """Records each item's outcome of :func:`run_items` in this process: writes a success, names a
+    failure, counts the failed on the progress bar."""
+
+    def __init__(self, items: list, write, bar, signals: _Signals):
+        self.items, self.write, self.bar, self.signals = items, write, bar, signals
+        #: One ItemResult per item, in the order of ``items`` (None until it is handled).
+        self.results: list[ItemResult | None] = [None] * len(items)
+        self.n_failed = 0
+
+    def handle(self, i: int, ok: bool, value):
+        """Record item ``i``: ``write`` it when ``ok``, else ``value`` is its failure; then act on a signal."""
+        raising, self.signals.raise_now = self.signals.raise_now, False  # a write is never cut in half
         try:
-            item = items[i]
+            item = self.items[i]
             if ok:
-                result = write(item, value)
+                result = self.write(item, value)
             else:
                 result = ItemResult(item.song_id, str(item.path), "failed", _failure_reason(item, value))
-            results[i] = result
+            self.results[i] = result
             if result.status in ("failed", "quarantined"):
-                n_failed += 1
-                bar.set_postfix(failed=n_failed, refresh=False)
-            bar.update(1)
+                self.n_failed += 1
+                self.bar.set_postfix(failed=self.n_failed, refresh=False)
+            self.bar.update(1)
         finally:
-            signals.raise_now = raising
-        signals.check()
+            self.signals.raise_now = raising
+        self.signals.check()
 
-    try:
-        with _interruptible(signals), _quiet_unraisable():
-            if not items:
-                pass
-            elif backend == "dask":
-                with signals.raising():
-                    _run_dask(items, work, handle, jobs, scheduler)
-            elif jobs == 1:
-                for i, item in enumerate(items):
-                    with signals.raising():
-                        out = _guarded(work, i, item, time_limit)
-                    signals.check()  # a signal seen by the work: its outcome is dropped, not recorded
-                    handle(*out)
-            else:
-                _run_joblib(items, work, handle, jobs, time_limit, signals)
-            signals.check()
-    finally:
-        bar.close()
-    return results
+
+def _run_here(items: list, work, handle, time_limit, signals: _Signals):
+    """Run every item's work in this process, one after the other (``jobs=1``)."""
+    for i, item in enumerate(items):
+        with signals.raising():
+            out = _guarded(work, i, item, time_limit)
+        signals.check()  # a signal seen by the work: its outcome is dropped, not recorded
+        handle(*out)
 
 
 def _run_joblib(items, work, handle, jobs, time_limit=None, signals=None):

@@ -833,12 +833,18 @@ class TrainResult:
             return None
         metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.metrics.items())
         lines = [f"step {self.step}{' (stopped early)' if self.stopped_early else ''}; "
-                 f"validation: {metrics or 'none (no validation songs)'}",
+                 f"validation: {metrics or self._no_validation()}",
                  f"checkpoint: {self.last}; log: {self.metrics_path}; curves: {self.plot_path}"]
         from mapkit.train.ablation import ablation_summary
 
         ablation = ablation_summary(self.metrics_path) if self.metrics_path else None
         return "\n".join(lines + ([ablation] if ablation else []))
+
+    def _no_validation(self) -> str:
+        """Why there are no validation metrics: no validation songs, or stopped by a signal before the first."""
+        if self.val_songs and self.interrupted:
+            return "none yet (stopped before the first validation)"
+        return "none (no validation songs)"
 
     def interruption(self) -> str | None:
         """The line saying the run was stopped by a signal and how to go on, or None when it was not."""
@@ -870,7 +876,7 @@ def _to_device(batch: dict, device) -> dict:
 def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResult:
     """Train ``stage`` on ``store`` into ``out_dir`` (see the module docstring).
 
-    One loop read in one sitting (nanoGPT-style): set-up (resume or split,
+    One function because it is one loop read in one sitting (nanoGPT-style): set-up (resume or split,
     model, optimiser), then each step, logging, validation and checkpoints in
     the order they happen; the pieces that stand alone are functions of their own.
 

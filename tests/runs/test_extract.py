@@ -17,6 +17,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from mapkit.cli import main
+from mapkit.datasets.schema import ATTRS_CHECKSUM, FILE_ATTRS, OPTIONAL_SONG_ATTRS, SONG_ATTRS
 from mapkit.datasets.store import Store, open_shard
 from mapkit.datasets.validation import validate_store
 from mapkit.errors import MapkitError, StoreError
@@ -129,7 +130,8 @@ def test_layout_and_every_attribute(mixed):
     assert sorted(songs) == sorted(mixed["good"])
     with h5py.File(shards[0], "r") as f:
         assert f.attrs["settings_hash"] == SETTINGS.hash and f.attrs["kind"] == "features"
-        assert set(f.attrs) >= {"schema_version", "mapkit_version", "settings_json", "created"}
+        # schema.py lists every attribute written: of the file and of each song
+        assert set(f.attrs) == set(FILE_ATTRS) | {ATTRS_CHECKSUM}
         for sid in mixed["good"]:
             g = f["songs"][sid]
             T = int(g.attrs["n_frames"])
@@ -140,6 +142,7 @@ def test_layout_and_every_attribute(mixed):
             assert g["selection"].shape == (T + 2, 100) and g["selection"].dtype == np.float16
             assert g["placement"].chunks[0] <= 1024 and g["placement"].compression is None
             assert len(g.attrs["audio_sha256"]) == 64
+            assert set(g.attrs) == set(SONG_ATTRS) | set(OPTIONAL_SONG_ATTRS) | {ATTRS_CHECKSUM}
     assert songs["Level Folder"][2]["source"].endswith("Level Folder/song.egg")
     assert songs["zipped"][2]["source"].endswith("zipped.zip!Audio.ogg")
     assert songs["zipped"][2]["sample_rate"] == 22050

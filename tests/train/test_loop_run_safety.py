@@ -71,8 +71,11 @@ def test_a_signal_saves_last_pt_at_once_and_the_run_resumes(store, tmp_path, sig
     assert signal.getsignal(signum) == previous  # handlers restored
     assert result.interrupted == signal.Signals(signum).name and result.step == 3 and result.stopped_early
     assert read_checkpoint(out / "last.pt")["step"] == 3
+    # there are validation songs, the signal only came before the first validation
+    assert "validation: none yet (stopped before the first validation)" in result.summary()
     resumed = train_ddc(store, out, replace(config, max_steps=5), replace(QUIET, resume=True))
     assert resumed.step == 5 and resumed.interrupted is None
+    assert "validation: none" not in resumed.summary()  # it validated when done
 
 
 def test_ctrl_c_on_the_command_line_saves_and_says_how_to_go_on(store, tmp_path):
