@@ -30,6 +30,7 @@ import io
 import os
 import stat
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from mapkit.errors import LevelError, MapkitError
@@ -79,8 +80,11 @@ class LevelContainer:
     :func:`~mapkit.preprocess.limits.read_limits`).
     """
 
-    def __init__(self, path, limits: ReadLimits | None = None):
+    def __init__(self, path, limits: ReadLimits | None = None, memo: bool = False):
         self.path = Path(path)
+        #: with ``memo``, :meth:`read_bytes` keeps what it read while the container is open, so that
+        #: one pass over a level (resume hash, reading, community hash) reads each file once
+        self._memo: dict | None = {} if memo else None
         self.limits = read_limits() if limits is None else limits
         self.is_zip = self.path.suffix.lower() == ".zip" and not self.path.is_dir()
         self.name = self.path.stem if self.is_zip else self.path.name
@@ -179,6 +183,14 @@ class LevelContainer:
         if real is None:
             raise LevelError(self.describe(name), "file not found")
         limit = self.limits.max_json_bytes if limit is None else int(limit)
+        if self._memo is not None and (real, limit) in self._memo:
+            return self._memo[(real, limit)]
+        data = self._read_bytes(real, limit)
+        if self._memo is not None:
+            self._memo[(real, limit)] = data
+        return data
+
+    def _read_bytes(self, real: str, limit: int) -> bytes:
         where = self.describe(real)
         try:
             if self._members is None:
@@ -259,6 +271,20 @@ class LevelContainer:
         if real is None:
             raise LevelError(self.describe(wanted), "audio file named by the info file is missing")
         return real
+
+
+@contextmanager
+def opened(level):
+    """``level`` as an open :class:`LevelContainer`: a path is opened (and closed after); a container is used as is.
+
+    Lets one caller open a level once (e.g. with ``memo=True``) and hand it to
+    several readers that also accept a path.
+    """
+    if isinstance(level, LevelContainer):
+        yield level
+        return
+    with LevelContainer(level) as container:
+        yield container
 
 
 def _is_macos_sidecar(member: str) -> bool:

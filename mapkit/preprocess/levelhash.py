@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 
 from mapkit.errors import LevelError
-from mapkit.preprocess.container import LevelContainer
+from mapkit.preprocess.container import opened
 from mapkit.preprocess.jsonio import decode_text, load_json_bytes
 
 
@@ -72,7 +72,7 @@ def level_hash(path) -> str:
 
 
 def level_hash_and_info(path):
-    """``(level hash or "", parsed info file, LevelError or None)`` of a level folder or ``.zip``.
+    """``(level hash or "", parsed info file, LevelError or None)`` of a level folder or ``.zip`` (or open container).
 
     A difficulty file that exists but cannot be read (a FIFO, an encrypted or
     corrupt zip member, too large) leaves the hash unknown (``""``) and is
@@ -83,7 +83,7 @@ def level_hash_and_info(path):
     LevelError
         No info file, or an info file that is not JSON.
     """
-    with LevelContainer(path) as c:
+    with opened(path) as c:
         name = c.info_name()
         if name is None:
             c.read_info_json()  # raises the usual "no Info.dat" error

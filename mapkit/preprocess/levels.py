@@ -86,7 +86,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mapkit.errors import LevelError, TempoError
-from mapkit.preprocess.container import LevelContainer
+from mapkit.preprocess.container import LevelContainer, opened
 from mapkit.preprocess.difficulties import canonical_difficulty
 from mapkit.preprocess.jsonio import load_json_bytes
 from mapkit.preprocess.notes import BOMB, N_COLUMNS, N_DIRECTIONS, N_ROWS, NOTE_DTYPE, sort_notes
@@ -849,8 +849,8 @@ def read_level(path, settings: TargetSettings = TargetSettings(), characteristic
 
     Parameters
     ----------
-    path : str or Path
-        A level folder or a BeatSaver ``.zip``.
+    path : str, Path or LevelContainer
+        A level folder or a BeatSaver ``.zip`` (or one already opened).
     settings : TargetSettings
         ``song_offset`` ("quarantine" or "apply") and ``max_drop_fraction``.
     characteristic : str or None
@@ -869,7 +869,7 @@ def read_level(path, settings: TargetSettings = TargetSettings(), characteristic
         invalid info JSON, no difficulty list, a base BPM that is not a
         finite number > 0.
     """
-    with LevelContainer(path) as container:
+    with opened(path) as container:
         return _read_level(container, settings, characteristic)
 
 

@@ -115,11 +115,11 @@ def level_files_sha256(path, characteristic: str | None = "Standard") -> str:
     ``audio_sha256``).
     """
     from mapkit.errors import LevelError
-    from mapkit.preprocess.container import LevelContainer
+    from mapkit.preprocess.container import opened
     from mapkit.preprocess.levels import level_file_names
 
     h = hashlib.sha256()
-    with LevelContainer(path) as c:
+    with opened(path) as c:
         for name in level_file_names(c, characteristic):
             tag = name.encode("utf-8", "surrogateescape") + b"\0"
             try:
@@ -180,16 +180,25 @@ class LevelTargets:
 
 def targets_one(task: TargetTask, settings: TargetSettings, characteristic) -> AlreadyPresent | LevelTargets:
     """Worker: :class:`AlreadyPresent` when the level files are the stored ones, else the level's targets."""
-    from mapkit.preprocess.levels import read_level
+    from mapkit.preprocess.container import LevelContainer
 
-    level_sha = level_files_sha256(task.path, characteristic)
-    if task.known_level_sha256 is not None and level_sha == task.known_level_sha256:
-        return AlreadyPresent(level_sha)
+    # one container for the resume hash, the reading and the community hash: each file is read once
+    with LevelContainer(task.path, memo=True) as container:
+        level_sha = level_files_sha256(container, characteristic)
+        if task.known_level_sha256 is not None and level_sha == task.known_level_sha256:
+            return AlreadyPresent(level_sha)
+        return _level_targets(task, container, level_sha, settings, characteristic)
+
+
+def _level_targets(task: TargetTask, container, level_sha: str, settings: TargetSettings,
+                   characteristic) -> LevelTargets:
+    """The targets of a level whose files changed (or were never stored), read from its open ``container``."""
     from mapkit.preprocess.automap import automap_evidence
     from mapkit.preprocess.levelhash import level_hash_and_info
+    from mapkit.preprocess.levels import read_level
 
-    level = read_level(task.path, settings=settings, characteristic=characteristic)
-    community_hash, info, hash_problem = level_hash_and_info(task.path)
+    level = read_level(container, settings=settings, characteristic=characteristic)
+    community_hash, info, hash_problem = level_hash_and_info(container)
     if hash_problem is not None:
         level.warnings.append(f"no level hash: {hash_problem.path}: {hash_problem.reason}")
     diffs, quarantined = [], []

@@ -857,3 +857,28 @@ def test_trainer_warns_on_validation_songs_counted(edge, tmp_path, capsys):
     assert warn_vocabulary_leak(Store(store), ["tempo"]) is None and capsys.readouterr().err == ""
     assert warn_vocabulary_leak(Store(store), ["edges"]) is not None
     assert "warning: 1 of the 1 validation songs were counted into vocab.json" in capsys.readouterr().err
+
+
+def test_a_level_is_read_once_for_its_resume_hash_targets_and_community_hash(monkeypatch):
+    """targets_one opens the level once: every file is read from disk once, not once per use."""
+    from pathlib import Path
+
+    from mapkit.preprocess.container import LevelContainer
+    from mapkit.preprocess.levelhash import level_hash
+    from mapkit.preprocess.sources import Source
+    from mapkit.runs.build_targets import TargetTask, targets_one
+
+    level = Path(__file__).resolve().parents[1] / "fixtures" / "maps" / "JOURNEY"
+    reads = Counter()
+    real = LevelContainer._read_bytes
+
+    def counting(self, name, limit):
+        reads[name] += 1
+        return real(self, name, limit)
+
+    monkeypatch.setattr(LevelContainer, "_read_bytes", counting)
+    task = TargetTask(Source("JOURNEY", str(level), "level"), 40000, "0" * 64, "x")
+    result = targets_one(task, TargetSettings(), "all")
+    assert reads and max(reads.values()) == 1, reads
+    assert result.difficulties and result.level_sha256 == level_files_sha256(level, "all")
+    assert result.level_hash == level_hash(level)  # the same hashes as the readers on their own
