@@ -19,11 +19,14 @@ from mapkit.preprocess.timebase import FPS, frame_of
 #: Grid divisions per beat of snapping, and how far (s) a note may move onto the grid.
 SNAP_DIVISIONS = 16
 SNAP_TOLERANCE_S = 0.010
-#: Tempo search range and prior (log-normal around 120 BPM, one octave wide, as librosa's).
-MIN_BPM, MAX_BPM, PRIOR_BPM, PRIOR_OCTAVES = 60.0, 240.0, 120.0, 1.0
+#: Tempo search range and prior: log-normal around 140 BPM, one octave wide (librosa: 120 BPM). 140 is where the
+#: octave errors against 81 human maps were fewest (docs/design.md §7): 120 read 16 of them at half tempo.
+MIN_BPM, MAX_BPM, PRIOR_BPM, PRIOR_OCTAVES = 60.0, 240.0, 140.0, 1.0
 #: Local tempo windows (s) and hop (s); a tempo change needs this relative size and this many seconds.
-LOCAL_WINDOW_S, LOCAL_HOP_S = 8.0, 1.0
+LOCAL_WINDOW_S, LOCAL_HOP_S, LOCAL_BAND = 8.0, 1.0, 1.3
 CHANGE_THRESHOLD, MIN_SEGMENT_S = 0.03, 12.0
+#: A changed segment must be this much more periodic at its new tempo than at the old one (:func:`tempo_support`).
+CHANGE_SUPPORT = 1.3
 
 
 def onset_envelope(log_mel: np.ndarray, top_db: float = 80.0) -> np.ndarray:
@@ -131,16 +134,20 @@ def estimate_tempo(envelope: np.ndarray, fps: float = FPS, min_bpm: float = MIN_
 
 
 def local_tempi(envelope: np.ndarray, bpm: float, fps: float = FPS, window_s: float = LOCAL_WINDOW_S,
-                hop_s: float = LOCAL_HOP_S, step_bpm: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
-    """The tempo of every stretch of a song, within half an octave of its global tempo.
+                hop_s: float = LOCAL_HOP_S, step_bpm: float = 0.25,
+                band: float = LOCAL_BAND) -> tuple[np.ndarray, np.ndarray]:
+    """The tempo of every stretch of a song, within a band around its global tempo.
 
     For windows of ``window_s`` seconds every ``hop_s`` seconds (Hann
     weighted, the window's mean removed), the autocorrelation ``ac`` of the
     onset envelope is read at lags ``k * 60 * fps / b`` for ``k = 1..4``
     (linear interpolation) and the local tempo is the ``b`` of the largest
     ``sum_k ac(k * 60 * fps / b)`` on a ``step_bpm`` grid from
-    ``bpm / sqrt(2)`` to ``bpm * sqrt(2)``: the half-octave band keeps every
-    window in the global tempo's octave (no half/double flips).
+    ``bpm / band`` to ``bpm * band``. The band (1.3) keeps every window in
+    the global tempo's octave and away from the 3:4 and 4:3 ratios that
+    triplet feels and half-time sections produce (no half/double, no
+    metre flips). A window whose best lies on the band's edge (the truth is
+    outside) or that has no onsets says nothing: its tempo is ``bpm``.
 
     Parameters
     ----------
@@ -154,6 +161,8 @@ def local_tempi(envelope: np.ndarray, bpm: float, fps: float = FPS, window_s: fl
         Window length and hop, seconds.
     step_bpm : float
         Resolution of the tempo grid.
+    band : float
+        Largest ratio to ``bpm`` searched (> 1).
 
     Returns
     -------
@@ -173,14 +182,15 @@ def local_tempi(envelope: np.ndarray, bpm: float, fps: float = FPS, window_s: fl
     n_fft = 1 << int(np.ceil(np.log2(2 * width)))
     spec = np.fft.rfft(frames, n_fft, axis=1)
     ac = np.fft.irfft(spec * np.conj(spec), n_fft, axis=1)[:, :width]
-    grid = np.arange(bpm / math.sqrt(2), bpm * math.sqrt(2) + 1e-9, step_bpm)
+    grid = np.arange(bpm / band, bpm * band + 1e-9, step_bpm)
     comb = np.zeros((len(starts), len(grid)))
     for k in range(1, 5):
         lags = k * 60.0 * fps / grid
         lo = np.minimum(np.floor(lags).astype(np.int64), width - 2)
         frac = np.clip(lags - lo, 0.0, 1.0)
         comb += ac[:, lo] * (1 - frac) + ac[:, lo + 1] * frac
-    tempi = np.where(ac[:, 0] > 0, grid[np.argmax(comb, axis=1)], bpm)
+    best = np.argmax(comb, axis=1)
+    tempi = np.where((ac[:, 0] > 0) & (best > 0) & (best < len(grid) - 1), grid[best], bpm)
     return (starts + width / 2) / fps, tempi
 
 
@@ -253,8 +263,10 @@ def estimate_tempo_map(envelope: np.ndarray, fps: float = FPS, bpm: float | None
        prior); a steady song keeps the global tempo;
     4. each change is put on the whole beat of the tempo in force nearest to
        its time (``bpmEvents`` at whole beats, as mappers place them);
-       changes closer than ``min_segment_s`` to the previous one, or whose
-       refined tempo is within ``threshold`` of the tempo in force, are dropped.
+       changes closer than ``min_segment_s`` to the previous one, whose
+       refined tempo is within ``threshold`` of the tempo in force, or whose
+       segment is not clearly more periodic at the new tempo than at the old
+       one (:func:`tempo_support` below :data:`CHANGE_SUPPORT`) are dropped.
 
     Beat 0 is at 0 s (BeatSaver rejects offsets), so the grid's phase is that
     of audio time 0.
@@ -290,14 +302,34 @@ def estimate_tempo_map(envelope: np.ndarray, fps: float = FPS, bpm: float | None
         refined.append(estimate_tempo(part, fps, m / (1 + threshold), m * (1 + threshold), prior_bpm=m,
                                       prior_octaves=math.inf, default=round(m, 2)))
     tempo, events = TempoMap.constant(refined[0]), []
-    for (t, _), m in zip(changes, refined[1:]):
+    for k, ((t, _), m) in enumerate(zip(changes, refined[1:]), start=1):
         beat = float(round(tempo.beats(t)))
-        if abs(math.log(m / tempo.bpm_at(beat))) <= math.log1p(threshold) or \
-                (events and tempo.seconds(beat) - tempo.seconds(events[-1][0]) < min_segment_s) or beat <= 0:
+        old = tempo.bpm_at(beat)
+        if abs(math.log(m / old)) <= math.log1p(threshold) or beat <= 0 or \
+                (events and tempo.seconds(beat) - tempo.seconds(events[-1][0]) < min_segment_s) or \
+                tempo_support(x[int(bounds[k] * fps): int(bounds[k + 1] * fps)], m, old, fps) < CHANGE_SUPPORT:
             continue
         events.append((beat, m))
         tempo = TempoMap.from_bpm_events(refined[0], events)
     return tempo
+
+
+def tempo_support(envelope: np.ndarray, new_bpm: float, old_bpm: float, fps: float = FPS) -> float:
+    """How much more periodic a stretch of onset envelope is at ``new_bpm`` than at ``old_bpm``.
+
+    ``P(new) / P(old)`` with ``P(b) = sum_{h=1..4} |X(h * b / 60)| / h``, ``X``
+    the Fourier transform of the envelope (1 s moving average removed,
+    zero-padded to at least 2**16 points; the periodicity of
+    :func:`estimate_tempo`'s fine step). 0 for an empty or flat stretch.
+    """
+    x = np.asarray(envelope, dtype=np.float64)
+    if len(x) < 2 or not np.any(x > 0):
+        return 0.0
+    width = min(int(fps), len(x))
+    x = x - np.convolve(x, np.ones(width) / width, mode="same")
+    n_fft = max(1 << 16, 1 << int(np.ceil(np.log2(len(x)))))
+    p = _periodicity(np.abs(np.fft.rfft(x, n_fft)), n_fft, np.array([new_bpm, old_bpm]), fps)
+    return float(p[0] / p[1]) if p[1] > 0 else math.inf
 
 
 def _tempo_map(tempo) -> TempoMap:
