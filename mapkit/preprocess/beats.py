@@ -1,10 +1,20 @@
-"""A song's beats from its audio: onset envelope, one global tempo, beats snapped to a grid. Pure numpy.
+"""A song's beats from its audio: onset envelope, global tempo, tempo map, beats snapped to its grid. Pure numpy.
 
 ``mapkit generate`` times the notes it places with these (docs/design.md §7):
-one constant BPM estimated from the audio (:func:`estimate_tempo` of
-:func:`onset_envelope`), beat 0 at audio time 0, beats optionally moved onto
-a 1/16 grid where the note stays on its frame (:func:`snap_beats`), and
-written with the fewest decimals that keep it there (:func:`short_beats`).
+the global tempo (:func:`estimate_tempo` of :func:`onset_envelope`, octave
+settled by a prior on the tempi human maps use), a tempo map that changes
+only where the music's tempo really does (:func:`estimate_tempo_map`:
+:func:`local_tempi`, :func:`tempo_changes` with hysteresis and a minimum
+segment length, :func:`tempo_support`), beat 0 at audio time 0, beats
+optionally moved onto the map's 1/16 grid where the note stays on its frame
+(:func:`snap_beats`), and written with the fewest decimals that keep it
+there (:func:`short_beats`).
+
+Why numpy and not librosa's beat tracker (``librosa.beat.beat_track``, the
+same dynamic-programming tracker on the same onset envelope): its numba
+compilation costs 15-77 s per process on the 2-core build machine
+(``librosa.feature.tempo``, ``tempogram``: 14 s) against 0.1 s for a
+3-minute song here, and generation must make a whole level in 30 s.
 """
 
 from __future__ import annotations
@@ -71,13 +81,14 @@ def estimate_tempo(envelope: np.ndarray, fps: float = FPS, min_bpm: float = MIN_
                    prior_bpm: float = PRIOR_BPM, default: float = PRIOR_BPM, prior_octaves: float = PRIOR_OCTAVES) -> float:
     """Global tempo (BPM) of a song from its onset envelope.
 
-    Two steps, both numpy (librosa's beat tracker costs 6-8 s of JIT
-    compilation per process on these machines):
+    Two steps, both numpy (librosa's beat tracker costs 15-77 s of numba
+    compilation per process on the build machine):
 
     1. coarse: the autocorrelation of the envelope (local mean removed)
        summed at lags ``k * 60 * fps / bpm`` for ``k = 1..4`` (a comb that
        rewards the beat and its multiples), weighted by a log-normal prior of
-       one octave around ``prior_bpm``, on a 0.1 BPM grid;
+       ``prior_octaves`` around ``prior_bpm`` (140: the tempo range of human
+       maps, which settles half/double tempo), on a 0.1 BPM grid;
     2. fine: around the coarse value (+-1 %), the whole-song Fourier
        magnitude of the envelope at the beat frequency and its first 4
        harmonics, on a 0.01 BPM grid: far finer than the frame rate allows
