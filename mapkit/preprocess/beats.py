@@ -214,12 +214,11 @@ def tempo_changes(centres: np.ndarray, tempi: np.ndarray, bpm: float, threshold:
     only when a run of windows lasting at least ``min_segment_s`` all differ
     from the tempo in force by more than ``threshold`` (relative,
     ``|ln(local / current)| > ln(1 + threshold)``) and agree with the run's
-    median within ``threshold``. The new tempo is the run's median; the
-    change is placed at the first window of the run whose tempo is nearer
-    (in log) to the new tempo than to the old one, moved back by half a
-    window's width of smoothing: the centre of the window where the evidence
-    crosses over. Isolated windows (a fill, a break, a 3:2 confusion) never
-    change the tempo.
+    median within ``threshold``. The new tempo is the run's (smoothed) median;
+    the change is placed at the centre of the run's first window, moved back
+    over every directly preceding window whose unsmoothed tempo is nearer (in
+    log) to the new tempo than to the old one: where the evidence crosses
+    over. Isolated windows (a fill, a break) never change the tempo.
 
     Parameters
     ----------

@@ -335,11 +335,15 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         tempo, egg = _song_tempo(source, feats, settings, format)
     charts = []
     for difficulty in difficulties:
+        own = {}
         chart = GeneratedDifficulty(difficulty, _beatmap_filename(difficulty), thresholds[difficulty],
                                     *_chart(placement_model, selection_model, p_setup, s_setup, feats, tempo,
                                             difficulty, thresholds[difficulty], snap, temperature=temperature,
-                                            beam_size=beam_size, seed=seed, use_cache=use_cache, timings=timings))
+                                            beam_size=beam_size, seed=seed, use_cache=use_cache, timings=own),
+                                    timings=own)
         charts.append(chart)
+        for stage, seconds in own.items():
+            timings[stage] = timings.get(stage, 0.0) + seconds
     with _timed(timings, "writing"):
         out_dir = Path(out_dir)
         if (out_dir / level_name).resolve() == Path(source.path).resolve():
