@@ -267,7 +267,9 @@ def estimate_tempo_map(envelope: np.ndarray, fps: float = FPS, bpm: float | None
 
     1. the global tempo ``bpm`` (:func:`estimate_tempo`, octave settled by its prior);
     2. the local tempi (:func:`local_tempi`) and the changes they prove
-       (:func:`tempo_changes`, hysteresis and a minimum segment length);
+       (:func:`tempo_changes`, hysteresis and a minimum segment length); a
+       first change within ``min_segment_s`` of the start becomes the
+       song's first tempo instead;
     3. each segment's tempo refined on its own stretch of the envelope by
        :func:`estimate_tempo` within +-``threshold`` of its local value (flat
        prior); a steady song keeps the global tempo;
@@ -302,15 +304,14 @@ def estimate_tempo_map(envelope: np.ndarray, fps: float = FPS, bpm: float | None
     bpm = estimate_tempo(x, fps) if bpm is None else float(bpm)
     centres, tempi = local_tempi(x, bpm, fps)
     changes = tempo_changes(centres, tempi, bpm, threshold, min_segment_s)
-    if not changes:
-        return TempoMap.constant(bpm)
-    bounds = [0.0] + [t for t, _ in changes] + [len(x) / fps]
     local = [bpm] + [m for _, m in changes]
-    refined = []
-    for k, m in enumerate(local):
-        part = x[int(bounds[k] * fps): int(bounds[k + 1] * fps)]
-        refined.append(estimate_tempo(part, fps, m / (1 + threshold), m * (1 + threshold), prior_bpm=m,
-                                      prior_octaves=math.inf, default=round(m, 2)))
+    if changes and changes[0][0] < min_segment_s:  # the song starts at the new tempo: no short first segment
+        local, changes = [changes[0][1]] + local[2:], changes[1:]
+    if not changes:
+        return TempoMap.constant(bpm if local[0] == bpm else _refine(x, local[0], fps, threshold))
+    bounds = [0.0] + [t for t, _ in changes] + [len(x) / fps]
+    refined = [_refine(x[int(bounds[k] * fps): int(bounds[k + 1] * fps)], m, fps, threshold)
+               for k, m in enumerate(local)]
     tempo, events = TempoMap.constant(refined[0]), []
     for k, ((t, _), m) in enumerate(zip(changes, refined[1:]), start=1):
         beat = float(round(tempo.beats(t)))
@@ -322,6 +323,12 @@ def estimate_tempo_map(envelope: np.ndarray, fps: float = FPS, bpm: float | None
         events.append((beat, m))
         tempo = TempoMap.from_bpm_events(refined[0], events)
     return tempo
+
+
+def _refine(envelope: np.ndarray, bpm: float, fps: float, threshold: float) -> float:
+    """:func:`estimate_tempo` of a stretch within ``bpm`` ×/÷ ``1 + threshold``, flat prior (``bpm`` rounded when too short)."""
+    return estimate_tempo(envelope, fps, bpm / (1 + threshold), bpm * (1 + threshold), prior_bpm=bpm,
+                          prior_octaves=math.inf, default=round(bpm, 2))
 
 
 def tempo_support(envelope: np.ndarray, new_bpm: float, old_bpm: float, fps: float = FPS) -> float:

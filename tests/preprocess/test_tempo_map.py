@@ -144,3 +144,12 @@ def test_bpm_events_and_regions_rebuild_the_map(base, events, rate, seconds):
     probe = np.linspace(0, n / rate, 50)  # inside the audio
     assert np.max(np.abs(v4.seconds(tempo.beats(probe)) - probe)) <= 0.5 / rate + 1e-6
     assert v4.to_regions(n, rate) == regions  # the regions' own map gives the same regions
+
+
+def test_a_song_that_starts_at_another_tempo_gets_it_as_its_first_tempo():
+    truth = TempoMap.from_bpm_events(150, [(50, 120)])  # 150 BPM for 20 s, then 120 BPM
+    env = envelope_of(clicks_at(truth.seconds(np.arange(0, truth.beats(40.0))) + 0.1, 40.0))
+    tempo = estimate_tempo_map(env, bpm=120.0)  # a global tempo of the second half: no 150 BPM lead-in segment
+    (b0, s0, m0), (b1, s1, m1) = tempo.segments
+    assert tempo.base_bpm == m0 == pytest.approx(150, abs=0.1) and m1 == pytest.approx(120, abs=0.1)
+    assert abs(s1 - 20) <= 1.5
