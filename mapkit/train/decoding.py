@@ -57,6 +57,8 @@ class Hypothesis:
 
     tokens: torch.Tensor
     score: float
+    #: picks that broke a rule of the ``constraint`` because no allowed state kept it (0 without one)
+    violations: int = 0
 
     @property
     def states(self) -> torch.Tensor:
@@ -182,19 +184,53 @@ def _allowed_mask(allowed: Allowed, prefix: torch.Tensor, vocab_size: int) -> to
     return mask.expand(prefix.shape[0], vocab_size)
 
 
+def _step_mask(allowed: Allowed, constraint, prefix: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The allowed mask of this step, narrowed by the ``constraint`` (e.g. :class:`~mapkit.train.flow.FlowConstraint`)."""
+    mask = _allowed_mask(allowed, prefix, vocab_size)
+    if constraint is None:
+        return mask
+    return torch.from_numpy(constraint.mask(mask.cpu().numpy())).to(mask.device)
+
+
+def _nucleus(probs: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
+    """``probs`` [rows, vocab] kept to the ``top_k`` most probable and the nucleus of mass ``top_p``, renormalised.
+
+    The nucleus is the smallest set of the most probable tokens whose mass is
+    at least ``top_p`` (Holtzman et al. 2020): a token is kept when the mass of
+    the tokens more probable than it (ties broken by token id) is below ``top_p``.
+    """
+    if top_k is None and (top_p is None or top_p >= 1.0):
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    keep = torch.ones_like(sorted_p, dtype=torch.bool)
+    if top_k is not None:
+        keep[:, int(top_k):] = False
+    if top_p is not None and top_p < 1.0:
+        keep &= (sorted_p.cumsum(dim=-1) - sorted_p) < top_p
+    keep[:, 0] = True
+    kept = torch.zeros_like(keep).scatter(1, order, keep)
+    probs = probs.masked_fill(~kept, 0.0)
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
 def _log_probs(logits: torch.Tensor, allowed: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Log-softmax over the allowed tokens; ``-inf`` elsewhere (and on rows with none allowed)."""
     logp = F.log_softmax((logits / temperature).masked_fill(~allowed, float("-inf")), dim=-1)
     return logp.masked_fill(~allowed, float("-inf"))  # rows with nothing allowed would be NaN
 
 
-def _finish(prefix_row: torch.Tensor, score: float) -> Hypothesis:
+def _finish(prefix_row: torch.Tensor, score: float, violations: int = 0) -> Hypothesis:
     eos = torch.tensor([EOS], dtype=prefix_row.dtype, device=prefix_row.device)
-    return Hypothesis(tokens=torch.cat([prefix_row, eos]).cpu(), score=float(score))
+    return Hypothesis(tokens=torch.cat([prefix_row, eos]).cpu(), score=float(score), violations=int(violations))
+
+
+def _violations(constraint, rows: list[int]) -> int:
+    return 0 if constraint is None else constraint.violations(rows)
 
 
 def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: int, beam_size: int = 8,
-                use_cache: bool = True, allowed: Allowed = None, window: int | None = None) -> Hypothesis:
+                use_cache: bool = True, allowed: Allowed = None, window: int | None = None,
+                constraint=None) -> Hypothesis:
     """The best sequence of exactly ``n_tokens`` states found by beam search.
 
     Parameters
@@ -217,12 +253,17 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_token
     window : int, optional
         At most this many positions per window (the model's training
         ``max_tokens``); None decodes the whole level at once. See the module notes.
+    constraint : FlowConstraint, optional
+        A per-step rule that carries a state per beam (:class:`mapkit.train.flow.FlowConstraint`):
+        it narrows each beam's allowed tokens to those that keep its rules,
+        whenever one does. See the module notes.
 
     Returns
     -------
     Hypothesis
         ``tokens`` = BOS, ``n_tokens`` states, EOS; ``score`` its log-probability
-        (with several windows, the sum of theirs).
+        (with several windows, the sum of theirs); ``violations`` the
+        constraint's forced breaks.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -233,50 +274,69 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_token
         scores = torch.full((stepper.windows, beam_size), float("-inf"), device=device)
         scores[:, 0] = 0.0
         first_row = torch.arange(stepper.windows, device=device)[:, None] * beam_size
+        if constraint is not None:
+            constraint.begin(stepper.starts, beam_size)
         for _ in range(stepper.steps):
             logits = stepper.logits().float()
             vocab = logits.shape[-1]
-            logp = _log_probs(logits, _allowed_mask(allowed, stepper.prefix, vocab))
+            logp = _log_probs(logits, _step_mask(allowed, constraint, stepper.prefix, vocab))
             top, flat = (scores.reshape(-1, 1) + logp).reshape(stepper.windows, -1).topk(beam_size, dim=-1)
             if not torch.isfinite(top[:, 0]).all():
                 raise ValueError("no allowed token can continue any hypothesis")
             scores = top
-            stepper.append((flat % vocab).reshape(-1), rows=(flat // vocab + first_row).reshape(-1))
+            tokens, rows = (flat % vocab).reshape(-1), (flat // vocab + first_row).reshape(-1)
+            stepper.append(tokens, rows=rows)
+            if constraint is not None:
+                constraint.append(tokens.cpu().numpy(), rows.cpu().numpy())
         best = scores.argmax(dim=-1)
-        return _finish(stepper.tokens(best.tolist()), scores.gather(1, best[:, None]).sum())
+        return _finish(stepper.tokens(best.tolist()), scores.gather(1, best[:, None]).sum(),
+                       _violations(constraint, [g * beam_size + b for g, b in enumerate(best.tolist())]))
 
 
 def greedy(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: int, use_cache: bool = True,
-           allowed: Allowed = None, window: int | None = None) -> Hypothesis:
+           allowed: Allowed = None, window: int | None = None, constraint=None) -> Hypothesis:
     """The most probable token at every step (beam search with one beam)."""
     return beam_search(model, src, src_mask, n_tokens, beam_size=1, use_cache=use_cache, allowed=allowed,
-                       window=window)
+                       window=window, constraint=constraint)
 
 
 def sample(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: int, temperature: float = 1.0,
            use_cache: bool = True, allowed: Allowed = None, generator: torch.Generator | None = None,
-           window: int | None = None) -> Hypothesis:
+           window: int | None = None, top_p: float | None = None, top_k: int | None = None,
+           constraint=None) -> Hypothesis:
     """A sequence of exactly ``n_tokens`` states drawn token by token.
 
     Each token is drawn from ``softmax(logits / temperature)`` over the allowed
-    tokens; the score is the log-probability of the drawn tokens at
-    ``temperature`` 1. Parameters as :func:`beam_search`; ``generator`` makes
+    tokens (narrowed by the ``constraint``, as in :func:`beam_search`), cut to
+    the ``top_k`` most probable tokens and to the nucleus of mass ``top_p``
+    (:func:`_nucleus`; None: no cut) and renormalised; the score is the
+    log-probability of the drawn tokens at ``temperature`` 1 over the allowed
+    tokens. Parameters as :func:`beam_search`; ``generator`` makes
     the draw reproducible. The returned tokens start with BOS, followed by the
     drawn states (none of them is the BOS prefix). With several windows
     (``window``), each window draws its own states, side by side.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature} (use greedy() for the arg-max)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
     with _eval_no_grad(model):
         stepper = _Stepper(model, src, src_mask, n_tokens, 1, use_cache, window)
+        if constraint is not None:
+            constraint.begin(stepper.starts, 1)
         score = 0.0
         for _ in range(stepper.steps):
             logits = stepper.logits().float()
-            mask = _allowed_mask(allowed, stepper.prefix, logits.shape[-1])
+            mask = _step_mask(allowed, constraint, stepper.prefix, logits.shape[-1])
             if not mask.any(dim=-1).all():
                 raise ValueError("no allowed token can continue the sequence")
-            probs = _log_probs(logits, mask, temperature).exp()
+            probs = _nucleus(_log_probs(logits, mask, temperature).exp(), top_p, top_k)
             token = torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)[:, 0]
             score += float(_log_probs(logits, mask).gather(1, token[:, None]).sum())
             stepper.append(token)
-        return _finish(stepper.tokens([0] * stepper.windows), score)
+            if constraint is not None:
+                constraint.append(token.cpu().numpy())
+        return _finish(stepper.tokens([0] * stepper.windows), score,
+                       _violations(constraint, list(range(stepper.windows))))

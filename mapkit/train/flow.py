@@ -1,0 +1,310 @@
+"""Playable flow as a decoding constraint: swing parity, vision blocks and collisions (docs/design.md §7).
+
+At every note time, stage 2 picks one *state* (the layout of all notes on one
+frame). :class:`FlowConstraint` says, for each decoded prefix (a beam, or a
+sampled sequence), which next states would break the flow rules of ``mapkit
+evaluate`` (the same definitions, the same settings):
+
+- **parity** (:mod:`mapkit.preprocess.parity`): a state is refused when, for
+  either hand, its notes start a swing with the previous swing's parity (or
+  give the current swing of dots that parity) and no bomb between the swings
+  forces the reset: a parity error as ``evaluate`` counts it. The hands'
+  states (:class:`~mapkit.preprocess.parity.HandState`) are advanced with
+  :func:`~mapkit.preprocess.parity.advance_hand`, exactly as ``evaluate``
+  builds them, so a decoded level has no parity error ``evaluate`` would see
+  wherever a legal state existed;
+- **vision blocks** (:func:`mapkit.preprocess.quality.vision_blocked`): a
+  state is refused when it puts a note (or bomb) in a column hidden by a centre
+  note (column 1 or 2, row 1) of an earlier state ``VISION_WINDOWS[difficulty]``
+  seconds before;
+- **collisions** (:func:`mapkit.preprocess.quality.colliding_pairs`): a state
+  whose own notes collide (two in one cell, or an arrow whose cut path crosses
+  a bomb or the other hand's note) is refused. Collisions only happen within
+  one frame, so this is a fixed property of the state.
+
+When every allowed state of a prefix breaks a rule, nothing is refused for it
+(the model's best is taken) and the pick is counted as a violation
+(:meth:`FlowConstraint.violations`). A pause does not excuse a reset: as in
+``evaluate``, only a bomb does.
+
+Speed: the features the rules need (per hand: whether the state has an arrow,
+the parity of its first arrow, the cell and direction of the note the cut
+meets first; the state's vision and collision flags) are computed once per
+vocabulary as arrays (:class:`StateFeatures`), and each step checks every
+state of every row at once with numpy; only the picked states advance the
+hand states (two :func:`advance_hand` calls per row and step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from mapkit.preprocess.notes import BLUE, BOMB, NOTE_DTYPE, RED
+from mapkit.preprocess.parity import (DIRECTION_ANGLES, DIRECTION_VECTORS, DOT, NO_PARITY, HandState, ParitySettings,
+                                      advance_hand, bomb_forces_reset, cut_order, direction_parity)
+from mapkit.preprocess.quality import CENTRE_BLOCKERS, VISION_WINDOWS, EvaluateSettings, colliding_pairs
+from mapkit.preprocess.targets import N_SPECIAL, state_notes
+from mapkit.settings import Settings
+
+_EPS = 1e-9  # as quality.vision_blocked: window edges are inclusive despite float rounding
+#: Angle of each direction 0-8 (a dot: NaN, it never breaks the angle test of a slider).
+_ANGLES = np.array([DIRECTION_ANGLES.get(d, np.nan) for d in range(9)], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class FlowSettings(Settings):
+    """Which rules decoding enforces; the swing grouping comes from ``evaluate`` (:class:`EvaluateSettings`)."""
+
+    KIND = "flow"
+
+    parity: bool = True
+    vision: bool = True
+    collisions: bool = True
+    swing_merge_s: float = EvaluateSettings.swing_merge_s
+    slider_s: float = EvaluateSettings.slider_s
+
+    @property
+    def parity_settings(self) -> ParitySettings:
+        return ParitySettings(merge_s=self.swing_merge_s, slider_s=self.slider_s)
+
+
+class StateFeatures(NamedTuple):
+    """What the rules need of every token of a vocabulary, as arrays ``[vocab]`` (``[2, vocab]`` per hand).
+
+    ``state`` marks state tokens (not PAD/BOS/EOS/UNK). Per hand (0 left/red,
+    1 right/blue): ``arrow`` (the hand has an arrow), ``parity`` (of its first
+    arrow in cut order: +1 forehand, -1 backhand, 0 sideways), ``first_column``,
+    ``first_row``, ``first_direction`` (the note the cut meets first, when the
+    hand has an arrow). ``collides``: the state's notes collide. ``hides``
+    ``[2, vocab]``: a note or bomb in the columns hidden by blocker 0 (1, 1)
+    and blocker 1 (2, 1) of ``CENTRE_BLOCKERS``; ``centre`` ``[2, vocab]``:
+    a note or bomb on that blocker's cell. ``notes``: per token, the hands'
+    notes ``((column, row, direction), ...)`` and the bombs ``((column, row), ...)``.
+    """
+
+    state: np.ndarray
+    arrow: np.ndarray
+    parity: np.ndarray
+    first_column: np.ndarray
+    first_row: np.ndarray
+    first_direction: np.ndarray
+    collides: np.ndarray
+    hides: np.ndarray
+    centre: np.ndarray
+    notes: tuple
+
+
+def state_features(states) -> StateFeatures:
+    """:class:`StateFeatures` of ``states``: one 12-tuple state per token from ``N_SPECIAL`` on (a vocabulary's)."""
+    n = N_SPECIAL + len(states)
+    is_state = np.zeros(n, bool)
+    arrow = np.zeros((2, n), bool)
+    parity, first_col, first_row, first_dir = (np.zeros((2, n), np.int64) for _ in range(4))
+    collides = np.zeros(n, bool)
+    hides, centre = np.zeros((2, n), bool), np.zeros((2, n), bool)
+    notes: list = [((), (), ())] * N_SPECIAL
+    blockers = list(CENTRE_BLOCKERS.items())
+    for token, state in enumerate(states, start=N_SPECIAL):
+        is_state[token] = True
+        cells = state_notes(state)
+        hands = tuple(tuple((c, r, d) for c, r, color, d in cells if color == hand) for hand in (RED, BLUE))
+        bombs = tuple((c, r) for c, r, color, _ in cells if color == BOMB)
+        notes.append((*hands, bombs))
+        for h, mine in enumerate(hands):
+            if any(d != DOT for _, _, d in mine):
+                order = cut_order(HandState(), mine)  # state-independent when the hand has an arrow
+                first = mine[order[0]]
+                arrow[h, token] = True
+                parity[h, token] = direction_parity(next(mine[i][2] for i in order if mine[i][2] != DOT))
+                first_col[h, token], first_row[h, token], first_dir[h, token] = first
+        for b, ((col, row), hidden) in enumerate(blockers):
+            hides[b, token] = any(c in hidden for c, _, _, _ in cells)
+            centre[b, token] = any(c == col and r == row for c, r, _, _ in cells)
+        collides[token] = bool(colliding_pairs(_one_frame(cells)))
+    return StateFeatures(is_state, arrow, parity, first_col, first_row, first_dir, collides, hides, centre,
+                         tuple(notes))
+
+
+def _one_frame(cells) -> np.ndarray:
+    """The notes of one state as ``NOTE_DTYPE`` records at time 0 (for :func:`colliding_pairs`)."""
+    return np.array([(0.0, 0.0, c, r, color, d) for c, r, color, d in cells], dtype=NOTE_DTYPE)
+
+
+class _Row(NamedTuple):
+    """One decoded prefix: both hands, the bombs that may still force a reset, recent centre notes, violations."""
+
+    hands: tuple = (HandState(), HandState())
+    bombs: tuple = ()  # (time, column, row)
+    centres: tuple = ()  # (time, blocker index)
+    violations: int = 0
+
+
+class FlowConstraint:
+    """Per-step masks of the states that keep the flow playable, for :mod:`mapkit.train.decoding`.
+
+    Parameters
+    ----------
+    features : StateFeatures
+        Of the decoding vocabulary (:func:`state_features`; compute once per vocabulary).
+    times_s : array [n_tokens]
+        The time in seconds of each note time (token 1 .. n of the sequence).
+    difficulty : str
+        Canonical difficulty: the vision-block window (``VISION_WINDOWS``).
+    settings : FlowSettings
+
+    The decoder calls :meth:`begin` with its windows, then per step :meth:`mask`
+    (before picking) and :meth:`append` (with the picked tokens and the rows
+    they extend, as ``_Stepper.append``).
+    """
+
+    def __init__(self, features: StateFeatures, times_s, difficulty: str = "Expert",
+                 settings: FlowSettings = FlowSettings()):
+        self.features, self.settings = features, settings
+        self.times = np.asarray(times_s, dtype=np.float64)
+        self.vision_window = VISION_WINDOWS.get(difficulty)
+        self.parity = settings.parity_settings
+        self.rows: list[_Row] = []
+        self._last_bad: np.ndarray | None = None
+
+    def begin(self, starts: list[int], per_window: int) -> None:
+        """Start ``len(starts) * per_window`` empty rows; window ``g``'s first state is token ``starts[g]``."""
+        self.starts, self.per_window, self.step = list(starts), per_window, 0
+        self.rows = [_Row() for _ in range(len(starts) * per_window)]
+
+    def _row_times(self) -> np.ndarray:
+        """The time of the note each row decodes at this step."""
+        index = np.repeat(np.asarray(self.starts) + self.step, self.per_window)  # token index, BOS = 0
+        return self.times[np.minimum(index, len(self.times)) - 1]
+
+    def bad(self) -> tuple[np.ndarray, np.ndarray]:
+        """Bool ``[rows, vocab]`` each: the states that would break the parity or collision rule, and the vision rule."""
+        f, times = self.features, self._row_times()
+        bad = np.zeros((len(self.rows), len(f.state)), bool)
+        if self.settings.parity:
+            for h in (0, 1):
+                bad |= self._parity_errors(h, times)
+        if self.settings.collisions:
+            bad |= f.collides[None, :]
+        vision = np.zeros_like(bad)
+        if self.settings.vision and self.vision_window is not None:
+            vision = self._vision_blocks(times)
+        return bad, vision
+
+    def mask(self, allowed: np.ndarray) -> np.ndarray:
+        """``allowed`` ``[rows, vocab]`` without the states that break a rule, for every row that keeps one.
+
+        A row where every allowed state breaks some rule keeps those that
+        break only the vision rule (a parity error or a collision is worse than
+        a hidden note); where none does, all its allowed states.
+        """
+        bad, vision = self.bad()
+        keep = allowed & ~bad
+        strict = keep & ~vision
+        full = strict.any(axis=1)
+        keep[full] = strict[full]
+        empty = ~keep.any(axis=1)
+        keep[empty] = allowed[empty]
+        self._last_bad = bad | vision
+        return keep
+
+    def append(self, tokens, rows=None) -> None:
+        """Extend row ``rows[b]`` (default ``b``) by state ``tokens[b]``; advances that row's hands."""
+        tokens = np.asarray(tokens).tolist()
+        rows = list(range(len(tokens))) if rows is None else np.asarray(rows).tolist()
+        times = self._row_times()
+        bad = self._last_bad
+        self.rows = [self._advance(self.rows[r], tokens[b], float(times[b]),
+                                   bool(bad is not None and bad[r, tokens[b]])) for b, r in enumerate(rows)]
+        self._last_bad = None
+        self.step += 1
+
+    def violations(self, rows) -> int:
+        """Picks that broke a rule (no legal state was left), summed over ``rows``."""
+        return int(sum(self.rows[r].violations for r in rows))
+
+    def _advance(self, row: _Row, token: int, t: float, violated: bool) -> _Row:
+        left, right, bombs = self.features.notes[token] if token < len(self.features.notes) else ((), (), ())
+        hands = list(row.hands)
+        for h, mine in enumerate((left, right)):
+            if mine:
+                state = hands[h]
+                between = [(c, r) for bt, c, r in row.bombs if state.time < bt < t] if state.swings else ()
+                hands[h] = advance_hand(state, t, mine, between, self.parity)[0]
+        started = [hs.time for hs in hands if hs.swings]
+        floor = min(started) if started else np.inf  # bombs no hand can still be reset by are dropped
+        kept = tuple(b for b in row.bombs if b[0] > floor) + tuple((t, c, r) for c, r in bombs if t > floor)
+        centres = row.centres
+        if self.vision_window is not None:
+            hi = self.vision_window[1]
+            centres = tuple(c for c in centres if c[0] >= t - hi - 1.0)
+            centres += tuple((t, b) for b in range(2) if token < len(self.features.state)
+                             and self.features.centre[b, token])
+        return _Row(tuple(hands), kept, centres, row.violations + int(violated))
+
+    def _parity_errors(self, h: int, times: np.ndarray) -> np.ndarray:
+        """Bool ``[rows, vocab]``: the state gives hand ``h`` a parity error (see the module notes)."""
+        f = self.features
+        states = [row.hands[h] for row in self.rows]
+        live = np.array([s.swings > 0 for s in states])
+        if not live.any():
+            return np.zeros((len(states), len(f.state)), bool)
+        col = lambda values: np.asarray(values)[:, None]  # noqa: E731 - one value per row, broadcast over states
+        gap = times - np.array([s.time for s in states])
+        direction = np.array([s.direction for s in states])
+        # does the hand's first note join the current swing? (advance_hand's rule, vectorised over the states)
+        sx, sy = (np.array([DIRECTION_VECTORS.get(d, (0, 0))[k] for d in direction]) for k in (0, 1))
+        ahead = ((f.first_column[h][None] - col([s.column for s in states])) * col(sx)
+                 + (f.first_row[h][None] - col([s.row for s in states])) * col(sy)) >= 0
+        diff = np.abs(_ANGLES[f.first_direction[h]][None] - col(_ANGLES[np.maximum(direction, 0)])) % 360
+        close = (np.minimum(diff, 360 - diff) <= 45) | (f.first_direction[h][None] == DOT)
+        slides = (col(direction < 0) | (close & ahead)) & col(gap <= self.parity.slider_s)
+        joins = col(gap <= self.parity.merge_s) | slides
+        forced = np.array([self._bomb_reset(row, s, float(t)) for row, s, t in zip(self.rows, states, times)])
+        p, prev = col([s.parity for s in states]), col([s.prev_parity for s in states])
+        new_error = ~joins & (p != NO_PARITY) & ~col(forced) & (f.parity[h][None] == p)
+        joined_error = (joins & col(direction < 0) & (prev != NO_PARITY) & ~col([s.bomb_reset for s in states])
+                        & (f.parity[h][None] == prev))
+        return col(live) & f.arrow[h][None] & (new_error | joined_error)
+
+    @staticmethod
+    def _bomb_reset(row: _Row, state: HandState, t: float) -> bool:
+        """Whether the bombs between the hand's last note and ``t`` force its next swing's reset."""
+        if not row.bombs or state.swing_arrow < 0:
+            return False
+        between = [(c, r) for bt, c, r in row.bombs if state.time < bt < t]
+        return bool(between) and bomb_forces_reset(state.swing_arrow, state.column, state.row,
+                                                   [b[0] for b in between], [b[1] for b in between])
+
+    def _vision_blocks(self, times: np.ndarray) -> np.ndarray:
+        """Bool ``[rows, vocab]``: the state has a note hidden by a centre note of the row ``lo..hi`` s before,
+        or its centre notes would hide all four columns at a later note time (which no state could then fill)."""
+        lo, hi = self.vision_window
+        f = self.features
+        out = np.zeros((len(self.rows), len(f.state)), bool)
+        for i, (row, t) in enumerate(zip(self.rows, times.tolist())):
+            for ct, b in row.centres:
+                if t - hi - _EPS <= ct <= t - lo + _EPS:
+                    out[i] |= f.hides[b]
+            ahead = self.times[np.searchsorted(self.times, t + lo - _EPS):np.searchsorted(self.times, t + hi + _EPS)]
+            if not ahead.size:
+                continue
+            out[i] |= f.centre[0] & f.centre[1]
+            for b in (0, 1):  # blocker b now, while the other one hides the other side of a later note time
+                if any(np.any((ahead >= ct + lo - _EPS) & (ahead <= ct + hi + _EPS)) for ct, o in row.centres if o != b):
+                    out[i] |= f.centre[b]
+        return out
+
+
+_FEATURES: dict = {}
+
+
+def vocab_features(vocab) -> StateFeatures:
+    """:func:`state_features` of a :class:`~mapkit.preprocess.targets.Vocabulary`, computed once per vocabulary hash."""
+    key = vocab.hash
+    if key not in _FEATURES:
+        _FEATURES.clear()  # one vocabulary at a time is what generation uses
+        _FEATURES[key] = state_features(vocab.states)
+    return _FEATURES[key]
