@@ -110,7 +110,8 @@ def state_features(states) -> StateFeatures:
     for token, state in enumerate(states, start=N_SPECIAL):
         is_state[token] = True
         cells = state_notes(state)
-        hands = tuple(tuple((c, r, d) for c, r, color, d in cells if color == hand) for hand in (RED, BLUE))
+        # in the order evaluate meets them (sort_notes: column, then row): the first arrow sets the cut's order
+        hands = tuple(tuple(sorted((c, r, d) for c, r, color, d in cells if color == hand)) for hand in (RED, BLUE))
         bombs = tuple((c, r) for c, r, color, _ in cells if color == BOMB)
         notes.append((*hands, bombs))
         for h, mine in enumerate(hands):
