@@ -169,6 +169,7 @@ class FlowConstraint:
         self.parity = settings.parity_settings
         self.rows: list[_Row] = []
         self._last_bad: np.ndarray | None = None
+        self._table: list | None = None
 
     def begin(self, starts: list[int], per_window: int) -> None:
         """Start ``len(starts) * per_window`` empty rows; window ``g``'s first state is token ``starts[g]``."""
@@ -245,30 +246,52 @@ class FlowConstraint:
                              and self.features.centre[b, token])
         return _Row(tuple(hands), kept, centres, row.violations + int(violated))
 
+    def _tables(self) -> list:
+        """Per hand: ``(parity -> arrow states of that parity, direction -> states whose first note may slide on
+        a cut in that direction, direction -> their first note's step along it)``, ``[vocab]`` each."""
+        f, out = self.features, []
+        for h in (0, 1):
+            same = {p: f.arrow[h] & (f.parity[h] == p) for p in (-1, 1)}
+            angle = _ANGLES[f.first_direction[h]]
+            close, along = {}, {}
+            for d, (vx, vy) in DIRECTION_VECTORS.items():
+                diff = np.abs(angle - DIRECTION_ANGLES[d]) % 360
+                close[d] = (np.minimum(diff, 360 - diff) <= 45) | (f.first_direction[h] == DOT)
+                along[d] = f.first_column[h] * vx + f.first_row[h] * vy
+            out.append((same, close, along))
+        return out
+
     def _parity_errors(self, h: int, times: np.ndarray) -> np.ndarray:
-        """Bool ``[rows, vocab]``: the state gives hand ``h`` a parity error (see the module notes)."""
-        f = self.features
-        states = [row.hands[h] for row in self.rows]
-        live = np.array([s.swings > 0 for s in states])
-        if not live.any():
-            return np.zeros((len(states), len(f.state)), bool)
-        col = lambda values: np.asarray(values)[:, None]  # noqa: E731 - one value per row, broadcast over states
-        gap = times - np.array([s.time for s in states])
-        direction = np.array([s.direction for s in states])
-        # does the hand's first note join the current swing? (advance_hand's rule, vectorised over the states)
-        sx, sy = (np.array([DIRECTION_VECTORS.get(d, (0, 0))[k] for d in direction]) for k in (0, 1))
-        ahead = ((f.first_column[h][None] - col([s.column for s in states])) * col(sx)
-                 + (f.first_row[h][None] - col([s.row for s in states])) * col(sy)) >= 0
-        diff = np.abs(_ANGLES[f.first_direction[h]][None] - col(_ANGLES[np.maximum(direction, 0)])) % 360
-        close = (np.minimum(diff, 360 - diff) <= 45) | (f.first_direction[h][None] == DOT)
-        slides = (col(direction < 0) | (close & ahead)) & col(gap <= self.parity.slider_s)
-        joins = col(gap <= self.parity.merge_s) | slides
-        forced = np.array([self._bomb_reset(row, s, float(t)) for row, s, t in zip(self.rows, states, times)])
-        p, prev = col([s.parity for s in states]), col([s.prev_parity for s in states])
-        new_error = ~joins & (p != NO_PARITY) & ~col(forced) & (f.parity[h][None] == p)
-        joined_error = (joins & col(direction < 0) & (prev != NO_PARITY) & ~col([s.bomb_reset for s in states])
-                        & (f.parity[h][None] == prev))
-        return col(live) & f.arrow[h][None] & (new_error | joined_error)
+        """Bool ``[rows, vocab]``: the state gives hand ``h`` a parity error (see the module notes).
+
+        Per row, :func:`advance_hand`'s rule over all states at once: whether
+        the hand's first note joins the current swing (within ``merge_s``, or
+        within ``slider_s`` continuing the cut) and, if it starts a new swing,
+        whether its first arrow repeats the last swing's parity with no bomb
+        forcing the reset; if it joins a swing of dots, whether its first arrow
+        gives that swing the previous swing's parity.
+        """
+        if self._table is None:
+            self._table = self._tables()
+        same, close, along = self._table[h]
+        out = np.zeros((len(self.rows), len(self.features.state)), bool)
+        for i, (row, t) in enumerate(zip(self.rows, times.tolist())):
+            s = row.hands[h]
+            if not s.swings:
+                continue
+            gap = t - s.time
+            if gap <= self.parity.merge_s or (gap <= self.parity.slider_s and s.direction < 0):
+                joins = True
+            elif gap <= self.parity.slider_s:
+                vx, vy = DIRECTION_VECTORS[s.direction]
+                joins = close[s.direction] & (along[s.direction] >= s.column * vx + s.row * vy)
+            else:
+                joins = False
+            if joins is not True and s.parity != NO_PARITY and not self._bomb_reset(row, s, t):
+                out[i] = same[s.parity] if joins is False else same[s.parity] & ~joins
+            if joins is not False and s.direction < 0 and s.prev_parity != NO_PARITY and not s.bomb_reset:
+                out[i] |= same[s.prev_parity] if joins is True else same[s.prev_parity] & joins
+        return out
 
     @staticmethod
     def _bomb_reset(row: _Row, state: HandState, t: float) -> bool:
