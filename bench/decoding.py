@@ -35,11 +35,11 @@ SETTINGS = {
     "greedy+flow": (1, None, None, True),
     "T1": (None, 1.0, None, False),
     "T1+flow": (None, 1.0, None, True),
+    "T1 p0.95+flow": (None, 1.0, 0.95, True),
     "T1 p0.9+flow": (None, 1.0, 0.9, True),
     "T0.8 p0.9+flow": (None, 0.8, 0.9, True),
     "T1 p0.8+flow": (None, 1.0, 0.8, True),
     "T0.8 p0.8+flow": (None, 0.8, 0.8, True),
-    "T0.6 p0.9+flow": (None, 0.6, 0.9, True),
 }
 COLUMNS = ("notes", "distinct_states", "top5_share", "state_entropy_bits", "ngram4_repetition",
            "parity_error_share", "vision_blocks", "collisions")
