@@ -16,6 +16,20 @@ on the whole prefix at every step. Both give the same tokens and scores.
 Decoding runs in eval mode under ``torch.no_grad``; the model's training flag
 is restored afterwards.
 
+Constraints: ``constraint`` (e.g. :class:`mapkit.train.flow.FlowConstraint`,
+the playable-flow rules) is a rule with a state per row: the decoder calls
+``constraint.begin(starts, rows_per_window)``, then at every step
+``constraint.mask(allowed)`` (numpy bool ``[rows, vocab]`` -> the narrowed
+mask) before picking and ``constraint.append(tokens, rows)`` after (the rows
+each new token extends, as beams are reordered), and ``constraint.violations(rows)``
+at the end. Beam search and sampling use it the same way; the score is the
+log-probability renormalised over the narrowed mask.
+
+Sampling options: ``temperature`` divides the logits; ``top_k`` keeps the k
+most probable tokens and ``top_p`` the nucleus (the smallest set of most
+probable tokens whose probability reaches ``top_p``, Holtzman et al. 2020)
+before the draw (:func:`_nucleus`).
+
 Sources: one level at a time, ``src`` ``[S, n_mels + 4]`` or ``[1, S, n_mels + 4]``
 with ``S = n_tokens + 2`` real positions (one per token incl. BOS and EOS).
 
