@@ -912,6 +912,9 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())
+    if level.flow_violations:
+        click.echo(f"note: {level.flow_violations} stage-2 picks break a flow rule (parity, vision or collision): "
+                   f"no layout of the vocabulary avoided it there", err=True)
     if evaluate_level or baseline is not None:
         from mapkit.runs.evaluate import evaluate_generated, format_table
 
