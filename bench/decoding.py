@@ -14,6 +14,13 @@ human percentile. CPU time of stage 2 per note time is measured in this
 process, one thread (bench/cputime.py).
 
     python bench/decoding.py --placement ddc/best.pt --selection tr/last.pt SONG_DIR ... --baseline human.json
+
+``--synthetic N`` instead times the constraint with bench/generate.py's
+setup: the default-size stage-2 model (random weights) over a 2000-state
+vocabulary, N note times 0.1-0.5 s apart, beam 8 and sampling, with and
+without the flow constraint (CPU ms per note time, fastest of ``--runs``).
+
+    python bench/decoding.py --synthetic 300
 """
 
 from __future__ import annotations
@@ -97,11 +104,51 @@ def fmt(value, rank) -> str:
     return text + (f" ({rank:.0f}%)" if rank is not None and rank == rank else "")
 
 
+def synthetic(n_notes: int, runs: int, preset: str = "default") -> None:
+    """CPU ms per note time of stage 2 with and without the flow constraint (bench/generate.py's models)."""
+    import torch
+
+    from cputime import measure
+    from generate import build
+    from mapkit.preprocess.targets import Vocabulary
+    from mapkit.train.decoding import beam_search, sample
+    from mapkit.train.flow import FlowConstraint, vocab_features
+
+    _, selection, _, s_ckpt = build(preset, 2000, 20)
+    vocab = Vocabulary.from_json(s_ckpt["vocab"])
+    from mapkit.train.transformer import TransformerConfig
+
+    window = TransformerConfig().max_tokens  # the default training crop, as bench/generate.py
+    rng = np.random.default_rng(0)
+    times = np.cumsum(rng.uniform(0.1, 0.5, n_notes))
+    g = torch.Generator().manual_seed(0)
+    src = torch.cat([torch.randn(n_notes + 2, selection.config.n_mels, generator=g),
+                     torch.rand(n_notes + 2, selection.config.n_gaps, generator=g)], dim=1)
+    clock = cpu_seconds()
+    features = vocab_features(vocab)
+    print(f"{preset} stage 2, {len(vocab)} tokens, {n_notes} note times; vocabulary features "
+          f"{1000 * (cpu_seconds() - clock):.0f} ms once")
+    flows = {"without": lambda: None, "with flow": lambda: FlowConstraint(features, times)}
+    decoders = {"beam 8": lambda c: beam_search(selection, src, None, n_notes, beam_size=8, window=window,
+                                                constraint=c),
+                "sampling T 1 top-p 0.8": lambda c: sample(selection, src, None, n_notes, top_p=0.8, window=window,
+                                                           generator=torch.Generator().manual_seed(0), constraint=c)}
+    for name, decode in decoders.items():
+        for flow, make in flows.items():
+            with torch.inference_mode():
+                timing, _ = measure(lambda: decode(make()), repeat=runs)
+            print(f"  {name:24s} {flow:10s} {1000 * timing.cpu / n_notes:7.2f} ms per note time", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("songs", nargs="+", help="level folders (audio + a human map of --difficulty)")
-    ap.add_argument("--placement", required=True)
-    ap.add_argument("--selection", required=True)
+    ap.add_argument("songs", nargs="*", help="level folders (audio + a human map of --difficulty)")
+    ap.add_argument("--placement")
+    ap.add_argument("--selection")
+    ap.add_argument("--synthetic", type=int, default=None, metavar="N",
+                    help="time the constraint on N synthetic note times with the default-size model instead")
+    ap.add_argument("--preset", default="default", help="model preset of --synthetic")
+    ap.add_argument("--runs", type=int, default=1, help="repeats of --synthetic (fastest kept)")
     ap.add_argument("--difficulty", default="Expert")
     ap.add_argument("--baseline", default=None, help="human baseline JSON (mapkit evaluate --save-baseline)")
     ap.add_argument("--settings", nargs="*", default=list(SETTINGS), help=f"of {', '.join(SETTINGS)}")
@@ -109,6 +156,11 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write every row to this JSON file")
     args = ap.parse_args()
     torch_one_thread()
+    if args.synthetic:
+        synthetic(args.synthetic, args.runs, args.preset)
+        return 0
+    if not (args.songs and args.placement and args.selection):
+        ap.error("give level folders, --placement and --selection (or --synthetic N)")
     from mapkit.runs import generate as g
     from mapkit.runs.evaluate import load_baseline
     from mapkit.train.flow import FlowSettings

@@ -170,16 +170,20 @@ class FlowConstraint:
         self.rows: list[_Row] = []
         self._last_bad: np.ndarray | None = None
         self._table: list | None = None
+        self._times_at: tuple | None = None
 
     def begin(self, starts: list[int], per_window: int) -> None:
         """Start ``len(starts) * per_window`` empty rows; window ``g``'s first state is token ``starts[g]``."""
         self.starts, self.per_window, self.step = list(starts), per_window, 0
+        self._times_at = None
         self.rows = [_Row() for _ in range(len(starts) * per_window)]
 
     def _row_times(self) -> np.ndarray:
-        """The time of the note each row decodes at this step."""
-        index = np.repeat(np.asarray(self.starts) + self.step, self.per_window)  # token index, BOS = 0
-        return self.times[np.minimum(index, len(self.times)) - 1]
+        """The time of the note each row decodes at this step (computed once per step)."""
+        if self._times_at is None or self._times_at[0] != self.step:
+            index = np.repeat(np.asarray(self.starts) + self.step, self.per_window)  # token index, BOS = 0
+            self._times_at = (self.step, self.times[np.minimum(index, len(self.times)) - 1])
+        return self._times_at[1]
 
     def bad(self) -> tuple[np.ndarray, np.ndarray]:
         """Bool ``[rows, vocab]`` each: the states that would break the parity or collision rule, and the vision rule."""
@@ -304,23 +308,34 @@ class FlowConstraint:
 
     def _vision_blocks(self, times: np.ndarray) -> np.ndarray:
         """Bool ``[rows, vocab]``: the state has a note hidden by a centre note of the row ``lo..hi`` s before,
-        or its centre notes would hide all four columns at a later note time (which no state could then fill)."""
+        or its centre notes would hide all four columns at a later note time (which no state could then fill).
+
+        The later note times a centre note at ``t`` hides are those in
+        ``[t + lo, t + hi]``; one of the other side's, at ``ct <= t``, still
+        hides the first of them (the earliest at or after ``t + lo``) when it
+        is at most ``ct + hi``.
+        """
         lo, hi = self.vision_window
         f = self.features
         out = np.zeros((len(self.rows), len(f.state)), bool)
+        both = f.centre[0] & f.centre[1]
+        following = np.searchsorted(self.times, times + lo - _EPS)
+        n = len(self.times)
         for i, (row, t) in enumerate(zip(self.rows, times.tolist())):
+            hidden, latest = [False, False], [-np.inf, -np.inf]
             for ct, b in row.centres:
-                if t - hi - _EPS <= ct <= t - lo + _EPS:
+                hidden[b] = hidden[b] or t - hi - _EPS <= ct <= t - lo + _EPS
+                latest[b] = max(latest[b], ct)
+            for b in (0, 1):
+                if hidden[b]:
                     out[i] |= f.hides[b]
-            ahead = self.times[np.searchsorted(self.times, t + lo - _EPS):np.searchsorted(self.times, t + hi + _EPS)]
-            if not ahead.size:
-                continue
-            out[i] |= f.centre[0] & f.centre[1]
-            for b in (0, 1):  # blocker b now, while the other one hides the other side of a later note time
-                if any(np.any((ahead >= ct + lo - _EPS) & (ahead <= ct + hi + _EPS)) for ct, o in row.centres if o != b):
-                    out[i] |= f.centre[b]
+            k = int(following[i])
+            if k < n and self.times[k] <= t + hi + _EPS:  # a later note time this state's centre notes would hide
+                out[i] |= both
+                for b in (0, 1):
+                    if latest[1 - b] + hi + _EPS >= self.times[k]:
+                        out[i] |= f.centre[b]
         return out
-
 
 _FEATURES: dict = {}
 
