@@ -143,8 +143,9 @@ class _Stepper:
             raise ValueError(f"the source has {n_real} real positions but {n_tokens} tokens need {n_tokens + 2} "
                              f"(BOS, one per note, EOS)")
         self.starts, self.steps = window_starts(n_tokens, window)
+        self.real_source = None
         if len(self.starts) > 1:  # windows of real positions, each its own source (no padding: equal lengths)
-            real = src[0][src_mask[0]]
+            real = self.real_source = src[0][src_mask[0]]
             src = torch.stack([real[a - 1: a + self.steps + 1] for a in self.starts])
             src_mask = torch.ones(src.shape[:2], dtype=torch.bool, device=device)
         self.per_window = per_window
@@ -303,8 +304,14 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_token
             if constraint is not None:
                 constraint.append(tokens.cpu().numpy(), rows.cpu().numpy())
         best = scores.argmax(dim=-1)
-        return _finish(stepper.tokens(best.tolist()), scores.gather(1, best[:, None]).sum(),
-                       _violations(constraint, [g * beam_size + b for g, b in enumerate(best.tolist())]))
+        window_scores = scores.gather(1, best[:, None])[:, 0].tolist()
+        hyp = _finish(stepper.tokens(best.tolist()), sum(window_scores),
+                      _violations(constraint, [g * beam_size + b for g, b in enumerate(best.tolist())]))
+
+    def redo(sub_src, n, sub_allowed, sub_constraint):
+        return beam_search(model, sub_src, None, n, beam_size, use_cache, sub_allowed, None, sub_constraint)
+
+    return _repair_seams(hyp, stepper, window_scores, allowed, constraint, redo)
 
 
 def greedy(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: int, use_cache: bool = True,
@@ -340,7 +347,7 @@ def sample(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: in
         stepper = _Stepper(model, src, src_mask, n_tokens, 1, use_cache, window)
         if constraint is not None:
             constraint.begin(stepper.starts, 1)
-        score = 0.0
+        scores = torch.zeros(stepper.windows, dtype=torch.float64)
         for _ in range(stepper.steps):
             logits = stepper.logits().float()
             mask = _step_mask(allowed, constraint, stepper.prefix, logits.shape[-1])
@@ -348,9 +355,55 @@ def sample(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: in
                 raise ValueError("no allowed token can continue the sequence")
             probs = _nucleus(_log_probs(logits, mask, temperature).exp(), top_p, top_k)
             token = torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)[:, 0]
-            score += float(_log_probs(logits, mask).gather(1, token[:, None]).sum())
+            scores += _log_probs(logits, mask).gather(1, token[:, None])[:, 0].double().cpu()
             stepper.append(token)
             if constraint is not None:
                 constraint.append(token.cpu().numpy())
-        return _finish(stepper.tokens([0] * stepper.windows), score,
-                       _violations(constraint, list(range(stepper.windows))))
+        hyp = _finish(stepper.tokens([0] * stepper.windows), float(scores.sum()),
+                      _violations(constraint, list(range(stepper.windows))))
+
+    def redo(sub_src, n, sub_allowed, sub_constraint):
+        return sample(model, sub_src, None, n, temperature, use_cache, sub_allowed, generator, None, top_p, top_k,
+                      sub_constraint)
+
+    return _repair_seams(hyp, stepper, scores.tolist(), allowed, constraint, redo)
+
+
+def _repair_seams(hyp: Hypothesis, stepper: _Stepper, window_scores: list, allowed: Allowed, constraint,
+                  redo) -> Hypothesis:
+    """Re-decode each window whose kept states break the constraint across the seam with the window before.
+
+    Windows are decoded side by side, each from the constraint's empty start,
+    so the first states a window keeps may break a rule only the earlier
+    window's states make (e.g. a hand's first swing with that hand's last
+    parity). In order, every window ``g > 0`` whose kept states (from the
+    earlier window's end on) break a rule of the stitched sequence is decoded
+    again alone (``redo``), its constraint starting after the stitched states
+    before it (``constraint.window``) and its overlap states forced to the
+    kept ones. Its score replaces the window's. ``violations`` is then what
+    ``constraint.replay`` counts on the final sequence. A callable
+    ``allowed`` (which sees whole-level prefixes) is left as it is: no repair.
+    """
+    starts, q = stepper.starts, stepper.steps
+    if constraint is None or len(starts) < 2 or callable(allowed) or not hasattr(constraint, "window"):
+        return hyp
+    real = stepper.real_source
+    tokens, scores = hyp.tokens.clone(), list(window_scores)
+    for g in range(1, len(starts)):
+        a, end = starts[g], starts[g - 1] + q  # window g's first state; its first kept one
+        if not constraint.replay(tokens[1:a + q])[end - 1:].any():
+            continue
+        forced = tokens[a:end].tolist()
+
+        def window_allowed(prefix, forced=forced):
+            mask = _allowed_mask(allowed, prefix, len(constraint.features.state)).clone()
+            step = prefix.shape[1] - 1
+            if step < len(forced):
+                mask[:] = False
+                mask[:, forced[step]] = True
+            return mask
+
+        sub = redo(real[a - 1: a + q + 1], q, window_allowed, constraint.window(a, q, tokens[1:a]))
+        tokens[a:a + q] = sub.tokens[1:-1]
+        scores[g] = sub.score
+    return Hypothesis(tokens=tokens, score=float(sum(scores)), violations=int(constraint.replay(tokens[1:-1]).sum()))

@@ -163,7 +163,7 @@ class FlowConstraint:
 
     def __init__(self, features: StateFeatures, times_s, difficulty: str = "Expert",
                  settings: FlowSettings = FlowSettings()):
-        self.features, self.settings = features, settings
+        self.features, self.settings, self.difficulty = features, settings, difficulty
         self.times = np.asarray(times_s, dtype=np.float64)
         self.vision_window = VISION_WINDOWS.get(difficulty)
         self.parity = settings.parity_settings
@@ -171,12 +171,43 @@ class FlowConstraint:
         self._last_bad: np.ndarray | None = None
         self._table: list | None = None
         self._times_at: tuple | None = None
+        self._seed = _Row()
 
     def begin(self, starts: list[int], per_window: int) -> None:
-        """Start ``len(starts) * per_window`` empty rows; window ``g``'s first state is token ``starts[g]``."""
+        """Start ``len(starts) * per_window`` rows (empty, or :meth:`window`'s history); window ``g``'s first
+        state is token ``starts[g]``."""
         self.starts, self.per_window, self.step = list(starts), per_window, 0
         self._times_at = None
-        self.rows = [_Row() for _ in range(len(starts) * per_window)]
+        self.rows = [self._seed for _ in range(len(starts) * per_window)]
+
+    def replay(self, tokens) -> np.ndarray:
+        """Bool per state of ``tokens`` (state tokens 1..n of one sequence, no BOS): the pick broke an enabled rule.
+
+        The states are fed one by one as a decoder would, from the same start
+        (:meth:`begin` with one row), so this is what :meth:`violations` counts,
+        for any sequence: e.g. one stitched from windows decoded apart.
+        """
+        copy = FlowConstraint(self.features, self.times, self.difficulty, self.settings)
+        copy._seed, copy._table = self._seed, self._table
+        copy.begin([1], 1)
+        allowed = np.ones((1, len(self.features.state)), bool)
+        broke = []
+        for t in np.asarray(tokens).tolist():
+            copy.mask(allowed)
+            broke.append(bool(copy._last_bad[0, t]))
+            copy.append(np.array([t]))
+        return np.array(broke, bool)
+
+    def window(self, first: int, n_states: int, history) -> "FlowConstraint":
+        """The constraint of states ``first .. first + n_states - 1`` decoded alone (as tokens 1..n_states),
+        its rows starting after the states ``history`` (tokens 1 .. first - 1 of the sequence)."""
+        sub = FlowConstraint(self.features, self.times[first - 1: first - 1 + n_states], self.difficulty,
+                             self.settings)
+        row = self._seed
+        for k, t in enumerate(np.asarray(history).tolist()):
+            row = self._advance(row, t, float(self.times[k]), False)
+        sub._seed, sub._table = row._replace(violations=0), self._table
+        return sub
 
     def _row_times(self) -> np.ndarray:
         """The time of the note each row decodes at this step (computed once per step)."""

@@ -261,3 +261,25 @@ def test_constrained_sampling_is_seeded_and_cache_independent():
     assert errors(decoded_notes(vocab, beams[0], times)) == 0
     windowed = run(7, True, window=12)  # windows decode side by side, each with its own hand states
     assert len(windowed.states) == n and windowed.violations == 0
+
+
+def test_window_seams_are_repaired():
+    # windows decode apart, each from empty hands: every window would open with the favourite forehand
+    vocab = vocab_of(RED_DOWN, RED_UP, RED_DOT)
+    model = tiny_model(vocab, {token(vocab, RED_DOWN): 8.0, token(vocab, RED_UP): 4.0})
+    n, times = 30, 0.5 * np.arange(1, 31)
+    features = state_features(vocab.states)
+    for decode in (lambda c: beam_search(model, src_of(n), None, n, beam_size=2, window=7, constraint=c),
+                   lambda c: sample(model, src_of(n), None, n, window=7, constraint=c,
+                                    generator=torch.Generator().manual_seed(0))):
+        hyp = decode(FlowConstraint(features, times))
+        assert len(hyp.states) == n and errors(decoded_notes(vocab, hyp, times)) == 0 == hyp.violations
+    # without the repair (a callable `allowed` turns it off) the seams break parity: each window opens with a forehand
+    def states_only(prefix):
+        mask = torch.ones(prefix.shape[0], len(vocab), dtype=torch.bool)
+        mask[:, :N_SPECIAL] = False
+        return mask
+
+    apart = beam_search(model, src_of(n), None, n, beam_size=2, window=7, allowed=states_only,
+                        constraint=FlowConstraint(features, times))
+    assert errors(decoded_notes(vocab, apart, times)) > 0
