@@ -45,7 +45,10 @@ windows are decoded side by side, as one batch of ``k * beam_size`` rows, so
 every step reads the weights once for all of them and attends over at most
 ``window`` positions: the cost per note stays flat however long the level
 is. In an overlap the earlier window's states are kept; the score is the sum
-of the windows' scores.
+of the windows' scores. With a ``constraint`` that can replay and seed itself
+(``FlowConstraint``), a window whose kept states break its rules across the
+seam is decoded again alone, after the stitched states before it
+(:func:`_repair_seams`).
 """
 
 from __future__ import annotations
