@@ -44,6 +44,7 @@ SETTINGS = {
     "T1+flow": (None, 1.0, None, True),
     "T1 p0.95+flow": (None, 1.0, 0.95, True),
     "T1 p0.9+flow": (None, 1.0, 0.9, True),
+    "T1 p0.85+flow": (None, 1.0, 0.85, True),
     "T0.8 p0.9+flow": (None, 0.8, 0.9, True),
     "T1 p0.8+flow": (None, 1.0, 0.8, True),
     "T0.8 p0.8+flow": (None, 0.8, 0.8, True),

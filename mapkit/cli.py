@@ -848,7 +848,7 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
 @click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Sampling temperature of stage 2 [default: 1.0].")
 @click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
-              help="Sample from the nucleus: the most probable states holding this much probability [default: 0.8].")
+              help="Sample from the nucleus: the most probable states holding this much probability [default: 0.85].")
 @click.option("--top-k", type=click.IntRange(min=1), default=None,
               help="Sample only from the K most probable states [default: no limit].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling.")
@@ -876,7 +876,7 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
     v3.3.0, song.egg, cover.png) and OUT/<song>-mapkit.zip for Beat Saber or
     BeatSaver. The BPM is estimated from the audio; note times come from
     stage-1 peaks, notes from stage 2 by nucleus sampling (temperature 1.0,
-    top-p 0.8; or --beam-size), never breaking swing parity, vision or
+    top-p 0.85; or --beam-size), never breaking swing parity, vision or
     collision rules where a state avoids it. The song name and
     artist come from the source level's info file or the audio's tags. An
     existing OUT/<song>-mapkit is not replaced without --force. Exit code 2: the level

@@ -59,7 +59,7 @@ DEFAULT_SELECTION = "mapkit-runs/transformer/last.pt"
 LEVEL_SUFFIX = "-mapkit"
 #: Default stage-2 decoding: flow-constrained nucleus sampling (measured on held-out songs: docs/design.md §7).
 DEFAULT_TEMPERATURE = 1.0
-DEFAULT_TOP_P = 0.8
+DEFAULT_TOP_P = 0.85
 
 
 # --------------------------------------------------------------------------- tempo and beats
