@@ -217,7 +217,7 @@ class FlowConstraint:
         return self._times_at[1]
 
     def bad(self) -> tuple[np.ndarray, np.ndarray]:
-        """Bool ``[rows, vocab]`` each: the states that would break the parity or collision rule, and the vision rule."""
+        """Bool ``[rows, vocab]`` each: the states that would break the parity or collision rule; the vision rule."""
         f, times = self.features, self._row_times()
         bad = np.zeros((len(self.rows), len(f.state)), bool)
         if self.settings.parity:

@@ -255,8 +255,8 @@ def test_constrained_sampling_is_seeded_and_cache_independent():
     for hyp in (a, c):
         notes = decoded_notes(vocab, hyp, times)
         assert errors(notes) == 0 and len(vision_blocked(notes, "Expert")) == 0 and hyp.violations == 0
-    beams = [beam_search(model, src_of(n), None, n, beam_size=4, use_cache=u, constraint=FlowConstraint(features, times))
-             for u in (True, False)]
+    beams = [beam_search(model, src_of(n), None, n, beam_size=4, use_cache=u,
+                         constraint=FlowConstraint(features, times)) for u in (True, False)]
     assert torch.equal(beams[0].tokens, beams[1].tokens)
     assert errors(decoded_notes(vocab, beams[0], times)) == 0
     windowed = run(7, True, window=12)  # windows decode side by side, each with its own hand states
