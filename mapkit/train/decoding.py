@@ -203,7 +203,7 @@ def _allowed_mask(allowed: Allowed, prefix: torch.Tensor, vocab_size: int) -> to
 
 
 def _step_mask(allowed: Allowed, constraint, prefix: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """The allowed mask of this step, narrowed by the ``constraint`` (e.g. :class:`mapkit.train.flow.FlowConstraint`)."""
+    """The allowed mask of this step, narrowed by the ``constraint`` (:class:`~mapkit.train.flow.FlowConstraint`)."""
     mask = _allowed_mask(allowed, prefix, vocab_size)
     if constraint is None:
         return mask
