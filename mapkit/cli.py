@@ -854,11 +854,19 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
                    "a lightshow per difficulty and BPMInfo.dat (tempo as bpmData regions).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="mapkit-generated", show_default=True,
               help="Folder for the level folder <song>-mapkit/ and its .zip.")
-@click.option("--beam-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Beams of the stage-2 search (1 = greedy).")
+@click.option("--beam-size", type=click.IntRange(min=1), default=None,
+              help="Decode stage 2 by beam search with this many beams (1 = greedy) instead of sampling "
+                   "(beams collapse onto a few layouts).")
 @click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=None,
-              help="Sample stage 2 at this temperature instead of beam search.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --temperature sampling.")
+              help="Sampling temperature of stage 2 [default: 1.0].")
+@click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="Sample from the nucleus: the most probable states holding this much probability [default: 0.85].")
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Sample only from the K most probable states [default: no limit].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling.")
+@click.option("--no-flow", is_flag=True,
+              help="Do not keep the flow playable (by default stage 2 never picks a state that makes a parity "
+                   "error, a vision block or a collision as mapkit evaluate counts them, unless no state avoids it).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Note threshold of the peak picking (default: the checkpoint's validated one "
                    "for the difficulty).")
@@ -871,8 +879,8 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None,
               help="With --evaluate: human baseline JSON (mapkit evaluate --save-baseline) for percentiles.")
 @click.option("--force", is_flag=True, help="Replace an earlier generated level of the same name in OUT.")
-def generate_command(song, placement, selection, difficulties, level_format, out_dir, beam_size, temperature, seed,
-                     threshold, no_snap, device, threads, evaluate_level, baseline, force):
+def generate_command(song, placement, selection, difficulties, level_format, out_dir, beam_size, temperature, top_p,
+                     top_k, seed, no_flow, threshold, no_snap, device, threads, evaluate_level, baseline, force):
     """Generate a playable level for SONG with the two trained models.
 
     SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
@@ -880,8 +888,10 @@ def generate_command(song, placement, selection, difficulties, level_format, out
     v3.3.0 per difficulty, song.egg, cover.png; with --format v4 the v4 files)
     and OUT/<song>-mapkit.zip for Beat Saber or BeatSaver. The tempo map is
     estimated from the audio (one BPM unless the music's tempo changes); note
-    times come from stage-1 peaks, notes from a stage-2 beam search. Features
-    and tempo are computed once for all difficulties. The song name and
+    times come from stage-1 peaks, notes from stage 2 by nucleus sampling
+    (temperature 1.0, top-p 0.85; or --beam-size), never breaking swing parity,
+    vision or collision rules where a state avoids it. Features and tempo are
+    computed once for all difficulties. The song name and
     artist come from the source level's info file or the audio's tags. An
     existing OUT/<song>-mapkit is not replaced without --force. Exit code 2: the level
     was written but something is off (e.g. no notes found; said on stderr).
@@ -890,15 +900,22 @@ def generate_command(song, placement, selection, difficulties, level_format, out
     \b
     Example:
       mapkit generate song.ogg
-      mapkit generate song.ogg --difficulty Hard --out levels/ --beam-size 4
+      mapkit generate song.ogg --difficulty Hard --out levels/ --seed 3
       mapkit generate song.ogg --difficulty all --format v4
       mapkit generate song.ogg --difficulty Hard --difficulty Expert+
-      mapkit generate song.ogg --temperature 0.8 --seed 3 --no-snap
+      mapkit generate song.ogg --temperature 0.8 --top-p 0.95 --no-snap
+      mapkit generate song.ogg --beam-size 4
       mapkit generate song.ogg --evaluate --baseline human.json
     """
     from mapkit.errors import MapkitError
-    from mapkit.runs.generate import generate
+    from mapkit.runs.generate import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generate
 
+    if beam_size is not None and (temperature, top_p, top_k) != (None, None, None):
+        fail("--beam-size decodes by beam search; --temperature, --top-p and --top-k are sampling options: "
+             "give one or the other", EXIT_USAGE)
+    sampling = {} if beam_size is not None else dict(
+        temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
+        top_p=DEFAULT_TOP_P if top_p is None else top_p, top_k=top_k)
     try:
         human = None
         if baseline is not None:
@@ -906,11 +923,14 @@ def generate_command(song, placement, selection, difficulties, level_format, out
 
             human = load_baseline(baseline)  # before generating: a bad file fails fast
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulties,
-                         format=level_format, beam_size=beam_size, temperature=temperature, seed=seed,
-                         threshold=threshold, snap=not no_snap, out_dir=out_dir, force=force, threads=threads)
+                         format=level_format, beam_size=beam_size, seed=seed, threshold=threshold, flow=not no_flow,
+                         snap=not no_snap, out_dir=out_dir, force=force, threads=threads, **sampling)
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())
+    if level.flow_violations:
+        click.echo(f"note: {level.flow_violations} stage-2 picks break a flow rule (parity, vision or collision): "
+                   f"no layout of the vocabulary avoided it there", err=True)
     if evaluate_level or baseline is not None:
         from mapkit.runs.evaluate import evaluate_generated, format_table
 

@@ -5,7 +5,8 @@
             the windows the threshold was validated with)
          -> peak picking (the checkpoint's threshold of the difficulty, smoothing, minimum gap)
          -> tempo map from the audio, note beats (optionally snapped to a 1/16 grid)
-         -> stage 2: one state per peak by beam search (cached keys/values) or sampling
+         -> stage 2: one state per peak by nucleus sampling (or beam search), cached keys/values,
+            kept playable by the flow constraint (parity, vision blocks, collisions: mapkit/train/flow.py)
          (stage 1 to stage 2 once per difficulty)
          -> a level folder (Info.dat v2.1.0 and v3.3.0 difficulties, or every file in v4;
             song.egg, cover.png) and its .zip
@@ -61,6 +62,7 @@ from mapkit.preprocess.targets import notes_from_states
 from mapkit.preprocess.tempo import TempoMap
 from mapkit.preprocess.timebase import frame_time, song_end_beat
 from mapkit.train.checkpoints import PlacementSetup, SelectionSetup
+from mapkit.train.flow import FlowSettings
 
 #: Where ``mapkit train ddc`` / ``mapkit train transformer`` write their last checkpoints by default.
 DEFAULT_PLACEMENT = "mapkit-runs/ddc/last.pt"
@@ -69,6 +71,9 @@ DEFAULT_SELECTION = "mapkit-runs/transformer/last.pt"
 LEVEL_SUFFIX = "-mapkit"
 #: Output formats: v3 difficulties + Info v2.1.0, or Info/beatmaps/lightshows/audio data in v4.
 FORMATS = ("v3", "v4")
+#: Default stage-2 decoding: flow-constrained nucleus sampling (measured on held-out songs: docs/design.md §7).
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 0.85
 
 
 # --------------------------------------------------------------------------- tempo and beats
@@ -149,6 +154,8 @@ class GeneratedDifficulty:
     peak_frames: np.ndarray
     snapped: np.ndarray
     score: float
+    #: stage-2 picks that broke a flow rule because no state kept it
+    flow_violations: int = 0
     objects: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
@@ -184,6 +191,8 @@ class GeneratedLevel:
     format: str = "v3"
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    #: stage-2 picks that broke a flow rule because no state kept it (see ``flow`` of :func:`generate_level`)
+    flow_violations: int = 0
 
     @property
     def bpm(self) -> float:
@@ -263,10 +272,11 @@ def _song_source(song):
 
 
 def generate_level(song, placement_model, selection_model, placement_ckpt: dict, selection_ckpt: dict,
-                   difficulty="Expert", beam_size: int = 8, temperature: float | None = None,
-                   snap: bool = True, out_dir="mapkit-generated", threshold: float | None = None,
-                   seed: int = 0, use_cache: bool = True, name: str | None = None,
-                   force: bool = False, format: str = "v3") -> GeneratedLevel:
+                   difficulty="Expert", beam_size: int | None = None,
+                   temperature: float | None = DEFAULT_TEMPERATURE, snap: bool = True, out_dir="mapkit-generated",
+                   threshold: float | None = None, seed: int = 0, use_cache: bool = True, name: str | None = None,
+                   force: bool = False, top_p: float | None = DEFAULT_TOP_P, top_k: int | None = None,
+                   flow: bool = True, format: str = "v3") -> GeneratedLevel:
     """Generate a level of ``song`` with loaded models: one or several difficulties in one folder.
 
     Parameters
@@ -282,10 +292,11 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     difficulty : str or sequence of str
         Easy, Normal, Hard, Expert or ExpertPlus (aliases like "Expert+"
         accepted), several of them, or ``"all"`` (the five). Written easiest first.
-    beam_size : int
-        Beams of the stage-2 search (1 = greedy). Ignored when sampling.
+    beam_size : int, optional
+        Decode stage 2 by beam search with this many beams (1 = greedy)
+        instead of sampling; ``temperature``, ``top_p`` and ``top_k`` are then unused.
     temperature : float, optional
-        Sample stage 2 at this temperature instead of beam search.
+        Sampling temperature of stage 2 (None: beam search with ``beam_size`` or 8 beams).
     snap : bool
         Snap note beats to 1/16 beat within 10 ms (:func:`snap_beats`).
     out_dir : path
@@ -295,6 +306,13 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         of each difficulty when validated, else the single best one).
     seed : int
         Seed of sampling.
+    top_p, top_k : float, int, optional
+        Sample only from the nucleus of mass ``top_p`` / the ``top_k`` most probable states (None: no cut).
+    flow : bool
+        Keep the decoded states playable: no parity error, vision block or
+        collision as ``mapkit evaluate`` counts them wherever a state avoids
+        it (:class:`~mapkit.train.flow.FlowConstraint`); ``flow_violations``
+        of the result counts the picks where none did.
     use_cache : bool
         Incremental decoding with cached keys/values (same result, faster).
     name : str, optional
@@ -333,13 +351,15 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         feats = song_features(source, settings)  # the code of mapkit extract, float16 as the store holds it
     with _timed(timings, "tempo"):
         tempo, egg = _song_tempo(source, feats, settings, format)
+    sampling = beam_size is None and temperature is not None
+    decoding = dict(temperature=temperature if sampling else None, beam_size=beam_size or 8, seed=seed,
+                    use_cache=use_cache, top_p=top_p, top_k=top_k, flow=FlowSettings() if flow else None)
     charts = []
     for difficulty in difficulties:
         own = {}
         chart = GeneratedDifficulty(difficulty, _beatmap_filename(difficulty), thresholds[difficulty],
                                     *_chart(placement_model, selection_model, p_setup, s_setup, feats, tempo,
-                                            difficulty, thresholds[difficulty], snap, temperature=temperature,
-                                            beam_size=beam_size, seed=seed, use_cache=use_cache, timings=own),
+                                            difficulty, thresholds[difficulty], snap, timings=own, **decoding),
                                     timings=own)
         charts.append(chart)
         for stage, seconds in own.items():
@@ -354,7 +374,8 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
                 for c in charts if len(c.peak_frames) == 0]
     return GeneratedLevel(song_id=source.song_id, folder=written["folder"], zip_path=written["zip"], tempo=tempo,
                           charts=charts, n_frames=feats.n_frames, duration_s=feats.duration_s, format=format,
-                          timings=timings, warnings=warnings)
+                          timings=timings, warnings=warnings,
+                          flow_violations=sum(c.flow_violations for c in charts))
 
 
 def _difficulty_names(song, difficulty) -> list:
@@ -379,15 +400,16 @@ def _beatmap_filename(difficulty: str) -> str:
 
 def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, difficulty: str, th: float,
            snap: bool, timings: dict, **decoding) -> tuple:
-    """One difficulty, stage 1 to stage 2: ``(notes, peak frames, snapped, score)``; its stage times are
-    added to ``timings``."""
+    """One difficulty, stage 1 to stage 2: ``(notes, peak frames, snapped, score, flow violations)``; its stage
+    times are added to ``timings``."""
     with _timed(timings, "stage1"):
         probs = _note_probabilities(placement_model, p_setup, feats.placement, difficulty)
     with _timed(timings, "peaks"):
         frames, beats, snapped = _note_beats(probs, th, p_setup, tempo, feats.duration_s, snap)
     with _timed(timings, "stage2"):
-        notes, score = _note_states(selection_model, s_setup, feats, frames, beats, tempo, **decoding)
-    return notes, frames, snapped, score
+        notes, score, violations = _note_states(selection_model, s_setup, feats, frames, beats, tempo,
+                                                difficulty=difficulty, **decoding)
+    return notes, frames, snapped, score, violations
 
 
 def _song_tempo(source, feats, settings, format: str):
@@ -469,14 +491,22 @@ def _note_beats(probs, th: float, p_setup: PlacementSetup, tempo: TempoMap, dura
 
 
 def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats, bpm: float, temperature=None,
-                 beam_size: int = 8, seed: int = 0, use_cache: bool = True):
-    """Stage 2: one state per note time, by beam search (or sampling at ``temperature``); ``(notes, score)``."""
+                 beam_size: int = 8, seed: int = 0, use_cache: bool = True, top_p: float | None = None,
+                 top_k: int | None = None, difficulty: str = "Expert", flow=None):
+    """Stage 2: one state per note time; ``(notes, score, violations)``.
+
+    Beam search, or sampling at ``temperature`` (with ``top_p``/``top_k``) when
+    it is given; ``flow`` (:class:`~mapkit.train.flow.FlowSettings`, None: no
+    rule) keeps the decoded states playable (:class:`~mapkit.train.flow.FlowConstraint`);
+    ``violations`` counts the picks that broke a rule because no state kept it.
+    """
     import torch
 
     from mapkit.datasets.schema import GAP_NAMES
     from mapkit.datasets.torch_datasets import selection_source
     from mapkit.preprocess.targets import token_sequence
     from mapkit.train.decoding import beam_search, sample
+    from mapkit.train.flow import FlowConstraint, vocab_features
 
     settings, T = s_setup.feature_settings, feats.n_frames
     tempo = bpm if isinstance(bpm, TempoMap) else TempoMap.constant(bpm)
@@ -486,15 +516,17 @@ def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats,
     gaps = np.stack([getattr(seq, name) for name in GAP_NAMES], axis=1)
     src = torch.from_numpy(selection_source(feats.selection, seq.token_frames, gaps, s_setup.mean, s_setup.std,
                                             settings.selection_pad))
+    constraint = None if flow is None else FlowConstraint(vocab_features(s_setup.vocab), times, difficulty, flow)
     with torch.inference_mode():
         if temperature is not None:
             hyp = sample(selection_model, src, None, len(frames), temperature=float(temperature), use_cache=use_cache,
-                         generator=torch.Generator().manual_seed(int(seed)), window=s_setup.window)
+                         generator=torch.Generator().manual_seed(int(seed)), window=s_setup.window, top_p=top_p,
+                         top_k=top_k, constraint=constraint)
         else:
             hyp = beam_search(selection_model, src, None, len(frames), beam_size=int(beam_size), use_cache=use_cache,
-                              window=s_setup.window)
+                              window=s_setup.window, constraint=constraint)
     states = [s_setup.vocab.decode(t) for t in hyp.states.tolist()]
-    return notes_from_states(times, beats, states), hyp.score
+    return notes_from_states(times, beats, states), hyp.score, hyp.violations
 
 
 def _level_files(source, tempo: TempoMap, charts: list, feats, settings, format: str = "v3",

@@ -16,6 +16,20 @@ on the whole prefix at every step. Both give the same tokens and scores.
 Decoding runs in eval mode under ``torch.no_grad``; the model's training flag
 is restored afterwards.
 
+Constraints: ``constraint`` (e.g. :class:`mapkit.train.flow.FlowConstraint`,
+the playable-flow rules) is a rule with a state per row: the decoder calls
+``constraint.begin(starts, rows_per_window)``, then at every step
+``constraint.mask(allowed)`` (numpy bool ``[rows, vocab]`` -> the narrowed
+mask) before picking and ``constraint.append(tokens, rows)`` after (the rows
+each new token extends, as beams are reordered), and ``constraint.violations(rows)``
+at the end. Beam search and sampling use it the same way; the score is the
+log-probability renormalised over the narrowed mask.
+
+Sampling options: ``temperature`` divides the logits; ``top_k`` keeps the k
+most probable tokens and ``top_p`` the nucleus (the smallest set of most
+probable tokens whose probability reaches ``top_p``, Holtzman et al. 2020)
+before the draw (:func:`_nucleus`).
+
 Sources: one level at a time, ``src`` ``[S, n_mels + 4]`` or ``[1, S, n_mels + 4]``
 with ``S = n_tokens + 2`` real positions (one per token incl. BOS and EOS).
 
@@ -31,7 +45,10 @@ windows are decoded side by side, as one batch of ``k * beam_size`` rows, so
 every step reads the weights once for all of them and attends over at most
 ``window`` positions: the cost per note stays flat however long the level
 is. In an overlap the earlier window's states are kept; the score is the sum
-of the windows' scores.
+of the windows' scores. With a ``constraint`` that can replay and seed itself
+(``FlowConstraint``), a window whose kept states break its rules across the
+seam is decoded again alone, after the stitched states before it
+(:func:`_repair_seams`).
 """
 
 from __future__ import annotations
@@ -57,6 +74,8 @@ class Hypothesis:
 
     tokens: torch.Tensor
     score: float
+    #: picks that broke a rule of the ``constraint`` because no allowed state kept it (0 without one)
+    violations: int = 0
 
     @property
     def states(self) -> torch.Tensor:
@@ -127,8 +146,9 @@ class _Stepper:
             raise ValueError(f"the source has {n_real} real positions but {n_tokens} tokens need {n_tokens + 2} "
                              f"(BOS, one per note, EOS)")
         self.starts, self.steps = window_starts(n_tokens, window)
+        self.real_source = None
         if len(self.starts) > 1:  # windows of real positions, each its own source (no padding: equal lengths)
-            real = src[0][src_mask[0]]
+            real = self.real_source = src[0][src_mask[0]]
             src = torch.stack([real[a - 1: a + self.steps + 1] for a in self.starts])
             src_mask = torch.ones(src.shape[:2], dtype=torch.bool, device=device)
         self.per_window = per_window
@@ -182,19 +202,53 @@ def _allowed_mask(allowed: Allowed, prefix: torch.Tensor, vocab_size: int) -> to
     return mask.expand(prefix.shape[0], vocab_size)
 
 
+def _step_mask(allowed: Allowed, constraint, prefix: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The allowed mask of this step, narrowed by the ``constraint`` (:class:`~mapkit.train.flow.FlowConstraint`)."""
+    mask = _allowed_mask(allowed, prefix, vocab_size)
+    if constraint is None:
+        return mask
+    return torch.from_numpy(constraint.mask(mask.cpu().numpy())).to(mask.device)
+
+
+def _nucleus(probs: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
+    """``probs`` [rows, vocab] kept to the ``top_k`` most probable and the nucleus of mass ``top_p``, renormalised.
+
+    The nucleus is the smallest set of the most probable tokens whose mass is
+    at least ``top_p`` (Holtzman et al. 2020): a token is kept when the mass of
+    the tokens more probable than it (ties broken by token id) is below ``top_p``.
+    """
+    if top_k is None and (top_p is None or top_p >= 1.0):
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    keep = torch.ones_like(sorted_p, dtype=torch.bool)
+    if top_k is not None:
+        keep[:, int(top_k):] = False
+    if top_p is not None and top_p < 1.0:
+        keep &= (sorted_p.cumsum(dim=-1) - sorted_p) < top_p
+    keep[:, 0] = True
+    kept = torch.zeros_like(keep).scatter(1, order, keep)
+    probs = probs.masked_fill(~kept, 0.0)
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
 def _log_probs(logits: torch.Tensor, allowed: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Log-softmax over the allowed tokens; ``-inf`` elsewhere (and on rows with none allowed)."""
     logp = F.log_softmax((logits / temperature).masked_fill(~allowed, float("-inf")), dim=-1)
     return logp.masked_fill(~allowed, float("-inf"))  # rows with nothing allowed would be NaN
 
 
-def _finish(prefix_row: torch.Tensor, score: float) -> Hypothesis:
+def _finish(prefix_row: torch.Tensor, score: float, violations: int = 0) -> Hypothesis:
     eos = torch.tensor([EOS], dtype=prefix_row.dtype, device=prefix_row.device)
-    return Hypothesis(tokens=torch.cat([prefix_row, eos]).cpu(), score=float(score))
+    return Hypothesis(tokens=torch.cat([prefix_row, eos]).cpu(), score=float(score), violations=int(violations))
+
+
+def _violations(constraint, rows: list[int]) -> int:
+    return 0 if constraint is None else constraint.violations(rows)
 
 
 def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: int, beam_size: int = 8,
-                use_cache: bool = True, allowed: Allowed = None, window: int | None = None) -> Hypothesis:
+                use_cache: bool = True, allowed: Allowed = None, window: int | None = None,
+                constraint=None) -> Hypothesis:
     """The best sequence of exactly ``n_tokens`` states found by beam search.
 
     Parameters
@@ -217,12 +271,17 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_token
     window : int, optional
         At most this many positions per window (the model's training
         ``max_tokens``); None decodes the whole level at once. See the module notes.
+    constraint : FlowConstraint, optional
+        A per-step rule that carries a state per beam (:class:`mapkit.train.flow.FlowConstraint`):
+        it narrows each beam's allowed tokens to those that keep its rules,
+        whenever one does. See the module notes.
 
     Returns
     -------
     Hypothesis
         ``tokens`` = BOS, ``n_tokens`` states, EOS; ``score`` its log-probability
-        (with several windows, the sum of theirs).
+        (with several windows, the sum of theirs); ``violations`` the
+        constraint's forced breaks.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -233,50 +292,121 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_token
         scores = torch.full((stepper.windows, beam_size), float("-inf"), device=device)
         scores[:, 0] = 0.0
         first_row = torch.arange(stepper.windows, device=device)[:, None] * beam_size
+        if constraint is not None:
+            constraint.begin(stepper.starts, beam_size)
         for _ in range(stepper.steps):
             logits = stepper.logits().float()
             vocab = logits.shape[-1]
-            logp = _log_probs(logits, _allowed_mask(allowed, stepper.prefix, vocab))
+            logp = _log_probs(logits, _step_mask(allowed, constraint, stepper.prefix, vocab))
             top, flat = (scores.reshape(-1, 1) + logp).reshape(stepper.windows, -1).topk(beam_size, dim=-1)
             if not torch.isfinite(top[:, 0]).all():
                 raise ValueError("no allowed token can continue any hypothesis")
             scores = top
-            stepper.append((flat % vocab).reshape(-1), rows=(flat // vocab + first_row).reshape(-1))
+            tokens, rows = (flat % vocab).reshape(-1), (flat // vocab + first_row).reshape(-1)
+            stepper.append(tokens, rows=rows)
+            if constraint is not None:
+                constraint.append(tokens.cpu().numpy(), rows.cpu().numpy())
         best = scores.argmax(dim=-1)
-        return _finish(stepper.tokens(best.tolist()), scores.gather(1, best[:, None]).sum())
+        window_scores = scores.gather(1, best[:, None])[:, 0].tolist()
+        hyp = _finish(stepper.tokens(best.tolist()), sum(window_scores),
+                      _violations(constraint, [g * beam_size + b for g, b in enumerate(best.tolist())]))
+
+    def redo(sub_src, n, sub_allowed, sub_constraint):
+        return beam_search(model, sub_src, None, n, beam_size, use_cache, sub_allowed, None, sub_constraint)
+
+    return _repair_seams(hyp, stepper, window_scores, allowed, constraint, redo)
 
 
 def greedy(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: int, use_cache: bool = True,
-           allowed: Allowed = None, window: int | None = None) -> Hypothesis:
+           allowed: Allowed = None, window: int | None = None, constraint=None) -> Hypothesis:
     """The most probable token at every step (beam search with one beam)."""
     return beam_search(model, src, src_mask, n_tokens, beam_size=1, use_cache=use_cache, allowed=allowed,
-                       window=window)
+                       window=window, constraint=constraint)
 
 
 def sample(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: int, temperature: float = 1.0,
            use_cache: bool = True, allowed: Allowed = None, generator: torch.Generator | None = None,
-           window: int | None = None) -> Hypothesis:
+           window: int | None = None, top_p: float | None = None, top_k: int | None = None,
+           constraint=None) -> Hypothesis:
     """A sequence of exactly ``n_tokens`` states drawn token by token.
 
     Each token is drawn from ``softmax(logits / temperature)`` over the allowed
-    tokens; the score is the log-probability of the drawn tokens at
-    ``temperature`` 1. Parameters as :func:`beam_search`; ``generator`` makes
+    tokens (narrowed by the ``constraint``, as in :func:`beam_search`), cut to
+    the ``top_k`` most probable tokens and to the nucleus of mass ``top_p``
+    (:func:`_nucleus`; None: no cut) and renormalised; the score is the
+    log-probability of the drawn tokens at ``temperature`` 1 over the allowed
+    tokens. Parameters as :func:`beam_search`; ``generator`` makes
     the draw reproducible. The returned tokens start with BOS, followed by the
     drawn states (none of them is the BOS prefix). With several windows
     (``window``), each window draws its own states, side by side.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature} (use greedy() for the arg-max)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
     with _eval_no_grad(model):
         stepper = _Stepper(model, src, src_mask, n_tokens, 1, use_cache, window)
-        score = 0.0
+        if constraint is not None:
+            constraint.begin(stepper.starts, 1)
+        scores = torch.zeros(stepper.windows, dtype=torch.float64)
         for _ in range(stepper.steps):
             logits = stepper.logits().float()
-            mask = _allowed_mask(allowed, stepper.prefix, logits.shape[-1])
+            mask = _step_mask(allowed, constraint, stepper.prefix, logits.shape[-1])
             if not mask.any(dim=-1).all():
                 raise ValueError("no allowed token can continue the sequence")
-            probs = _log_probs(logits, mask, temperature).exp()
+            probs = _nucleus(_log_probs(logits, mask, temperature).exp(), top_p, top_k)
             token = torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)[:, 0]
-            score += float(_log_probs(logits, mask).gather(1, token[:, None]).sum())
+            scores += _log_probs(logits, mask).gather(1, token[:, None])[:, 0].double().cpu()
             stepper.append(token)
-        return _finish(stepper.tokens([0] * stepper.windows), score)
+            if constraint is not None:
+                constraint.append(token.cpu().numpy())
+        hyp = _finish(stepper.tokens([0] * stepper.windows), float(scores.sum()),
+                      _violations(constraint, list(range(stepper.windows))))
+
+    def redo(sub_src, n, sub_allowed, sub_constraint):
+        return sample(model, sub_src, None, n, temperature, use_cache, sub_allowed, generator, None, top_p, top_k,
+                      sub_constraint)
+
+    return _repair_seams(hyp, stepper, scores.tolist(), allowed, constraint, redo)
+
+
+def _repair_seams(hyp: Hypothesis, stepper: _Stepper, window_scores: list, allowed: Allowed, constraint,
+                  redo) -> Hypothesis:
+    """Re-decode each window whose kept states break the constraint across the seam with the window before.
+
+    Windows are decoded side by side, each from the constraint's empty start,
+    so the first states a window keeps may break a rule only the earlier
+    window's states make (e.g. a hand's first swing with that hand's last
+    parity). In order, every window ``g > 0`` whose kept states (from the
+    earlier window's end on) break a rule of the stitched sequence is decoded
+    again alone (``redo``), its constraint starting after the stitched states
+    before it (``constraint.window``) and its overlap states forced to the
+    kept ones. Its score replaces the window's. ``violations`` is then what
+    ``constraint.replay`` counts on the final sequence. A callable
+    ``allowed`` (which sees whole-level prefixes) is left as it is: no repair.
+    """
+    starts, q = stepper.starts, stepper.steps
+    if constraint is None or len(starts) < 2 or callable(allowed) or not hasattr(constraint, "window"):
+        return hyp
+    real = stepper.real_source
+    tokens, scores = hyp.tokens.clone(), list(window_scores)
+    for g in range(1, len(starts)):
+        a, end = starts[g], starts[g - 1] + q  # window g's first state; its first kept one
+        if not constraint.replay(tokens[1:a + q])[end - 1:].any():
+            continue
+        forced = tokens[a:end].tolist()
+
+        def window_allowed(prefix, forced=forced):
+            mask = _allowed_mask(allowed, prefix, len(constraint.features.state)).clone()
+            step = prefix.shape[1] - 1
+            if step < len(forced):
+                mask[:] = False
+                mask[:, forced[step]] = True
+            return mask
+
+        sub = redo(real[a - 1: a + q + 1], q, window_allowed, constraint.window(a, q, tokens[1:a]))
+        tokens[a:a + q] = sub.tokens[1:-1]
+        scores[g] = sub.score
+    return Hypothesis(tokens=tokens, score=float(sum(scores)), violations=int(constraint.replay(tokens[1:-1]).sum()))

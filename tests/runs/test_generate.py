@@ -316,3 +316,22 @@ def test_song_name_from_tags_or_info_file_no_overwrite_without_force_and_short_b
     # the file name when there is nothing better
     gen = generate_level(song / "clicks.wav", placement, selection, p_ckpt, s_ckpt, **kw)
     assert json.loads((gen.folder / "Info.dat").read_text())["_songName"] == "clicks"
+
+
+def test_default_decoding_samples_with_the_flow_constraint(song, tmp_path):
+    from mapkit.preprocess.parity import parity_errors
+    from mapkit.preprocess.quality import vision_blocked
+
+    placement, selection, p_ckpt, s_ckpt = tiny_models()
+    kw = dict(out_dir=tmp_path, seed=0, temperature=2.0)
+    free = generate_level(song / "clicks.ogg", placement, selection, p_ckpt, s_ckpt, flow=False, name="free", **kw)
+    kept = generate_level(song / "clicks.ogg", placement, selection, p_ckpt, s_ckpt, name="kept", **kw)
+
+    def errors(notes):
+        return sum(h["errors"] for h in parity_errors(notes).values())
+
+    assert errors(free.notes) > 0 and free.flow_violations == 0  # nothing counted without the constraint
+    assert errors(kept.notes) == kept.flow_violations == 0
+    assert len(vision_blocked(kept.notes, "Expert")) == 0
+    r = CliRunner().invoke(main, ["generate", str(song / "clicks.ogg"), "--beam-size", "2", "--top-p", "0.9"])
+    assert r.exit_code == 64 and "--beam-size" in r.output
