@@ -45,10 +45,12 @@ from mapkit.errors import MapkitError
 from mapkit.writers.files import write_level
 from mapkit.preprocess.beats import SNAP_DIVISIONS, estimate_tempo, onset_envelope, short_beats, snap_beats
 from mapkit.preprocess.notes import BOMB
+from mapkit.preprocess.object_decoding import GENERATED_KINDS
 from mapkit.preprocess.targets import notes_from_states
 from mapkit.preprocess.tempo import TempoMap
 from mapkit.preprocess.timebase import frame_time, song_end_beat
 from mapkit.train.checkpoints import PlacementSetup, SelectionSetup
+from mapkit.train.objects import DEFAULT_PRIORS
 
 #: Where ``mapkit train ddc`` / ``mapkit train transformer`` write their last checkpoints by default.
 DEFAULT_PLACEMENT = "mapkit-runs/ddc/last.pt"
@@ -141,6 +143,10 @@ class GeneratedLevel:
     score: float
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    #: walls, arcs, chains, light and boost events written: kind -> records (OBJECT_DTYPES)
+    objects: dict = field(default_factory=dict)
+    #: what the level lacks by choice of the models (e.g. no objects: a checkpoint without events); exit code 0
+    notices: list = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -151,8 +157,9 @@ class GeneratedLevel:
         """One human-readable paragraph: where, how many notes, BPM, time per stage."""
         n_bombs = int((self.notes["color"] == BOMB).sum())
         split = ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
+        objects = "".join(f"{len(v)} {k.replace('_', ' ')}, " for k, v in self.objects.items())
         return (f"{self.folder} (+ {self.zip_path.name}): {self.difficulty}, {self.bpm:g} BPM, "
-                f"{len(self.peak_frames)} note times, {len(self.notes) - n_bombs} notes, {n_bombs} bombs, "
+                f"{len(self.peak_frames)} note times, {len(self.notes) - n_bombs} notes, {n_bombs} bombs, {objects}"
                 f"{int(self.snapped.sum())} snapped to 1/{SNAP_DIVISIONS} beat; "
                 f"{self.duration_s:.1f} s of audio in {sum(self.timings.values()):.1f} s ({split})")
 
@@ -210,7 +217,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
                    difficulty: str = "Expert", beam_size: int = 8, temperature: float | None = None,
                    snap: bool = True, out_dir="mapkit-generated", threshold: float | None = None,
                    seed: int = 0, use_cache: bool = True, name: str | None = None,
-                   force: bool = False) -> GeneratedLevel:
+                   force: bool = False, object_priors=None, object_kinds=GENERATED_KINDS) -> GeneratedLevel:
     """Generate one level of ``song`` with loaded models.
 
     Parameters
@@ -244,6 +251,11 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         Level name (default ``<song id>-mapkit``).
     force : bool
         Replace an existing ``out_dir/<name>`` (else refused before any work).
+    object_priors : ObjectPriors, optional
+        The object model (``mapkit train objects``); None: no walls, arcs, chains or lights (a notice says so).
+    object_kinds : iterable of str
+        The object kinds to make (:data:`~mapkit.preprocess.object_decoding.GENERATED_KINDS`; ``--no-walls``...
+        remove some).
 
     Returns
     -------
@@ -279,11 +291,15 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     with _timed(timings, "stage2"):
         notes, score = _note_states(selection_model, s_setup, feats, frames, beats, bpm, temperature=temperature,
                                     beam_size=beam_size, seed=seed, use_cache=use_cache)
+    with _timed(timings, "objects"):
+        objects, notices = _level_objects(placement_model, p_setup, placement_ckpt, feats, difficulty, notes,
+                                          TempoMap.constant(bpm), object_priors, object_kinds, seed)
     with _timed(timings, "writing"):
         out_dir = Path(out_dir)
         if (out_dir / level_name).resolve() == Path(source.path).resolve():
             raise MapkitError(out_dir / level_name, "the generated level would replace the input song; choose --out")
-        written = write_level(out_dir, level_name, _level_files(source, difficulty, bpm, notes, feats, settings))
+        written = write_level(out_dir, level_name, _level_files(source, difficulty, bpm, notes, feats, settings,
+                                                                objects=objects))
     warnings = []
     if len(frames) == 0:
         warnings.append(f"no notes found: stage 1 put no peak above the threshold {th:g} in the "
@@ -291,7 +307,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     return GeneratedLevel(song_id=source.song_id, folder=written["folder"], zip_path=written["zip"],
                           difficulty=difficulty, bpm=bpm, notes=notes, peak_frames=frames, snapped=snapped,
                           n_frames=feats.n_frames, duration_s=feats.duration_s, score=score, timings=timings,
-                          warnings=warnings)
+                          warnings=warnings, objects=objects, notices=notices)
 
 
 @contextmanager
@@ -325,8 +341,10 @@ def _checked_setups(song, difficulty: str, placement_ckpt: dict, selection_ckpt:
     return difficulty, p_setup, s_setup, th
 
 
-def _note_probabilities(placement_model, p_setup: PlacementSetup, placement: np.ndarray, difficulty: str):
-    """Stage 1: the note probability of every frame, in the windows the threshold was validated with."""
+def _note_probabilities(placement_model, p_setup: PlacementSetup, placement: np.ndarray, difficulty: str,
+                        classes: bool = False):
+    """Stage 1: the note probability of every frame (``classes``: every event channel's, ``[T, K]``), in the
+    windows the threshold was validated with."""
     import torch
 
     from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
@@ -336,7 +354,7 @@ def _note_probabilities(placement_model, p_setup: PlacementSetup, placement: np.
     with torch.inference_mode():
         return predict_probabilities(placement_model, placement, DIFFICULTY_INDEX[difficulty], p_setup.mean,
                                      p_setup.std, p_setup.feature_settings.silence_value, window=p_setup.window,
-                                     device=next(placement_model.parameters()).device)
+                                     device=next(placement_model.parameters()).device, classes=classes)
 
 
 def _note_beats(probs, th: float, p_setup: PlacementSetup, bpm: float, duration_s: float, snap: bool):
@@ -386,15 +404,41 @@ def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats,
     return notes_from_states(times, beats, states), hyp.score
 
 
-def _level_files(source, difficulty: str, bpm: float, notes, feats, settings) -> dict:
-    """The files of the generated level: Info.dat v2.1.0, one v3.3.0 difficulty, song.egg, cover.png."""
+def _level_objects(placement_model, p_setup: PlacementSetup, placement_ckpt: dict, feats, difficulty: str, notes,
+                   tempo, priors, kinds, seed: int) -> tuple[dict, list]:
+    """Walls, arcs, chains and lights (:func:`~mapkit.preprocess.object_decoding.decode_objects`): ``(objects,
+    notices)``. None without the stage-1 event head or the object model (a notice says how to get them)."""
+    from mapkit.preprocess.frame_events import FRAME_EVENT_CHANNELS
+    from mapkit.preprocess.object_decoding import decode_objects
+
+    kinds = tuple(k for k in GENERATED_KINDS if k in set(kinds))
+    if not kinds:
+        return {}, []
+    if placement_ckpt.get("targets") != "events" or placement_model.config.n_classes != len(FRAME_EVENT_CHANNELS):
+        return {}, ["no walls, arcs, chains or lights: the stage-1 checkpoint has no event head; train it with "
+                    "`mapkit train ddc --targets events` (and fit the object model with `mapkit train objects`)"]
+    table = priors.for_difficulty(difficulty) if priors is not None else None
+    if table is None:
+        return {}, ["no walls, arcs, chains or lights: no object model; fit one with `mapkit train objects "
+                    "--store STORE` and pass it with --objects"]
+    probs = _note_probabilities(placement_model, p_setup, feats.placement, difficulty, classes=True)
+    thresholds = (placement_ckpt.get("event_peak_picking") or {}).get("thresholds") or {}
+    objects = decode_objects(probs, FRAME_EVENT_CHANNELS, notes, table, thresholds, tempo, feats.duration_s,
+                             p_setup.feature_settings.fps, seed=seed, kinds=kinds,
+                             min_gap_frames=p_setup.min_gap_frames, smoothing=p_setup.smoothing)
+    return objects, []
+
+
+def _level_files(source, difficulty: str, bpm: float, notes, feats, settings, objects=None) -> dict:
+    """The files of the generated level: Info.dat v2.1.0, one v3.3.0 difficulty (notes and ``objects``),
+    song.egg, cover.png."""
     from mapkit.writers.png import png_bytes
 
     beatmap = f"{difficulty}Standard.dat"
     title, author = song_metadata(source)
     return {
         "Info.dat": dumps(info_json(title, bpm, difficulty, beatmap, feats.duration_s, author=author), pretty=True),
-        beatmap: dumps(difficulty_json(notes, bpm)),
+        beatmap: dumps(difficulty_json(notes, bpm, objects)),
         "song.egg": song_egg(source),
         "cover.png": png_bytes(cover_image(settings.unpad("selection", feats.selection))),
     }
@@ -416,7 +460,7 @@ def missing_checkpoints(placement, selection) -> str | None:
 
 
 def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, device: str = "cpu",
-             threads: int | None = None, **kwargs) -> GeneratedLevel:
+             threads: int | None = None, objects=DEFAULT_PRIORS, **kwargs) -> GeneratedLevel:
     """Load both checkpoints and generate a level of ``song`` (see :func:`generate_level`).
 
     Parameters
@@ -429,6 +473,9 @@ def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, dev
     threads : int, optional
         Torch CPU threads (``torch.set_num_threads``; 1 is fastest on small CPUs: decoding is a long
         chain of small steps); None leaves torch's setting.
+    objects : path, optional
+        The object model (``mapkit train objects``); None, or the default path when no file is there: no
+        objects (a notice says so); another path that cannot be read: MapkitError.
     **kwargs
         Passed to :func:`generate_level` (difficulty, beam_size, temperature, snap, out_dir, ...).
 
@@ -456,4 +503,8 @@ def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, dev
     if s_ckpt.get("model_kind") != "selection":
         raise MapkitError(selection, f"not a stage-2 (transformer) checkpoint: it holds a "
                                      f"{s_ckpt.get('model_kind')} model")
+    if objects is not None and (Path(objects).is_file() or Path(objects) != Path(DEFAULT_PRIORS)):
+        from mapkit.train.objects import load_object_priors
+
+        kwargs.setdefault("object_priors", load_object_priors(objects))  # a named file that is missing: an error
     return generate_level(song, p_model, s_model, p_ckpt, s_ckpt, **kwargs)
