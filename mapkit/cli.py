@@ -741,7 +741,8 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
 
 @main.group("train", short_help="Train stage 1 (ddc) or stage 2 (transformer).")
 def train_group():
-    """Train the two models on a store: `ddc` (stage 1), then `transformer` (stage 2).
+    """Train the two models on a store: `ddc` (stage 1), then `transformer` (stage 2); `objects` fits the
+    object model of generate (walls, arcs, chains, lights; counting, seconds).
 
     Both split the store's songs into training and validation (a song is
     never in both), log to OUT/metrics.jsonl, plot OUT/curves.png, and
@@ -794,7 +795,7 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, target
                   min_gap_frames=min_gap_frames, targets=targets)
 
 
-@train_group.command("objects", short_help="The object model: walls, arcs, chains and lights of generate.")
+@train_group.command("objects", short_help="The object model of generate: walls, arcs, chains, lights.")
 @store_option
 @click.option("--out", type=click.Path(dir_okay=False), default="mapkit-runs/objects/priors.json", show_default=True,
               help="The object model (JSON) for mapkit generate --objects.")
