@@ -13,7 +13,11 @@ When (:func:`object_onsets`)
     ``mapkit train ddc`` (``event_peak_picking`` in the checkpoint). A channel
     without a validated threshold (no such object in the validation levels)
     takes the ``round(rate * minutes)`` highest peaks instead, ``rate`` being
-    the kind's per-minute rate in the training levels of the difficulty.
+    the kind's per-minute rate in the training levels of the difficulty. A
+    validated channel keeps at most ``round(max_rate * minutes)`` peaks (the
+    highest), ``max_rate`` the 95th percentile of the training levels' rates.
+    For light events both rates are divided by the mean number of events per
+    lit frame (:func:`events_per_onset`): rates count events, peaks frames.
 
 What (one decoder per kind, each deterministic for a given ``rng``)
     * walls (:func:`decode_walls`): a shape ``(x, y, width, height,
@@ -95,6 +99,8 @@ class ObjectPriors:
         Song minutes and levels it was fitted on.
     ``rates``
         kind -> objects per minute (kinds of :data:`GENERATED_KINDS`).
+    ``max_rates``
+        kind -> the 95th percentile of the training levels' per-minute rates (caps the onsets).
     ``walls``
         rows ``[x, y, width, height, duration_beats]``.
     ``arcs``
@@ -162,21 +168,28 @@ def subsample(rows, max_rows: int = MAX_SAMPLES) -> list:
 
 
 def object_onsets(probs, threshold: float | None, rate_per_min: float, duration_s: float, min_gap_frames: int,
-                  smoothing: int) -> np.ndarray:
+                  smoothing: int, max_rate_per_min: float | None = None) -> np.ndarray:
     """Onset frames of one kind from its channel's per-frame probabilities ``[T]``.
 
     With a validated ``threshold``: :func:`~mapkit.preprocess.peaks.pick_peaks`
-    at it. Without: the ``round(rate_per_min * duration_s / 60)`` highest
-    peaks (threshold 0), in time order.
+    at it, at most the ``round(max_rate_per_min * duration_s / 60)`` highest
+    of them when ``max_rate_per_min`` is given (the priors' ``max_rates``: no
+    level gets more of a kind than 95 % of the training levels have).
+    Without: the ``round(rate_per_min * duration_s / 60)`` highest peaks
+    (threshold 0). In time order.
     """
     from mapkit.preprocess.peaks import pick_peaks
 
     probs = np.asarray(probs, dtype=np.float32)
     if threshold is not None:
-        return pick_peaks(probs, float(threshold), min_gap_frames, smoothing)
-    peaks = pick_peaks(probs, 0.0, min_gap_frames, smoothing)
-    n = int(round(max(rate_per_min, 0.0) * duration_s / 60.0))
-    if n <= 0 or not len(peaks):
+        peaks = pick_peaks(probs, float(threshold), min_gap_frames, smoothing)
+        n = len(peaks) if max_rate_per_min is None else int(round(max(max_rate_per_min, 0.0) * duration_s / 60.0))
+    else:
+        peaks = pick_peaks(probs, 0.0, min_gap_frames, smoothing)
+        n = int(round(max(rate_per_min, 0.0) * duration_s / 60.0))
+    if n >= len(peaks):
+        return peaks
+    if n <= 0:
         return np.zeros(0, np.int64)
     top = peaks[np.argsort(-probs[peaks], kind="stable")[:n]]
     return np.sort(top)
@@ -379,6 +392,14 @@ def decode_lights(onsets, rows, per_frame, tempo, rng, fps: int) -> np.ndarray:
     return out
 
 
+def events_per_onset(priors: dict) -> float:
+    """Mean light events per frame holding any, from the priors' ``lights_per_frame`` counts (1 when none)."""
+    counts = np.asarray(priors.get("lights_per_frame", []), dtype=np.float64)
+    if not len(counts) or counts.sum() <= 0:
+        return 1.0
+    return float((counts * np.arange(1, len(counts) + 1)).sum() / counts.sum())
+
+
 def decode_boosts(onsets, tempo, fps: int) -> np.ndarray:
     """Colour-boost events at ``onsets``: on, off, on, ... (a boost lasts until the next event)."""
     out = _timed("boost_events", [tempo.beats(frame_time(int(f), fps)) for f in np.asarray(onsets)], tempo, fps)
@@ -420,14 +441,17 @@ def decode_objects(event_probs, channels, notes: np.ndarray, priors: dict, thres
     """
     probs = np.asarray(event_probs, dtype=np.float32)
     rng = np.random.default_rng(int(seed))
-    rates = priors.get("rates", {})
+    rates, caps = priors.get("rates", {}), priors.get("max_rates", {})
     out = {}
     for kind in GENERATED_KINDS:
         if kind not in kinds:
             continue
         channel = ONSET_CHANNELS[kind]
+        per_onset = events_per_onset(priors) if kind == "light_events" else 1.0  # rates count events, not onsets
+        cap = caps.get(kind)
         onsets = object_onsets(probs[:, list(channels).index(channel)], thresholds.get(channel),
-                               float(rates.get(kind, 0.0)), duration_s, min_gap_frames, smoothing)
+                               float(rates.get(kind, 0.0)) / per_onset, duration_s, min_gap_frames, smoothing,
+                               None if cap is None else float(cap) / per_onset)
         if kind == "obstacles":
             out[kind] = decode_walls(onsets, notes, priors.get("walls", []), tempo, duration_s, rng, fps)
         elif kind == "arcs":

@@ -25,6 +25,8 @@ import numpy as np
 from mapkit.preprocess.object_decoding import (GENERATED_KINDS, MAX_LIGHTS_PER_FRAME, ONSET_CHANNELS, ObjectPriors,
                                                subsample)
 
+#: Percentile of the training levels' per-minute rates that caps a kind's onsets in generation (``max_rates``).
+RATE_CAP_PERCENTILE = 95
 #: Default output of ``mapkit train objects`` and default ``--objects`` of ``mapkit generate``.
 DEFAULT_PRIORS = "mapkit-runs/objects/priors.json"
 
@@ -115,6 +117,8 @@ def priors_from_rows(by_difficulty: dict, source: str = "") -> ObjectPriors:
         out[difficulty] = {
             "minutes": minutes, "levels": len(levels),
             "rates": {kind: (n / minutes if minutes > 0 else 0.0) for kind, n in counts.items()},
+            "max_rates": {kind: float(np.percentile([r["counts"][kind] / m for m, r in levels if m > 0] or [0.0],
+                                                    RATE_CAP_PERCENTILE)) for kind in GENERATED_KINDS},
             **{name: subsample([row for _, r in levels for row in r[name]])
                for name in ("walls", "arcs", "chains", "lights")},
             "lights_per_frame": np.sum([r["lights_per_frame"] for _, r in levels], axis=0).astype(int).tolist(),

@@ -6,7 +6,8 @@ import pytest
 from mapkit.preprocess.frame_events import FRAME_EVENT_CHANNELS
 from mapkit.preprocess.notes import NOTE_DTYPE
 from mapkit.preprocess.object_decoding import (GENERATED_KINDS, MIN_FREE_COLUMNS, ObjectPriors, WALL_MARGIN_S,
-                                               chain_tail_cell, decode_objects, object_onsets, wall_cells)
+                                               chain_tail_cell, decode_objects, events_per_onset, object_onsets,
+                                               wall_cells)
 from mapkit.preprocess.objects import OBJECT_DTYPES
 from mapkit.preprocess.tempo import TempoMap
 
@@ -144,8 +145,15 @@ def test_onsets_use_the_threshold_or_the_learned_rate():
     assert object_onsets(p, 0.5, 0.0, 12.0, 5, 0).tolist() == [100, 300, 500, 700]
     assert object_onsets(p, 0.99, 100.0, 12.0, 5, 0).tolist() == []
     assert object_onsets(p, None, 10.0, 12.0, 5, 0).tolist() == [100, 300]  # 10 per minute, 0.2 min: the 2 highest
+    assert object_onsets(p, 0.5, 0.0, 12.0, 5, 0, max_rate_per_min=15.0).tolist() == [100, 300, 500]  # capped
     out = decode(notes_every_half_second(), thresholds={})  # no validated channel: every kind at its rate
     assert len(out["boost_events"]) == round(6.0 * 12 / 60)
+    per_frame = (2 * 1 + 3 * 2 + 1 * 3) / 6  # lights_per_frame [2, 3, 1]: events per lit frame
+    assert events_per_onset(PRIORS) == pytest.approx(per_frame)
+    assert len(np.unique(out["light_events"]["frame"])) == round(30.0 / per_frame * 12 / 60)
+    capped = decode(notes_every_half_second(), priors={**PRIORS, "max_rates": {"boost_events": 5.0, "light_events":
+                                                                              20.0 * per_frame}})
+    assert len(capped["boost_events"]) == 1 and len(np.unique(capped["light_events"]["frame"])) == 4
 
 
 def test_switches_remove_a_kind_and_the_same_seed_gives_the_same_objects():
