@@ -6,6 +6,8 @@
          -> peak picking (the checkpoint's threshold of the difficulty, smoothing, minimum gap)
          -> tempo from the audio, note beats (optionally snapped to a 1/16 grid)
          -> stage 2: one state per peak by beam search (cached keys/values) or sampling
+         -> walls, arcs, chains, lights: onsets from the stage-1 event head (``--targets events``), shapes
+            from the object model (``mapkit train objects``) fitted to the notes (:func:`_level_objects`)
          -> a level folder (Info.dat v2.1.0, a v3.3.0 difficulty, song.egg, cover.png) and its .zip
 
 Timing. The level has one constant BPM, estimated from the audio
