@@ -15,7 +15,8 @@ When (:func:`object_onsets`)
     takes the ``round(rate * minutes)`` highest peaks instead, ``rate`` being
     the kind's per-minute rate in the training levels of the difficulty. A
     validated channel keeps at most ``round(max_rate * minutes)`` peaks (the
-    highest), ``max_rate`` the 95th percentile of the training levels' rates.
+    highest), ``max_rate`` the larger of the 85th percentile of the training
+    levels' rates and their mean rate.
     For light events both rates are divided by the mean number of events per
     lit frame (:func:`events_per_onset`): rates count events, peaks frames.
 
@@ -100,7 +101,8 @@ class ObjectPriors:
     ``rates``
         kind -> objects per minute (kinds of :data:`GENERATED_KINDS`).
     ``max_rates``
-        kind -> the 95th percentile of the training levels' per-minute rates (caps the onsets).
+        kind -> the larger of the 85th percentile of the training levels' per-minute rates and the mean rate
+        (caps the onsets).
     ``walls``
         rows ``[x, y, width, height, duration_beats]``.
     ``arcs``
@@ -174,7 +176,7 @@ def object_onsets(probs, threshold: float | None, rate_per_min: float, duration_
     With a validated ``threshold``: :func:`~mapkit.preprocess.peaks.pick_peaks`
     at it, at most the ``round(max_rate_per_min * duration_s / 60)`` highest
     of them when ``max_rate_per_min`` is given (the priors' ``max_rates``: no
-    level gets more of a kind than 95 % of the training levels have).
+    level gets more of a kind than 85 % of the training levels have, or than the mean rate when that is more).
     Without: the ``round(rate_per_min * duration_s / 60)`` highest peaks
     (threshold 0). In time order.
     """

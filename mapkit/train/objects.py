@@ -25,8 +25,9 @@ import numpy as np
 from mapkit.preprocess.object_decoding import (GENERATED_KINDS, MAX_LIGHTS_PER_FRAME, ONSET_CHANNELS, ObjectPriors,
                                                subsample)
 
-#: Percentile of the training levels' per-minute rates that caps a kind's onsets in generation (``max_rates``).
-RATE_CAP_PERCENTILE = 95
+#: Percentile of the training levels' per-minute rates that caps a kind's onsets in generation (``max_rates``:
+#: the larger of it and the mean rate, so a kind most levels lack, e.g. arcs in older corpora, still appears).
+RATE_CAP_PERCENTILE = 85
 #: Default output of ``mapkit train objects`` and default ``--objects`` of ``mapkit generate``.
 DEFAULT_PRIORS = "mapkit-runs/objects/priors.json"
 
@@ -106,6 +107,18 @@ def level_rows(notes: np.ndarray, objects: dict) -> dict:
     }
 
 
+def max_rates(levels: list) -> dict:
+    """kind -> the larger of the :data:`RATE_CAP_PERCENTILE` percentile of the levels' per-minute rates and
+    their mean rate (all objects over all minutes), for ``levels`` = ``[(minutes, level_rows(...)), ...]``."""
+    minutes = sum(m for m, _ in levels)
+    out = {}
+    for kind in GENERATED_KINDS:
+        per_level = [r["counts"][kind] / m for m, r in levels if m > 0] or [0.0]
+        mean = sum(r["counts"][kind] for _, r in levels) / minutes if minutes > 0 else 0.0
+        out[kind] = max(float(np.percentile(per_level, RATE_CAP_PERCENTILE)), float(mean))
+    return out
+
+
 def priors_from_rows(by_difficulty: dict, source: str = "") -> ObjectPriors:
     """:class:`ObjectPriors` from ``{difficulty: [(minutes, level_rows(...)), ...]}``."""
     out = {}
@@ -117,8 +130,7 @@ def priors_from_rows(by_difficulty: dict, source: str = "") -> ObjectPriors:
         out[difficulty] = {
             "minutes": minutes, "levels": len(levels),
             "rates": {kind: (n / minutes if minutes > 0 else 0.0) for kind, n in counts.items()},
-            "max_rates": {kind: float(np.percentile([r["counts"][kind] / m for m, r in levels if m > 0] or [0.0],
-                                                    RATE_CAP_PERCENTILE)) for kind in GENERATED_KINDS},
+            "max_rates": max_rates(levels),
             **{name: subsample([row for _, r in levels for row in r[name]])
                for name in ("walls", "arcs", "chains", "lights")},
             "lights_per_frame": np.sum([r["lights_per_frame"] for _, r in levels], axis=0).astype(int).tolist(),
@@ -199,5 +211,5 @@ def load_object_priors(path) -> ObjectPriors:
         raise MapkitError(path, f"unreadable object model: {e}") from None
 
 
-__all__ = ["DEFAULT_PRIORS", "event_thresholds", "fit_object_priors", "level_rows", "load_object_priors",
-           "priors_from_rows", "training_songs"]
+__all__ = ["DEFAULT_PRIORS", "RATE_CAP_PERCENTILE", "event_thresholds", "fit_object_priors", "level_rows",
+           "load_object_priors", "max_rates", "priors_from_rows", "training_songs"]

@@ -15,7 +15,8 @@ from mapkit.preprocess.object_decoding import GENERATED_KINDS, ObjectPriors
 from mapkit.runs.build_targets import build_targets
 from mapkit.runs.extract import extract
 from mapkit.settings import TargetSettings
-from mapkit.train.objects import event_thresholds, fit_object_priors, load_object_priors, training_songs
+from mapkit.train.objects import (RATE_CAP_PERCENTILE, event_thresholds, fit_object_priors, load_object_priors,
+                                  training_songs)
 from tests.objects_levels import SR, write_v2, write_v3, write_v4
 
 T = 601  # 6 s at 8 kHz
@@ -55,6 +56,8 @@ def test_priors_count_and_collect_every_training_level(store, tmp_path):
     for kind in GENERATED_KINDS:
         n = sum(len(lv[kind]) for lv in levels.values())
         assert table["rates"][kind] == pytest.approx(n / table["minutes"]), kind
+        rates = [len(lv[kind]) / (T / 100 / 60) for lv in levels.values()]
+        assert table["max_rates"][kind] == pytest.approx(max(np.percentile(rates, RATE_CAP_PERCENTILE), np.mean(rates)))
     walls = sorted(tuple(float(w[f]) for f in ("x", "y", "width", "height", "duration_beats"))
                    for lv in levels.values() for w in lv["obstacles"])
     assert sorted(map(tuple, table["walls"])) == walls
