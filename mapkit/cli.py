@@ -748,7 +748,8 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
 
 @main.group("train", short_help="Train stage 1 (ddc) or stage 2 (transformer).")
 def train_group():
-    """Train the two models on a store: `ddc` (stage 1), then `transformer` (stage 2).
+    """Train the two models on a store: `ddc` (stage 1), then `transformer` (stage 2); `objects` fits the
+    object model of generate (walls, arcs, chains, lights; counting, seconds).
 
     Both split the store's songs into training and validation (a song is
     never in both), log to OUT/metrics.jsonl, plot OUT/curves.png, and
@@ -799,6 +800,41 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, target
 
     _run_training(train_ddc, ddc_config, out, kw, window=window, pos_weight=pos_weight, smoothing=smoothing,
                   min_gap_frames=min_gap_frames, targets=targets)
+
+
+@train_group.command("objects", short_help="The object model of generate: walls, arcs, chains, lights.")
+@store_option
+@click.option("--out", type=click.Path(dir_okay=False), default="mapkit-runs/objects/priors.json", show_default=True,
+              help="The object model (JSON) for mapkit generate --objects.")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
+              help="The split of mapkit train (give the same): validation songs are left out.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+def train_objects_command(store, out, val_fraction, seed):
+    """Fit the object model of `mapkit generate` on the store's training songs.
+
+    Per difficulty: walls, arcs, chains, light and boost events per minute,
+    and the empirical distributions generation draws from (wall shapes and
+    durations; which same-colour note an arc joins, its multipliers and
+    mid-anchor; chain slices, squish and length; light types and values,
+    events per frame). Counting only: seconds. Generation places objects
+    where the stage-1 event head (`mapkit train ddc --targets events`) says.
+
+    \b
+    Example:
+      mapkit train objects --store data/
+      mapkit train objects --store data/ --val-fraction 0.2 --out runs/objects.json
+    """
+    from mapkit.errors import MapkitError
+    from mapkit.train.objects import fit_object_priors
+
+    try:
+        priors = fit_object_priors(store, out, val_fraction=val_fraction, seed=seed, progress=True)
+    except MapkitError as e:
+        fail(str(e))
+    for difficulty, table in priors.difficulties.items():
+        rates = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in table["rates"].items())
+        click.echo(f"{difficulty}: {table['levels']} levels, {table['minutes']:.1f} min; per minute: {rates}")
+    click.echo(f"wrote {out} (hash {priors.hash})")
 
 
 @train_group.command("transformer", short_help="Stage 2: which notes go on them.")
@@ -879,8 +915,16 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None,
               help="With --evaluate: human baseline JSON (mapkit evaluate --save-baseline) for percentiles.")
 @click.option("--force", is_flag=True, help="Replace an earlier generated level of the same name in OUT.")
+@click.option("--objects", type=click.Path(dir_okay=False), default="mapkit-runs/objects/priors.json",
+              show_default=True, help="Object model (mapkit train objects); without it, or with a stage 1 trained "
+                                      "without --targets events, the level has notes only.")
+@click.option("--no-walls", is_flag=True, help="No walls.")
+@click.option("--no-arcs", is_flag=True, help="No arcs.")
+@click.option("--no-chains", is_flag=True, help="No chains.")
+@click.option("--no-lights", is_flag=True, help="No light or colour-boost events.")
 def generate_command(song, placement, selection, difficulties, level_format, out_dir, beam_size, temperature, top_p,
-                     top_k, seed, no_flow, threshold, no_snap, device, threads, evaluate_level, baseline, force):
+                     top_k, seed, no_flow, threshold, no_snap, device, threads, evaluate_level, baseline, force,
+                     objects, no_walls, no_arcs, no_chains, no_lights):
     """Generate a playable level for SONG with the two trained models.
 
     SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
@@ -890,8 +934,12 @@ def generate_command(song, placement, selection, difficulties, level_format, out
     estimated from the audio (one BPM unless the music's tempo changes); note
     times come from stage-1 peaks, notes from stage 2 by nucleus sampling
     (temperature 1.0, top-p 0.85; or --beam-size), never breaking swing parity,
-    vision or collision rules where a state avoids it. Features and tempo are
-    computed once for all difficulties. The song name and
+    vision or collision rules where a state avoids it; walls, arcs, chains and
+    lights from the stage-1 event head (--targets events) and the object
+    model (--objects, mapkit train objects), each kind switched off by its
+    --no-* flag (a missing model or event head: notes only, with a warning,
+    exit code 0). Features and tempo are computed once for all difficulties.
+    The song name and
     artist come from the source level's info file or the audio's tags. An
     existing OUT/<song>-mapkit is not replaced without --force. Exit code 2: the level
     was written but something is off (e.g. no notes found; said on stderr).
@@ -906,8 +954,10 @@ def generate_command(song, placement, selection, difficulties, level_format, out
       mapkit generate song.ogg --temperature 0.8 --top-p 0.95 --no-snap
       mapkit generate song.ogg --beam-size 4
       mapkit generate song.ogg --evaluate --baseline human.json
+      mapkit generate song.ogg --objects runs/objects.json --no-chains --no-lights
     """
     from mapkit.errors import MapkitError
+    from mapkit.preprocess.object_decoding import OBJECT_SWITCHES
     from mapkit.runs.generate import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generate
 
     if beam_size is not None and (temperature, top_p, top_k) != (None, None, None):
@@ -916,6 +966,8 @@ def generate_command(song, placement, selection, difficulties, level_format, out
     sampling = {} if beam_size is not None else dict(
         temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
         top_p=DEFAULT_TOP_P if top_p is None else top_p, top_k=top_k)
+    off = {"walls": no_walls, "arcs": no_arcs, "chains": no_chains, "lights": no_lights}
+    kinds = [k for switch, ks in OBJECT_SWITCHES.items() if not off[switch] for k in ks]
     try:
         human = None
         if baseline is not None:
@@ -924,7 +976,8 @@ def generate_command(song, placement, selection, difficulties, level_format, out
             human = load_baseline(baseline)  # before generating: a bad file fails fast
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulties,
                          format=level_format, beam_size=beam_size, seed=seed, threshold=threshold, flow=not no_flow,
-                         snap=not no_snap, out_dir=out_dir, force=force, threads=threads, **sampling)
+                         snap=not no_snap, out_dir=out_dir, force=force, threads=threads, objects=objects,
+                         object_kinds=kinds, **sampling)
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())
@@ -935,7 +988,7 @@ def generate_command(song, placement, selection, difficulties, level_format, out
         from mapkit.runs.evaluate import evaluate_generated, format_table
 
         click.echo(format_table(evaluate_generated(level, human, baseline)))
-    for warning in level.warnings:
+    for warning in level.notices + level.warnings:
         click.echo(f"warning: {warning}", err=True)
     sys.exit(level.exit_code)
 

@@ -116,6 +116,7 @@ METRICS = tuple(MetricInfo(*m) for m in (
     ("walls_per_min", "objects", "walls per minute"),
     ("arcs_per_min", "objects", "arcs per minute"),
     ("chains_per_min", "objects", "chains per minute"),
+    ("lights_per_min", "objects", "light events per minute"),
 ))
 METRIC_NAMES = tuple(m.name for m in METRICS)
 GROUPS = ("timing", "density", "flow", "variety", "difficulty", "objects")
@@ -415,16 +416,20 @@ def difficulty_metrics(states: SwingStates, notes: np.ndarray, settings: Evaluat
 
 
 def object_metrics(counts: dict | None, duration_s: float) -> dict:
-    """Walls, arcs and chains per minute of song, from the level's object counts (NaN when unknown).
+    """Walls, arcs, chains and basic light events per minute of song, from the level's object counts (NaN when
+    unknown).
 
     ``counts`` holds ``obstacles``, ``arcs`` and ``chains`` as read
     (:attr:`mapkit.preprocess.levels.Difficulty.counts`, or the store's
-    ``counts_json``). Walls that force an impossible dodge need the walls'
-    positions, which mapkit does not read yet.
+    ``counts_json``) and ``light_events`` (basic lighting events as read:
+    ``Difficulty.objects_read``, the store's ``objects_read_json``; colour
+    boosts and event-box groups not counted). Walls that force an impossible
+    dodge need the walls' positions, which mapkit does not read yet.
     """
     per_min = 60.0 / duration_s if duration_s > 0 else math.nan
     out = {}
-    for key, name in (("obstacles", "walls_per_min"), ("arcs", "arcs_per_min"), ("chains", "chains_per_min")):
+    for key, name in (("obstacles", "walls_per_min"), ("arcs", "arcs_per_min"), ("chains", "chains_per_min"),
+                      ("light_events", "lights_per_min")):
         value = (counts or {}).get(key)
         out[name] = float(value) * per_min if value is not None else math.nan
     return out
@@ -458,7 +463,7 @@ def level_metrics(notes: np.ndarray, difficulty: str, duration_s: float, counts:
     duration_s : float
         The song's length in seconds.
     counts : dict, optional
-        Object counts as read (obstacles, arcs, chains); NaN metrics without.
+        Object counts as read (obstacles, arcs, chains, light_events); NaN metrics without.
     reference : np.ndarray, optional
         Notes of a reference level: adds the onset metrics.
     settings : EvaluateSettings

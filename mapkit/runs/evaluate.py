@@ -22,6 +22,7 @@ from mapkit.preprocess.alignment import beat_period_frames
 from mapkit.preprocess.baseline import BAND, Baseline, outside_band
 from mapkit.preprocess.difficulties import DIFFICULTIES, canonical_difficulty
 from mapkit.preprocess.notes import BOMB
+from mapkit.preprocess.objects import ATTR_READ
 from mapkit.preprocess.quality import METRICS, EvaluateSettings, LevelMetrics, level_metrics
 from mapkit.preprocess.timebase import frame_of
 
@@ -237,7 +238,8 @@ def evaluate_levels(paths, reference=None, baseline: Baseline | None = None, dif
                     item_warnings.append(f"reference has no usable {d.characteristic}/{d.difficulty}: no onset metrics")
                 else:
                     ref_notes = ref.notes
-            m = level_metrics(d.notes, d.difficulty, length, d.counts, ref_notes, settings)
+            m = level_metrics(d.notes, d.difficulty, length, _with_lights(d.counts, d.objects_read), ref_notes,
+                              settings)
             if onset is not None:
                 beat = beat_period_frames(d.tempo, d.notes["beat"][d.notes["color"] != BOMB], settings.fps)
                 m.values.update(_alignment_values(d.notes, onset, settings.fps, beat))
@@ -245,6 +247,14 @@ def evaluate_levels(paths, reference=None, baseline: Baseline | None = None, dif
                                        length_source, onset=onset, warnings=item_warnings)
             report.items.append(_place(item, baseline))
     return report
+
+
+def _with_lights(counts: dict | None, objects_read: dict | None) -> dict | None:
+    """``counts`` plus ``light_events`` as read (from ``objects_read``, the store's ``objects_read_json``; left
+    out when not known)."""
+    if counts is None or not objects_read or "light_events" not in objects_read:
+        return counts
+    return {**counts, "light_events": int(objects_read["light_events"])}
 
 
 def _song_length(path, audio: bool, settings: EvaluateSettings):
@@ -340,6 +350,7 @@ def _stored_level(group, entry, wanted, characteristic: str, settings: EvaluateS
             notes = g["notes"][:]
             n_frames = int(g.attrs.get("n_frames", entry.attrs.get("n_frames", 0)))
             counts = json.loads(g.attrs.get("counts_json", "null") or "null")
+            counts = _with_lights(counts, json.loads(g.attrs.get(ATTR_READ, "null") or "null"))
             m = level_metrics(notes, diff_name, n_frames / settings.fps, counts, None, settings)
             if onset is not None:
                 from mapkit.runs.audit import stored_beat_frames

@@ -7,7 +7,9 @@
          -> tempo map from the audio, note beats (optionally snapped to a 1/16 grid)
          -> stage 2: one state per peak by nucleus sampling (or beam search), cached keys/values,
             kept playable by the flow constraint (parity, vision blocks, collisions: mapkit/train/flow.py)
-         (stage 1 to stage 2 once per difficulty)
+         -> walls, arcs, chains, lights: onsets from the stage-1 event head (``--targets events``), shapes
+            from the object model (``mapkit train objects``) fitted to the notes (:func:`_level_objects`)
+         (stage 1 to objects once per difficulty)
          -> a level folder (Info.dat v2.1.0 and v3.3.0 difficulties, or every file in v4;
             song.egg, cover.png) and its .zip
 
@@ -58,11 +60,13 @@ from mapkit.errors import MapkitError
 from mapkit.writers.files import write_level
 from mapkit.preprocess.beats import SNAP_DIVISIONS, estimate_tempo_map, onset_envelope, short_beats, snap_beats
 from mapkit.preprocess.notes import BOMB
+from mapkit.preprocess.object_decoding import GENERATED_KINDS
 from mapkit.preprocess.targets import notes_from_states
 from mapkit.preprocess.tempo import TempoMap
 from mapkit.preprocess.timebase import frame_time, song_end_beat
 from mapkit.train.checkpoints import PlacementSetup, SelectionSetup
 from mapkit.train.flow import FlowSettings
+from mapkit.train.objects import DEFAULT_PRIORS
 
 #: Where ``mapkit train ddc`` / ``mapkit train transformer`` write their last checkpoints by default.
 DEFAULT_PLACEMENT = "mapkit-runs/ddc/last.pt"
@@ -160,12 +164,13 @@ class GeneratedDifficulty:
     timings: dict = field(default_factory=dict)
 
     def summary(self, duration_s: float) -> str:
-        """One line: difficulty, notes, bombs, notes per second, snapped, threshold."""
+        """One line: difficulty, notes, bombs, notes per second, objects, snapped, threshold."""
         n_bombs = int((self.notes["color"] == BOMB).sum())
         n_notes = len(self.notes) - n_bombs
+        objects = "".join(f"{len(v)} {k.replace('_', ' ')}, " for k, v in self.objects.items())
         return (f"  {self.difficulty}: {self.filename}, {len(self.peak_frames)} note times, {n_notes} notes "
-                f"({n_notes / max(duration_s, 1e-9):.2f}/s), {n_bombs} bombs, {int(self.snapped.sum())} snapped "
-                f"to 1/{SNAP_DIVISIONS} beat, threshold {self.threshold:g}")
+                f"({n_notes / max(duration_s, 1e-9):.2f}/s), {n_bombs} bombs, {objects}{int(self.snapped.sum())} "
+                f"snapped to 1/{SNAP_DIVISIONS} beat, threshold {self.threshold:g}")
 
 
 @dataclass
@@ -193,6 +198,8 @@ class GeneratedLevel:
     warnings: list = field(default_factory=list)
     #: stage-2 picks that broke a flow rule because no state kept it (see ``flow`` of :func:`generate_level`)
     flow_violations: int = 0
+    #: what the level lacks by choice of the models (e.g. no objects: a checkpoint without events); exit code 0
+    notices: list = field(default_factory=list)
 
     @property
     def bpm(self) -> float:
@@ -208,6 +215,8 @@ class GeneratedLevel:
     peak_frames = property(lambda self: self.charts[0].peak_frames)
     snapped = property(lambda self: self.charts[0].snapped)
     score = property(lambda self: self.charts[0].score)
+    #: walls, arcs, chains, light and boost events of the first difficulty: kind -> records (OBJECT_DTYPES)
+    objects = property(lambda self: self.charts[0].objects)
 
     @property
     def exit_code(self) -> int:
@@ -276,7 +285,8 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
                    temperature: float | None = DEFAULT_TEMPERATURE, snap: bool = True, out_dir="mapkit-generated",
                    threshold: float | None = None, seed: int = 0, use_cache: bool = True, name: str | None = None,
                    force: bool = False, top_p: float | None = DEFAULT_TOP_P, top_k: int | None = None,
-                   flow: bool = True, format: str = "v3") -> GeneratedLevel:
+                   flow: bool = True, format: str = "v3", object_priors=None,
+                   object_kinds=GENERATED_KINDS) -> GeneratedLevel:
     """Generate a level of ``song`` with loaded models: one or several difficulties in one folder.
 
     Parameters
@@ -322,6 +332,11 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     format : str
         ``"v3"`` (Info.dat v2.1.0 + v3.3.0 difficulties) or ``"v4"`` (Info 4.0.1,
         beatmaps 4.1.0, a lightshow per difficulty, audio data ``BPMInfo.dat``).
+    object_priors : ObjectPriors, optional
+        The object model (``mapkit train objects``); None: no walls, arcs, chains or lights (a notice says so).
+    object_kinds : iterable of str
+        The object kinds to make (:data:`~mapkit.preprocess.object_decoding.GENERATED_KINDS`; ``--no-walls``...
+        remove some).
 
     Returns
     -------
@@ -354,13 +369,17 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     sampling = beam_size is None and temperature is not None
     decoding = dict(temperature=temperature if sampling else None, beam_size=beam_size or 8, seed=seed,
                     use_cache=use_cache, top_p=top_p, top_k=top_k, flow=FlowSettings() if flow else None)
-    charts = []
+    charts, notices = [], []
     for difficulty in difficulties:
         own = {}
         chart = GeneratedDifficulty(difficulty, _beatmap_filename(difficulty), thresholds[difficulty],
                                     *_chart(placement_model, selection_model, p_setup, s_setup, feats, tempo,
                                             difficulty, thresholds[difficulty], snap, timings=own, **decoding),
                                     timings=own)
+        with _timed(own, "objects"):
+            chart.objects, chart_notices = _level_objects(placement_model, p_setup, placement_ckpt, feats, difficulty,
+                                                          chart.notes, tempo, object_priors, object_kinds, seed)
+        notices += [n for n in chart_notices if n not in notices]
         charts.append(chart)
         for stage, seconds in own.items():
             timings[stage] = timings.get(stage, 0.0) + seconds
@@ -375,7 +394,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     return GeneratedLevel(song_id=source.song_id, folder=written["folder"], zip_path=written["zip"], tempo=tempo,
                           charts=charts, n_frames=feats.n_frames, duration_s=feats.duration_s, format=format,
                           timings=timings, warnings=warnings,
-                          flow_violations=sum(c.flow_violations for c in charts))
+                          flow_violations=sum(c.flow_violations for c in charts), notices=notices)
 
 
 def _difficulty_names(song, difficulty) -> list:
@@ -459,8 +478,10 @@ def _checked_setups(song, difficulties: list, placement_ckpt: dict, selection_ck
     return p_setup, s_setup, thresholds
 
 
-def _note_probabilities(placement_model, p_setup: PlacementSetup, placement: np.ndarray, difficulty: str):
-    """Stage 1: the note probability of every frame, in the windows the threshold was validated with."""
+def _note_probabilities(placement_model, p_setup: PlacementSetup, placement: np.ndarray, difficulty: str,
+                        classes: bool = False):
+    """Stage 1: the note probability of every frame (``classes``: every event channel's, ``[T, K]``), in the
+    windows the threshold was validated with."""
     import torch
 
     from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
@@ -470,7 +491,7 @@ def _note_probabilities(placement_model, p_setup: PlacementSetup, placement: np.
     with torch.inference_mode():
         return predict_probabilities(placement_model, placement, DIFFICULTY_INDEX[difficulty], p_setup.mean,
                                      p_setup.std, p_setup.feature_settings.silence_value, window=p_setup.window,
-                                     device=next(placement_model.parameters()).device)
+                                     device=next(placement_model.parameters()).device, classes=classes)
 
 
 def _note_beats(probs, th: float, p_setup: PlacementSetup, tempo: TempoMap, duration_s: float, snap: bool):
@@ -529,6 +550,31 @@ def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats,
     return notes_from_states(times, beats, states), hyp.score, hyp.violations
 
 
+def _level_objects(placement_model, p_setup: PlacementSetup, placement_ckpt: dict, feats, difficulty: str, notes,
+                   tempo, priors, kinds, seed: int) -> tuple[dict, list]:
+    """Walls, arcs, chains and lights (:func:`~mapkit.preprocess.object_decoding.decode_objects`): ``(objects,
+    notices)``. None without the stage-1 event head or the object model (a notice says how to get them)."""
+    from mapkit.preprocess.frame_events import FRAME_EVENT_CHANNELS
+    from mapkit.preprocess.object_decoding import decode_objects
+
+    kinds = tuple(k for k in GENERATED_KINDS if k in set(kinds))
+    if not kinds:
+        return {}, []
+    if placement_ckpt.get("targets") != "events" or placement_model.config.n_classes != len(FRAME_EVENT_CHANNELS):
+        return {}, ["no walls, arcs, chains or lights: the stage-1 checkpoint has no event head; train it with "
+                    "`mapkit train ddc --targets events` (and fit the object model with `mapkit train objects`)"]
+    table = priors.for_difficulty(difficulty) if priors is not None else None
+    if table is None:
+        return {}, ["no walls, arcs, chains or lights: no object model; fit one with `mapkit train objects "
+                    "--store STORE` and pass it with --objects"]
+    probs = _note_probabilities(placement_model, p_setup, feats.placement, difficulty, classes=True)
+    thresholds = (placement_ckpt.get("event_peak_picking") or {}).get("thresholds") or {}
+    objects = decode_objects(probs, FRAME_EVENT_CHANNELS, notes, table, thresholds, tempo, feats.duration_s,
+                             p_setup.feature_settings.fps, seed=seed, kinds=kinds,
+                             min_gap_frames=p_setup.min_gap_frames, smoothing=p_setup.smoothing)
+    return objects, []
+
+
 def _level_files(source, tempo: TempoMap, charts: list, feats, settings, format: str = "v3",
                  egg: bytes | None = None) -> dict:
     """The files of the generated level: the info file listing every difficulty, a beatmap per difficulty
@@ -544,7 +590,7 @@ def _level_files(source, tempo: TempoMap, charts: list, feats, settings, format:
     else:
         files = {"Info.dat": dumps(info_json_levels(title, tempo.base_bpm, beatmaps, feats.duration_s, author=author),
                                    pretty=True)}
-        files.update({c.filename: dumps(difficulty_json(c.notes, tempo)) for c in charts})
+        files.update({c.filename: dumps(difficulty_json(c.notes, tempo, c.objects)) for c in charts})
     files["song.egg"] = egg
     files["cover.png"] = png_bytes(cover_image(settings.unpad("selection", feats.selection)))
     return files
@@ -583,7 +629,7 @@ def missing_checkpoints(placement, selection) -> str | None:
 
 
 def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, device: str = "cpu",
-             threads: int | None = None, **kwargs) -> GeneratedLevel:
+             threads: int | None = None, objects=DEFAULT_PRIORS, **kwargs) -> GeneratedLevel:
     """Load both checkpoints and generate a level of ``song`` (see :func:`generate_level`).
 
     Parameters
@@ -596,6 +642,9 @@ def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, dev
     threads : int, optional
         Torch CPU threads (``torch.set_num_threads``; 1 is fastest on small CPUs: decoding is a long
         chain of small steps); None leaves torch's setting.
+    objects : path, optional
+        The object model (``mapkit train objects``); None, or the default path when no file is there: no
+        objects (a notice says so); another path that cannot be read: MapkitError.
     **kwargs
         Passed to :func:`generate_level` (difficulty, beam_size, temperature, snap, out_dir, ...).
 
@@ -623,4 +672,8 @@ def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, dev
     if s_ckpt.get("model_kind") != "selection":
         raise MapkitError(selection, f"not a stage-2 (transformer) checkpoint: it holds a "
                                      f"{s_ckpt.get('model_kind')} model")
+    if objects is not None and (Path(objects).is_file() or Path(objects) != Path(DEFAULT_PRIORS)):
+        from mapkit.train.objects import load_object_priors
+
+        kwargs.setdefault("object_priors", load_object_priors(objects))  # a named file that is missing: an error
     return generate_level(song, p_model, s_model, p_ckpt, s_ckpt, **kwargs)

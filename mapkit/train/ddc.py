@@ -253,18 +253,32 @@ class DDCStage(Stage):
         from mapkit.train.events import channel_counts, channel_metrics
 
         c, ds = self.config, self.val_dataset
-        counts = 0
+        counts, probs, events = 0, [], []
         for li, level in enumerate(ds.levels):
             raw = ds._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
             p = predict_probabilities(model, raw, level.difficulty_index, ds.mean, ds.std, float(ds.silence),
                                       c.window, c.eval_batch_size, device, autocast, classes=True)
-            counts = counts + channel_counts(p, ds.level_frame_events(li))
+            truth = ds.level_frame_events(li)
+            counts = counts + channel_counts(p, truth)
+            probs.append(p)
+            events.append(truth)
+        self._validate_event_thresholds(probs, events)
         return channel_metrics(counts)
+
+    def _validate_event_thresholds(self, probs, events):
+        """The object onset channels' thresholds for ``mapkit generate`` (mapkit.train.objects.event_thresholds)."""
+        from mapkit.preprocess.frame_events import FRAME_EVENT_CHANNELS
+        from mapkit.train.objects import event_thresholds
+
+        c = self.config
+        self.event_thresholds = event_thresholds(probs, events, FRAME_EVENT_CHANNELS, c.min_gap_frames, c.smoothing,
+                                                 c.tolerance_frames)
 
     def checkpoint_extras(self) -> dict:
         c = self.config
         return {"pos_weight": self.pos_weight, "window": c.window, "targets": c.targets,
                 "event_pos_weight": self.event_pos_weight,
+                "event_peak_picking": {"thresholds": dict(getattr(self, "event_thresholds", {}))},
                 "peak_picking": {"threshold": self.threshold, "thresholds": dict(self.thresholds),
                                  "smoothing": c.smoothing,
                                  "min_gap_frames": c.min_gap_frames, "tolerance_frames": c.tolerance_frames}}
@@ -272,6 +286,7 @@ class DDCStage(Stage):
     def restore(self, checkpoint):
         self.pos_weight = checkpoint["pos_weight"]
         self.event_pos_weight = checkpoint.get("event_pos_weight")
+        self.event_thresholds = dict((checkpoint.get("event_peak_picking") or {}).get("thresholds") or {})
         self.threshold = checkpoint["peak_picking"]["threshold"]
         self.thresholds = dict(checkpoint["peak_picking"].get("thresholds") or {})
 

@@ -52,11 +52,52 @@ def bpm_events(tempo) -> list:
     return [{"b": float(b), "m": float(m)} for b, _, m in segments]
 
 
-def difficulty_json(notes: np.ndarray, tempo) -> dict:
-    """A v3.3.0 difficulty holding ``notes`` (NOTE_DTYPE) at their ``beat``; no walls, arcs or lights.
+def _num(value) -> float | int:
+    """A JSON number: an int when the value is whole (``1`` not ``1.0``), else the float to 6 decimals."""
+    v = float(value)
+    return int(v) if v.is_integer() else round(v, 6)  # float32 fields: 0.8, not 0.800000011920929
 
-    Every field is written (no defaulted properties) and the tempo (a BPM or
-    a :class:`~mapkit.preprocess.tempo.TempoMap`) is given as ``bpmEvents``
+
+def v3_objects(objects: dict) -> dict:
+    """The v3 arrays of generated objects (records of ``OBJECT_DTYPES`` by kind; a kind absent: no entry).
+
+    ``obstacles`` -> ``obstacles {b,d,x,y,w,h}``, ``arcs`` -> ``sliders
+    {b,c,x,y,d,mu,tb,tx,ty,tc,tmu,m}``, ``chains`` -> ``burstSliders
+    {b,c,x,y,d,tb,tx,ty,sc,s}``, ``light_events`` -> ``basicBeatmapEvents
+    {b,et,i,f}``, ``boost_events`` -> ``colorBoostBeatmapEvents {b,o}``;
+    every field written (docs/formats.md).
+    """
+    out = {}
+    for kind, key, fields in _V3_OBJECT_FIELDS:
+        records = objects.get(kind)
+        if records is None:
+            continue
+        out[key] = [{k: (bool(r[f]) if k == "o" else _num(r[f])) for k, f in fields} for r in records]
+    return out
+
+
+#: kind, v3 key, (JSON key, record field) of every generated object kind.
+_V3_OBJECT_FIELDS = (
+    ("obstacles", "obstacles", (("b", "beat"), ("d", "duration_beats"), ("x", "x"), ("y", "y"), ("w", "width"),
+                                ("h", "height"))),
+    ("arcs", "sliders", (("b", "beat"), ("c", "color"), ("x", "x"), ("y", "y"), ("d", "direction"),
+                         ("mu", "multiplier"), ("tb", "tail_beat"), ("tx", "tail_x"), ("ty", "tail_y"),
+                         ("tc", "tail_direction"), ("tmu", "tail_multiplier"), ("m", "mid_anchor"))),
+    ("chains", "burstSliders", (("b", "beat"), ("c", "color"), ("x", "x"), ("y", "y"), ("d", "direction"),
+                                ("tb", "tail_beat"), ("tx", "tail_x"), ("ty", "tail_y"), ("sc", "slices"),
+                                ("s", "squish"))),
+    ("light_events", "basicBeatmapEvents", (("b", "beat"), ("et", "type"), ("i", "value"), ("f", "float_value"))),
+    ("boost_events", "colorBoostBeatmapEvents", (("b", "beat"), ("o", "on"))),
+)
+
+
+def difficulty_json(notes: np.ndarray, tempo, objects: dict | None = None) -> dict:
+    """A v3.3.0 difficulty holding ``notes`` (NOTE_DTYPE) at their ``beat`` and the generated ``objects``.
+
+    ``objects`` maps kind -> records (walls, arcs, chains, light and boost
+    events; :func:`v3_objects`); None writes no objects. Every field is
+    written (no defaulted properties) and the tempo (a BPM or a
+    :class:`~mapkit.preprocess.tempo.TempoMap`) is given as ``bpmEvents``
     (:func:`bpm_events`): the first at beat 0, as the official editor does.
     """
     color, bomb = [], []
@@ -66,7 +107,9 @@ def difficulty_json(notes: np.ndarray, tempo) -> dict:
         else:
             color.append({"b": float(n["beat"]), "x": int(n["column"]), "y": int(n["row"]), "c": int(n["color"]),
                           "d": int(n["direction"]), "a": 0})
-    return v3_difficulty(color, bomb, bpm_events(tempo), compatible_events=True)
+    doc = v3_difficulty(color, bomb, bpm_events(tempo), compatible_events=True)
+    doc.update(v3_objects(objects or {}))
+    return doc
 
 
 def _rgba(hex_rgb: str) -> dict:

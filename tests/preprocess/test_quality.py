@@ -78,9 +78,10 @@ def test_crossovers_and_density():
 
 
 def test_objects_per_minute():
-    assert object_metrics({"obstacles": 30, "arcs": 3, "chains": 0}, 120.0) == {
-        "walls_per_min": 15.0, "arcs_per_min": 1.5, "chains_per_min": 0.0}
+    assert object_metrics({"obstacles": 30, "arcs": 3, "chains": 0, "light_events": 250}, 120.0) == {
+        "walls_per_min": 15.0, "arcs_per_min": 1.5, "chains_per_min": 0.0, "lights_per_min": 125.0}
     assert math.isnan(object_metrics(None, 120.0)["walls_per_min"])
+    assert math.isnan(object_metrics({"obstacles": 30}, 120.0)["lights_per_min"])  # a count not known
 
 
 def test_difficulty_estimate_grows_with_speed():
