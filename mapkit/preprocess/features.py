@@ -229,11 +229,16 @@ def log_mel(
     # buffers reused by every block: no page faults from fresh multi-MB arrays
     frames = np.zeros((block, n_fft), dtype=np.float32)
     mel = np.empty((block, n_mels), dtype=np.float32)
+    # every n_fft-sample window of y, made once: a block inside the signal is a strided slice of it
+    inside = np.lib.stride_tricks.sliding_window_view(y, n_fft) if len(y) >= n_fft else None
     for f0 in range(0, n_frames, block):
         f1 = min(n_frames, f0 + block)
         k = f1 - f0
-        seg = _segment(y, f0 * hop - half, (f1 - 1) * hop + n_fft - half)
-        view = np.lib.stride_tricks.sliding_window_view(seg, n_fft)[::hop]
+        start, stop = f0 * hop - half, (f1 - 1) * hop + n_fft - half
+        if inside is not None and start >= 0 and stop <= len(y):
+            view = inside[start : stop - n_fft + 1 : hop]
+        else:  # the block reaches past an end of the signal: a zero-padded copy of its samples
+            view = np.lib.stride_tricks.sliding_window_view(_segment(y, start, stop), n_fft)[::hop]
         np.multiply(view, window, out=frames[:k])
         # Always the whole block (a short last block leaves older frames in the rest, ignored): BLAS
         # rounds a row differently with the number of rows, so a frame's value must not depend on k.
@@ -243,9 +248,9 @@ def log_mel(
         np.square(sq, out=sq)
         for m0, m1, c0, c1, w in products:
             np.matmul(sq[:, c0:c1], w, out=mel[:, m0:m1])
-        out[f0:f1] = mel[:k]
-    out += np.float32(log_floor)
-    np.log(out, out=out)
+        # the log on the block while it is in cache (out may be a strided view of a large array)
+        np.add(mel[:k], np.float32(log_floor), out=mel[:k])
+        np.log(mel[:k], out=out[f0:f1])
     return out
 
 

@@ -359,16 +359,28 @@ class MultiHeadAttention(nn.Module):
         G, P = prefix_k.shape[0], prefix_k.shape[2]
         scale = 1.0 / math.sqrt(d)
         grouped = q.view(G, B // G, H, d).transpose(1, 2)  # [G, H, B/G, d]
-        shared = (grouped @ prefix_k.transpose(-1, -2)).transpose(1, 2).reshape(B, H, 1, P)
+        shared = _per_group(grouped, prefix_k.transpose(-1, -2)).transpose(1, 2).reshape(B, H, 1, P)
         own = q @ k.transpose(-1, -2)  # [B, H, 1, M]
         w = torch.softmax(torch.cat([shared, own], dim=-1) * scale, dim=-1)
         w_shared = w[..., :P].reshape(G, B // G, H, P).transpose(1, 2)  # [G, H, B/G, P]
-        y = (w_shared @ prefix_v).transpose(1, 2).reshape(B, H, 1, d) + w[..., P:] @ v  # [B, H, 1, d]
+        y = _per_group(w_shared, prefix_v).transpose(1, 2).reshape(B, H, 1, d) + w[..., P:] @ v  # [B, H, 1, d]
         return self.out(y.transpose(1, 2).reshape(B, 1, -1))
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         k, v = self.project_kv(kv)
         return self.attend(x, k, v, mask)
+
+
+def _per_group(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for ``[G, H, ...]`` operands, one group at a time (the same numbers, bit for bit).
+
+    ``b`` is a strided slice of the cache's buffers (every ``B/G``-th row): a
+    batched matmul cannot merge its two batch dimensions into one and copies
+    it first, which cost 3x the product itself with two windows side by side.
+    """
+    if a.shape[0] == 1:
+        return a @ b
+    return torch.stack([a[g] @ b[g] for g in range(a.shape[0])])
 
 
 def _feed_forward(c: SelectionConfig) -> nn.Sequential:

@@ -11,7 +11,8 @@ from mapkit.datasets.groups import GroupAssigner
 from mapkit.datasets.split import grouping_record, song_groups, split_by_song
 from mapkit.datasets.store import Store, open_shard
 from mapkit.preprocess.audio import decode_audio, resample
-from mapkit.preprocess.fingerprint import ITEMS_PER_SECOND, chromaprint_problem, fingerprint, match_fingerprints
+from mapkit.preprocess.fingerprint import (FINGERPRINT_SECONDS, ITEMS_PER_SECOND, chromaprint_problem, fingerprint,
+                                          match_fingerprints)
 
 SONGS = Path("/usr/share/games/fretsonfire/data/songs")
 REAL = [SONGS / "muldjord/armygeddon/song.ogg", SONGS / "sectoid/Metal madness/song.ogg",
@@ -67,6 +68,23 @@ def test_reencoded_and_trimmed_song_matches_other_songs_do_not(songs):
     for x, y in ((fa, fb), (fa, fc), (fb, fc), (fo, fb)):
         m = match_fingerprints(x, y)
         assert m is None or (not m.matched and m.share < 0.3)
+
+
+@needs_chromaprint
+@pytest.mark.skipif(not REAL[0].is_file(), reason="needs Debian's fretsonfire music (scripts/setup.sh installs it)")
+def test_fingerprint_of_the_first_120_s_matches_trimmed_copies_and_whole_song_prints():
+    y, sr = decode_audio(REAL[0])  # 198 s
+    start = fingerprint(y, sr)
+    assert abs(len(start) / ITEMS_PER_SECOND - FINGERPRINT_SECONDS) < 3
+    whole = fingerprint(y, sr, seconds=None)  # what stores written before the 120 s rule hold
+    assert abs(len(whole) / ITEMS_PER_SECOND - len(y) / sr) < 3
+    m = match_fingerprints(start, whole)
+    assert m.matched and m.offset == 0 and m.share > 0.99
+    trimmed = fingerprint(y[int(40 * sr):], sr)  # a copy with a 40 s intro cut: its 120 s start from 40 s on
+    m = match_fingerprints(start, trimmed)
+    assert m.matched and abs(m.offset_s - 40.0) < 0.3
+    other = fingerprint(*decode_audio(REAL[1]))
+    assert not match_fingerprints(start, other) or not match_fingerprints(start, other).matched
 
 
 def test_group_assigner_merges_groups_a_new_song_bridges():
