@@ -277,8 +277,8 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     with _timed(timings, "peaks"):
         frames, beats, snapped = _note_beats(probs, th, p_setup, bpm, feats.duration_s, snap)
     with _timed(timings, "stage2"):
-        notes, score = _note_states(selection_model, s_setup, feats, frames, beats, bpm, temperature=temperature,
-                                    beam_size=beam_size, seed=seed, use_cache=use_cache)
+        notes, score = _note_states(selection_model, s_setup, feats, frames, beats, bpm, difficulty,
+                                    temperature=temperature, beam_size=beam_size, seed=seed, use_cache=use_cache)
     with _timed(timings, "writing"):
         out_dir = Path(out_dir)
         if (out_dir / level_name).resolve() == Path(source.path).resolve():
@@ -357,13 +357,14 @@ def _note_beats(probs, th: float, p_setup: PlacementSetup, bpm: float, duration_
     return frames, short_beats(beats, bpm), snapped  # 3.8, not 3.8002399999999996, on the same frames
 
 
-def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats, bpm: float, temperature=None,
-                 beam_size: int = 8, seed: int = 0, use_cache: bool = True):
+def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats, bpm: float, difficulty: str,
+                 temperature=None, beam_size: int = 8, seed: int = 0, use_cache: bool = True):
     """Stage 2: one state per note time, by beam search (or sampling at ``temperature``); ``(notes, score)``."""
     import torch
 
     from mapkit.datasets.schema import GAP_NAMES
     from mapkit.datasets.torch_datasets import selection_source
+    from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
     from mapkit.preprocess.targets import token_sequence
     from mapkit.train.decoding import beam_search, sample
 
@@ -374,7 +375,8 @@ def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats,
                          end_beat=song_end_beat(tempo, T, settings.fps), fps=settings.fps)
     gaps = np.stack([getattr(seq, name) for name in GAP_NAMES], axis=1)
     src = torch.from_numpy(selection_source(feats.selection, seq.token_frames, gaps, s_setup.mean, s_setup.std,
-                                            settings.selection_pad))
+                                            settings.selection_pad, selection_model.config.source_layout,
+                                            DIFFICULTY_INDEX[difficulty]))
     with torch.inference_mode():
         if temperature is not None:
             hyp = sample(selection_model, src, None, len(frames), temperature=float(temperature), use_cache=use_cache,
