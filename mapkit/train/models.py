@@ -537,7 +537,12 @@ class SelectionModel(nn.Module):
     def __init__(self, config: SelectionConfig = SELECTION_PRESETS["default"]):
         super().__init__()
         c = self.config = config
-        self.src_proj = nn.Linear(c.src_dim, c.d_model)
+        # one projection per part of the source, summed: in one layer the 10 timing and 5 difficulty
+        # inputs start as small as each of the 900 audio inputs and were learned late or not at all
+        layout = c.source_layout
+        self.src_proj = nn.Linear(c.audio_dim, c.d_model)
+        self.timing_proj = nn.Linear(layout.timing_dim, c.d_model)
+        self.difficulty_proj = nn.Linear(c.n_difficulties, c.d_model, bias=False) if c.n_difficulties else None
         # memory row i+1 (the note decoder position i predicts) -> decoder input i
         self.note_proj = nn.Linear(c.d_model, c.d_model)
         # memory row i (the note of token i itself) -> decoder input i: a state and the sound it was
@@ -563,6 +568,13 @@ class SelectionModel(nn.Module):
         a = c.audio_dim
         return torch.cat([src[..., :a], torch.log1p(src[..., a: a + c.n_gaps]), src[..., a + c.n_gaps:]], dim=-1)
 
+    def embed_source(self, src: torch.Tensor) -> torch.Tensor:
+        """``[..., d_model]``: the audio, timing and difficulty parts of the source, each projected, summed."""
+        v = self.source_vectors(src)
+        a, t = self.config.audio_dim, self.config.source_layout.timing_dim
+        x = self.src_proj(v[..., :a]) + self.timing_proj(v[..., a: a + t])
+        return x if self.difficulty_proj is None else x + self.difficulty_proj(v[..., a + t:])
+
     def _embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor, notes: torch.Tensor) -> torch.Tensor:
         x = self.tgt_embed(tokens) * math.sqrt(self.config.d_model) + notes
         return self.drop(x + sinusoidal_positions(positions, self.config.d_model))
@@ -586,7 +598,7 @@ class SelectionModel(nn.Module):
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output (memory) ``[B, S, d_model]`` of sources ``[B, S, src_dim]``."""
         positions = torch.arange(src.shape[1], device=src.device)
-        x = self.src_proj(self.source_vectors(src)) + sinusoidal_positions(positions, self.config.d_model)
+        x = self.embed_source(src) + sinusoidal_positions(positions, self.config.d_model)
         x = self.drop(x)
         mask = self._key_mask(src_mask)
         for layer in self.encoder:
