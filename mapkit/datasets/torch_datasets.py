@@ -477,11 +477,18 @@ class SourceLayout:
       phase in the beat, the half bar, the bar), ``beat`` the token's beat
       (the sum of its ``gap_prev_beats`` and those before it; BOS at beat 0);
     - ``n_difficulties`` values: the one-hot difficulty of the level (none when 0).
+
+    ``song_norm``: the mel rows are normalised per band by the song's own mean
+    and standard deviation (over its ``T`` frames) instead of the store's, so
+    the model sees how loud and bright the moment is *for this song*, not
+    which song it is (the store's statistics then only stand in for a song
+    with no spread, e.g. silence).
     """
 
     offsets: tuple = (0,)
     beat_periods: tuple = ()
     n_difficulties: int = 0
+    song_norm: bool = False
 
     def audio_dim(self, n_mels: int) -> int:
         """Length of the audio part: ``len(offsets) * n_mels``."""
@@ -528,6 +535,8 @@ def selection_source(selection: np.ndarray, token_frames: np.ndarray, gaps: np.n
     if pad < 1:
         raise ValueError(f"the stage-2 features need a pad of at least one row for BOS and EOS, got {pad}")
     selection = np.asarray(selection)
+    if layout.song_norm:
+        mean, std = song_statistics(selection, pad, std)
     rows = np.asarray(token_frames)[:, None] + pad + np.asarray(layout.offsets, dtype=np.int64)[None, :]
     rows = np.clip(rows, 0, len(selection) - 1)  # beyond the pads: the pad row (silence)
     mel = (selection[rows].astype(np.float32) - mean) / std  # [n, offsets, n_mels]
@@ -543,6 +552,19 @@ def selection_source(selection: np.ndarray, token_frames: np.ndarray, gaps: np.n
         one_hot[:, int(difficulty)] = 1.0
         parts.append(one_hot)
     return np.concatenate(parts, axis=1)
+
+
+def song_statistics(selection: np.ndarray, pad: int, fallback_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation of one song's stage-2 rows (its ``T`` frames, pads left out).
+
+    A band whose spread is below 1e-3 (log units) keeps ``fallback_std``, so a
+    constant band is not blown up.
+    """
+    song = np.asarray(selection[pad: len(selection) - pad], dtype=np.float32)
+    if not len(song):
+        return np.zeros(selection.shape[1], np.float32), np.asarray(fallback_std, np.float32)
+    mean, std = song.mean(axis=0), song.std(axis=0)
+    return mean, np.where(std > 1e-3, std, fallback_std).astype(np.float32)
 
 
 def read_vocab(store) -> Vocabulary:

@@ -259,6 +259,8 @@ class SelectionConfig(Settings):
     beat_periods: tuple = ()
     #: one-hot difficulty inputs (0: the model is not told the difficulty; the presets: 5)
     n_difficulties: int = 0
+    #: normalise the mel rows by each song's own statistics, not the store's (SourceLayout.song_norm)
+    song_norm: bool = False
     d_model: int = 512
     n_encoder_layers: int = 6
     n_decoder_layers: int = 6
@@ -293,7 +295,7 @@ class SelectionConfig(Settings):
     @property
     def source_layout(self) -> SourceLayout:
         """What the dataset and generation put into each source vector (:func:`~mapkit.datasets.torch_datasets.selection_source`)."""
-        return SourceLayout(tuple(self.audio_offsets), tuple(self.beat_periods), self.n_difficulties)
+        return SourceLayout(tuple(self.audio_offsets), tuple(self.beat_periods), self.n_difficulties, self.song_norm)
 
     @property
     def audio_dim(self) -> int:

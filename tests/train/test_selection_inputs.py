@@ -107,3 +107,23 @@ def test_the_difficulty_input_decides_when_only_it_can():
     assert (right == states).float().mean() > 0.95
     # the first state has no history to copy: the difficulty alone decides it, and swapping it swaps the state
     assert (right[:, 0] == states[:, 0]).all() and (swapped[:, 0] == 9 - states[:, 0]).all()
+
+
+def test_song_norm_uses_the_songs_own_statistics_without_its_pads():
+    rng = np.random.default_rng(0)
+    T, pad = 50, 1
+    song = rng.normal(3.0, 2.0, (T, 2)).astype(np.float32)
+    song[:, 1] = -5.0  # a constant band keeps the store's spread
+    rows = np.concatenate([np.full((pad, 2), -23.0, np.float32), song, np.full((pad, 2), -23.0, np.float32)])
+    store_mean, store_std = np.zeros(2, np.float32), np.full(2, 4.0, np.float32)
+    frames = np.arange(-1, T + 1)
+    gaps = np.zeros((T + 2, 4), np.float32)
+    src = selection_source(rows, frames, gaps, store_mean, store_std, pad, SourceLayout(song_norm=True))
+    np.testing.assert_allclose(src[1:-1, 0].mean(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(src[1:-1, 0].std(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(src[1:-1, 1], 0.0, atol=1e-6)  # (x - its mean) / the store's 4.0
+    np.testing.assert_allclose(src[0, 1], (-23.0 + 5.0) / 4.0, rtol=1e-6)  # BOS reads the pad row
+    louder = selection_source(rows + 10.0, frames, gaps, store_mean, store_std, pad, SourceLayout(song_norm=True))
+    np.testing.assert_allclose(louder[1:-1], src[1:-1], atol=1e-4)  # the same song 10 log units louder
+    plain = selection_source(rows + 10.0, frames, gaps, store_mean, store_std, pad)
+    assert not np.allclose(plain[1:-1, :2], selection_source(rows, frames, gaps, store_mean, store_std, pad)[1:-1, :2])
