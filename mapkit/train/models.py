@@ -294,7 +294,7 @@ class SelectionConfig(Settings):
 
     @property
     def source_layout(self) -> SourceLayout:
-        """What the dataset and generation put into each source vector (:func:`~mapkit.datasets.torch_datasets.selection_source`)."""
+        """What the dataset and generation put into each source vector (``selection_source``)."""
         return SourceLayout(tuple(self.audio_offsets), tuple(self.beat_periods), self.n_difficulties, self.song_norm)
 
     @property
