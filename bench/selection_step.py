@@ -13,6 +13,7 @@ and feed-forward dropout stay at ``--dropout``. Times are CPU seconds
 
     OMP_NUM_THREADS=1 python bench/selection_step.py                       # default model, 1 x 1024 tokens
     OMP_NUM_THREADS=1 python bench/selection_step.py --batch 4 --tokens 512 --attention-dropout 0 0.1 --json
+    OMP_NUM_THREADS=1 python bench/selection_step.py --d-model 128 --layers 2 --heads 4 --d-ff 512 --batch 8 --tokens 512
 
 Exit codes: 0 ok, 1 a child failed.
 """
@@ -36,8 +37,11 @@ def one_run(args) -> dict:
     from mapkit.train.models import SELECTION_PRESETS, SelectionModel, selection_loss
 
     torch.manual_seed(0)
+    sizes = {k: v for k, v in (("d_model", args.d_model), ("n_encoder_layers", args.layers),
+                               ("n_decoder_layers", args.layers), ("n_heads", args.heads), ("d_ff", args.d_ff))
+             if v is not None}
     config = replace(SELECTION_PRESETS[args.preset], attention_dropout=args.attention_dropout[0],
-                     dropout=args.dropout)
+                     dropout=args.dropout, **sizes)
     model = SelectionModel(config).train()
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
     src = torch.randn(args.batch, args.tokens, config.src_dim)
@@ -54,7 +58,7 @@ def one_run(args) -> dict:
         if step >= args.warmup:
             times.append(time.process_time() - t0)
     return {"attention_dropout": args.attention_dropout[0], "dropout": args.dropout, "preset": args.preset,
-            "batch": args.batch, "tokens": args.tokens, "threads": torch.get_num_threads(),
+            "d_model": config.d_model, "layers": config.n_encoder_layers, "batch": args.batch, "tokens": args.tokens, "threads": torch.get_num_threads(),
             "cpu_s_per_step": sum(times) / len(times), "peak_rss_mb": resource.getrusage(
                 resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -62,6 +66,10 @@ def one_run(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="default", choices=("default", "tiny"), help="model (default: default)")
+    parser.add_argument("--d-model", type=int, help="resize the preset: model width")
+    parser.add_argument("--layers", type=int, help="resize the preset: encoder and decoder layers each")
+    parser.add_argument("--heads", type=int, help="resize the preset: attention heads")
+    parser.add_argument("--d-ff", type=int, help="resize the preset: feed-forward width")
     parser.add_argument("--batch", type=int, default=1, help="levels per step (default 1)")
     parser.add_argument("--tokens", type=int, default=1024, help="tokens per level, the crop (default 1024)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps (default 2)")
@@ -80,6 +88,9 @@ def main(argv=None) -> int:
         cmd = [sys.executable, __file__, "--child", "--preset", args.preset, "--batch", str(args.batch),
                "--tokens", str(args.tokens), "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--dropout", str(args.dropout), "--attention-dropout", str(p)]
+        for name in ("d_model", "layers", "heads", "d_ff"):
+            if getattr(args, name) is not None:
+                cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             print(f"error: attention dropout {p}: {done.stderr.strip()[-2000:]}", file=sys.stderr)
@@ -90,6 +101,7 @@ def main(argv=None) -> int:
             print(json.dumps(r))
         else:
             print(f"attention dropout {r['attention_dropout']:<4g} dropout {r['dropout']:<4g} {r['preset']} "
+                  f"(d {r['d_model']}, {r['layers']}+{r['layers']} layers) "
                   f"{r['batch']} x {r['tokens']} tokens, {r['threads']} thread(s): "
                   f"{r['cpu_s_per_step']:.2f} CPU s/step, peak RSS {r['peak_rss_mb']:.0f} MB")
     return 0
