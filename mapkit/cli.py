@@ -603,6 +603,13 @@ def _difficulty_names(ctx, param, values):
         raise click.BadParameter(f"{e}; the names are {', '.join(DIFFICULTIES)} (Expert+ also accepted)") from None
 
 
+def _generate_difficulties(ctx, param, values):
+    """generate --difficulty: canonical names, or 'all' kept as it is; a usage error lists the valid ones."""
+    if any(str(v).strip().lower() == "all" for v in values):
+        return ("all",)
+    return _difficulty_names(ctx, param, values)
+
+
 def _train_options(f):
     """The options both `mapkit train` stages share (applied bottom-up, so listed in reverse)."""
     options = [
@@ -839,8 +846,13 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
               help="Stage-1 checkpoint (mapkit train ddc).")
 @click.option("--selection", type=click.Path(dir_okay=False), default="mapkit-runs/transformer/last.pt",
               show_default=True, help="Stage-2 checkpoint (mapkit train transformer).")
-@click.option("--difficulty", default="Expert", show_default=True, callback=_difficulty_names,
-              help="Easy, Normal, Hard, Expert or ExpertPlus (conditions stage 1; names the difficulty file).")
+@click.option("--difficulty", "difficulties", multiple=True, default=("Expert",), show_default=True,
+              callback=_generate_difficulties,
+              help="Easy, Normal, Hard, Expert or ExpertPlus (conditions stage 1; names the difficulty file); "
+                   "repeatable, or 'all' for the five: one level, one info file, one beatmap each.")
+@click.option("--format", "level_format", type=click.Choice(["v3", "v4"]), default="v3", show_default=True,
+              help="v3: Info.dat v2.1.0 + v3.3.0 beatmaps (tempo as bpmEvents); v4: Info 4.0.1, beatmaps 4.1.0, "
+                   "a lightshow per difficulty and BPMInfo.dat (tempo as bpmData regions).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="mapkit-generated", show_default=True,
               help="Folder for the level folder <song>-mapkit/ and its .zip.")
 @click.option("--beam-size", type=click.IntRange(min=1), default=8, show_default=True,
@@ -860,15 +872,17 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
 @click.option("--baseline", type=click.Path(dir_okay=False), default=None,
               help="With --evaluate: human baseline JSON (mapkit evaluate --save-baseline) for percentiles.")
 @click.option("--force", is_flag=True, help="Replace an earlier generated level of the same name in OUT.")
-def generate_command(song, placement, selection, difficulty, out_dir, beam_size, temperature, seed, threshold,
-                     no_snap, device, threads, evaluate_level, baseline, force):
+def generate_command(song, placement, selection, difficulties, level_format, out_dir, beam_size, temperature, seed,
+                     threshold, no_snap, device, threads, evaluate_level, baseline, force):
     """Generate a playable level for SONG with the two trained models.
 
     SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
-    .zip. Writes OUT/<song>-mapkit/ (Info.dat v2.1.0, <Difficulty>Standard.dat
-    v3.3.0, song.egg, cover.png) and OUT/<song>-mapkit.zip for Beat Saber or
-    BeatSaver. The BPM is estimated from the audio; note times come from
-    stage-1 peaks, notes from a stage-2 beam search. The song name and
+    .zip. Writes OUT/<song>-mapkit/ (Info.dat v2.1.0, a <Difficulty>Standard.dat
+    v3.3.0 per difficulty, song.egg, cover.png; with --format v4 the v4 files)
+    and OUT/<song>-mapkit.zip for Beat Saber or BeatSaver. The tempo map is
+    estimated from the audio (one BPM unless the music's tempo changes); note
+    times come from stage-1 peaks, notes from a stage-2 beam search. Features
+    and tempo are computed once for all difficulties. The song name and
     artist come from the source level's info file or the audio's tags. An
     existing OUT/<song>-mapkit is not replaced without --force. Exit code 2: the level
     was written but something is off (e.g. no notes found; said on stderr).
@@ -878,6 +892,8 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
     Example:
       mapkit generate song.ogg
       mapkit generate song.ogg --difficulty Hard --out levels/ --beam-size 4
+      mapkit generate song.ogg --difficulty all --format v4
+      mapkit generate song.ogg --difficulty Hard --difficulty Expert+
       mapkit generate song.ogg --temperature 0.8 --seed 3 --no-snap
       mapkit generate song.ogg --evaluate --baseline human.json
     """
@@ -890,9 +906,9 @@ def generate_command(song, placement, selection, difficulty, out_dir, beam_size,
             from mapkit.runs.evaluate import load_baseline
 
             human = load_baseline(baseline)  # before generating: a bad file fails fast
-        level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulty,
-                         beam_size=beam_size, temperature=temperature, seed=seed, threshold=threshold,
-                         snap=not no_snap, out_dir=out_dir, force=force, threads=threads)
+        level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulties,
+                         format=level_format, beam_size=beam_size, temperature=temperature, seed=seed,
+                         threshold=threshold, snap=not no_snap, out_dir=out_dir, force=force, threads=threads)
     except MapkitError as e:
         fail(str(e))
     click.echo(level.summary())

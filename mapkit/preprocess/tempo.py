@@ -309,6 +309,40 @@ class TempoMap:
         m = self._bpm[k]
         return float(m) if m.ndim == 0 else m
 
+    def to_regions(self, n_samples: int, sample_rate: float, decimals: int = 6) -> list[tuple[int, int, float, float]]:
+        """v4 audio-data regions ``(si, ei, sb, eb)`` (``bpmData``) that realise this map over the audio.
+
+        One region per segment that starts inside the audio: ``si`` is the
+        sample of the segment's start, ``round(second * sample_rate)``; ``ei``
+        the next region's ``si`` (the last: ``n_samples``); ``sb`` the
+        segment's beat and ``eb`` the next segment's beat (the last: the beat
+        at ``n_samples / sample_rate``, rounded to ``decimals``).
+        :meth:`from_regions` of the result is this map up to the sample
+        rounding of the starts (at most half a sample) within the audio.
+
+        Raises
+        ------
+        TempoError
+            A map with a song offset or not starting at beat 0 on 0 s, or no audio (``n_samples < 1``).
+        """
+        sr = _check_bpm(sample_rate, "sample rate")
+        if self._offset_s != 0 or self._beat[0] != 0 or self._second[0] != 0:
+            raise TempoError("only a map with beat 0 at 0 s and no song offset has audio-data regions")
+        if int(n_samples) < 1:
+            raise TempoError(f"audio-data regions need at least one sample, got {n_samples!r}")
+        n = int(n_samples)
+        starts = [(int(round(s * sr)), float(b)) for b, s in zip(self._beat, self._second)]
+        starts = [(si, b) for si, b in starts if si < n]
+        regions = []
+        for k, (si, sb) in enumerate(starts):
+            if k + 1 < len(starts):
+                ei, eb = starts[k + 1]
+            else:
+                ei, eb = n, round(self.beats(n / sr), decimals)
+            if ei > si and eb > sb:
+                regions.append((si, ei, sb, float(eb)))
+        return regions
+
     # --- properties and serialisation ----------------------------------------------------------
 
     @property

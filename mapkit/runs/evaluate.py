@@ -569,7 +569,7 @@ def evaluate_generated(level, baseline: Baseline | None = None, baseline_path=No
     The written level folder is read back with the level reader and its
     song decoded, so what is measured is exactly what a player gets.
     """
-    report = evaluate_levels([level.folder], baseline=baseline, difficulties=[level.difficulty], audio=True,
+    report = evaluate_levels([level.folder], baseline=baseline, difficulties=list(level.difficulties), audio=True,
                              settings=settings)
     report.baseline = str(baseline_path) if baseline is not None else None
     return report

@@ -4,23 +4,35 @@
          -> stage 1: per-frame note probabilities (``ddc.predict_probabilities``,
             the windows the threshold was validated with)
          -> peak picking (the checkpoint's threshold of the difficulty, smoothing, minimum gap)
-         -> tempo from the audio, note beats (optionally snapped to a 1/16 grid)
+         -> tempo map from the audio, note beats (optionally snapped to a 1/16 grid)
          -> stage 2: one state per peak by beam search (cached keys/values) or sampling
-         -> a level folder (Info.dat v2.1.0, a v3.3.0 difficulty, song.egg, cover.png) and its .zip
+         (stage 1 to stage 2 once per difficulty)
+         -> a level folder (Info.dat v2.1.0 and v3.3.0 difficulties, or every file in v4;
+            song.egg, cover.png) and its .zip
 
-Timing. The level has one constant BPM, estimated from the audio
-(:func:`estimate_tempo`), ``_songTimeOffset`` 0 and beat 0 at audio time 0
-(BeatSaver rejects offsets). A note at ``t`` seconds sits at beat
-``TempoMap.constant(bpm).beats(t)`` (the one beats <-> seconds rule,
+Timing. The level's tempo map is estimated from the audio
+(:func:`~mapkit.preprocess.beats.estimate_tempo_map`: one tempo for a steady
+song, changes only where the music's tempo really changes), ``_songTimeOffset``
+0 and beat 0 at audio time 0 (BeatSaver rejects offsets). It is written as v3
+``bpmEvents`` (Info ``_beatsPerMinute`` = the first tempo) or, with ``--format
+v4``, as the audio-data file's ``bpmData`` regions; for v4 the map used is the
+one those regions define (:meth:`TempoMap.to_regions`, starts on whole
+samples), so the notes' beats are exactly those of the file. A note at ``t``
+seconds sits at beat ``tempo.beats(t)`` (the one beats <-> seconds rule,
 :class:`~mapkit.preprocess.tempo.TempoMap`). With snapping, a beat is moved
-to the nearest 1/16 beat only when the note stays on its own stage-1 frame
-(the snapped time rounds to the same frame, :func:`~mapkit.preprocess.timebase.frame_of`),
-moves by at most ``tolerance_s`` and keeps the notes' order; otherwise it
-stays exact. Either way every note's time rounds to exactly the frame
-stage 1 chose, and the notes of :class:`GeneratedLevel` hold exactly the
-times the level plays (``TempoMap.constant(bpm).seconds(beat)``). The grid's
-phase is that of audio time 0, not of the music's downbeat: aligning it
-would need a lead-in tempo change.
+to the nearest 1/16 beat of that map only when the note stays on its own
+stage-1 frame (the snapped time rounds to the same frame,
+:func:`~mapkit.preprocess.timebase.frame_of`), moves by at most
+``tolerance_s`` and keeps the notes' order; otherwise it stays exact. Either
+way every note's time rounds to exactly the frame stage 1 chose, and the
+notes of :class:`GeneratedDifficulty` hold exactly the times the level plays
+(``tempo.seconds(beat)``). The grid's phase is that of audio time 0, not of
+the music's downbeat: aligning it would need a lead-in tempo change.
+
+Difficulties. One run makes any set of difficulties (``"all"``: the five):
+features, tempo, song.egg and cover once; stage 1 (conditioned on the
+difficulty), its peak threshold, peaks and stage 2 per difficulty; one info
+file lists every difficulty, one beatmap file each.
 
 Stage-2 sources are built as in training: the normalised stage-2 feature row
 of each token's frame (BOS on frame -1, EOS on frame T, i.e. the pad rows)
@@ -40,10 +52,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mapkit.writers.beatmap import difficulty_json, dumps, info_json
+from mapkit.writers.beatmap import difficulty_json, dumps, info_json_levels
 from mapkit.errors import MapkitError
 from mapkit.writers.files import write_level
-from mapkit.preprocess.beats import SNAP_DIVISIONS, estimate_tempo, onset_envelope, short_beats, snap_beats
+from mapkit.preprocess.beats import SNAP_DIVISIONS, estimate_tempo_map, onset_envelope, short_beats, snap_beats
 from mapkit.preprocess.notes import BOMB
 from mapkit.preprocess.targets import notes_from_states
 from mapkit.preprocess.tempo import TempoMap
@@ -55,6 +67,8 @@ DEFAULT_PLACEMENT = "mapkit-runs/ddc/last.pt"
 DEFAULT_SELECTION = "mapkit-runs/transformer/last.pt"
 #: Name of the generated level (folder and zip): ``<song id>-mapkit``.
 LEVEL_SUFFIX = "-mapkit"
+#: Output formats: v3 difficulties + Info v2.1.0, or Info/beatmaps/lightshows/audio data in v4.
+FORMATS = ("v3", "v4")
 
 
 # --------------------------------------------------------------------------- tempo and beats
@@ -117,30 +131,74 @@ def song_egg(source) -> bytes:
 
 
 @dataclass
-class GeneratedLevel:
-    """What :func:`generate_level` made.
+class GeneratedDifficulty:
+    """One difficulty :func:`generate_level` made.
 
     ``notes`` (NOTE_DTYPE, sorted) are exactly the notes written, with the
-    time the level plays them at (``TempoMap.constant(bpm).seconds(beat)``). ``peak_frames`` are
-    the stage-1 peaks (one state each), ``snapped`` says which of them were
-    moved onto the beat grid. ``timings`` maps stage -> seconds: features,
-    tempo, stage1, peaks, stage2, writing. ``warnings`` says what is off
-    about a level that was still written (e.g. no notes found).
+    time the level plays them at (``tempo.seconds(beat)``). ``peak_frames``
+    are the stage-1 peaks above ``threshold`` (one state each), ``snapped``
+    says which of them were moved onto the beat grid. ``objects`` maps an
+    object kind to its records (``OBJECT_DTYPES[kind]``; empty: notes only).
+    ``timings`` maps stage -> seconds: stage1, peaks, stage2.
+    """
+
+    difficulty: str
+    filename: str
+    threshold: float
+    notes: np.ndarray
+    peak_frames: np.ndarray
+    snapped: np.ndarray
+    score: float
+    objects: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    def summary(self, duration_s: float) -> str:
+        """One line: difficulty, notes, bombs, notes per second, snapped, threshold."""
+        n_bombs = int((self.notes["color"] == BOMB).sum())
+        n_notes = len(self.notes) - n_bombs
+        return (f"  {self.difficulty}: {self.filename}, {len(self.peak_frames)} note times, {n_notes} notes "
+                f"({n_notes / max(duration_s, 1e-9):.2f}/s), {n_bombs} bombs, {int(self.snapped.sum())} snapped "
+                f"to 1/{SNAP_DIVISIONS} beat, threshold {self.threshold:g}")
+
+
+@dataclass
+class GeneratedLevel:
+    """What :func:`generate_level` made: one level folder with one or more difficulties.
+
+    ``charts`` are the difficulties, easiest first (:class:`GeneratedDifficulty`);
+    ``difficulty``, ``notes``, ``peak_frames``, ``snapped`` and ``score`` are
+    those of the first (the only one when one was asked for). ``tempo`` is the
+    level's tempo map, ``bpm`` its first tempo. ``timings`` maps stage ->
+    seconds (features, tempo, then stage1, peaks, stage2 summed over the
+    difficulties, writing). ``warnings`` says what is off about a level that
+    was still written (e.g. no notes found).
     """
 
     song_id: str
     folder: Path
     zip_path: Path
-    difficulty: str
-    bpm: float
-    notes: np.ndarray
-    peak_frames: np.ndarray
-    snapped: np.ndarray
+    tempo: TempoMap
+    charts: list
     n_frames: int
     duration_s: float
-    score: float
+    format: str = "v3"
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+
+    @property
+    def bpm(self) -> float:
+        """The first tempo (Info ``_beatsPerMinute`` / ``audio.bpm``)."""
+        return self.tempo.base_bpm
+
+    @property
+    def difficulties(self) -> list:
+        return [c.difficulty for c in self.charts]
+
+    difficulty = property(lambda self: self.charts[0].difficulty)
+    notes = property(lambda self: self.charts[0].notes)
+    peak_frames = property(lambda self: self.charts[0].peak_frames)
+    snapped = property(lambda self: self.charts[0].snapped)
+    score = property(lambda self: self.charts[0].score)
 
     @property
     def exit_code(self) -> int:
@@ -148,13 +206,11 @@ class GeneratedLevel:
         return 2 if self.warnings else 0
 
     def summary(self) -> str:
-        """One human-readable paragraph: where, how many notes, BPM, time per stage."""
-        n_bombs = int((self.notes["color"] == BOMB).sum())
+        """Human-readable: where, format, tempo, time per stage; then one line per difficulty."""
         split = ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
-        return (f"{self.folder} (+ {self.zip_path.name}): {self.difficulty}, {self.bpm:g} BPM, "
-                f"{len(self.peak_frames)} note times, {len(self.notes) - n_bombs} notes, {n_bombs} bombs, "
-                f"{int(self.snapped.sum())} snapped to 1/{SNAP_DIVISIONS} beat; "
+        head = (f"{self.folder} (+ {self.zip_path.name}): {self.format}, {self.tempo.describe()}; "
                 f"{self.duration_s:.1f} s of audio in {sum(self.timings.values()):.1f} s ({split})")
+        return "\n".join([head] + [c.summary(self.duration_s) for c in self.charts])
 
 
 def song_metadata(source) -> tuple[str, str]:
@@ -207,11 +263,11 @@ def _song_source(song):
 
 
 def generate_level(song, placement_model, selection_model, placement_ckpt: dict, selection_ckpt: dict,
-                   difficulty: str = "Expert", beam_size: int = 8, temperature: float | None = None,
+                   difficulty="Expert", beam_size: int = 8, temperature: float | None = None,
                    snap: bool = True, out_dir="mapkit-generated", threshold: float | None = None,
                    seed: int = 0, use_cache: bool = True, name: str | None = None,
-                   force: bool = False) -> GeneratedLevel:
-    """Generate one level of ``song`` with loaded models.
+                   force: bool = False, format: str = "v3") -> GeneratedLevel:
+    """Generate a level of ``song`` with loaded models: one or several difficulties in one folder.
 
     Parameters
     ----------
@@ -223,8 +279,9 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         The models' checkpoints (:func:`mapkit.train.loop.load_checkpoint`):
         normalisation stats, feature settings, ``window`` and
         ``peak_picking`` (stage 1), ``vocab`` (stage 2).
-    difficulty : str
-        Easy, Normal, Hard, Expert or ExpertPlus (aliases like "Expert+" accepted).
+    difficulty : str or sequence of str
+        Easy, Normal, Hard, Expert or ExpertPlus (aliases like "Expert+"
+        accepted), several of them, or ``"all"`` (the five). Written easiest first.
     beam_size : int
         Beams of the stage-2 search (1 = greedy). Ignored when sampling.
     temperature : float, optional
@@ -234,8 +291,8 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     out_dir : path
         The level is written to ``out_dir/<name>/`` and ``out_dir/<name>.zip``.
     threshold : float, optional
-        Peak threshold instead of the checkpoint's (that of ``difficulty`` when
-        validated, else the single best one).
+        Peak threshold for every difficulty instead of the checkpoint's (that
+        of each difficulty when validated, else the single best one).
     seed : int
         Seed of sampling.
     use_cache : bool
@@ -244,23 +301,29 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         Level name (default ``<song id>-mapkit``).
     force : bool
         Replace an existing ``out_dir/<name>`` (else refused before any work).
+    format : str
+        ``"v3"`` (Info.dat v2.1.0 + v3.3.0 difficulties) or ``"v4"`` (Info 4.0.1,
+        beatmaps 4.1.0, a lightshow per difficulty, audio data ``BPMInfo.dat``).
 
     Returns
     -------
     GeneratedLevel
-        A song where stage 1 finds no note still gets its (empty) level,
-        with a "no notes found" entry in ``warnings``.
+        A difficulty where stage 1 finds no note still gets its (empty)
+        beatmap, with a "no notes found" entry in ``warnings``.
 
     Raises
     ------
     MapkitError
         Unreadable song (:class:`~mapkit.errors.AudioError`), checkpoints that
-        do not fit together, or an unknown difficulty.
+        do not fit together, an unknown difficulty or format.
     """
     from mapkit.preprocess.features import song_features
 
-    difficulty, p_setup, s_setup, th = _checked_setups(song, difficulty, placement_ckpt, selection_ckpt,
-                                                       selection_model, threshold)
+    difficulties = _difficulty_names(song, difficulty)
+    if format not in FORMATS:
+        raise MapkitError(song, f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")
+    p_setup, s_setup, thresholds = _checked_setups(song, difficulties, placement_ckpt, selection_ckpt,
+                                                   selection_model, threshold)
     settings = p_setup.feature_settings
     timings = {}
     with _timed(timings, "features"):
@@ -269,47 +332,96 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         _refuse_overwrite(out_dir, level_name, force)
         feats = song_features(source, settings)  # the code of mapkit extract, float16 as the store holds it
     with _timed(timings, "tempo"):
-        # the middle FFT size (2048) of the placement features: librosa's default onset resolution
-        column = len(settings.placement_n_ffts) // 2
-        bpm = estimate_tempo(onset_envelope(settings.unpad("placement", feats.placement)[:, column]), settings.fps)
-    with _timed(timings, "stage1"):
-        probs = _note_probabilities(placement_model, p_setup, feats.placement, difficulty)
-    with _timed(timings, "peaks"):
-        frames, beats, snapped = _note_beats(probs, th, p_setup, bpm, feats.duration_s, snap)
-    with _timed(timings, "stage2"):
-        notes, score = _note_states(selection_model, s_setup, feats, frames, beats, bpm, difficulty,
-                                    temperature=temperature, beam_size=beam_size, seed=seed, use_cache=use_cache)
+        tempo, egg = _song_tempo(source, feats, settings, format)
+    charts = []
+    for difficulty in difficulties:
+        own = {}
+        chart = GeneratedDifficulty(difficulty, _beatmap_filename(difficulty), thresholds[difficulty],
+                                    *_chart(placement_model, selection_model, p_setup, s_setup, feats, tempo,
+                                            difficulty, thresholds[difficulty], snap, temperature=temperature,
+                                            beam_size=beam_size, seed=seed, use_cache=use_cache, timings=own),
+                                    timings=own)
+        charts.append(chart)
+        for stage, seconds in own.items():
+            timings[stage] = timings.get(stage, 0.0) + seconds
     with _timed(timings, "writing"):
         out_dir = Path(out_dir)
         if (out_dir / level_name).resolve() == Path(source.path).resolve():
             raise MapkitError(out_dir / level_name, "the generated level would replace the input song; choose --out")
-        written = write_level(out_dir, level_name, _level_files(source, difficulty, bpm, notes, feats, settings))
-    warnings = []
-    if len(frames) == 0:
-        warnings.append(f"no notes found: stage 1 put no peak above the threshold {th:g} in the "
-                        f"{feats.duration_s:.2f} s of {source.path}; the level was written without notes")
-    return GeneratedLevel(song_id=source.song_id, folder=written["folder"], zip_path=written["zip"],
-                          difficulty=difficulty, bpm=bpm, notes=notes, peak_frames=frames, snapped=snapped,
-                          n_frames=feats.n_frames, duration_s=feats.duration_s, score=score, timings=timings,
-                          warnings=warnings)
+        written = write_level(out_dir, level_name, _level_files(source, tempo, charts, feats, settings, format, egg))
+    warnings = [f"no notes found for {c.difficulty}: stage 1 put no peak above the threshold {c.threshold:g} in "
+                f"the {feats.duration_s:.2f} s of {source.path}; its beatmap was written without notes"
+                for c in charts if len(c.peak_frames) == 0]
+    return GeneratedLevel(song_id=source.song_id, folder=written["folder"], zip_path=written["zip"], tempo=tempo,
+                          charts=charts, n_frames=feats.n_frames, duration_s=feats.duration_s, format=format,
+                          timings=timings, warnings=warnings)
+
+
+def _difficulty_names(song, difficulty) -> list:
+    """Canonical difficulty names, easiest first, each once: ``"all"`` is the five; MapkitError for unknown ones."""
+    from mapkit.preprocess.difficulties import DIFFICULTIES, canonical_difficulty
+
+    names = [difficulty] if isinstance(difficulty, str) else list(difficulty)
+    if any(str(n).strip().lower() == "all" for n in names):
+        return list(DIFFICULTIES)
+    try:
+        chosen = {canonical_difficulty(n) for n in names}
+    except ValueError as e:
+        raise MapkitError(song, str(e)) from None
+    if not chosen:
+        raise MapkitError(song, "no difficulty asked for")
+    return [d for d in DIFFICULTIES if d in chosen]
+
+
+def _beatmap_filename(difficulty: str) -> str:
+    return f"{difficulty}Standard.dat"
+
+
+def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, difficulty: str, th: float,
+           snap: bool, timings: dict, **decoding) -> tuple:
+    """One difficulty, stage 1 to stage 2: ``(notes, peak frames, snapped, score)``; its stage times are
+    added to ``timings``."""
+    with _timed(timings, "stage1"):
+        probs = _note_probabilities(placement_model, p_setup, feats.placement, difficulty)
+    with _timed(timings, "peaks"):
+        frames, beats, snapped = _note_beats(probs, th, p_setup, tempo, feats.duration_s, snap)
+    with _timed(timings, "stage2"):
+        notes, score = _note_states(selection_model, s_setup, feats, frames, beats, tempo, difficulty, **decoding)
+    return notes, frames, snapped, score
+
+
+def _song_tempo(source, feats, settings, format: str):
+    """The level's tempo map from the placement features, and the song.egg bytes when ``format`` needs
+    them now (v4: the map of the audio-data regions, whose starts lie on whole samples of song.egg)."""
+    # the middle FFT size (2048) of the placement features: librosa's default onset resolution
+    column = len(settings.placement_n_ffts) // 2
+    tempo = estimate_tempo_map(onset_envelope(settings.unpad("placement", feats.placement)[:, column]), settings.fps)
+    if format != "v4":
+        return tempo, None
+    egg = song_egg(source)
+    n_samples, rate = _audio_size(egg)
+    return TempoMap.from_regions(tempo.base_bpm, tempo.to_regions(n_samples, rate), rate), egg
+
+
+def _audio_size(egg: bytes) -> tuple[int, int]:
+    """``(samples, sample rate)`` of Ogg Vorbis bytes."""
+    import soundfile as sf
+
+    info = sf.info(io.BytesIO(egg))
+    return int(info.frames), int(info.samplerate)
 
 
 @contextmanager
 def _timed(timings: dict, stage: str):
-    """Record the seconds the block takes as ``timings[stage]``."""
+    """Add the seconds the block takes to ``timings[stage]``."""
     clock = time.perf_counter()
     yield
-    timings[stage] = time.perf_counter() - clock
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - clock
 
 
-def _checked_setups(song, difficulty: str, placement_ckpt: dict, selection_ckpt: dict, selection_model, threshold):
-    """``(canonical difficulty, PlacementSetup, SelectionSetup, threshold)``; MapkitError when they do not fit."""
-    from mapkit.preprocess.difficulties import canonical_difficulty
-
-    try:
-        difficulty = canonical_difficulty(difficulty)
-    except ValueError as e:
-        raise MapkitError(song, str(e)) from None
+def _checked_setups(song, difficulties: list, placement_ckpt: dict, selection_ckpt: dict, selection_model,
+                    threshold):
+    """``(PlacementSetup, SelectionSetup, {difficulty: threshold})``; MapkitError when they do not fit."""
     p_setup = PlacementSetup.from_checkpoint(placement_ckpt)
     s_setup = SelectionSetup.from_checkpoint(selection_ckpt)
     if p_setup.feature_settings != s_setup.feature_settings:
@@ -318,11 +430,11 @@ def _checked_setups(song, difficulty: str, placement_ckpt: dict, selection_ckpt:
     if len(s_setup.vocab) != selection_model.config.vocab_size:
         raise MapkitError(song, f"the stage-2 vocabulary has {len(s_setup.vocab)} tokens, "
                                 f"the model {selection_model.config.vocab_size}")
-    th = p_setup.threshold_for(difficulty) if threshold is None else float(threshold)
-    if th is None:
+    thresholds = {d: p_setup.threshold_for(d) if threshold is None else float(threshold) for d in difficulties}
+    if any(th is None for th in thresholds.values()):
         raise MapkitError(song, "the stage-1 checkpoint holds no validated threshold (trained without a "
                                 "validation split); pass a threshold")
-    return difficulty, p_setup, s_setup, th
+    return p_setup, s_setup, thresholds
 
 
 def _note_probabilities(placement_model, p_setup: PlacementSetup, placement: np.ndarray, difficulty: str):
@@ -339,22 +451,21 @@ def _note_probabilities(placement_model, p_setup: PlacementSetup, placement: np.
                                      device=next(placement_model.parameters()).device)
 
 
-def _note_beats(probs, th: float, p_setup: PlacementSetup, bpm: float, duration_s: float, snap: bool):
-    """Peaks inside the audio, as ``(frames, beats, snapped)``: beats at ``bpm`` (snapped to 1/16 where the note
-    stays on its frame), written short, every one still on its frame."""
+def _note_beats(probs, th: float, p_setup: PlacementSetup, tempo: TempoMap, duration_s: float, snap: bool):
+    """Peaks inside the audio, as ``(frames, beats, snapped)``: beats of ``tempo`` (snapped to 1/16 of its grid
+    where the note stays on its frame), written short, every one still on its frame."""
     from mapkit.preprocess.peaks import pick_peaks
 
     fps = p_setup.feature_settings.fps
     frames = pick_peaks(probs, th, p_setup.min_gap_frames, p_setup.smoothing)
     exact_s = frame_time(frames, fps)
     frames, exact_s = frames[exact_s < duration_s], exact_s[exact_s < duration_s]  # inside the audio
-    tempo = TempoMap.constant(bpm)
     exact_beats = tempo.beats(exact_s)
     if snap:
-        beats, snapped = snap_beats(exact_beats, bpm, end_beat=tempo.beats(duration_s), fps=fps)
+        beats, snapped = snap_beats(exact_beats, tempo, end_beat=tempo.beats(duration_s), fps=fps)
     else:
         beats, snapped = exact_beats, np.zeros(len(frames), dtype=bool)
-    return frames, short_beats(beats, bpm), snapped  # 3.8, not 3.8002399999999996, on the same frames
+    return frames, short_beats(beats, tempo), snapped  # 3.8, not 3.8002399999999996, on the same frames
 
 
 def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats, bpm: float, difficulty: str,
@@ -369,7 +480,7 @@ def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats,
     from mapkit.train.decoding import beam_search, sample
 
     settings, T = s_setup.feature_settings, feats.n_frames
-    tempo = TempoMap.constant(bpm)
+    tempo = bpm if isinstance(bpm, TempoMap) else TempoMap.constant(bpm)
     times = tempo.seconds(beats)
     seq = token_sequence(frames, np.zeros(len(frames), np.int32), times, beats, T,
                          end_beat=song_end_beat(tempo, T, settings.fps), fps=settings.fps)
@@ -388,18 +499,42 @@ def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats,
     return notes_from_states(times, beats, states), hyp.score
 
 
-def _level_files(source, difficulty: str, bpm: float, notes, feats, settings) -> dict:
-    """The files of the generated level: Info.dat v2.1.0, one v3.3.0 difficulty, song.egg, cover.png."""
+def _level_files(source, tempo: TempoMap, charts: list, feats, settings, format: str = "v3",
+                 egg: bytes | None = None) -> dict:
+    """The files of the generated level: the info file listing every difficulty, a beatmap per difficulty
+    (each with its chart's ``objects``: kind -> records), song.egg, cover.png; v4 also the audio-data file
+    and a lightshow per difficulty."""
     from mapkit.writers.png import png_bytes
 
-    beatmap = f"{difficulty}Standard.dat"
     title, author = song_metadata(source)
-    return {
-        "Info.dat": dumps(info_json(title, bpm, difficulty, beatmap, feats.duration_s, author=author), pretty=True),
-        beatmap: dumps(difficulty_json(notes, bpm)),
-        "song.egg": song_egg(source),
-        "cover.png": png_bytes(cover_image(settings.unpad("selection", feats.selection))),
+    egg = song_egg(source) if egg is None else egg
+    beatmaps = [(c.difficulty, c.filename) for c in charts]
+    if format == "v4":
+        files = _v4_files(title, author, tempo, charts, feats.duration_s, egg)
+    else:
+        files = {"Info.dat": dumps(info_json_levels(title, tempo.base_bpm, beatmaps, feats.duration_s, author=author),
+                                   pretty=True)}
+        files.update({c.filename: dumps(difficulty_json(c.notes, tempo)) for c in charts})
+    files["song.egg"] = egg
+    files["cover.png"] = png_bytes(cover_image(settings.unpad("selection", feats.selection)))
+    return files
+
+
+def _v4_files(title: str, author: str, tempo: TempoMap, charts: list, duration_s: float, egg: bytes) -> dict:
+    """Info.dat v4, BPMInfo.dat (the tempo's regions over song.egg), and each difficulty's beatmap and lightshow."""
+    from mapkit.writers import v4
+
+    n_samples, rate = _audio_size(egg)
+    files = {
+        "Info.dat": dumps(v4.v4_info(title, tempo.base_bpm, [(c.difficulty, c.filename) for c in charts],
+                                     duration_s, author=author), pretty=True),
+        v4.AUDIO_DATA_FILENAME: dumps(v4.v4_audio_data(tempo.to_regions(n_samples, rate), n_samples, rate,
+                                                       checksum=hashlib.sha1(egg).hexdigest()), pretty=True),
     }
+    for c in charts:
+        files[c.filename] = dumps(v4.v4_beatmap(c.notes, c.objects))
+        files[v4.lightshow_filename(c.difficulty)] = dumps(v4.v4_lightshow(c.objects))
+    return files
 
 
 def missing_checkpoints(placement, selection) -> str | None:

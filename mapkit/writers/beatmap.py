@@ -39,11 +39,25 @@ def v3_difficulty(color_notes: list, bomb_notes: list, bpm_events: list, light_e
         "useNormalEventsAsCompatibleEvents": bool(compatible_events), "customData": {},
     }
 
-def difficulty_json(notes: np.ndarray, bpm: float) -> dict:
+def bpm_events(tempo) -> list:
+    """v3 ``bpmEvents`` of a tempo: ``{b, m}`` at beat 0 with the first tempo, then one per change.
+
+    ``tempo`` is a BPM or a :class:`~mapkit.preprocess.tempo.TempoMap` with
+    beat 0 at 0 s; :meth:`TempoMap.from_bpm_events(first bpm, events)
+    <mapkit.preprocess.tempo.TempoMap.from_bpm_events>` rebuilds the map.
+    """
+    from mapkit.preprocess.tempo import TempoMap
+
+    segments = tempo.segments if isinstance(tempo, TempoMap) else [(0.0, 0.0, float(tempo))]
+    return [{"b": float(b), "m": float(m)} for b, _, m in segments]
+
+
+def difficulty_json(notes: np.ndarray, tempo) -> dict:
     """A v3.3.0 difficulty holding ``notes`` (NOTE_DTYPE) at their ``beat``; no walls, arcs or lights.
 
-    Every field is written (no defaulted properties) and the tempo is also
-    given as a ``bpmEvents`` entry at beat 0, as the official editor does.
+    Every field is written (no defaulted properties) and the tempo (a BPM or
+    a :class:`~mapkit.preprocess.tempo.TempoMap`) is given as ``bpmEvents``
+    (:func:`bpm_events`): the first at beat 0, as the official editor does.
     """
     color, bomb = [], []
     for n in notes:
@@ -52,7 +66,7 @@ def difficulty_json(notes: np.ndarray, bpm: float) -> dict:
         else:
             color.append({"b": float(n["beat"]), "x": int(n["column"]), "y": int(n["row"]), "c": int(n["color"]),
                           "d": int(n["direction"]), "a": 0})
-    return v3_difficulty(color, bomb, [{"b": 0.0, "m": float(bpm)}], compatible_events=True)
+    return v3_difficulty(color, bomb, bpm_events(tempo), compatible_events=True)
 
 
 def _rgba(hex_rgb: str) -> dict:
@@ -62,14 +76,19 @@ def _rgba(hex_rgb: str) -> dict:
 
 def info_json(title: str, bpm: float, difficulty: str, beatmap_filename: str, duration_s: float,
               author: str = "") -> dict:
-    """An ``Info.dat`` v2.1.0 for one Standard difficulty.
+    """An ``Info.dat`` v2.1.0 for one Standard difficulty (:func:`info_json_levels` with one)."""
+    return info_json_levels(title, bpm, [(difficulty, beatmap_filename)], duration_s, author=author)
 
-    ``_songTimeOffset`` is 0 and ``_beatmapColorSchemeIdx`` 0 names the one
+
+def info_json_levels(title: str, bpm: float, beatmaps: list, duration_s: float, author: str = "") -> dict:
+    """An ``Info.dat`` v2.1.0 listing Standard difficulties: ``beatmaps`` is ``[(difficulty, file name), ...]``.
+
+    ``_beatsPerMinute`` is ``bpm`` (the first tempo: v3 ``bpmEvents`` carry
+    the changes). ``_songTimeOffset`` is 0 and ``_beatmapColorSchemeIdx`` 0 names the one
     scheme in ``_colorSchemes`` (BeatSaver rejects an index out of range);
     that scheme has ``useOverride`` false, so the environment's own colours
     are used.
     """
-    rank, njs = DIFFICULTY_SPECS[difficulty]
     colors = {"saberAColor": "C81414", "saberBColor": "288ED2", "environmentColor0": "D91616",
               "environmentColor1": "30ACFF", "obstaclesColor": "FF3030", "environmentColor0Boost": "D216D9",
               "environmentColor1Boost": "00FFA5"}
@@ -87,9 +106,10 @@ def info_json(title: str, bpm: float, difficulty: str, beatmap_filename: str, du
         "_difficultyBeatmapSets": [{
             "_beatmapCharacteristicName": "Standard",
             "_difficultyBeatmaps": [{
-                "_difficulty": difficulty, "_difficultyRank": rank, "_beatmapFilename": beatmap_filename,
-                "_noteJumpMovementSpeed": njs, "_noteJumpStartBeatOffset": 0, "_beatmapColorSchemeIdx": 0,
+                "_difficulty": difficulty, "_difficultyRank": DIFFICULTY_SPECS[difficulty].rank,
+                "_beatmapFilename": filename, "_noteJumpMovementSpeed": DIFFICULTY_SPECS[difficulty].njs,
+                "_noteJumpStartBeatOffset": 0, "_beatmapColorSchemeIdx": 0,
                 "_environmentNameIdx": 0, "_customData": {"_difficultyLabel": "mapkit"},
-            }],
+            } for difficulty, filename in beatmaps],
         }],
     }
