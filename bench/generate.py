@@ -118,8 +118,9 @@ def per_note_cost(selection, n_notes: int, beam_size: int, window, runs: int) ->
     from mapkit.train.decoding import beam_search
 
     g = torch.Generator().manual_seed(n_notes)
-    src = torch.cat([torch.randn(n_notes + 2, selection.config.n_mels, generator=g),
-                     torch.rand(n_notes + 2, selection.config.n_gaps, generator=g)], dim=1)
+    c = selection.config
+    src = torch.cat([torch.randn(n_notes + 2, c.audio_dim, generator=g),  # then gaps, phases, difficulty
+                     torch.rand(n_notes + 2, c.src_dim - c.audio_dim, generator=g)], dim=1)
     with torch.inference_mode():
         timing, _ = measure(lambda: beam_search(selection, src, None, n_notes, beam_size=beam_size, window=window),
                             repeat=runs)

@@ -163,7 +163,7 @@ if recompute:
     recompute_layers(model)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 V = model.config.vocab_size
-src, tokens = torch.randn(B, T, 104).abs(), torch.randint(4, V, (B, T))
+src, tokens = torch.randn(B, T, SELECTION_PRESETS["default"].src_dim).abs(), torch.randint(4, V, (B, T))
 mask = torch.ones(B, T, dtype=torch.bool)
 base, t = hwm(), time.process_time()
 loss = selection_loss(model(src, mask, tokens[:, :-1], mask[:, :-1]), tokens[:, 1:])
@@ -242,7 +242,7 @@ def main(argv=None):
                        lambda m, b: onset_loss(m(b[0], b[1]), b[2], 20.0))
     sm = SelectionModel(SELECTION_PRESETS["default"])
     V = SELECTION_PRESETS["default"].vocab_size
-    s_step = step_time(sm, lambda: (torch.randn(16, 256, 104).abs(), torch.randint(4, V, (16, 256))),
+    s_step = step_time(sm, lambda: (torch.randn(16, 256, sm.config.src_dim).abs(), torch.randint(4, V, (16, 256))),
                        lambda m, b: selection_loss(m(b[0], None, b[1][:, :-1]), b[1][:, 1:]), repeat=3)
     print(f"(c) CPU step, C-LSTM default, 32 x {L} frames:      {p_step * 1000:8.0f} CPU ms  "
           f"(needs {32 / p_step:6.0f} windows per CPU s)")

@@ -847,7 +847,8 @@ def train_objects_command(store, out, val_fraction, seed):
 @_preset_option("--heads", "n_heads", field="model.n_heads", type=click.IntRange(min=1), help="Attention heads.")
 @_preset_option("--d-ff", field="model.d_ff", type=click.IntRange(min=1),
                 help="Feed-forward width (4 x --d-model when that is given).")
-@_preset_option("--dropout", field="model.dropout", type=click.FloatRange(0.0, 1.0, max_open=True), help="Dropout.")
+@_preset_option("--dropout", field="model.dropout", type=click.FloatRange(0.0, 1.0, max_open=True),
+                help="Dropout of the residual, feed-forward and input layers (none on the attention weights).")
 @_preset_option("--max-tokens", field="max_tokens", type=click.IntRange(min=2),
                 help="Longer levels are cropped to a random window of this many tokens.")
 def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, max_tokens, **kw):

@@ -375,10 +375,11 @@ class SelectionDataset(torch.utils.data.Dataset):
     Each item is a dict:
 
     - ``tokens`` int64 ``[n+2]``: BOS, states, EOS (the only integer data);
-    - ``src`` float32 ``[n+2, 100 + 4]``: per token, the normalised stage-2 row
-      of its frame (padded row ``frame + 1``; BOS and EOS read the pad rows)
-      followed by ``gap_prev_s, gap_next_s, gap_prev_beats, gap_next_beats``
-      exactly as stored (floats, never truncated);
+    - ``src`` float32 ``[n+2, layout.dim(100)]``: per token, the normalised
+      stage-2 rows around its frame (``layout.offsets``; padded row ``frame + 1``
+      for offset 0; BOS and EOS read the pad rows) followed by ``gap_prev_s,
+      gap_next_s, gap_prev_beats, gap_next_beats`` exactly as stored (floats,
+      never truncated), the beat phase and the difficulty (:func:`selection_source`);
     - ``token_frames`` int64 ``[n+2]``, ``difficulty`` int64, ``level`` int64;
     - ``one_hot`` float32 ``[n+2, 12, 20]`` only with ``one_hot=True``: the seed
       design's state tensors, made from the tokens (not stored).
@@ -396,14 +397,17 @@ class SelectionDataset(torch.utils.data.Dataset):
     one_hot : bool
     max_tokens : int, optional
     jitter : bool
+    layout : SourceLayout, optional
+        What each source vector holds (default: the offset-0 row and the gaps only).
     """
 
     def __init__(self, store, song_ids=None, stats: dict | None = None, characteristic: str = "Standard",
                  difficulties=None, vocab: Vocabulary | None = None, one_hot: bool = False,
                  max_tokens: int | None = None, jitter: bool = True, seed: int = 0, exclude_flagged: bool = False,
-                 feature_settings: FeatureSettings = FeatureSettings()):
+                 feature_settings: FeatureSettings = FeatureSettings(), layout: "SourceLayout | None" = None):
         store = store if isinstance(store, Store) else Store(store)
         self.pad = feature_settings.selection_pad
+        self.layout = layout or SourceLayout()
         self.levels = store_levels(store, song_ids, characteristic, difficulties, exclude_flagged)
         self.mean, self.std = stage_stats(stats if stats is not None else store.read_stats(), "selection")
         self.one_hot = bool(one_hot)
@@ -436,7 +440,8 @@ class SelectionDataset(torch.utils.data.Dataset):
         if frames.size and (frames[0] + 1 < 0 or frames[-1] + 1 >= len(rows)):
             raise StoreError(level.target_shard, f"{level.target_group}: token frames outside the features; "
                                                  f"run mapkit validate")
-        src = selection_source(rows, frames, gaps, self.mean, self.std, self.pad)
+        src = selection_source(rows, frames, gaps, self.mean, self.std, self.pad, self.layout,
+                               level.difficulty_index)
         return {"tokens": tokens, "token_frames": frames, "src": src}
 
     def __getitem__(self, index: int) -> dict:
@@ -460,9 +465,49 @@ class SelectionDataset(torch.utils.data.Dataset):
         self._handles.close()
 
 
+@dataclass(frozen=True)
+class SourceLayout:
+    """What a stage-2 source vector holds, in this order (:func:`selection_source`).
+
+    - the audio: ``len(offsets)`` normalised stage-2 rows, those of frames
+      ``f + o`` for each offset ``o`` around the token's frame ``f`` (rows
+      beyond the pads read the nearest pad row, silence);
+    - the timing: the 4 stored gaps, then ``sin`` and ``cos`` of
+      ``2 pi beat / P`` for each period ``P`` of ``beat_periods`` (the note's
+      phase in the beat, the half bar, the bar), ``beat`` the token's beat
+      (the sum of its ``gap_prev_beats`` and those before it; BOS at beat 0);
+    - ``n_difficulties`` values: the one-hot difficulty of the level (none when 0).
+
+    ``song_norm``: the mel rows are normalised per band by the song's own mean
+    and standard deviation (over its ``T`` frames) instead of the store's, so
+    the model sees how loud and bright the moment is *for this song*, not
+    which song it is (the store's statistics then only stand in for a song
+    with no spread, e.g. silence).
+    """
+
+    offsets: tuple = (0,)
+    beat_periods: tuple = ()
+    n_difficulties: int = 0
+    song_norm: bool = False
+
+    def audio_dim(self, n_mels: int) -> int:
+        """Length of the audio part: ``len(offsets) * n_mels``."""
+        return len(self.offsets) * n_mels
+
+    @property
+    def timing_dim(self) -> int:
+        """Length of the timing part: 4 gaps and 2 phase values per period."""
+        return len(GAP_NAMES) + 2 * len(self.beat_periods)
+
+    def dim(self, n_mels: int) -> int:
+        """Length of a whole source vector."""
+        return self.audio_dim(n_mels) + self.timing_dim + self.n_difficulties
+
+
 def selection_source(selection: np.ndarray, token_frames: np.ndarray, gaps: np.ndarray, mean: np.ndarray,
-                     std: np.ndarray, pad: int) -> np.ndarray:
-    """Stage-2 source vectors ``[n+2, n_mels + 4]`` of one level: training and generation both call this.
+                     std: np.ndarray, pad: int, layout: SourceLayout = SourceLayout(),
+                     difficulty: int | None = None) -> np.ndarray:
+    """Stage-2 source vectors ``[n+2, layout.dim(n_mels)]`` of one level: training and generation both call this.
 
     Parameters
     ----------
@@ -476,16 +521,50 @@ def selection_source(selection: np.ndarray, token_frames: np.ndarray, gaps: np.n
         Per-band normalisation (:func:`stage_stats`).
     pad : int
         The stored stage-2 pad (``FeatureSettings.selection_pad``, at least 1: BOS and EOS sit on pad rows).
+    layout : SourceLayout
+        Which rows, timing and difficulty values (default: the token's own row and the gaps).
+    difficulty : int, optional
+        Difficulty index 0..4 (Easy..ExpertPlus); needed when ``layout.n_difficulties``.
 
     Returns
     -------
-    np.ndarray [n+2, n_mels + 4] float32
-        The normalised feature row of each token's frame, then its four gaps.
+    np.ndarray [n+2, layout.dim(n_mels)] float32
+        Per token: its normalised feature rows (offset by offset), its gaps, its
+        beat phases, its level's one-hot difficulty.
     """
     if pad < 1:
         raise ValueError(f"the stage-2 features need a pad of at least one row for BOS and EOS, got {pad}")
-    mel = (np.asarray(selection)[np.asarray(token_frames) + pad].astype(np.float32) - mean) / std
-    return np.concatenate([mel, np.asarray(gaps, dtype=np.float32)], axis=1)
+    selection = np.asarray(selection)
+    if layout.song_norm:
+        mean, std = song_statistics(selection, pad, std)
+    rows = np.asarray(token_frames)[:, None] + pad + np.asarray(layout.offsets, dtype=np.int64)[None, :]
+    rows = np.clip(rows, 0, len(selection) - 1)  # beyond the pads: the pad row (silence)
+    mel = (selection[rows].astype(np.float32) - mean) / std  # [n, offsets, n_mels]
+    parts = [mel.reshape(len(rows), -1), np.asarray(gaps, dtype=np.float32)]
+    if layout.beat_periods:
+        beat = np.cumsum(np.asarray(gaps, dtype=np.float64)[:, GAP_NAMES.index("gap_prev_beats")])
+        angle = 2 * np.pi * beat[:, None] / np.asarray(layout.beat_periods, dtype=np.float64)[None, :]
+        parts += [np.sin(angle).astype(np.float32), np.cos(angle).astype(np.float32)]
+    if layout.n_difficulties:
+        if difficulty is None or not 0 <= int(difficulty) < layout.n_difficulties:
+            raise ValueError(f"a difficulty index in [0, {layout.n_difficulties}) is needed, got {difficulty}")
+        one_hot = np.zeros((len(rows), layout.n_difficulties), dtype=np.float32)
+        one_hot[:, int(difficulty)] = 1.0
+        parts.append(one_hot)
+    return np.concatenate(parts, axis=1)
+
+
+def song_statistics(selection: np.ndarray, pad: int, fallback_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation of one song's stage-2 rows (its ``T`` frames, pads left out).
+
+    A band whose spread is below 1e-3 (log units) keeps ``fallback_std``, so a
+    constant band is not blown up.
+    """
+    song = np.asarray(selection[pad: len(selection) - pad], dtype=np.float32)
+    if not len(song):
+        return np.zeros(selection.shape[1], np.float32), np.asarray(fallback_std, np.float32)
+    mean, std = song.mean(axis=0), song.std(axis=0)
+    return mean, np.where(std > 1e-3, std, fallback_std).astype(np.float32)
 
 
 def read_vocab(store) -> Vocabulary:
@@ -498,7 +577,7 @@ def collate_selection(items: list[dict]) -> dict:
     """Right-pad a batch of :class:`SelectionDataset` items.
 
     Returns a dict with ``tokens`` int64 ``[B, S]`` padded with PAD,
-    ``src`` float32 ``[B, S, 104]`` padded with 0.0, ``mask`` bool ``[B, S]``
+    ``src`` float32 ``[B, S, source length]`` padded with 0.0, ``mask`` bool ``[B, S]``
     (True on real positions), ``token_frames`` int64 padded with -2 (no
     frame), ``lengths`` int64 ``[B]``, ``difficulty`` and ``level`` ``[B]``,
     and ``one_hot`` ``[B, S, 12, 20]`` (zeros on padding) when the items have it.

@@ -525,6 +525,7 @@ def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats,
 
     from mapkit.datasets.schema import GAP_NAMES
     from mapkit.datasets.torch_datasets import selection_source
+    from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
     from mapkit.preprocess.targets import token_sequence
     from mapkit.train.decoding import beam_search, sample
     from mapkit.train.flow import FlowConstraint, vocab_features
@@ -536,7 +537,8 @@ def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats,
                          end_beat=song_end_beat(tempo, T, settings.fps), fps=settings.fps)
     gaps = np.stack([getattr(seq, name) for name in GAP_NAMES], axis=1)
     src = torch.from_numpy(selection_source(feats.selection, seq.token_frames, gaps, s_setup.mean, s_setup.std,
-                                            settings.selection_pad))
+                                            settings.selection_pad, selection_model.config.source_layout,
+                                            DIFFICULTY_INDEX[difficulty]))
     constraint = None if flow is None else FlowConstraint(vocab_features(s_setup.vocab), times, difficulty, flow)
     with torch.inference_mode():
         if temperature is not None:

@@ -2,18 +2,19 @@
 
 A model conditioned on the music must do worse when the music is taken
 away. :func:`audio_ablation` evaluates one model on the same validation
-levels several times, each time with the mel part of every source vector
-(:func:`~mapkit.datasets.torch_datasets.selection_source`) replaced; the
-gaps (the timing) are left as they are, except in ``gaps``:
+levels several times, each time with the audio part of every source vector
+(:func:`~mapkit.datasets.torch_datasets.selection_source`: the mel rows
+around each note) replaced; the timing (gaps, beat phase) and the
+difficulty are left as they are, except in ``gaps``:
 
 - ``real``: unchanged (the reference);
-- ``zeros``: every mel row set to 0, the training mean after normalisation;
-- ``shuffle``: the level's own mel rows in a random order (the same song's
-  sound, at the wrong notes);
-- ``other``: the mel rows of a level of another validation song, repeated
-  or cut to this level's length (needs at least two validation songs);
-- ``gaps``: the audio kept, the level's gap rows (the timing) in a random
-  order instead: does the model use the timing?
+- ``zeros``: all audio set to 0, the training mean after normalisation;
+- ``shuffle``: the level's own audio vectors in a random order (the same
+  song's sound, at the wrong notes);
+- ``other``: the audio vectors of a level of another validation song,
+  repeated or cut to this level's length (needs at least two validation songs);
+- ``gaps``: the audio kept, the level's timing vectors (gaps and beat
+  phases) in a random order instead: does the model use the timing?
 
 The training run writes the result into ``metrics.jsonl`` at its end (one
 record per mode, ``"split": "ablation"``); :func:`checkpoint_ablation` and
@@ -29,34 +30,35 @@ import torch
 ABLATIONS = ("zeros", "shuffle", "other", "gaps")
 
 
-def ablated_source(src: np.ndarray, n_mels: int, mode: str, rng: np.random.Generator | None = None,
+def ablated_source(src: np.ndarray, n_audio: int, mode: str, rng: np.random.Generator | None = None,
                    other: np.ndarray | None = None) -> np.ndarray:
-    """A copy of one level's source ``[S, n_mels + n_gaps]`` with its mel part (or, ``gaps``, its gaps) replaced.
+    """A copy of one level's source ``[S, n_audio + ...]`` with its audio part (or, ``gaps``, the rest) replaced.
 
     Parameters
     ----------
-    src : np.ndarray [S, n_mels + n_gaps]
-        Normalised mel rows, then the gaps (kept).
-    n_mels : int
+    src : np.ndarray [S, n_audio + ...]
+        The audio (normalised mel rows), then the timing and the difficulty (kept).
+    n_audio : int
+        Length of the audio part (``SelectionConfig.audio_dim``).
     mode : {"real", "zeros", "shuffle", "other", "gaps"}
     rng : np.random.Generator
         The permutation of ``shuffle`` and ``gaps``.
-    other : np.ndarray [S', >= n_mels]
-        For ``other``: the source whose mel rows replace these, tiled to ``S`` rows.
+    other : np.ndarray [S', >= n_audio]
+        For ``other``: the source whose audio replaces this one's, tiled to ``S`` rows.
     """
     out = np.array(src, dtype=np.float32, copy=True)
     if mode == "real":
         return out
     if mode == "zeros":
-        out[:, :n_mels] = 0.0
+        out[:, :n_audio] = 0.0
     elif mode == "shuffle":
-        out[:, :n_mels] = out[(rng or np.random.default_rng(0)).permutation(len(out)), :n_mels]
+        out[:, :n_audio] = out[(rng or np.random.default_rng(0)).permutation(len(out)), :n_audio]
     elif mode == "other":
         if other is None or len(other) == 0:
             raise ValueError("ablation 'other' needs another level's source")
-        out[:, :n_mels] = np.resize(np.asarray(other, dtype=np.float32)[:, :n_mels], (len(out), n_mels))
+        out[:, :n_audio] = np.resize(np.asarray(other, dtype=np.float32)[:, :n_audio], (len(out), n_audio))
     elif mode == "gaps":
-        out[:, n_mels:] = out[(rng or np.random.default_rng(0)).permutation(len(out)), n_mels:]
+        out[:, n_audio:] = out[(rng or np.random.default_rng(0)).permutation(len(out)), n_audio:]
     else:
         raise ValueError(f"unknown ablation {mode!r}; choose from real, {', '.join(ABLATIONS)}")
     return out
@@ -70,10 +72,10 @@ class AblatedSelection(torch.utils.data.Dataset):
     ablation is the same on every run.
     """
 
-    def __init__(self, dataset, mode: str, n_mels: int, seed: int = 0):
+    def __init__(self, dataset, mode: str, n_audio: int, seed: int = 0):
         if mode not in ("real",) + ABLATIONS:
             raise ValueError(f"unknown ablation {mode!r}; choose from real, {', '.join(ABLATIONS)}")
-        self.dataset, self.mode, self.n_mels, self.seed = dataset, mode, int(n_mels), int(seed)
+        self.dataset, self.mode, self.n_audio, self.seed = dataset, mode, int(n_audio), int(seed)
         songs = [level.song_id for level in dataset.levels]
         self.partner = [next((j % len(songs) for j in range(i + 1, i + len(songs))
                               if songs[j % len(songs)] != songs[i]), None) for i in range(len(songs))]
@@ -87,11 +89,11 @@ class AblatedSelection(torch.utils.data.Dataset):
         item = dict(self.dataset[index])
         other = self.dataset[self.partner[index]]["src"].numpy() if self.mode == "other" else None
         rng = np.random.default_rng([self.seed, index])
-        item["src"] = torch.from_numpy(ablated_source(item["src"].numpy(), self.n_mels, self.mode, rng, other))
+        item["src"] = torch.from_numpy(ablated_source(item["src"].numpy(), self.n_audio, self.mode, rng, other))
         return item
 
 
-def audio_ablation(evaluate, dataset, n_mels: int, modes=ABLATIONS, seed: int = 0) -> dict:
+def audio_ablation(evaluate, dataset, n_audio: int, modes=ABLATIONS, seed: int = 0) -> dict:
     """Validation metrics with the real audio and with each ablation in ``modes``.
 
     Parameters
@@ -100,8 +102,8 @@ def audio_ablation(evaluate, dataset, n_mels: int, modes=ABLATIONS, seed: int = 
         ``evaluate(dataset) -> dict`` of metrics (e.g. ``loss``, ``perplexity``, ``accuracy``).
     dataset : SelectionDataset
         The validation levels.
-    n_mels : int
-        Length of the mel part of a source vector.
+    n_audio : int
+        Length of the audio part of a source vector (``SelectionConfig.audio_dim``).
     modes : iterable of str
         Ablations to run; ``other`` is skipped (not an error) when the levels are all of one song.
 
@@ -115,7 +117,7 @@ def audio_ablation(evaluate, dataset, n_mels: int, modes=ABLATIONS, seed: int = 
     for mode in modes:
         if mode == "other" and single_song:
             continue
-        out[mode] = evaluate(AblatedSelection(dataset, mode, n_mels, seed))
+        out[mode] = evaluate(AblatedSelection(dataset, mode, n_audio, seed))
     return out
 
 
@@ -182,7 +184,9 @@ def checkpoint_ablation(store, checkpoint, songs=None, modes=ABLATIONS, device="
     songs = list(ckpt["val_songs"] if songs is None else songs)
     stage.val_dataset = SelectionDataset(store, songs, stats=ckpt["stats"], characteristic=config.characteristic,
                                          difficulties=config.difficulties, vocab=stage.vocab,
-                                         max_tokens=config.max_tokens, jitter=False, seed=config.seed)
+                                         max_tokens=config.max_tokens, jitter=False, seed=config.seed,
+                                         layout=model.config.source_layout,
+                                         feature_settings=stage.feature_settings())
     try:
         if not stage.val_dataset.levels:
             raise TrainingError(store.root, f"no {config.characteristic} level in the songs {songs}")

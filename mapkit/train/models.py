@@ -8,14 +8,17 @@ logit per output frame, ``[B, L]``. Output ``k`` sees padded rows
 ``s+k .. s+k+14``, i.e. frames ``f-7 .. f+7`` of frame ``f = s+k`` (centred).
 
 Stage 2, :class:`SelectionModel`: a pre-LN encoder-decoder transformer over the
-notes of a level. Source position ``i`` is the stage-2 feature row of token
-``i``'s frame (100 normalised mel bands) plus 4 raw gaps (``gap_prev_s,
-gap_next_s, gap_prev_beats, gap_next_beats``, all >= 0); the model itself takes
-``log1p`` of the gaps, so the dataset and generation feed the stored values
-unchanged. The decoder predicts token ``i`` from tokens ``< i`` and the whole
-source; the encoder output of token ``i``'s own source position is added to
-the decoder input that predicts it (design 2: without it the model learned to
-ignore the audio, issue 15). It supports incremental decoding with cached
+notes of a level. Source position ``i`` holds the stage-2 feature rows around
+token ``i``'s frame (100 normalised mel bands per row, rows at
+``audio_offsets``), its 4 raw gaps (``gap_prev_s, gap_next_s,
+gap_prev_beats, gap_next_beats``, all >= 0), its beat phases and the level's
+one-hot difficulty (:class:`~mapkit.datasets.torch_datasets.SourceLayout`);
+the model itself takes ``log1p`` of the gaps, so the dataset and generation
+feed the stored values unchanged. The decoder predicts token ``i`` from
+tokens ``< i`` and the whole source; the encoder outputs of token ``i``'s
+own source position and of the one before are added to the decoder input
+that predicts it (designs 2 and 3: without them the model learned to ignore
+the audio, issue 15). It supports incremental decoding with cached
 keys and values (:meth:`SelectionModel.start_cache`,
 :meth:`SelectionModel.decode_step`).
 
@@ -32,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mapkit.datasets.torch_datasets import SourceLayout
 from mapkit.preprocess.difficulties import DIFFICULTIES
 from mapkit.preprocess.targets import N_SPECIAL, PAD
 from mapkit.settings import Settings
@@ -234,7 +238,7 @@ def onset_loss(logits: torch.Tensor, frame_class: torch.Tensor, pos_weight: floa
 
 
 #: The stage-2 design this mapkit builds and reads (:attr:`SelectionConfig.design`).
-SELECTION_DESIGN = 2
+SELECTION_DESIGN = 3
 
 
 @dataclass(frozen=True)
@@ -248,42 +252,81 @@ class SelectionConfig(Settings):
     n_mels: int = 100
     #: gap_prev_s, gap_next_s, gap_prev_beats, gap_next_beats (log1p inside the model)
     n_gaps: int = 4
+    #: frames (10 ms) around each note whose stage-2 rows the source holds (the presets: the sound
+    #: before, at and after the note, :data:`LISTENING_INPUTS`)
+    audio_offsets: tuple = (0,)
+    #: periods in beats of the sin/cos beat-phase inputs (the presets: beat, half bar, bar)
+    beat_periods: tuple = ()
+    #: one-hot difficulty inputs (0: the model is not told the difficulty; the presets: 5)
+    n_difficulties: int = 0
+    #: normalise the mel rows by each song's own statistics, not the store's (SourceLayout.song_norm)
+    song_norm: bool = False
     d_model: int = 512
     n_encoder_layers: int = 6
     n_decoder_layers: int = 6
     n_heads: int = 8
     d_ff: int = 2048
+    #: dropout of the residual branches, the feed-forward layers and the inputs
     dropout: float = 0.1
+    #: dropout of the attention weights: 0 by default, since any other value makes PyTorch's CPU
+    #: attention take its slow, memory-hungry path (bench/selection_step.py)
+    attention_dropout: float = 0.0
     label_smoothing: float = 0.1
-    #: How the decoder reads the audio. 1 (refused): through cross-attention only, so the
-    #: decoder had to find its note's source row by position and learned to ignore the
-    #: audio (issue 15); 2: also the encoder output of the note being predicted, added to
-    #: the decoder input (:meth:`SelectionModel.decode`).
+    #: How the model reads the audio. 1 (refused): one mel row per note, through cross-attention
+    #: only, so the decoder had to find its note's source row by position and learned to ignore
+    #: the audio (issue 15); 2 (refused): also the encoder output of the note being predicted,
+    #: added to the decoder input; 3: rows around each note, the beat phase and the difficulty in
+    #: the source, and the decoder input also gets the encoder output of its own token's note.
     design: int = SELECTION_DESIGN
 
     def __post_init__(self):
         if self.design != SELECTION_DESIGN:
             raise ValueError(f"a stage-2 model of design {self.design}; this mapkit builds design "
-                             f"{SELECTION_DESIGN} (the decoder reads the audio of the note it predicts): "
+                             f"{SELECTION_DESIGN} (audio around each note, beat phase and difficulty as inputs): "
                              f"train it again with this mapkit")
+        if not self.audio_offsets or any(p <= 0 for p in self.beat_periods):
+            raise ValueError(f"audio_offsets {self.audio_offsets} must not be empty and beat_periods "
+                             f"{self.beat_periods} must be positive")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
         if self.vocab_size <= N_SPECIAL:
             raise ValueError(f"vocab_size {self.vocab_size} leaves no state tokens")
 
     @property
+    def source_layout(self) -> SourceLayout:
+        """What the dataset and generation put into each source vector (``selection_source``)."""
+        return SourceLayout(tuple(self.audio_offsets), tuple(self.beat_periods), self.n_difficulties, self.song_norm)
+
+    @property
+    def audio_dim(self) -> int:
+        """Length of the audio part of a source vector (first in it): ``len(audio_offsets) * n_mels``."""
+        return self.source_layout.audio_dim(self.n_mels)
+
+    @property
     def src_dim(self) -> int:
-        return self.n_mels + self.n_gaps
+        if self.n_gaps != 4:
+            raise ValueError(f"n_gaps must be 4 (the stored gaps), got {self.n_gaps}")
+        return self.source_layout.dim(self.n_mels)
 
     @classmethod
     def from_dict(cls, d: dict):
         """Rebuild a config; one saved before field ``design`` existed is design 1 and refused."""
-        return super().from_dict({"design": 1, **d})
+        d = {"design": 1, **d}
+        for name in ("audio_offsets", "beat_periods"):  # JSON gives lists; the config hashes tuples
+            if name in d:
+                d[name] = tuple(d[name])
+        return super().from_dict(d)
 
+
+#: The inputs of the presets: mel rows from 160 ms before to 160 ms after each note (one row alone
+#: was not used on real songs, issue 15), the beat phase and the difficulty.
+LISTENING_INPUTS = dict(audio_offsets=(-16, -8, -4, -2, 0, 2, 4, 8, 16), beat_periods=(1, 2, 4),
+                        n_difficulties=len(DIFFICULTIES))
 
 SELECTION_PRESETS = {
-    "tiny": SelectionConfig(d_model=32, n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_ff=64),
-    "default": SelectionConfig(),
+    "tiny": SelectionConfig(d_model=32, n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_ff=64,
+                            **LISTENING_INPUTS),
+    "default": SelectionConfig(**LISTENING_INPUTS),
 }
 
 
@@ -393,7 +436,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, c: SelectionConfig):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
-        self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
+        self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout)
         self.ff = _feed_forward(c)
         self.drop = nn.Dropout(c.dropout)
 
@@ -409,8 +452,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, c: SelectionConfig):
         super().__init__()
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(c.d_model) for _ in range(3))
-        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
-        self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.dropout)
+        self.self_attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout)
+        self.cross_attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout)
         self.ff = _feed_forward(c)
         self.drop = nn.Dropout(c.dropout)
 
@@ -508,9 +551,17 @@ class SelectionModel(nn.Module):
     def __init__(self, config: SelectionConfig = SELECTION_PRESETS["default"]):
         super().__init__()
         c = self.config = config
-        self.src_proj = nn.Linear(c.src_dim, c.d_model)
+        # one projection per part of the source, summed: in one layer the 10 timing and 5 difficulty
+        # inputs start as small as each of the 900 audio inputs and were learned late or not at all
+        layout = c.source_layout
+        self.src_proj = nn.Linear(c.audio_dim, c.d_model)
+        self.timing_proj = nn.Linear(layout.timing_dim, c.d_model)
+        self.difficulty_proj = nn.Linear(c.n_difficulties, c.d_model, bias=False) if c.n_difficulties else None
         # memory row i+1 (the note decoder position i predicts) -> decoder input i
         self.note_proj = nn.Linear(c.d_model, c.d_model)
+        # memory row i (the note of token i itself) -> decoder input i: a state and the sound it was
+        # chosen for sit at one position, so a later note that sounds alike can find it in one step
+        self.own_note_proj = nn.Linear(c.d_model, c.d_model)
         self.tgt_embed = nn.Embedding(c.vocab_size, c.d_model, padding_idx=PAD)
         nn.init.normal_(self.tgt_embed.weight, std=c.d_model ** -0.5)  # scaled by sqrt(d_model) in use
         with torch.no_grad():
@@ -523,34 +574,45 @@ class SelectionModel(nn.Module):
 
     # -- pieces
     def source_vectors(self, src: torch.Tensor) -> torch.Tensor:
-        """Model input of the raw source ``[..., n_mels + 4]``: mel as is, ``log1p`` of the gaps."""
+        """Model input of the raw source ``[..., src_dim]``: ``log1p`` of the gaps, the rest as is."""
         c = self.config
         if src.shape[-1] != c.src_dim:
-            raise ValueError(f"expected source vectors of {c.src_dim} values, got {src.shape[-1]}")
-        return torch.cat([src[..., : c.n_mels], torch.log1p(src[..., c.n_mels:])], dim=-1)
+            raise ValueError(f"expected source vectors of {c.src_dim} values "
+                             f"({c.source_layout}), got {src.shape[-1]}")
+        a = c.audio_dim
+        return torch.cat([src[..., :a], torch.log1p(src[..., a: a + c.n_gaps]), src[..., a + c.n_gaps:]], dim=-1)
+
+    def embed_source(self, src: torch.Tensor) -> torch.Tensor:
+        """``[..., d_model]``: the audio, timing and difficulty parts of the source, each projected, summed."""
+        v = self.source_vectors(src)
+        a, t = self.config.audio_dim, self.config.source_layout.timing_dim
+        x = self.src_proj(v[..., :a]) + self.timing_proj(v[..., a: a + t])
+        return x if self.difficulty_proj is None else x + self.difficulty_proj(v[..., a + t:])
 
     def _embed_tokens(self, tokens: torch.Tensor, positions: torch.Tensor, notes: torch.Tensor) -> torch.Tensor:
         x = self.tgt_embed(tokens) * math.sqrt(self.config.d_model) + notes
         return self.drop(x + sinusoidal_positions(positions, self.config.d_model))
 
     def note_inputs(self, memory: torch.Tensor) -> torch.Tensor:
-        """What decoder position ``i`` adds to its token embedding: ``note_proj(memory[:, i + 1])``.
+        """What decoder position ``i`` adds to its token embedding.
 
-        Returns ``[B, S - 1, d_model]``. Decoder position ``i`` holds token ``i``
-        and predicts token ``i + 1``, whose source is memory row ``i + 1``; given
-        this row directly, the decoder needs no attention to find the audio of
-        the note it chooses a state for (design 2, see :class:`SelectionConfig`).
+        ``note_proj(memory[:, i + 1]) + own_note_proj(memory[:, i])``, ``[B, S - 1, d_model]``.
+        Decoder position ``i`` holds token ``i`` and predicts token ``i + 1``,
+        whose source is memory row ``i + 1``; given this row directly, the
+        decoder needs no attention to find the audio of the note it chooses a
+        state for (design 2). Row ``i``, the note of token ``i`` itself, puts
+        each chosen state next to its sound (design 3, see :class:`SelectionConfig`).
         """
-        return self.note_proj(memory[:, 1:])
+        return self.note_proj(memory[:, 1:]) + self.own_note_proj(memory[:, :-1])
 
     @staticmethod
     def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
         return None if mask is None else mask[:, None, None, :].bool()
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder output (memory) ``[B, S, d_model]`` of sources ``[B, S, n_mels + 4]``."""
+        """Encoder output (memory) ``[B, S, d_model]`` of sources ``[B, S, src_dim]``."""
         positions = torch.arange(src.shape[1], device=src.device)
-        x = self.src_proj(self.source_vectors(src)) + sinusoidal_positions(positions, self.config.d_model)
+        x = self.embed_source(src) + sinusoidal_positions(positions, self.config.d_model)
         x = self.drop(x)
         mask = self._key_mask(src_mask)
         for layer in self.encoder:
@@ -581,8 +643,10 @@ class SelectionModel(nn.Module):
 
         Parameters
         ----------
-        src : torch.Tensor [B, S, n_mels + 4] float
-            Per token position: normalised mel row, then the 4 raw gaps (>= 0).
+        src : torch.Tensor [B, S, src_dim] float
+            Per token position, as :func:`~mapkit.datasets.torch_datasets.selection_source`
+            makes it with ``config.source_layout``: normalised mel rows, the 4
+            raw gaps (>= 0), beat phases, one-hot difficulty.
         src_mask : torch.Tensor [B, S] bool or None
             ``True`` on real positions.
         tgt_in : torch.Tensor [B, T] int64

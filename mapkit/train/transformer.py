@@ -2,7 +2,8 @@
 
 The encoder-decoder (:class:`~mapkit.train.models.SelectionModel`) reads one
 level per item of :class:`~mapkit.datasets.torch_datasets.SelectionDataset`:
-per token, the stage-2 feature row of its frame and the four gaps; the
+per token, the stage-2 feature rows around its frame, the four gaps, its
+beat phase and the level's difficulty (:class:`~mapkit.datasets.torch_datasets.SourceLayout`); the
 causal decoder predicts each state token from the previous ones, with
 label-smoothed cross-entropy. Validation reports token accuracy and
 perplexity (``exp`` of the unsmoothed cross-entropy per predicted token).
@@ -118,10 +119,10 @@ class TransformerStage(Stage):
         from mapkit.datasets.torch_datasets import SelectionDataset
 
         c = self.config
-        some = next(iter(self.store.index("features").values()))
         kw = dict(stats=stats, characteristic=c.characteristic, difficulties=c.difficulties, vocab=self.vocab,
                   max_tokens=c.max_tokens, seed=seed, exclude_flagged=c.exclude_flagged,
-                  feature_settings=FeatureSettings.from_json(some.file_attrs["settings_json"]))
+                  feature_settings=self.feature_settings(),
+                  layout=c.model.source_layout)
         self.train_dataset = SelectionDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = SelectionDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None
         if not self.train_dataset.levels:
@@ -130,6 +131,11 @@ class TransformerStage(Stage):
         if n_mels != c.model.n_mels:
             raise TrainingError(self.store.root, f"the store's stage-2 features have {n_mels} bands, "
                                                  f"the model expects {c.model.n_mels}")
+
+    def feature_settings(self) -> FeatureSettings:
+        """The store's feature settings (its stage-2 pad)."""
+        some = next(iter(self.store.index("features").values()))
+        return FeatureSettings.from_json(some.file_attrs["settings_json"])
 
     def model_config(self):
         return replace(self.config.model, vocab_size=len(self.vocab))
@@ -152,7 +158,7 @@ class TransformerStage(Stage):
         from mapkit.train.ablation import ABLATIONS, audio_ablation
 
         return audio_ablation(lambda ds: self.evaluate_dataset(model, ds, device, autocast), self.val_dataset,
-                              self.config.model.n_mels, ABLATIONS if modes is None else modes, seed=self.config.seed)
+                              self.config.model.audio_dim, ABLATIONS if modes is None else modes, seed=self.config.seed)
 
     def evaluate_dataset(self, model, ds, device, autocast) -> dict:
         """Loss, perplexity and token accuracy of ``model`` over the levels of ``ds`` (unshuffled, whole)."""

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ from mapkit.datasets.torch_datasets import SelectionDataset
 from mapkit.train.ablation import AblatedSelection, ablated_source
 from mapkit.errors import TrainingError
 from mapkit.train.loop import load_checkpoint, read_checkpoint, read_metrics, save_checkpoint
-from mapkit.train.models import SelectionConfig
+from mapkit.train.models import SELECTION_PRESETS, SelectionConfig, SelectionModel
 from tests.tone_store import VAL_SONGS, build_tone_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -98,9 +99,30 @@ def test_a_stage_2_checkpoint_of_the_old_design_is_refused(tone_run, tmp_path):
         load_checkpoint(tmp_path / "old.pt")
     with pytest.raises(ValueError, match="design 1"):
         SelectionConfig.from_dict(old)
+    design_2 = dict(old, design=2)  # the decoder read its note's audio, but one mel row and no difficulty
+    for key in ("audio_offsets", "beat_periods", "n_difficulties"):
+        design_2.pop(key)
+    ckpt["model_config"] = json.dumps(design_2)
+    save_checkpoint(tmp_path / "design2.pt", ckpt)
+    with pytest.raises(TrainingError, match="design 2.*difficulty.*train it again"):
+        load_checkpoint(tmp_path / "design2.pt")
     model, _ = load_checkpoint(tone_run.last)
-    assert model.config.design == 2
-    assert torch.is_tensor(model.note_proj.weight)
+    assert model.config.design == 3
+    assert torch.is_tensor(model.note_proj.weight) and torch.is_tensor(model.own_note_proj.weight)
+
+
+def test_a_checkpoint_round_trips_the_source_layout_and_the_weights(tone_run):
+    model, ckpt = load_checkpoint(tone_run.last)
+    tiny = SELECTION_PRESETS["tiny"]
+    assert model.config == replace(tiny, vocab_size=model.config.vocab_size)  # tuples again, not JSON lists
+    assert model.config.source_layout == tiny.source_layout and model.config.attention_dropout == 0.0
+    again = SelectionModel(SelectionConfig.from_json(ckpt["model_config"]))
+    again.load_state_dict(model.state_dict())
+    src = torch.rand(1, 6, tiny.src_dim)  # gaps >= 0
+    tokens = torch.tensor([[1, 4, 5, 6, 7]])
+    model.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(src, None, tokens), model(src, None, tokens), rtol=0, atol=0)
 
 
 def test_checkpoint_ablation_repeats_the_runs_figures(tone_run, tone_store):

@@ -126,13 +126,17 @@ def _batch(rng, lengths, vocab=40):
 
 def test_selection_shapes_presets_and_parameter_count():
     assert SELECTION_PRESETS["default"].d_model == 512 and SELECTION_PRESETS["tiny"].d_model == 32
-    model = SelectionModel(SELECTION_PRESETS["tiny"])
+    tiny = SELECTION_PRESETS["tiny"]
+    # 9 mel rows around each note, 4 gaps, sin/cos of 3 beat phases, 5 difficulties
+    assert tiny.src_dim == 9 * 100 + 4 + 6 + 5 and tiny.audio_dim == 900
+    model = SelectionModel(tiny)
     rng = torch.Generator().manual_seed(0)
     src, mask, tokens = _batch(rng, [7, 5], vocab=2004)
+    src = torch.cat([src[..., :100].repeat(1, 1, 9), src[..., 100:], torch.zeros(2, 7, 11)], dim=-1)
     logits = model(src, mask, tokens[:, :-1], mask[:, :-1])
     assert logits.shape == (2, 6, 2004)
-    with pytest.raises(ValueError, match="104"):
-        model(src[..., :102], mask, tokens[:, :-1])
+    with pytest.raises(ValueError, match="915"):
+        model(src[..., :913], mask, tokens[:, :-1])
     assert SelectionConfig.from_json(TINY_SEL.to_json()).hash == TINY_SEL.hash
 
 
