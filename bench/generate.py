@@ -15,10 +15,18 @@ and the minimum gap ``--min-gap`` frames (20 = at most 5 notes per second,
 the density of a dense Expert level): stage 2 then decodes about as many
 notes as a real level has.
 
+With trained checkpoints (``--placement``, ``--selection``, ``--objects``)
+it times the level a user gets: stage 1 with its event head, the object
+model's walls, arcs, chains and lights (stage ``objects``), every
+``--difficulty`` (``all``: the five; features and tempo once), decoded as
+``mapkit generate`` decodes by default (flow-constrained nucleus sampling;
+``--beam-size`` for beam search).
+
 Then the cost of stage 2 per note time at 500 and 2000 note times
-(``--notes``): beam search of the same model over synthetic sources, with
-the decoding windows of the default training crop (``max_tokens``; see
-mapkit/train/decoding.py), so the cost per note stays flat.
+(``--notes``) over synthetic sources, with the decoding windows of the
+default training crop (``max_tokens``; see mapkit/train/decoding.py), so the
+cost per note stays flat: beam search (8 beams, or ``--beam-size``) and the
+default decoding (flow-constrained sampling at T 1.0, top-p 0.85).
 
 Times are CPU seconds of this process, one thread, fastest of ``--runs``
 (bench/cputime.py); generate_level's own stage clock is pointed at the CPU
@@ -34,6 +42,8 @@ generated clicks.
     python bench/generate.py --preset tiny --song x.ogg --runs 1
     python bench/generate.py --notes 500 2000 4000 --whole   # also decode without windows
     python bench/generate.py --baseline human.json           # evaluate percentiles of the generated level
+    python bench/generate.py --placement ddc/best.pt --selection tr/best.pt --objects priors.json \
+        --difficulty all --song song.ogg --notes                 # a whole level with trained models, 5 difficulties
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ from cputime import DEFAULT_SONGS, cpu_seconds, machine_note, measure, run_once,
 
 import numpy as np  # noqa: E402
 
-STAGES = ("features", "tempo", "stage1", "peaks", "stage2", "writing")
+STAGES = ("features", "tempo", "stage1", "peaks", "stage2", "objects", "writing")
 
 
 def pick_song(folder: str, tmp: str) -> tuple[str, str]:
@@ -111,19 +121,37 @@ def save(path: str, model, kind: str, extras: dict) -> str:
     return str(save_checkpoint(path, ckpt))
 
 
-def per_note_cost(selection, n_notes: int, beam_size: int, window, runs: int) -> float:
-    """CPU seconds per note time of stage 2 (beam search) over a synthetic source of ``n_notes`` note times."""
+def loaded(placement: str, selection: str):
+    """Trained models and their checkpoint dicts (``mapkit train ddc`` / ``transformer``)."""
+    from mapkit.train.loop import load_checkpoint
+
+    p_model, p_ckpt = load_checkpoint(placement, "cpu")
+    s_model, s_ckpt = load_checkpoint(selection, "cpu")
+    return p_model.eval(), s_model.eval(), p_ckpt, s_ckpt
+
+
+def per_note_cost(selection, n_notes: int, beam_size: int, window, runs: int, vocab=None) -> float:
+    """CPU seconds per note time of stage 2 over a synthetic source of ``n_notes`` note times: beam search,
+    or with ``vocab`` the default decoding of generate (flow-constrained nucleus sampling, 4 note times a second)."""
     import torch
 
-    from mapkit.train.decoding import beam_search
+    from mapkit.runs.generate import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+    from mapkit.train.decoding import beam_search, sample
+    from mapkit.train.flow import FlowConstraint, vocab_features
 
     g = torch.Generator().manual_seed(n_notes)
     c = selection.config
     src = torch.cat([torch.randn(n_notes + 2, c.audio_dim, generator=g),  # then gaps, phases, difficulty
                      torch.rand(n_notes + 2, c.src_dim - c.audio_dim, generator=g)], dim=1)
+    def sampled():
+        constraint = FlowConstraint(vocab_features(vocab), np.arange(n_notes) * 0.25 + 1.0)
+        return sample(selection, src, None, n_notes, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P,
+                      generator=torch.Generator().manual_seed(0), window=window, constraint=constraint)
+
     with torch.inference_mode():
-        timing, _ = measure(lambda: beam_search(selection, src, None, n_notes, beam_size=beam_size, window=window),
-                            repeat=runs)
+        run = sampled if vocab is not None else (
+            lambda: beam_search(selection, src, None, n_notes, beam_size=beam_size, window=window))
+        timing, _ = measure(run, repeat=runs)
     return timing.cpu / n_notes
 
 
@@ -159,7 +187,15 @@ def main(argv=None) -> int:
     ap.add_argument("--whole", action="store_true", help="Also time stage 2 without windows (grows with length).")
     ap.add_argument("--preset", choices=("default", "tiny"), default="default")
     ap.add_argument("--vocab-size", type=int, default=2000)
-    ap.add_argument("--beam-size", type=int, default=8)
+    ap.add_argument("--beam-size", type=int, default=None,
+                    help="Decode the level by beam search (default: generate's default decoding, sampling) and "
+                         "time beam search per note with this many beams (default 8).")
+    ap.add_argument("--placement", metavar="CKPT", help="Trained stage-1 checkpoint (instead of random models).")
+    ap.add_argument("--selection", metavar="CKPT", help="Trained stage-2 checkpoint (with --placement).")
+    ap.add_argument("--objects", metavar="FILE", help="Object model (mapkit train objects): walls, arcs, chains, "
+                                                      "lights, with a stage 1 trained with --targets events.")
+    ap.add_argument("--difficulty", action="append", default=None,
+                    help="Difficulty to generate (repeatable; 'all': the five; default Expert).")
     ap.add_argument("--min-gap", type=int, default=20, help="Minimum frames between notes (20: <= 5 per second).")
     ap.add_argument("--runs", type=int, default=2, help="Runs; the fastest is reported per stage.")
 
@@ -181,34 +217,47 @@ def main(argv=None) -> int:
     window = TransformerConfig().max_tokens
     with tempfile.TemporaryDirectory() as tmp:
         song, what = (args.song, "given") if args.song else pick_song(args.songs, tmp)
-        placement, selection, p_ckpt, s_ckpt = build(args.preset, args.vocab_size, args.min_gap)
+        trained = bool(args.placement and args.selection)
+        placement, selection, p_ckpt, s_ckpt = (loaded(args.placement, args.selection) if trained
+                                                else build(args.preset, args.vocab_size, args.min_gap))
         n_params = sum(p.numel() for m in (placement, selection) for p in m.parameters())
         print(f"song: {song} ({what})")
-        print(f"models: preset {args.preset}, {n_params / 1e6:.1f} M parameters, vocabulary {args.vocab_size}, "
-              f"beam {args.beam_size}, decoding windows of {window}; torch {torch.__version__}, "
+        decoding = f"beam {args.beam_size}" if args.beam_size else "flow-constrained sampling (generate's default)"
+        print(f"models: {'trained checkpoints' if trained else 'preset ' + args.preset}, {n_params / 1e6:.1f} M "
+              f"parameters, {decoding}, decoding windows of {window}; torch {torch.__version__}, "
               f"{torch.get_num_threads()} thread; {machine_note()}")
         best, level = {}, None
-        s_ckpt["max_tokens"] = window  # as a trained checkpoint carries it
+        if not trained:
+            s_ckpt["max_tokens"] = window  # as a trained checkpoint carries it
+        extra = {}
+        if args.objects:
+            from mapkit.train.objects import load_object_priors
+
+            extra["object_priors"] = load_object_priors(args.objects)
         for run in range(args.runs):
             level = generate_level(song, placement, selection, p_ckpt, s_ckpt, beam_size=args.beam_size,
-                                   out_dir=os.path.join(tmp, "out"))
+                                   difficulty=args.difficulty or "Expert", out_dir=os.path.join(tmp, "out"),
+                                   force=True, **extra)
             for k, v in level.timings.items():
                 best[k] = min(best.get(k, float("inf")), v)
-        print(f"audio {level.duration_s:.1f} s, {level.n_frames} frames, {len(level.peak_frames)} note times, "
-              f"{len(level.notes)} notes, {level.bpm:g} BPM")
+        n_times = sum(len(c.peak_frames) for c in level.charts)
+        objects = sum(len(v) for c in level.charts for v in c.objects.values())
+        print(f"audio {level.duration_s:.1f} s, {level.n_frames} frames, {len(level.charts)} difficulties, "
+              f"{n_times} note times, {sum(len(c.notes) for c in level.charts)} notes, {objects} objects, "
+              f"{level.tempo.describe()}")
         print(f"{'stage':<10} {'CPU s':>8}   (fastest of {args.runs} run(s), in-process)")
         for k in STAGES:
-            print(f"{k:<10} {best[k]:>8.3f}")
-        total = sum(best[k] for k in STAGES)
+            print(f"{k:<10} {best.get(k, 0.0):>8.3f}")
+        total = sum(best.get(k, 0.0) for k in STAGES)
         print(f"{'total':<10} {total:>8.3f}   x{level.duration_s / total:.1f} realtime; stage 2 "
-              f"{1000 * best['stage2'] / max(1, len(level.peak_frames)):.1f} ms per note time")
+              f"{1000 * best['stage2'] / max(1, n_times):.1f} ms per note time")
         if not args.no_evaluate:
             print(evaluate_summary(level, args.baseline))
         if args.cli:
             p = save(os.path.join(tmp, "ddc", "last.pt"), placement, "placement", p_ckpt)
             s = save(os.path.join(tmp, "transformer", "last.pt"), selection, "selection", s_ckpt)
             cmd = [sys.executable, "-m", "mapkit", "generate", song, "--placement", p, "--selection", s,
-                   "--beam-size", str(args.beam_size), "--threads", "1", "--out", os.path.join(tmp, "cli")]
+                   "--beam-size", str(args.beam_size or 8), "--threads", "1", "--out", os.path.join(tmp, "cli")]
             cpu, wall, out = run_once(subprocess.run, cmd, capture_output=True, text=True)  # child CPU counted
             if out.returncode != 0:
                 print(out.stderr, file=sys.stderr)
@@ -216,11 +265,17 @@ def main(argv=None) -> int:
             sizes = sum(os.path.getsize(x) for x in (p, s)) / 1e6
             print(f"{'cli':<10} {cpu:>8.3f}   `mapkit generate` end to end (imports, {sizes:.0f} MB of "
                   f"checkpoints loaded; wall {wall:.1f} s)")
+        from mapkit.train.checkpoints import SelectionSetup
+
+        vocab = SelectionSetup.from_checkpoint(s_ckpt).vocab
+        beams = args.beam_size or 8
         for n in args.notes:
-            ms = 1000 * per_note_cost(selection, n, args.beam_size, window, 1)
-            line = f"stage 2, {n:5d} note times: {ms:6.1f} ms per note time (windows of {window})"
+            ms = 1000 * per_note_cost(selection, n, beams, window, 1)
+            sampled = 1000 * per_note_cost(selection, n, beams, window, 1, vocab=vocab)
+            line = (f"stage 2, {n:5d} note times: beam {beams} {ms:6.1f} ms per note time, default decoding "
+                    f"(flow-constrained sampling) {sampled:6.1f} ms (windows of {window})")
             if args.whole:
-                line += f"; without windows {1000 * per_note_cost(selection, n, args.beam_size, None, 1):6.1f} ms"
+                line += f"; beam without windows {1000 * per_note_cost(selection, n, beams, None, 1):6.1f} ms"
             print(line, flush=True)
     return 0
 
