@@ -119,6 +119,10 @@ class ObjectPriors:
         share of light-event frames within 2 frames of a note (reported, the relation to note times).
     ``boost_on_share``
         share of boost events that switch the boost on.
+    ``note_density``
+        ``[low, high]`` note times per second of the training levels (10th and 90th percentile,
+        :func:`~mapkit.preprocess.density.density_band`): generate keeps each difficulty's density
+        inside it (:func:`~mapkit.preprocess.density.threshold_for_density`). Absent in older files.
 
     ``source`` says what it was fitted on. :attr:`hash` is stable (canonical JSON).
     """

@@ -162,6 +162,8 @@ class GeneratedDifficulty:
     flow_violations: int = 0
     objects: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    #: the checkpoint's threshold of the difficulty (``threshold`` differs when the density band moved it)
+    validated_threshold: float | None = None
 
     def summary(self, duration_s: float) -> str:
         """One line: difficulty, notes, bombs, notes per second, objects, snapped, threshold."""
@@ -170,7 +172,11 @@ class GeneratedDifficulty:
         objects = "".join(f"{len(v)} {k.replace('_', ' ')}, " for k, v in self.objects.items())
         return (f"  {self.difficulty}: {self.filename}, {len(self.peak_frames)} note times, {n_notes} notes "
                 f"({n_notes / max(duration_s, 1e-9):.2f}/s), {n_bombs} bombs, {objects}{int(self.snapped.sum())} "
-                f"snapped to 1/{SNAP_DIVISIONS} beat, threshold {self.threshold:g}")
+                f"snapped to 1/{SNAP_DIVISIONS} beat, threshold {self.threshold:.3g}{self._moved()}")
+
+    def _moved(self) -> str:
+        v = self.validated_threshold
+        return "" if v is None or v == self.threshold else f" (validated {v:.3g}; moved into the human density band)"
 
 
 @dataclass
@@ -312,8 +318,11 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     out_dir : path
         The level is written to ``out_dir/<name>/`` and ``out_dir/<name>.zip``.
     threshold : float, optional
-        Peak threshold for every difficulty instead of the checkpoint's (that
-        of each difficulty when validated, else the single best one).
+        Peak threshold for every difficulty, used as given. Without it each
+        difficulty starts from the checkpoint's threshold (that of the
+        difficulty when validated, else the single best one), moved as little
+        as needed to bring its note times per second inside the human band of
+        the object model (``note_density``, :mod:`mapkit.preprocess.density`).
     seed : int
         Seed of sampling.
     top_p, top_k : float, int, optional
@@ -372,10 +381,11 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     charts, notices = [], []
     for difficulty in difficulties:
         own = {}
-        chart = GeneratedDifficulty(difficulty, _beatmap_filename(difficulty), thresholds[difficulty],
-                                    *_chart(placement_model, selection_model, p_setup, s_setup, feats, tempo,
-                                            difficulty, thresholds[difficulty], snap, timings=own, **decoding),
-                                    timings=own)
+        band = None if threshold is not None else _density_band(object_priors, difficulty)
+        th, *made = _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, difficulty,
+                           thresholds[difficulty], snap, timings=own, density=band, **decoding)
+        chart = GeneratedDifficulty(difficulty, _beatmap_filename(difficulty), th, *made, timings=own,
+                                    validated_threshold=thresholds[difficulty])
         with _timed(own, "objects"):
             chart.objects, chart_notices = _level_objects(placement_model, p_setup, placement_ckpt, feats, difficulty,
                                                           chart.notes, tempo, object_priors, object_kinds, seed)
@@ -418,17 +428,31 @@ def _beatmap_filename(difficulty: str) -> str:
 
 
 def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, difficulty: str, th: float,
-           snap: bool, timings: dict, **decoding) -> tuple:
-    """One difficulty, stage 1 to stage 2: ``(notes, peak frames, snapped, score, flow violations)``; its stage
-    times are added to ``timings``."""
+           snap: bool, timings: dict, density=None, **decoding) -> tuple:
+    """One difficulty, stage 1 to stage 2: ``(threshold used, notes, peak frames, snapped, score, flow
+    violations)``; its stage times are added to ``timings``. With a ``density`` band (note times per
+    second) the threshold moves from ``th`` as little as it can to bring the level inside it
+    (:mod:`~mapkit.preprocess.density`)."""
+    from mapkit.preprocess.density import threshold_for_density
+
     with _timed(timings, "stage1"):
         probs = _note_probabilities(placement_model, p_setup, feats.placement, difficulty)
     with _timed(timings, "peaks"):
+        if density is not None:
+            th = threshold_for_density(probs[: feats.n_frames], th, density, feats.duration_s,
+                                       p_setup.min_gap_frames, p_setup.smoothing)
         frames, beats, snapped = _note_beats(probs, th, p_setup, tempo, feats.duration_s, snap)
     with _timed(timings, "stage2"):
         notes, score, violations = _note_states(selection_model, s_setup, feats, frames, beats, tempo,
                                                 difficulty=difficulty, **decoding)
-    return notes, frames, snapped, score, violations
+    return th, notes, frames, snapped, score, violations
+
+
+def _density_band(priors, difficulty: str):
+    """The human band of note times per second of ``difficulty`` from the object model, or None (no model,
+    an older one, or the difficulty not fitted)."""
+    band = ((priors.difficulties.get(difficulty) or {}) if priors is not None else {}).get("note_density")
+    return tuple(band) if band and band[1] > 0 else None
 
 
 def _song_tempo(source, feats, settings, format: str):

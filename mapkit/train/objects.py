@@ -104,6 +104,7 @@ def level_rows(notes: np.ndarray, objects: dict) -> dict:
         "light_frames": [int(len(light_frames)), near],
         "boosts_on": [int(boosts["on"].sum()), int(len(boosts))],
         "counts": {kind: int(len(objects[kind])) for kind in GENERATED_KINDS},
+        "note_times": int(len(note_frames)),
     }
 
 
@@ -121,6 +122,8 @@ def max_rates(levels: list) -> dict:
 
 def priors_from_rows(by_difficulty: dict, source: str = "") -> ObjectPriors:
     """:class:`ObjectPriors` from ``{difficulty: [(minutes, level_rows(...)), ...]}``."""
+    from mapkit.preprocess.density import density_band
+
     out = {}
     for difficulty, levels in by_difficulty.items():
         minutes = float(sum(m for m, _ in levels))
@@ -136,6 +139,8 @@ def priors_from_rows(by_difficulty: dict, source: str = "") -> ObjectPriors:
             "lights_per_frame": np.sum([r["lights_per_frame"] for _, r in levels], axis=0).astype(int).tolist(),
             "lights_on_notes": float(lf[1] / lf[0]) if lf[0] else 0.0,
             "boost_on_share": float(bo[0] / bo[1]) if bo[1] else 0.0,
+            "note_density": list(density_band([r.get("note_times", 0) / (60.0 * m) for m, r in levels if m > 0]
+                                              or [0.0])),
         }
     return ObjectPriors(out, source)
 

@@ -122,3 +122,19 @@ def test_cli_switches_remove_kinds_and_an_event_less_checkpoint_warns(song, tmp_
     assert r.exit_code == 0 and "--targets events" in r.output, r.output
     doc = json.loads((tmp_path / "d" / f"clicks{LEVEL_SUFFIX}" / "ExpertStandard.dat").read_text())
     assert doc["obstacles"] == doc["sliders"] == doc["basicBeatmapEvents"] == []
+
+
+def test_each_difficulty_is_brought_into_its_human_density_band(song, tmp_path):
+    placement, selection, p_ckpt, s_ckpt = event_models()
+    bands = {"Easy": [0.5, 1.0], "Expert": [1.5, 2.0]}  # at the validated threshold: 2.75 and 2.6 a second
+    priors = ObjectPriors({d: {**PRIORS, "note_density": band} for d, band in bands.items()})
+    gen = generate_level(song, placement, selection, p_ckpt, s_ckpt, difficulty=["Easy", "Expert"],
+                         out_dir=tmp_path, object_priors=priors)
+    for chart in gen.charts:
+        low, high = bands[chart.difficulty]
+        assert low <= len(chart.peak_frames) / gen.duration_s <= high, chart.difficulty
+    easy = gen.charts[0]
+    assert easy.threshold != easy.validated_threshold and "human density band" in gen.summary()
+    fixed = generate_level(song, placement, selection, p_ckpt, s_ckpt, difficulty=["Easy", "Expert"],
+                           out_dir=tmp_path / "fixed", object_priors=priors, threshold=0.3)
+    assert [c.threshold for c in fixed.charts] == [0.3, 0.3]  # a threshold the user gives is kept

@@ -11,6 +11,7 @@ from mapkit.cli import main
 from mapkit.datasets.store import Store
 from mapkit.errors import MapkitError
 from mapkit.preprocess.frame_events import FRAME_EVENT_CHANNELS
+from mapkit.preprocess.density import DENSITY_PERCENTILES
 from mapkit.preprocess.object_decoding import GENERATED_KINDS, ObjectPriors
 from mapkit.runs.build_targets import build_targets
 from mapkit.runs.extract import extract
@@ -73,6 +74,8 @@ def test_priors_count_and_collect_every_training_level(store, tmp_path):
     assert sum(table["lights_per_frame"]) == frames
     boosts = [b for lv in levels.values() for b in lv["boost_events"]]
     assert table["boost_on_share"] == pytest.approx(np.mean([b["on"] for b in boosts]))
+    note_rates = [len(np.unique(lv["notes"]["frame"])) / (T / 100) for lv in levels.values()]
+    assert table["note_density"] == pytest.approx(list(np.percentile(note_rates, DENSITY_PERCENTILES)), abs=1e-6)
 
 
 def test_validation_songs_are_left_out_and_the_cli_writes_the_model(store, tmp_path):
