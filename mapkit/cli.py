@@ -905,8 +905,8 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
               help="Do not keep the flow playable (by default stage 2 never picks a state that makes a parity "
                    "error, a vision block or a collision as mapkit evaluate counts them, unless no state avoids it).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Note threshold of the peak picking (default: the checkpoint's validated one "
-                   "for the difficulty).")
+              help="Note threshold of the peak picking, used as given (default: the checkpoint's validated one "
+                   "for the difficulty, moved into the human note-density band of the object model).")
 @click.option("--no-snap", is_flag=True, help="Keep exact note times instead of snapping to 1/16 beat within 10 ms.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
