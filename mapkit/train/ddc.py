@@ -52,6 +52,13 @@ class DDCConfig(TrainConfig):
     eval_batch_size: int = 64
     #: "notes" (frame_class onsets) or "events" (also the frame_events channels, mapkit.train.events)
     targets: str = "notes"
+    #: training augmentation (mapkit.train.augment): random gain of up to +-gain_db dB per window,
+    #: random shift of up to +-mel_shift_bins mel bins per window
+    gain_db: float = 0.0
+    mel_shift_bins: int = 0
+    #: frames each side of a note whose training target is widen_value instead of 0 (0 = plain 0/1)
+    widen_frames: int = 0
+    widen_value: float = 0.5
 
     def __post_init__(self):
         super().__post_init__()
@@ -192,19 +199,29 @@ class DDCStage(Stage):
         return self.config.model
 
     def loss(self, model, batch, device):
+        c, mask = self.config, batch["mask"]
+        features = self.augment(batch)
+        widen = dict(widen=c.widen_frames, widen_value=c.widen_value)
         if self.events:
             from mapkit.train.events import event_loss
 
-            logits, event_logits = model(batch["features"], batch["difficulty"], return_classes=True)
-            mask = batch["mask"]
-            onset = onset_loss(logits.float()[mask], batch["frame_class"][mask], self.pos_weight)
+            logits, event_logits = model(features, batch["difficulty"], return_classes=True)
+            onset = onset_loss(logits.float(), batch["frame_class"], self.pos_weight, mask, **widen)
             return onset + event_loss(event_logits, batch["frame_events"], mask, self.event_pos_weight)
-        logits = model(batch["features"], batch["difficulty"])
-        mask = batch["mask"]
-        if bool(mask.all()):
-            return onset_loss(logits.float(), batch["frame_class"], self.pos_weight)
-        # Padded frames of songs shorter than a window carry no target.
-        return onset_loss(logits.float()[mask], batch["frame_class"][mask], self.pos_weight)
+        logits = model(features, batch["difficulty"])
+        # Padded frames of songs shorter than a window carry no target (the mask).
+        return onset_loss(logits.float(), batch["frame_class"], self.pos_weight, mask, **widen)
+
+    def augment(self, batch) -> torch.Tensor:
+        """The batch's features with this config's random gain and mel shift (mapkit.train.augment)."""
+        c, features = self.config, batch["features"]
+        if c.gain_db <= 0 and c.mel_shift_bins <= 0:
+            return features
+        from mapkit.train.augment import batch_generator, gain_shift, mel_shift
+
+        generator = batch_generator(c.seed, batch["level"], batch["start"])
+        features = gain_shift(features, self.train_dataset.std, c.gain_db, generator)
+        return mel_shift(features, c.mel_shift_bins, generator)
 
     def evaluate(self, model, device, autocast) -> dict:
         from mapkit.preprocess.peaks import (best_threshold, best_thresholds_by_group, f1_from_counts, onset_counts,

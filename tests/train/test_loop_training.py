@@ -194,11 +194,12 @@ def test_transformer_beats_the_unigram_baseline(store, tmp_path):
 # --- resume ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", ["ddc", "transformer"])
+@pytest.mark.parametrize("stage", ["ddc", "ddc_augmented", "transformer"])
 def test_resume_reproduces_the_uninterrupted_run(store, tmp_path, stage):
-    if stage == "ddc":  # dropout on, so the restored RNG matters
+    if stage.startswith("ddc"):  # dropout on, so the restored RNG matters
+        augment = dict(gain_db=6.0, mel_shift_bins=2, widen_frames=1) if stage == "ddc_augmented" else {}
         config = ddc_config("tiny", max_steps=12, eval_every=5, checkpoint_every=4, val_songs=(VAL_SONG,),
-                            batch_size=8, model=replace(PLACEMENT_PRESETS["tiny"], dropout=0.3))
+                            batch_size=8, model=replace(PLACEMENT_PRESETS["tiny"], dropout=0.3), **augment)
         train = train_ddc
     else:
         config = transformer_config("tiny", max_steps=12, eval_every=5, checkpoint_every=4, batch_size=2,
