@@ -8,6 +8,7 @@ the best one here; the training's own validation uses the DDCConfig values.
 
     python bench/stage1_peaks.py --store data --checkpoint runs/ddc/best.pt
     python bench/stage1_peaks.py --store data --checkpoint best.pt --smoothing 0 3 5 --min-gap 1 3 5 --json
+    python bench/stage1_peaks.py --store data --checkpoint best.pt --smoothing 5 --min-gap 5 --window 400 --margin 50
 
 Exit codes: 0 ok, 1 could not proceed.
 """
@@ -21,8 +22,12 @@ import sys
 import numpy as np
 
 
-def validation_probabilities(store, checkpoint):
-    """``(probs, truths, difficulty names)`` of the checkpoint's validation levels."""
+def validation_probabilities(store, checkpoint, window=None, margin=0):
+    """``(probs, truths, difficulty names)`` of the checkpoint's validation levels.
+
+    ``window`` (default: the checkpoint's) and ``margin`` are those of
+    :func:`~mapkit.train.ddc.predict_probabilities`.
+    """
     from mapkit.datasets.torch_datasets import PlacementDataset
     from mapkit.preprocess.difficulties import DIFFICULTIES
     from mapkit.train.checkpoints import PlacementSetup
@@ -37,7 +42,7 @@ def validation_probabilities(store, checkpoint):
     for li, level in enumerate(ds.levels):
         raw = ds._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
         probs.append(predict_probabilities(model, raw, level.difficulty_index, ds.mean, ds.std,
-                                           float(ds.silence), setup.window))
+                                           float(ds.silence), window or setup.window, margin=margin))
         truths.append(np.flatnonzero(ds.level_classes(li) > 0))
         names.append(DIFFICULTIES[level.difficulty_index])
     ds.close()
@@ -69,10 +74,13 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--smoothing", nargs="+", type=int, default=[0, 3, 5, 7], help="default 0 3 5 7")
     parser.add_argument("--min-gap", nargs="+", type=int, default=[1, 3, 5, 7, 10], help="default 1 3 5 7 10")
+    parser.add_argument("--window", type=int, help="prediction window in frames (default: the checkpoint's)")
+    parser.add_argument("--margin", type=int, default=0, help="overlap margin of the prediction windows (default 0)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
-        rows = grid(*validation_probabilities(args.store, args.checkpoint), args.smoothing, args.min_gap)
+        found = validation_probabilities(args.store, args.checkpoint, args.window, args.margin)
+        rows = grid(*found, args.smoothing, args.min_gap)
     except (OSError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

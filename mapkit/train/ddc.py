@@ -85,15 +85,43 @@ def ddc_config(preset: str = "default", **overrides) -> DDCConfig:
     return DDCConfig(**base)
 
 
+def window_starts(n_frames: int, window: int, margin: int = 0) -> list[tuple[int, int, int]]:
+    """``(start, keep_from, keep_to)`` of the windows that predict a song of ``n_frames`` frames.
+
+    Windows of ``window`` frames start every ``window - 2 * margin`` frames
+    (the last one ends at frame ``n_frames``); each keeps its frames
+    ``[keep_from, keep_to)`` (song frames), i.e. all but ``margin`` frames at
+    each inner edge, so every frame is predicted by a window in which it has
+    at least ``margin`` frames of LSTM context on each side where the song
+    has them. With ``margin`` 0 the windows tile the song. Kept ranges are
+    written in order, so a later window overwrites the frames it shares.
+    A song shorter than ``window`` is one window ``(0, 0, n_frames)``.
+    """
+    if not 0 <= 2 * margin < window:
+        raise ValueError(f"margin {margin} leaves no frame of a {window}-frame window")
+    if n_frames <= window:
+        return [(0, 0, n_frames)]
+    stride = window - 2 * margin
+    starts = list(range(0, n_frames - window + 1, stride))
+    if starts[-1] + window < n_frames:
+        starts.append(n_frames - window)
+    return [(s, s + margin if k else 0, s + window - margin if k < len(starts) - 1 else n_frames)
+            for k, s in enumerate(starts)]
+
+
 def predict_probabilities(model, placement, difficulty: int, mean, std, silence: float, window: int = 100,
-                          batch_size: int = 64, device="cpu", autocast=None, classes: bool = False) -> np.ndarray:
+                          batch_size: int = 64, device="cpu", autocast=None, classes: bool = False,
+                          margin: int = 0) -> np.ndarray:
     """Per-frame note probability ``[T]`` of a whole song, in windows as in training.
 
     The song's frames are cut into windows of ``window`` output frames
-    (starts ``0, L, 2L, ...``; the last window ends at frame ``T`` and only its
-    new frames are kept), each read with its +-context rows, so every frame
-    is predicted once, with the LSTM state of its window, as trained. A song
-    shorter than ``window`` is padded with the silence value.
+    (:func:`window_starts`: with ``margin`` 0, starts ``0, L, 2L, ...``, the
+    last window ends at frame ``T`` and only its new frames are kept), each
+    read with its +-context rows and predicted with a fresh LSTM state, as
+    trained. ``margin > 0`` overlaps the windows so no kept frame is within
+    ``margin`` frames of an inner window edge (the LSTM starts cold at a
+    window's start). A song shorter than ``window`` is padded with the
+    silence value.
 
     Parameters
     ----------
@@ -113,6 +141,8 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
         A context-manager factory (mixed precision) wrapped around the forward passes.
     classes : bool
         Return the class head's per-channel probabilities ``[T, n_classes]`` instead.
+    margin : int
+        Overlap margin of the windows (see :func:`window_starts`), ``0 <= 2 * margin < window``.
 
     Returns
     -------
@@ -126,20 +156,18 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
     if n_frames < window:
         pad = np.full((window - n_frames,) + x.shape[1:], (silence - mean) / std, dtype=np.float32)
         x = np.concatenate([x, pad])
-    starts = list(range(0, max(n_frames - window, 0) + 1, window))
-    if starts[-1] + window < n_frames:
-        starts.append(n_frames - window)
+    windows = window_starts(n_frames, window, margin)
     out = np.zeros((max(n_frames, window),) + ((model.config.n_classes,) if classes else ()), dtype=np.float32)
     rows = window + 2 * context
-    for i in range(0, len(starts), batch_size):
-        chunk = starts[i: i + batch_size]
-        xb = torch.from_numpy(np.stack([x[s: s + rows] for s in chunk])).to(device)
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i: i + batch_size]
+        xb = torch.from_numpy(np.stack([x[s: s + rows] for s, _, _ in chunk])).to(device)
         db = torch.full((len(chunk),), int(difficulty), dtype=torch.int64, device=device)
         with torch.no_grad(), (autocast() if autocast else torch.autocast("cpu", enabled=False)):
             y = model(xb, db, return_classes=True)[1] if classes else model(xb, db)
             p = torch.sigmoid(y.float()).cpu().numpy()
-        for s, row in zip(chunk, p):
-            out[s: s + window] = row  # the clipped last window overwrites only frames it shares
+        for (s, lo, hi), row in zip(chunk, p):
+            out[lo: hi] = row[lo - s: hi - s]  # in order: a later window overwrites the frames it shares
     return out[:n_frames]
 
 
@@ -318,4 +346,4 @@ def train_ddc(store, out_dir="mapkit-runs/ddc", config: DDCConfig | None = None,
     return fit(DDCStage(store, config), store, out_dir, config, options)
 
 
-__all__ = ["DDCConfig", "DDCStage", "ddc_config", "predict_probabilities", "train_ddc"]
+__all__ = ["DDCConfig", "DDCStage", "ddc_config", "predict_probabilities", "train_ddc", "window_starts"]
