@@ -15,6 +15,12 @@ exactly as validated, with the threshold of the difficulty it generates.
 With ``targets="events"`` (``--targets events``) the model also learns the
 multi-label ``frame_events`` target through its class head, and validation
 adds per-channel F1 (:mod:`mapkit.train.events`).
+
+Optional training levers (off by default; :mod:`mapkit.train.augment`): a
+random gain and mel-bin shift per window (``gain_db``, ``mel_shift_bins``) and
+soft targets next to each note (``widen_frames``, ``widen_value``). Whole songs
+are predicted in overlapping windows (:func:`window_starts`, margin
+:func:`default_margin`), in validation, ``bench/onsets.py`` and generation alike.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class DDCConfig(TrainConfig):
     ``pos_weight`` None: the ratio of empty to note frames in the training
     split. ``smoothing``, ``min_gap_frames`` and ``tolerance_frames`` are
     those of :mod:`mapkit.preprocess.peaks` (2 frames = +-20 ms).
+    ``gain_db``, ``mel_shift_bins``, ``widen_frames`` and ``widen_value``: see
+    :mod:`mapkit.train.augment` (0 = off).
     """
 
     KIND = "train_ddc"
