@@ -18,9 +18,9 @@ adds per-channel F1 (:mod:`mapkit.train.events`).
 
 Optional training levers (off by default; :mod:`mapkit.train.augment`): a
 random gain and mel-bin shift per window (``gain_db``, ``mel_shift_bins``) and
-soft targets next to each note (``widen_frames``, ``widen_value``). Whole songs
-are predicted in overlapping windows (:func:`window_starts`, margin
-:func:`default_margin`), in validation, ``bench/onsets.py`` and generation alike.
+soft targets next to each note (``widen_frames``, ``widen_value``).
+:func:`predict_probabilities` can overlap its windows (``margin``,
+:func:`window_starts`); by default they are back to back.
 """
 
 from __future__ import annotations
@@ -117,14 +117,9 @@ def window_starts(n_frames: int, window: int, margin: int = 0) -> list[tuple[int
             for k, s in enumerate(starts)]
 
 
-def default_margin(window: int) -> int:
-    """The overlap margin of prediction windows: ``window // 8`` frames (12 of 100, 50 of 400)."""
-    return window // 8
-
-
 def predict_probabilities(model, placement, difficulty: int, mean, std, silence: float, window: int = 100,
                           batch_size: int = 64, device="cpu", autocast=None, classes: bool = False,
-                          margin: int | None = None) -> np.ndarray:
+                          margin: int = 0) -> np.ndarray:
     """Per-frame note probability ``[T]`` of a whole song, in windows as in training.
 
     The song's frames are cut into windows of ``window`` output frames
@@ -154,10 +149,10 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
         A context-manager factory (mixed precision) wrapped around the forward passes.
     classes : bool
         Return the class head's per-channel probabilities ``[T, n_classes]`` instead.
-    margin : int, optional
-        Overlap margin of the windows (see :func:`window_starts`), ``0 <= 2 * margin < window``;
-        default :func:`default_margin` (training's validation, ``bench/onsets.py`` and
-        ``mapkit generate`` all predict with it, so the validated thresholds fit).
+    margin : int
+        Overlap margin of the windows (see :func:`window_starts`), ``0 <= 2 * margin < window``.
+        0 (the default, and what validation, ``bench/onsets.py`` and ``mapkit generate`` use):
+        back-to-back windows.
 
     Returns
     -------
@@ -171,7 +166,7 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
     if n_frames < window:
         pad = np.full((window - n_frames,) + x.shape[1:], (silence - mean) / std, dtype=np.float32)
         x = np.concatenate([x, pad])
-    windows = window_starts(n_frames, window, default_margin(window) if margin is None else margin)
+    windows = window_starts(n_frames, window, margin)
     out = np.zeros((max(n_frames, window),) + ((model.config.n_classes,) if classes else ()), dtype=np.float32)
     rows = window + 2 * context
     for i in range(0, len(windows), batch_size):
@@ -361,4 +356,4 @@ def train_ddc(store, out_dir="mapkit-runs/ddc", config: DDCConfig | None = None,
     return fit(DDCStage(store, config), store, out_dir, config, options)
 
 
-__all__ = ["DDCConfig", "DDCStage", "ddc_config", "predict_probabilities", "train_ddc", "window_starts", "default_margin"]
+__all__ = ["DDCConfig", "DDCStage", "ddc_config", "predict_probabilities", "train_ddc", "window_starts"]
