@@ -15,6 +15,12 @@ exactly as validated, with the threshold of the difficulty it generates.
 With ``targets="events"`` (``--targets events``) the model also learns the
 multi-label ``frame_events`` target through its class head, and validation
 adds per-channel F1 (:mod:`mapkit.train.events`).
+
+Optional training levers (off by default; :mod:`mapkit.train.augment`): a
+random gain and mel-bin shift per window (``gain_db``, ``mel_shift_bins``) and
+soft targets next to each note (``widen_frames``, ``widen_value``).
+:func:`predict_probabilities` can overlap its windows (``margin``,
+:func:`window_starts`); by default they are back to back.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class DDCConfig(TrainConfig):
     ``pos_weight`` None: the ratio of empty to note frames in the training
     split. ``smoothing``, ``min_gap_frames`` and ``tolerance_frames`` are
     those of :mod:`mapkit.preprocess.peaks` (2 frames = +-20 ms).
+    ``gain_db``, ``mel_shift_bins``, ``widen_frames`` and ``widen_value``: see
+    :mod:`mapkit.train.augment` (0 = off).
     """
 
     KIND = "train_ddc"
@@ -52,6 +60,13 @@ class DDCConfig(TrainConfig):
     eval_batch_size: int = 64
     #: "notes" (frame_class onsets) or "events" (also the frame_events channels, mapkit.train.events)
     targets: str = "notes"
+    #: training augmentation (mapkit.train.augment): random gain of up to +-gain_db dB per window,
+    #: random shift of up to +-mel_shift_bins mel bins per window
+    gain_db: float = 0.0
+    mel_shift_bins: int = 0
+    #: frames each side of a note whose training target is widen_value instead of 0 (0 = plain 0/1)
+    widen_frames: int = 0
+    widen_value: float = 0.5
 
     def __post_init__(self):
         super().__post_init__()
@@ -78,15 +93,43 @@ def ddc_config(preset: str = "default", **overrides) -> DDCConfig:
     return DDCConfig(**base)
 
 
+def window_starts(n_frames: int, window: int, margin: int = 0) -> list[tuple[int, int, int]]:
+    """``(start, keep_from, keep_to)`` of the windows that predict a song of ``n_frames`` frames.
+
+    Windows of ``window`` frames start every ``window - 2 * margin`` frames
+    (the last one ends at frame ``n_frames``); each keeps its frames
+    ``[keep_from, keep_to)`` (song frames), i.e. all but ``margin`` frames at
+    each inner edge, so every frame is predicted by a window in which it has
+    at least ``margin`` frames of LSTM context on each side where the song
+    has them. With ``margin`` 0 the windows tile the song. Kept ranges are
+    written in order, so a later window overwrites the frames it shares.
+    A song shorter than ``window`` is one window ``(0, 0, n_frames)``.
+    """
+    if not 0 <= 2 * margin < window:
+        raise ValueError(f"margin {margin} leaves no frame of a {window}-frame window")
+    if n_frames <= window:
+        return [(0, 0, n_frames)]
+    stride = window - 2 * margin
+    starts = list(range(0, n_frames - window + 1, stride))
+    if starts[-1] + window < n_frames:
+        starts.append(n_frames - window)
+    return [(s, s + margin if k else 0, s + window - margin if k < len(starts) - 1 else n_frames)
+            for k, s in enumerate(starts)]
+
+
 def predict_probabilities(model, placement, difficulty: int, mean, std, silence: float, window: int = 100,
-                          batch_size: int = 64, device="cpu", autocast=None, classes: bool = False) -> np.ndarray:
+                          batch_size: int = 64, device="cpu", autocast=None, classes: bool = False,
+                          margin: int = 0) -> np.ndarray:
     """Per-frame note probability ``[T]`` of a whole song, in windows as in training.
 
     The song's frames are cut into windows of ``window`` output frames
-    (starts ``0, L, 2L, ...``; the last window ends at frame ``T`` and only its
-    new frames are kept), each read with its +-context rows, so every frame
-    is predicted once, with the LSTM state of its window, as trained. A song
-    shorter than ``window`` is padded with the silence value.
+    (:func:`window_starts`: with ``margin`` 0, starts ``0, L, 2L, ...``, the
+    last window ends at frame ``T`` and only its new frames are kept), each
+    read with its +-context rows and predicted with a fresh LSTM state, as
+    trained. ``margin > 0`` overlaps the windows so no kept frame is within
+    ``margin`` frames of an inner window edge (the LSTM starts cold at a
+    window's start). A song shorter than ``window`` is padded with the
+    silence value.
 
     Parameters
     ----------
@@ -106,6 +149,10 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
         A context-manager factory (mixed precision) wrapped around the forward passes.
     classes : bool
         Return the class head's per-channel probabilities ``[T, n_classes]`` instead.
+    margin : int
+        Overlap margin of the windows (see :func:`window_starts`), ``0 <= 2 * margin < window``.
+        0 (the default, and what validation, ``bench/onsets.py`` and ``mapkit generate`` use):
+        back-to-back windows.
 
     Returns
     -------
@@ -119,20 +166,18 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
     if n_frames < window:
         pad = np.full((window - n_frames,) + x.shape[1:], (silence - mean) / std, dtype=np.float32)
         x = np.concatenate([x, pad])
-    starts = list(range(0, max(n_frames - window, 0) + 1, window))
-    if starts[-1] + window < n_frames:
-        starts.append(n_frames - window)
+    windows = window_starts(n_frames, window, margin)
     out = np.zeros((max(n_frames, window),) + ((model.config.n_classes,) if classes else ()), dtype=np.float32)
     rows = window + 2 * context
-    for i in range(0, len(starts), batch_size):
-        chunk = starts[i: i + batch_size]
-        xb = torch.from_numpy(np.stack([x[s: s + rows] for s in chunk])).to(device)
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i: i + batch_size]
+        xb = torch.from_numpy(np.stack([x[s: s + rows] for s, _, _ in chunk])).to(device)
         db = torch.full((len(chunk),), int(difficulty), dtype=torch.int64, device=device)
         with torch.no_grad(), (autocast() if autocast else torch.autocast("cpu", enabled=False)):
             y = model(xb, db, return_classes=True)[1] if classes else model(xb, db)
             p = torch.sigmoid(y.float()).cpu().numpy()
-        for s, row in zip(chunk, p):
-            out[s: s + window] = row  # the clipped last window overwrites only frames it shares
+        for (s, lo, hi), row in zip(chunk, p):
+            out[lo: hi] = row[lo - s: hi - s]  # in order: a later window overwrites the frames it shares
     return out[:n_frames]
 
 
@@ -192,19 +237,29 @@ class DDCStage(Stage):
         return self.config.model
 
     def loss(self, model, batch, device):
+        c, mask = self.config, batch["mask"]
+        features = self.augment(batch)
+        widen = dict(widen=c.widen_frames, widen_value=c.widen_value)
         if self.events:
             from mapkit.train.events import event_loss
 
-            logits, event_logits = model(batch["features"], batch["difficulty"], return_classes=True)
-            mask = batch["mask"]
-            onset = onset_loss(logits.float()[mask], batch["frame_class"][mask], self.pos_weight)
+            logits, event_logits = model(features, batch["difficulty"], return_classes=True)
+            onset = onset_loss(logits.float(), batch["frame_class"], self.pos_weight, mask, **widen)
             return onset + event_loss(event_logits, batch["frame_events"], mask, self.event_pos_weight)
-        logits = model(batch["features"], batch["difficulty"])
-        mask = batch["mask"]
-        if bool(mask.all()):
-            return onset_loss(logits.float(), batch["frame_class"], self.pos_weight)
-        # Padded frames of songs shorter than a window carry no target.
-        return onset_loss(logits.float()[mask], batch["frame_class"][mask], self.pos_weight)
+        logits = model(features, batch["difficulty"])
+        # Padded frames of songs shorter than a window carry no target (the mask).
+        return onset_loss(logits.float(), batch["frame_class"], self.pos_weight, mask, **widen)
+
+    def augment(self, batch) -> torch.Tensor:
+        """The batch's features with this config's random gain and mel shift (mapkit.train.augment)."""
+        c, features = self.config, batch["features"]
+        if c.gain_db <= 0 and c.mel_shift_bins <= 0:
+            return features
+        from mapkit.train.augment import batch_generator, gain_shift, mel_shift
+
+        generator = batch_generator(c.seed, batch["level"], batch["start"])
+        features = gain_shift(features, self.train_dataset.std, c.gain_db, generator)
+        return mel_shift(features, c.mel_shift_bins, generator)
 
     def evaluate(self, model, device, autocast) -> dict:
         from mapkit.preprocess.peaks import (best_threshold, best_thresholds_by_group, f1_from_counts, onset_counts,
@@ -316,4 +371,4 @@ def train_ddc(store, out_dir="mapkit-runs/ddc", config: DDCConfig | None = None,
     return fit(DDCStage(store, config), store, out_dir, config, options)
 
 
-__all__ = ["DDCConfig", "DDCStage", "ddc_config", "predict_probabilities", "train_ddc"]
+__all__ = ["DDCConfig", "DDCStage", "ddc_config", "predict_probabilities", "train_ddc", "window_starts"]

@@ -92,6 +92,31 @@ def test_whole_song_prediction_covers_every_frame_once_in_place(n_frames):
     np.testing.assert_allclose(p, expected, rtol=1e-5)
 
 
+class WindowPosition(CentreRow):
+    """A stand-in whose logit for a frame is its position in the window it was predicted in, over 20."""
+
+    def forward(self, x, difficulty):
+        return torch.arange(x.shape[1] - 14, dtype=torch.float32).expand(x.shape[0], -1) / 20
+
+
+@pytest.mark.parametrize("n_frames", [37, 100, 130, 250, 1001])
+@pytest.mark.parametrize("margin", [0, 25])
+def test_overlapping_prediction_windows_keep_frames_away_from_inner_edges(n_frames, margin):
+    raw = np.zeros((n_frames + 14, 3, 80), dtype=np.float16)
+    p = predict_probabilities(WindowPosition(), raw, 3, np.zeros((3, 80), np.float32), np.ones((3, 80), np.float32),
+                              silence=-23.0, window=100, batch_size=2, margin=margin)
+    position = np.round(20 * np.log(p / (1 - p))).astype(int)  # the frame's place in its window
+    assert p.shape == (n_frames,) and position.min() >= 0 and position.max() <= 99
+    inner = np.arange(n_frames) >= margin  # frames with margin frames of song before them
+    inner &= np.arange(n_frames) < n_frames - margin
+    assert np.all(position[inner] >= margin) and np.all(position[inner] <= 99 - margin)
+    if margin == 0 and n_frames >= 250:
+        assert position[100] == 0  # tiled windows: frame 100 starts the second window cold
+    with pytest.raises(ValueError, match="margin"):
+        predict_probabilities(WindowPosition(), raw, 3, np.zeros((3, 80), np.float32),
+                              np.ones((3, 80), np.float32), silence=-23.0, window=100, margin=50)
+
+
 # --- stage 1 ---------------------------------------------------------------------------------------
 
 
@@ -194,11 +219,12 @@ def test_transformer_beats_the_unigram_baseline(store, tmp_path):
 # --- resume ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", ["ddc", "transformer"])
+@pytest.mark.parametrize("stage", ["ddc", "ddc_augmented", "transformer"])
 def test_resume_reproduces_the_uninterrupted_run(store, tmp_path, stage):
-    if stage == "ddc":  # dropout on, so the restored RNG matters
+    if stage.startswith("ddc"):  # dropout on, so the restored RNG matters
+        augment = dict(gain_db=6.0, mel_shift_bins=2, widen_frames=1) if stage == "ddc_augmented" else {}
         config = ddc_config("tiny", max_steps=12, eval_every=5, checkpoint_every=4, val_songs=(VAL_SONG,),
-                            batch_size=8, model=replace(PLACEMENT_PRESETS["tiny"], dropout=0.3))
+                            batch_size=8, model=replace(PLACEMENT_PRESETS["tiny"], dropout=0.3), **augment)
         train = train_ddc
     else:
         config = transformer_config("tiny", max_steps=12, eval_every=5, checkpoint_every=4, batch_size=2,
