@@ -665,7 +665,8 @@ def _train_options(f):
         _preset_option("--max-steps", field="max_steps", type=click.IntRange(min=1),
                        help="Stop after this many steps."),
         click.option("--preset", type=click.Choice(["tiny", "default"]), default="default", show_default=True,
-                     help="Model size: default (as DeepSaber/DDC) or tiny (tests, CPU)."),
+                     help="Model size: default (stage 1: DDC's C-LSTM, bidirectional; stage 2: the 6+6-layer "
+                          "transformer) or tiny (tests, CPU)."),
         store_option,
     ]
     for option in options:
