@@ -379,16 +379,21 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     decoding = dict(temperature=temperature if sampling else None, beam_size=beam_size or 8, seed=seed,
                     use_cache=use_cache, top_p=top_p, top_k=top_k, flow=FlowSettings() if flow else None)
     charts, notices = [], []
+    # the event head's probabilities come from stage 1's own forward passes when objects will be made
+    events = bool(object_priors is not None and set(object_kinds) & set(GENERATED_KINDS)
+                  and _has_event_head(placement_model, placement_ckpt))
     for difficulty in difficulties:
         own = {}
         band = None if threshold is not None else _density_band(object_priors, difficulty)
-        th, *made = _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, difficulty,
-                           thresholds[difficulty], snap, timings=own, density=band, **decoding)
+        th, *made, event_probs = _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo,
+                                        difficulty, thresholds[difficulty], snap, timings=own, density=band,
+                                        events=events, **decoding)
         chart = GeneratedDifficulty(difficulty, _beatmap_filename(difficulty), th, *made, timings=own,
                                     validated_threshold=thresholds[difficulty])
         with _timed(own, "objects"):
             chart.objects, chart_notices = _level_objects(placement_model, p_setup, placement_ckpt, feats, difficulty,
-                                                          chart.notes, tempo, object_priors, object_kinds, seed)
+                                                          chart.notes, tempo, object_priors, object_kinds, seed,
+                                                          event_probs)
         notices += [n for n in chart_notices if n not in notices]
         charts.append(chart)
         for stage, seconds in own.items():
@@ -428,15 +433,18 @@ def _beatmap_filename(difficulty: str) -> str:
 
 
 def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, difficulty: str, th: float,
-           snap: bool, timings: dict, density=None, **decoding) -> tuple:
+           snap: bool, timings: dict, density=None, events: bool = False, **decoding) -> tuple:
     """One difficulty, stage 1 to stage 2: ``(threshold used, notes, peak frames, snapped, score, flow
-    violations)``; its stage times are added to ``timings``. With a ``density`` band (note times per
-    second) the threshold moves from ``th`` as little as it can to bring the level inside it
-    (:mod:`~mapkit.preprocess.density`)."""
+    violations, event probabilities)``; its stage times are added to ``timings``. With a ``density`` band
+    (note times per second) the threshold moves from ``th`` as little as it can to bring the level inside
+    it (:mod:`~mapkit.preprocess.density`). ``events``: also the event head's ``[T, K]`` probabilities
+    (same forward passes), else None."""
     from mapkit.preprocess.density import threshold_for_density
 
     with _timed(timings, "stage1"):
-        probs = _note_probabilities(placement_model, p_setup, feats.placement, difficulty)
+        probs = _note_probabilities(placement_model, p_setup, feats.placement, difficulty,
+                                    classes="both" if events else False)
+        probs, event_probs = probs if events else (probs, None)
     with _timed(timings, "peaks"):
         if density is not None:
             th = threshold_for_density(probs[: feats.n_frames], th, density, feats.duration_s,
@@ -445,7 +453,14 @@ def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, dif
     with _timed(timings, "stage2"):
         notes, score, violations = _note_states(selection_model, s_setup, feats, frames, beats, tempo,
                                                 difficulty=difficulty, **decoding)
-    return th, notes, frames, snapped, score, violations
+    return th, notes, frames, snapped, score, violations, event_probs
+
+
+def _has_event_head(placement_model, placement_ckpt: dict) -> bool:
+    """Whether stage 1 was trained with ``--targets events`` (its class head predicts every event channel)."""
+    from mapkit.preprocess.frame_events import FRAME_EVENT_CHANNELS
+
+    return placement_ckpt.get("targets") == "events" and placement_model.config.n_classes == len(FRAME_EVENT_CHANNELS)
 
 
 def _density_band(priors, difficulty: str):
@@ -577,23 +592,25 @@ def _note_states(selection_model, s_setup: SelectionSetup, feats, frames, beats,
 
 
 def _level_objects(placement_model, p_setup: PlacementSetup, placement_ckpt: dict, feats, difficulty: str, notes,
-                   tempo, priors, kinds, seed: int) -> tuple[dict, list]:
+                   tempo, priors, kinds, seed: int, event_probs=None) -> tuple[dict, list]:
     """Walls, arcs, chains and lights (:func:`~mapkit.preprocess.object_decoding.decode_objects`): ``(objects,
-    notices)``. None without the stage-1 event head or the object model (a notice says how to get them)."""
+    notices)``. None without the stage-1 event head or the object model (a notice says how to get them).
+    ``event_probs``: the event head's probabilities when stage 1 already computed them."""
     from mapkit.preprocess.frame_events import FRAME_EVENT_CHANNELS
     from mapkit.preprocess.object_decoding import decode_objects
 
     kinds = tuple(k for k in GENERATED_KINDS if k in set(kinds))
     if not kinds:
         return {}, []
-    if placement_ckpt.get("targets") != "events" or placement_model.config.n_classes != len(FRAME_EVENT_CHANNELS):
+    if not _has_event_head(placement_model, placement_ckpt):
         return {}, ["no walls, arcs, chains or lights: the stage-1 checkpoint has no event head; train it with "
                     "`mapkit train ddc --targets events` (and fit the object model with `mapkit train objects`)"]
     table = priors.for_difficulty(difficulty) if priors is not None else None
     if table is None:
         return {}, ["no walls, arcs, chains or lights: no object model; fit one with `mapkit train objects "
                     "--store STORE` and pass it with --objects"]
-    probs = _note_probabilities(placement_model, p_setup, feats.placement, difficulty, classes=True)
+    probs = event_probs if event_probs is not None else _note_probabilities(
+        placement_model, p_setup, feats.placement, difficulty, classes=True)
     thresholds = (placement_ckpt.get("event_peak_picking") or {}).get("thresholds") or {}
     objects = decode_objects(probs, FRAME_EVENT_CHANNELS, notes, table, thresholds, tempo, feats.duration_s,
                              p_setup.feature_settings.fps, seed=seed, kinds=kinds,

@@ -147,8 +147,9 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
     device : str or torch.device
     autocast : callable, optional
         A context-manager factory (mixed precision) wrapped around the forward passes.
-    classes : bool
-        Return the class head's per-channel probabilities ``[T, n_classes]`` instead.
+    classes : bool or "both"
+        Return the class head's per-channel probabilities ``[T, n_classes]`` instead;
+        ``"both"``: ``(onsets [T], classes [T, n_classes])`` from the same forward passes.
     margin : int
         Overlap margin of the windows (see :func:`window_starts`), ``0 <= 2 * margin < window``.
         0 (the default, and what validation, ``bench/onsets.py`` and ``mapkit generate`` use):
@@ -156,7 +157,7 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
 
     Returns
     -------
-    np.ndarray [T] float32 (``[T, n_classes]`` with ``classes``)
+    np.ndarray [T] float32 (``[T, n_classes]`` with ``classes``; a pair with ``"both"``)
     """
     context = model.config.context
     x = (np.asarray(placement, dtype=np.float32) - mean) / std
@@ -167,18 +168,24 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
         pad = np.full((window - n_frames,) + x.shape[1:], (silence - mean) / std, dtype=np.float32)
         x = np.concatenate([x, pad])
     windows = window_starts(n_frames, window, margin)
-    out = np.zeros((max(n_frames, window),) + ((model.config.n_classes,) if classes else ()), dtype=np.float32)
+    onsets = np.zeros(max(n_frames, window), dtype=np.float32)
+    per_class = np.zeros((max(n_frames, window), model.config.n_classes), dtype=np.float32) if classes else None
     rows = window + 2 * context
     for i in range(0, len(windows), batch_size):
         chunk = windows[i: i + batch_size]
         xb = torch.from_numpy(np.stack([x[s: s + rows] for s, _, _ in chunk])).to(device)
         db = torch.full((len(chunk),), int(difficulty), dtype=torch.int64, device=device)
         with torch.no_grad(), (autocast() if autocast else torch.autocast("cpu", enabled=False)):
-            y = model(xb, db, return_classes=True)[1] if classes else model(xb, db)
+            y, c = model(xb, db, return_classes=True) if classes else (model(xb, db), None)
             p = torch.sigmoid(y.float()).cpu().numpy()
-        for (s, lo, hi), row in zip(chunk, p):
-            out[lo: hi] = row[lo - s: hi - s]  # in order: a later window overwrites the frames it shares
-    return out[:n_frames]
+            pc = torch.sigmoid(c.float()).cpu().numpy() if classes else None
+        for j, (s, lo, hi) in enumerate(chunk):  # in order: a later window overwrites the frames it shares
+            onsets[lo: hi] = p[j, lo - s: hi - s]
+            if classes:
+                per_class[lo: hi] = pc[j, lo - s: hi - s]
+    if classes == "both":
+        return onsets[:n_frames], per_class[:n_frames]
+    return per_class[:n_frames] if classes else onsets[:n_frames]
 
 
 class DDCStage(Stage):

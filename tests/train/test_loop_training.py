@@ -325,3 +325,21 @@ def test_an_explicit_step_budget_is_not_cut_short_by_the_presets_epochs():
         assert make("tiny", max_steps=300).epochs is None
         both = make("tiny", max_steps=300, epochs=2)
         assert (both.max_steps, both.epochs) == (300, 2)
+
+
+def test_onsets_and_event_probabilities_come_from_the_same_forward_passes():
+    import dataclasses
+
+    from mapkit.preprocess.frame_events import N_FRAME_EVENT_CHANNELS
+    from mapkit.train.models import PlacementModel
+
+    torch.manual_seed(0)
+    model = PlacementModel(dataclasses.replace(PLACEMENT_PRESETS["tiny"], n_classes=N_FRAME_EVENT_CHANNELS)).eval()
+    raw = np.random.default_rng(1).normal(-5, 3, size=(250 + 2 * model.config.context, 3, 80)).astype(np.float16)
+    mean, std = np.full((3, 80), -5.0, np.float32), np.full((3, 80), 2.0, np.float32)
+    args = (model, raw, 2, mean, std, -23.0)
+    onsets, classes = predict_probabilities(*args, window=100, classes="both")
+    assert onsets.shape == (250,) and classes.shape == (250, N_FRAME_EVENT_CHANNELS)
+    np.testing.assert_array_equal(onsets, predict_probabilities(*args, window=100))
+    np.testing.assert_array_equal(classes, predict_probabilities(*args, window=100, classes=True))
+    assert not np.allclose(onsets, classes[:, 0])  # two heads, two different answers
