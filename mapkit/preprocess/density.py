@@ -79,10 +79,9 @@ def threshold_for_density(probabilities, threshold: float, band, duration_s: flo
         return float(threshold)
     if r > high:  # too dense: raise, the lowest threshold that is sparse enough
         lo, hi = float(threshold), 1.0 + 1e-9
-        ok = lambda th: rate(th) <= high  # noqa: E731
         for _ in range(_STEPS):
             mid = 0.5 * (lo + hi)
-            lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+            lo, hi = (lo, mid) if rate(mid) <= high else (mid, hi)
         return float(min(hi, 1.0))
     lo, hi = MIN_THRESHOLD, float(threshold)  # too sparse: lower, the highest threshold that is dense enough
     if lo >= hi or rate(lo) < low:
