@@ -606,6 +606,9 @@ def _level_objects(placement_model, p_setup: PlacementSetup, placement_ckpt: dic
         return {}, ["no walls, arcs, chains or lights: the stage-1 checkpoint has no event head; train it with "
                     "`mapkit train ddc --targets events` (and fit the object model with `mapkit train objects`)"]
     table = priors.for_difficulty(difficulty) if priors is not None else None
+    if table is None and priors is not None:
+        return {}, ["no walls, arcs, chains or lights: the object model has no fitted difficulty (fitted on a "
+                    "store without training levels?); fit it again with `mapkit train objects --store STORE`"]
     if table is None:
         return {}, ["no walls, arcs, chains or lights: no object model; fit one with `mapkit train objects "
                     "--store STORE` and pass it with --objects"]
@@ -671,6 +674,20 @@ def missing_checkpoints(placement, selection) -> str | None:
                       "into another --out? pass --placement OUT/last.pt and --selection OUT/last.pt)"])
 
 
+def _check_device(device: str) -> None:
+    """MapkitError naming ``--device`` when torch does not know the device or this machine lacks it."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise MapkitError(f"--device {device}", f"not a torch device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MapkitError(f"--device {device}", "CUDA is not available on this machine (or this torch is CPU-only)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise MapkitError(f"--device {device}", "MPS is not available on this machine")
+
+
 def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, device: str = "cpu",
              threads: int | None = None, objects=DEFAULT_PRIORS, **kwargs) -> GeneratedLevel:
     """Load both checkpoints and generate a level of ``song`` (see :func:`generate_level`).
@@ -707,7 +724,7 @@ def generate(song, placement=DEFAULT_PLACEMENT, selection=DEFAULT_SELECTION, dev
 
     if threads is not None:
         torch.set_num_threads(int(threads))
-
+    _check_device(device)
     p_model, p_ckpt = load_checkpoint(placement, device)
     s_model, s_ckpt = load_checkpoint(selection, device)
     if p_ckpt.get("model_kind") != "placement":

@@ -138,3 +138,18 @@ def test_each_difficulty_is_brought_into_its_human_density_band(song, tmp_path):
     fixed = generate_level(song, placement, selection, p_ckpt, s_ckpt, difficulty=["Easy", "Expert"],
                            out_dir=tmp_path / "fixed", object_priors=priors, threshold=0.3)
     assert [c.threshold for c in fixed.charts] == [0.3, 0.3]  # a threshold the user gives is kept
+
+
+def test_an_empty_object_model_and_a_device_torch_lacks_are_named(song, tmp_path):
+    placement, selection, p_ckpt, s_ckpt = event_models()
+    p = _save(tmp_path / "ddc.pt", placement, "placement", p_ckpt)
+    s = _save(tmp_path / "tr.pt", selection, "selection", s_ckpt)
+    empty = tmp_path / "empty.json"
+    empty.write_text(ObjectPriors({}).to_json())
+    base = ["generate", str(song), "--placement", str(p), "--selection", str(s)]
+    r = CliRunner().invoke(main, base + ["--objects", str(empty), "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0 and "no fitted difficulty" in r.output, r.output
+    for device in ("banana", "cuda:0" if not torch.cuda.is_available() else "banana"):
+        r = CliRunner().invoke(main, base + ["--device", device, "--out", str(tmp_path / "b")])
+        assert r.exit_code == 1 and f"--device {device}" in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "b").exists()
