@@ -59,7 +59,8 @@ def threshold_for_density(probabilities, threshold: float, band, duration_s: flo
     -------
     float
         ``threshold`` when its rate is inside the band; else, by bisection,
-        the lowest threshold above it whose rate is at most ``high``, or the
+        the lowest threshold above it whose rate is at most ``high`` (at least
+        one note a song: ``high`` is never below ``1 / duration_s``), or the
         highest threshold below it (not under :data:`MIN_THRESHOLD`) whose
         rate is at least ``low`` — or that bound when no threshold reaches the band.
 
@@ -70,6 +71,7 @@ def threshold_for_density(probabilities, threshold: float, band, duration_s: flo
     True
     """
     low, high = band
+    high = max(high, 1.0 / max(duration_s, 1e-9))  # a very short song keeps its strongest note
 
     def rate(th: float) -> float:
         return len(pick_peaks(probabilities, th, min_gap_frames, smoothing)) / max(duration_s, 1e-9)

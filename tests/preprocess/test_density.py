@@ -51,3 +51,10 @@ def test_the_band_is_the_percentiles_of_the_training_rates():
     assert density_band(rates) == pytest.approx(tuple(np.percentile(rates, DENSITY_PERCENTILES)))
     with pytest.raises(ValueError):
         density_band([])
+
+
+def test_a_very_short_song_keeps_its_strongest_note():
+    p = np.zeros(30, np.float32)
+    p[[5, 15, 25]] = [0.6, 0.9, 0.7]  # 3 peaks in 0.3 s: 10 a second, far above a band of (1, 2)
+    th = threshold_for_density(p, 0.5, (1.0, 2.0), 0.3)
+    assert list(pick_peaks(p, th)) == [15]
