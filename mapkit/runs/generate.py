@@ -202,8 +202,6 @@ class GeneratedLevel:
     format: str = "v3"
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
-    #: stage-2 picks that broke a flow rule because no state kept it (see ``flow`` of :func:`generate_level`)
-    flow_violations: int = 0
     #: what the level lacks by choice of the models (e.g. no objects: a checkpoint without events); exit code 0
     notices: list = field(default_factory=list)
 
@@ -211,6 +209,11 @@ class GeneratedLevel:
     def bpm(self) -> float:
         """The first tempo (Info ``_beatsPerMinute`` / ``audio.bpm``)."""
         return self.tempo.base_bpm
+
+    @property
+    def flow_violations(self) -> int:
+        """Stage-2 picks, over every difficulty, that broke a flow rule because no state kept it."""
+        return sum(c.flow_violations for c in self.charts)
 
     @property
     def difficulties(self) -> list:
@@ -408,8 +411,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
                 for c in charts if len(c.peak_frames) == 0]
     return GeneratedLevel(song_id=source.song_id, folder=written["folder"], zip_path=written["zip"], tempo=tempo,
                           charts=charts, n_frames=feats.n_frames, duration_s=feats.duration_s, format=format,
-                          timings=timings, warnings=warnings,
-                          flow_violations=sum(c.flow_violations for c in charts), notices=notices)
+                          timings=timings, warnings=warnings, notices=notices)
 
 
 def _difficulty_names(song, difficulty) -> list:
@@ -447,7 +449,7 @@ def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, dif
         probs, event_probs = probs if events else (probs, None)
     with _timed(timings, "peaks"):
         if density is not None:
-            th = threshold_for_density(probs[: feats.n_frames], th, density, feats.duration_s,
+            th = threshold_for_density(probs, th, density, feats.duration_s,
                                        p_setup.min_gap_frames, p_setup.smoothing)
         frames, beats, snapped = _note_beats(probs, th, p_setup, tempo, feats.duration_s, snap)
     with _timed(timings, "stage2"):
