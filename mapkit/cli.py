@@ -898,7 +898,8 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
 @click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Sampling temperature of stage 2 [default: 1.0].")
 @click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
-              help="Sample from the nucleus: the most probable states holding this much probability [default: 0.85].")
+              help="Sample from the nucleus: the most probable states holding this much probability [default: by "
+                   "difficulty, Easy 0.7 ... Expert+ 0.85; README \"Stage-2 decoding\"].")
 @click.option("--top-k", type=click.IntRange(min=1), default=None,
               help="Sample only from the K most probable states [default: no limit].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling.")
@@ -935,8 +936,9 @@ def generate_command(song, placement, selection, difficulties, level_format, out
     and OUT/<song>-mapkit.zip for Beat Saber or BeatSaver. The tempo map is
     estimated from the audio (one BPM unless the music's tempo changes); note
     times come from stage-1 peaks, notes from stage 2 by nucleus sampling
-    (temperature 1.0, top-p 0.85; or --beam-size), never breaking swing parity,
-    vision or collision rules where a state avoids it; walls, arcs, chains and
+    (temperature 1.0, top-p by difficulty: narrower for easier ones; or
+    --beam-size), never breaking swing parity, vision or collision rules
+    where a state avoids it; walls, arcs, chains and
     lights from the stage-1 event head (--targets events) and the object
     model (--objects, mapkit train objects), each kind switched off by its
     --no-* flag (a missing model or event head: notes only, with a warning,
@@ -960,14 +962,14 @@ def generate_command(song, placement, selection, difficulties, level_format, out
     """
     from mapkit.errors import MapkitError
     from mapkit.preprocess.object_decoding import OBJECT_SWITCHES
-    from mapkit.runs.generate import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generate
+    from mapkit.runs.generate import generate
 
     if beam_size is not None and (temperature, top_p, top_k) != (None, None, None):
         fail("--beam-size decodes by beam search; --temperature, --top-p and --top-k are sampling options: "
              "give one or the other", EXIT_USAGE)
-    sampling = {} if beam_size is not None else dict(
-        temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
-        top_p=DEFAULT_TOP_P if top_p is None else top_p, top_k=top_k)
+    # an option left out keeps generate's per-difficulty default (SAMPLING_BY_DIFFICULTY)
+    sampling = {} if beam_size is not None else {k: v for k, v in dict(
+        temperature=temperature, top_p=top_p, top_k=top_k).items() if v is not None}
     off = {"walls": no_walls, "arcs": no_arcs, "chains": no_chains, "lights": no_lights}
     kinds = [k for switch, ks in OBJECT_SWITCHES.items() if not off[switch] for k in ks]
     try:

@@ -676,13 +676,15 @@ def _read_regions(container: LevelContainer, name: str, base_bpm: float) -> Temp
     if "_regions" in doc:
         regions = [(r.get("_startSampleIndex", 0), r.get("_endSampleIndex", 0), r.get("_startBeat", 0),
                     r.get("_endBeat", 0)) for r in map(as_dict, as_list(doc, "_regions", where))]
-        rate = doc.get("_songFrequency", 0)
+        rate, n_samples = doc.get("_songFrequency", 0), doc.get("_songSampleCount")
     else:
         regions = [(r.get("si", 0), r.get("ei", 0), r.get("sb", 0), r.get("eb", 0))
                    for r in map(as_dict, as_list(doc, "bpmData", where))]
-        rate = doc.get("songFrequency", 0)
+        rate, n_samples = doc.get("songFrequency", 0), doc.get("songSampleCount")
+    n_samples, _ = strict_number(n_samples)  # the audio's end: the last region's tempo holds after it
+    n_samples = n_samples if n_samples is not None and math.isfinite(n_samples) else None
     try:
-        return TempoMap.from_regions(base_bpm, regions, rate)
+        return TempoMap.from_regions(base_bpm, regions, rate, n_samples)
     except TempoError as e:
         raise LevelError(where, f"invalid tempo: {e}") from None
 

@@ -50,6 +50,9 @@ from mapkit.errors import TempoError
 #: constructors compute each start from the previous segment (regions: from sample counts, which
 #: agree to a few float64 roundings), so a sound map is far inside it and a real jump far outside.
 CONTINUITY_RTOL = 1e-9
+#: A region tempo this close (relative) to the base BPM is the base BPM (:meth:`TempoMap.from_regions`): the
+#: float noise of ``(eb - sb) / (ei - si)``, far below any tempo a mapper sets.
+REGION_BPM_RTOL = 1e-12
 
 
 def _check_bpm(bpm, what: str) -> float:
@@ -200,17 +203,22 @@ class TempoMap:
         return cls(base, segments, source=source, warnings=warnings)
 
     @classmethod
-    def from_regions(cls, base_bpm, regions, sample_rate) -> "TempoMap":
+    def from_regions(cls, base_bpm, regions, sample_rate, n_samples=None) -> "TempoMap":
         """Tempo from audio-data regions (v4 ``bpmData``, 2.0.0 ``_regions``).
 
         A region ``(si, ei, sb, eb)`` says samples ``si..ei`` span beats
         ``sb..eb``; inside it ``t = (si + (b - sb) / (eb - sb) * (ei - si)) / sample_rate``
-        and its tempo is ``(eb - sb) / ((ei - si) / sample_rate) * 60``.
+        and its tempo is ``(eb - sb) / ((ei - si) / sample_rate) * 60``; a
+        tempo within :data:`REGION_BPM_RTOL` of ``base_bpm`` is ``base_bpm``
+        (sample counts and float beats cannot say it more exactly).
         Between two regions the map runs linearly from the end of one to the
         start of the next (continuity). After the last region, and between
         beat 0 and a first region that starts later, the tempo is ``base_bpm``
         (docs/formats.md §1.8 rule 3: outside all regions, the base BPM), anchored at
-        the region boundary so the map stays continuous.
+        the region boundary so the map stays continuous; except that a last
+        region reaching ``n_samples`` (the audio's end) keeps its tempo after
+        it: no audio is left there, so the base BPM would only add a segment
+        no note can use.
         Regions are sorted by start sample.
 
         Parameters
@@ -219,6 +227,8 @@ class TempoMap:
         regions : iterable of (si, ei, sb, eb)
         sample_rate : float > 0
             The audio data file's ``songFrequency``.
+        n_samples : int, optional
+            The audio's samples (``songSampleCount``); None: unknown.
 
         Raises
         ------
@@ -257,9 +267,11 @@ class TempoMap:
                     raise TempoError(f"gap between tempo regions {k - 1} and {k} spans samples but not beats, or the reverse")
                 if sb > pb:  # a gap: bridge it linearly
                     segments.append((pb, ps, (sb - pb) / (s_start - ps) * 60.0))
-            segments.append((sb, s_start, (eb - sb) / (s_end - s_start) * 60.0))
+            bpm = (eb - sb) / (s_end - s_start) * 60.0
+            segments.append((sb, s_start, base if math.isclose(bpm, base, rel_tol=REGION_BPM_RTOL) else bpm))
             prev_end = (eb, s_end)
-        segments.append((prev_end[0], prev_end[1], base))
+        if n_samples is None or regs[-1][1] < float(n_samples):
+            segments.append((prev_end[0], prev_end[1], base))
         first_beat, first_second, _ = segments[0]
         if first_beat > 0:  # beats 0..sb of the first region: base BPM, anchored at the region's start
             segments.insert(0, (0.0, first_second - first_beat * 60.0 / base, base))
@@ -309,16 +321,18 @@ class TempoMap:
         m = self._bpm[k]
         return float(m) if m.ndim == 0 else m
 
-    def to_regions(self, n_samples: int, sample_rate: float, decimals: int = 6) -> list[tuple[int, int, float, float]]:
+    def to_regions(self, n_samples: int, sample_rate: float) -> list[tuple[int, int, float, float]]:
         """v4 audio-data regions ``(si, ei, sb, eb)`` (``bpmData``) that realise this map over the audio.
 
         One region per segment that starts inside the audio: ``si`` is the
         sample of the segment's start, ``round(second * sample_rate)``; ``ei``
         the next region's ``si`` (the last: ``n_samples``); ``sb`` the
         segment's beat and ``eb`` the next segment's beat (the last: the beat
-        at ``n_samples / sample_rate``, rounded to ``decimals``).
-        :meth:`from_regions` of the result is this map up to the sample
-        rounding of the starts (at most half a sample) within the audio.
+        at ``n_samples / sample_rate``, not rounded: a rounded end beat gives
+        the last region a tempo a hair off its segment's).
+        :meth:`from_regions` of the result (with ``n_samples``) is this map up
+        to the sample rounding of the starts (at most half a sample) within
+        the audio, and a map made that way gives its own regions back.
 
         Raises
         ------
@@ -338,7 +352,7 @@ class TempoMap:
             if k + 1 < len(starts):
                 ei, eb = starts[k + 1]
             else:
-                ei, eb = n, round(self.beats(n / sr), decimals)
+                ei, eb = n, self.beats(n / sr)
             if ei > si and eb > sb:
                 regions.append((si, ei, sb, float(eb)))
         return regions

@@ -291,7 +291,7 @@ def plan_level(index: int, seed: int = 0, duration_s: float = 30.0, sample_rate:
     events = _tempo_events(rng, base_bpm, duration_s)
     if beatmap_format == "v4":
         regions = _regions(base_bpm, events, n_samples, sample_rate)
-        tempo = TempoMap.from_regions(base_bpm, regions, sample_rate)
+        tempo = TempoMap.from_regions(base_bpm, regions, sample_rate, n_samples)  # as the reader: the end known
     else:
         regions = ()
         tempo = TempoMap.from_bpm_events(base_bpm, events)

@@ -75,9 +75,24 @@ DEFAULT_SELECTION = "mapkit-runs/transformer/last.pt"
 LEVEL_SUFFIX = "-mapkit"
 #: Output formats: v3 difficulties + Info v2.1.0, or Info/beatmaps/lightshows/audio data in v4.
 FORMATS = ("v3", "v4")
-#: Default stage-2 decoding: flow-constrained nucleus sampling (measured on held-out songs: docs/design.md §7).
+#: Stage-2 decoding before the per-difficulty table: flow-constrained nucleus sampling at this temperature and
+#: top-p (measured on held-out Expert levels: README "Stage-2 decoding"); still the temperature of every difficulty.
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 0.85
+#: Default stage-2 sampling of each difficulty, ``difficulty -> (temperature, top_p)``: the one home of it
+#: (README "Stage-2 decoding: variety and playable flow" has the measurement). Easier human levels use fewer
+#: layouts (median distinct states: Easy 25, Normal 35, Hard 52, Expert 74, Expert+ 93), so the nucleus is
+#: narrower for them; chosen with ``bench/variety.py`` on held-out songs other than the reference's three.
+SAMPLING_BY_DIFFICULTY = {
+    "Easy": (DEFAULT_TEMPERATURE, 0.7),
+    "Normal": (DEFAULT_TEMPERATURE, 0.75),
+    "Hard": (DEFAULT_TEMPERATURE, 0.75),
+    "Expert": (DEFAULT_TEMPERATURE, 0.8),
+    "ExpertPlus": (DEFAULT_TEMPERATURE, DEFAULT_TOP_P),
+}
+#: ``temperature`` / ``top_p`` value of :func:`generate_level` meaning "the difficulty's default"
+#: (:data:`SAMPLING_BY_DIFFICULTY`).
+BY_DIFFICULTY = "by-difficulty"
 
 
 # --------------------------------------------------------------------------- tempo and beats
@@ -164,15 +179,18 @@ class GeneratedDifficulty:
     timings: dict = field(default_factory=dict)
     #: the checkpoint's threshold of the difficulty (``threshold`` differs when the density band moved it)
     validated_threshold: float | None = None
+    #: how stage 2 decoded it (``"T 1, top-p 0.7"``, ``"beam 8"``; empty when not recorded)
+    decoding: str = ""
 
     def summary(self, duration_s: float) -> str:
-        """One line: difficulty, notes, bombs, notes per second, objects, snapped, threshold."""
+        """One line: difficulty, notes, bombs, notes per second, objects, snapped, threshold, stage-2 decoding."""
         n_bombs = int((self.notes["color"] == BOMB).sum())
         n_notes = len(self.notes) - n_bombs
         objects = "".join(f"{len(v)} {k.replace('_', ' ')}, " for k, v in self.objects.items())
         return (f"  {self.difficulty}: {self.filename}, {len(self.peak_frames)} note times, {n_notes} notes "
                 f"({n_notes / max(duration_s, 1e-9):.2f}/s), {n_bombs} bombs, {objects}{int(self.snapped.sum())} "
-                f"snapped to 1/{SNAP_DIVISIONS} beat, threshold {self.threshold:.3g}{self._moved()}")
+                f"snapped to 1/{SNAP_DIVISIONS} beat, threshold {self.threshold:.3g}{self._moved()}"
+                f"{f'; stage 2: {self.decoding}' if self.decoding else ''}")
 
     def _moved(self) -> str:
         v = self.validated_threshold
@@ -291,9 +309,9 @@ def _song_source(song):
 
 def generate_level(song, placement_model, selection_model, placement_ckpt: dict, selection_ckpt: dict,
                    difficulty="Expert", beam_size: int | None = None,
-                   temperature: float | None = DEFAULT_TEMPERATURE, snap: bool = True, out_dir="mapkit-generated",
+                   temperature: float | str | None = BY_DIFFICULTY, snap: bool = True, out_dir="mapkit-generated",
                    threshold: float | None = None, seed: int = 0, use_cache: bool = True, name: str | None = None,
-                   force: bool = False, top_p: float | None = DEFAULT_TOP_P, top_k: int | None = None,
+                   force: bool = False, top_p: float | str | None = BY_DIFFICULTY, top_k: int | None = None,
                    flow: bool = True, format: str = "v3", object_priors=None,
                    object_kinds=GENERATED_KINDS) -> GeneratedLevel:
     """Generate a level of ``song`` with loaded models: one or several difficulties in one folder.
@@ -315,7 +333,8 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         Decode stage 2 by beam search with this many beams (1 = greedy)
         instead of sampling; ``temperature``, ``top_p`` and ``top_k`` are then unused.
     temperature : float, optional
-        Sampling temperature of stage 2 (None: beam search with ``beam_size`` or 8 beams).
+        Sampling temperature of stage 2 (None: beam search with ``beam_size`` or 8 beams;
+        :data:`BY_DIFFICULTY`: each difficulty's from :data:`SAMPLING_BY_DIFFICULTY`).
     snap : bool
         Snap note beats to 1/16 beat within 10 ms (:func:`snap_beats`).
     out_dir : path
@@ -329,7 +348,8 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     seed : int
         Seed of sampling.
     top_p, top_k : float, int, optional
-        Sample only from the nucleus of mass ``top_p`` / the ``top_k`` most probable states (None: no cut).
+        Sample only from the nucleus of mass ``top_p`` / the ``top_k`` most probable states (None: no cut;
+        ``top_p`` :data:`BY_DIFFICULTY`: each difficulty's from :data:`SAMPLING_BY_DIFFICULTY`).
     flow : bool
         Keep the decoded states playable: no parity error, vision block or
         collision as ``mapkit evaluate`` counts them wherever a state avoids
@@ -377,10 +397,10 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         _refuse_overwrite(out_dir, level_name, force)
         feats = song_features(source, settings)  # the code of mapkit extract, float16 as the store holds it
     with _timed(timings, "tempo"):
-        tempo, egg = _song_tempo(source, feats, settings, format)
+        tempo, egg, regions = _song_tempo(source, feats, settings, format)
     sampling = beam_size is None and temperature is not None
-    decoding = dict(temperature=temperature if sampling else None, beam_size=beam_size or 8, seed=seed,
-                    use_cache=use_cache, top_p=top_p, top_k=top_k, flow=FlowSettings() if flow else None)
+    decoding = dict(beam_size=beam_size or 8, seed=seed, use_cache=use_cache, top_k=top_k,
+                    flow=FlowSettings() if flow else None)
     charts, notices = [], []
     # the event head's probabilities come from stage 1's own forward passes when objects will be made
     events = bool(object_priors is not None and set(object_kinds) & set(GENERATED_KINDS)
@@ -388,11 +408,13 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     for difficulty in difficulties:
         own = {}
         band = None if threshold is not None else _density_band(object_priors, difficulty)
+        t, p = sampling_for(difficulty, temperature, top_p) if sampling else (None, None)
         th, *made, event_probs = _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo,
                                         difficulty, thresholds[difficulty], snap, timings=own, density=band,
-                                        events=events, **decoding)
+                                        events=events, temperature=t, top_p=p, **decoding)
         chart = GeneratedDifficulty(difficulty, _beatmap_filename(difficulty), th, *made, timings=own,
-                                    validated_threshold=thresholds[difficulty])
+                                    validated_threshold=thresholds[difficulty],
+                                    decoding=_decoding_text(t, p, top_k, decoding["beam_size"]))
         with _timed(own, "objects"):
             chart.objects, chart_notices = _level_objects(placement_model, p_setup, placement_ckpt, feats, difficulty,
                                                           chart.notes, tempo, object_priors, object_kinds, seed,
@@ -405,13 +427,37 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         out_dir = Path(out_dir)
         if (out_dir / level_name).resolve() == Path(source.path).resolve():
             raise MapkitError(out_dir / level_name, "the generated level would replace the input song; choose --out")
-        written = write_level(out_dir, level_name, _level_files(source, tempo, charts, feats, settings, format, egg))
+        written = write_level(out_dir, level_name, _level_files(source, tempo, charts, feats, settings, format, egg,
+                                                                regions))
     warnings = [f"no notes found for {c.difficulty}: stage 1 put no peak above the threshold {c.threshold:g} in "
                 f"the {feats.duration_s:.2f} s of {source.path}; its beatmap was written without notes"
                 for c in charts if len(c.peak_frames) == 0]
     return GeneratedLevel(song_id=source.song_id, folder=written["folder"], zip_path=written["zip"], tempo=tempo,
                           charts=charts, n_frames=feats.n_frames, duration_s=feats.duration_s, format=format,
                           timings=timings, warnings=warnings, notices=notices)
+
+
+def sampling_for(difficulty: str, temperature=BY_DIFFICULTY, top_p=BY_DIFFICULTY) -> tuple:
+    """``(temperature, top_p)`` of stage-2 sampling for ``difficulty``: each value given as is, each left at
+    :data:`BY_DIFFICULTY` from :data:`SAMPLING_BY_DIFFICULTY` (a difficulty not in it: :data:`DEFAULT_TEMPERATURE`,
+    :data:`DEFAULT_TOP_P`).
+
+    >>> sampling_for("Easy")
+    (1.0, 0.7)
+    >>> sampling_for("Easy", top_p=0.9)
+    (1.0, 0.9)
+    """
+    default_t, default_p = SAMPLING_BY_DIFFICULTY.get(difficulty, (DEFAULT_TEMPERATURE, DEFAULT_TOP_P))
+    return (default_t if isinstance(temperature, str) and temperature == BY_DIFFICULTY else temperature,
+            default_p if isinstance(top_p, str) and top_p == BY_DIFFICULTY else top_p)
+
+
+def _decoding_text(temperature, top_p, top_k, beam_size: int) -> str:
+    """How stage 2 decoded a difficulty, for its summary line: ``"T 1, top-p 0.7"`` or ``"beam 8"``."""
+    if temperature is None:
+        return "greedy" if beam_size == 1 else f"beam {beam_size}"
+    cuts = "".join(f", {name} {v:g}" for name, v in (("top-p", top_p), ("top-k", top_k)) if v is not None)
+    return f"T {temperature:g}{cuts}"
 
 
 def _difficulty_names(song, difficulty) -> list:
@@ -473,16 +519,18 @@ def _density_band(priors, difficulty: str):
 
 
 def _song_tempo(source, feats, settings, format: str):
-    """The level's tempo map from the placement features, and the song.egg bytes when ``format`` needs
-    them now (v4: the map of the audio-data regions, whose starts lie on whole samples of song.egg)."""
+    """The level's tempo map from the placement features, and the song.egg bytes and audio-data regions when
+    ``format`` needs them (v4: the map is that of the regions, whose starts lie on whole samples of song.egg;
+    they are written as made, so the level reads back with exactly this map); else ``(tempo, None, None)``."""
     # the middle FFT size (2048) of the placement features: librosa's default onset resolution
     column = len(settings.placement_n_ffts) // 2
     tempo = estimate_tempo_map(onset_envelope(settings.unpad("placement", feats.placement)[:, column]), settings.fps)
     if format != "v4":
-        return tempo, None
+        return tempo, None, None
     egg = song_egg(source)
     n_samples, rate = _audio_size(egg)
-    return TempoMap.from_regions(tempo.base_bpm, tempo.to_regions(n_samples, rate), rate), egg
+    regions = tempo.to_regions(n_samples, rate)
+    return TempoMap.from_regions(tempo.base_bpm, regions, rate, n_samples), egg, regions
 
 
 def _audio_size(egg: bytes) -> tuple[int, int]:
@@ -624,17 +672,17 @@ def _level_objects(placement_model, p_setup: PlacementSetup, placement_ckpt: dic
 
 
 def _level_files(source, tempo: TempoMap, charts: list, feats, settings, format: str = "v3",
-                 egg: bytes | None = None) -> dict:
+                 egg: bytes | None = None, regions=None) -> dict:
     """The files of the generated level: the info file listing every difficulty, a beatmap per difficulty
     (each with its chart's ``objects``: kind -> records), song.egg, cover.png; v4 also the audio-data file
-    and a lightshow per difficulty."""
+    (``regions``, the ones ``tempo`` was made from; None: ``tempo.to_regions``) and a lightshow per difficulty."""
     from mapkit.writers.png import png_bytes
 
     title, author = song_metadata(source)
     egg = song_egg(source) if egg is None else egg
     beatmaps = [(c.difficulty, c.filename) for c in charts]
     if format == "v4":
-        files = _v4_files(title, author, tempo, charts, feats.duration_s, egg)
+        files = _v4_files(title, author, tempo, charts, feats.duration_s, egg, regions)
     else:
         files = {"Info.dat": dumps(info_json_levels(title, tempo.base_bpm, beatmaps, feats.duration_s, author=author),
                                    pretty=True)}
@@ -644,15 +692,17 @@ def _level_files(source, tempo: TempoMap, charts: list, feats, settings, format:
     return files
 
 
-def _v4_files(title: str, author: str, tempo: TempoMap, charts: list, duration_s: float, egg: bytes) -> dict:
+def _v4_files(title: str, author: str, tempo: TempoMap, charts: list, duration_s: float, egg: bytes,
+              regions=None) -> dict:
     """Info.dat v4, BPMInfo.dat (the tempo's regions over song.egg), and each difficulty's beatmap and lightshow."""
     from mapkit.writers import v4
 
     n_samples, rate = _audio_size(egg)
+    regions = tempo.to_regions(n_samples, rate) if regions is None else regions
     files = {
         "Info.dat": dumps(v4.v4_info(title, tempo.base_bpm, [(c.difficulty, c.filename) for c in charts],
                                      duration_s, author=author), pretty=True),
-        v4.AUDIO_DATA_FILENAME: dumps(v4.v4_audio_data(tempo.to_regions(n_samples, rate), n_samples, rate,
+        v4.AUDIO_DATA_FILENAME: dumps(v4.v4_audio_data(regions, n_samples, rate,
                                                        checksum=hashlib.sha1(egg).hexdigest()), pretty=True),
     }
     for c in charts:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mapkit.preprocess.object_decoding import (GENERATED_KINDS, MAX_LIGHTS_PER_FRAME, ONSET_CHANNELS, ObjectPriors,
-                                               subsample)
+                                               subsample, wall_floor_beats)
 
 #: Percentile of the training levels' per-minute rates that caps a kind's onsets in generation (``max_rates``:
 #: the larger of it and the mean rate, so a kind most levels lack, e.g. arcs in older corpora, still appears).
@@ -136,6 +136,7 @@ def priors_from_rows(by_difficulty: dict, source: str = "") -> ObjectPriors:
             "max_rates": max_rates(levels),
             **{name: subsample([row for _, r in levels for row in r[name]])
                for name in ("walls", "arcs", "chains", "lights")},
+            "wall_min_beats": wall_floor_beats([row for _, r in levels for row in r["walls"]]),
             "lights_per_frame": np.sum([r["lights_per_frame"] for _, r in levels], axis=0).astype(int).tolist(),
             "lights_on_notes": float(lf[1] / lf[0]) if lf[0] else 0.0,
             "boost_on_share": float(bo[0] / bo[1]) if bo[1] else 0.0,

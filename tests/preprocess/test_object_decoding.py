@@ -5,9 +5,9 @@ import pytest
 
 from mapkit.preprocess.frame_events import FRAME_EVENT_CHANNELS
 from mapkit.preprocess.notes import NOTE_DTYPE
-from mapkit.preprocess.object_decoding import (GENERATED_KINDS, MIN_FREE_COLUMNS, ObjectPriors, WALL_MARGIN_S,
-                                               chain_tail_cell, decode_objects, events_per_onset, object_onsets,
-                                               wall_cells)
+from mapkit.preprocess.object_decoding import (GENERATED_KINDS, MIN_FREE_COLUMNS, SYNC_WALL_BEATS, ObjectPriors,
+                                               WALL_MARGIN_S, chain_tail_cell, decode_objects, events_per_onset,
+                                               object_onsets, wall_cells, wall_floor_beats)
 from mapkit.preprocess.objects import OBJECT_DTYPES
 from mapkit.preprocess.tempo import TempoMap
 
@@ -85,6 +85,20 @@ def test_walls_never_overlap_notes_and_leave_room_to_dodge():
             if o["time_s"] <= w["end_s"] + WALL_MARGIN_S and w["time_s"] <= o["end_s"] + WALL_MARGIN_S and o["y"] < 2:
                 blocked |= set(wall_cells(int(o["x"]), int(o["y"]), int(o["width"]), int(o["height"]))[0])
         assert any(not ({c, c + 1} & blocked) for c in range(4 - MIN_FREE_COLUMNS + 1))
+
+
+def test_walls_are_never_shorter_than_the_learned_floor():
+    notes = notes_every_half_second()
+    # mostly sync walls (1/64 beat, in the free left lane) and a few longer ones, as in human levels
+    rows = [[0, 0, 1, 5, 1 / 64]] * 30 + [[3, 0, 1, 5, 1 / 32]] * 10 + [[0, 0, 1, 5, 0.5]] * 12 + [[3, 0, 1, 5, 1.0]] * 8
+    assert wall_floor_beats(rows) == 0.5 and wall_floor_beats([[0, 0, 1, 5, 1 / 64]]) is None
+    priors = {**PRIORS, "walls": rows}
+    learned = decode(notes, priors=priors)["obstacles"]  # an object model without the field: computed from its rows
+    assert len(learned) >= 5 and learned["duration_beats"].min() >= 0.5
+    stored = decode(notes, priors={**priors, "wall_min_beats": 1.0})["obstacles"]
+    assert len(stored) >= 3 and set(stored["duration_beats"]) == {1.0}
+    every = decode(notes, priors={**priors, "wall_min_beats": None})["obstacles"]  # no floor: sync walls drawn too
+    assert (every["duration_beats"] < SYNC_WALL_BEATS).any()
 
 
 def test_arcs_join_same_colour_notes_in_time_order_without_overlap():

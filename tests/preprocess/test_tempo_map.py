@@ -144,6 +144,15 @@ def test_bpm_events_and_regions_rebuild_the_map(base, events, rate, seconds):
     probe = np.linspace(0, n / rate, 50)  # inside the audio
     assert np.max(np.abs(v4.seconds(tempo.beats(probe)) - probe)) <= 0.5 / rate + 1e-6
     assert v4.to_regions(n, rate) == regions  # the regions' own map gives the same regions
+    # knowing the audio's end: no segment after it, the same map inside it, the same regions again (the end
+    # beat up to float rounding: no segment anchors it now)
+    ends = TempoMap.from_regions(base, regions, rate, n)
+    assert all(second < n / rate for _, second, _ in ends.segments)
+    assert ends.segments == [seg for seg in v4.segments if seg[1] < n / rate]
+    again = ends.to_regions(n, rate)
+    assert [r[:3] for r in again] == [r[:3] for r in regions] and again[-1][3] == pytest.approx(regions[-1][3], 1e-13)
+    constant = TempoMap.constant(base)
+    assert TempoMap.from_regions(base, constant.to_regions(n, rate), rate, n) == constant  # not a hair off base
 
 
 def test_a_song_that_starts_at_another_tempo_gets_it_as_its_first_tempo():

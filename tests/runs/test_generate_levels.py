@@ -95,6 +95,21 @@ def test_format_v4_writes_info_beatmaps_lightshows_and_audio_data_read_back(song
     assert all(set(d) == {"x", "y", "c", "d", "a"} for d in beatmap["colorNotesData"])
     assert len(beatmap["colorNotesData"]) == len({tuple(sorted(d.items())) for d in beatmap["colorNotesData"]})
     _assert_read_back(gen, "regions")
+    # the estimated map's two tempi, nothing after the audio's end (the reader keeps the last region's tempo there)
+    (_, _, m0), (_, s1, m1) = gen.tempo.segments
+    assert m0 == gen.bpm and m1 == pytest.approx(150, abs=0.1) and s1 < gen.duration_s
+
+
+def test_a_constant_tempo_v4_level_reads_back_constant(songs, tmp_path):
+    gen = _generate(songs / "short.ogg", tmp_path, difficulty="Expert", format="v4")
+    audio = json.loads((gen.folder / "BPMInfo.dat").read_text())
+    assert len(audio["bpmData"]) == 1 and audio["bpmData"][0]["ei"] == audio["songSampleCount"]
+    assert gen.tempo.is_constant and gen.tempo == TempoMap.from_regions(
+        gen.bpm, [tuple(r[k] for k in ("si", "ei", "sb", "eb")) for r in audio["bpmData"]], audio["songFrequency"],
+        audio["songSampleCount"])
+    _assert_read_back(gen, "regions")
+    assert read_level(gen.folder).get("Standard", "Expert").tempo.segments == [(0.0, 0.0, gen.bpm)]
+    assert "constant" in gen.summary().splitlines()[0]
 
 
 def _objects(tempo: TempoMap) -> dict:
@@ -125,7 +140,7 @@ def test_v4_writer_round_trips_every_object_kind(tmp_path):
     rate, seconds = 22050, 6.0
     sf.write(tmp_path / "song.egg", np.zeros(int(rate * seconds), np.float32), rate, format="OGG", subtype="VORBIS")
     n = sf.info(str(tmp_path / "song.egg")).frames
-    level_tempo = TempoMap.from_regions(128, tempo.to_regions(n, rate), rate)
+    level_tempo = TempoMap.from_regions(128, tempo.to_regions(n, rate), rate, n)  # the reader knows the end
     notes = np.zeros(2, NOTE_DTYPE)
     notes["beat"], notes["column"], notes["color"], notes["direction"] = [4.0, 8.0], [1, 2], [0, 1], [1, 1]
     notes["time_s"] = level_tempo.seconds(notes["beat"])

@@ -62,6 +62,8 @@ def test_priors_count_and_collect_every_training_level(store, tmp_path):
     walls = sorted(tuple(float(w[f]) for f in ("x", "y", "width", "height", "duration_beats"))
                    for lv in levels.values() for w in lv["obstacles"])
     assert sorted(map(tuple, table["walls"])) == walls
+    long = np.sort([w[4] for w in walls if w[4] >= 1 / 16])  # the shortest generated wall: 5th percentile of these
+    assert len(long) and table["wall_min_beats"] == long[int(0.05 * (len(long) - 1))]
     lights = sorted((float(e["type"]), float(e["value"]), float(e["float_value"]))
                     for lv in levels.values() for e in lv["light_events"])
     assert sorted(map(tuple, table["lights"])) == lights  # float32 values, exact in float64
