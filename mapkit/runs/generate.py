@@ -71,8 +71,11 @@ from mapkit.train.objects import DEFAULT_PRIORS
 #: Where ``mapkit train ddc`` / ``mapkit train transformer`` write their last checkpoints by default.
 DEFAULT_PLACEMENT = "mapkit-runs/ddc/last.pt"
 DEFAULT_SELECTION = "mapkit-runs/transformer/last.pt"
-#: Name of the generated level (folder and zip): ``<song id>-mapkit``.
+#: Name of the generated level (folder and zip): ``<song id>-mapkit`` (:func:`default_level_name`).
 LEVEL_SUFFIX = "-mapkit"
+#: Audio file names (without extension, any case) that say nothing about the song: Beat Saber's song.egg,
+#: Frets on Fire's song.ogg and guitar.ogg... A level generated from such a file is named after its folder.
+GENERIC_AUDIO_STEMS = frozenset({"song", "audio", "music", "track", "guitar", "preview", "full"})
 #: Output formats: v3 difficulties + Info v2.1.0, or Info/beatmaps/lightshows/audio data in v4.
 FORMATS = ("v3", "v4")
 #: Stage-2 decoding before the per-difficulty table: flow-constrained nucleus sampling at this temperature and
@@ -264,7 +267,7 @@ def song_metadata(source) -> tuple[str, str]:
     From the source level's info file (v2 ``_songName``/``_songAuthorName``,
     v4 ``song.title``/``song.author``) when generating from a level, else from
     the audio's tags (Vorbis comments, WAV/FLAC info: TITLE, ARTIST); the
-    file's name and no artist when there are none.
+    song's name (:func:`song_name`) and no artist when there are none.
     """
     title = author = ""
     try:
@@ -283,7 +286,25 @@ def song_metadata(source) -> tuple[str, str]:
                 title, author = snd.title or "", snd.artist or ""
     except (MapkitError, OSError, RuntimeError, ValueError, AttributeError):
         pass  # no usable metadata: the file name below
-    return (str(title).strip() or source.song_id), str(author).strip()
+    return (str(title).strip() or song_name(source)), str(author).strip()
+
+
+def song_name(source) -> str:
+    """A name for a song ``source`` when nothing better is known: its song id (a level folder's or zip's
+    name, an audio file's name without extension), except for an audio file whose name is generic
+    (:data:`GENERIC_AUDIO_STEMS`, e.g. ``song.ogg``): then the name of the folder holding it, so
+    ``songs/Feelings/song.ogg`` is ``Feelings`` (and songs of one collection no longer share one name)."""
+    path = Path(source.path)
+    if source.kind == "audio" and path.stem.lower() in GENERIC_AUDIO_STEMS:
+        folder = path.resolve().parent.name
+        if folder:
+            return folder
+    return source.song_id
+
+
+def default_level_name(source) -> str:
+    """The generated level's folder (and zip) name for a song ``source``: ``<song_name(source)>-mapkit``."""
+    return f"{song_name(source)}{LEVEL_SUFFIX}"
 
 
 def _refuse_overwrite(out_dir, level_name: str, force: bool):
@@ -358,7 +379,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     use_cache : bool
         Incremental decoding with cached keys/values (same result, faster).
     name : str, optional
-        Level name (default ``<song id>-mapkit``).
+        Level name (default: :func:`default_level_name`, ``<song id>-mapkit``).
     force : bool
         Replace an existing ``out_dir/<name>`` (else refused before any work).
     format : str
@@ -393,7 +414,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     timings = {}
     with _timed(timings, "features"):
         source = _song_source(song)
-        level_name = name or f"{source.song_id}{LEVEL_SUFFIX}"
+        level_name = name or default_level_name(source)
         _refuse_overwrite(out_dir, level_name, force)
         feats = song_features(source, settings)  # the code of mapkit extract, float16 as the store holds it
     with _timed(timings, "tempo"):
