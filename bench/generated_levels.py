@@ -7,6 +7,9 @@ baseline (``mapkit evaluate --store S --save-baseline B``). Prints, per
 generated difficulty, the issue's judged metrics with each value's human
 percentile (``*``: outside the 5-95 % band), how many levels lie inside the
 band per metric, and the CPU seconds of each song's generation (one thread).
+Stage 2 samples with generate's per-difficulty default
+(``SAMPLING_BY_DIFFICULTY``) unless ``--top-p`` / ``--temperature`` set one
+value for every difficulty (``--top-p 0.85``: the decoding before the table).
 
     python bench/generated_levels.py --placement ddc/best.pt --selection tr/best.pt \\
         --objects priors.json --baseline human.json SONG_DIR_1 SONG_DIR_2 SONG_DIR_3
@@ -49,6 +52,14 @@ def cell(value, percentile, one_sided: bool) -> str:
     return f"{text} ({percentile:.0f}){'' if in_band(percentile, one_sided) else '*'}"
 
 
+def wall_note(objects: dict) -> str:
+    """``"N walls, shortest D beats"`` of one generated difficulty's objects."""
+    walls = objects.get("obstacles")
+    if walls is None or not len(walls):
+        return "no walls"
+    return f"{len(walls)} walls, shortest {float(walls['duration_beats'].min()):.3g} beats"
+
+
 def table(report, counts: Counter, totals: Counter) -> list:
     """Markdown rows of an evaluate report; counts levels in band per metric into ``counts``/``totals``."""
     rows = []
@@ -72,6 +83,9 @@ def main(argv=None) -> int:
     ap.add_argument("--objects", required=True, help="Object model (mapkit train objects).")
     ap.add_argument("--baseline", required=True, help="Human baseline (mapkit evaluate --save-baseline).")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=None, help="One top-p for every difficulty (default: generate's "
+                                                                "per-difficulty table).")
+    ap.add_argument("--temperature", type=float, default=None, help="One temperature for every difficulty.")
     args = ap.parse_args(argv)
     torch_one_thread()
 
@@ -79,6 +93,7 @@ def main(argv=None) -> int:
     from mapkit.runs.generate import generate
 
     baseline = load_baseline(args.baseline)
+    sampling = {k: v for k, v in (("top_p", args.top_p), ("temperature", args.temperature)) if v is not None}
     head = "| song | difficulty | " + " | ".join(t for _, t, _ in METRICS) + " |"
     rule = "|---" * (len(METRICS) + 2) + "|"
     generated, human = [head, rule], [head, rule]
@@ -88,10 +103,11 @@ def main(argv=None) -> int:
         for song in args.songs:
             cpu, wall, level = run_once(generate, song, placement=args.placement, selection=args.selection,
                                         objects=args.objects, difficulty="all", out_dir=tmp, seed=args.seed,
-                                        threads=1)
+                                        threads=1, **sampling)
             print(f"{os.path.basename(str(song))[-40:]}: {len(level.charts)} difficulties, {level.tempo.describe()}, "
                   f"{cpu:.1f} CPU s (wall {wall:.1f} s); " +
                   ", ".join(f"{k} {v:.2f}" for k, v in level.timings.items()), flush=True)
+            print("  " + "; ".join(f"{c.difficulty}: {c.decoding}, {wall_note(c.objects)}" for c in level.charts))
             generated += table(evaluate_generated(level, baseline, args.baseline), counts, totals)
             if os.path.isdir(song):
                 human += table(evaluate_levels([song], baseline=baseline, audio=True), h_counts, h_totals)

@@ -98,6 +98,9 @@ def main(argv=None) -> int:
                         values = dict(level_metrics(notes, d, feats.duration_s).values)
                         ranks = baseline.ranks(d, values)
                         results[(d, t, p)].append({k: (values.get(k), ranks.get(k)) for k in VARIETY + ERRORS})
+                        print(f"  {os.path.basename(song)[-30:]} | {d} | T {t:g} | top-p {p:g} | seed {seed} | " +
+                              " | ".join(f"{k} {values.get(k, float('nan')):.3g} ({ranks.get(k, float('nan')):.0f})"
+                                         for k in VARIETY), flush=True)
         print(f"done {os.path.basename(song)[-40:]}", flush=True)
     print("\n| difficulty | T | top-p | draws | all 3 in band | distinct | entropy | top share | errors in band | "
           "median distinct (pct) | median entropy (pct) | median top share (pct) |")

@@ -91,7 +91,7 @@ SAMPLING_BY_DIFFICULTY = {
     "Normal": (DEFAULT_TEMPERATURE, 0.75),
     "Hard": (DEFAULT_TEMPERATURE, 0.75),
     "Expert": (DEFAULT_TEMPERATURE, 0.8),
-    "ExpertPlus": (DEFAULT_TEMPERATURE, DEFAULT_TOP_P),
+    "ExpertPlus": (DEFAULT_TEMPERATURE, 0.8),
 }
 #: ``temperature`` / ``top_p`` value of :func:`generate_level` meaning "the difficulty's default"
 #: (:data:`SAMPLING_BY_DIFFICULTY`).
