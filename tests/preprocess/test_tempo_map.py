@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mapkit.preprocess.beats import (estimate_tempo, estimate_tempo_map, local_tempi, onset_envelope, short_beats,
@@ -136,6 +136,9 @@ def test_bpm_events_and_regions_rebuild_the_map(base, events, rate, seconds):
     tempo = TempoMap.from_bpm_events(base, [(float(b), m) for b, m in events])
     back = TempoMap.from_bpm_events(bpm_events(tempo)[0]["m"], [(e["b"], e["m"]) for e in bpm_events(tempo)])
     assert back == tempo
+    tempi = [base] + [m for _, _, m in tempo.segments]
+    # regions cannot tell tempi apart that differ by float noise (60 and 60.00000000000001): one region
+    assume(all(not math.isclose(a, b, rel_tol=1e-9) or a == b for a, b in zip(tempi, tempi[1:])))
     n = int(seconds * rate)
     regions = tempo.to_regions(n, rate)
     assert regions[0][:1] == (0,) and regions[-1][1] == n
