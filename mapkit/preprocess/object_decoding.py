@@ -135,6 +135,10 @@ class ObjectPriors:
         ``[low, high]`` note times per second of the training levels (10th and 90th percentile,
         :func:`~mapkit.preprocess.density.density_band`): generate keeps each difficulty's density
         inside it (:func:`~mapkit.preprocess.density.threshold_for_density`). Absent in older files.
+    ``variety``
+        metric -> ``[low, high]`` (10th and 90th percentile of the training levels) of
+        ``distinct_states`` and ``top_state_share``: generate moves a difficulty's default top-p
+        until its level lies inside (``mapkit.runs.generate``). Absent in older files.
 
     ``source`` says what it was fitted on. :attr:`hash` is stable (canonical JSON).
     """

@@ -94,6 +94,10 @@ SAMPLING_BY_DIFFICULTY = {
     "Expert": (DEFAULT_TEMPERATURE, 0.8),
     "ExpertPlus": (DEFAULT_TEMPERATURE, 0.8),
 }
+#: A default top-p moves by this much, at most this many times, to bring a level inside the object model's
+#: variety band (distinct states, top-state share of the training levels: ``variety``); an explicit one does not.
+VARIETY_STEP = 0.05
+VARIETY_TRIES = 2
 #: ``temperature`` / ``top_p`` value of :func:`generate_level` meaning "the difficulty's default"
 #: (:data:`SAMPLING_BY_DIFFICULTY`).
 BY_DIFFICULTY = "by-difficulty"
@@ -431,12 +435,14 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         own = {}
         band = None if threshold is not None else _density_band(object_priors, difficulty)
         t, p = sampling_for(difficulty, temperature, top_p) if sampling else (None, None)
-        th, *made, event_probs = _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo,
-                                        difficulty, thresholds[difficulty], snap, timings=own, density=band,
-                                        events=events, temperature=t, top_p=p, **decoding)
+        variety = _variety_band(object_priors, difficulty) if _is_default(top_p) else None
+        th, *made, event_probs, used = _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo,
+                                              difficulty, thresholds[difficulty], snap, timings=own, density=band,
+                                              events=events, variety=variety, temperature=t, top_p=p, **decoding)
+        p, moved_from = used, (p if used != p else None)
         chart = GeneratedDifficulty(difficulty, _beatmap_filename(difficulty), th, *made, timings=own,
                                     validated_threshold=thresholds[difficulty],
-                                    decoding=_decoding_text(t, p, top_k, decoding["beam_size"]))
+                                    decoding=_decoding_text(t, p, top_k, decoding["beam_size"], moved_from))
         with _timed(own, "objects"):
             chart.objects, chart_notices = _level_objects(placement_model, p_setup, placement_ckpt, feats, difficulty,
                                                           chart.notes, tempo, object_priors, object_kinds, seed,
@@ -470,16 +476,17 @@ def sampling_for(difficulty: str, temperature=BY_DIFFICULTY, top_p=BY_DIFFICULTY
     (1.0, 0.9)
     """
     default_t, default_p = SAMPLING_BY_DIFFICULTY.get(difficulty, (DEFAULT_TEMPERATURE, DEFAULT_TOP_P))
-    return (default_t if isinstance(temperature, str) and temperature == BY_DIFFICULTY else temperature,
-            default_p if isinstance(top_p, str) and top_p == BY_DIFFICULTY else top_p)
+    return (default_t if _is_default(temperature) else temperature, default_p if _is_default(top_p) else top_p)
 
 
-def _decoding_text(temperature, top_p, top_k, beam_size: int) -> str:
-    """How stage 2 decoded a difficulty, for its summary line: ``"T 1, top-p 0.7"`` or ``"beam 8"``."""
+def _decoding_text(temperature, top_p, top_k, beam_size: int, moved_from=None) -> str:
+    """How stage 2 decoded a difficulty, for its summary line: ``"T 1, top-p 0.7"``, ``"beam 8"``, or with the
+    table's top-p ``moved_from`` ``"T 1, top-p 0.75 (table 0.7, moved into the variety band)"``."""
     if temperature is None:
         return "greedy" if beam_size == 1 else f"beam {beam_size}"
     cuts = "".join(f", {name} {v:g}" for name, v in (("top-p", top_p), ("top-k", top_k)) if v is not None)
-    return f"T {temperature:g}{cuts}"
+    moved = f" (table {moved_from:g}, moved into the variety band)" if moved_from is not None else ""
+    return f"T {temperature:g}{cuts}{moved}"
 
 
 def _difficulty_names(song, difficulty) -> list:
@@ -503,12 +510,13 @@ def _beatmap_filename(difficulty: str) -> str:
 
 
 def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, difficulty: str, th: float,
-           snap: bool, timings: dict, density=None, events: bool = False, **decoding) -> tuple:
+           snap: bool, timings: dict, density=None, events: bool = False, variety=None, **decoding) -> tuple:
     """One difficulty, stage 1 to stage 2: ``(threshold used, notes, peak frames, snapped, score, flow
-    violations, event probabilities)``; its stage times are added to ``timings``. With a ``density`` band
-    (note times per second) the threshold moves from ``th`` as little as it can to bring the level inside
-    it (:mod:`~mapkit.preprocess.density`). ``events``: also the event head's ``[T, K]`` probabilities
-    (same forward passes), else None."""
+    violations, event probabilities, top-p used)``; its stage times are added to ``timings``. With a
+    ``density`` band (note times per second) the threshold moves from ``th`` as little as it can to bring the
+    level inside it (:mod:`~mapkit.preprocess.density`); with a ``variety`` band the top-p moves
+    (:func:`_varied_states`). ``events``: also the event head's ``[T, K]`` probabilities (same forward
+    passes), else None."""
     from mapkit.preprocess.density import threshold_for_density
 
     with _timed(timings, "stage1"):
@@ -521,9 +529,50 @@ def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, dif
                                        p_setup.min_gap_frames, p_setup.smoothing)
         frames, beats, snapped = _note_beats(probs, th, p_setup, tempo, feats.duration_s, snap)
     with _timed(timings, "stage2"):
-        notes, score, violations = _note_states(selection_model, s_setup, feats, frames, beats, tempo,
-                                                difficulty=difficulty, **decoding)
-    return th, notes, frames, snapped, score, violations, event_probs
+        def decode(top_p):
+            return _note_states(selection_model, s_setup, feats, frames, beats, tempo, difficulty=difficulty,
+                                **{**decoding, "top_p": top_p})
+
+        top_p = decoding.get("top_p")
+        (notes, score, violations), top_p = _varied_states(decode, top_p, variety, difficulty, feats.duration_s)
+    return th, notes, frames, snapped, score, violations, event_probs, top_p
+
+
+def _variety_step(notes, difficulty: str, duration_s: float, band) -> int:
+    """+1: too little variety for ``band`` (distinct states below it or the top state's share above it), -1:
+    too much (the reverse), 0: inside it, no band, or both at once."""
+    from mapkit.preprocess.quality import level_metrics
+
+    if not band:
+        return 0
+    values = level_metrics(notes, difficulty, duration_s).values
+    (d_low, d_high), (t_low, t_high) = (band.get(k) or (-np.inf, np.inf) for k in ("distinct_states",
+                                                                                   "top_state_share"))
+    few = values["distinct_states"] < d_low or values["top_state_share"] > t_high
+    many = values["distinct_states"] > d_high or values["top_state_share"] < t_low
+    return int(few) - int(many)
+
+
+def _varied_states(decode, top_p, band, difficulty: str, duration_s: float):
+    """``(decode(p), p)``: stage 2 with ``top_p``, moved by :data:`VARIETY_STEP` (at most :data:`VARIETY_TRIES`
+    times, one way) while the level lies outside the ``variety`` band of the object model; a move that
+    overshoots (the other way out) keeps the draw before it. No band or no ``top_p``: one draw."""
+    made = decode(top_p)
+    if top_p is None or not band:
+        return made, top_p
+    step = _variety_step(made[0], difficulty, duration_s, band)
+    for _ in range(VARIETY_TRIES if step else 0):
+        p = round(min(max(top_p + step * VARIETY_STEP, VARIETY_STEP), 1.0), 6)
+        if p == top_p:
+            break
+        again = decode(p)
+        now = _variety_step(again[0], difficulty, duration_s, band)
+        if now == -step:
+            break
+        made, top_p = again, p
+        if now == 0:
+            break
+    return made, top_p
 
 
 def _has_event_head(placement_model, placement_ckpt: dict) -> bool:
@@ -531,6 +580,15 @@ def _has_event_head(placement_model, placement_ckpt: dict) -> bool:
     from mapkit.preprocess.frame_events import FRAME_EVENT_CHANNELS
 
     return placement_ckpt.get("targets") == "events" and placement_model.config.n_classes == len(FRAME_EVENT_CHANNELS)
+
+
+def _is_default(value) -> bool:
+    return isinstance(value, str) and value == BY_DIFFICULTY
+
+
+def _variety_band(priors, difficulty: str) -> dict | None:
+    """The object model's variety band of ``difficulty`` (``variety``), or None (no model, an older one)."""
+    return ((priors.difficulties.get(difficulty) or {}) if priors is not None else {}).get("variety") or None
 
 
 def _density_band(priors, difficulty: str):

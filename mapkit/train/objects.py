@@ -28,6 +28,8 @@ from mapkit.preprocess.object_decoding import (GENERATED_KINDS, MAX_LIGHTS_PER_F
 #: Percentile of the training levels' per-minute rates that caps a kind's onsets in generation (``max_rates``:
 #: the larger of it and the mean rate, so a kind most levels lack, e.g. arcs in older corpora, still appears).
 RATE_CAP_PERCENTILE = 85
+#: The variety metrics whose human band (:func:`variety_band`) generation keeps a level in (``variety``).
+VARIETY_METRICS = ("distinct_states", "top_state_share")
 #: Default output of ``mapkit train objects`` and default ``--objects`` of ``mapkit generate``.
 DEFAULT_PRIORS = "mapkit-runs/objects/priors.json"
 
@@ -108,6 +110,28 @@ def level_rows(notes: np.ndarray, objects: dict) -> dict:
     }
 
 
+def variety_values(notes: np.ndarray, difficulty: str, duration_s: float) -> dict:
+    """The variety metrics of one stored level that generation keeps in band (:data:`VARIETY_METRICS`), as
+    ``mapkit evaluate`` computes them (:func:`~mapkit.preprocess.quality.level_metrics`)."""
+    from mapkit.preprocess.quality import level_metrics
+
+    values = level_metrics(notes, difficulty, duration_s).values
+    return {k: float(values[k]) for k in VARIETY_METRICS}
+
+
+def variety_band(levels: list) -> dict:
+    """metric -> ``[low, high]``: the :data:`~mapkit.preprocess.density.DENSITY_PERCENTILES` of the levels'
+    :func:`variety_values` (levels without them, or NaN values, left out); {} when none has them."""
+    from mapkit.preprocess.density import DENSITY_PERCENTILES
+
+    out = {}
+    for k in VARIETY_METRICS:
+        values = [r["variety"][k] for _, r in levels if "variety" in r and r["variety"][k] == r["variety"][k]]
+        if values:
+            out[k] = [round(float(v), 6) for v in np.percentile(values, DENSITY_PERCENTILES)]
+    return out
+
+
 def max_rates(levels: list) -> dict:
     """kind -> the larger of the :data:`RATE_CAP_PERCENTILE` percentile of the levels' per-minute rates and
     their mean rate (all objects over all minutes), for ``levels`` = ``[(minutes, level_rows(...)), ...]``."""
@@ -137,6 +161,7 @@ def priors_from_rows(by_difficulty: dict, source: str = "") -> ObjectPriors:
             **{name: subsample([row for _, r in levels for row in r[name]])
                for name in ("walls", "arcs", "chains", "lights")},
             "wall_min_beats": wall_floor_beats([row for _, r in levels for row in r["walls"]]),
+            "variety": variety_band(levels),
             "lights_per_frame": np.sum([r["lights_per_frame"] for _, r in levels], axis=0).astype(int).tolist(),
             "lights_on_notes": float(lf[1] / lf[0]) if lf[0] else 0.0,
             "boost_on_share": float(bo[0] / bo[1]) if bo[1] else 0.0,
@@ -199,6 +224,7 @@ def fit_object_priors(store, out=DEFAULT_PRIORS, val_fraction: float = 0.1, seed
             if not all(kind in objects for kind in GENERATED_KINDS):
                 continue  # a store from before the objects: nothing to learn from this level
             rows = level_rows(g["notes"][:], objects)
+            rows["variety"] = variety_values(g["notes"][:], level.difficulty, level.n_frames / FPS)
         by_difficulty[level.difficulty].append((level.n_frames / FPS / 60.0, rows))
     priors = priors_from_rows(dict(by_difficulty), source=f"{store.root} (train split, val_fraction "
                                                             f"{val_fraction:g}, seed {seed})")
@@ -217,5 +243,6 @@ def load_object_priors(path) -> ObjectPriors:
         raise MapkitError(path, f"unreadable object model: {e}") from None
 
 
-__all__ = ["DEFAULT_PRIORS", "RATE_CAP_PERCENTILE", "event_thresholds", "fit_object_priors", "level_rows",
-           "load_object_priors", "max_rates", "priors_from_rows", "training_songs"]
+__all__ = ["DEFAULT_PRIORS", "RATE_CAP_PERCENTILE", "VARIETY_METRICS", "event_thresholds", "fit_object_priors",
+           "level_rows", "load_object_priors", "max_rates", "priors_from_rows", "training_songs", "variety_band",
+           "variety_values"]

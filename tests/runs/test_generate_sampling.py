@@ -58,3 +58,58 @@ def test_cli_keeps_the_table_unless_an_option_is_given(song, tmp_path):  # noqa:
     assert r.exit_code == 0, r.output
     assert r.output.count("stage 2: T 1.2, top-p 0.93") == 2
     assert DEFAULT_TEMPERATURE == 1.0
+
+
+def _cycling(k: int, n: int = 120):
+    """``n`` note times 0.25 s apart cycling through ``k`` distinct one-note layouts: k distinct states."""
+    from mapkit.preprocess.notes import NOTE_DTYPE
+
+    notes = np.zeros(n, NOTE_DTYPE)
+    notes["time_s"] = 0.5 + 0.25 * np.arange(n)
+    notes["beat"] = notes["time_s"] * 2
+    cell = np.arange(n) % k
+    notes["column"], notes["row"], notes["direction"] = cell % 4, (cell // 4) % 3, (cell // 12) % 9
+    notes["color"] = np.arange(n) % 2
+    return notes
+
+
+def test_the_default_top_p_moves_into_the_variety_band_one_way_and_not_past_it():
+    from mapkit.runs.generate import VARIETY_STEP, _varied_states
+
+    tried = []
+
+    def decode(p):  # a level with more distinct layouts the wider the nucleus: round(40 p)
+        tried.append(p)
+        return _cycling(int(round(40 * p))), 0.0, 0
+
+    wide = {"distinct_states": [29.5, 30.5], "top_state_share": [0.0, 1.0]}
+    (notes, _, _), p = _varied_states(decode, 0.7, wide, "Expert", 31.0)  # 28 layouts: too few -> 0.75 (30)
+    assert tried == [0.7, 0.7 + VARIETY_STEP] and p == 0.75 and len(np.unique(notes["column"] + 4 * notes["row"]
+                                                                              + 12 * notes["direction"])) == 30
+    tried.clear()
+    (_, _, _), p = _varied_states(decode, 0.7, {"distinct_states": [5, 10]}, "Expert", 31.0)  # too many, 2 steps
+    assert tried == [0.7, 0.65, 0.6] and p == 0.6
+    tried.clear()
+    (_, _, _), p = _varied_states(decode, 0.7, {"distinct_states": [29, 29]}, "Expert", 31.0)  # 30 overshoots
+    assert tried == [0.7, 0.75] and p == 0.7
+    tried.clear()
+    assert _varied_states(decode, 0.7, None, "Expert", 31.0)[1] == 0.7 and tried == [0.7]  # no band: one draw
+
+
+def test_generate_moves_only_the_default_top_p_and_says_so(song, tmp_path):  # noqa: F811
+    from mapkit.preprocess.object_decoding import ObjectPriors
+
+    placement, selection, p_ckpt, s_ckpt = tiny_models()
+    # a band no 6-second level reaches (at least 500 distinct layouts): the default widens twice, no further
+    priors = ObjectPriors({"Easy": {"variety": {"distinct_states": [500.0, 900.0]}}})
+    kw = dict(out_dir=tmp_path, seed=0, temperature=4.0, difficulty="Easy", object_priors=priors)
+    easy_p = SAMPLING_BY_DIFFICULTY["Easy"][1]
+    moved = generate_level(song / "clicks.ogg", placement, selection, p_ckpt, s_ckpt, name="moved", **kw)
+    wider = round(easy_p + 0.1, 6)
+    assert moved.charts[0].decoding == f"T 4, top-p {wider:g} (table {easy_p:g}, moved into the variety band)"
+    same = generate_level(song / "clicks.ogg", placement, selection, p_ckpt, s_ckpt, name="same", top_p=wider,
+                          **{k: v for k, v in kw.items() if k != "object_priors"})
+    assert np.array_equal(same.notes, moved.notes)  # the draw at the moved top-p
+    given = generate_level(song / "clicks.ogg", placement, selection, p_ckpt, s_ckpt, name="given", top_p=easy_p,
+                           **kw)
+    assert given.charts[0].decoding == f"T 4, top-p {easy_p:g}"  # an explicit top-p is used as given

@@ -78,6 +78,11 @@ def test_priors_count_and_collect_every_training_level(store, tmp_path):
     assert table["boost_on_share"] == pytest.approx(np.mean([b["on"] for b in boosts]))
     note_rates = [len(np.unique(lv["notes"]["frame"])) / (T / 100) for lv in levels.values()]
     assert table["note_density"] == pytest.approx(list(np.percentile(note_rates, DENSITY_PERCENTILES)), abs=1e-6)
+    from mapkit.preprocess.quality import level_metrics
+
+    for metric in ("distinct_states", "top_state_share"):  # the variety band, as evaluate measures levels
+        values = [level_metrics(lv["notes"], "Expert", T / 100).values[metric] for lv in levels.values()]
+        assert table["variety"][metric] == pytest.approx(list(np.percentile(values, DENSITY_PERCENTILES)), abs=1e-6)
 
 
 def test_validation_songs_are_left_out_and_the_cli_writes_the_model(store, tmp_path):
