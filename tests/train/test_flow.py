@@ -12,7 +12,7 @@ from mapkit.preprocess.quality import colliding_pairs, vision_blocked
 from mapkit.preprocess.targets import BOMB_VALUE, N_SPECIAL, Vocabulary, note_states, notes_from_states
 from mapkit.preprocess.timebase import frame_of
 from mapkit.train.decoding import _nucleus, beam_search, greedy, sample
-from mapkit.train.flow import FlowConstraint, FlowSettings, state_features
+from mapkit.train.flow import FlowConstraint, FlowSettings, same_rules, state_features
 from mapkit.train.models import SelectionConfig, SelectionModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -327,3 +327,33 @@ def test_a_repaired_seam_redecodes_only_the_window_start():
         assert len(changed) and redone < 40  # some states changed, fewer steps than a window's 40 were decoded again
         assert all(any(a <= i < a + redone for a in (41, 81)) for i in changed)  # only at the windows' starts
     model.decode_step = decode_step
+
+
+def test_path_and_rejoins_follow_the_hands_as_decoding_does():
+    vocab = vocab_of(RED_DOWN, RED_UP, BLUE_DOWN)
+    down, up, blue = (token(vocab, s) for s in (RED_DOWN, RED_UP, BLUE_DOWN))
+    times = 0.5 * np.arange(1, 9)
+    c = FlowConstraint(state_features(vocab.states), times)
+    own = [down, up, down, up, down, up]
+    path = c.path(own)
+    c.begin([1], 1)
+    for k, t in enumerate(own):
+        assert same_rules(c.rows[0], path[k])
+        c.mask(np.ones((1, len(vocab)), bool))
+        c.append(np.array([t]))
+    assert same_rules(c.rows[0], path[-1]) and len(path) == len(own) + 1
+    # a row whose red hand last swung down: the own states from `down` on would repeat the parity, from `up` on not
+    other = FlowConstraint(state_features(vocab.states), times)
+    other.begin([1], 1)
+    other.append(np.array([blue]))
+    other.append(np.array([down]))  # its state after 2 states: red swung down, blue too
+    assert not other.rejoins(0, own[2:], path[2:])
+    # from `up` on every state keeps the rules, but blue's state never meets the reference's (blue does not play):
+    # true when every remaining state was checked, false when more remain than the horizon
+    assert other.rejoins(0, own[3:], path[3:]) and not other.rejoins(0, own[3:], path[3:], horizon=2)
+    same = FlowConstraint(state_features(vocab.states), times)
+    same.begin([1], 1)
+    for t in (down, up):
+        same.append(np.array([t]))
+    assert same.rejoins(0, own[2:], path[2:])  # the same hands: they have met at once
+    assert not same_rules(path[1], path[2]) and same_rules(path[2], path[2]._replace(violations=3))
