@@ -224,9 +224,8 @@ def main(argv=None) -> int:
         trained = bool(args.placement and args.selection)
         _, selection, _, s_ckpt = (loaded(args.placement, args.selection) if trained
                                    else build(args.preset, args.vocab_size, args.min_gap))
-        print(f"stage 2: {'trained ' + args.selection if trained else 'preset ' + args.preset}, "
-              f"{sum(p.numel() for p in selection.parameters()) / 1e6:.1f} M parameters; torch {torch.__version__}, "
-              f"{torch.get_num_threads()} thread; {machine_note()}")
+        print(f"stage 2: {'trained ' + args.selection if trained else 'preset ' + args.preset}; "
+              f"torch {torch.__version__}, {torch.get_num_threads()} thread; {machine_note()}")
         note_costs(args, selection, s_ckpt, window)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -289,6 +288,10 @@ def note_costs(args, selection, s_ckpt, window) -> None:
 
     vocab = SelectionSetup.from_checkpoint(s_ckpt).vocab
     beams, runs = args.beam_size or 8, args.note_runs
+    size = sum(p.numel() for p in selection.parameters()) / 1e6
+    if args.notes:  # the figure is for the default size: say which model these are
+        print(f"stage 2 per note time: {size:.1f} M parameters ({selection.config.d_model} wide, "
+              f"{selection.config.n_decoder_layers} decoder layers), {len(vocab)} tokens", flush=True)
     for n in args.notes:
         ms = 1000 * per_note_cost(selection, n, beams, window, runs)
         sampled = 1000 * per_note_cost(selection, n, beams, window, runs, vocab=vocab)
