@@ -76,19 +76,18 @@ def measured(notes, difficulty: str, duration: float, baseline) -> dict:
 
 
 def song_inputs(song, p_model, s_model, p_ckpt, s_ckpt, difficulty: str):
-    """Features, note frames and beats of ``song`` as generate computes them."""
-    from mapkit.preprocess.beats import estimate_tempo, onset_envelope
+    """Features, note frames, beats and tempo map of ``song`` as generate computes them (format v3)."""
     from mapkit.preprocess.features import song_features
     from mapkit.runs import generate as g
 
-    difficulty, p_setup, s_setup, th = g._checked_setups(song, difficulty, p_ckpt, s_ckpt, s_model, None)
+    p_setup, s_setup, thresholds = g._checked_setups(song, [difficulty], p_ckpt, s_ckpt, s_model, None)
     settings = p_setup.feature_settings
-    feats = song_features(g._song_source(song), settings)
-    column = len(settings.placement_n_ffts) // 2
-    bpm = estimate_tempo(onset_envelope(settings.unpad("placement", feats.placement)[:, column]), settings.fps)
+    source = g._song_source(song)
+    feats = song_features(source, settings)
+    tempo, _ = g._song_tempo(source, feats, settings, "v3")
     probs = g._note_probabilities(p_model, p_setup, feats.placement, difficulty)
-    frames, beats, _ = g._note_beats(probs, th, p_setup, bpm, feats.duration_s, True)
-    return s_setup, feats, frames, beats, bpm
+    frames, beats, _ = g._note_beats(probs, thresholds[difficulty], p_setup, tempo, feats.duration_s, True)
+    return s_setup, feats, frames, beats, tempo
 
 
 def human_notes(song, difficulty: str):
@@ -123,8 +122,9 @@ def synthetic(n_notes: int, runs: int, preset: str = "default") -> None:
     rng = np.random.default_rng(0)
     times = np.cumsum(rng.uniform(0.1, 0.5, n_notes))
     g = torch.Generator().manual_seed(0)
-    src = torch.cat([torch.randn(n_notes + 2, selection.config.n_mels, generator=g),
-                     torch.rand(n_notes + 2, selection.config.n_gaps, generator=g)], dim=1)
+    c = selection.config
+    src = torch.cat([torch.randn(n_notes + 2, c.audio_dim, generator=g),  # then gaps, phases, difficulty
+                     torch.rand(n_notes + 2, c.src_dim - c.audio_dim, generator=g)], dim=1)
     clock = cpu_seconds()
     features = vocab_features(vocab)
     print(f"{preset} stage 2, {len(vocab)} tokens, {n_notes} note times; vocabulary features "

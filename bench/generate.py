@@ -41,6 +41,7 @@ generated clicks.
     python bench/generate.py --cli               # plus the end-to-end command
     python bench/generate.py --preset tiny --song x.ogg --runs 1
     python bench/generate.py --notes 500 2000 4000 --whole   # also decode without windows
+    python bench/generate.py --notes-only --note-runs 2      # only the stage-2 cost per note time
     python bench/generate.py --baseline human.json           # evaluate percentiles of the generated level
     python bench/generate.py --placement ddc/best.pt --selection tr/best.pt --objects priors.json \
         --difficulty all --song song.ogg --notes                 # a whole level with trained models, 5 difficulties
@@ -185,6 +186,10 @@ def main(argv=None) -> int:
     ap.add_argument("--notes", type=int, nargs="*", default=[500, 2000],
                     help="Note times for the stage-2 cost per note (default 500 2000; none to skip).")
     ap.add_argument("--whole", action="store_true", help="Also time stage 2 without windows (grows with length).")
+    ap.add_argument("--notes-only", action="store_true",
+                    help="Only the stage-2 cost per note time (--notes), no level generated.")
+    ap.add_argument("--note-runs", type=int, default=1, help="Runs of each cost per note time (fastest kept; "
+                                                             "default 1).")
     ap.add_argument("--preset", choices=("default", "tiny"), default="default")
     ap.add_argument("--vocab-size", type=int, default=2000)
     ap.add_argument("--beam-size", type=int, default=None,
@@ -215,6 +220,14 @@ def main(argv=None) -> int:
 
     mapkit.runs.generate.time = _CpuClock()  # stage timings in CPU seconds
     window = TransformerConfig().max_tokens
+    if args.notes_only:
+        trained = bool(args.placement and args.selection)
+        _, selection, _, s_ckpt = (loaded(args.placement, args.selection) if trained
+                                   else build(args.preset, args.vocab_size, args.min_gap))
+        print(f"stage 2: {'trained ' + args.selection if trained else 'preset ' + args.preset}; "
+              f"torch {torch.__version__}, {torch.get_num_threads()} thread; {machine_note()}")
+        note_costs(args, selection, s_ckpt, window)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         song, what = (args.song, "given") if args.song else pick_song(args.songs, tmp)
         trained = bool(args.placement and args.selection)
@@ -265,19 +278,28 @@ def main(argv=None) -> int:
             sizes = sum(os.path.getsize(x) for x in (p, s)) / 1e6
             print(f"{'cli':<10} {cpu:>8.3f}   `mapkit generate` end to end (imports, {sizes:.0f} MB of "
                   f"checkpoints loaded; wall {wall:.1f} s)")
-        from mapkit.train.checkpoints import SelectionSetup
-
-        vocab = SelectionSetup.from_checkpoint(s_ckpt).vocab
-        beams = args.beam_size or 8
-        for n in args.notes:
-            ms = 1000 * per_note_cost(selection, n, beams, window, 1)
-            sampled = 1000 * per_note_cost(selection, n, beams, window, 1, vocab=vocab)
-            line = (f"stage 2, {n:5d} note times: beam {beams} {ms:6.1f} ms per note time, default decoding "
-                    f"(flow-constrained sampling) {sampled:6.1f} ms (windows of {window})")
-            if args.whole:
-                line += f"; beam without windows {1000 * per_note_cost(selection, n, beams, None, 1):6.1f} ms"
-            print(line, flush=True)
+        note_costs(args, selection, s_ckpt, window)
     return 0
+
+
+def note_costs(args, selection, s_ckpt, window) -> None:
+    """Print the stage-2 cost per note time at each of ``args.notes``: beam search and the default decoding."""
+    from mapkit.train.checkpoints import SelectionSetup
+
+    vocab = SelectionSetup.from_checkpoint(s_ckpt).vocab
+    beams, runs = args.beam_size or 8, args.note_runs
+    size = sum(p.numel() for p in selection.parameters()) / 1e6
+    if args.notes:  # the issue's figure is for the default size: say which model these are
+        print(f"stage 2 per note time: {size:.1f} M parameters ({selection.config.d_model} wide, "
+              f"{selection.config.n_decoder_layers} decoder layers), {len(vocab)} tokens", flush=True)
+    for n in args.notes:
+        ms = 1000 * per_note_cost(selection, n, beams, window, runs)
+        sampled = 1000 * per_note_cost(selection, n, beams, window, runs, vocab=vocab)
+        line = (f"stage 2, {n:5d} note times: beam {beams} {ms:6.1f} ms per note time, default decoding "
+                f"(flow-constrained sampling) {sampled:6.1f} ms (windows of {window})")
+        if args.whole:
+            line += f"; beam without windows {1000 * per_note_cost(selection, n, beams, None, runs):6.1f} ms"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

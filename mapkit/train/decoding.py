@@ -47,8 +47,9 @@ every step reads the weights once for all of them and attends over at most
 is. In an overlap the earlier window's states are kept; the score is the sum
 of the windows' scores. With a ``constraint`` that can replay and seed itself
 (``FlowConstraint``), a window whose kept states break its rules across the
-seam is decoded again alone, after the stitched states before it
-(:func:`_repair_seams`).
+seam is decoded again alone, after the stitched states before it, until its
+own states keep the rules from there on (:func:`_repair_seams`): a few steps,
+not the whole window.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -155,8 +157,16 @@ class _Stepper:
         rows = len(self.starts) * per_window
         self.src_mask = src_mask
         self.memory = model.encode(src, src_mask)
-        self.prefix = torch.full((rows, 1), BOS, dtype=torch.long, device=device)
+        # the prefixes and each pick's log-probability, in buffers of the final length (no copy per step)
+        self._tokens = torch.full((rows, self.steps + 1), BOS, dtype=torch.long, device=device)
+        self._logp = torch.zeros((rows, self.steps), dtype=torch.float64, device=device)
+        self.length = 1
         self.cache = model.start_cache(self.memory, src_mask, rows, self.steps + 1) if use_cache else None
+
+    @property
+    def prefix(self) -> torch.Tensor:
+        """``[rows, t]``: each row's tokens so far, BOS first."""
+        return self._tokens[:, :self.length]
 
     @property
     def windows(self) -> int:
@@ -178,13 +188,22 @@ class _Stepper:
         """``[BOS, n states]``: row ``best[g]`` of each window ``g``, stitched."""
         return _stitch([self.prefix[g * self.per_window + b] for g, b in enumerate(best)], self.starts, self.steps)
 
-    def append(self, tokens: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """Extend prefix ``rows[b]`` (default ``b``) by ``tokens[b]``."""
+    def path_log_probs(self, row: int) -> torch.Tensor:
+        """``[t - 1]`` float64: the log-probability each state of row ``row``'s prefix was picked with."""
+        return self._logp[row, :self.length - 1]
+
+    def append(self, tokens: torch.Tensor, rows: torch.Tensor | None = None, logp: torch.Tensor | None = None) -> None:
+        """Extend prefix ``rows[b]`` (default ``b``) by ``tokens[b]``, picked with log-probability ``logp[b]``."""
+        n = self.length
         if rows is not None and not torch.equal(rows, torch.arange(len(rows), device=rows.device)):
-            self.prefix = self.prefix[rows]
+            self._tokens[:, :n] = self._tokens[rows, :n]
+            self._logp[:, :n - 1] = self._logp[rows, :n - 1]
             if self.cache is not None:
                 self.cache.reorder(rows)
-        self.prefix = torch.cat([self.prefix, tokens[:, None]], dim=1)
+        self._tokens[:, n] = tokens
+        if logp is not None:
+            self._logp[:, n - 1] = logp
+        self.length = n + 1
 
 
 def _allowed_mask(allowed: Allowed, prefix: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -285,6 +304,23 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_token
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    hyp, stepper, window_scores, best = _beam_search(model, src, src_mask, n_tokens, beam_size, use_cache, allowed,
+                                                     window, constraint)
+
+    def redo(sub_src, n, sub_allowed, sub_constraint, stop):
+        return _beam_search(model, sub_src, None, n, beam_size, use_cache, sub_allowed, None, sub_constraint, stop)[0]
+
+    return _repair_seams(hyp, stepper, best, window_scores, allowed, constraint, redo)
+
+
+def _beam_search(model, src, src_mask, n_tokens: int, beam_size: int, use_cache: bool, allowed: Allowed,
+                 window: int | None, constraint, stop=None):
+    """:func:`beam_search` before the seams are repaired: ``(hypothesis, stepper, window scores, best beams)``.
+
+    ``stop(s, constraint)`` (seam repair, one window), called after each
+    step ``s`` (states so far) but the last: a bool per beam, or None; when
+    a beam is true, the best-scoring such beam is returned as it is (``s`` states).
+    """
     with _eval_no_grad(model):
         # all beams start as BOS; only beam 0 of a window is live, so its first step expands one hypothesis
         stepper = _Stepper(model, src, src_mask, n_tokens, beam_size, use_cache, window)
@@ -294,7 +330,7 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_token
         first_row = torch.arange(stepper.windows, device=device)[:, None] * beam_size
         if constraint is not None:
             constraint.begin(stepper.starts, beam_size)
-        for _ in range(stepper.steps):
+        for step in range(stepper.steps):
             logits = stepper.logits().float()
             vocab = logits.shape[-1]
             logp = _log_probs(logits, _step_mask(allowed, constraint, stepper.prefix, vocab))
@@ -303,18 +339,20 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_token
                 raise ValueError("no allowed token can continue any hypothesis")
             scores = top
             tokens, rows = (flat % vocab).reshape(-1), (flat // vocab + first_row).reshape(-1)
-            stepper.append(tokens, rows=rows)
+            stepper.append(tokens, rows=rows, logp=logp[rows, tokens])
             if constraint is not None:
                 constraint.append(tokens.cpu().numpy(), rows.cpu().numpy())
-        best = scores.argmax(dim=-1)
-        window_scores = scores.gather(1, best[:, None])[:, 0].tolist()
-        hyp = _finish(stepper.tokens(best.tolist()), sum(window_scores),
-                      _violations(constraint, [g * beam_size + b for g, b in enumerate(best.tolist())]))
-
-    def redo(sub_src, n, sub_allowed, sub_constraint):
-        return beam_search(model, sub_src, None, n, beam_size, use_cache, sub_allowed, None, sub_constraint)
-
-    return _repair_seams(hyp, stepper, window_scores, allowed, constraint, redo)
+            ok = stop(step + 1, constraint) if stop is not None and step + 1 < stepper.steps else None
+            if ok is not None and ok.any():
+                b = int(scores[0].masked_fill(~torch.as_tensor(ok, device=device), float("-inf")).argmax())
+                if torch.isfinite(scores[0, b]):
+                    hyp = _finish(stepper.prefix[b], float(scores[0, b]), _violations(constraint, [b]))
+                    return hyp, stepper, [float(scores[0, b])], [b]
+        best = scores.argmax(dim=-1).tolist()
+        window_scores = scores.gather(1, torch.tensor(best, device=device)[:, None])[:, 0].tolist()
+        hyp = _finish(stepper.tokens(best), sum(window_scores),
+                      _violations(constraint, [g * beam_size + b for g, b in enumerate(best)]))
+    return hyp, stepper, window_scores, best
 
 
 def greedy(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: int, use_cache: bool = True,
@@ -346,35 +384,49 @@ def sample(model, src: torch.Tensor, src_mask: torch.Tensor | None, n_tokens: in
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    options = (temperature, use_cache, allowed, generator, top_p, top_k)
+    hyp, stepper, scores = _sample(model, src, src_mask, n_tokens, window, constraint, *options)
+
+    def redo(sub_src, n, sub_allowed, sub_constraint, stop):
+        sub_options = (temperature, use_cache, sub_allowed, generator, top_p, top_k)
+        return _sample(model, sub_src, None, n, None, sub_constraint, *sub_options, stop=stop)[0]
+
+    return _repair_seams(hyp, stepper, [0] * stepper.windows, scores, allowed, constraint, redo)
+
+
+def _sample(model, src, src_mask, n_tokens: int, window, constraint, temperature, use_cache, allowed, generator,
+            top_p, top_k, stop=None):
+    """:func:`sample` before the seams are repaired: ``(hypothesis, stepper, window scores)``; ``stop`` as in
+    :func:`_beam_search` (one row)."""
     with _eval_no_grad(model):
         stepper = _Stepper(model, src, src_mask, n_tokens, 1, use_cache, window)
         if constraint is not None:
             constraint.begin(stepper.starts, 1)
         scores = torch.zeros(stepper.windows, dtype=torch.float64)
-        for _ in range(stepper.steps):
+        for step in range(stepper.steps):
             logits = stepper.logits().float()
             mask = _step_mask(allowed, constraint, stepper.prefix, logits.shape[-1])
             if not mask.any(dim=-1).all():
                 raise ValueError("no allowed token can continue the sequence")
             probs = _nucleus(_log_probs(logits, mask, temperature).exp(), top_p, top_k)
             token = torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)[:, 0]
-            scores += _log_probs(logits, mask).gather(1, token[:, None])[:, 0].double().cpu()
-            stepper.append(token)
+            logp = _log_probs(logits, mask).gather(1, token[:, None])[:, 0].double()
+            scores += logp.cpu()
+            stepper.append(token, logp=logp)
             if constraint is not None:
                 constraint.append(token.cpu().numpy())
+            ok = stop(step + 1, constraint) if stop is not None and step + 1 < stepper.steps else None
+            if ok is not None and ok[0]:
+                return _finish(stepper.prefix[0], float(scores[0]), _violations(constraint, [0])), stepper, [
+                    float(scores[0])]
         hyp = _finish(stepper.tokens([0] * stepper.windows), float(scores.sum()),
                       _violations(constraint, list(range(stepper.windows))))
-
-    def redo(sub_src, n, sub_allowed, sub_constraint):
-        return sample(model, sub_src, None, n, temperature, use_cache, sub_allowed, generator, None, top_p, top_k,
-                      sub_constraint)
-
-    return _repair_seams(hyp, stepper, scores.tolist(), allowed, constraint, redo)
+    return hyp, stepper, scores.tolist()
 
 
-def _repair_seams(hyp: Hypothesis, stepper: _Stepper, window_scores: list, allowed: Allowed, constraint,
-                  redo) -> Hypothesis:
-    """Re-decode each window whose kept states break the constraint across the seam with the window before.
+def _repair_seams(hyp: Hypothesis, stepper: _Stepper, best: list, window_scores: list, allowed: Allowed,
+                  constraint, redo) -> Hypothesis:
+    """Re-decode the start of each window whose kept states break the constraint across the seam.
 
     Windows are decoded side by side, each from the constraint's empty start,
     so the first states a window keeps may break a rule only the earlier
@@ -383,9 +435,13 @@ def _repair_seams(hyp: Hypothesis, stepper: _Stepper, window_scores: list, allow
     earlier window's end on) break a rule of the stitched sequence is decoded
     again alone (``redo``), its constraint starting after the stitched states
     before it (``constraint.window``) and its overlap states forced to the
-    kept ones. Its score replaces the window's. ``violations`` is then what
-    ``constraint.replay`` counts on the final sequence. A callable
-    ``allowed`` (which sees whole-level prefixes) is left as it is: no repair.
+    kept ones, until the first step from which the window's own states keep
+    every rule (``constraint.rejoins``: its rows' states have met those of
+    the window's first decoding): the new states up to there, the window's
+    own from there on. Its score is the new states' log-probability plus the
+    log-probabilities the kept own states were picked with. ``violations``
+    is then what ``constraint.replay`` counts on the final sequence. A
+    callable ``allowed`` (which sees whole-level prefixes) is left as it is: no repair.
     """
     starts, q = stepper.starts, stepper.steps
     if constraint is None or len(starts) < 2 or callable(allowed) or not hasattr(constraint, "window"):
@@ -397,6 +453,9 @@ def _repair_seams(hyp: Hypothesis, stepper: _Stepper, window_scores: list, allow
         if not constraint.replay(tokens[1:a + q])[end - 1:].any():
             continue
         forced = tokens[a:end].tolist()
+        row = g * stepper.per_window + best[g]
+        own, own_logp = stepper.prefix[row, 1:], stepper.path_log_probs(row)  # the window's first decoding
+        reference = constraint.window(a, q, []).path(own)
 
         def window_allowed(prefix, forced=forced):
             mask = _allowed_mask(allowed, prefix, len(constraint.features.state)).clone()
@@ -406,7 +465,13 @@ def _repair_seams(hyp: Hypothesis, stepper: _Stepper, window_scores: list, allow
                 mask[:, forced[step]] = True
             return mask
 
-        sub = redo(real[a - 1: a + q + 1], q, window_allowed, constraint.window(a, q, tokens[1:a]))
-        tokens[a:a + q] = sub.tokens[1:-1]
-        scores[g] = sub.score
+        def rejoined(step, sub, own=own, reference=reference, forced=forced):
+            if step < len(forced):
+                return None
+            return np.array([sub.rejoins(r, own[step:], reference[step:]) for r in range(len(sub.rows))])
+
+        sub = redo(real[a - 1: a + q + 1], q, window_allowed, constraint.window(a, q, tokens[1:a]), rejoined)
+        new = len(sub.tokens) - 2
+        tokens[a:a + new] = sub.tokens[1:-1]  # from a + new on: the window's own states (already there)
+        scores[g] = sub.score + float(own_logp[new:].sum())
     return Hypothesis(tokens=tokens, score=float(sum(scores)), violations=int(constraint.replay(tokens[1:-1]).sum()))

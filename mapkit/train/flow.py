@@ -143,6 +143,21 @@ class _Row(NamedTuple):
     violations: int = 0
 
 
+#: tokens :meth:`FlowConstraint.rejoins` checks before giving up (a hand's state is the same as another's after
+#: its next two swings with the same notes; 32 states leave room for one-handed runs)
+REJOIN_HORIZON = 32
+
+
+def same_rules(a: _Row, b: _Row) -> bool:
+    """Whether two row states meet the same rules with any next states: equal but for the violations counted and
+    how many swings each hand has had beyond the first (only whether it has had one matters)."""
+    def key(row):
+        hands = tuple(h._replace(swings=min(h.swings, 1)) for h in row.hands)
+        return hands, row.bombs, row.centres
+
+    return key(a) == key(b)
+
+
 class FlowConstraint:
     """Per-step masks of the states that keep the flow playable, for :mod:`mapkit.train.decoding`.
 
@@ -209,6 +224,38 @@ class FlowConstraint:
         sub._seed, sub._table = row._replace(violations=0), self._table
         return sub
 
+    def path(self, tokens) -> list:
+        """The row states along ``tokens`` (states 1..n of this constraint's sequence, no BOS) from its start:
+        ``n + 1`` states, the start first. Picks are not checked (``violations`` stays as it starts)."""
+        rows = [self._seed]
+        for k, t in enumerate(np.asarray(tokens).tolist()):
+            rows.append(self._advance(rows[-1], t, float(self.times[k]), False))
+        return rows
+
+    def rejoins(self, r: int, tokens, reference: list, horizon: int = REJOIN_HORIZON) -> bool:
+        """Whether row ``r`` may go on with ``tokens`` (the next states) and keep every rule.
+
+        ``reference[j]`` is the row state another decode of the same states
+        had before ``tokens[j]`` (:meth:`path`), whose picks kept the rules
+        from there on. The tokens are checked one by one from row ``r``'s
+        state until that state is :func:`same_rules` as the reference's
+        (from then on both meet the same rules, so the rest keeps them as it
+        did there); ``False`` when a token breaks a rule first, or when the
+        states have not met within ``horizon`` tokens.
+        """
+        row, first = self.rows[r], self.starts[r // self.per_window] + self.step  # token index of tokens[0]
+        for j, t in enumerate(np.asarray(tokens[:horizon + 1]).tolist()):
+            if same_rules(row, reference[j]):
+                return True
+            if j == horizon:
+                return False
+            time = self.times[min(first + j, len(self.times)) - 1]
+            bad, vision = self.bad([row], np.array([time]))
+            if bad[0, t] or vision[0, t]:
+                return False
+            row = self._advance(row, t, float(time), False)
+        return True
+
     def _row_times(self) -> np.ndarray:
         """The time of the note each row decodes at this step (computed once per step)."""
         if self._times_at is None or self._times_at[0] != self.step:
@@ -216,18 +263,23 @@ class FlowConstraint:
             self._times_at = (self.step, self.times[np.minimum(index, len(self.times)) - 1])
         return self._times_at[1]
 
-    def bad(self) -> tuple[np.ndarray, np.ndarray]:
-        """Bool ``[rows, vocab]`` each: the states that would break the parity or collision rule; the vision rule."""
-        f, times = self.features, self._row_times()
-        bad = np.zeros((len(self.rows), len(f.state)), bool)
+    def bad(self, rows: list | None = None, times: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Bool ``[rows, vocab]`` each: the states that would break the parity or collision rule; the vision rule.
+
+        Of this step's rows at their note times, or of the given ``rows``
+        (``_Row`` states) at ``times`` (seconds, one per row).
+        """
+        f = self.features
+        rows, times = (self.rows, self._row_times()) if rows is None else (rows, np.asarray(times, np.float64))
+        bad = np.zeros((len(rows), len(f.state)), bool)
         if self.settings.parity:
             for h in (0, 1):
-                bad |= self._parity_errors(h, times)
+                bad |= self._parity_errors(h, times, rows)
         if self.settings.collisions:
             bad |= f.collides[None, :]
         vision = np.zeros_like(bad)
         if self.settings.vision and self.vision_window is not None:
-            vision = self._vision_blocks(times)
+            vision = self._vision_blocks(times, rows)
         return bad, vision
 
     def mask(self, allowed: np.ndarray) -> np.ndarray:
@@ -296,7 +348,7 @@ class FlowConstraint:
             out.append((same, close, along))
         return out
 
-    def _parity_errors(self, h: int, times: np.ndarray) -> np.ndarray:
+    def _parity_errors(self, h: int, times: np.ndarray, rows: list) -> np.ndarray:
         """Bool ``[rows, vocab]``: the state gives hand ``h`` a parity error (see the module notes).
 
         Per row, :func:`advance_hand`'s rule over all states at once: whether
@@ -309,8 +361,8 @@ class FlowConstraint:
         if self._table is None:
             self._table = self._tables()
         same, close, along = self._table[h]
-        out = np.zeros((len(self.rows), len(self.features.state)), bool)
-        for i, (row, t) in enumerate(zip(self.rows, times.tolist())):
+        out = np.zeros((len(rows), len(self.features.state)), bool)
+        for i, (row, t) in enumerate(zip(rows, times.tolist())):
             s = row.hands[h]
             if not s.swings:
                 continue
@@ -337,7 +389,7 @@ class FlowConstraint:
         return bool(between) and bomb_forces_reset(state.swing_arrow, state.column, state.row,
                                                    [b[0] for b in between], [b[1] for b in between])
 
-    def _vision_blocks(self, times: np.ndarray) -> np.ndarray:
+    def _vision_blocks(self, times: np.ndarray, rows: list) -> np.ndarray:
         """Bool ``[rows, vocab]``: the state has a note hidden by a centre note of the row ``lo..hi`` s before,
         or its centre notes would hide all four columns at a later note time (which no state could then fill).
 
@@ -348,11 +400,11 @@ class FlowConstraint:
         """
         lo, hi = self.vision_window
         f = self.features
-        out = np.zeros((len(self.rows), len(f.state)), bool)
+        out = np.zeros((len(rows), len(f.state)), bool)
         both = f.centre[0] & f.centre[1]
         following = np.searchsorted(self.times, times + lo - _EPS)
         n = len(self.times)
-        for i, (row, t) in enumerate(zip(self.rows, times.tolist())):
+        for i, (row, t) in enumerate(zip(rows, times.tolist())):
             hidden, latest = [False, False], [-np.inf, -np.inf]
             for ct, b in row.centres:
                 hidden[b] = hidden[b] or t - hi - _EPS <= ct <= t - lo + _EPS

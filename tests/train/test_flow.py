@@ -12,7 +12,7 @@ from mapkit.preprocess.quality import colliding_pairs, vision_blocked
 from mapkit.preprocess.targets import BOMB_VALUE, N_SPECIAL, Vocabulary, note_states, notes_from_states
 from mapkit.preprocess.timebase import frame_of
 from mapkit.train.decoding import _nucleus, beam_search, greedy, sample
-from mapkit.train.flow import FlowConstraint, FlowSettings, state_features
+from mapkit.train.flow import FlowConstraint, FlowSettings, same_rules, state_features
 from mapkit.train.models import SelectionConfig, SelectionModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -283,3 +283,77 @@ def test_window_seams_are_repaired():
     apart = beam_search(model, src_of(n), None, n, beam_size=2, window=7, allowed=states_only,
                         constraint=FlowConstraint(features, times))
     assert errors(decoded_notes(vocab, apart, times)) > 0
+
+
+def test_a_repaired_seam_redecodes_only_the_window_start():
+    # a seam that breaks a rule is decoded again only until the window's own states keep the rules from there on
+    states = [state((c, r, color, d)) for c in range(4) for r in (0, 2) for color in (RED, BLUE) for d in (0, 1, 8)]
+    vocab = vocab_of(*states)
+    torch.manual_seed(3)
+    model = SelectionModel(SelectionConfig(vocab_size=len(vocab), d_model=16, n_encoder_layers=1, n_decoder_layers=1,
+                                           n_heads=2, d_ff=32, dropout=0.0))
+    n, window = 120, 42  # 3 windows of 40 states
+    times = np.cumsum(np.tile([0.12, 0.3, 0.5, 0.2], n // 4))
+    features = state_features(vocab.states)
+
+    def states_only(prefix):  # the default mask, as a callable: the seams are left as decoded
+        mask = torch.ones(prefix.shape[0], len(vocab), dtype=torch.bool)
+        mask[:, :N_SPECIAL] = False
+        return mask
+
+    steps = Counter()
+    decode_step = model.decode_step
+
+    def counted(tokens, cache):
+        steps[tokens.shape[0]] += 1
+        return decode_step(tokens, cache)
+
+    model.decode_step = counted
+    for kw in (dict(beam_size=3), dict(generator=True)):
+        def decode(allowed=None):
+            if "generator" in kw:
+                return sample(model, src_of(n), None, n, window=window, allowed=allowed,
+                              constraint=FlowConstraint(features, times), generator=torch.Generator().manual_seed(1))
+            return beam_search(model, src_of(n), None, n, window=window, allowed=allowed,
+                               constraint=FlowConstraint(features, times), **kw)
+
+        apart = decode(states_only)
+        steps.clear()
+        hyp = decode()
+        notes = decoded_notes(vocab, hyp, times)
+        assert errors(notes) == 0 == hyp.violations and errors(decoded_notes(vocab, apart, times)) > 0
+        changed = np.flatnonzero((hyp.tokens != apart.tokens).numpy())
+        redone = sum(k for rows, k in steps.items() if rows < 3 * kw.get("beam_size", 1))  # steps of one window
+        assert len(changed) and redone < 40  # some states changed, fewer steps than a window's 40 were decoded again
+        assert all(any(a <= i < a + redone for a in (41, 81)) for i in changed)  # only at the windows' starts
+    model.decode_step = decode_step
+
+
+def test_path_and_rejoins_follow_the_hands_as_decoding_does():
+    vocab = vocab_of(RED_DOWN, RED_UP, BLUE_DOWN)
+    down, up, blue = (token(vocab, s) for s in (RED_DOWN, RED_UP, BLUE_DOWN))
+    times = 0.5 * np.arange(1, 9)
+    c = FlowConstraint(state_features(vocab.states), times)
+    own = [down, up, down, up, down, up]
+    path = c.path(own)
+    c.begin([1], 1)
+    for k, t in enumerate(own):
+        assert same_rules(c.rows[0], path[k])
+        c.mask(np.ones((1, len(vocab)), bool))
+        c.append(np.array([t]))
+    assert same_rules(c.rows[0], path[-1]) and len(path) == len(own) + 1
+    # a row whose red hand last swung down: the own states from `down` on would repeat the parity, from `up` on not
+    other = FlowConstraint(state_features(vocab.states), times)
+    other.begin([1], 1)
+    other.append(np.array([blue]))
+    other.append(np.array([down]))  # its state after 2 states: red swung down, blue too
+    assert not other.rejoins(0, own[2:], path[2:])
+    # from `up` on every state keeps the rules, but blue's state never meets the reference's (blue does not play):
+    # true when every remaining state was checked, false when more remain than the horizon
+    assert other.rejoins(0, own[3:], path[3:]) and not other.rejoins(0, own[3:], path[3:], horizon=2)
+    same = FlowConstraint(state_features(vocab.states), times)
+    same.begin([1], 1)
+    for t in (down, up):
+        same.append(np.array([t]))
+    assert same.rejoins(0, own[2:], path[2:])  # the same hands: they have met at once
+    assert not same_rules(path[1], path[2]) and same_rules(path[2], path[2]._replace(violations=3))
