@@ -212,6 +212,18 @@ def test_ffmpeg_decodes_real_music_itself_in_blocks_of_any_size(monkeypatch):
     np.testing.assert_array_equal(small, y)
 
 
+@pytest.mark.parametrize("channels, sr", [(1, 22050), (2, 48000), (3, 44100)])
+def test_ffmpeg_mono_is_the_mean_of_any_number_of_channels(channels, sr):
+    data = np.stack([tone(3 * sr, sr, 220 * (c + 1), amp=0.2) for c in range(channels)], axis=1)
+    ogg = encoded(data, sr, "OGG", "VORBIS")
+    decoded = _decode_vorbis(ogg, "song.egg")
+    assert decoded is not None  # FFmpeg's decoder, not the fallback
+    y, n, declared, got_sr = decoded
+    ref, _ = sf.read(io.BytesIO(ogg), dtype="float32", always_2d=True)
+    assert got_sr == sr and n == declared == len(ref) == 3 * sr and ref.shape[1] == channels
+    assert np.max(np.abs(y - ref.sum(axis=1, dtype=np.float32) / np.float32(channels))) < 1e-6
+
+
 @pytest.mark.parametrize("n", [5, 700, 4096, 44100])
 def test_short_vorbis_streams_decode_to_their_declared_length(n):
     # FFmpeg trims a stream whose audio fits in its first page wrongly (4096 -> 3968 samples): libsndfile decodes those
