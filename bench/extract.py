@@ -158,6 +158,15 @@ def floors(path: str, repeat: int):
     return len(y) / sr, t_dec.cpu, t_fft.cpu
 
 
+def vorbis_decoder() -> str:
+    """Which decoder mapkit uses for Ogg Vorbis here (FFmpeg through PyAV, else libsndfile)."""
+    try:
+        import av
+    except ImportError:
+        return "libsndfile (PyAV is not installed)"
+    return f"FFmpeg {av.ffmpeg_version_info} through PyAV {av.__version__}"
+
+
 def _timed_song(path: str):
     """Worker: the song's features and the CPU seconds this process spent on them."""
     t = time.process_time()
@@ -190,7 +199,7 @@ MEMORY_CHILD = """
 import sys, time, threading
 from mapkit.preprocess.features import song_features
 from mapkit.preprocess.sources import Source
-import scipy.fft, scipy.sparse, soxr, soundfile
+import scipy.fft, scipy.sparse, soxr, soundfile, av  # the worker's imports (av: FFmpeg's Vorbis decoder)
 
 def hwm():  # peak RSS of this process image in KiB (VmHWM; ru_maxrss would include the forking parent)
     for line in open("/proc/self/status"):
@@ -231,7 +240,8 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as tmp:
         songs, kind = find_songs(args.songs, args.limit, tmp)
-        print(f"songs: {len(songs)} x {kind}; {machine_note()}; minimum of {args.repeat} run(s)")
+        print(f"songs: {len(songs)} x {kind}; {machine_note()}; minimum of {args.repeat} run(s); "
+              f"Ogg Vorbis decoded by {vorbis_decoder()}")
         # warm both pipelines (lazy imports, librosa's first call) so only the work is timed
         mapkit_song(songs[0])
         librosa_pipeline(songs[0])

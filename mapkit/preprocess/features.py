@@ -11,7 +11,9 @@ grid ``0 .. T-1`` directly instead of cropping an STFT.
 Speed without losing exactness (docs/design.md §10): frames are processed in
 blocks of about 2 MB (cache-sized), in float32, with ``scipy.fft``; the mel projection is a few dense products, each over
 the band of FFT bins its group of filters touches (:func:`mel_bands`), read
-straight from the squared spectrum (no transposed copies). The result
+straight from the squared spectrum (no transposed copies); the log, the band
+sums and the rounding to float16 happen on each block while it is in cache
+(no float32 copy of the whole song's features). The result
 equals ``log(librosa.feature.melspectrogram(...) + 1e-10)`` within about 0.02
 (see tests/preprocess/test_features.py for the bound that is enforced).
 
@@ -179,6 +181,7 @@ def log_mel(
     n_frames: int,
     log_floor: float = 1e-10,
     out: np.ndarray | None = None,
+    sums: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Log-mel power of centred Hann frames on the grid ``f * hop``, ``f = 0 .. n_frames-1``.
 
@@ -204,14 +207,19 @@ def log_mel(
         Number of frames to compute.
     log_floor : float
         Added to the mel power before the natural log.
-    out : np.ndarray [shape=(n_frames, n_mels), dtype=float32], optional
+    out : np.ndarray [shape=(n_frames, n_mels)], optional
         Where to write (may be a strided view, e.g. one FFT-size column of the
-        placement array).
+        placement array). Any float dtype: the float32 values are rounded to
+        it block by block (float16 for the store, without a float32 copy of
+        the whole song).
+    sums : (np.ndarray, np.ndarray) [shape=(n_mels,), dtype=float64], optional
+        The sum and the sum of squares over frames of the float32 values
+        (before any rounding to ``out``'s dtype) are added to these.
 
     Returns
     -------
-    np.ndarray [shape=(n_frames, n_mels), dtype=float32]
-        ``out`` when given.
+    np.ndarray [shape=(n_frames, n_mels)]
+        ``out`` when given, else a new float32 array.
     """
     import scipy.fft
 
@@ -229,6 +237,7 @@ def log_mel(
     # buffers reused by every block: no page faults from fresh multi-MB arrays
     frames = np.zeros((block, n_fft), dtype=np.float32)
     mel = np.empty((block, n_mels), dtype=np.float32)
+    ones, scratch = np.ones(block, dtype=np.float32), np.empty((block, n_mels), dtype=np.float32)
     # every n_fft-sample window of y, made once: a block inside the signal is a strided slice of it
     inside = np.lib.stride_tricks.sliding_window_view(y, n_fft) if len(y) >= n_fft else None
     for f0 in range(0, n_frames, block):
@@ -248,13 +257,34 @@ def log_mel(
         np.square(sq, out=sq)
         for m0, m1, c0, c1, w in products:
             np.matmul(sq[:, c0:c1], w, out=mel[:, m0:m1])
-        # the log on the block while it is in cache (out may be a strided view of a large array)
+        # the log, the sums and the rounding on the block while it is in cache (out may be a strided view)
         np.add(mel[:k], np.float32(log_floor), out=mel[:k])
-        np.log(mel[:k], out=out[f0:f1])
+        if sums is None and out.dtype == np.float32:
+            np.log(mel[:k], out=out[f0:f1])
+            continue
+        np.log(mel[:k], out=mel[:k])
+        if sums is not None:
+            _add_sums(mel[:k], sums, ones[:k], scratch[:k])
+        out[f0:f1] = mel[:k]
     return out
 
 
-def placement_features(y: np.ndarray, sr: int, settings: FeatureSettings = FeatureSettings(), pad: bool = True) -> np.ndarray:
+def _add_sums(block: np.ndarray, sums: tuple[np.ndarray, np.ndarray], ones: np.ndarray, scratch: np.ndarray) -> None:
+    """Add the column sums and sums of squares of ``block`` [k, n_mels] to the float64 ``sums``.
+
+    Each block's sums are BLAS products with a row of ones, in float32 (at
+    most a few hundred frames: relative error ~1e-6, far below float16
+    storage's 5e-4), accumulated over blocks in float64. ``ones`` [k] and
+    ``scratch`` [k, n_mels] are float32 work arrays.
+    """
+    total, total_sq = sums
+    np.add(total, ones @ block, out=total)
+    np.square(block, out=scratch)
+    np.add(total_sq, ones @ scratch, out=total_sq)
+
+
+def placement_features(y: np.ndarray, sr: int, settings: FeatureSettings = FeatureSettings(), pad: bool = True,
+                       dtype=np.float32, sums: dict | None = None) -> np.ndarray:
     """Stage-1 features: multi-resolution log-mel, time first.
 
     Parameters
@@ -266,10 +296,15 @@ def placement_features(y: np.ndarray, sr: int, settings: FeatureSettings = Featu
     settings : FeatureSettings
     pad : bool
         Add ``settings.placement_pad`` rows of the silence value on each side.
+    dtype : numpy float dtype
+        Of the result (float16 for the store: rounded block by block).
+    sums : dict, optional
+        Filled with :func:`band_sums` of the unpadded frames' float32 values
+        (before rounding to ``dtype``), computed block by block on the way.
 
     Returns
     -------
-    np.ndarray [shape=(T + 2*pad, len(n_ffts), n_mels), dtype=float32]
+    np.ndarray [shape=(T + 2*pad, len(n_ffts), n_mels), dtype=dtype]
         ``T = n_frames(len(y), sr)`` of the ORIGINAL signal. Row ``pad + f``
         is frame ``f`` (centred on ``f / fps`` s); column ``i`` is FFT size
         ``settings.placement_n_ffts[i]``.
@@ -279,16 +314,20 @@ def placement_features(y: np.ndarray, sr: int, settings: FeatureSettings = Featu
     target_sr = settings.placement_sample_rate
     y_stage = resample(y, sr, target_sr, settings.resample_quality)
     n_ffts = settings.placement_n_ffts
-    out = np.empty((T + 2 * p, len(n_ffts), settings.placement_n_mels), dtype=np.float32)
+    out = np.empty((T + 2 * p, len(n_ffts), settings.placement_n_mels), dtype=dtype)
     out[:p] = settings.silence_value
     out[p + T :] = settings.silence_value
+    acc = np.zeros((2, len(n_ffts), settings.placement_n_mels))
     for i, n_fft in enumerate(n_ffts):
         log_mel(y_stage, target_sr, n_fft, settings.placement_hop, settings.placement_n_mels, T,
-                settings.log_floor, out=out[p : p + T, i, :])
+                settings.log_floor, out=out[p : p + T, i, :], sums=None if sums is None else (acc[0, i], acc[1, i]))
+    if sums is not None:
+        sums.update(sum=acc[0], sum_sq=acc[1], count=T)
     return out
 
 
-def selection_features(y: np.ndarray, sr: int, settings: FeatureSettings = FeatureSettings(), pad: bool = True) -> np.ndarray:
+def selection_features(y: np.ndarray, sr: int, settings: FeatureSettings = FeatureSettings(), pad: bool = True,
+                       dtype=np.float32, sums: dict | None = None) -> np.ndarray:
     """Stage-2 features: one log-mel, time first.
 
     Parameters
@@ -300,21 +339,26 @@ def selection_features(y: np.ndarray, sr: int, settings: FeatureSettings = Featu
     settings : FeatureSettings
     pad : bool
         Add ``settings.selection_pad`` rows of the silence value on each side.
+    dtype, sums
+        As in :func:`placement_features`.
 
     Returns
     -------
-    np.ndarray [shape=(T + 2*pad, n_mels), dtype=float32]
+    np.ndarray [shape=(T + 2*pad, n_mels), dtype=dtype]
         ``T = n_frames(len(y), sr)`` of the ORIGINAL signal; row ``pad + f`` is frame ``f``.
     """
     T = count_frames(len(y), sr, settings.fps)
     p = settings.selection_pad if pad else 0
     target_sr = settings.selection_sample_rate
     y_stage = resample(y, sr, target_sr, settings.resample_quality)
-    out = np.empty((T + 2 * p, settings.selection_n_mels), dtype=np.float32)
+    out = np.empty((T + 2 * p, settings.selection_n_mels), dtype=dtype)
     out[:p] = settings.silence_value
     out[p + T :] = settings.silence_value
+    acc = np.zeros((2, settings.selection_n_mels))
     log_mel(y_stage, target_sr, settings.selection_n_fft, settings.selection_hop, settings.selection_n_mels, T,
-            settings.log_floor, out=out[p : p + T])
+            settings.log_floor, out=out[p : p + T], sums=None if sums is None else (acc[0], acc[1]))
+    if sums is not None:
+        sums.update(sum=acc[0], sum_sq=acc[1], count=T)
     return out
 
 
@@ -399,22 +443,19 @@ def song_features(source, settings: FeatureSettings = FeatureSettings(), fingerp
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     n = len(y)
     T = count_frames(n, sr, settings.fps)
-    placement = placement_features(y, sr, settings)
-    selection = selection_features(y, sr, settings)
+    sums = {"placement": {}, "selection": {}}  # filled block by block, from the float32 values
+    placement = placement_features(y, sr, settings, dtype=np.float16, sums=sums["placement"])
+    selection = selection_features(y, sr, settings, dtype=np.float16, sums=sums["selection"])
     chroma, chroma_error = _song_fingerprint(y, sr) if fingerprint else (None, "")
     del y
     pp, ps = settings.placement_pad, settings.selection_pad
-    sums = {
-        "placement": band_sums(placement[pp : pp + T]),
-        "selection": band_sums(selection[ps : ps + T]),
-    }
     if not (np.isfinite(sums["placement"]["sum"]).all() and np.isfinite(sums["selection"]["sum"]).all()):
         raise AudioError(name, "features are not finite")  # cannot happen for finite audio; guard the store
     return SongFeatures(
         song_id=source.song_id,
         source=name,
-        placement=placement.astype(np.float16),
-        selection=selection.astype(np.float16),
+        placement=placement,
+        selection=selection,
         n_frames=T,
         sample_rate=int(sr),
         n_samples=n,

@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 
 from mapkit.errors import AudioError
-from mapkit.preprocess.audio import (AudioNote, audio_sha256, decode_audio, ogg_page_crc, ogg_stream_state,
-                                    open_source_audio, resample)
+from mapkit.preprocess.audio import (AudioNote, _decode_vorbis, audio_sha256, decode_audio, ogg_page_crc,
+                                    ogg_stream_state, open_source_audio, resample, vorbis_length)
 from mapkit.preprocess.features import song_features
 from mapkit.preprocess.sources import Source
 from mapkit.writers.ogg import encode_ogg_vorbis
@@ -180,6 +180,104 @@ def test_vorbis_decoder_matches_libvorbis_on_real_music():
     ref, ref_sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     assert sr == ref_sr and len(y) == len(ref)
     assert np.max(np.abs(y - ref.mean(axis=1, dtype=np.float32))) < 5e-7
+
+
+def resealed(data: bytes, page: int, change) -> bytes:
+    """``data`` with ``change(bytearray of the page at byte `page`)`` applied and that page's CRC redone."""
+    pages = ogg_pages(data) + [len(data)]
+    end = pages[pages.index(page) + 1]
+    buf = bytearray(data[page:end])
+    change(buf)
+    buf[22:26] = b"\0\0\0\0"
+    buf[22:26] = ogg_page_crc(bytes(buf)).to_bytes(4, "little")
+    return data[:page] + bytes(buf) + data[end:]
+
+
+def with_granule(data: bytes, granule: int) -> bytes:
+    """``data`` whose last page declares ``granule`` samples (CRC redone, so only the length lies)."""
+    return resealed(data, ogg_pages(data)[-1], lambda buf: buf.__setitem__(slice(6, 14), granule.to_bytes(8, "little")))
+
+
+@pytest.mark.skipif(not REAL_SONG.exists(), reason="Debian fretsonfire songs not installed")
+def test_ffmpeg_decodes_real_music_itself_in_blocks_of_any_size(monkeypatch):
+    import mapkit.preprocess.audio as audio
+
+    data = REAL_SONG.read_bytes()
+    decoded = _decode_vorbis(data, "song.ogg")  # FFmpeg's decoder, not the libsndfile fallback
+    assert decoded is not None
+    y, n, declared, sr = decoded
+    assert n == declared == len(y) == vorbis_length(data)[0] and sr == 44100
+    monkeypatch.setattr(audio, "FIFO_BLOCK", 1000)  # many FIFO blocks, the last one partial
+    small, *_ = _decode_vorbis(data, "song.ogg")
+    np.testing.assert_array_equal(small, y)
+
+
+@pytest.mark.parametrize("channels, sr", [(1, 22050), (2, 48000), (3, 44100)])
+def test_ffmpeg_mono_is_the_mean_of_any_number_of_channels(channels, sr):
+    data = np.stack([tone(3 * sr, sr, 220 * (c + 1), amp=0.2) for c in range(channels)], axis=1)
+    ogg = encoded(data, sr, "OGG", "VORBIS")
+    decoded = _decode_vorbis(ogg, "song.egg")
+    assert decoded is not None  # FFmpeg's decoder, not the fallback
+    y, n, declared, got_sr = decoded
+    ref, _ = sf.read(io.BytesIO(ogg), dtype="float32", always_2d=True)
+    assert got_sr == sr and n == declared == len(ref) == 3 * sr and ref.shape[1] == channels
+    assert np.max(np.abs(y - ref.sum(axis=1, dtype=np.float32) / np.float32(channels))) < 1e-6
+
+
+@pytest.mark.parametrize("n", [5, 700, 4096, 44100])
+def test_short_vorbis_streams_decode_to_their_declared_length(n):
+    # FFmpeg trims a stream whose audio fits in its first page wrongly (4096 -> 3968 samples): libsndfile decodes those
+    sr = 44100
+    data = encoded(np.stack([tone(n, sr), tone(n, sr, 550)], axis=1), sr, "OGG", "VORBIS")
+    y, _ = decode_audio(io.BytesIO(data))
+    ref, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    assert len(y) == len(ref) == n
+    assert np.max(np.abs(y - ref.mean(axis=1, dtype=np.float32))) < 5e-7
+
+
+def test_vorbis_declaring_more_samples_than_it_holds():
+    sr = 44100
+    whole = encode_ogg_vorbis(np.stack([tone(3 * sr, sr), tone(3 * sr, sr, 550)], axis=1), sr, serial=7)
+    declared, capacity = vorbis_length(whole)
+    assert declared == 3 * sr and declared < capacity < 100 * declared
+    # more than its packets can hold (e.g. 2**40: a terabyte buffer): refused before any buffer is made
+    for lie in (capacity + 1, 1 << 40):
+        with pytest.raises(AudioError) as e:
+            decode_audio(io.BytesIO(with_granule(whole, lie)), name="lie.egg")
+        assert e.value.path == "lie.egg"
+        assert e.value.reason == f"corrupt: the last Ogg page declares {lie} samples, more than its packets can hold ({capacity})"
+    # a smaller lie: the samples the header promises are missing
+    with pytest.raises(AudioError) as e:
+        decode_audio(io.BytesIO(with_granule(whole, (declared + capacity) // 2)), name="lie.egg")
+    assert e.value.reason.startswith("truncated"), e.value.reason
+
+
+def scramble_body(buf: bytearray, seed: int) -> None:
+    """Random bytes over 400 bytes of an Ogg page's body (after its segment table: the page keeps its length)."""
+    body = 27 + buf[26]
+    buf[body + 20: body + 420] = np.random.default_rng(seed).bytes(400)
+
+
+def test_vorbis_with_damaged_audio_under_a_valid_checksum_fails_cleanly_or_decodes_fully(capfd):
+    # the page's CRC is redone, so only the decoders can notice: FFmpeg's complaint sends the file to libsndfile,
+    # which decodes it or names the file; samples it skips count against the last page's granule position;
+    # nothing is printed by FFmpeg, nothing hangs
+    sr = 44100
+    whole = encode_ogg_vorbis(np.stack([tone(3 * sr, sr), tone(3 * sr, sr, 550)], axis=1), sr, serial=7)
+    pages = ogg_pages(whole)
+    outcomes = set()
+    for seed, page in enumerate(pages[2:-1]):
+        damaged = resealed(whole, page, lambda buf: scramble_body(buf, seed))
+        assert ogg_stream_state(damaged) == (None, None)
+        try:
+            y, _ = decode_audio(io.BytesIO(damaged), name="damaged.egg")
+            assert len(y) == 3 * sr and np.isfinite(y).all()
+            outcomes.add("decoded")
+        except AudioError as e:
+            assert e.path == "damaged.egg" and e.reason
+            outcomes.add(e.reason.split(":")[0])
+    assert outcomes == {"truncated"}
+    assert capfd.readouterr().err == ""
 
 
 def test_no_samples(tmp_path):

