@@ -18,7 +18,10 @@ feed the stored values unchanged. The decoder predicts token ``i`` from
 tokens ``< i`` and the whole source; the encoder outputs of token ``i``'s
 own source position and of the one before are added to the decoder input
 that predicts it (designs 2 and 3: without them the model learned to ignore
-the audio, issue 15). It supports incremental decoding with cached
+the audio, issue 15). With ``copy_head`` its output mixes in a copy of the
+state of an earlier note whose encoder output matches the note being chosen
+(:meth:`SelectionModel.copy_mix`: repeated music gets the same states). It
+supports incremental decoding with cached
 keys and values (:meth:`SelectionModel.start_cache`,
 :meth:`SelectionModel.decode_step`).
 
@@ -292,6 +295,11 @@ class SelectionConfig(Settings):
     #: added to the decoder input; 3: rows around each note, the beat phase and the difficulty in
     #: the source, and the decoder input also gets the encoder output of its own token's note.
     design: int = SELECTION_DESIGN
+    #: a pointer (copy) path next to the output layer: the state of an earlier note of the level
+    #: whose encoder output matches the note being chosen can be copied (mappers map repeated
+    #: music alike; :meth:`SelectionModel.copy_mix`). Off in checkpoints saved before it existed
+    #: and in a bare config; on in the presets.
+    copy_head: bool = False
 
     def __post_init__(self):
         if self.design != SELECTION_DESIGN:
@@ -324,7 +332,10 @@ class SelectionConfig(Settings):
 
     @classmethod
     def from_dict(cls, d: dict):
-        """Rebuild a config; one saved before field ``design`` existed is design 1 and refused."""
+        """Rebuild a config; one saved before field ``design`` existed is design 1 and refused.
+
+        One saved before ``copy_head`` existed (design 3 without it) gets ``copy_head=False``.
+        """
         d = {"design": 1, **d}
         for name in ("audio_offsets", "beat_periods"):  # JSON gives lists; the config hashes tuples
             if name in d:
@@ -339,8 +350,8 @@ LISTENING_INPUTS = dict(audio_offsets=(-16, -8, -4, -2, 0, 2, 4, 8, 16), beat_pe
 
 SELECTION_PRESETS = {
     "tiny": SelectionConfig(d_model=32, n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_ff=64,
-                            **LISTENING_INPUTS),
-    "default": SelectionConfig(**LISTENING_INPUTS),
+                            copy_head=True, **LISTENING_INPUTS),
+    "default": SelectionConfig(copy_head=True, **LISTENING_INPUTS),
 }
 
 
@@ -509,6 +520,10 @@ class DecoderCache:
         self.cross_k, self.cross_v = cross_k, cross_v
         self.cross_mask = cross_mask
         self.notes = None  # [B_m, S - 1, d_model]: decoder input of each step's note (SelectionModel.note_inputs)
+        # copy head (SelectionConfig.copy_head): its queries [B_m, S - 1, d] and keys [B_m, S, d] of the
+        # memory rows, and each row's decoder inputs so far [B, capacity] (the tokens it may copy)
+        self.copy = None
+        self.history = None
         self.length = 0
         self.shared = 0
         batch, capacity = self_k[0].shape[0] if self_k else 1, self_k[0].shape[2] if self_k else 0
@@ -549,6 +564,10 @@ class DecoderCache:
                 self.cross_mask = self.cross_mask[index]
         if self.notes is not None and self.notes.shape[0] == len(index) > 1:
             self.notes = self.notes[index]
+        if self.history is not None:  # B x length integers: cheap next to the keys, so no shared-prefix trick
+            self.history[:, :n] = self.history[index, :n]
+            if self.copy[0].shape[0] == len(index) > 1:
+                self.copy = tuple(t[index] for t in self.copy)
 
 
 class SelectionModel(nn.Module):
@@ -585,6 +604,11 @@ class SelectionModel(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
         self.out = nn.Linear(c.d_model, c.vocab_size)
+        if c.copy_head:
+            # the note being chosen (query) against the notes already given a state (keys); the gate also
+            # reads the best match's score, so "this sounds like an earlier note" is one weight away
+            self.copy_query, self.copy_key = nn.Linear(c.d_model, c.d_model), nn.Linear(c.d_model, c.d_model)
+            self.copy_gate = nn.Linear(c.d_model + 1, 1)
 
     # -- pieces
     def source_vectors(self, src: torch.Tensor) -> torch.Tensor:
@@ -649,7 +673,60 @@ class SelectionModel(nn.Module):
             sk, sv = layer.self_attn.project_kv(h)
             ck, cv = layer.cross_attn.project_kv(memory)
             x = layer(x, sk, sv, self_mask, ck, cv, cross_mask)
-        return self.out(self.dec_norm(x))
+        h = self.dec_norm(x)
+        if not self.config.copy_head:
+            return self.out(h)
+        # position i copies from the notes of tokens 1..i (its own input included; BOS has no note)
+        scores = self.copy_query(memory[:, 1: n + 1]) @ self.copy_key(memory[:, :n]).transpose(1, 2)
+        valid = torch.ones(n, n, dtype=torch.bool, device=tgt_in.device).tril()
+        valid[:, 0] = False
+        valid = valid[None] if tgt_mask is None else valid[None] & tgt_mask[:, None, :].bool()
+        rows = tgt_in.shape[0]
+        if scores.shape[0] != rows:  # one memory for a group of rows
+            scores = scores.repeat_interleave(rows // scores.shape[0], dim=0)
+        return self.copy_mix(self.out(h), h, scores / math.sqrt(self.config.d_model), tgt_in,
+                             valid.expand(rows, n, n))
+
+    def copy_mix(self, logits: torch.Tensor, hidden: torch.Tensor, scores: torch.Tensor, key_tokens: torch.Tensor,
+                 valid: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the next token: the output layer's, mixed with copies of earlier tokens.
+
+        ``log((1 - g) * softmax(logits) + g * p_copy)`` (pointer-generator, See et
+        al. 2017), where ``p_copy[v] = sum of softmax(scores)[k] over the valid
+        keys k with key_tokens[k] == v`` and ``g = sigmoid(copy_gate([hidden,
+        max valid score]))``; ``g = 0`` at a position with no valid key. They
+        serve as logits: ``log_softmax`` leaves log-probabilities as they are.
+
+        Parameters
+        ----------
+        logits : torch.Tensor [B, T, V]
+        hidden : torch.Tensor [B, T, d_model]
+            The decoder output the logits were made from.
+        scores : torch.Tensor [B, T, K]
+            Scaled dot products of each position's query (the note it chooses for)
+            with each key (an earlier note).
+        key_tokens : torch.Tensor [B, K] int64
+            The token each key's note was given.
+        valid : torch.Tensor [B, T, K] bool
+            The keys each position may copy from.
+
+        Returns
+        -------
+        torch.Tensor [B, T, V] float32
+        """
+        logp = F.log_softmax(logits.float(), dim=-1)
+        B, T, K = scores.shape
+        if K == 0:
+            return logp
+        scores = scores.float().masked_fill(~valid, -1e9)
+        has = valid.any(-1, keepdim=True)
+        attn = torch.softmax(scores, dim=-1) * valid
+        best = torch.where(has, scores.max(-1, keepdim=True).values, 0.0)
+        gate = self.copy_gate(torch.cat([hidden.float(), best], dim=-1)).float()
+        p_copy = torch.zeros(B, T, logits.shape[-1], device=logits.device).scatter_add_(
+            2, key_tokens[:, None, :].expand(B, T, K), attn)
+        keep, take = torch.where(has, F.logsigmoid(-gate), 0.0), torch.where(has, F.logsigmoid(gate), -1e4)
+        return torch.logaddexp(keep + logp, take + torch.log(p_copy.clamp_min(1e-30)))
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor,
                 tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -694,6 +771,9 @@ class SelectionModel(nn.Module):
                              [torch.zeros(shape, **kw) for _ in self.decoder],
                              [k for k, _ in cross], [v for _, v in cross], self._key_mask(src_mask))
         cache.notes = self.note_inputs(memory)
+        if c.copy_head:
+            cache.copy = (self.copy_query(memory[:, 1:]), self.copy_key(memory))
+            cache.history = torch.zeros(batch_size, capacity, dtype=torch.long, device=memory.device)
         return cache
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
@@ -721,7 +801,18 @@ class SelectionModel(nn.Module):
             prefix = (cache.self_k[i][::g, :, :c], cache.self_v[i][::g, :, :c]) if c else None
             x = layer(x, sk, sv, None, cache.cross_k[i], cache.cross_v[i], cache.cross_mask, self_prefix=prefix)
         cache.length = pos + 1
-        return self.out(self.dec_norm(x))[:, 0]
+        h = self.dec_norm(x)
+        return self.out(h)[:, 0] if cache.copy is None else self._copy_step(h, tokens, cache, pos)
+
+    def _copy_step(self, h: torch.Tensor, tokens: torch.Tensor, cache: DecoderCache, pos: int) -> torch.Tensor:
+        """:meth:`copy_mix` of decoder step ``pos`` (hidden ``h`` [B, 1, D]): copies from the row's tokens 1..pos."""
+        queries, keys = cache.copy
+        cache.history[:, pos] = tokens
+        scores = queries[:, pos: pos + 1] @ keys[:, 1: pos + 1].transpose(1, 2) / math.sqrt(self.config.d_model)
+        if scores.shape[0] != tokens.shape[0]:  # one source per group of rows
+            scores = scores.repeat_interleave(tokens.shape[0] // scores.shape[0], dim=0)
+        valid = torch.ones(scores.shape, dtype=torch.bool, device=h.device)
+        return self.copy_mix(self.out(h), h, scores, cache.history[:, 1: pos + 1], valid)[:, 0]
 
 
 def selection_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.1) -> torch.Tensor:
