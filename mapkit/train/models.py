@@ -609,6 +609,9 @@ class SelectionModel(nn.Module):
             # reads the best match's score, so "this sounds like an earlier note" is one weight away
             self.copy_query, self.copy_key = nn.Linear(c.d_model, c.d_model), nn.Linear(c.d_model, c.d_model)
             self.copy_gate = nn.Linear(c.d_model + 1, 1)
+            with torch.no_grad():  # query = key at the start: alike memory rows score high before any training
+                self.copy_key.weight.copy_(self.copy_query.weight)
+                self.copy_key.bias.copy_(self.copy_query.bias)
 
     # -- pieces
     def source_vectors(self, src: torch.Tensor) -> torch.Tensor:

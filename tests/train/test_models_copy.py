@@ -7,6 +7,7 @@ import torch
 
 from mapkit.preprocess.targets import BOS, EOS, N_SPECIAL
 from mapkit.train.models import SELECTION_PRESETS, SelectionConfig, SelectionModel, selection_loss
+from mapkit.train.transformer import transformer_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -88,6 +89,7 @@ def test_copy_head_mixes_distributions_and_copies_only_earlier_tokens():
 
 def test_copy_head_is_on_in_the_presets_and_off_in_older_checkpoints():
     assert SELECTION_PRESETS["default"].copy_head and SELECTION_PRESETS["tiny"].copy_head
+    assert transformer_config("tiny").model.copy_head and not transformer_config("tiny", copy_head=False).model.copy_head
     old = replace(TINY, copy_head=False)
     saved = {k: v for k, v in old.to_dict().items() if k != "copy_head"}  # a design-3 config before the field
     assert SelectionConfig.from_dict(saved) == old
