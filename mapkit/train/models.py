@@ -609,6 +609,9 @@ class SelectionModel(nn.Module):
             # reads the best match's score, so "this sounds like an earlier note" is one weight away
             self.copy_query, self.copy_key = nn.Linear(c.d_model, c.d_model), nn.Linear(c.d_model, c.d_model)
             self.copy_gate = nn.Linear(c.d_model + 1, 1)
+            # weight of the cosine of two notes' own mel rows in the copy score: the sound alone, which the
+            # learned query and key (of the encoder output, timing and position mixed in) did not isolate
+            self.copy_audio_scale = nn.Parameter(torch.tensor(5.0))
             with torch.no_grad():  # query = key at the start: alike memory rows score high before any training
                 self.copy_key.weight.copy_(self.copy_query.weight)
                 self.copy_key.bias.copy_(self.copy_query.bias)
@@ -651,14 +654,44 @@ class SelectionModel(nn.Module):
         return None if mask is None else mask[:, None, None, :].bool()
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder output (memory) ``[B, S, d_model]`` of sources ``[B, S, src_dim]``."""
+        """Encoder output (memory) ``[B, S, d_model]`` of sources ``[B, S, src_dim]``.
+
+        With ``copy_head`` the memory also carries each note's :meth:`copy_audio`
+        after its ``d_model`` columns: ``[B, S, d_model + audio_dim]``.
+        """
         positions = torch.arange(src.shape[1], device=src.device)
         x = self.embed_source(src) + sinusoidal_positions(positions, self.config.d_model)
         x = self.drop(x)
         mask = self._key_mask(src_mask)
         for layer in self.encoder:
             x = layer(x, mask)
-        return self.enc_norm(x)
+        if not self.config.copy_head:
+            return self.enc_norm(x)
+        return torch.cat([self.enc_norm(x), self.copy_audio(src, src_mask).to(x.dtype)], dim=-1)
+
+    def copy_audio(self, src: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
+        """Unit vectors ``[B, S, audio_dim]`` of the notes' mel rows, less their mean over the sequence.
+
+        The mean is over the real positions after the first (BOS); the cosine of
+        two rows then says how alike two notes sound next to the rest of the song
+        (the raw rows of one song are all alike). Zeroed audio gives zero vectors.
+        """
+        a = src[..., : self.config.audio_dim].float()
+        w = torch.ones(a.shape[:2], device=a.device) if src_mask is None else src_mask.float()
+        w = torch.cat([torch.zeros_like(w[:, :1]), w[:, 1:]], dim=1)
+        mean = (a * w[..., None]).sum(1, keepdim=True) / w.sum(1).clamp_min(1.0)[:, None, None]
+        return F.normalize(a - mean, dim=-1)
+
+    def _copy_query_key(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy queries ``[B, S - 1, *]`` (of rows 1..) and keys ``[B, S, *]``: ``query @ key.T`` is the copy score.
+
+        Score of note ``j`` for note ``k``: ``copy_query(m_j) . copy_key(m_k) / sqrt(d_model)
+        + copy_audio_scale * cos(audio_j, audio_k)`` (:meth:`copy_audio`).
+        """
+        d = self.config.d_model
+        m, audio = memory[..., :d], memory[..., d:]
+        q = torch.cat([self.copy_query(m[:, 1:]) / math.sqrt(d), self.copy_audio_scale * audio[:, 1:]], dim=-1)
+        return q, torch.cat([self.copy_key(m), audio], dim=-1)
 
     def decode(self, memory: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor,
                tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -666,6 +699,7 @@ class SelectionModel(nn.Module):
         n = tgt_in.shape[1]
         if memory.shape[1] < n + 1:
             raise ValueError(f"{n} decoder positions need {n + 1} source positions, got {memory.shape[1]}")
+        memory, full = memory[..., : self.config.d_model], memory
         x = self._embed_tokens(tgt_in, torch.arange(n, device=tgt_in.device), self.note_inputs(memory[:, : n + 1]))
         self_mask = torch.ones(n, n, dtype=torch.bool, device=tgt_in.device).tril()[None, None]
         if tgt_mask is not None:
@@ -680,15 +714,15 @@ class SelectionModel(nn.Module):
         if not self.config.copy_head:
             return self.out(h)
         # position i copies from the notes of tokens 1..i (its own input included; BOS has no note)
-        scores = self.copy_query(memory[:, 1: n + 1]) @ self.copy_key(memory[:, :n]).transpose(1, 2)
+        queries, keys = self._copy_query_key(full[:, : n + 1])
+        scores = queries @ keys[:, :n].transpose(1, 2)
         valid = torch.ones(n, n, dtype=torch.bool, device=tgt_in.device).tril()
         valid[:, 0] = False
         valid = valid[None] if tgt_mask is None else valid[None] & tgt_mask[:, None, :].bool()
         rows = tgt_in.shape[0]
         if scores.shape[0] != rows:  # one memory for a group of rows
             scores = scores.repeat_interleave(rows // scores.shape[0], dim=0)
-        return self.copy_mix(self.out(h), h, scores / math.sqrt(self.config.d_model), tgt_in,
-                             valid.expand(rows, n, n))
+        return self.copy_mix(self.out(h), h, scores, tgt_in, valid.expand(rows, n, n))
 
     def copy_mix(self, logits: torch.Tensor, hidden: torch.Tensor, scores: torch.Tensor, key_tokens: torch.Tensor,
                  valid: torch.Tensor) -> torch.Tensor:
@@ -769,13 +803,14 @@ class SelectionModel(nn.Module):
         d_head = c.d_model // c.n_heads
         shape = (batch_size, c.n_heads, capacity, d_head)
         kw = dict(dtype=memory.dtype, device=memory.device)
+        memory, full = memory[..., :c.d_model], memory
         cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder]
         cache = DecoderCache([torch.zeros(shape, **kw) for _ in self.decoder],
                              [torch.zeros(shape, **kw) for _ in self.decoder],
                              [k for k, _ in cross], [v for _, v in cross], self._key_mask(src_mask))
         cache.notes = self.note_inputs(memory)
         if c.copy_head:
-            cache.copy = (self.copy_query(memory[:, 1:]), self.copy_key(memory))
+            cache.copy = self._copy_query_key(full)
             cache.history = torch.zeros(batch_size, capacity, dtype=torch.long, device=memory.device)
         return cache
 
@@ -811,7 +846,7 @@ class SelectionModel(nn.Module):
         """:meth:`copy_mix` of decoder step ``pos`` (hidden ``h`` [B, 1, D]): copies from the row's tokens 1..pos."""
         queries, keys = cache.copy
         cache.history[:, pos] = tokens
-        scores = queries[:, pos: pos + 1] @ keys[:, 1: pos + 1].transpose(1, 2) / math.sqrt(self.config.d_model)
+        scores = queries[:, pos: pos + 1] @ keys[:, 1: pos + 1].transpose(1, 2)
         if scores.shape[0] != tokens.shape[0]:  # one source per group of rows
             scores = scores.repeat_interleave(tokens.shape[0] // scores.shape[0], dim=0)
         valid = torch.ones(scores.shape, dtype=torch.bool, device=h.device)
