@@ -300,6 +300,8 @@ class SelectionConfig(Settings):
     #: music alike; :meth:`SelectionModel.copy_mix`). Off in checkpoints saved before it existed
     #: and in a bare config; on in the presets.
     copy_head: bool = False
+    #: starting weight of the cosine of two notes' mel rows in the copy score (learned, as its log)
+    copy_audio_scale: float = 12.0
 
     def __post_init__(self):
         if self.design != SELECTION_DESIGN:
@@ -309,6 +311,8 @@ class SelectionConfig(Settings):
         if not self.audio_offsets or any(p <= 0 for p in self.beat_periods):
             raise ValueError(f"audio_offsets {self.audio_offsets} must not be empty and beat_periods "
                              f"{self.beat_periods} must be positive")
+        if self.copy_audio_scale <= 0:
+            raise ValueError(f"copy_audio_scale must be positive, got {self.copy_audio_scale}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
         if self.vocab_size <= N_SPECIAL:
@@ -611,7 +615,7 @@ class SelectionModel(nn.Module):
             self.copy_gate = nn.Linear(c.d_model + 1, 1)
             # weight of the cosine of two notes' own mel rows in the copy score: the sound alone, which the
             # learned query and key (of the encoder output, timing and position mixed in) did not isolate
-            self.copy_audio_scale = nn.Parameter(torch.tensor(5.0))
+            self.copy_audio_log_scale = nn.Parameter(torch.tensor(math.log(c.copy_audio_scale)))
             with torch.no_grad():  # query = key at the start: alike memory rows score high before any training
                 self.copy_key.weight.copy_(self.copy_query.weight)
                 self.copy_key.bias.copy_(self.copy_query.bias)
@@ -686,11 +690,12 @@ class SelectionModel(nn.Module):
         """Copy queries ``[B, S - 1, *]`` (of rows 1..) and keys ``[B, S, *]``: ``query @ key.T`` is the copy score.
 
         Score of note ``j`` for note ``k``: ``copy_query(m_j) . copy_key(m_k) / sqrt(d_model)
-        + copy_audio_scale * cos(audio_j, audio_k)`` (:meth:`copy_audio`).
+        + exp(copy_audio_log_scale) * cos(audio_j, audio_k)`` (:meth:`copy_audio`).
         """
         d = self.config.d_model
         m, audio = memory[..., :d], memory[..., d:]
-        q = torch.cat([self.copy_query(m[:, 1:]) / math.sqrt(d), self.copy_audio_scale * audio[:, 1:]], dim=-1)
+        scale = self.copy_audio_log_scale.exp()
+        q = torch.cat([self.copy_query(m[:, 1:]) / math.sqrt(d), scale * audio[:, 1:]], dim=-1)
         return q, torch.cat([self.copy_key(m), audio], dim=-1)
 
     def decode(self, memory: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor,

@@ -115,3 +115,22 @@ def test_copy_head_decodes_windows_side_by_side_with_reordered_beams():
             index = torch.tensor([0, 0, 3, 2]) if step % 2 else torch.tensor([1, 0, 2, 2])  # within each window
             cache.reorder(index)
             prefix = torch.cat([prefix[index], torch.randint(N_SPECIAL, TINY.vocab_size, (4, 1), generator=g)], 1)
+
+
+def test_copy_audio_is_the_notes_sound_less_the_songs_mean_and_silent_when_zeroed():
+    model = SelectionModel(TINY).eval()
+    src, _ = repeat_songs(2, seed=9)
+    mask = torch.ones(src.shape[:2], dtype=torch.bool)
+    mask[1, -5:] = False  # padding after a shorter level: not in its mean
+    src[1, -5:, :100] = 50.0
+    audio = model.copy_audio(src, mask)
+    mean = src[1, 1:-5, :100].mean(0)
+    torch.testing.assert_close(audio[1, 3], torch.nn.functional.normalize(src[1, 3, :100] - mean, dim=0))
+    torch.testing.assert_close(audio[:, 1:].norm(dim=-1), torch.ones(2, N_NOTES + 1))
+    silent = src.clone()
+    silent[..., :100] = 0.0
+    assert model.copy_audio(silent, None).abs().max() == 0
+    with torch.no_grad():
+        memory = model.encode(src, mask)
+    assert memory.shape == (2, N_NOTES + 2, TINY.d_model + TINY.audio_dim)
+    torch.testing.assert_close(memory[..., TINY.d_model:], audio)
