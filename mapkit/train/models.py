@@ -669,9 +669,10 @@ class SelectionModel(nn.Module):
         mask = self._key_mask(src_mask)
         for layer in self.encoder:
             x = layer(x, mask)
+        memory = self.enc_norm(x)
         if not self.config.copy_head:
-            return self.enc_norm(x)
-        return torch.cat([self.enc_norm(x), self.copy_audio(src, src_mask).to(x.dtype)], dim=-1)
+            return memory
+        return torch.cat([memory, self.copy_audio(src, src_mask).to(memory.dtype)], dim=-1)
 
     def copy_audio(self, src: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
         """Unit vectors ``[B, S, audio_dim]`` of the notes' mel rows, less their mean over the sequence.
@@ -695,8 +696,8 @@ class SelectionModel(nn.Module):
         d = self.config.d_model
         m, audio = memory[..., :d], memory[..., d:]
         scale = self.copy_audio_log_scale.exp()
-        q = torch.cat([self.copy_query(m[:, 1:]) / math.sqrt(d), scale * audio[:, 1:]], dim=-1)
-        return q, torch.cat([self.copy_key(m), audio], dim=-1)
+        q = torch.cat([self.copy_query(m[:, 1:]).float() / math.sqrt(d), scale * audio[:, 1:].float()], dim=-1)
+        return q, torch.cat([self.copy_key(m).float(), audio.float()], dim=-1)
 
     def decode(self, memory: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor,
                tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
