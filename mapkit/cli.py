@@ -698,7 +698,7 @@ def _explicit(ctx, names) -> set:
 
 
 #: Options that choose the model: a resumed run keeps its checkpoint's model.
-MODEL_OPTIONS = ("preset", "d_model", "n_layers", "n_heads", "d_ff", "dropout")
+MODEL_OPTIONS = ("preset", "d_model", "n_layers", "n_heads", "d_ff", "dropout", "copy_head")
 
 
 def _resume_config(config_fn, out, kw: dict, config_overrides: dict):
@@ -852,7 +852,9 @@ def train_objects_command(store, out, val_fraction, seed):
                 help="Dropout of the residual, feed-forward and input layers (none on the attention weights).")
 @_preset_option("--max-tokens", field="max_tokens", type=click.IntRange(min=2),
                 help="Longer levels are cropped to a random window of this many tokens.")
-def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, max_tokens, **kw):
+@click.option("--copy-head/--no-copy-head", default=None,
+              help="Copy the state of an earlier note that sounds alike [default: on].")
+def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, max_tokens, copy_head, **kw):
     """Stage 2: the encoder-decoder that says which notes go on each note frame.
 
     Encoder over per-note stage-2 features and gaps, causal decoder over
@@ -867,11 +869,12 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
       mapkit train transformer --store data/ --max-steps 100000
       mapkit train transformer --preset tiny --max-steps 300 --device cpu
       mapkit train transformer --d-model 256 --layers 4 --heads 4
+      mapkit train transformer --no-copy-head     # design 3 without the copy head
     """
     from mapkit.train.transformer import train_transformer, transformer_config
 
     _run_training(train_transformer, transformer_config, out, kw, d_model=d_model, n_layers=n_layers,
-                  n_heads=n_heads, d_ff=d_ff, dropout=dropout, max_tokens=max_tokens)
+                  n_heads=n_heads, d_ff=d_ff, dropout=dropout, max_tokens=max_tokens, copy_head=copy_head)
 
 
 # --- generate: both models -> a playable level ---

@@ -18,7 +18,10 @@ feed the stored values unchanged. The decoder predicts token ``i`` from
 tokens ``< i`` and the whole source; the encoder outputs of token ``i``'s
 own source position and of the one before are added to the decoder input
 that predicts it (designs 2 and 3: without them the model learned to ignore
-the audio, issue 15). It supports incremental decoding with cached
+the audio, issue 15). With ``copy_head`` its output mixes in a copy of the
+state of an earlier note whose encoder output matches the note being chosen
+(:meth:`SelectionModel.copy_mix`: repeated music gets the same states). It
+supports incremental decoding with cached
 keys and values (:meth:`SelectionModel.start_cache`,
 :meth:`SelectionModel.decode_step`).
 
@@ -292,6 +295,13 @@ class SelectionConfig(Settings):
     #: added to the decoder input; 3: rows around each note, the beat phase and the difficulty in
     #: the source, and the decoder input also gets the encoder output of its own token's note.
     design: int = SELECTION_DESIGN
+    #: a pointer (copy) path next to the output layer: the state of an earlier note of the level
+    #: whose encoder output matches the note being chosen can be copied (mappers map repeated
+    #: music alike; :meth:`SelectionModel.copy_mix`). Off in checkpoints saved before it existed
+    #: and in a bare config; on in the presets.
+    copy_head: bool = False
+    #: starting weight of the cosine of two notes' mel rows in the copy score (learned, as its log)
+    copy_audio_scale: float = 12.0
 
     def __post_init__(self):
         if self.design != SELECTION_DESIGN:
@@ -301,6 +311,8 @@ class SelectionConfig(Settings):
         if not self.audio_offsets or any(p <= 0 for p in self.beat_periods):
             raise ValueError(f"audio_offsets {self.audio_offsets} must not be empty and beat_periods "
                              f"{self.beat_periods} must be positive")
+        if self.copy_audio_scale <= 0:
+            raise ValueError(f"copy_audio_scale must be positive, got {self.copy_audio_scale}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
         if self.vocab_size <= N_SPECIAL:
@@ -324,7 +336,10 @@ class SelectionConfig(Settings):
 
     @classmethod
     def from_dict(cls, d: dict):
-        """Rebuild a config; one saved before field ``design`` existed is design 1 and refused."""
+        """Rebuild a config; one saved before field ``design`` existed is design 1 and refused.
+
+        One saved before ``copy_head`` existed (design 3 without it) gets ``copy_head=False``.
+        """
         d = {"design": 1, **d}
         for name in ("audio_offsets", "beat_periods"):  # JSON gives lists; the config hashes tuples
             if name in d:
@@ -339,8 +354,8 @@ LISTENING_INPUTS = dict(audio_offsets=(-16, -8, -4, -2, 0, 2, 4, 8, 16), beat_pe
 
 SELECTION_PRESETS = {
     "tiny": SelectionConfig(d_model=32, n_encoder_layers=1, n_decoder_layers=1, n_heads=2, d_ff=64,
-                            **LISTENING_INPUTS),
-    "default": SelectionConfig(**LISTENING_INPUTS),
+                            copy_head=True, **LISTENING_INPUTS),
+    "default": SelectionConfig(copy_head=True, **LISTENING_INPUTS),
 }
 
 
@@ -509,6 +524,10 @@ class DecoderCache:
         self.cross_k, self.cross_v = cross_k, cross_v
         self.cross_mask = cross_mask
         self.notes = None  # [B_m, S - 1, d_model]: decoder input of each step's note (SelectionModel.note_inputs)
+        # copy head (SelectionConfig.copy_head): its queries [B_m, S - 1, d] and keys [B_m, S, d] of the
+        # memory rows, and each row's decoder inputs so far [B, capacity] (the tokens it may copy)
+        self.copy = None
+        self.history = None
         self.length = 0
         self.shared = 0
         batch, capacity = self_k[0].shape[0] if self_k else 1, self_k[0].shape[2] if self_k else 0
@@ -549,6 +568,10 @@ class DecoderCache:
                 self.cross_mask = self.cross_mask[index]
         if self.notes is not None and self.notes.shape[0] == len(index) > 1:
             self.notes = self.notes[index]
+        if self.history is not None:  # B x length integers: cheap next to the keys, so no shared-prefix trick
+            self.history[:, :n] = self.history[index, :n]
+            if self.copy[0].shape[0] == len(index) > 1:
+                self.copy = tuple(t[index] for t in self.copy)
 
 
 class SelectionModel(nn.Module):
@@ -585,6 +608,17 @@ class SelectionModel(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_decoder_layers))
         self.enc_norm, self.dec_norm = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
         self.out = nn.Linear(c.d_model, c.vocab_size)
+        if c.copy_head:
+            # the note being chosen (query) against the notes already given a state (keys); the gate also
+            # reads the best match's score, so "this sounds like an earlier note" is one weight away
+            self.copy_query, self.copy_key = nn.Linear(c.d_model, c.d_model), nn.Linear(c.d_model, c.d_model)
+            self.copy_gate = nn.Linear(c.d_model + 1, 1)
+            # weight of the cosine of two notes' own mel rows in the copy score: the sound alone, which the
+            # learned query and key (of the encoder output, timing and position mixed in) did not isolate
+            self.copy_audio_log_scale = nn.Parameter(torch.tensor(math.log(c.copy_audio_scale)))
+            with torch.no_grad():  # query = key at the start: alike memory rows score high before any training
+                self.copy_key.weight.copy_(self.copy_query.weight)
+                self.copy_key.bias.copy_(self.copy_query.bias)
 
     # -- pieces
     def source_vectors(self, src: torch.Tensor) -> torch.Tensor:
@@ -624,14 +658,46 @@ class SelectionModel(nn.Module):
         return None if mask is None else mask[:, None, None, :].bool()
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder output (memory) ``[B, S, d_model]`` of sources ``[B, S, src_dim]``."""
+        """Encoder output (memory) ``[B, S, d_model]`` of sources ``[B, S, src_dim]``.
+
+        With ``copy_head`` the memory also carries each note's :meth:`copy_audio`
+        after its ``d_model`` columns: ``[B, S, d_model + audio_dim]``.
+        """
         positions = torch.arange(src.shape[1], device=src.device)
         x = self.embed_source(src) + sinusoidal_positions(positions, self.config.d_model)
         x = self.drop(x)
         mask = self._key_mask(src_mask)
         for layer in self.encoder:
             x = layer(x, mask)
-        return self.enc_norm(x)
+        memory = self.enc_norm(x)
+        if not self.config.copy_head:
+            return memory
+        return torch.cat([memory, self.copy_audio(src, src_mask).to(memory.dtype)], dim=-1)
+
+    def copy_audio(self, src: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
+        """Unit vectors ``[B, S, audio_dim]`` of the notes' mel rows, less their mean over the sequence.
+
+        The mean is over the real positions after the first (BOS); the cosine of
+        two rows then says how alike two notes sound next to the rest of the song
+        (the raw rows of one song are all alike). Zeroed audio gives zero vectors.
+        """
+        a = src[..., : self.config.audio_dim].float()
+        w = torch.ones(a.shape[:2], device=a.device) if src_mask is None else src_mask.float()
+        w = torch.cat([torch.zeros_like(w[:, :1]), w[:, 1:]], dim=1)
+        mean = (a * w[..., None]).sum(1, keepdim=True) / w.sum(1).clamp_min(1.0)[:, None, None]
+        return F.normalize(a - mean, dim=-1)
+
+    def _copy_query_key(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy queries ``[B, S - 1, *]`` (of rows 1..) and keys ``[B, S, *]``: ``query @ key.T`` is the copy score.
+
+        Score of note ``j`` for note ``k``: ``copy_query(m_j) . copy_key(m_k) / sqrt(d_model)
+        + exp(copy_audio_log_scale) * cos(audio_j, audio_k)`` (:meth:`copy_audio`).
+        """
+        d = self.config.d_model
+        m, audio = memory[..., :d], memory[..., d:]
+        scale = self.copy_audio_log_scale.exp()
+        q = torch.cat([self.copy_query(m[:, 1:]).float() / math.sqrt(d), scale * audio[:, 1:].float()], dim=-1)
+        return q, torch.cat([self.copy_key(m).float(), audio.float()], dim=-1)
 
     def decode(self, memory: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor,
                tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -639,6 +705,7 @@ class SelectionModel(nn.Module):
         n = tgt_in.shape[1]
         if memory.shape[1] < n + 1:
             raise ValueError(f"{n} decoder positions need {n + 1} source positions, got {memory.shape[1]}")
+        memory, full = memory[..., : self.config.d_model], memory
         x = self._embed_tokens(tgt_in, torch.arange(n, device=tgt_in.device), self.note_inputs(memory[:, : n + 1]))
         self_mask = torch.ones(n, n, dtype=torch.bool, device=tgt_in.device).tril()[None, None]
         if tgt_mask is not None:
@@ -649,7 +716,60 @@ class SelectionModel(nn.Module):
             sk, sv = layer.self_attn.project_kv(h)
             ck, cv = layer.cross_attn.project_kv(memory)
             x = layer(x, sk, sv, self_mask, ck, cv, cross_mask)
-        return self.out(self.dec_norm(x))
+        h = self.dec_norm(x)
+        if not self.config.copy_head:
+            return self.out(h)
+        # position i copies from the notes of tokens 1..i (its own input included; BOS has no note)
+        queries, keys = self._copy_query_key(full[:, : n + 1])
+        scores = queries @ keys[:, :n].transpose(1, 2)
+        valid = torch.ones(n, n, dtype=torch.bool, device=tgt_in.device).tril()
+        valid[:, 0] = False
+        valid = valid[None] if tgt_mask is None else valid[None] & tgt_mask[:, None, :].bool()
+        rows = tgt_in.shape[0]
+        if scores.shape[0] != rows:  # one memory for a group of rows
+            scores = scores.repeat_interleave(rows // scores.shape[0], dim=0)
+        return self.copy_mix(self.out(h), h, scores, tgt_in, valid.expand(rows, n, n))
+
+    def copy_mix(self, logits: torch.Tensor, hidden: torch.Tensor, scores: torch.Tensor, key_tokens: torch.Tensor,
+                 valid: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the next token: the output layer's, mixed with copies of earlier tokens.
+
+        ``log((1 - g) * softmax(logits) + g * p_copy)`` (pointer-generator, See et
+        al. 2017), where ``p_copy[v] = sum of softmax(scores)[k] over the valid
+        keys k with key_tokens[k] == v`` and ``g = sigmoid(copy_gate([hidden,
+        max valid score]))``; ``g = 0`` at a position with no valid key. They
+        serve as logits: ``log_softmax`` leaves log-probabilities as they are.
+
+        Parameters
+        ----------
+        logits : torch.Tensor [B, T, V]
+        hidden : torch.Tensor [B, T, d_model]
+            The decoder output the logits were made from.
+        scores : torch.Tensor [B, T, K]
+            Scaled dot products of each position's query (the note it chooses for)
+            with each key (an earlier note).
+        key_tokens : torch.Tensor [B, K] int64
+            The token each key's note was given.
+        valid : torch.Tensor [B, T, K] bool
+            The keys each position may copy from.
+
+        Returns
+        -------
+        torch.Tensor [B, T, V] float32
+        """
+        logp = F.log_softmax(logits.float(), dim=-1)
+        B, T, K = scores.shape
+        if K == 0:
+            return logp
+        scores = scores.float().masked_fill(~valid, -1e9)
+        has = valid.any(-1, keepdim=True)
+        attn = torch.softmax(scores, dim=-1) * valid
+        best = torch.where(has, scores.max(-1, keepdim=True).values, 0.0)
+        gate = self.copy_gate(torch.cat([hidden.float(), best], dim=-1)).float()
+        p_copy = torch.zeros(B, T, logits.shape[-1], device=logits.device).scatter_add_(
+            2, key_tokens[:, None, :].expand(B, T, K), attn)
+        keep, take = torch.where(has, F.logsigmoid(-gate), 0.0), torch.where(has, F.logsigmoid(gate), -1e4)
+        return torch.logaddexp(keep + logp, take + torch.log(p_copy.clamp_min(1e-30)))
 
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None, tgt_in: torch.Tensor,
                 tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -689,11 +809,15 @@ class SelectionModel(nn.Module):
         d_head = c.d_model // c.n_heads
         shape = (batch_size, c.n_heads, capacity, d_head)
         kw = dict(dtype=memory.dtype, device=memory.device)
+        memory, full = memory[..., :c.d_model], memory
         cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder]
         cache = DecoderCache([torch.zeros(shape, **kw) for _ in self.decoder],
                              [torch.zeros(shape, **kw) for _ in self.decoder],
                              [k for k, _ in cross], [v for _, v in cross], self._key_mask(src_mask))
         cache.notes = self.note_inputs(memory)
+        if c.copy_head:
+            cache.copy = self._copy_query_key(full)
+            cache.history = torch.zeros(batch_size, capacity, dtype=torch.long, device=memory.device)
         return cache
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
@@ -721,7 +845,18 @@ class SelectionModel(nn.Module):
             prefix = (cache.self_k[i][::g, :, :c], cache.self_v[i][::g, :, :c]) if c else None
             x = layer(x, sk, sv, None, cache.cross_k[i], cache.cross_v[i], cache.cross_mask, self_prefix=prefix)
         cache.length = pos + 1
-        return self.out(self.dec_norm(x))[:, 0]
+        h = self.dec_norm(x)
+        return self.out(h)[:, 0] if cache.copy is None else self._copy_step(h, tokens, cache, pos)
+
+    def _copy_step(self, h: torch.Tensor, tokens: torch.Tensor, cache: DecoderCache, pos: int) -> torch.Tensor:
+        """:meth:`copy_mix` of decoder step ``pos`` (hidden ``h`` [B, 1, D]): copies from the row's tokens 1..pos."""
+        queries, keys = cache.copy
+        cache.history[:, pos] = tokens
+        scores = queries[:, pos: pos + 1] @ keys[:, 1: pos + 1].transpose(1, 2)
+        if scores.shape[0] != tokens.shape[0]:  # one source per group of rows
+            scores = scores.repeat_interleave(tokens.shape[0] // scores.shape[0], dim=0)
+        valid = torch.ones(scores.shape, dtype=torch.bool, device=h.device)
+        return self.copy_mix(self.out(h), h, scores, cache.history[:, 1: pos + 1], valid)[:, 0]
 
 
 def selection_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.1) -> torch.Tensor:

@@ -50,11 +50,12 @@ class TransformerConfig(TrainConfig):
 
 
 def transformer_config(preset: str = "default", d_model=None, n_layers=None, n_heads=None, d_ff=None,
-                       dropout=None, **overrides) -> TransformerConfig:
+                       dropout=None, copy_head=None, **overrides) -> TransformerConfig:
     """A :class:`TransformerConfig` with the model of ``preset`` ("tiny" or "default"), resized.
 
     ``n_layers`` sets both encoder and decoder depth; ``d_ff`` defaults to
-    ``4 * d_model`` when ``d_model`` is changed. ``tiny`` also uses a short
+    ``4 * d_model`` when ``d_model`` is changed; ``copy_head`` (default: the
+    preset's, on) switches :attr:`SelectionConfig.copy_head`. ``tiny`` also uses a short
     warm-up and a higher learning rate, for tests and CPUs.
     """
     if preset not in SELECTION_PRESETS:
@@ -65,7 +66,7 @@ def transformer_config(preset: str = "default", d_model=None, n_layers=None, n_h
         sizes.update(d_model=d_model, d_ff=4 * d_model)
     if n_layers is not None:
         sizes.update(n_encoder_layers=n_layers, n_decoder_layers=n_layers)
-    for k, v in (("n_heads", n_heads), ("d_ff", d_ff), ("dropout", dropout)):
+    for k, v in (("n_heads", n_heads), ("d_ff", d_ff), ("dropout", dropout), ("copy_head", copy_head)):
         if v is not None:
             sizes[k] = v
     base = {"model": replace(model, **sizes)}

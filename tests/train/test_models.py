@@ -1,5 +1,6 @@
 import math
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -24,6 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY_SEL = SelectionConfig(vocab_size=40, d_model=32, n_encoder_layers=2, n_decoder_layers=2, n_heads=4, d_ff=64,
                            dropout=0.0)
+TINY_COPY = replace(TINY_SEL, copy_head=True)
+#: the decoder tests run with and without the copy head (its own cache: queries, keys, token history)
+BOTH = pytest.mark.parametrize("config", [TINY_SEL, TINY_COPY], ids=["plain", "copy"])
 
 
 # ----------------------------------------------------------------- stage 1
@@ -153,9 +157,10 @@ def test_gaps_enter_through_log1p():
     torch.testing.assert_close(v[..., 100:], torch.log1p(src[..., 100:]))
 
 
-def test_decoder_is_causal():
+@BOTH
+def test_decoder_is_causal(config):
     torch.manual_seed(0)
-    model = SelectionModel(TINY_SEL).eval()
+    model = SelectionModel(config).eval()
     src, mask, tokens = _batch(torch.Generator().manual_seed(1), [9])
     tgt = tokens[:, :-1]
     base = model(src, mask, tgt)
@@ -167,18 +172,20 @@ def test_decoder_is_causal():
         assert not torch.allclose(out[:, i:], base[:, i:])
 
 
-def test_padding_does_not_change_real_positions():
+@BOTH
+def test_padding_does_not_change_real_positions(config):
     torch.manual_seed(0)
-    model = SelectionModel(TINY_SEL).eval()
+    model = SelectionModel(config).eval()
     src, mask, tokens = _batch(torch.Generator().manual_seed(2), [6, 9])
     batched = model(src, mask, tokens[:, :-1], mask[:, :-1])
     alone = model(src[:1, :6], mask[:1, :6], tokens[:1, :5])
     torch.testing.assert_close(batched[0, :5], alone[0], rtol=1e-5, atol=1e-5)
 
 
-def test_cached_steps_equal_full_decoder_at_every_position():
+@BOTH
+def test_cached_steps_equal_full_decoder_at_every_position(config):
     torch.manual_seed(0)
-    model = SelectionModel(TINY_SEL).eval()
+    model = SelectionModel(config).eval()
     src, mask, tokens = _batch(torch.Generator().manual_seed(3), [11, 11])
     with torch.no_grad():
         memory = model.encode(src, mask)
@@ -190,9 +197,10 @@ def test_cached_steps_equal_full_decoder_at_every_position():
     torch.testing.assert_close(steps, full, rtol=1e-5, atol=1e-5)
 
 
-def test_cache_reorder_follows_back_pointers():
+@BOTH
+def test_cache_reorder_follows_back_pointers(config):
     torch.manual_seed(0)
-    model = SelectionModel(TINY_SEL).eval()
+    model = SelectionModel(config).eval()
     src, mask, tokens = _batch(torch.Generator().manual_seed(4), [8])
     prefixes = torch.tensor([[BOS, 5, 6], [BOS, 7, 8], [BOS, 9, 10]])
     with torch.no_grad():
@@ -208,9 +216,10 @@ def test_cache_reorder_follows_back_pointers():
     torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
 
 
-def test_beams_converging_on_a_common_prefix_share_it_in_the_cache():
+@BOTH
+def test_beams_converging_on_a_common_prefix_share_it_in_the_cache(config):
     torch.manual_seed(0)
-    model = SelectionModel(TINY_SEL).eval()
+    model = SelectionModel(config).eval()
     src, mask, _ = _batch(torch.Generator().manual_seed(5), [12])
     g = torch.Generator().manual_seed(6)
     # back-pointers of a beam search: row 0 first (BOS), then random parents, twice all one parent
