@@ -185,7 +185,7 @@ def checkpoint_ablation(store, checkpoint, songs=None, modes=ABLATIONS, device="
     stage.val_dataset = SelectionDataset(store, songs, stats=ckpt["stats"], characteristic=config.characteristic,
                                          difficulties=config.difficulties, vocab=stage.vocab,
                                          max_tokens=config.max_tokens, jitter=False, seed=config.seed,
-                                         layout=model.config.source_layout,
+                                         exclude_flagged=config.exclude_flagged, layout=model.config.source_layout,
                                          feature_settings=stage.feature_settings())
     try:
         if not stage.val_dataset.levels:

@@ -14,6 +14,8 @@ on the *training* songs (the F1 at the smallest tolerance decides).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 #: Shifts (frames) tried for the baseline: a detector's onsets come a little late or early.
@@ -102,7 +104,7 @@ def stage1_report(store, checkpoint, songs=None, train_songs=None, tolerances=(2
     setup = PlacementSetup.from_checkpoint(ckpt, checkpoint)
     songs = list(ckpt["val_songs"] if songs is None else songs)
     kw = dict(stats=ckpt["stats"], window=setup.window, context=model.config.context, jitter=False,
-              feature_settings=setup.feature_settings)
+              feature_settings=setup.feature_settings, **_level_filters(ckpt))
     held_out = PlacementDataset(store, songs, **kw)
     if not held_out.levels:
         raise TrainingError(checkpoint, f"no level in the songs {songs}")
@@ -122,6 +124,13 @@ def stage1_report(store, checkpoint, songs=None, train_songs=None, tolerances=(2
         out.update(_baseline(store, ckpt, train_songs, held_out, truths, names, setup, tolerances, kw))
     held_out.close()
     return out
+
+
+def _level_filters(ckpt) -> dict:
+    """The level filters of the checkpoint's run, so a report scores the levels its validation scored."""
+    config = json.loads(ckpt["train_config"])
+    return dict(characteristic=config.get("characteristic", "Standard"), difficulties=config.get("difficulties"),
+                exclude_flagged=bool(config.get("exclude_flagged")))
 
 
 def _by_difficulty(predicted, truths, names, tolerances) -> dict:
@@ -237,8 +246,7 @@ def stage2_baselines(store, checkpoint, songs=None) -> dict:
     if ckpt.get("stage") != "transformer":
         raise TrainingError(checkpoint, f"a {ckpt.get('stage')} checkpoint, not a stage-2 (transformer) one")
     config = TransformerConfig.from_json(ckpt["train_config"])
-    kw = dict(stats=ckpt["stats"], characteristic=config.characteristic, difficulties=config.difficulties,
-              jitter=False)
+    kw = dict(stats=ckpt["stats"], jitter=False, **_level_filters(ckpt))
     train = SelectionDataset(store, ckpt["train_songs"], **kw)
     val = SelectionDataset(store, list(ckpt["val_songs"] if songs is None else songs), max_tokens=config.max_tokens,
                            **kw)

@@ -47,3 +47,15 @@ def test_ngram_baselines_by_hand():
     p = [(2 + 4 / 13) / 3, (3 + 4 / 13) / 4, (1 + 2 * 4 / 13) / 5, (0 + 3 / 13) / 4]
     assert out["bigram"]["perplexity"] == pytest.approx(np.exp(-np.mean(np.log(p))))
     assert out["bigram"]["accuracy"] == 0.5  # 4 after BOS and 5 after 4 right; EOS is likelier than 4 after 5
+
+
+def test_reports_score_the_levels_the_run_validated_on():
+    import json
+
+    from mapkit.train.reference import _level_filters
+
+    run = {"train_config": json.dumps({"characteristic": "OneSaber", "difficulties": ["Expert"],
+                                       "exclude_flagged": True, "lr": 1e-3})}
+    assert _level_filters(run) == {"characteristic": "OneSaber", "difficulties": ["Expert"], "exclude_flagged": True}
+    older = {"train_config": json.dumps({"lr": 1e-3})}  # a run saved before the filters existed
+    assert _level_filters(older) == {"characteristic": "Standard", "difficulties": None, "exclude_flagged": False}
