@@ -135,6 +135,11 @@ class ObjectPriors:
         ``[low, high]`` note times per second of the training levels (10th and 90th percentile,
         :func:`~mapkit.preprocess.density.density_band`): generate keeps each difficulty's density
         inside it (:func:`~mapkit.preprocess.density.threshold_for_density`). Absent in older files.
+    ``presence``
+        kind -> ``{"share", "rate", "max_rate"}``: the share of training levels with the kind, and the
+        rate and cap of those levels (``mapkit.train.objects.presence``). A generated level has the
+        kind with probability ``share`` (:func:`kind_present`), then at those rates. Absent in older
+        files: every level has every kind, at ``rates``/``max_rates``.
     ``variety``
         metric -> ``[low, high]`` (10th and 90th percentile of the training levels) of
         ``distinct_states`` and ``top_state_share``: generate moves a difficulty's default top-p
@@ -455,6 +460,29 @@ def decode_boosts(onsets, tempo, fps: int) -> np.ndarray:
 # --------------------------------------------------------------------------- every kind
 
 
+def kind_present(priors: dict, kind: str, seed: int, n_notes: int, duration_s: float) -> bool:
+    """Whether a generated level has ``kind`` at all: a draw with the priors' ``presence`` share.
+
+    The draw depends on the seed, the kind, the level's note count and its length in ms (so songs
+    and difficulties differ at one seed), never on the other draws. Priors without ``presence``: True.
+    """
+    share = priors.get("presence", {}).get(kind, {}).get("share")
+    if share is None:
+        return True
+    kind_index = GENERATED_KINDS.index(kind)
+    u = np.random.default_rng([int(seed), kind_index, int(n_notes), int(round(duration_s * 1000))]).random()
+    return bool(u < float(share))
+
+
+def _kind_rates(priors: dict, kind: str) -> tuple[float, float | None]:
+    """``(rate, cap)`` per minute of a level that has ``kind``: the presence figures, else rates/max_rates."""
+    seen = priors.get("presence", {}).get(kind)
+    if seen is not None:
+        return float(seen["rate"]), float(seen["max_rate"])
+    cap = priors.get("max_rates", {}).get(kind)
+    return float(priors.get("rates", {}).get(kind, 0.0)), None if cap is None else float(cap)
+
+
 def decode_objects(event_probs, channels, notes: np.ndarray, priors: dict, thresholds: dict, tempo,
                    duration_s: float, fps: int, seed: int = 0, kinds=GENERATED_KINDS, min_gap_frames: int = 5,
                    smoothing: int = 0) -> dict:
@@ -486,17 +514,17 @@ def decode_objects(event_probs, channels, notes: np.ndarray, priors: dict, thres
     """
     probs = np.asarray(event_probs, dtype=np.float32)
     rng = np.random.default_rng(int(seed))
-    rates, caps = priors.get("rates", {}), priors.get("max_rates", {})
     out = {}
     for kind in GENERATED_KINDS:
         if kind not in kinds:
             continue
         channel = ONSET_CHANNELS[kind]
         per_onset = events_per_onset(priors) if kind == "light_events" else 1.0  # rates count events, not onsets
-        cap = caps.get(kind)
+        rate, cap = _kind_rates(priors, kind)
+        present = kind_present(priors, kind, seed, len(notes), duration_s)
         onsets = object_onsets(probs[:, list(channels).index(channel)], thresholds.get(channel),
-                               float(rates.get(kind, 0.0)) / per_onset, duration_s, min_gap_frames, smoothing,
-                               None if cap is None else float(cap) / per_onset)
+                               rate / per_onset, duration_s, min_gap_frames, smoothing,
+                               None if cap is None else cap / per_onset) if present else np.zeros(0, np.int64)
         if kind == "obstacles":
             out[kind] = decode_walls(onsets, notes, wall_shapes(priors), tempo, duration_s, rng, fps)
         elif kind == "arcs":

@@ -191,3 +191,22 @@ def test_priors_hash_is_stable_and_the_nearest_difficulty_stands_in():
     assert ObjectPriors().for_difficulty("Expert") is None
     with pytest.raises(ValueError, match="object_priors"):
         ObjectPriors.from_json('{"difficulties": {}}')
+
+
+def test_a_kind_most_human_levels_lack_is_drawn_per_level_at_the_rate_of_those_that_have_it():
+    from mapkit.preprocess.object_decoding import kind_present
+
+    notes = notes_every_half_second(row=2)
+    # no validated thresholds: the number of onsets follows the rates
+    never = {**PRIORS, "presence": {k: {"share": 0.0, "rate": 0.0, "max_rate": 0.0} for k in GENERATED_KINDS}}
+    always = {**PRIORS, "presence": {k: {"share": 1.0, "rate": 12.0, "max_rate": 12.0} for k in GENERATED_KINDS}}
+    assert all(len(v) == 0 for v in decode(notes, priors=never, thresholds={}).values())
+    walls_always = decode(notes, priors=always, thresholds={})["obstacles"]
+    walls_old = decode(notes, priors=PRIORS, thresholds={})["obstacles"]  # 6 a minute, no presence: every level
+    assert len(walls_always) > len(walls_old) > 0
+    # a share of 0.3: about 30 % of levels (seeds, songs) have the kind, each draw repeatable
+    third = {"presence": {"arcs": {"share": 0.3, "rate": 5.0, "max_rate": 9.0}}}
+    draws = [kind_present(third, "arcs", seed, 40 + seed % 7, 180.0 + seed) for seed in range(400)]
+    assert 0.22 < np.mean(draws) < 0.38
+    assert draws == [kind_present(third, "arcs", seed, 40 + seed % 7, 180.0 + seed) for seed in range(400)]
+    assert kind_present(PRIORS, "arcs", 0, 40, 180.0)  # an older object model: every level has every kind

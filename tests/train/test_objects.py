@@ -124,3 +124,18 @@ def test_event_thresholds_are_validated_for_channels_with_objects():
     th = event_thresholds([probs], [truth], FRAME_EVENT_CHANNELS, min_gap_frames=5, smoothing=0, tolerance_frames=2)
     assert set(th) == {"wall_start"}  # no other onset channel has objects
     assert 0.4 < th["wall_start"] <= 0.7
+
+
+def test_presence_counts_the_levels_with_a_kind_and_their_own_rate():
+    from mapkit.preprocess.object_decoding import GENERATED_KINDS
+    from mapkit.train.objects import presence
+
+    def rows(arcs):
+        return {"counts": {k: (arcs if k == "arcs" else 0) for k in GENERATED_KINDS}}
+
+    levels = [(2.0, rows(0)), (3.0, rows(30)), (1.0, rows(0)), (4.0, rows(20))]
+    seen = presence(levels)
+    assert seen["arcs"]["share"] == pytest.approx(0.5)
+    assert seen["arcs"]["rate"] == pytest.approx(50 / 7)  # the two levels with arcs: 50 arcs in 7 minutes
+    assert seen["arcs"]["max_rate"] >= seen["arcs"]["rate"]
+    assert seen["chains"] == {"share": 0.0, "rate": 0.0, "max_rate": 0.0}
