@@ -460,17 +460,25 @@ def decode_boosts(onsets, tempo, fps: int) -> np.ndarray:
 # --------------------------------------------------------------------------- every kind
 
 
-def kind_present(priors: dict, kind: str, seed: int, n_notes: int, duration_s: float) -> bool:
+#: A kind this share of the training levels of a difficulty have is in every generated level; a rarer one
+#: (arcs, chains, boosts in most corpora) is drawn per song with its share (:func:`kind_present`).
+ALWAYS_PRESENT_SHARE = 0.5
+
+
+def kind_present(priors: dict, kind: str, seed: int, duration_s: float) -> bool:
     """Whether a generated level has ``kind`` at all: a draw with the priors' ``presence`` share.
 
-    The draw depends on the seed, the kind, the level's note count and its length in ms (so songs
-    and difficulties differ at one seed), never on the other draws. Priors without ``presence``: True.
+    The draw depends on the seed, the kind and the song's length in ms, never on the other draws: songs
+    differ at one seed, and the difficulties of one song share it, as a mapper's style does (a song
+    with arcs at Hard has them wherever the share is higher). A kind that at least
+    :data:`ALWAYS_PRESENT_SHARE` of the training levels have is always made (a level without lights
+    or walls is the rarer choice, and a poorer default). Priors without ``presence``: True.
     """
     share = priors.get("presence", {}).get(kind, {}).get("share")
-    if share is None:
+    if share is None or share >= ALWAYS_PRESENT_SHARE:
         return True
     kind_index = GENERATED_KINDS.index(kind)
-    u = np.random.default_rng([int(seed), kind_index, int(n_notes), int(round(duration_s * 1000))]).random()
+    u = np.random.default_rng([int(seed), kind_index, int(round(duration_s * 1000))]).random()
     return bool(u < float(share))
 
 
@@ -521,7 +529,7 @@ def decode_objects(event_probs, channels, notes: np.ndarray, priors: dict, thres
         channel = ONSET_CHANNELS[kind]
         per_onset = events_per_onset(priors) if kind == "light_events" else 1.0  # rates count events, not onsets
         rate, cap = _kind_rates(priors, kind)
-        present = kind_present(priors, kind, seed, len(notes), duration_s)
+        present = kind_present(priors, kind, seed, duration_s)
         onsets = object_onsets(probs[:, list(channels).index(channel)], thresholds.get(channel),
                                rate / per_onset, duration_s, min_gap_frames, smoothing,
                                None if cap is None else cap / per_onset) if present else np.zeros(0, np.int64)
