@@ -397,3 +397,20 @@ def test_unsupported_codec_named_egg_is_not_a_readable_audio_file(tmp_path, payl
         decode_audio(f, name)
     assert e.value.path == name and name.endswith("lvl/song.egg")
     assert e.value.reason.startswith("not a readable audio file: ")
+
+
+def test_vorbis_whose_last_granule_overshoots_its_audio_a_little_decodes():
+    from mapkit.preprocess.audio import VORBIS_END_SLACK
+
+    # a real song's encoder wrote its last granule position 63 samples past all the audio its packets hold
+    sr = 44100
+    whole = encode_ogg_vorbis(np.stack([tone(3 * sr, sr), tone(3 * sr, sr, 550)], axis=1), sr, serial=7)
+    declared, capacity = vorbis_length(whole)
+    held, _ = sf.read(io.BytesIO(with_granule(whole, capacity)), dtype="float32")  # every sample the packets hold
+    assert declared < len(held) and len(held) + VORBIS_END_SLACK + 1 < capacity
+    y, _ = decode_audio(io.BytesIO(with_granule(whole, len(held) + 63)), name="overshoot.egg")
+    assert len(held) <= len(y) <= len(held) + 63  # FFmpeg may pad the end with silence, libsndfile does not
+    lie = len(held) + VORBIS_END_SLACK + 1  # more than the slack: samples are missing
+    with pytest.raises(AudioError) as e:
+        decode_audio(io.BytesIO(with_granule(whole, lie)), name="short.egg")
+    assert e.value.reason.startswith(f"truncated: header declares {lie} samples, only "), e.value.reason
