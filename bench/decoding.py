@@ -84,7 +84,7 @@ def song_inputs(song, p_model, s_model, p_ckpt, s_ckpt, difficulty: str):
     settings = p_setup.feature_settings
     source = g._song_source(song)
     feats = song_features(source, settings)
-    tempo, _ = g._song_tempo(source, feats, settings, "v3")
+    tempo = g._song_tempo(source, feats, settings, "v3")[0]
     probs = g._note_probabilities(p_model, p_setup, feats.placement, difficulty)
     frames, beats, _ = g._note_beats(probs, thresholds[difficulty], p_setup, tempo, feats.duration_s, True)
     return s_setup, feats, frames, beats, tempo
