@@ -899,11 +899,11 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
               help="Decode stage 2 by beam search with this many beams (1 = greedy) instead of sampling "
                    "(beams collapse onto a few layouts).")
 @click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=None,
-              help="Sampling temperature of stage 2 [default: by difficulty, 1.0 (Hard 1.1)].")
+              help="Sampling temperature of stage 2 [default: 1.0 for every difficulty].")
 @click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Sample from the nucleus: the most probable states holding this much probability [default: by "
-                   "difficulty, Easy 0.7 ... Expert+ 0.8, moved into the object model's variety band; README "
-                   "\"Stage-2 decoding\"]. Given: used as is for every difficulty.")
+                   "difficulty, Easy 0.8, Normal 0.85, Hard to Expert+ 0.9, moved into the object model's variety "
+                   "band; README \"Stage-2 decoding\"]. Given: used as is for every difficulty.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None,
               help="Sample only from the K most probable states [default: no limit].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling.")

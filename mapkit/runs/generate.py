@@ -85,14 +85,14 @@ DEFAULT_TOP_P = 0.85
 #: Default stage-2 sampling of each difficulty, ``difficulty -> (temperature, top_p)``: the one home of it
 #: (README "Stage-2 decoding: variety and playable flow" has the measurement). Easier human levels use fewer
 #: layouts (median distinct states: Easy 25, Normal 35, Hard 52, Expert 74, Expert+ 93), so the nucleus is
-#: narrower for them (Hard: a narrower one at a warmer temperature, which keeps the most common layout's share
-#: down); chosen with ``bench/variety.py`` on held-out songs other than the reference's three.
+#: narrower for them; chosen with ``bench/variety.py`` on held-out songs other than the reference's three, for
+#: the stage 2 with the copy head (which repeats earlier layouts, so it needs a wider nucleus than design 3 alone).
 SAMPLING_BY_DIFFICULTY = {
-    "Easy": (DEFAULT_TEMPERATURE, 0.7),
-    "Normal": (DEFAULT_TEMPERATURE, 0.75),
-    "Hard": (1.1, 0.7),
-    "Expert": (DEFAULT_TEMPERATURE, 0.8),
-    "ExpertPlus": (DEFAULT_TEMPERATURE, 0.8),
+    "Easy": (DEFAULT_TEMPERATURE, 0.8),
+    "Normal": (DEFAULT_TEMPERATURE, 0.85),
+    "Hard": (DEFAULT_TEMPERATURE, 0.9),
+    "Expert": (DEFAULT_TEMPERATURE, 0.9),
+    "ExpertPlus": (DEFAULT_TEMPERATURE, 0.9),
 }
 #: A default top-p moves by this much, at most this many times, to bring a level inside the object model's
 #: variety band (distinct states, top-state share of the training levels: ``variety``); an explicit one does not.
