@@ -116,6 +116,7 @@ _WAV_DATA_SHORT = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.M)
 
 #: Ogg page header: capture pattern, version, flags, granule, serial, sequence, CRC, segment count.
 _OGG_HEADER = 27
+_OGG_BOS = 0x02
 _OGG_EOS = 0x04
 
 
@@ -236,6 +237,20 @@ def _is_vorbis(data: bytes) -> bool:
     """True when the first packet of the Ogg file ``data`` is a Vorbis identification header."""
     body = _OGG_HEADER + data[26] if len(data) > 26 else len(data)
     return data[body: body + 7] == b"\x01vorbis"
+
+
+def ogg_logical_streams(data: bytes) -> int:
+    """Number of logical streams begun in the Ogg file ``data`` (pages flagged beginning-of-stream).
+
+    A Beat Saber song is one; a chained file (several files' bytes one after
+    another) has more, each restarting its granule positions.
+    """
+    n, pos, streams = len(data), 0, 0
+    while pos + _OGG_HEADER <= n and data[pos:pos + 4] == b"OggS":
+        streams += bool(data[pos + 5] & _OGG_BOS)
+        segments = data[pos + _OGG_HEADER: pos + _OGG_HEADER + data[pos + 26]]
+        pos += _OGG_HEADER + len(segments) + sum(segments)
+    return streams
 
 
 def vorbis_length(data: bytes) -> tuple[int, int]:
@@ -419,6 +434,9 @@ def decode_audio(file, name=None) -> tuple[np.ndarray, int]:
     truncated, note = ogg_stream_state(ogg) if ogg is not None else (None, None)
     if truncated:
         raise AudioError(where, truncated)
+    streams = ogg_logical_streams(ogg) if ogg is not None else 1
+    if streams > 1:  # each restarts its granule positions: no decoder here reads the whole of it
+        raise AudioError(where, f"chained Ogg file ({streams} logical streams one after another): not supported")
     decoded = _decode_vorbis(ogg, where) if ogg is not None else None
     if decoded is None:
         y, n, declared, sample_rate = _decode_sndfile(file, where)
@@ -429,6 +447,7 @@ def decode_audio(file, name=None) -> tuple[np.ndarray, int]:
     slack = VORBIS_END_SLACK if ogg is not None and _is_vorbis(ogg) else 0
     if n < declared - slack:
         raise AudioError(where, f"truncated: header declares {declared} samples, only {n} decoded")
+    y = y[:n]  # a buffer sized for the declared length: never its undecoded tail
     # min/max propagate NaN and reduce without a temporary array
     lo, hi = float(y.min()), float(y.max())
     if not (np.isfinite(lo) and np.isfinite(hi)):

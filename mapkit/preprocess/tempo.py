@@ -270,7 +270,8 @@ class TempoMap:
             bpm = (eb - sb) / (s_end - s_start) * 60.0
             segments.append((sb, s_start, base if math.isclose(bpm, base, rel_tol=REGION_BPM_RTOL) else bpm))
             prev_end = (eb, s_end)
-        if n_samples is None or regs[-1][1] < float(n_samples):
+        # a count of 0 or less says nothing (hand-made files): unknown, the base BPM after the last region
+        if n_samples is None or n_samples <= 0 or regs[-1][1] < float(n_samples):
             segments.append((prev_end[0], prev_end[1], base))
         first_beat, first_second, _ = segments[0]
         if first_beat > 0:  # beats 0..sb of the first region: base BPM, anchored at the region's start

@@ -471,7 +471,7 @@ def sampling_for(difficulty: str, temperature=BY_DIFFICULTY, top_p=BY_DIFFICULTY
     :data:`DEFAULT_TOP_P`).
 
     >>> sampling_for("Easy")
-    (1.0, 0.7)
+    (1.0, 0.8)
     >>> sampling_for("Easy", top_p=0.9)
     (1.0, 0.9)
     """

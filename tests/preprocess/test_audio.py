@@ -414,3 +414,30 @@ def test_vorbis_whose_last_granule_overshoots_its_audio_a_little_decodes():
     with pytest.raises(AudioError) as e:
         decode_audio(io.BytesIO(with_granule(whole, lie)), name="short.egg")
     assert e.value.reason.startswith(f"truncated: header declares {lie} samples, only "), e.value.reason
+
+
+def test_a_stream_short_within_the_slack_returns_only_decoded_samples():
+    from mapkit.preprocess.audio import _decode_sndfile
+
+    sr = 44100
+    data = encoded(np.stack([tone(2 * sr, sr), tone(2 * sr, sr, 550)], axis=1), sr, "OGG", "VORBIS")
+    declared, _ = vorbis_length(data)
+    lie = with_granule(data, declared + 500)
+    _, n, said, _ = _decode_sndfile(io.BytesIO(lie), "x")  # libsndfile: a buffer of the declared length, n filled
+    assert said == declared + 500 and n < said
+    y, _ = decode_audio(io.BytesIO(lie), name="short.egg")
+    # the undecoded tail of that buffer never comes back; FFmpeg may instead pad the end with silence
+    assert len(y) == n or (len(y) == said and not y[n:].any())
+
+
+def test_chained_ogg_files_are_refused_not_cut_short():
+    from mapkit.preprocess.audio import ogg_logical_streams
+
+    sr = 44100
+    first = encode_ogg_vorbis(np.stack([tone(3 * sr, sr), tone(3 * sr, sr, 550)], axis=1), sr, serial=7)
+    second = encode_ogg_vorbis(np.stack([tone(sr, sr), tone(sr, sr, 550)], axis=1), sr, serial=8)
+    assert ogg_logical_streams(first) == 1 and ogg_logical_streams(first + second) == 2
+    with pytest.raises(AudioError) as e:
+        decode_audio(io.BytesIO(first + second), name="chained.egg")
+    assert e.value.path == "chained.egg"
+    assert e.value.reason == "chained Ogg file (2 logical streams one after another): not supported"

@@ -165,3 +165,12 @@ def test_a_song_that_starts_at_another_tempo_gets_it_as_its_first_tempo():
     (b0, s0, m0), (b1, s1, m1) = tempo.segments
     assert tempo.base_bpm == m0 == pytest.approx(150, abs=0.1) and m1 == pytest.approx(120, abs=0.1)
     assert abs(s1 - 20) <= 1.5
+
+
+def test_a_sample_count_of_zero_is_unknown_the_base_tempo_follows_the_last_region():
+    # one region of 2 s at 120 BPM (4 beats) over a 100 BPM base: after it, the base tempo (formats §1.8)
+    regions = [(0, 88200, 0.0, 4.0)]
+    for n_samples in (None, 0, -1, 441000):
+        assert TempoMap.from_regions(100.0, regions, 44100, n_samples).seconds([8.0])[0] == pytest.approx(4.4)
+    # a count the region reaches: no audio is left, the region's tempo goes on
+    assert TempoMap.from_regions(100.0, regions, 44100, 88200).seconds([8.0])[0] == pytest.approx(4.0)
