@@ -201,16 +201,34 @@ def ogg_stream_state(data: bytes) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _ogg_bytes(file) -> bytes | None:
-    """The whole file when it starts like an Ogg file, else None; a file object is put back where it was."""
+def _ogg_bytes(file, where: str) -> bytes | None:
+    """The whole file when it starts like an Ogg file, else None; a file object is put back where it was.
+
+    Read in blocks up to the audio cap (``MAPKIT_MAX_AUDIO_BYTES``, as for audio in a zip): a loose
+    song file is held in memory whole, so a huge one is refused ("too large") rather than read.
+    """
     if isinstance(file, (str, os.PathLike)):
         with open(file, "rb") as f:
-            return f.read() if f.read(4) == b"OggS" and f.seek(0) == 0 else None
+            return _capped_ogg(f, where)
     pos = file.tell()
     try:
-        return file.read() if file.read(4) == b"OggS" and file.seek(pos) == pos else None
+        return _capped_ogg(file, where)
     finally:
         file.seek(pos)
+
+
+def _capped_ogg(f, where: str) -> bytes | None:
+    from mapkit.errors import MapkitError
+    from mapkit.preprocess.limits import read_capped, read_limits
+
+    start = f.tell()
+    if f.read(4) != b"OggS":
+        return None
+    f.seek(start)
+    try:
+        return read_capped(f, read_limits().max_audio_bytes, where, decompressed=False)
+    except MapkitError as e:
+        raise AudioError(e.path, e.reason) from None
 
 
 class AudioNote(UserWarning):
@@ -428,7 +446,7 @@ def decode_audio(file, name=None) -> tuple[np.ndarray, int]:
     except OSError as e:
         raise AudioError(where, f"cannot read: {e.strerror or e}") from None
     try:
-        ogg = _ogg_bytes(file)
+        ogg = _ogg_bytes(file, where)
     except OSError as e:
         raise AudioError(where, f"cannot read: {e.strerror or e}") from None
     truncated, note = ogg_stream_state(ogg) if ogg is not None else (None, None)

@@ -12,7 +12,9 @@ README "Reliability"):
   (``"too large"`` for a plain file), reading at most cap + 1 bytes of it.
   JSON files (info, difficulty, audio data) are capped at
   ``max_json_bytes``, song audio taken out of a zip at ``max_audio_bytes``.
-  Audio read from a folder is streamed to the decoder and not capped here.
+  An Ogg song read from a folder is held whole (page checks, FFmpeg), so
+  ``mapkit.preprocess.audio`` caps it at ``max_audio_bytes`` too; other
+  audio read from a folder is streamed to the decoder.
 
 The caps are a :class:`ReadLimits` settings object; :func:`read_limits`
 gives the one in force, taken from the environment variables

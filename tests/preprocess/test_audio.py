@@ -441,3 +441,18 @@ def test_chained_ogg_files_are_refused_not_cut_short():
         decode_audio(io.BytesIO(first + second), name="chained.egg")
     assert e.value.path == "chained.egg"
     assert e.value.reason == "chained Ogg file (2 logical streams one after another): not supported"
+
+
+def test_a_loose_ogg_file_over_the_audio_cap_is_refused_not_read_whole(tmp_path, monkeypatch):
+    from mapkit.preprocess.limits import ENV_MAX_AUDIO
+
+    sr = 44100
+    data = encode_ogg_vorbis(np.stack([tone(sr, sr), tone(sr, sr, 550)], axis=1), sr, serial=7)
+    path = tmp_path / "song.egg"
+    path.write_bytes(data)
+    assert len(decode_audio(path)[0]) == sr  # under the default cap
+    monkeypatch.setenv(ENV_MAX_AUDIO, str(len(data) - 1))
+    with pytest.raises(AudioError) as e:
+        decode_audio(path)
+    assert e.value.path == str(path)
+    assert e.value.reason.startswith(f"too large (more than {len(data) - 1} bytes"), e.value.reason
