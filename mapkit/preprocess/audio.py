@@ -62,6 +62,10 @@ FIFO_BLOCK = 1 << 16
 #: below it, and a stream cut inside a page is caught before decoding.
 VORBIS_END_SLACK = 1024
 
+#: Samples of libsndfile's first output buffer (about 6 minutes at 44.1 kHz, 64 MiB); it doubles as the song
+#: goes on, up to the declared length, so a header's claim alone never allocates memory.
+FIRST_BUFFER = 1 << 24
+
 
 def _describe(file, name) -> str:
     if name is not None:
@@ -400,7 +404,9 @@ def _decode_sndfile(file, where: str) -> tuple[np.ndarray, int, int, int]:
             raise AudioError(where, truncated)
         if declared <= 0:
             raise AudioError(where, "no samples")
-        y = np.empty(declared, dtype=np.float32)
+        # a header may declare any length (a FLAC's 36-bit count: 256 GiB of samples): the buffer grows
+        # with what is decoded, never past the declared length
+        y = np.empty(min(declared, FIRST_BUFFER), dtype=np.float32)
         block = np.empty((min(DECODE_BLOCK, declared), channels), dtype=np.float32)
         n = 0
         try:
@@ -409,11 +415,20 @@ def _decode_sndfile(file, where: str) -> tuple[np.ndarray, int, int, int]:
                 k = len(got)
                 if k == 0:
                     break
+                if n + k > len(y):
+                    y = _grown(y, n, min(declared, max(2 * len(y), n + k)))
                 _downmix_into(got, y[n : n + k])
                 n += k
         except (sf.LibsndfileError, RuntimeError) as e:
             raise AudioError(where, f"truncated: decode error after {n} of {declared} samples: {e}") from None
     return y, n, declared, sample_rate
+
+
+def _grown(y: np.ndarray, n: int, size: int) -> np.ndarray:
+    """A buffer of ``size`` samples holding the first ``n`` of ``y``."""
+    out = np.empty(size, dtype=y.dtype)
+    out[:n] = y[:n]
+    return out
 
 
 def decode_audio(file, name=None) -> tuple[np.ndarray, int]:

@@ -456,3 +456,15 @@ def test_a_loose_ogg_file_over_the_audio_cap_is_refused_not_read_whole(tmp_path,
         decode_audio(path)
     assert e.value.path == str(path)
     assert e.value.reason.startswith(f"too large (more than {len(data) - 1} bytes"), e.value.reason
+
+
+def test_a_flac_header_declaring_a_huge_length_allocates_only_what_decodes():
+    # STREAMINFO's 36-bit sample count set to its maximum (256 GiB of float32 samples): a clean error
+    sr = 44100
+    data = bytearray(encoded(tone(sr, sr)[:, None], sr, "FLAC", "PCM_16"))
+    info = 8  # after "fLaC" and the metadata block header
+    field = int.from_bytes(data[info + 10: info + 18], "big") | ((1 << 36) - 1)
+    data[info + 10: info + 18] = field.to_bytes(8, "big")
+    with pytest.raises(AudioError) as e:
+        decode_audio(io.BytesIO(bytes(data)), name="huge.flac")
+    assert e.value.reason.startswith("truncated") and str((1 << 36) - 1) in e.value.reason, e.value.reason
