@@ -60,6 +60,25 @@ def tiny_model(vocab, preferred: dict, seed=0):
     return model
 
 
+def two_hand_model():
+    """A vocabulary of both colours' states in 4 columns, 2 rows, 3 directions, and a random tiny decoder over it."""
+    states = [state((c, r, color, d)) for c in range(4) for r in (0, 2) for color in (RED, BLUE) for d in (0, 1, 8)]
+    vocab = vocab_of(*states)
+    torch.manual_seed(3)
+    return vocab, SelectionModel(SelectionConfig(vocab_size=len(vocab), d_model=16, n_encoder_layers=1,
+                                                 n_decoder_layers=1, n_heads=2, d_ff=32, dropout=0.0))
+
+
+def states_only_mask(vocab_size):
+    """An ``allowed`` callable equal to the default mask (every state, no special token): it turns the seam
+    repair off, which only the default mask gets."""
+    def allowed(prefix):
+        mask = torch.ones(prefix.shape[0], vocab_size, dtype=torch.bool)
+        mask[:, :N_SPECIAL] = False
+        return mask
+    return allowed
+
+
 def src_of(n, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.cat([torch.randn(n + 2, 100, generator=g), torch.rand(n + 2, 4, generator=g)], dim=1)
@@ -236,11 +255,7 @@ def test_sampling_draws_only_from_the_nucleus():
 
 
 def test_constrained_sampling_is_seeded_and_cache_independent():
-    states = [state((c, r, color, d)) for c in range(4) for r in (0, 2) for color in (RED, BLUE) for d in (0, 1, 8)]
-    vocab = vocab_of(*states)
-    torch.manual_seed(3)
-    model = SelectionModel(SelectionConfig(vocab_size=len(vocab), d_model=16, n_encoder_layers=1, n_decoder_layers=1,
-                                           n_heads=2, d_ff=32, dropout=0.0))
+    vocab, model = two_hand_model()
     n = 40
     times = np.cumsum(np.tile([0.12, 0.3, 0.5, 0.2], 10))
     features = state_features(vocab.states)
@@ -275,11 +290,7 @@ def test_window_seams_are_repaired():
         hyp = decode(FlowConstraint(features, times))
         assert len(hyp.states) == n and errors(decoded_notes(vocab, hyp, times)) == 0 == hyp.violations
     # without the repair (a callable `allowed` turns it off) the seams break parity: each window opens with a forehand
-    def states_only(prefix):
-        mask = torch.ones(prefix.shape[0], len(vocab), dtype=torch.bool)
-        mask[:, :N_SPECIAL] = False
-        return mask
-
+    states_only = states_only_mask(len(vocab))
     apart = beam_search(model, src_of(n), None, n, beam_size=2, window=7, allowed=states_only,
                         constraint=FlowConstraint(features, times))
     assert errors(decoded_notes(vocab, apart, times)) > 0
@@ -287,20 +298,12 @@ def test_window_seams_are_repaired():
 
 def test_a_repaired_seam_redecodes_only_the_window_start():
     # a seam that breaks a rule is decoded again only until the window's own states keep the rules from there on
-    states = [state((c, r, color, d)) for c in range(4) for r in (0, 2) for color in (RED, BLUE) for d in (0, 1, 8)]
-    vocab = vocab_of(*states)
-    torch.manual_seed(3)
-    model = SelectionModel(SelectionConfig(vocab_size=len(vocab), d_model=16, n_encoder_layers=1, n_decoder_layers=1,
-                                           n_heads=2, d_ff=32, dropout=0.0))
+    vocab, model = two_hand_model()
     n, window = 120, 42  # 3 windows of 40 states
     times = np.cumsum(np.tile([0.12, 0.3, 0.5, 0.2], n // 4))
     features = state_features(vocab.states)
 
-    def states_only(prefix):  # the default mask, as a callable: the seams are left as decoded
-        mask = torch.ones(prefix.shape[0], len(vocab), dtype=torch.bool)
-        mask[:, :N_SPECIAL] = False
-        return mask
-
+    states_only = states_only_mask(len(vocab))  # the default mask, as a callable: the seams are left as decoded
     steps = Counter()
     decode_step = model.decode_step
 
