@@ -782,7 +782,10 @@ def train_group():
 @click.option("--targets", type=click.Choice(["notes", "events"]), default="notes", show_default=True,
               help="notes: where notes go; events: also every frame_events channel (walls, arcs, chains, "
                    "lights...), with per-channel F1 in validation.")
-def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, targets, **kw):
+@click.option("--realign", is_flag=True, default=None,
+              help="Move each level's targets onto the audio by its `mapkit audit` lag (a map 20 ms early "
+                   "trains and validates on the onsets it means). Levels never audited are unchanged.")
+def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, targets, realign, **kw):
     """Stage 1: the C-LSTM that says on which frames notes go.
 
     Trains on windows of placement features (+-7 context frames) with the
@@ -796,11 +799,12 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, target
       mapkit train ddc --preset tiny --max-steps 300 --device cpu
       mapkit train ddc --resume --max-steps 40000
       mapkit train ddc --targets events --out mapkit-runs/ddc-events
+      mapkit train ddc --exclude-flagged --realign   (after mapkit audit)
     """
     from mapkit.train.ddc import ddc_config, train_ddc
 
     _run_training(train_ddc, ddc_config, out, kw, window=window, pos_weight=pos_weight, smoothing=smoothing,
-                  min_gap_frames=min_gap_frames, targets=targets)
+                  min_gap_frames=min_gap_frames, targets=targets, realign=realign)
 
 
 @train_group.command("objects", short_help="The object model of generate: walls, arcs, chains, lights.")

@@ -18,11 +18,17 @@ from mapkit.preprocess.frame_events import STREAM_KINDS, object_stream
 from mapkit.preprocess.objects import OBJECT_KINDS
 
 
-def read_frame_events(ds, start: int, window: int, n_frames: int) -> np.ndarray:
-    """Rows ``[start, start + window)`` of a stored ``frame_events`` dataset as float32, zero-padded past T."""
+def read_frame_events(ds, start: int, window: int, n_frames: int, lag: int = 0) -> np.ndarray:
+    """Rows ``[start, start + window)`` of a stored ``frame_events`` dataset as float32, zero-padded past T.
+
+    With ``lag`` (frames) row ``f`` holds stored row ``f + lag`` (zero where that is outside the song),
+    the targets moved onto the audio by an audit lag (:func:`~mapkit.datasets.torch_datasets.read_rows`).
+    """
+    from mapkit.datasets.torch_datasets import read_rows
+
     n = min(window, n_frames - start)
     out = np.zeros((window, ds.shape[1]), dtype=np.float32)
-    out[:n] = ds[start: start + n]
+    out[:n] = read_rows(ds, start + lag, n, n_frames)
     return out
 
 

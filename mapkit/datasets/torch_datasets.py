@@ -45,6 +45,8 @@ class LevelRef:
     """Where one level's features and targets are.
 
     ``target_group`` is ``levels/<song_id>/<Characteristic>/<Difficulty>``.
+    ``lag_frames`` is ``mapkit audit``'s ``align_lag_frames`` (positive: the
+    notes are late against the audio's onsets), 0 when never audited.
     """
 
     song_id: str
@@ -55,6 +57,7 @@ class LevelRef:
     feature_group: str
     target_shard: str
     target_group: str
+    lag_frames: int = 0
 
     @property
     def difficulty_index(self) -> int:
@@ -119,10 +122,28 @@ def store_levels(store, song_ids=None, characteristic: str = "Standard", difficu
                         raise StoreError(te.shard, f"{group.name}: frame_class has {group['frame_class'].shape[0]} "
                                                    f"frames, the song's features {n_frames}; run mapkit validate")
                     out.append(LevelRef(song_id, char_name, diff_name, n_frames, str(fe.shard), fe.group,
-                                        str(te.shard), group.name.lstrip("/")))
+                                        str(te.shard), group.name.lstrip("/"),
+                                        int(group.attrs.get("align_lag_frames", 0))))
     if not_audited:
         warnings.warn(f"{not_audited} difficult{'ies' if not_audited != 1 else 'y'} of {store.root} not audited, "
                       f"kept: run mapkit audit before --exclude-flagged", stacklevel=2)
+    return out
+
+
+def read_rows(ds, start: int, n: int, n_frames: int) -> np.ndarray:
+    """Rows ``[start, start + n)`` of a per-frame dataset (array or h5py) of ``n_frames`` rows, zero outside it.
+
+    ``start`` may be negative or run past the end: those rows are zeros of the dataset's dtype.
+
+    >>> read_rows(np.array([1, 2, 3]), -1, 3, 3)
+    array([0, 1, 2])
+    >>> read_rows(np.array([1, 2, 3]), 2, 3, 3)
+    array([3, 0, 0])
+    """
+    out = np.zeros((n,) + tuple(ds.shape[1:]), dtype=ds.dtype)
+    lo, hi = max(start, 0), min(start + n, n_frames)
+    if hi > lo:
+        out[lo - start: hi - start] = ds[lo: hi]
     return out
 
 
@@ -236,13 +257,19 @@ class PlacementDataset(torch.utils.data.Dataset):
         For the silence value of the padding.
     frame_events : bool
         Also return the multi-label ``frame_events`` targets.
+    realign : bool
+        Move every level's targets onto the audio by its audit lag (``LevelRef.lag_frames``):
+        frame ``f`` gets the stored target of frame ``f + lag``, so a map whose notes sit 20 ms
+        before the audio's onsets trains (and is scored) on those onsets. Levels never audited
+        have lag 0 and are unchanged.
     """
 
     def __init__(self, store, song_ids=None, stats: dict | None = None, window: int = 100, context: int | None = None,
                  characteristic: str = "Standard", difficulties=None, jitter: bool = True, seed: int = 0,
                  feature_settings: FeatureSettings = FeatureSettings(), exclude_flagged: bool = False,
-                 frame_events: bool = False):
+                 frame_events: bool = False, realign: bool = False):
         self.frame_events = bool(frame_events)
+        self.realign = bool(realign)
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         store = store if isinstance(store, Store) else Store(store)
@@ -294,8 +321,8 @@ class PlacementDataset(torch.utils.data.Dataset):
         x -= self.mean
         x /= self.std
         classes = np.zeros(L, dtype=np.int64)
-        classes[:n] = self._handles.dataset(level.target_shard, level.target_group, "frame_class", False)[
-            start: start + n]
+        classes[:n] = read_rows(self._handles.dataset(level.target_shard, level.target_group, "frame_class", False),
+                                start + self.lag(level), n, level.n_frames)
         mask = np.zeros(L, dtype=bool)
         mask[:n] = True
         return x, classes, mask
@@ -312,7 +339,7 @@ class PlacementDataset(torch.utils.data.Dataset):
 
             item["frame_events"] = torch.from_numpy(read_frame_events(
                 self._handles.dataset(level.target_shard, level.target_group, "frame_events", False),
-                start, self.window, level.n_frames))
+                start, self.window, level.n_frames, self.lag(level)))
         return item
 
     def level_features(self, li: int) -> np.ndarray:
@@ -321,15 +348,21 @@ class PlacementDataset(torch.utils.data.Dataset):
         x = self._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
         return (x.astype(np.float32) - self.mean) / self.std
 
+    def lag(self, level: LevelRef) -> int:
+        """Frames the targets of ``level`` are moved by: its audit lag with ``realign``, else 0."""
+        return level.lag_frames if self.realign else 0
+
     def level_classes(self, li: int) -> np.ndarray:
-        """The stored ``frame_class`` [T] (uint8) of level ``li``."""
+        """The stored ``frame_class`` [T] (uint8) of level ``li`` (moved by :meth:`lag`)."""
         level = self.levels[li]
-        return self._handles.get(level.target_shard, features=False)[level.target_group]["frame_class"][:]
+        stored = self._handles.get(level.target_shard, features=False)[level.target_group]["frame_class"][:]
+        return read_rows(stored, self.lag(level), level.n_frames, level.n_frames)
 
     def level_frame_events(self, li: int) -> np.ndarray:
-        """The stored ``frame_events`` [T, K] (uint8) of level ``li``."""
+        """The stored ``frame_events`` [T, K] (uint8) of level ``li`` (moved by :meth:`lag`)."""
         level = self.levels[li]
-        return self._handles.get(level.target_shard, features=False)[level.target_group]["frame_events"][:]
+        stored = self._handles.get(level.target_shard, features=False)[level.target_group]["frame_events"][:]
+        return read_rows(stored, self.lag(level), level.n_frames, level.n_frames)
 
     def event_fractions(self) -> np.ndarray:
         """Per channel, the fraction of frames on which it is 1, over all levels (closes the handles after)."""

@@ -67,6 +67,8 @@ class DDCConfig(TrainConfig):
     #: frames each side of a note whose training target is widen_value instead of 0 (0 = plain 0/1)
     widen_frames: int = 0
     widen_value: float = 0.5
+    #: move each level's targets onto the audio by its `mapkit audit` lag (PlacementDataset ``realign``)
+    realign: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -219,7 +221,7 @@ class DDCStage(Stage):
                                 + "; ".join(mismatches) + "): train with the settings the store was extracted with")
         kw = dict(stats=stats, window=c.window, context=c.model.context, characteristic=c.characteristic,
                   difficulties=c.difficulties, seed=seed, feature_settings=self.feature_settings,
-                  exclude_flagged=c.exclude_flagged)
+                  exclude_flagged=c.exclude_flagged, realign=c.realign)
         kw["frame_events"] = self.events
         self.train_dataset = PlacementDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = PlacementDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None

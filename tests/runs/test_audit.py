@@ -223,3 +223,39 @@ def test_worker_processes_give_the_same_audit(audited, tmp_path):
     assert parallel.run.counts["ok"] == len(LEVELS)
     assert [(d.song_id, d.lag_frames, d.strength, d.flags) for d in parallel.difficulties] == \
            [(d.song_id, d.lag_frames, d.strength, d.flags) for d in audited[1].difficulties]
+
+
+def _note_frames(dataset, li):
+    return np.flatnonzero(dataset.level_classes(li) > 0)
+
+
+@pytest.mark.parametrize("song_id", ["late-5", "early-5"])
+def test_realign_moves_the_targets_onto_the_audio_by_the_audit_lag(audited, song_id):
+    from mapkit.datasets.torch_datasets import PlacementDataset
+    from mapkit.preprocess.timebase import frame_of
+
+    store = audited[0]
+    raw = PlacementDataset(store, [song_id], jitter=False)
+    moved = PlacementDataset(store, [song_id], jitter=False, realign=True)
+    lag = moved.levels[0].lag_frames
+    assert lag == int(song_id.split("-")[1]) * (1 if song_id.startswith("late") else -1)
+    hits = set(frame_of(hit_times(list(LEVELS).index(song_id))).tolist())
+    on_hits = lambda frames: np.mean([f in hits for f in frames])
+    assert on_hits(_note_frames(raw, 0)) < 0.1 and on_hits(_note_frames(moved, 0)) > 0.95
+    assert np.array_equal(_note_frames(moved, 0), _note_frames(raw, 0) - lag)
+    for index in range(len(moved)):  # the training windows read the same moved targets
+        item, (li, start) = moved[index], moved.locate(index)
+        n = int(item["mask"].sum())
+        assert np.array_equal(item["frame_class"][:n].numpy(), moved.level_classes(li)[start: start + n])
+    raw.close(), moved.close()
+
+
+def test_realign_leaves_levels_never_audited_unchanged(audited):
+    from mapkit.datasets.torch_datasets import PlacementDataset
+
+    store = audited[0].parent / "unaudited"
+    moved = PlacementDataset(store, ["late-5"], jitter=False, realign=True)
+    raw = PlacementDataset(store, ["late-5"], jitter=False)
+    assert moved.levels[0].lag_frames == 0
+    assert np.array_equal(moved.level_classes(0), raw.level_classes(0))
+    raw.close(), moved.close()
