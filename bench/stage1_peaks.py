@@ -31,7 +31,7 @@ def validation_probabilities(store, checkpoint, window=None, margin=0):
     from mapkit.datasets.torch_datasets import PlacementDataset
     from mapkit.preprocess.difficulties import DIFFICULTIES
     from mapkit.train.checkpoints import PlacementSetup
-    from mapkit.train.ddc import predict_probabilities
+    from mapkit.train.ddc import predict_probabilities, song_beat
     from mapkit.train.loop import load_checkpoint
 
     model, ckpt = load_checkpoint(checkpoint, "cpu")
@@ -42,7 +42,8 @@ def validation_probabilities(store, checkpoint, window=None, margin=0):
     for li, level in enumerate(ds.levels):
         raw = ds._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
         probs.append(predict_probabilities(model, raw, level.difficulty_index, ds.mean, ds.std,
-                                           float(ds.silence), window or setup.window, margin=margin))
+                                           float(ds.silence), window or setup.window, margin=margin,
+                                           beat=song_beat(model, raw, setup.feature_settings)))
         truths.append(np.flatnonzero(ds.level_classes(li) > 0))
         names.append(DIFFICULTIES[level.difficulty_index])
     ds.close()

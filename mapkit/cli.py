@@ -698,7 +698,7 @@ def _explicit(ctx, names) -> set:
 
 
 #: Options that choose the model: a resumed run keeps its checkpoint's model.
-MODEL_OPTIONS = ("preset", "d_model", "n_layers", "n_heads", "d_ff", "dropout", "copy_head")
+MODEL_OPTIONS = ("preset", "d_model", "n_layers", "n_heads", "d_ff", "dropout", "copy_head", "beat_phase")
 
 
 def _resume_config(config_fn, out, kw: dict, config_overrides: dict):
@@ -785,7 +785,10 @@ def train_group():
 @click.option("--realign", is_flag=True, default=None,
               help="Move each level's targets onto the audio by its `mapkit audit` lag (a map 20 ms early "
                    "trains and validates on the onsets it means). Levels never audited are unchanged.")
-def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, targets, realign, **kw):
+@click.option("--beat-phase/--no-beat-phase", default=None,
+              help="Also feed the model every frame's phase in the half beat, beat and two beats, from the song's "
+                   "estimated tempo and first beat (default: off).")
+def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, targets, realign, beat_phase, **kw):
     """Stage 1: the C-LSTM that says on which frames notes go.
 
     Trains on windows of placement features (+-7 context frames) with the
@@ -804,7 +807,7 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, target
     from mapkit.train.ddc import ddc_config, train_ddc
 
     _run_training(train_ddc, ddc_config, out, kw, window=window, pos_weight=pos_weight, smoothing=smoothing,
-                  min_gap_frames=min_gap_frames, targets=targets, realign=realign)
+                  min_gap_frames=min_gap_frames, targets=targets, realign=realign, beat_phase=beat_phase)
 
 
 @train_group.command("objects", short_help="The object model of generate: walls, arcs, chains, lights.")

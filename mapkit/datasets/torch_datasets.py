@@ -262,14 +262,21 @@ class PlacementDataset(torch.utils.data.Dataset):
         frame ``f`` gets the stored target of frame ``f + lag``, so a map whose notes sit 20 ms
         before the audio's onsets trains (and is scored) on those onsets. Levels never audited
         have lag 0 and are unchanged.
+    beat_periods : tuple of float
+        Also return ``beat`` float32 ``[L, 2 len(beat_periods)]``: the beat phase of every frame from the
+        song's estimated tempo and first beat (:func:`~mapkit.preprocess.beats.song_beat_inputs`), for a
+        model with ``PlacementConfig.beat_periods``. Computed once per song and process.
     """
 
     def __init__(self, store, song_ids=None, stats: dict | None = None, window: int = 100, context: int | None = None,
                  characteristic: str = "Standard", difficulties=None, jitter: bool = True, seed: int = 0,
                  feature_settings: FeatureSettings = FeatureSettings(), exclude_flagged: bool = False,
-                 frame_events: bool = False, realign: bool = False):
+                 frame_events: bool = False, realign: bool = False, beat_periods: tuple = ()):
         self.frame_events = bool(frame_events)
         self.realign = bool(realign)
+        self.beat_periods = tuple(beat_periods)
+        self.feature_settings = feature_settings
+        self._beats = {}  # feature group -> [T, 2 len(beat_periods)], filled on first use
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         store = store if isinstance(store, Store) else Store(store)
@@ -334,6 +341,11 @@ class PlacementDataset(torch.utils.data.Dataset):
         item = {"features": torch.from_numpy(x), "frame_class": torch.from_numpy(classes),
                 "mask": torch.from_numpy(mask), "difficulty": torch.tensor(level.difficulty_index),
                 "level": torch.tensor(li), "start": torch.tensor(start)}
+        if self.beat_periods:
+            n = int(mask.sum())
+            beat = np.zeros((self.window, 2 * len(self.beat_periods)), dtype=np.float32)
+            beat[:n] = self.level_beat(li)[start: start + n]
+            item["beat"] = torch.from_numpy(beat)
         if self.frame_events:
             from mapkit.datasets.object_stream import read_frame_events
 
@@ -347,6 +359,18 @@ class PlacementDataset(torch.utils.data.Dataset):
         level = self.levels[li]
         x = self._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
         return (x.astype(np.float32) - self.mean) / self.std
+
+    def level_beat(self, li: int) -> np.ndarray:
+        """The beat-phase inputs ``[T, 2 len(beat_periods)]`` of level ``li``'s song (computed once per song)."""
+        from mapkit.preprocess.beats import placement_envelope, song_beat_inputs
+
+        level = self.levels[li]
+        if level.feature_group not in self._beats:
+            rows = self._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
+            envelope = placement_envelope(rows, self.feature_settings)
+            self._beats[level.feature_group] = song_beat_inputs(envelope, self.beat_periods,
+                                                                self.feature_settings.fps)
+        return self._beats[level.feature_group]
 
     def lag(self, level: LevelRef) -> int:
         """Frames the targets of ``level`` are moved by: its audit lag with ``realign``, else 0."""

@@ -144,6 +144,71 @@ def estimate_tempo(envelope: np.ndarray, fps: float = FPS, min_bpm: float = MIN_
     return round(best, 2)
 
 
+#: Beat periods (in beats) whose phase stage 1 can take as input (``PlacementConfig.beat_periods``).
+BEAT_INPUT_PERIODS = (0.5, 1.0, 2.0)
+
+
+def beat_offset(envelope: np.ndarray, bpm: float, fps: float = FPS, step: float = 0.25) -> float:
+    """Frame of the song's first beat in ``[0, period)``: the phase whose beats hold the most onset strength.
+
+    For every candidate phase (``step`` frames apart) the envelope is read,
+    linearly interpolated, at the frames ``phase + k * period`` of the whole
+    song (``period = 60 * fps / bpm``) and averaged; the best mean wins.
+
+    >>> env = np.zeros(1000, np.float32); env[25::50] = 1.0      # a hit every 0.5 s from 0.25 s at 100 fps
+    >>> beat_offset(env, 120.0)
+    25.0
+    """
+    x = np.asarray(envelope, dtype=np.float64)
+    period = 60.0 * fps / float(bpm)
+    if x.size < 2 or not period > 0:
+        return 0.0
+    phases = np.arange(0.0, period, step)
+    beats = np.arange(0.0, x.size - 1, period)
+    frames = phases[:, None] + beats[None, :]
+    inside = frames <= x.size - 1
+    values = np.interp(np.where(inside, frames, 0.0), np.arange(x.size), x)
+    score = (values * inside).sum(axis=1) / np.maximum(inside.sum(axis=1), 1)
+    return float(phases[int(np.argmax(score))])
+
+
+def beat_inputs(n_frames: int, bpm: float, offset_frames: float, periods=BEAT_INPUT_PERIODS,
+                fps: float = FPS) -> np.ndarray:
+    """Per frame, ``sin`` and ``cos`` of ``2 pi beat / P`` for each period ``P`` (beats): ``[T, 2 len(periods)]``.
+
+    ``beat = (frame - offset_frames) * bpm / (60 fps)``: beat 0 at ``offset_frames``.
+
+    >>> beat_inputs(3, 60.0, 0.0, (1.0,), fps=4).round(3).tolist()   # a beat is 4 frames
+    [[0.0, 1.0], [1.0, 0.0], [0.0, -1.0]]
+    """
+    beat = (np.arange(int(n_frames), dtype=np.float64) - offset_frames) * float(bpm) / (60.0 * fps)
+    angles = 2.0 * np.pi * beat[:, None] / np.asarray(periods, dtype=np.float64)[None, :]
+    out = np.empty((int(n_frames), 2 * len(periods)), dtype=np.float32)
+    out[:, 0::2], out[:, 1::2] = np.sin(angles), np.cos(angles)
+    return out
+
+
+def placement_envelope(placement: np.ndarray, settings) -> np.ndarray:
+    """:func:`onset_envelope` ``[T]`` of a song's padded placement features (``[T + 2 pad, n_ffts, n_mels]``).
+
+    The middle FFT size (2048 at the defaults: librosa's onset resolution) of the
+    song frames; ``settings`` is the store's :class:`~mapkit.settings.FeatureSettings`.
+    """
+    column = len(settings.placement_n_ffts) // 2
+    return onset_envelope(settings.unpad("placement", placement)[:, column])
+
+
+def song_beat_inputs(envelope: np.ndarray, periods=BEAT_INPUT_PERIODS, fps: float = FPS) -> np.ndarray:
+    """:func:`beat_inputs` of a song from its onset envelope: :func:`estimate_tempo`, then :func:`beat_offset`.
+
+    What stage 1 reads with ``PlacementConfig.beat_periods`` in training, validation and generation alike.
+    """
+    if not len(periods):
+        return np.zeros((len(envelope), 0), dtype=np.float32)
+    bpm = estimate_tempo(envelope, fps)
+    return beat_inputs(len(envelope), bpm, beat_offset(envelope, bpm, fps), periods, fps)
+
+
 def local_tempi(envelope: np.ndarray, bpm: float, fps: float = FPS, window_s: float = LOCAL_WINDOW_S,
                 hop_s: float = LOCAL_HOP_S, step_bpm: float = 0.25,
                 band: float = LOCAL_BAND) -> tuple[np.ndarray, np.ndarray]:

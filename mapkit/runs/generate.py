@@ -58,7 +58,7 @@ import numpy as np
 from mapkit.writers.beatmap import difficulty_json, dumps, info_json_levels
 from mapkit.errors import MapkitError
 from mapkit.writers.files import write_level
-from mapkit.preprocess.beats import SNAP_DIVISIONS, estimate_tempo_map, onset_envelope, short_beats, snap_beats
+from mapkit.preprocess.beats import SNAP_DIVISIONS, estimate_tempo_map, placement_envelope, short_beats, snap_beats
 from mapkit.preprocess.notes import BOMB
 from mapkit.preprocess.object_decoding import GENERATED_KINDS
 from mapkit.preprocess.targets import notes_from_states
@@ -602,9 +602,7 @@ def _song_tempo(source, feats, settings, format: str):
     """The level's tempo map from the placement features, and the song.egg bytes and audio-data regions when
     ``format`` needs them (v4: the map is that of the regions, whose starts lie on whole samples of song.egg;
     they are written as made, so the level reads back with exactly this map); else ``(tempo, None, None)``."""
-    # the middle FFT size (2048) of the placement features: librosa's default onset resolution
-    column = len(settings.placement_n_ffts) // 2
-    tempo = estimate_tempo_map(onset_envelope(settings.unpad("placement", feats.placement)[:, column]), settings.fps)
+    tempo = estimate_tempo_map(placement_envelope(feats.placement, settings), settings.fps)
     if format != "v4":
         return tempo, None, None
     egg = song_egg(source)
@@ -654,13 +652,14 @@ def _note_probabilities(placement_model, p_setup: PlacementSetup, placement: np.
     import torch
 
     from mapkit.preprocess.difficulties import DIFFICULTY_INDEX
-    from mapkit.train.ddc import predict_probabilities
+    from mapkit.train.ddc import predict_probabilities, song_beat
 
     placement_model.eval()
     with torch.inference_mode():
         return predict_probabilities(placement_model, placement, DIFFICULTY_INDEX[difficulty], p_setup.mean,
                                      p_setup.std, p_setup.feature_settings.silence_value, window=p_setup.window,
-                                     device=next(placement_model.parameters()).device, classes=classes)
+                                     device=next(placement_model.parameters()).device, classes=classes,
+                                     beat=song_beat(placement_model, placement, p_setup.feature_settings))
 
 
 def _note_beats(probs, th: float, p_setup: PlacementSetup, tempo: TempoMap, duration_s: float, snap: bool):

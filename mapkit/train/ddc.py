@@ -78,14 +78,21 @@ class DDCConfig(TrainConfig):
             raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got {self.targets!r}")
 
 
-def ddc_config(preset: str = "default", **overrides) -> DDCConfig:
+def ddc_config(preset: str = "default", beat_phase: bool | None = None, **overrides) -> DDCConfig:
     """A :class:`DDCConfig` with the model of ``preset`` ("tiny" or "default") and ``overrides``.
 
-    ``tiny`` also uses small batches and a short warm-up, for tests and CPUs.
+    ``tiny`` also uses small batches and a short warm-up, for tests and CPUs. ``beat_phase`` True gives the
+    model the beat-phase inputs of :data:`~mapkit.preprocess.beats.BEAT_INPUT_PERIODS`.
     """
+    import dataclasses
+
+    from mapkit.preprocess.beats import BEAT_INPUT_PERIODS
+
     if preset not in PLACEMENT_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PLACEMENT_PRESETS)}")
     base = {"model": PLACEMENT_PRESETS[preset]}
+    if beat_phase is not None:
+        base["model"] = dataclasses.replace(base["model"], beat_periods=BEAT_INPUT_PERIODS if beat_phase else ())
     if preset == "tiny":
         base.update(batch_size=16, warmup_steps=20, lr=3e-3, log_every=10)
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -121,7 +128,7 @@ def window_starts(n_frames: int, window: int, margin: int = 0) -> list[tuple[int
 
 def predict_probabilities(model, placement, difficulty: int, mean, std, silence: float, window: int = 100,
                           batch_size: int = 64, device="cpu", autocast=None, classes: bool = False,
-                          margin: int = 0) -> np.ndarray:
+                          margin: int = 0, beat: np.ndarray | None = None) -> np.ndarray:
     """Per-frame note probability ``[T]`` of a whole song, in windows as in training.
 
     The song's frames are cut into windows of ``window`` output frames
@@ -156,6 +163,8 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
         Overlap margin of the windows (see :func:`window_starts`), ``0 <= 2 * margin < window``.
         0 (the default, and what validation, ``bench/onsets.py`` and ``mapkit generate`` use):
         back-to-back windows.
+    beat : np.ndarray [T, model.config.beat_inputs], optional
+        The song's beat-phase inputs (:func:`song_beat`); required when the model reads them.
 
     Returns
     -------
@@ -169,6 +178,13 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
     if n_frames < window:
         pad = np.full((window - n_frames,) + x.shape[1:], (silence - mean) / std, dtype=np.float32)
         x = np.concatenate([x, pad])
+    beat_rows = None
+    if model.config.beat_inputs:
+        beat_rows = np.zeros((max(n_frames, window), model.config.beat_inputs), dtype=np.float32)
+        if beat is None or len(beat) != n_frames:
+            raise ValueError(f"this model reads the beat phase: give beat [{n_frames}, {model.config.beat_inputs}] "
+                             f"(song_beat), got {None if beat is None else np.shape(beat)}")
+        beat_rows[:n_frames] = beat
     windows = window_starts(n_frames, window, margin)
     onsets = np.zeros(max(n_frames, window), dtype=np.float32)
     per_class = np.zeros((max(n_frames, window), model.config.n_classes), dtype=np.float32) if classes else None
@@ -177,8 +193,9 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
         chunk = windows[i: i + batch_size]
         xb = torch.from_numpy(np.stack([x[s: s + rows] for s, _, _ in chunk])).to(device)
         db = torch.full((len(chunk),), int(difficulty), dtype=torch.int64, device=device)
+        bb = None if beat_rows is None else torch.from_numpy(np.stack([beat_rows[s: s + window] for s, _, _ in chunk])).to(device)
         with torch.no_grad(), (autocast() if autocast else torch.autocast("cpu", enabled=False)):
-            y, c = model(xb, db, return_classes=True) if classes else (model(xb, db), None)
+            y, c = model(xb, db, return_classes=True, beat=bb) if classes else (model(xb, db, beat=bb), None)
             p = torch.sigmoid(y.float()).cpu().numpy()
             pc = torch.sigmoid(c.float()).cpu().numpy() if classes else None
         for j, (s, lo, hi) in enumerate(chunk):  # in order: a later window overwrites the frames it shares
@@ -188,6 +205,16 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
     if classes == "both":
         return onsets[:n_frames], per_class[:n_frames]
     return per_class[:n_frames] if classes else onsets[:n_frames]
+
+
+def song_beat(model, placement, feature_settings: FeatureSettings) -> np.ndarray | None:
+    """The beat-phase inputs ``model`` reads for a song (its padded placement features), or None when it reads none."""
+    from mapkit.preprocess.beats import placement_envelope, song_beat_inputs
+
+    if not model.config.beat_inputs:
+        return None
+    return song_beat_inputs(placement_envelope(placement, feature_settings), model.config.beat_periods,
+                            feature_settings.fps)
 
 
 class DDCStage(Stage):
@@ -221,7 +248,7 @@ class DDCStage(Stage):
                                 + "; ".join(mismatches) + "): train with the settings the store was extracted with")
         kw = dict(stats=stats, window=c.window, context=c.model.context, characteristic=c.characteristic,
                   difficulties=c.difficulties, seed=seed, feature_settings=self.feature_settings,
-                  exclude_flagged=c.exclude_flagged, realign=c.realign)
+                  exclude_flagged=c.exclude_flagged, realign=c.realign, beat_periods=c.model.beat_periods)
         kw["frame_events"] = self.events
         self.train_dataset = PlacementDataset(self.store, train_songs, jitter=True, **kw)
         self.val_dataset = PlacementDataset(self.store, val_songs, jitter=False, **kw) if val_songs else None
@@ -252,10 +279,10 @@ class DDCStage(Stage):
         if self.events:
             from mapkit.train.events import event_loss
 
-            logits, event_logits = model(features, batch["difficulty"], return_classes=True)
+            logits, event_logits = model(features, batch["difficulty"], return_classes=True, beat=batch.get("beat"))
             onset = onset_loss(logits.float(), batch["frame_class"], self.pos_weight, mask, **widen)
             return onset + event_loss(event_logits, batch["frame_events"], mask, self.event_pos_weight)
-        logits = model(features, batch["difficulty"])
+        logits = model(features, batch["difficulty"], beat=batch.get("beat"))
         # Padded frames of songs shorter than a window carry no target (the mask).
         return onset_loss(logits.float(), batch["frame_class"], self.pos_weight, mask, **widen)
 
@@ -279,7 +306,7 @@ class DDCStage(Stage):
         for li, level in enumerate(ds.levels):
             raw = ds._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
             p = predict_probabilities(model, raw, level.difficulty_index, ds.mean, ds.std, float(ds.silence),
-                                      c.window, c.eval_batch_size, device, autocast)
+                                      c.window, c.eval_batch_size, device, autocast, beat=self._beat(li))
             classes = ds.level_classes(li)
             probs.append(p)
             truths.append(np.flatnonzero(classes > 0))
@@ -312,6 +339,10 @@ class DDCStage(Stage):
             metrics.update(self._event_metrics(model, device, autocast))
         return metrics
 
+    def _beat(self, li: int):
+        """Validation level ``li``'s beat-phase inputs, or None for a model without them."""
+        return self.val_dataset.level_beat(li) if self.val_dataset.beat_periods else None
+
     def _event_metrics(self, model, device, autocast) -> dict:
         """Per-channel frame F1 of the class head over the validation levels (mapkit.train.events)."""
         from mapkit.train.events import channel_counts, channel_metrics
@@ -321,7 +352,8 @@ class DDCStage(Stage):
         for li, level in enumerate(ds.levels):
             raw = ds._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
             p = predict_probabilities(model, raw, level.difficulty_index, ds.mean, ds.std, float(ds.silence),
-                                      c.window, c.eval_batch_size, device, autocast, classes=True)
+                                      c.window, c.eval_batch_size, device, autocast, classes=True,
+                                      beat=self._beat(li))
             truth = ds.level_frame_events(li)
             counts = counts + channel_counts(p, truth)
             probs.append(p)
@@ -380,4 +412,4 @@ def train_ddc(store, out_dir="mapkit-runs/ddc", config: DDCConfig | None = None,
     return fit(DDCStage(store, config), store, out_dir, config, options)
 
 
-__all__ = ["DDCConfig", "DDCStage", "ddc_config", "predict_probabilities", "train_ddc", "window_starts"]
+__all__ = ["DDCConfig", "DDCStage", "ddc_config", "predict_probabilities", "song_beat", "train_ddc", "window_starts"]

@@ -77,6 +77,9 @@ class PlacementConfig(Settings):
     dropout: float = 0.5
     #: size of an optional multi-class head (5: empty, red, blue, both, bombs); 0 = none
     n_classes: int = 0
+    #: beat periods (beats) whose phase (sin, cos) every frame also reads, from the song's estimated tempo and
+    #: first beat (mapkit.preprocess.beats.song_beat_inputs); () = none
+    beat_periods: tuple = ()
 
     def __post_init__(self):
         if not (len(self.conv_filters) == len(self.conv_time_kernels) == len(self.conv_mel_kernels)):
@@ -103,6 +106,11 @@ class PlacementConfig(Settings):
         for k in self.conv_mel_kernels:
             m = (m - k + 1) // self.pool_mel
         return m
+
+    @property
+    def beat_inputs(self) -> int:
+        """Beat-phase inputs per frame: ``sin`` and ``cos`` per beat period."""
+        return 2 * len(self.beat_periods)
 
     @property
     def frame_features(self) -> int:
@@ -162,7 +170,7 @@ class PlacementModel(nn.Module):
             self.dense = nn.Dropout(c.dropout)
             lstm_in = c.frame_features
         self.difficulty = nn.Embedding(c.n_difficulties, c.difficulty_dim)
-        self.lstm = nn.LSTM(lstm_in + c.difficulty_dim, c.lstm_units, num_layers=c.lstm_layers, batch_first=True,
+        self.lstm = nn.LSTM(lstm_in + c.difficulty_dim + c.beat_inputs, c.lstm_units, num_layers=c.lstm_layers, batch_first=True,
                             bidirectional=c.bidirectional, dropout=c.dropout if c.lstm_layers > 1 else 0.0)
         lstm_out = c.lstm_units * (2 if c.bidirectional else 1)
         self.head_dropout = nn.Dropout(c.dropout)
@@ -192,7 +200,8 @@ class PlacementModel(nn.Module):
         y = y.unfold(2, c.context_rows, 1)  # [B, C, L, M, rows]
         return y.permute(0, 2, 1, 4, 3).reshape(features.shape[0], n_out, c.frame_features)
 
-    def forward(self, features: torch.Tensor, difficulty: torch.Tensor, return_classes: bool = False):
+    def forward(self, features: torch.Tensor, difficulty: torch.Tensor, return_classes: bool = False,
+                beat: torch.Tensor | None = None):
         """Onset logits of every output frame.
 
         Parameters
@@ -203,6 +212,8 @@ class PlacementModel(nn.Module):
             Difficulty index, 0..4 = Easy..ExpertPlus.
         return_classes : bool
             Also return the multi-class logits (needs ``config.n_classes > 0``).
+        beat : torch.Tensor [B, L, config.beat_inputs] float32, optional
+            The beat phase of every output frame (needed when ``config.beat_periods``).
 
         Returns
         -------
@@ -213,7 +224,13 @@ class PlacementModel(nn.Module):
         """
         x = self.dense(self.frame_features(features))
         d = self.difficulty(difficulty)[:, None, :].expand(-1, x.shape[1], -1)
-        h, _ = self.lstm(torch.cat([x, d], dim=-1))
+        inputs = [x, d]
+        if self.config.beat_inputs:
+            if beat is None or beat.shape != (*x.shape[:2], self.config.beat_inputs):
+                raise ValueError(f"this model reads the beat phase: expected beat [B, {x.shape[1]}, "
+                                 f"{self.config.beat_inputs}], got {None if beat is None else list(beat.shape)}")
+            inputs.append(beat)
+        h, _ = self.lstm(torch.cat(inputs, dim=-1))
         h = self.head_dropout(h)
         onset = self.onset_head(h).squeeze(-1)
         if not return_classes:

@@ -89,3 +89,37 @@ def test_short_beats_keep_every_note_on_its_frame():
     assert out.tolist() == [3.8, 0.5, 1.0]
     seconds = TempoMap.constant(120.0).seconds
     assert np.array_equal(frame_of(seconds(out)), frame_of(seconds(beats)))
+
+
+@pytest.mark.parametrize("bpm, offset", [(100.0, 0.237), (128.37, 0.05), (141.23, 0.4)])
+def test_beat_offset_finds_the_first_beat_of_a_click_track(bpm, offset):
+    from mapkit.preprocess.beats import beat_offset
+
+    env = onset_envelope(placement_features(click_track(bpm, 10.0, offset), SR)[7:-7, 1].astype(np.float16))
+    period = 6000.0 / bpm
+    found = beat_offset(env, bpm)
+    assert 0.0 <= found < period
+    # frames of 10 ms; the 2048-point window centred on a frame hears a click up to 2 frames before it
+    assert -2.5 <= found - offset * 100.0 <= 1.0
+
+
+def test_beat_inputs_are_the_phase_of_each_period():
+    from mapkit.preprocess.beats import beat_inputs
+
+    x = beat_inputs(200, 120.0, 10.0, (0.5, 1.0, 2.0))  # a beat every 50 frames from frame 10
+    assert x.shape == (200, 6) and x.dtype == np.float32
+    beats = (np.arange(200) - 10.0) / 50.0
+    for k, period in enumerate((0.5, 1.0, 2.0)):
+        assert np.allclose(x[:, 2 * k], np.sin(2 * np.pi * beats / period), atol=1e-6)
+        assert np.allclose(x[:, 2 * k + 1], np.cos(2 * np.pi * beats / period), atol=1e-6)
+    assert np.allclose(x[[10, 60, 110, 160], 3], 1.0)  # cos of the beat phase is 1 on every beat
+
+
+def test_song_beat_inputs_peak_on_the_clicks():
+    from mapkit.preprocess.beats import song_beat_inputs
+
+    env = onset_envelope(placement_features(click_track(120.0, 10.0, 0.3), SR)[7:-7, 1].astype(np.float16))
+    x = song_beat_inputs(env)
+    clicks = frame_of(np.arange(0.3, 9.9, 0.5))
+    assert np.all(x[clicks, 3] > 0.95)  # beat-period cosine near 1 on every click
+    assert song_beat_inputs(env, ()).shape == (len(env), 0)

@@ -177,6 +177,13 @@ def test_ddc_learns_onsets_far_above_chance(store, tmp_path, capsys):
         assert report["baseline"][d]["levels"] == report["model"][d]["levels"] > 0
         assert set(report["baseline_settings"][d]) == {"threshold", "shift"}
     assert report["baseline"]["all"]["f1@2"] > 0.5  # the demo's hits are sharp onsets
+    assert report["model_realigned"] == report["model"]  # never audited: no lag to move the notes by
+    assert report["baseline_realigned"] == report["baseline"]
+    assert report["thresholds"] == {d: ckpt["peak_picking"]["thresholds"][d] for d in thresholds}
+    retuned = stage1_report(store, out / "last.pt", tolerances=(2,), baseline=False, thresholds="train")
+    assert set(retuned["thresholds"]) == set(thresholds) and 0.0 <= retuned["model"]["all"]["f1@2"] <= 1.0
+    with pytest.raises(ValueError, match="thresholds"):
+        stage1_report(store, out / "last.pt", thresholds="held-out")
     spec = importlib.util.spec_from_file_location("bench_onsets", Path(__file__).parents[2] / "bench" / "onsets.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -343,3 +350,30 @@ def test_onsets_and_event_probabilities_come_from_the_same_forward_passes():
     np.testing.assert_array_equal(onsets, predict_probabilities(*args, window=100))
     np.testing.assert_array_equal(classes, predict_probabilities(*args, window=100, classes=True))
     assert not np.allclose(onsets, classes[:, 0])  # two heads, two different answers
+
+
+def test_beat_phase_model_trains_reads_the_phase_and_reports(store, tmp_path):
+    out = tmp_path / "beat"
+    result = CliRunner().invoke(main, ["train", "ddc", "--store", str(store), "--out", str(out), "--preset", "tiny",
+                                       "--max-steps", "6", "--eval-every", "6", "--val-song", VAL_SONG,
+                                       "--beat-phase", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    model, ckpt = load_checkpoint(out / "last.pt", "cpu")
+    assert model.config.beat_periods == (0.5, 1.0, 2.0) and model.config.beat_inputs == 6
+    setup = PlacementSetup.from_checkpoint(ckpt, out / "last.pt")
+    ds = PlacementDataset(store, [VAL_SONG], stats=ckpt["stats"], jitter=False, beat_periods=model.config.beat_periods,
+                          feature_settings=setup.feature_settings)
+    item = ds[0]
+    assert item["beat"].shape == (ds.window, 6)
+    assert np.array_equal(item["beat"][: int(item["mask"].sum())].numpy(), ds.level_beat(0)[: int(item["mask"].sum())])
+    raw = ds.level_features(0) * ds.std + ds.mean
+    args = (model, raw, 0, ds.mean, ds.std, float(ds.silence), setup.window)
+    with pytest.raises(ValueError, match="beat phase"):
+        predict_probabilities(*args)
+    model.eval()
+    with_phase = predict_probabilities(*args, beat=ds.level_beat(0))
+    shifted = predict_probabilities(*args, beat=np.roll(ds.level_beat(0), 13, axis=0))
+    assert with_phase.shape == (ds.levels[0].n_frames,) and not np.allclose(with_phase, shifted)
+    ds.close()
+    report = stage1_report(store, out / "last.pt", baseline=False)
+    assert report["model"]["all"]["levels"] >= 1

@@ -59,3 +59,13 @@ def test_reports_score_the_levels_the_run_validated_on():
     assert _level_filters(run) == {"characteristic": "OneSaber", "difficulties": ["Expert"], "exclude_flagged": True}
     older = {"train_config": json.dumps({"lr": 1e-3})}  # a run saved before the filters existed
     assert _level_filters(older) == {"characteristic": "Standard", "difficulties": None, "exclude_flagged": False}
+
+
+def test_realigned_truth_moves_notes_by_the_audit_lag_and_drops_those_outside_the_song():
+    from mapkit.datasets.torch_datasets import LevelRef
+    from mapkit.train.reference import _moved
+
+    level = LevelRef("s", "Standard", "Expert", 100, "f", "g", "t", "levels/s/Standard/Expert", lag_frames=3)
+    assert _moved(np.array([2, 10, 99]), level).tolist() == [7, 96]  # notes 30 ms late sit 3 frames earlier
+    early = LevelRef("s", "Standard", "Expert", 100, "f", "g", "t", "levels/s/Standard/Expert", lag_frames=-2)
+    assert _moved(np.array([0, 50, 98]), early).tolist() == [2, 52]
