@@ -436,9 +436,11 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         band = None if threshold is not None else _density_band(object_priors, difficulty)
         t, p = sampling_for(difficulty, temperature, top_p) if sampling else (None, None)
         variety = _variety_band(object_priors, difficulty) if _is_default(top_p) else None
+        nps = _nps_band(object_priors, difficulty) if band is not None else None
         th, *made, event_probs, used = _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo,
                                               difficulty, thresholds[difficulty], snap, timings=own, density=band,
-                                              events=events, variety=variety, temperature=t, top_p=p, **decoding)
+                                              events=events, variety=variety, nps=nps, temperature=t, top_p=p,
+                                              **decoding)
         p, moved_from = used, (p if used != p else None)
         chart = GeneratedDifficulty(difficulty, _beatmap_filename(difficulty), th, *made, timings=own,
                                     validated_threshold=thresholds[difficulty],
@@ -510,13 +512,15 @@ def _beatmap_filename(difficulty: str) -> str:
 
 
 def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, difficulty: str, th: float,
-           snap: bool, timings: dict, density=None, events: bool = False, variety=None, **decoding) -> tuple:
+           snap: bool, timings: dict, density=None, events: bool = False, variety=None, nps=None,
+           **decoding) -> tuple:
     """One difficulty, stage 1 to stage 2: ``(threshold used, notes, peak frames, snapped, score, flow
     violations, event probabilities, top-p used)``; its stage times are added to ``timings``. With a
     ``density`` band (note times per second) the threshold moves from ``th`` as little as it can to bring the
     level inside it (:mod:`~mapkit.preprocess.density`); with a ``variety`` band the top-p moves
-    (:func:`_varied_states`). ``events``: also the event head's ``[T, K]`` probabilities (same forward
-    passes), else None."""
+    (:func:`_varied_states`); with an ``nps`` band (colour notes per second) a level above it is made once more
+    from proportionally fewer note times (:func:`_fewer_note_times`). ``events``: also the event head's
+    ``[T, K]`` probabilities (same forward passes), else None."""
     from mapkit.preprocess.density import threshold_for_density
 
     with _timed(timings, "stage1"):
@@ -535,7 +539,34 @@ def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, dif
 
         top_p = decoding.get("top_p")
         (notes, score, violations), top_p = _varied_states(decode, top_p, variety, difficulty, feats.duration_s)
+    fewer = _fewer_note_times(probs, th, notes, len(frames), difficulty, feats.duration_s, nps, p_setup)
+    if fewer is not None:
+        with _timed(timings, "peaks"):
+            th = fewer
+            frames, beats, snapped = _note_beats(probs, th, p_setup, tempo, feats.duration_s, snap)
+        with _timed(timings, "stage2"):
+            notes, score, violations = decode(top_p)
     return th, notes, frames, snapped, score, violations, event_probs, top_p
+
+
+def _fewer_note_times(probs, th: float, notes, n_times: int, difficulty: str, duration_s: float, nps,
+                      p_setup) -> float | None:
+    """The higher threshold that leaves ``high / nps_mean`` of the ``n_times`` note times, when the level's
+    colour notes per second (``evaluate``'s ``nps_mean``) lie above the ``nps`` band's ``high``; else None.
+
+    The density band holds note *times*; stage 2 then decides how many notes each holds, so a level with
+    many double notes can leave the human band of notes per second. One correction, proportional."""
+    from mapkit.preprocess.density import threshold_for_density
+    from mapkit.preprocess.quality import level_metrics
+
+    if not nps or not n_times:
+        return None
+    rate = float(level_metrics(notes, difficulty, duration_s).values["nps_mean"])
+    if not rate > nps[1]:
+        return None
+    target = n_times / max(duration_s, 1e-9) * nps[1] / rate
+    moved = threshold_for_density(probs, th, (0.0, target), duration_s, p_setup.min_gap_frames, p_setup.smoothing)
+    return moved if moved > th else None
 
 
 def _variety_step(notes, difficulty: str, duration_s: float, band) -> int:
@@ -589,6 +620,12 @@ def _is_default(value) -> bool:
 def _variety_band(priors, difficulty: str) -> dict | None:
     """The object model's variety band of ``difficulty`` (``variety``), or None (no model, an older one)."""
     return ((priors.difficulties.get(difficulty) or {}) if priors is not None else {}).get("variety") or None
+
+
+def _nps_band(priors, difficulty: str):
+    """The human band of colour notes per second of ``difficulty`` from the object model (``nps_band``), or None."""
+    band = ((priors.difficulties.get(difficulty) or {}) if priors is not None else {}).get("nps_band")
+    return tuple(band) if band and band[1] > 0 else None
 
 
 def _density_band(priors, difficulty: str):

@@ -111,12 +111,12 @@ def level_rows(notes: np.ndarray, objects: dict) -> dict:
 
 
 def variety_values(notes: np.ndarray, difficulty: str, duration_s: float) -> dict:
-    """The variety metrics of one stored level that generation keeps in band (:data:`VARIETY_METRICS`), as
-    ``mapkit evaluate`` computes them (:func:`~mapkit.preprocess.quality.level_metrics`)."""
+    """The metrics of one stored level that generation keeps in band (:data:`VARIETY_METRICS` and
+    ``nps_mean``), as ``mapkit evaluate`` computes them (:func:`~mapkit.preprocess.quality.level_metrics`)."""
     from mapkit.preprocess.quality import level_metrics
 
     values = level_metrics(notes, difficulty, duration_s).values
-    return {k: float(values[k]) for k in VARIETY_METRICS}
+    return {k: float(values[k]) for k in VARIETY_METRICS + ("nps_mean",)}
 
 
 def variety_band(levels: list) -> dict:
@@ -130,6 +130,15 @@ def variety_band(levels: list) -> dict:
         if values:
             out[k] = [round(float(v), 6) for v in np.percentile(values, DENSITY_PERCENTILES)]
     return out
+
+
+def nps_band(levels: list) -> list | None:
+    """``[low, high]`` colour notes per second (``evaluate``'s ``nps_mean``) of the levels, at the
+    :data:`~mapkit.preprocess.density.DENSITY_PERCENTILES`; None when no level has it."""
+    from mapkit.preprocess.density import density_band
+
+    values = [r["variety"]["nps_mean"] for _, r in levels if "nps_mean" in r.get("variety", {})]
+    return list(density_band(values)) if values else None
 
 
 def max_rates(levels: list) -> dict:
@@ -187,6 +196,7 @@ def priors_from_rows(by_difficulty: dict, source: str = "") -> ObjectPriors:
             "boost_on_share": float(bo[0] / bo[1]) if bo[1] else 0.0,
             "note_density": list(density_band([r.get("note_times", 0) / (60.0 * m) for m, r in levels if m > 0]
                                               or [0.0])),
+            "nps_band": nps_band(levels),
         }
     return ObjectPriors(out, source)
 
@@ -264,5 +274,5 @@ def load_object_priors(path) -> ObjectPriors:
 
 
 __all__ = ["DEFAULT_PRIORS", "RATE_CAP_PERCENTILE", "VARIETY_METRICS", "event_thresholds", "fit_object_priors",
-           "level_rows", "load_object_priors", "max_rates", "presence", "priors_from_rows", "training_songs", "variety_band",
+           "level_rows", "load_object_priors", "max_rates", "nps_band", "presence", "priors_from_rows", "training_songs", "variety_band",
            "variety_values"]

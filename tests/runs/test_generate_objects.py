@@ -153,3 +153,25 @@ def test_an_empty_object_model_and_a_device_torch_lacks_are_named(song, tmp_path
         r = CliRunner().invoke(main, base + ["--device", device, "--out", str(tmp_path / "b")])
         assert r.exit_code == 1 and f"--device {device}" in r.output and "Traceback" not in r.output, r.output
         assert not (tmp_path / "b").exists()
+
+
+def test_a_level_above_the_human_notes_per_second_gets_fewer_note_times(song, tmp_path):
+    from mapkit.preprocess.quality import level_metrics
+
+    placement, selection, p_ckpt, s_ckpt = event_models()
+    wide = {**PRIORS, "note_density": [0.1, 100.0]}
+    kw = dict(difficulty="Expert", out_dir=tmp_path, seed=0)
+    level = generate_level(song, placement, selection, p_ckpt, s_ckpt, object_priors=ObjectPriors({"Expert": wide}),
+                           name="free", **kw)
+    free, seconds = level.charts[0], level.duration_s
+    nps = level_metrics(free.notes, "Expert", seconds).values["nps_mean"]
+    high = nps / 2  # half the notes per second the level has without the band
+    capped = generate_level(song, placement, selection, p_ckpt, s_ckpt, name="capped",
+                            object_priors=ObjectPriors({"Expert": {**wide, "nps_band": [0.0, high]}}), **kw).charts[0]
+    assert capped.threshold > free.threshold
+    assert len(capped.peak_frames) <= len(free.peak_frames) * high / nps  # the times cut in proportion
+    assert level_metrics(capped.notes, "Expert", seconds).values["nps_mean"] < nps
+    inside = generate_level(song, placement, selection, p_ckpt, s_ckpt, name="inside",
+                            object_priors=ObjectPriors({"Expert": {**wide, "nps_band": [0.0, 2 * nps]}}),
+                            **kw).charts[0]
+    assert inside.threshold == free.threshold and np.array_equal(inside.notes, free.notes)  # in band: one pass

@@ -83,6 +83,8 @@ def test_priors_count_and_collect_every_training_level(store, tmp_path):
     for metric in ("distinct_states", "top_state_share"):  # the variety band, as evaluate measures levels
         values = [level_metrics(lv["notes"], "Expert", T / 100).values[metric] for lv in levels.values()]
         assert table["variety"][metric] == pytest.approx(list(np.percentile(values, DENSITY_PERCENTILES)), abs=1e-6)
+    nps = [level_metrics(lv["notes"], "Expert", T / 100).values["nps_mean"] for lv in levels.values()]
+    assert table["nps_band"] == pytest.approx(list(np.percentile(nps, DENSITY_PERCENTILES)), abs=1e-6)
 
 
 def test_validation_songs_are_left_out_and_the_cli_writes_the_model(store, tmp_path):
