@@ -584,10 +584,25 @@ def _variety_step(notes, difficulty: str, duration_s: float, band) -> int:
     return int(few) - int(many)
 
 
+def _band_excess(notes, difficulty: str, duration_s: float, band) -> float:
+    """How far a level lies outside the ``variety`` band: the sum over its metrics of the distance beyond the
+    nearer edge, relative to that edge (0 inside)."""
+    from mapkit.preprocess.quality import level_metrics
+
+    values = level_metrics(notes, difficulty, duration_s).values
+    total = 0.0
+    for metric, (low, high) in band.items():
+        v = float(values[metric])
+        edge, beyond = (low, low - v) if v < low else (high, v - high)
+        total += max(beyond, 0.0) / max(abs(edge), 1e-9)
+    return total
+
+
 def _varied_states(decode, top_p, band, difficulty: str, duration_s: float):
     """``(decode(p), p)``: stage 2 with ``top_p``, moved by :data:`VARIETY_STEP` (at most :data:`VARIETY_TRIES`
     times, one way) while the level lies outside the ``variety`` band of the object model; a move that
-    overshoots (the other way out) keeps the draw before it. No band or no ``top_p``: one draw."""
+    overshoots (the other way out) keeps whichever of the two draws lies nearer the band (:func:`_band_excess`;
+    the one before it on a tie). No band or no ``top_p``: one draw."""
     made = decode(top_p)
     if top_p is None or not band:
         return made, top_p
@@ -598,7 +613,10 @@ def _varied_states(decode, top_p, band, difficulty: str, duration_s: float):
             break
         again = decode(p)
         now = _variety_step(again[0], difficulty, duration_s, band)
-        if now == -step:
+        if now == -step:  # overshot: the draw that lies nearer the band
+            if _band_excess(again[0], difficulty, duration_s, band) < _band_excess(made[0], difficulty, duration_s,
+                                                                                    band):
+                made, top_p = again, p
             break
         made, top_p = again, p
         if now == 0:

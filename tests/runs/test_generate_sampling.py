@@ -93,6 +93,10 @@ def test_the_default_top_p_moves_into_the_variety_band_one_way_and_not_past_it()
     (_, _, _), p = _varied_states(decode, 0.7, {"distinct_states": [29, 29]}, "Expert", 31.0)  # 30 overshoots
     assert tried == [0.7, 0.75] and p == 0.7
     tried.clear()
+    # an overshoot keeps the draw nearer the band: 0.75's 30 layouts lie 0.5 above it, 0.7's 28 lie 1.5 below
+    (_, _, _), p = _varied_states(decode, 0.7, {"distinct_states": [29.5, 29.5]}, "Expert", 31.0)
+    assert tried == [0.7, 0.75] and p == 0.75
+    tried.clear()
     assert _varied_states(decode, 0.7, None, "Expert", 31.0)[1] == 0.7 and tried == [0.7]  # no band: one draw
 
 
