@@ -335,3 +335,28 @@ def test_default_decoding_samples_with_the_flow_constraint(song, tmp_path):
     assert len(vision_blocked(kept.notes, "Expert")) == 0
     r = CliRunner().invoke(main, ["generate", str(song / "clicks.ogg"), "--beam-size", "2", "--top-p", "0.9"])
     assert r.exit_code == 64 and "--beam-size" in r.output
+
+
+def test_a_stage_1_that_reads_the_beat_phase_generates_from_the_songs_own_beat(song, tmp_path):
+    import dataclasses
+
+    from mapkit.preprocess.beats import placement_envelope, song_beat_inputs
+    from mapkit.preprocess.features import song_features
+    from mapkit.runs.generate import _note_probabilities, _song_source
+    from mapkit.train.checkpoints import PlacementSetup
+
+    _, selection, p_ckpt, s_ckpt = tiny_models()
+    torch.manual_seed(1)
+    placement = PlacementModel(dataclasses.replace(PLACEMENT_PRESETS["tiny"], beat_periods=(0.5, 1.0, 2.0))).eval()
+    level = generate_level(song / "clicks.ogg", placement, selection, p_ckpt, s_ckpt, difficulty="Expert",
+                           out_dir=tmp_path, seed=0)
+    assert len(level.notes) > 0
+    setup = PlacementSetup.from_checkpoint(p_ckpt)
+    feats = song_features(_song_source(song / "clicks.ogg"), setup.feature_settings)
+    beat = song_beat_inputs(placement_envelope(feats.placement, setup.feature_settings), (0.5, 1.0, 2.0))
+    probs = _note_probabilities(placement, setup, feats.placement, "Expert")
+    from mapkit.train.ddc import predict_probabilities
+
+    direct = predict_probabilities(placement, feats.placement, 3, setup.mean, setup.std,
+                                   setup.feature_settings.silence_value, setup.window, beat=beat)
+    assert np.array_equal(probs, direct)  # generation reads the phase of the song's own estimated beat
