@@ -238,8 +238,8 @@ def main(argv=None):
     torch.manual_seed(0)
     pm = PlacementModel(PLACEMENT_PRESETS["default"])
     p_step = step_time(pm, lambda: (torch.randn(32, L + 2 * CONTEXT, 3, 80), torch.randint(0, 5, (32,)),
-                                    (torch.rand(32, L) < 0.05).long()),
-                       lambda m, b: onset_loss(m(b[0], b[1]), b[2], 20.0))
+                                    (torch.rand(32, L) < 0.05).long(), torch.randn(32, L, pm.config.beat_inputs)),
+                       lambda m, b: onset_loss(m(b[0], b[1], beat=b[3] if m.config.beat_inputs else None), b[2], 20.0))
     sm = SelectionModel(SELECTION_PRESETS["default"])
     V = SELECTION_PRESETS["default"].vocab_size
     s_step = step_time(sm, lambda: (torch.randn(16, 256, sm.config.src_dim).abs(), torch.randint(4, V, (16, 256))),

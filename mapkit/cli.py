@@ -786,8 +786,8 @@ def train_group():
               help="Move each level's targets onto the audio by its `mapkit audit` lag (a map 20 ms early "
                    "trains and validates on the onsets it means). Levels never audited are unchanged.")
 @click.option("--beat-phase/--no-beat-phase", default=None,
-              help="Also feed the model every frame's phase in the half beat, beat and two beats, from the song's "
-                   "estimated tempo and first beat (default: off).")
+              help="Feed the model every frame's phase in the half beat, beat and two beats, from the song's "
+                   "estimated tempo and first beat (default: the preset's; on in default, off in tiny).")
 def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, targets, realign, beat_phase, **kw):
     """Stage 1: the C-LSTM that says on which frames notes go.
 

@@ -193,9 +193,10 @@ def predict_probabilities(model, placement, difficulty: int, mean, std, silence:
         chunk = windows[i: i + batch_size]
         xb = torch.from_numpy(np.stack([x[s: s + rows] for s, _, _ in chunk])).to(device)
         db = torch.full((len(chunk),), int(difficulty), dtype=torch.int64, device=device)
-        bb = None if beat_rows is None else torch.from_numpy(np.stack([beat_rows[s: s + window] for s, _, _ in chunk])).to(device)
+        phase = {} if beat_rows is None else {
+            "beat": torch.from_numpy(np.stack([beat_rows[s: s + window] for s, _, _ in chunk])).to(device)}
         with torch.no_grad(), (autocast() if autocast else torch.autocast("cpu", enabled=False)):
-            y, c = model(xb, db, return_classes=True, beat=bb) if classes else (model(xb, db, beat=bb), None)
+            y, c = model(xb, db, return_classes=True, **phase) if classes else (model(xb, db, **phase), None)
             p = torch.sigmoid(y.float()).cpu().numpy()
             pc = torch.sigmoid(c.float()).cpu().numpy() if classes else None
         for j, (s, lo, hi) in enumerate(chunk):  # in order: a later window overwrites the frames it shares

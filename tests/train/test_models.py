@@ -302,3 +302,20 @@ def test_a_model_that_does_not_fit_the_store_features_is_named():
     assert bad == ["model context 5, store placement_pad 7", "model n_mels 64, store placement_n_mels 80"]
     assert PlacementConfig().feature_mismatches(FeatureSettings(placement_pad=9)) == [
         "model context 7, store placement_pad 9"]
+
+
+def test_a_beat_phase_model_needs_the_phase_of_every_frame_and_reads_it():
+    from mapkit.preprocess.beats import BEAT_INPUT_PERIODS
+
+    config = replace(PLACEMENT_PRESETS["tiny"], beat_periods=BEAT_INPUT_PERIODS)
+    assert config.beat_inputs == 2 * len(BEAT_INPUT_PERIODS) and PLACEMENT_PRESETS["tiny"].beat_inputs == 0
+    torch.manual_seed(0)
+    model = PlacementModel(config).eval()
+    x, d = torch.randn(2, 30 + 14, 3, 80), torch.tensor([0, 4])
+    beat = torch.randn(2, 30, config.beat_inputs)
+    for wrong in (None, beat[:, :29], beat[..., :4]):
+        with pytest.raises(ValueError, match="beat phase"):
+            model(x, d, beat=wrong)
+    out = model(x, d, beat=beat)
+    assert out.shape == (2, 30) and not torch.allclose(out, model(x, d, beat=beat.roll(7, dims=1)))
+    assert PlacementConfig.from_json(config.to_json()) == config  # checkpoints keep the periods
