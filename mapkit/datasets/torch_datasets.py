@@ -276,7 +276,7 @@ class PlacementDataset(torch.utils.data.Dataset):
         self.realign = bool(realign)
         self.beat_periods = tuple(beat_periods)
         self.feature_settings = feature_settings
-        self._beats = {}  # feature group -> [T, 2 len(beat_periods)], filled on first use
+        self._beat_grids = {}  # (feature shard, group) -> (bpm, first beat frame), filled on first use
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         store = store if isinstance(store, Store) else Store(store)
@@ -342,10 +342,7 @@ class PlacementDataset(torch.utils.data.Dataset):
                 "mask": torch.from_numpy(mask), "difficulty": torch.tensor(level.difficulty_index),
                 "level": torch.tensor(li), "start": torch.tensor(start)}
         if self.beat_periods:
-            n = int(mask.sum())
-            beat = np.zeros((self.window, 2 * len(self.beat_periods)), dtype=np.float32)
-            beat[:n] = self.level_beat(li)[start: start + n]
-            item["beat"] = torch.from_numpy(beat)
+            item["beat"] = torch.from_numpy(self.beat_window(li, start, int(mask.sum())))
         if self.frame_events:
             from mapkit.datasets.object_stream import read_frame_events
 
@@ -360,17 +357,35 @@ class PlacementDataset(torch.utils.data.Dataset):
         x = self._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
         return (x.astype(np.float32) - self.mean) / self.std
 
-    def level_beat(self, li: int) -> np.ndarray:
-        """The beat-phase inputs ``[T, 2 len(beat_periods)]`` of level ``li``'s song (computed once per song)."""
-        from mapkit.preprocess.beats import placement_envelope, song_beat_inputs
+    def beat_grid(self, li: int) -> tuple[float, float]:
+        """``(bpm, first beat frame)`` of level ``li``'s song (:func:`~mapkit.preprocess.beats.song_beat_grid`
+        of its stored features; computed once per song and process)."""
+        from mapkit.preprocess.beats import placement_envelope, song_beat_grid
 
         level = self.levels[li]
-        if level.feature_group not in self._beats:
+        key = (level.feature_shard, level.feature_group)
+        if key not in self._beat_grids:
             rows = self._handles.get(level.feature_shard, features=True)[level.feature_group]["placement"][:]
-            envelope = placement_envelope(rows, self.feature_settings)
-            self._beats[level.feature_group] = song_beat_inputs(envelope, self.beat_periods,
-                                                                self.feature_settings.fps)
-        return self._beats[level.feature_group]
+            self._beat_grids[key] = song_beat_grid(placement_envelope(rows, self.feature_settings),
+                                                   self.feature_settings.fps)
+        return self._beat_grids[key]
+
+    def beat_window(self, li: int, start: int, n: int) -> np.ndarray:
+        """The beat-phase inputs ``[L, 2 len(beat_periods)]`` of frames ``[start, start + n)`` of level ``li``
+        (zeros past ``n``, as the features' padding)."""
+        from mapkit.preprocess.beats import beat_inputs
+
+        bpm, first = self.beat_grid(li)
+        out = np.zeros((self.window, 2 * len(self.beat_periods)), dtype=np.float32)
+        out[:n] = beat_inputs(n, bpm, first - start, self.beat_periods, self.feature_settings.fps)
+        return out
+
+    def level_beat(self, li: int) -> np.ndarray:
+        """The beat-phase inputs ``[T, 2 len(beat_periods)]`` of level ``li``'s whole song."""
+        from mapkit.preprocess.beats import beat_inputs
+
+        return beat_inputs(self.levels[li].n_frames, *self.beat_grid(li), self.beat_periods,
+                           self.feature_settings.fps)
 
     def lag(self, level: LevelRef) -> int:
         """Frames the targets of ``level`` are moved by: its audit lag with ``realign``, else 0."""

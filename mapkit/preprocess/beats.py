@@ -198,15 +198,20 @@ def placement_envelope(placement: np.ndarray, settings) -> np.ndarray:
     return onset_envelope(settings.unpad("placement", placement)[:, column])
 
 
+def song_beat_grid(envelope: np.ndarray, fps: float = FPS) -> tuple[float, float]:
+    """``(bpm, first beat frame)`` of a song from its onset envelope: :func:`estimate_tempo`, then :func:`beat_offset`."""
+    bpm = estimate_tempo(envelope, fps)
+    return bpm, beat_offset(envelope, bpm, fps)
+
+
 def song_beat_inputs(envelope: np.ndarray, periods=BEAT_INPUT_PERIODS, fps: float = FPS) -> np.ndarray:
-    """:func:`beat_inputs` of a song from its onset envelope: :func:`estimate_tempo`, then :func:`beat_offset`.
+    """:func:`beat_inputs` of a whole song on its :func:`song_beat_grid`.
 
     What stage 1 reads with ``PlacementConfig.beat_periods`` in training, validation and generation alike.
     """
     if not len(periods):
         return np.zeros((len(envelope), 0), dtype=np.float32)
-    bpm = estimate_tempo(envelope, fps)
-    return beat_inputs(len(envelope), bpm, beat_offset(envelope, bpm, fps), periods, fps)
+    return beat_inputs(len(envelope), *song_beat_grid(envelope, fps), periods, fps)
 
 
 def local_tempi(envelope: np.ndarray, bpm: float, fps: float = FPS, window_s: float = LOCAL_WINDOW_S,
