@@ -138,7 +138,7 @@ class ObjectPriors:
     ``nps_band``
         ``[low, high]`` colour notes per second (``mapkit evaluate``'s ``nps_mean``) of the training
         levels, 10th and 90th percentile: a generated difficulty above ``high`` (stage 2 made many
-        double notes) gets fewer note times once (``mapkit.runs.generate``). Absent in older files.
+        double notes) is made again from fewer note times (``mapkit.runs.generate``). Absent in older files.
     ``presence``
         kind -> ``{"share", "rate", "max_rate"}``: the share of training levels with the kind, and the
         rate and cap of those levels (``mapkit.train.objects.presence``). A generated level has the

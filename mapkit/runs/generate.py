@@ -98,6 +98,9 @@ SAMPLING_BY_DIFFICULTY = {
 #: variety band (distinct states, top-state share of the training levels: ``variety``); an explicit one does not.
 VARIETY_STEP = 0.05
 VARIETY_TRIES = 2
+#: Times a level above the human band of notes per second is made again from fewer note times (each cut is
+#: proportional; the notes a time holds change with it, so one cut can fall short).
+NPS_TRIES = 2
 #: ``temperature`` / ``top_p`` value of :func:`generate_level` meaning "the difficulty's default"
 #: (:data:`SAMPLING_BY_DIFFICULTY`).
 BY_DIFFICULTY = "by-difficulty"
@@ -518,8 +521,8 @@ def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, dif
     violations, event probabilities, top-p used)``; its stage times are added to ``timings``. With a
     ``density`` band (note times per second) the threshold moves from ``th`` as little as it can to bring the
     level inside it (:mod:`~mapkit.preprocess.density`); with a ``variety`` band the top-p moves
-    (:func:`_varied_states`); with an ``nps`` band (colour notes per second) a level above it is made once more
-    from proportionally fewer note times (:func:`_fewer_note_times`). ``events``: also the event head's
+    (:func:`_varied_states`); with an ``nps`` band (colour notes per second) a level above it is made again
+    from proportionally fewer note times (:func:`_fewer_note_times`, at most :data:`NPS_TRIES` times). ``events``: also the event head's
     ``[T, K]`` probabilities (same forward passes), else None."""
     from mapkit.preprocess.density import threshold_for_density
 
@@ -539,8 +542,10 @@ def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, dif
 
         top_p = decoding.get("top_p")
         (notes, score, violations), top_p = _varied_states(decode, top_p, variety, difficulty, feats.duration_s)
-    fewer = _fewer_note_times(probs, th, notes, len(frames), difficulty, feats.duration_s, nps, p_setup)
-    if fewer is not None:
+    for _ in range(NPS_TRIES):
+        fewer = _fewer_note_times(probs, th, notes, len(frames), difficulty, feats.duration_s, nps, p_setup)
+        if fewer is None:
+            break
         with _timed(timings, "peaks"):
             th = fewer
             frames, beats, snapped = _note_beats(probs, th, p_setup, tempo, feats.duration_s, snap)
