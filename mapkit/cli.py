@@ -785,10 +785,15 @@ def train_group():
 @click.option("--realign", is_flag=True, default=None,
               help="Move each level's targets onto the audio by its `mapkit audit` lag (a map 20 ms early "
                    "trains and validates on the onsets it means). Levels never audited are unchanged.")
+@_preset_option("--gain-db", field="gain_db", type=click.FloatRange(min=0.0),
+                help="Training augmentation: a random gain of up to +-this many dB per window (0 = off).")
+@_preset_option("--mel-shift", "mel_shift_bins", field="mel_shift_bins", type=click.IntRange(min=0),
+                help="Training augmentation: a random shift of up to +-this many mel bins per window (0 = off).")
 @click.option("--beat-phase/--no-beat-phase", default=None,
               help="Feed the model every frame's phase in the half beat, beat and two beats, from the song's "
                    "estimated tempo and first beat (default: the preset's; on in default, off in tiny).")
-def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, targets, realign, beat_phase, **kw):
+def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, targets, realign, beat_phase, gain_db,
+                      mel_shift_bins, **kw):
     """Stage 1: the C-LSTM that says on which frames notes go.
 
     Trains on windows of placement features (+-7 context frames) with the
@@ -807,7 +812,8 @@ def train_ddc_command(out, window, pos_weight, smoothing, min_gap_frames, target
     from mapkit.train.ddc import ddc_config, train_ddc
 
     _run_training(train_ddc, ddc_config, out, kw, window=window, pos_weight=pos_weight, smoothing=smoothing,
-                  min_gap_frames=min_gap_frames, targets=targets, realign=realign, beat_phase=beat_phase)
+                  min_gap_frames=min_gap_frames, targets=targets, realign=realign, beat_phase=beat_phase,
+                  gain_db=gain_db, mel_shift_bins=mel_shift_bins)
 
 
 @train_group.command("objects", short_help="The object model of generate: walls, arcs, chains, lights.")

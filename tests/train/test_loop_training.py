@@ -356,9 +356,12 @@ def test_beat_phase_model_trains_reads_the_phase_and_reports(store, tmp_path):
     out = tmp_path / "beat"
     result = CliRunner().invoke(main, ["train", "ddc", "--store", str(store), "--out", str(out), "--preset", "tiny",
                                        "--max-steps", "6", "--eval-every", "6", "--val-song", VAL_SONG,
-                                       "--beat-phase", "--device", "cpu", "--no-progress"])
+                                       "--beat-phase", "--realign", "--gain-db", "3", "--mel-shift", "1",
+                                       "--device", "cpu", "--no-progress"])
     assert result.exit_code == 0, result.output
     model, ckpt = load_checkpoint(out / "last.pt", "cpu")
+    config = json.loads(ckpt["train_config"])
+    assert (config["realign"], config["gain_db"], config["mel_shift_bins"]) == (True, 3.0, 1)
     assert model.config.beat_periods == (0.5, 1.0, 2.0) and model.config.beat_inputs == 6
     setup = PlacementSetup.from_checkpoint(ckpt, out / "last.pt")
     ds = PlacementDataset(store, [VAL_SONG], stats=ckpt["stats"], jitter=False, beat_periods=model.config.beat_periods,
