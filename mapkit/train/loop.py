@@ -71,7 +71,7 @@ RESUMABLE_CHANGES = frozenset({"max_steps", "epochs", "checkpoint_every", "eval_
 #: Validations per run when ``eval_every`` is None (evenly spaced; the curves get this many points).
 EVAL_POINTS = 20
 #: Validation keys that are not metrics (not plotted): counts and chosen settings.
-NOT_METRICS = frozenset({"step", "epoch", "time", "elapsed_s", "tokens", "threshold"})
+NOT_METRICS = frozenset({"step", "epoch", "time", "elapsed_s", "cpu_s", "tokens", "threshold"})
 #: Environment variable and default (minutes) of the DDP collective timeout (:func:`dist_timeout`).
 DIST_TIMEOUT_ENV, DEFAULT_DIST_TIMEOUT_MIN = "MAPKIT_DIST_TIMEOUT_MIN", 120.0
 
@@ -873,6 +873,12 @@ def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its children that have exited (DataLoader workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOptions = RunOptions()) -> TrainResult:
     """Train ``stage`` on ``store`` into ``out_dir`` (see the module docstring).
 
@@ -992,7 +998,7 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
             model.train()
         return metrics
 
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), cpu_seconds()
     bar = progress_bar(total=total_steps, initial=step, desc=f"train {stage.name}", unit="step",
                        disable=not (options.progress and dist_info.main), dynamic_ncols=True)
     loss_sum, loss_n = 0.0, 0
@@ -1041,7 +1047,8 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
                 if log is not None and (step % config.log_every == 0 or done):
                     log.write({"split": "train", "step": step, "epoch": epoch, "loss": loss_sum / loss_n,
                                "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                               "elapsed_s": round(time.monotonic() - started, 3)})
+                               "elapsed_s": round(time.monotonic() - started, 3),
+                               "cpu_s": round(cpu_seconds() - cpu_started, 3)})
                     loss_sum, loss_n = 0.0, 0
                 # Collective, so on every rank at the same steps: the RNG states of all ranks for checkpoints.
                 rngs = (_all_gather_object(_rng_state(), dist_info)
@@ -1081,7 +1088,7 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
                 for record in stage.final_records(model, device, autocast):
                     log.write({"step": step, "epoch": epoch, **record})
         log.write({"split": "end", "step": step, "epoch": epoch, "rank_parameter_digests": digests,
-                   "elapsed_s": round(time.monotonic() - started, 3)})
+                   "elapsed_s": round(time.monotonic() - started, 3), "cpu_s": round(cpu_seconds() - cpu_started, 3)})
         if len(set(digests)) > 1:
             raise TrainingError(out_dir, f"the ranks' weights differ after training: {digests}")
         plot_path = plot_metrics(metrics_path, out_dir / PLOT_FILE, stage.metric, stage.maximize)

@@ -381,3 +381,13 @@ def test_beat_phase_model_trains_reads_the_phase_and_reports(store, tmp_path):
     ds.close()
     report = stage1_report(store, out / "last.pt", baseline=False)
     assert report["model"]["all"]["levels"] >= 1
+
+
+def test_the_log_holds_cpu_seconds_beside_wall_seconds(store, tmp_path):
+    config = ddc_config("tiny", max_steps=4, log_every=2, eval_every=4, val_songs=(VAL_SONG,))
+    train_ddc(store, tmp_path / "run", config, QUIET)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in rows if r.get("split") in ("train", "end")]
+    cpu = [r["cpu_s"] for r in timed]
+    assert len(timed) == 3 and cpu[0] > 0 and cpu == sorted(cpu)
+    assert all(r["cpu_s"] <= 2.5 * r["elapsed_s"] + 0.5 for r in timed)  # one thread: CPU cannot outrun wall time by far
