@@ -630,11 +630,36 @@ class RunReport:
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
+def merged_reason(reasons: list[str]) -> str:
+    """One line for reasons that differ only in their numbers: each number becomes the range it spans.
+
+    >>> merged_reason(["offset +37 frames", "offset +5 frames", "offset +12 frames"])
+    'offset +5–37 frames'
+    >>> merged_reason(["covers 18 % of the song"])
+    'covers 18 % of the song'
+    """
+    first = reasons[0]
+    if all(r == first for r in reasons):
+        return first
+    slots = [[float(n) for n in _NUMBER.findall(r)] for r in reasons]
+    texts = [_NUMBER.findall(r) for r in reasons]
+    pieces = _NUMBER.split(first)
+    out = [pieces[0]]
+    for k in range(len(pieces) - 1):
+        low = min(range(len(reasons)), key=lambda i: slots[i][k])
+        high = max(range(len(reasons)), key=lambda i: slots[i][k])
+        a, b = texts[low][k], texts[high][k]
+        out.append(a if slots[low][k] == slots[high][k] else f"{a}–{b}")
+        out.append(pieces[k + 1])
+    return "".join(out)
+
+
 def reason_lines(items, max_reasons: int = 8, max_named: int = 3) -> list[str]:
     """Lines ``  failed ×4: <reason>: a, b, c and 1 more`` for failed and quarantined items.
 
-    Items whose reasons differ only in their numbers share a line (the first
-    one's reason is shown); groups are listed most frequent first.
+    Items whose reasons differ only in their numbers share a line, each number
+    shown as the range the group spans (:func:`merged_reason`); groups are
+    listed most frequent first.
     """
     groups: dict = {}
     for r in items:
@@ -645,7 +670,8 @@ def reason_lines(items, max_reasons: int = 8, max_named: int = 3) -> list[str]:
     for group in ordered[:max_reasons]:
         names = ", ".join(r.song_id for r in group[:max_named])
         more = f" and {len(group) - max_named} more" if len(group) > max_named else ""
-        reason = group[0].reason if len(group[0].reason) <= 200 else group[0].reason[:197] + "..."
+        reason = merged_reason([r.reason for r in group])
+        reason = reason if len(reason) <= 200 else reason[:197] + "..."
         lines.append(f"  {group[0].status} \u00d7{len(group)}: {reason}: {names}{more}")
     if len(ordered) > max_reasons:
         lines.append(f"  ... and {plural(len(ordered) - max_reasons, 'other reasons')} (see the report)")

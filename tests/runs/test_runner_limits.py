@@ -281,3 +281,18 @@ def test_the_commands_stop_on_a_signal_outside_the_work_too():
         time.sleep(5)
     assert e.value.exit_code == 143
     assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_summary_line_shows_the_range_of_the_numbers_its_reasons_differ_in():
+    from types import SimpleNamespace
+
+    from mapkit.runs.runner import merged_reason, reason_lines
+
+    items = [SimpleNamespace(status="quarantined", reason=f"wall at beat {b} lies beyond the audio ({s} s)",
+                             song_id=f"song-{i}") for i, (b, s) in enumerate([(412, 180.5), (97, 61.25), (230, 95.0)])]
+    items.append(SimpleNamespace(status="failed", reason="not a file", song_id="odd"))
+    lines = reason_lines(items)
+    assert lines[0] == ("  quarantined \u00d73: wall at beat 97\u2013412 lies beyond the audio (61.25\u2013180.5 s): "
+                        "song-0, song-1, song-2")
+    assert lines[1] == "  failed \u00d71: not a file: odd"
+    assert merged_reason(["only 9 note frames", "only 9 note frames"]) == "only 9 note frames"
