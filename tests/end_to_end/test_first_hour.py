@@ -100,7 +100,8 @@ def test_the_summary_says_why_items_failed_with_counts_and_examples(demo, tmp_pa
     items = [ItemResult(f"s{i}", "p", "quarantined", f"notes beyond audio ({i} of 9 notes)") for i in range(5)]
     items.append(ItemResult("x", "p", "ok"))
     text = RunReport("build-targets", items).summary(unit="items")
-    assert "quarantined \u00d75: notes beyond audio (0 of 9 notes): s0, s1, s2 and 2 more" in text
+    # reasons that differ only in their numbers share a line with the range of each number
+    assert "quarantined \u00d75: notes beyond audio (0\u20134 of 9 notes): s0, s1, s2 and 2 more" in text
     assert RunReport("extract", items[-1:]).summary().startswith("extract: 1 song: 1 written")
 
 
