@@ -199,7 +199,10 @@ def placement_envelope(placement: np.ndarray, settings) -> np.ndarray:
 
 
 def song_beat_grid(envelope: np.ndarray, fps: float = FPS) -> tuple[float, float]:
-    """``(bpm, first beat frame)`` of a song from its onset envelope: :func:`estimate_tempo`, then :func:`beat_offset`."""
+    """``(bpm, first beat frame)`` of a song from its onset envelope.
+
+    :func:`estimate_tempo`, then :func:`beat_offset`.
+    """
     bpm = estimate_tempo(envelope, fps)
     return bpm, beat_offset(envelope, bpm, fps)
 

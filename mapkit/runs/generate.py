@@ -522,8 +522,8 @@ def _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo, dif
     ``density`` band (note times per second) the threshold moves from ``th`` as little as it can to bring the
     level inside it (:mod:`~mapkit.preprocess.density`); with a ``variety`` band the top-p moves
     (:func:`_varied_states`); with an ``nps`` band (colour notes per second) a level above it is made again
-    from proportionally fewer note times (:func:`_fewer_note_times`, at most :data:`NPS_TRIES` times). ``events``: also the event head's
-    ``[T, K]`` probabilities (same forward passes), else None."""
+    from proportionally fewer note times (:func:`_fewer_note_times`, at most :data:`NPS_TRIES` times).
+    ``events``: also the event head's ``[T, K]`` probabilities (same forward passes), else None."""
     from mapkit.preprocess.density import threshold_for_density
 
     with _timed(timings, "stage1"):
@@ -560,7 +560,8 @@ def _fewer_note_times(probs, th: float, notes, n_times: int, difficulty: str, du
     colour notes per second (``evaluate``'s ``nps_mean``) lie above the ``nps`` band's ``high``; else None.
 
     The density band holds note *times*; stage 2 then decides how many notes each holds, so a level with
-    many double notes can leave the human band of notes per second. One correction, proportional."""
+    many double notes can leave the human band of notes per second. One proportional cut (``_chart``
+    makes at most :data:`NPS_TRIES`)."""
     from mapkit.preprocess.density import threshold_for_density
     from mapkit.preprocess.quality import level_metrics
 

@@ -172,8 +172,9 @@ class PlacementModel(nn.Module):
             self.dense = nn.Dropout(c.dropout)
             lstm_in = c.frame_features
         self.difficulty = nn.Embedding(c.n_difficulties, c.difficulty_dim)
-        self.lstm = nn.LSTM(lstm_in + c.difficulty_dim + c.beat_inputs, c.lstm_units, num_layers=c.lstm_layers, batch_first=True,
-                            bidirectional=c.bidirectional, dropout=c.dropout if c.lstm_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(lstm_in + c.difficulty_dim + c.beat_inputs, c.lstm_units, num_layers=c.lstm_layers,
+                            batch_first=True, bidirectional=c.bidirectional,
+                            dropout=c.dropout if c.lstm_layers > 1 else 0.0)
         lstm_out = c.lstm_units * (2 if c.bidirectional else 1)
         self.head_dropout = nn.Dropout(c.dropout)
         self.onset_head = nn.Linear(lstm_out, 1)
