@@ -158,7 +158,8 @@ def interrupted(e) -> None:
     """Print the one line of a run stopped by SIGINT/SIGTERM and exit with 128 + the signal number."""
     from mapkit.runs.runner import INTERRUPTED_MESSAGE
 
-    click.echo(INTERRUPTED_MESSAGE, err=True)
+    report = getattr(e, "report_path", None)
+    click.echo(INTERRUPTED_MESSAGE + (f" (see {report})" if report else ""), err=True)
     sys.exit(e.exit_code)
 
 

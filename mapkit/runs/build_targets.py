@@ -683,8 +683,9 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         ``vocab_size``) and ``rebuild_vocab`` is not set.
     RunInterrupted
         SIGINT or SIGTERM: with a known vocabulary the levels written so far
-        are committed; while the vocabulary is being counted nothing is
-        written. Running again finishes the job.
+        are committed and a report of them is written (``interrupted`` in its
+        JSON); while the vocabulary is being counted nothing is written, not
+        even a report. Running again finishes the job.
     """
     from mapkit.preprocess.sources import discover
 
@@ -768,8 +769,12 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 try:
                     ran = run_items(tasks, work, write, jobs=jobs, backend=backend, scheduler=scheduler,
                                     desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
-                except RunInterrupted:
+                except RunInterrupted as e:
                     writer.close()  # every level written so far is complete: keep them
+                    report = RunReport(COMMAND, e.results, ignored=ignored, notes=[e.note()])
+                    e.report_path = write_report(store.reports_dir, report, settings, extra={
+                        "input": os.fspath(input_dir), "store": os.fspath(store.root), "interrupted": e.signum,
+                        "exit_code": e.exit_code})
                     raise
         else:
             # first pass: compute and count; results wait in an unnamed temporary file

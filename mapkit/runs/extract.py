@@ -221,8 +221,9 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
         The store is locked by another run, or holds features of other settings.
     RunInterrupted
         SIGINT or SIGTERM: the songs written so far are committed (and
-        ``stats.json`` updated), the song in progress is not recorded; running
-        again finishes the job.
+        ``stats.json`` updated), the song in progress is not recorded, and a
+        report of the songs handled is written (``interrupted`` in its JSON);
+        running again finishes the job.
     """
     from mapkit.preprocess.sources import discover
 
@@ -253,10 +254,14 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
                                         functools.partial(groups.write, writer), jobs=jobs,
                                         backend=backend, scheduler=scheduler, desc=COMMAND, progress=progress,
                                         time_limit=item_timeout)
-                except RunInterrupted:
+                except RunInterrupted as e:
                     writer.close()  # every song written so far is complete: keep them
                     groups.regroup_stored(store, new_writer)  # and the groups they joined stay joined
                     store.write_feature_stats()
+                    report = RunReport(COMMAND, e.results, ignored=ignored, notes=[e.note()])
+                    e.report_path = write_report(store.reports_dir, report, settings, extra={
+                        "input": os.fspath(input_dir), "store": os.fspath(store.root), "interrupted": e.signum,
+                        "exit_code": e.exit_code})
                     raise
         except StoreError:  # e.g. a full disk: the shards committed so far stay, and stats.json describes them
             if writer.committed:

@@ -86,7 +86,18 @@ class RunInterrupted(BaseException):
 
     def __init__(self, signum: int):
         self.signum = int(signum)
+        #: The items :func:`run_items` had handled when the signal came (their ItemResults, in input order).
+        self.results: list = []
+        #: How many items the run was given.
+        self.n_items = 0
+        #: The JSON report of the interrupted run, when the command wrote one.
+        self.report_path = None
         super().__init__(f"interrupted by signal {self.signum}")
+
+    def note(self) -> str:
+        """The summary line of an interrupted run's report."""
+        return (f"interrupted by signal {self.signum} after {len(self.results)} of {self.n_items} items; "
+                f"the rest were not handled: run the same command again to finish")
 
     @property
     def exit_code(self) -> int:
@@ -362,6 +373,7 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
     RunInterrupted
         SIGINT or SIGTERM arrived (when called from the main thread); the
         items handled before it were written, the one in progress was not.
+        Its ``results`` are the handled items' ItemResults.
     """
     from mapkit.progress import progress_bar
 
@@ -383,6 +395,9 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
             else:
                 _run_joblib(items, work, recorder.handle, jobs, time_limit, signals)
             signals.check()
+    except RunInterrupted as e:
+        e.results, e.n_items = [r for r in recorder.results if r is not None], len(items)
+        raise
     finally:
         bar.close()
     return recorder.results
@@ -684,8 +699,9 @@ def write_report(reports_dir, report: RunReport, settings=None, extra: dict | No
     A second report of the same second and process gets ``-2``, ``-3``... before ``.json``.
 
     Sets and returns ``report.report_path``. The JSON holds the command,
-    mapkit and schema versions, the settings and their hash, ``extra`` (e.g.
-    input folder, store), the counts, the problems and every item.
+    mapkit and schema versions, the settings and their hash, the counts, the
+    exit code, the problems, the summary's notes, every item and ``extra`` (e.g.
+    input folder, store; its keys win).
     """
     from mapkit.datasets.store import utc_timestamp, write_json_atomic
 
@@ -704,13 +720,14 @@ def write_report(reports_dir, report: RunReport, settings=None, extra: dict | No
         "finished": utc_timestamp(),
         "settings": None if settings is None else settings.to_dict(),
         "settings_hash": None if settings is None else settings.hash,
-        **(extra or {}),
         "counts": report.counts,
         "exit_code": report.exit_code,
         "problems": [{"path": p, "reason": r} for p, r in report.problems],
         "ignored": [{"path": p, "reason": r} for p, r in report.ignored],
+        "notes": list(report.notes),
         "items": [asdict(r) for r in report.items],
     }
+    obj.update(extra or {})  # e.g. the input and store; an interrupted run's signal and exit code
     report.report_path = path
     write_json_atomic(path, obj)
     return path

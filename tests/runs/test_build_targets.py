@@ -882,3 +882,34 @@ def test_a_level_is_read_once_for_its_resume_hash_targets_and_community_hash(mon
     assert reads and max(reads.values()) == 1, reads
     assert result.difficulties and result.level_sha256 == level_files_sha256(level, "all")
     assert result.level_hash == level_hash(level)  # the same hashes as the readers on their own
+
+
+def test_an_interrupted_run_keeps_the_levels_it_wrote_and_reports_them(real, tmp_path, monkeypatch):
+    import os
+    import signal
+    import time
+
+    import mapkit.runs.build_targets as bt
+    from mapkit.runs.runner import RunInterrupted
+
+    store = tmp_path / "store"
+    shutil.copytree(real["store"], store)  # a vocabulary is known: levels are written as they come
+    handled, original = [], bt.targets_one
+
+    def stopped_on_the_second(task, **kw):
+        handled.append(task.song_id)
+        if len(handled) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the second level is worked on
+            time.sleep(5)
+        return original(task, **kw)
+
+    monkeypatch.setattr(bt, "targets_one", stopped_on_the_second)
+    with pytest.raises(RunInterrupted) as e:
+        build_targets(real["levels"], store=store, settings=BIG_VOCAB, val_fraction=ALL_COUNTED, characteristic="all",
+                      jobs=1, progress=False, force=True)
+    doc = json.loads(open(e.value.report_path).read())
+    assert doc["interrupted"] == signal.SIGINT and doc["exit_code"] == 130
+    assert [item["song_id"] for item in doc["items"]] == handled[:1] and doc["counts"]["ok"] == 1
+    assert doc["notes"] == ["interrupted by signal 2 after 1 of 2 items; the rest were not handled: run the same "
+                            "command again to finish"]
+    assert handled[0] in read_levels(store)  # what the report says was written is in the store

@@ -1,5 +1,6 @@
 """The runner never stalls, never outlives its parent, and stops cleanly on SIGINT/SIGTERM (issue 10)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -195,11 +196,16 @@ def test_extract_stops_on_a_signal_keeps_what_it_wrote_and_a_rerun_finishes(tmp_
     out, err = p.communicate(timeout=60)
     assert time.monotonic() - t0 < 10
     assert p.returncode == 128 + signum, err
-    assert err.strip().splitlines()[-1] == INTERRUPTED_MESSAGE and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(INTERRUPTED_MESSAGE + " (see ") and "Traceback" not in err
     index = Store(store).index("features")
     assert 1 <= len(index) < 6  # what was written is committed, not left as a partial shard
     assert not [f for f in (store / "features").iterdir() if f.name.endswith(".partial")]
-    assert not list((store / "reports").glob("*.json")) if (store / "reports").is_dir() else True
+    reports = list((store / "reports").glob("extract-*.json"))  # the interrupted run's report, named in the line
+    assert len(reports) == 1 and str(reports[0]) in last
+    doc = json.loads(reports[0].read_text())
+    assert doc["interrupted"] == signum and doc["counts"]["ok"] == len(index)
+    assert any(f"after {len(index)} of 6 items" in line for line in doc["notes"])
     assert validate_store(store, progress=False).ok
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
