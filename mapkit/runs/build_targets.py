@@ -83,7 +83,7 @@ from mapkit.preprocess.objects import OBJECT_DATASETS
 from mapkit.preprocess.targets import Vocabulary, frame_class, token_sequence
 from mapkit.preprocess.timebase import FPS
 from mapkit.runs.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
-                                check_scheduler, run_items, write_report)
+                                check_scheduler, run_items, write_interrupted_report, write_report)
 from mapkit.settings import FeatureSettings, TargetSettings
 
 COMMAND = "build-targets"
@@ -771,10 +771,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                                     desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
                 except RunInterrupted as e:
                     writer.close()  # every level written so far is complete: keep them
-                    report = RunReport(COMMAND, e.results, ignored=ignored, notes=[e.note()])
-                    e.report_path = write_report(store.reports_dir, report, settings, extra={
-                        "input": os.fspath(input_dir), "store": os.fspath(store.root), "interrupted": e.signum,
-                        "exit_code": e.exit_code})
+                    write_interrupted_report(store.reports_dir, COMMAND, e, settings, ignored,
+                                             {"input": os.fspath(input_dir), "store": os.fspath(store.root)})
                     raise
         else:
             # first pass: compute and count; results wait in an unnamed temporary file

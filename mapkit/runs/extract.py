@@ -47,7 +47,7 @@ import numpy as np
 from mapkit.datasets.groups import GroupAssigner
 from mapkit.datasets.names import plural, safe_attrs
 from mapkit.runs.runner import (DEFAULT_ITEM_TIMEOUT_S, ItemResult, RunInterrupted, RunReport, SourceItem,
-                                    check_scheduler, run_items, write_report)
+                                    check_scheduler, run_items, write_interrupted_report, write_report)
 from mapkit.datasets.schema import ATTRS_CHECKSUM, FEATURE_STAGES, KIND_ROOTS, SONG_FINGERPRINT
 from mapkit.datasets.store import ShardItem, ShardWriter, Store, shard_file_attrs
 from mapkit.errors import MapkitError, StoreError
@@ -258,10 +258,8 @@ def extract(input_dir, store="./mapkit-data", settings: FeatureSettings = Featur
                     writer.close()  # every song written so far is complete: keep them
                     groups.regroup_stored(store, new_writer)  # and the groups they joined stay joined
                     store.write_feature_stats()
-                    report = RunReport(COMMAND, e.results, ignored=ignored, notes=[e.note()])
-                    e.report_path = write_report(store.reports_dir, report, settings, extra={
-                        "input": os.fspath(input_dir), "store": os.fspath(store.root), "interrupted": e.signum,
-                        "exit_code": e.exit_code})
+                    write_interrupted_report(store.reports_dir, COMMAND, e, settings, ignored,
+                                             {"input": os.fspath(input_dir), "store": os.fspath(store.root)})
                     raise
         except StoreError:  # e.g. a full disk: the shards committed so far stay, and stats.json describes them
             if writer.committed:

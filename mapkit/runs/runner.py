@@ -693,6 +693,18 @@ def reason_lines(items, max_reasons: int = 8, max_named: int = 3) -> list[str]:
     return lines
 
 
+def write_interrupted_report(reports_dir, command: str, interrupted: RunInterrupted, settings=None,
+                             ignored=(), extra: dict | None = None) -> Path:
+    """The report of a run a signal stopped: the items it handled, its note, ``"interrupted"`` and the exit code.
+
+    Also sets ``interrupted.report_path``, which the command's last line names.
+    """
+    report = RunReport(command, interrupted.results, ignored=list(ignored), notes=[interrupted.note()])
+    interrupted.report_path = write_report(reports_dir, report, settings, extra={
+        **(extra or {}), "interrupted": interrupted.signum, "exit_code": interrupted.exit_code})
+    return interrupted.report_path
+
+
 def write_report(reports_dir, report: RunReport, settings=None, extra: dict | None = None) -> Path:
     """Write ``report`` as ``<reports_dir>/<command>-<UTC timestamp>-<pid>.json`` (atomically).
 
