@@ -609,6 +609,17 @@ def _count_training_states(spool, spooled: list, tasks: list, kept_stored: list,
     return counts, n_counted, n_difficulties
 
 
+def _report_uncounted(store: Store, interrupted: RunInterrupted, settings, ignored, input_dir) -> None:
+    """The report of a run stopped while it counted the vocabulary: nothing was written, so it lists only
+    the levels that failed or were quarantined (their reasons hold), and says the rest were discarded."""
+    bad = [r for r in interrupted.results if r.status in ("failed", "quarantined")]
+    n_discarded = len(interrupted.results) - len(bad)
+    detail = f"stopped while counting the vocabulary: no level was written ({n_discarded} computed and discarded)"
+    write_interrupted_report(store.reports_dir, COMMAND, interrupted, settings, ignored,
+                             {"input": os.fspath(input_dir), "store": os.fspath(store.root)}, results=bad,
+                             detail=detail)
+
+
 def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = TargetSettings(),
                   characteristic="Standard", jobs=None, force: bool = False, rebuild_vocab: bool = False,
                   val_fraction: float = 0.1, val_songs=None, seed: int = 0,
@@ -684,8 +695,10 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
     RunInterrupted
         SIGINT or SIGTERM: with a known vocabulary the levels written so far
         are committed and a report of them is written (``interrupted`` in its
-        JSON); while the vocabulary is being counted nothing is written, not
-        even a report. Running again finishes the job.
+        JSON); while the vocabulary is being counted no level is written, and
+        the report lists only the levels that failed or were quarantined (with
+        a note that the rest were computed and discarded). Running again
+        finishes the job.
     """
     from mapkit.preprocess.sources import discover
 
@@ -794,8 +807,12 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                         written_ids.add(task.song_id)
                     return summary(results, task)
 
-                ran = run_items(tasks, work, collect, jobs=jobs, backend=backend, scheduler=scheduler,
-                                desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
+                try:
+                    ran = run_items(tasks, work, collect, jobs=jobs, backend=backend, scheduler=scheduler,
+                                    desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
+                except RunInterrupted as e:
+                    _report_uncounted(store, e, settings, ignored, input_dir)
+                    raise
                 # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
                 kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
                 # the songs the trainer will split: features and targets (after this run)

@@ -694,12 +694,16 @@ def reason_lines(items, max_reasons: int = 8, max_named: int = 3) -> list[str]:
 
 
 def write_interrupted_report(reports_dir, command: str, interrupted: RunInterrupted, settings=None,
-                             ignored=(), extra: dict | None = None) -> Path:
+                             ignored=(), extra: dict | None = None, results=None, detail: str = "") -> Path:
     """The report of a run a signal stopped: the items it handled, its note, ``"interrupted"`` and the exit code.
 
-    Also sets ``interrupted.report_path``, which the command's last line names.
+    ``results`` (default: ``interrupted.results``) are the items the report lists, and
+    ``detail`` a second note (e.g. why handled items were not written). Also sets
+    ``interrupted.report_path``, which the command's last line names.
     """
-    report = RunReport(command, interrupted.results, ignored=list(ignored), notes=[interrupted.note()])
+    notes = [interrupted.note()] + ([detail] if detail else [])
+    items = interrupted.results if results is None else results
+    report = RunReport(command, items, ignored=list(ignored), notes=notes)
     interrupted.report_path = write_report(reports_dir, report, settings, extra={
         **(extra or {}), "interrupted": interrupted.signum, "exit_code": interrupted.exit_code})
     return interrupted.report_path

@@ -913,3 +913,36 @@ def test_an_interrupted_run_keeps_the_levels_it_wrote_and_reports_them(real, tmp
     assert doc["notes"] == ["interrupted by signal 2 after 1 of 2 items; the rest were not handled: run the same "
                             "command again to finish"]
     assert handled[0] in read_levels(store)  # what the report says was written is in the store
+
+
+def test_a_run_stopped_while_counting_the_vocabulary_writes_nothing_but_its_report(real, tmp_path, monkeypatch):
+    import os
+    import signal
+    import time
+
+    import mapkit.runs.build_targets as bt
+    from mapkit.runs.runner import RunInterrupted
+
+    store = tmp_path / "store"
+    shutil.copytree(real["store"], store)
+    shutil.rmtree(store / "targets")
+    (store / "vocab.json").unlink()  # no vocabulary: the first pass computes and counts, writing nothing
+    handled, original = [], bt.targets_one
+
+    def stopped_on_the_second(task, **kw):
+        handled.append(task.song_id)
+        if len(handled) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        return original(task, **kw)
+
+    monkeypatch.setattr(bt, "targets_one", stopped_on_the_second)
+    with pytest.raises(RunInterrupted) as e:
+        build_targets(real["levels"], store=store, settings=BIG_VOCAB, val_fraction=ALL_COUNTED, characteristic="all",
+                      jobs=1, progress=False)
+    doc = json.loads(open(e.value.report_path).read())
+    assert doc["interrupted"] == signal.SIGTERM and doc["exit_code"] == 143
+    assert doc["items"] == [] and doc["counts"].get("ok", 0) == 0  # the one computed level was not written
+    assert doc["notes"][1] == "stopped while counting the vocabulary: no level was written (1 computed and discarded)"
+    assert doc["notes"][0].startswith("interrupted by signal 15 after 1 of 2 items")
+    assert not Store(store).vocab_path.exists() and Store(store).shards("targets") == []
