@@ -242,11 +242,21 @@ class LevelContainer:
         return [n for n in self.names() if n.lower() == chosen.lower() and n != chosen]
 
     def read_info_json(self):
-        """The parsed info file; :class:`LevelError` when missing or unreadable."""
+        """The parsed info file; :class:`LevelError` when missing or unreadable.
+
+        With ``memo`` it is parsed once while the container is open: callers share the object, so they
+        must not change it.
+        """
         name = self.info_name()
         if name is None:
             raise LevelError(self.path, "no Info.dat (or legacy info.json) in level")
-        return load_json_bytes(self.read_bytes(name), self.describe(name), self.limits.max_json_bytes)
+        key = ("info json", name)
+        if self._memo is not None and key in self._memo:
+            return self._memo[key]
+        info = load_json_bytes(self.read_bytes(name), self.describe(name), self.limits.max_json_bytes)
+        if self._memo is not None:
+            self._memo[key] = info
+        return info
 
     def audio_name(self) -> str:
         """Name of the song's audio file, from the info file, found case-insensitively.

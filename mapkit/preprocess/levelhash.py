@@ -24,7 +24,7 @@ import hashlib
 
 from mapkit.errors import LevelError
 from mapkit.preprocess.container import opened
-from mapkit.preprocess.jsonio import decode_text, load_json_bytes
+from mapkit.preprocess.jsonio import decode_text
 
 
 def _info_text_bytes(data: bytes) -> bytes:
@@ -84,12 +84,8 @@ def level_hash_and_info(path):
         No info file, or an info file that is not JSON.
     """
     with opened(path) as c:
-        name = c.info_name()
-        if name is None:
-            c.read_info_json()  # raises the usual "no Info.dat" error
-        data = c.read_bytes(name)
-        info = load_json_bytes(data, c.describe(name))
-        h = hashlib.sha1(_info_text_bytes(data))
+        info = c.read_info_json()  # the usual "no Info.dat" error; parsed once in a memo container
+        h = hashlib.sha1(_info_text_bytes(c.read_bytes(c.info_name())))
         try:
             for f in hashed_files(info):
                 if c.find(f) is not None:

@@ -877,9 +877,20 @@ def test_a_level_is_read_once_for_its_resume_hash_targets_and_community_hash(mon
         return real(self, name, limit)
 
     monkeypatch.setattr(LevelContainer, "_read_bytes", counting)
+    import mapkit.preprocess.container as container_module
+
+    parses, real_load = 0, container_module.load_json_bytes
+
+    def counting_parse(data, *args, **kwargs):
+        nonlocal parses
+        parses += 1
+        return real_load(data, *args, **kwargs)
+
+    monkeypatch.setattr(container_module, "load_json_bytes", counting_parse)
     task = TargetTask(Source("JOURNEY", str(level), "level"), 40000, "0" * 64, "x")
     result = targets_one(task, TargetSettings(), "all")
     assert reads and max(reads.values()) == 1, reads
+    assert parses == 1  # the info file is parsed once too: its hash, the reading and the community hash share it
     assert result.difficulties and result.level_sha256 == level_files_sha256(level, "all")
     assert result.level_hash == level_hash(level)  # the same hashes as the readers on their own
 
