@@ -418,13 +418,14 @@ def _checked_run_args(backend: str, jobs, time_limit) -> int:
 
 class _Recorder:
     """Records each item's outcome of :func:`run_items` in this process: writes a success, names a
-    failure, counts the failed on the progress bar."""
+    failure, counts the failed and the quarantined on the progress bar."""
 
     def __init__(self, items: list, write, bar, signals: _Signals):
         self.items, self.write, self.bar, self.signals = items, write, bar, signals
         #: One ItemResult per item, in the order of ``items`` (None until it is handled).
         self.results: list[ItemResult | None] = [None] * len(items)
-        self.n_failed = 0
+        #: Items that failed and items quarantined so far, shown apart on the progress bar.
+        self.n_bad = {"failed": 0, "quarantined": 0}
 
     def handle(self, i: int, ok: bool, value):
         """Record item ``i``: ``write`` it when ``ok``, else ``value`` is its failure; then act on a signal."""
@@ -436,9 +437,9 @@ class _Recorder:
             else:
                 result = ItemResult(item.song_id, str(item.path), "failed", _failure_reason(item, value))
             self.results[i] = result
-            if result.status in ("failed", "quarantined"):
-                self.n_failed += 1
-                self.bar.set_postfix(failed=self.n_failed, refresh=False)
+            if result.status in self.n_bad:
+                self.n_bad[result.status] += 1
+                self.bar.set_postfix({k: n for k, n in self.n_bad.items() if n}, refresh=False)
             self.bar.update(1)
         finally:
             self.signals.raise_now = raising

@@ -302,3 +302,19 @@ def test_a_summary_line_shows_the_range_of_the_numbers_its_reasons_differ_in():
                         "song-0, song-1, song-2")
     assert lines[1] == "  failed \u00d71: not a file: odd"
     assert merged_reason(["only 9 note frames", "only 9 note frames"]) == "only 9 note frames"
+
+
+def test_the_progress_bar_counts_failed_and_quarantined_items_apart(capsys):
+    def failing(item: Item):
+        if item.song_id == "bad":
+            raise OSError("unreadable")
+        return item.song_id
+
+    def write(item, value):
+        return ItemResult(item.song_id, item.path, "quarantined" if value == "odd" else "ok", "")
+
+    items = [Item("a", "a"), Item("odd", "odd"), Item("bad", "bad"), Item("odd", "odd2")]
+    results = run_items(items, failing, write, jobs=1, progress=True, time_limit=None)
+    assert [r.status for r in results] == ["ok", "quarantined", "failed", "quarantined"]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "failed=1" in last and "quarantined=2" in last
