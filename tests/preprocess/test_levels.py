@@ -156,7 +156,8 @@ def test_legacy_v1_uses_each_difficulty_files_own_bpm(tmp_path):
     root = tmp_path / "old"
     root.mkdir()
     write_json(root / "info.json", {"songName": "old", "beatsPerMinute": 120, "difficultyLevels": [
-        {"difficulty": "Expert", "difficultyRank": 4, "audioPath": "song.ogg", "jsonPath": "Expert.json"},
+        {"difficulty": "Expert", "difficultyRank": 4, "audioPath": "song.ogg", "jsonPath": "Expert.json",
+         "offset": 225, "oldOffset": 225},  # editor-only (docs/design.md): never moves a note
         {"difficulty": "Hard", "difficultyRank": 3, "audioPath": "song.ogg", "jsonPath": "Hard.json"}]})
     write_json(root / "Expert.json", {"_version": "1.5.0", "_beatsPerMinute": 60, "_noteJumpSpeed": 10,
                                       "_notes": [n2(2)], "_obstacles": [], "_events": []})
