@@ -14,6 +14,10 @@ value for every difficulty (``--top-p 0.85``: the decoding before the table).
     python bench/generated_levels.py --placement ddc/best.pt --selection tr/best.pt \\
         --objects priors.json --baseline human.json SONG_DIR_1 SONG_DIR_2 SONG_DIR_3
 
+Per song it also prints the share of each difficulty's notes on the quarter
+beats of the written tempo map (``--no-align-grid``: generate without the
+lead-in that puts the map's whole beats on the music's, to compare).
+
 Error counts (parity errors, vision blocks, collisions) are one-sided: a
 level with fewer than the human 5th percentile is better, not worse, so
 "in band" counts them at or below the 95th percentile.
@@ -60,6 +64,12 @@ def wall_note(objects: dict) -> str:
     return f"{len(walls)} walls, shortest {float(walls['duration_beats'].min()):.3g} beats"
 
 
+def on_quarter_beats(notes) -> float:
+    """Share of notes on a quarter beat of their map (within 1/1000 beat)."""
+    beats = notes["beat"] * 4
+    return float((abs(beats - beats.round()) < 4e-3).mean()) if len(notes) else float("nan")
+
+
 def table(report, counts: Counter, totals: Counter) -> list:
     """Markdown rows of an evaluate report; counts levels in band per metric into ``counts``/``totals``."""
     rows = []
@@ -86,6 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--top-p", type=float, default=None, help="One top-p for every difficulty (default: generate's "
                                                                 "per-difficulty table).")
     ap.add_argument("--temperature", type=float, default=None, help="One temperature for every difficulty.")
+    ap.add_argument("--no-align-grid", action="store_true", help="Beat 0 of the tempo map at 0 s, no lead-in.")
     args = ap.parse_args(argv)
     torch_one_thread()
 
@@ -103,11 +114,13 @@ def main(argv=None) -> int:
         for song in args.songs:
             cpu, wall, level = run_once(generate, song, placement=args.placement, selection=args.selection,
                                         objects=args.objects, difficulty="all", out_dir=tmp, seed=args.seed,
-                                        threads=1, **sampling)
+                                        threads=1, align_grid=not args.no_align_grid, **sampling)
             print(f"{os.path.basename(str(song))[-40:]}: {len(level.charts)} difficulties, {level.tempo.describe()}, "
                   f"{cpu:.1f} CPU s (wall {wall:.1f} s); " +
                   ", ".join(f"{k} {v:.2f}" for k, v in level.timings.items()), flush=True)
             print("  " + "; ".join(f"{c.difficulty}: {c.decoding}, {wall_note(c.objects)}" for c in level.charts))
+            print("  notes on quarter beats: " + ", ".join(f"{c.difficulty} {on_quarter_beats(c.notes):.0%}"
+                                                         for c in level.charts))
             generated += table(evaluate_generated(level, baseline, args.baseline), counts, totals)
             if os.path.isdir(song):
                 human += table(evaluate_levels([song], baseline=baseline, audio=True), h_counts, h_totals)

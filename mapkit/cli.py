@@ -928,6 +928,9 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
               help="Note threshold of the peak picking, used as given (default: the checkpoint's validated one "
                    "for the difficulty, moved into the human note-density band of the object model).")
 @click.option("--no-snap", is_flag=True, help="Keep exact note times instead of snapping to 1/16 beat within 10 ms.")
+@click.option("--no-align-grid", is_flag=True,
+              help="Keep beat 0 of the tempo map at 0 s at the song's tempo (by default a one-beat lead-in tempo "
+                   "puts the map's whole beats on the music's estimated beats).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Torch CPU threads. 1 is fastest on small CPUs: decoding is a long chain of small steps.")
@@ -944,15 +947,16 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
 @click.option("--no-chains", is_flag=True, help="No chains.")
 @click.option("--no-lights", is_flag=True, help="No light or colour-boost events.")
 def generate_command(song, placement, selection, difficulties, level_format, out_dir, beam_size, temperature, top_p,
-                     top_k, seed, no_flow, threshold, no_snap, device, threads, evaluate_level, baseline, force,
-                     objects, no_walls, no_arcs, no_chains, no_lights):
+                     top_k, seed, no_flow, threshold, no_snap, no_align_grid, device, threads, evaluate_level,
+                     baseline, force, objects, no_walls, no_arcs, no_chains, no_lights):
     """Generate a playable level for SONG with the two trained models.
 
     SONG is an audio file (.ogg/.egg, .wav, .flac, .mp3), a level folder or a
     .zip. Writes OUT/<song>-mapkit/ (Info.dat v2.1.0, a <Difficulty>Standard.dat
     v3.3.0 per difficulty, song.egg, cover.png; with --format v4 the v4 files)
     and OUT/<song>-mapkit.zip for Beat Saber or BeatSaver. The tempo map is
-    estimated from the audio (one BPM unless the music's tempo changes); note
+    estimated from the audio (one BPM unless the music's tempo changes; a
+    one-beat lead-in tempo puts its whole beats on the music's); note
     times come from stage-1 peaks, notes from stage 2 by nucleus sampling
     (temperature 1.0, top-p by difficulty: narrower for easier ones; or
     --beam-size), never breaking swing parity, vision or collision rules
@@ -998,7 +1002,8 @@ def generate_command(song, placement, selection, difficulties, level_format, out
             human = load_baseline(baseline)  # before generating: a bad file fails fast
         level = generate(song, placement=placement, selection=selection, device=device, difficulty=difficulties,
                          format=level_format, beam_size=beam_size, seed=seed, threshold=threshold, flow=not no_flow,
-                         snap=not no_snap, out_dir=out_dir, force=force, threads=threads, objects=objects,
+                         snap=not no_snap, align_grid=not no_align_grid, out_dir=out_dir, force=force,
+                         threads=threads, objects=objects,
                          object_kinds=kinds, **sampling)
     except MapkitError as e:
         fail(str(e))

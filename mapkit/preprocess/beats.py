@@ -5,7 +5,8 @@ the global tempo (:func:`estimate_tempo` of :func:`onset_envelope`, octave
 settled by a prior on the tempi human maps use), a tempo map that changes
 only where the music's tempo really does (:func:`estimate_tempo_map`:
 :func:`local_tempi`, :func:`tempo_changes` with hysteresis and a minimum
-segment length, :func:`tempo_support`), beat 0 at audio time 0, beats
+segment length, :func:`tempo_support`), beat 0 at audio time 0 and a
+one-beat lead-in that puts the whole beats on the music's (:func:`grid_lead_in`), beats
 optionally moved onto the map's 1/16 grid where the note stays on its frame
 (:func:`snap_beats`), and written with the fewest decimals that keep it
 there (:func:`short_beats`).
@@ -354,7 +355,7 @@ def estimate_tempo_map(envelope: np.ndarray, fps: float = FPS, bpm: float | None
        one (:func:`tempo_support` below :data:`CHANGE_SUPPORT`) are dropped.
 
     Beat 0 is at 0 s (BeatSaver rejects offsets), so the grid's phase is that
-    of audio time 0.
+    of audio time 0; :func:`grid_lead_in` moves the whole beats onto the music.
 
     Parameters
     ----------
@@ -420,6 +421,64 @@ def tempo_support(envelope: np.ndarray, new_bpm: float, old_bpm: float, fps: flo
     n_fft = max(1 << 16, 1 << int(np.ceil(np.log2(len(x)))))
     p = _periodicity(np.abs(np.fft.rfft(x, n_fft)), n_fft, np.array([new_bpm, old_bpm]), fps)
     return float(p[0] / p[1]) if p[1] > 0 else math.inf
+
+
+#: A first beat within this fraction of a beat of audio time 0 keeps beat 0 at 0 s (:func:`grid_lead_in`).
+LEAD_IN_TOLERANCE = 1.0 / 16
+
+
+def segment_beats(envelope: np.ndarray, tempo: TempoMap, fps: float = FPS) -> list[float]:
+    """Per segment of ``tempo``, the seconds of one of the music's beats in it (:func:`beat_offset` on the
+    segment's own stretch of the envelope, at its tempo): the phases :func:`grid_lead_in` aligns the grid to."""
+    x = np.asarray(envelope, dtype=np.float64)
+    segments = tempo.segments
+    bounds = [frame_of(sec, fps) for _, sec, _ in segments] + [len(x)]
+    out = []
+    for k, (_, second, bpm) in enumerate(segments):
+        start, stop = min(bounds[k], len(x)), max(min(bounds[k + 1], len(x)), min(bounds[k], len(x)) + 2)
+        out.append(start / fps + beat_offset(x[start:stop], bpm, fps) / fps)
+    return out
+
+
+def grid_lead_in(tempo: TempoMap, music_beats_s, tolerance: float = LEAD_IN_TOLERANCE) -> TempoMap:
+    """``tempo`` with its whole beats moved onto the music: one-beat bridge tempi before each segment.
+
+    ``music_beats_s[k]`` is the time of one of the music's beats in segment
+    ``k`` (:func:`segment_beats`). Beat 0 stays at 0 s (BeatSaver rejects
+    offsets) and beat 1 falls on the first segment's music beat (or one period
+    later, when that is under half a period from 0 s, so the lead-in's tempo
+    stays within 2/3 to 2 times the song's). Each later tempo change becomes
+    a whole-beat bridge: from the whole beat nearest the change, one beat at the
+    tempo that reaches the segment's next music beat at least half a beat later,
+    then the segment's tempo. So every segment's music beats fall on whole
+    beats. A song whose first music beat is within ``tolerance`` beats of 0 s
+    and whose tempo is constant (its audio cut to start on a beat, as mappers
+    are told to) is left as it is. The Info BPM (``base_bpm``) stays the song's
+    first tempo; the lead-in is a ``bpmEvents`` entry at beat 0.
+
+    >>> m = grid_lead_in(TempoMap.constant(120.0), [0.3])    # 120 BPM, the music's beats at 0.3, 0.8, 1.3 s...
+    >>> [round(m.beats(t), 6) for t in (0.3, 0.8, 1.3)], m.base_bpm, m.segments[0][2]
+    ([1.0, 2.0, 3.0], 120.0, 200.0)
+    >>> grid_lead_in(TempoMap.constant(120.0), [0.02]).segments    # 1/25 beat from 0 s: left as it is
+    [(0.0, 0.0, 120.0)]
+    """
+    segments = tempo.segments
+    first_bpm = segments[0][2]
+    period = 60.0 / first_bpm
+    phase = float(music_beats_s[0]) % period
+    if len(segments) == 1 and min(phase, period - phase) < tolerance * period:
+        return tempo
+    lead_s = phase if phase >= period / 2 else phase + period
+    events = [(0.0, 60.0 / lead_s), (1.0, first_bpm)]
+    for (_, second, bpm), beat_s in zip(segments[1:], music_beats_s[1:]):
+        grid = TempoMap.from_bpm_events(tempo.base_bpm, events)
+        start = float(round(grid.beats(second)))  # the bridge starts on the whole beat nearest the change
+        if start <= events[-1][0]:
+            continue
+        start_s, old_period, new_period = grid.seconds(start), 60.0 / events[-1][1], 60.0 / bpm
+        target = float(beat_s) + math.ceil((start_s + old_period / 2 - float(beat_s)) / new_period) * new_period
+        events += [(start, 60.0 / (target - start_s)), (start + 1.0, bpm)]
+    return TempoMap.from_bpm_events(tempo.base_bpm, events)
 
 
 def _tempo_map(tempo) -> TempoMap:

@@ -29,8 +29,10 @@ stage-1 frame (the snapped time rounds to the same frame,
 ``tolerance_s`` and keeps the notes' order; otherwise it stays exact. Either
 way every note's time rounds to exactly the frame stage 1 chose, and the
 notes of :class:`GeneratedDifficulty` hold exactly the times the level plays
-(``tempo.seconds(beat)``). The grid's phase is that of audio time 0, not of
-the music's downbeat: aligning it would need a lead-in tempo change.
+(``tempo.seconds(beat)``). The grid's whole beats lie on the music's beats
+(``align_grid``, default): a one-beat lead-in tempo at beat 0 ends on the
+song's estimated first beat (:func:`~mapkit.preprocess.beats.grid_lead_in`),
+unless that beat is already within 1/16 beat of audio time 0.
 
 Difficulties. One run makes any set of difficulties (``"all"``: the five):
 features, tempo, song.egg and cover once; stage 1 (conditioned on the
@@ -58,7 +60,8 @@ import numpy as np
 from mapkit.writers.beatmap import difficulty_json, dumps, info_json_levels
 from mapkit.errors import MapkitError
 from mapkit.writers.files import write_level
-from mapkit.preprocess.beats import SNAP_DIVISIONS, estimate_tempo_map, placement_envelope, short_beats, snap_beats
+from mapkit.preprocess.beats import (SNAP_DIVISIONS, estimate_tempo_map, grid_lead_in, placement_envelope,
+                                     segment_beats, short_beats, snap_beats)
 from mapkit.preprocess.notes import BOMB
 from mapkit.preprocess.object_decoding import GENERATED_KINDS
 from mapkit.preprocess.targets import notes_from_states
@@ -342,7 +345,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
                    threshold: float | None = None, seed: int = 0, use_cache: bool = True, name: str | None = None,
                    force: bool = False, top_p: float | str | None = BY_DIFFICULTY, top_k: int | None = None,
                    flow: bool = True, format: str = "v3", object_priors=None,
-                   object_kinds=GENERATED_KINDS) -> GeneratedLevel:
+                   object_kinds=GENERATED_KINDS, align_grid: bool = True) -> GeneratedLevel:
     """Generate a level of ``song`` with loaded models: one or several difficulties in one folder.
 
     Parameters
@@ -398,6 +401,9 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
     object_kinds : iterable of str
         The object kinds to make (:data:`~mapkit.preprocess.object_decoding.GENERATED_KINDS`; ``--no-walls``...
         remove some).
+    align_grid : bool
+        Put the map's whole beats on the music's beats with a one-beat lead-in tempo
+        (:func:`~mapkit.preprocess.beats.grid_lead_in`); False: beat 0 at 0 s at the song's tempo.
 
     Returns
     -------
@@ -426,7 +432,7 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
         _refuse_overwrite(out_dir, level_name, force)
         feats = song_features(source, settings)  # the code of mapkit extract, float16 as the store holds it
     with _timed(timings, "tempo"):
-        tempo, egg, regions = _song_tempo(source, feats, settings, format)
+        tempo, egg, regions = _song_tempo(source, feats, settings, format, align_grid)
     sampling = beam_size is None and temperature is not None
     decoding = dict(beam_size=beam_size or 8, seed=seed, use_cache=use_cache, top_k=top_k,
                     flow=FlowSettings() if flow else None)
@@ -659,11 +665,15 @@ def _density_band(priors, difficulty: str):
     return tuple(band) if band and band[1] > 0 else None
 
 
-def _song_tempo(source, feats, settings, format: str):
-    """The level's tempo map from the placement features, and the song.egg bytes and audio-data regions when
-    ``format`` needs them (v4: the map is that of the regions, whose starts lie on whole samples of song.egg;
-    they are written as made, so the level reads back with exactly this map); else ``(tempo, None, None)``."""
-    tempo = estimate_tempo_map(placement_envelope(feats.placement, settings), settings.fps)
+def _song_tempo(source, feats, settings, format: str, align_grid: bool = True):
+    """The level's tempo map from the placement features (``align_grid``: with the lead-in that puts its whole
+    beats on the music's), and the song.egg bytes and audio-data regions when ``format`` needs them (v4: the
+    map is that of the regions, whose starts lie on whole samples of song.egg; they are written as made, so
+    the level reads back with exactly this map); else ``(tempo, None, None)``."""
+    envelope = placement_envelope(feats.placement, settings)
+    tempo = estimate_tempo_map(envelope, settings.fps)
+    if align_grid:
+        tempo = grid_lead_in(tempo, segment_beats(envelope, tempo, settings.fps))
     if format != "v4":
         return tempo, None, None
     egg = song_egg(source)

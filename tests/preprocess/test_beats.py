@@ -123,3 +123,44 @@ def test_song_beat_inputs_peak_on_the_clicks():
     clicks = frame_of(np.arange(0.3, 9.9, 0.5))
     assert np.all(x[clicks, 3] > 0.95)  # beat-period cosine near 1 on every click
     assert song_beat_inputs(env, ()).shape == (len(env), 0)
+
+
+# --- the grid's whole beats on the music's beats -----------------------------------------------------
+
+
+def test_grid_lead_in_puts_beat_1_on_the_music_and_keeps_the_lead_in_tempo_sane():
+    from mapkit.preprocess.beats import grid_lead_in
+
+    for first in (0.04, 0.1, 0.2, 0.26, 0.45):  # 120 BPM: a period of 0.5 s
+        m = grid_lead_in(TempoMap.constant(120.0), [first + 3.0])  # any music beat gives the phase
+        (b0, s0, lead), (b1, s1, bpm) = m.segments
+        assert (b0, s0, b1, bpm, m.base_bpm) == (0.0, 0.0, 1.0, 120.0, 120.0)
+        assert s1 == pytest.approx(first if first >= 0.25 else first + 0.5)
+        assert 80.0 - 1e-9 <= lead <= 240.0 + 1e-9  # 2/3 to 2 times the song's tempo
+        music = first + 0.5 * np.arange(1, 40)
+        assert np.allclose(m.beats(music), np.round(m.beats(music)))
+    assert grid_lead_in(TempoMap.constant(120.0), [0.03]).segments == [(0.0, 0.0, 120.0)]  # under 1/16 beat
+    assert grid_lead_in(TempoMap.constant(120.0), [0.47]).segments == [(0.0, 0.0, 120.0)]
+
+
+def test_grid_lead_in_bridges_a_tempo_change_so_the_next_segment_is_on_whole_beats_too():
+    from mapkit.preprocess.beats import grid_lead_in
+
+    tempo = TempoMap.from_bpm_events(120.0, [(40, 150.0)])  # the change at 20 s
+    m = grid_lead_in(tempo, [0.3, 20.1])  # the music: 120 BPM beats at 0.3 + k/2, then 150 BPM at 20.1 + k 0.4
+    (_, _, lead), (_, _, m1), (b2, s2, bridge), (b3, s3, m3) = m.segments
+    assert (m1, m3, b3) == (120.0, 150.0, b2 + 1) and b2 == round(b2)
+    assert 0.25 - 1e-9 <= s3 - s2 < 0.25 + 0.4  # between half the old period and that plus a new one
+    before, after = 0.3 + 0.5 * np.arange(1, 38), 20.1 + 0.4 * np.arange(2, 50)
+    for music in (before[before < s2 + 1e-9], after[after >= s3 - 1e-9]):
+        assert np.allclose(m.beats(music), np.round(m.beats(music)), atol=1e-9)
+
+
+def test_segment_beats_reads_each_segments_phase_on_its_own_stretch():
+    from mapkit.preprocess.beats import segment_beats
+
+    env = np.zeros(4000, np.float32)
+    env[30:2000:50] = 1.0  # 120 BPM from 0.3 s
+    env[2010::40] = 1.0  # 150 BPM from 20.1 s
+    got = segment_beats(env, TempoMap.from_bpm_events(120.0, [(40, 150.0)]))
+    assert got[0] == pytest.approx(0.3) and (got[1] - 20.1) / 0.4 == pytest.approx(round((got[1] - 20.1) / 0.4))

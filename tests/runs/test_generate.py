@@ -135,7 +135,10 @@ def test_level_files_are_valid_v2_info_and_v3_difficulty(generated):
                 "basicBeatmapEvents", "colorBoostBeatmapEvents", "lightColorEventBoxGroups",
                 "lightRotationEventBoxGroups", "lightTranslationEventBoxGroups"):
         assert isinstance(diff[key], list), key
-    assert diff["bpmEvents"] == [{"b": 0.0, "m": generated.bpm}]
+    # the clicks start 0.237 s in: a one-beat lead-in tempo at beat 0 puts them on whole beats from beat 1
+    assert diff["bpmEvents"] == [{"b": 0.0, "m": m} if b == 0 else {"b": b, "m": m}
+                                 for b, _, m in generated.tempo.segments]
+    assert len(diff["bpmEvents"]) == 2 and diff["bpmEvents"][1] == {"b": 1.0, "m": generated.bpm}
     assert diff["useNormalEventsAsCompatibleEvents"] is True
     assert diff["colorNotes"] and all(set(n) == {"b", "x", "y", "c", "d", "a"} for n in diff["colorNotes"])
     assert all(set(n) == {"b", "x", "y"} for n in diff["bombNotes"])
@@ -157,7 +160,7 @@ def test_song_egg_is_the_ogg_input_or_a_vorbis_encoding_of_other_formats(song, g
 def test_no_snap_keeps_exact_frame_times(song, tmp_path):
     placement, selection, p_ckpt, s_ckpt = tiny_models()
     gen = generate_level(song / "clicks.ogg", placement, selection, p_ckpt, s_ckpt, beam_size=2, snap=False,
-                         out_dir=tmp_path)
+                         out_dir=tmp_path, align_grid=False)  # 120 BPM from 0 s: every frame time is a short beat
     assert not gen.snapped.any()
     assert np.allclose(np.unique(gen.notes["time_s"]), gen.peak_frames / 100.0, atol=1e-9)
     back = read_level(gen.folder).get("Standard", "Expert").notes

@@ -58,7 +58,7 @@ def _assert_read_back(gen, expected_tempo_source: str):
 
 
 def test_a_tempo_change_is_written_as_bpm_events_and_read_back(songs, tmp_path):
-    gen = _generate(songs / "change.ogg", tmp_path, difficulty=["Expert", "Hard"])
+    gen = _generate(songs / "change.ogg", tmp_path, difficulty=["Expert", "Hard"], align_grid=False)
     assert gen.difficulties == ["Hard", "Expert"] and gen.format == "v3"
     (_, _, m0), (b1, s1, m1) = gen.tempo.segments
     assert m0 == pytest.approx(120, abs=0.1) and m1 == pytest.approx(150, abs=0.1) and abs(s1 - 20) <= 1.5
@@ -75,7 +75,7 @@ def test_a_tempo_change_is_written_as_bpm_events_and_read_back(songs, tmp_path):
 
 
 def test_format_v4_writes_info_beatmaps_lightshows_and_audio_data_read_back(songs, tmp_path):
-    gen = _generate(songs / "change.ogg", tmp_path, difficulty="Expert", format="v4")
+    gen = _generate(songs / "change.ogg", tmp_path, difficulty="Expert", format="v4", align_grid=False)
     names = sorted(p.name for p in gen.folder.iterdir())
     assert names == sorted(["Info.dat", "ExpertStandard.dat", "ExpertLightshow.dat", "BPMInfo.dat", "song.egg",
                             "cover.png"])
@@ -101,7 +101,7 @@ def test_format_v4_writes_info_beatmaps_lightshows_and_audio_data_read_back(song
 
 
 def test_a_constant_tempo_v4_level_reads_back_constant(songs, tmp_path):
-    gen = _generate(songs / "short.ogg", tmp_path, difficulty="Expert", format="v4")
+    gen = _generate(songs / "short.ogg", tmp_path, difficulty="Expert", format="v4", align_grid=False)
     audio = json.loads((gen.folder / "BPMInfo.dat").read_text())
     assert len(audio["bpmData"]) == 1 and audio["bpmData"][0]["ei"] == audio["songSampleCount"]
     assert gen.tempo.is_constant and gen.tempo == TempoMap.from_regions(
@@ -110,6 +110,33 @@ def test_a_constant_tempo_v4_level_reads_back_constant(songs, tmp_path):
     _assert_read_back(gen, "regions")
     assert read_level(gen.folder).get("Standard", "Expert").tempo.segments == [(0.0, 0.0, gen.bpm)]
     assert "constant" in gen.summary().splitlines()[0]
+
+
+@pytest.mark.parametrize("format", ["v3", "v4"])
+def test_the_grid_lead_in_puts_the_music_beats_on_whole_beats_and_reads_back(songs, tmp_path, format):
+    """change.ogg's clicks start 0.237 s in: a one-beat lead-in, 120 BPM, a one-beat bridge, 150 BPM, every click
+    (away from the change, whose time is an estimate) on a whole beat of the written map; the Info BPM stays
+    the song's tempo."""
+    gen = _generate(songs / "change.ogg", tmp_path, difficulty="Expert", format=format)
+    (b0, s0, lead), (b1, s1, m1), (b2, s2, bridge), (b3, s3, m3) = gen.tempo.segments
+    assert (b0, s0, b1) == (0.0, 0.0, 1.0) and s1 == pytest.approx(0.237 + 0.5, abs=0.025)  # beat 1 on a click
+    assert gen.bpm == m1 == pytest.approx(120, abs=0.1) and m3 == pytest.approx(150, abs=0.1)
+    assert b2 == round(b2) and b3 == b2 + 1 and abs(s2 - 20) <= 1.5
+    clicks = TRUTH.seconds(np.arange(1, TRUTH.beats(39.0))) + 0.237
+    clicks = clicks[np.abs(clicks - 20.237) > 2.0]
+    beats = gen.tempo.beats(clicks)
+    assert np.max(np.abs(beats - np.round(beats))) < 0.06  # within 1/16 beat, both tempi
+    if format == "v3":
+        info = json.loads((gen.folder / "Info.dat").read_text())
+        doc = json.loads((gen.folder / "ExpertStandard.dat").read_text())
+        assert info["_beatsPerMinute"] == gen.bpm
+        assert doc["bpmEvents"] == [{"b": b, "m": m} for b, _, m in gen.tempo.segments]
+    else:
+        audio = json.loads((gen.folder / "BPMInfo.dat").read_text())
+        assert [(r["sb"], r["eb"]) for r in audio["bpmData"]][:3] == [(0.0, 1.0), (1.0, b2), (b2, b3)]
+    _assert_read_back(gen, "bpm_events" if format == "v3" else "regions")
+    on_frames = frame_of(np.unique(gen.notes["time_s"]))
+    assert np.array_equal(on_frames, gen.charts[0].peak_frames)  # the lead-in moves no note off its frame
 
 
 def _objects(tempo: TempoMap) -> dict:
