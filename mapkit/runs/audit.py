@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mapkit.runs.runner import ItemResult, RunReport, run_items, write_report
+from mapkit.runs.runner import (ItemResult, RunInterrupted, RunReport, run_items, write_interrupted_report,
+                                write_report)
 from mapkit.datasets.store import ShardItem, ShardWriter, Store, open_shard
 from mapkit.errors import StoreError
 from mapkit.settings import Settings
@@ -411,6 +412,10 @@ def audit_store(store="./mapkit-data", settings: AuditSettings = AuditSettings()
             results = run_items(tasks, functools.partial(audit_level, settings=settings), write, jobs=jobs,
                                 backend=backend, scheduler=scheduler, desc=COMMAND, progress=progress,
                                 unit="level")
+        except RunInterrupted as e:  # every audit written so far is complete and kept (finally)
+            write_interrupted_report(store.reports_dir, COMMAND, e, settings,
+                                     extra={"store": os.fspath(store.root), "force": force, "backend": backend})
+            raise
         finally:
             for w in writers.values():
                 w.close()

@@ -259,3 +259,36 @@ def test_realign_leaves_levels_never_audited_unchanged(audited):
     assert moved.levels[0].lag_frames == 0
     assert np.array_equal(moved.level_classes(0), raw.level_classes(0))
     raw.close(), moved.close()
+
+
+def test_ctrl_c_stops_the_audit_with_130_keeps_what_it_wrote_and_reports_it(audited, tmp_path, monkeypatch):
+    import os
+    import signal
+    import time
+
+    import mapkit.runs.audit as audit_module
+
+    store = tmp_path / "store"
+    shutil.copytree(audited[0].parent / "unaudited", store)
+    handled, original = [], audit_module.audit_level
+
+    def stopped_on_the_second(task, **kw):
+        handled.append(task.song_id)
+        if len(handled) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the second level is audited
+            time.sleep(5)
+        return original(task, **kw)
+
+    monkeypatch.setattr(audit_module, "audit_level", stopped_on_the_second)
+    result = CliRunner().invoke(main, ["audit", "--store", str(store), "--jobs", "1", "--no-progress"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted: stopped" in result.output and "Traceback" not in result.output
+    report = sorted((store / "reports").glob("audit-*.json"))[-1]
+    doc = json.loads(report.read_text())
+    assert doc["interrupted"] == signal.SIGINT and doc["exit_code"] == 130
+    assert [item["song_id"] for item in doc["items"]] == handled[:1]
+    monkeypatch.setattr(audit_module, "audit_level", original)
+    again = audit_store(store, jobs=1, progress=False)  # a second run finishes the job...
+    redone = {r.song_id for r in again.run.items if r.status == "ok"}
+    assert handled[0] not in redone and redone == set(LEVELS) - {handled[0]}  # ...and keeps the first's audit
+    assert again.exit_code == 0
