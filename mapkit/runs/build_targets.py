@@ -620,6 +620,27 @@ def _report_uncounted(store: Store, interrupted: RunInterrupted, settings, ignor
                              detail=detail)
 
 
+def _report_unwritten(store: Store, interrupted: RunInterrupted, tasks: list, per_task: dict, spooled: list,
+                      before: dict, settings, ignored, input_dir) -> None:
+    """The report of a run stopped after its first pass, while it counted the vocabulary or wrote the levels.
+
+    What counts as written is what the store's committed shards now hold that they did not before (a partial
+    shard is abandoned; a ``--rebuild-vocab`` run commits nothing until it is whole). The report lists those
+    levels and the ones that failed or were quarantined, and says how many computed levels were not written."""
+    now = store.index("targets")
+    spooled_tasks = {k for k, _ in spooled}
+    written = {k for k in spooled_tasks if tasks[k].song_id in now
+               and (tasks[k].song_id not in before or now[tasks[k].song_id].shard != before[tasks[k].song_id].shard)}
+    results = [r for k in sorted(per_task) for r in per_task[k]
+               if k in written or (k not in spooled_tasks and r.status in ("failed", "quarantined"))]
+    interrupted.results, interrupted.n_items = list(per_task), len(per_task)  # every level was handled
+    detail = (f"stopped after computing every level: {len(written)} written, "
+              f"{len(spooled_tasks) - len(written)} computed and not written")
+    write_interrupted_report(store.reports_dir, COMMAND, interrupted, settings, ignored,
+                             {"input": os.fspath(input_dir), "store": os.fspath(store.root)}, results=results,
+                             detail=detail)
+
+
 def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = TargetSettings(),
                   characteristic="Standard", jobs=None, force: bool = False, rebuild_vocab: bool = False,
                   val_fraction: float = 0.1, val_songs=None, seed: int = 0,
@@ -813,57 +834,62 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 except RunInterrupted as e:
                     _report_uncounted(store, e, settings, ignored, input_dir)
                     raise
-                # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
-                kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
-                # the songs the trainer will split: features and targets (after this run)
-                split_ids = set(features) & (set(targets) | written_ids)
-                groups = song_groups(features)
-                train, val = training_songs(split_ids, val_fraction, seed, val_songs, groups)
-                train = set(train)
-                spooled.sort()
-                counts, n_counted, n_difficulties = _count_training_states(spool, spooled, tasks, kept_stored, train)
-                vocab = Vocabulary.from_counts(counts, settings.vocab_size)
-                if rebuild_vocab:
-                    n_states_seen[0] += sum(int(e.attrs.get("n_states", 0)) for e in kept_stored)
-                if not counts and n_states_seen[0]:
-                    raise MapkitError(store.root, empty_vocabulary_reason(
-                        split_ids, train, val, val_songs is not None, n_states_seen[0]))
-                unk_skip.update(val)
-                if not rebuild_vocab:
-                    stale = sorted({str(e.file_attrs.get("vocab_hash")) for e in kept_stored if vocab_bound(e)}
-                                   - {vocab.hash})
-                    if stale:
-                        raise StoreError(store.vocab_path,
-                                         f"no vocab.json, and the vocabulary counted now (hash {vocab.hash}) is "
-                                         f"not the one of the stored targets (hash {', '.join(stale)}); add "
-                                         f"--rebuild-vocab to re-encode every stored level")
-                # an empty vocabulary would turn every later level into UNK: never saved
-                document = vocab_document(vocab, counts, settings, n_counted, n_difficulties=n_difficulties,
-                                          counted_songs=train, val_songs=val,
-                                          val_fraction=None if val_songs is not None else val_fraction,
-                                          seed=seed, grouping=grouping_record(groups, split_ids)) if counts else None
-                if document is not None and not rebuild_vocab:
-                    store.write_vocab(document)
-                n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
-                from mapkit.progress import progress_bar
-
-                # --rebuild-vocab: the new shards stay partial files until vocab.json and they are published
-                # together, and the old shards deleted, in one commit (Store.commit_rebuild)
-                writer = new_writer(vocab)
-                writer.publish = not rebuild_vocab
-                with writer, progress_bar(total=n_write, desc=f"{COMMAND} write", unit="level",
-                                          file=sys.stderr, disable=not progress) as bar:
-                    for _k, offset in spooled:
-                        spool.seek(offset)
-                        write_item(writer, level_item(pickle.load(spool), vocab, selection, settings.fps, meta))
-                        bar.update(1)
+                try:
+                    # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
+                    kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
+                    # the songs the trainer will split: features and targets (after this run)
+                    split_ids = set(features) & (set(targets) | written_ids)
+                    groups = song_groups(features)
+                    train, val = training_songs(split_ids, val_fraction, seed, val_songs, groups)
+                    train = set(train)
+                    spooled.sort()
+                    counts, n_counted, n_difficulties = _count_training_states(spool, spooled, tasks, kept_stored,
+                                                                               train)
+                    vocab = Vocabulary.from_counts(counts, settings.vocab_size)
                     if rebuild_vocab:
-                        for e in kept_stored:
-                            write_item(writer, reencode_stored(e, vocab))
+                        n_states_seen[0] += sum(int(e.attrs.get("n_states", 0)) for e in kept_stored)
+                    if not counts and n_states_seen[0]:
+                        raise MapkitError(store.root, empty_vocabulary_reason(
+                            split_ids, train, val, val_songs is not None, n_states_seen[0]))
+                    unk_skip.update(val)
+                    if not rebuild_vocab:
+                        stale = sorted({str(e.file_attrs.get("vocab_hash")) for e in kept_stored if vocab_bound(e)}
+                                       - {vocab.hash})
+                        if stale:
+                            raise StoreError(store.vocab_path,
+                                             f"no vocab.json, and the vocabulary counted now (hash {vocab.hash}) is "
+                                             f"not the one of the stored targets (hash {', '.join(stale)}); add "
+                                             f"--rebuild-vocab to re-encode every stored level")
+                    # an empty vocabulary would turn every later level into UNK: never saved
+                    document = vocab_document(vocab, counts, settings, n_counted, n_difficulties=n_difficulties,
+                                              counted_songs=train, val_songs=val,
+                                              val_fraction=None if val_songs is not None else val_fraction,
+                                              seed=seed, grouping=grouping_record(groups, split_ids)) if counts else None
+                    if document is not None and not rebuild_vocab:
+                        store.write_vocab(document)
+                    n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
+                    from mapkit.progress import progress_bar
+
+                    # --rebuild-vocab: the new shards stay partial files until vocab.json and they are published
+                    # together, and the old shards deleted, in one commit (Store.commit_rebuild)
+                    writer = new_writer(vocab)
+                    writer.publish = not rebuild_vocab
+                    with writer, progress_bar(total=n_write, desc=f"{COMMAND} write", unit="level",
+                                              file=sys.stderr, disable=not progress) as bar:
+                        for _k, offset in spooled:
+                            spool.seek(offset)
+                            write_item(writer, level_item(pickle.load(spool), vocab, selection, settings.fps, meta))
                             bar.update(1)
-                if rebuild_vocab:
-                    # every level the old shards held is now in a newer shard, encoded with the new vocabulary
-                    store.commit_rebuild(document, writer.pending, targets.shards)
+                        if rebuild_vocab:
+                            for e in kept_stored:
+                                write_item(writer, reencode_stored(e, vocab))
+                                bar.update(1)
+                    if rebuild_vocab:
+                        # every level the old shards held is now in a newer shard, encoded with the new vocabulary
+                        store.commit_rebuild(document, writer.pending, targets.shards)
+                except RunInterrupted as e:  # counting or writing: committed shards stay, the partial one goes
+                    _report_unwritten(store, e, tasks, per_task, spooled, targets, settings, ignored, input_dir)
+                    raise
 
         items = _ordered_items(len(sources), early, task_pos, per_task, ran)
         index = store.index("targets")

@@ -96,6 +96,9 @@ class RunInterrupted(BaseException):
 
     def note(self) -> str:
         """The summary line of an interrupted run's report."""
+        if self.n_items and len(self.results) >= self.n_items:
+            return (f"interrupted by signal {self.signum} after all {self.n_items} items were handled: run the "
+                    f"same command again to finish")
         return (f"interrupted by signal {self.signum} after {len(self.results)} of {self.n_items} items; "
                 f"the rest were not handled: run the same command again to finish")
 

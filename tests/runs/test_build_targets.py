@@ -957,3 +957,41 @@ def test_a_run_stopped_while_counting_the_vocabulary_writes_nothing_but_its_repo
     assert doc["notes"][1] == "stopped while counting the vocabulary: no level was written (1 computed and discarded)"
     assert doc["notes"][0].startswith("interrupted by signal 15 after 1 of 2 items")
     assert not Store(store).vocab_path.exists() and Store(store).shards("targets") == []
+
+
+def test_a_run_stopped_while_writing_after_its_first_pass_reports_the_levels_it_committed(real, tmp_path,
+                                                                                         monkeypatch):
+    import os
+    import signal
+    import time
+
+    import mapkit.runs.build_targets as bt
+    from mapkit.cli import signals_stop_the_run
+    from mapkit.runs.runner import RunInterrupted
+
+    store = tmp_path / "store"
+    shutil.copytree(real["store"], store)
+    shutil.rmtree(store / "targets")
+    (store / "vocab.json").unlink()  # the first pass computes every level, then they are written one by one
+    encoded, original = [], bt.level_item
+
+    def stopped_on_the_second(level, *args, **kw):
+        encoded.append(level.song_id)
+        if len(encoded) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the second level is encoded (as the CLI runs)
+            time.sleep(5)
+        return original(level, *args, **kw)
+
+    monkeypatch.setattr(bt, "level_item", stopped_on_the_second)
+    with pytest.raises(RunInterrupted) as e, signals_stop_the_run():
+        build_targets(real["levels"], store=store, settings=BIG_VOCAB, val_fraction=ALL_COUNTED, characteristic="all",
+                      jobs=1, progress=False, shard_levels=1)
+    doc = json.loads(open(e.value.report_path).read())
+    assert doc["interrupted"] == signal.SIGINT and doc["exit_code"] == 130
+    assert {item["song_id"].split("/")[0] for item in doc["items"]} == {encoded[0]}  # the one committed level
+    assert doc["notes"] == ["interrupted by signal 2 after all 2 items were handled: run the same command again "
+                            "to finish", "stopped after computing every level: 1 written, 1 computed and not written"]
+    assert set(read_levels(store)) == {encoded[0]}  # what the report says was written is in the store
+    assert build_targets(real["levels"], store=store, settings=BIG_VOCAB, characteristic="all", jobs=1,
+                         progress=False).exit_code == 0  # and a second run finishes the job
+    assert set(read_levels(store)) == set(encoded)
