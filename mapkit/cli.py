@@ -171,6 +171,13 @@ def warn_ignored(report) -> None:
         click.echo(printable(f"ignored: {path}: {reason}"), err=True)
 
 
+def fail_error(e) -> None:
+    """Print a :class:`~mapkit.errors.MapkitError` and exit: 64 for a UsageError, else 1."""
+    from mapkit.errors import UsageError
+
+    fail(str(e), EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED)
+
+
 def fail(message: str, code: int = 1):
     """Print ``message`` to stderr and exit with ``code``."""
     from mapkit.datasets.names import printable
@@ -463,7 +470,9 @@ def audit_command(store, as_json, plot, jobs, force, backend, scheduler, no_prog
     prints the flagged levels, writes STORE/reports/audit-*.json and a PNG.
     Levels already audited with the same settings are not redone. Exit code
     0 when every level was audited (flagged or not), 2 when some could not
-    be (e.g. no features), 1 when the audit could not run.
+    be (e.g. no features), 1 when the audit could not run, 130/143 when
+    Ctrl-C or SIGTERM stopped it (the audits written so far are kept, and
+    its report says how many levels were left).
 
     \b
     Example:
@@ -474,13 +483,17 @@ def audit_command(store, as_json, plot, jobs, force, backend, scheduler, no_prog
     import json
 
     from mapkit.runs.audit import audit_store
+    from mapkit.runs.runner import RunInterrupted
     from mapkit.errors import MapkitError
 
     try:
-        report = audit_store(store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
-                             progress=not no_progress and not as_json, plot=plot)
+        with signals_stop_the_run():
+            report = audit_store(store, jobs=jobs, force=force, backend=backend, scheduler=scheduler,
+                                 progress=not no_progress and not as_json, plot=plot)
     except MapkitError as e:
         fail(str(e))
+    except RunInterrupted as e:
+        interrupted(e)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:
@@ -729,7 +742,7 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
                          progress=not kw["no_progress"], stop_at=kw["stop_at"], overwrite=kw["overwrite"],
                          recompute=kw["recompute"])
     if kw["resume"] and kw["overwrite"]:
-        fail("--resume continues the run in OUT, --overwrite deletes it: give one of them")
+        fail("--resume continues the run in OUT, --overwrite deletes it: give one of them", EXIT_USAGE)
     try:
         if kw["resume"]:
             config = _resume_config(config_fn, out, kw, config_overrides)
@@ -1055,8 +1068,8 @@ def evaluate_command(levels, reference, baseline, store, save_baseline_to, diffi
     store of human levels with --store S --save-baseline FILE. The songs
     are decoded (about 1 s each; from a store, its stage-1 features are
     read) for the alignment of notes to the audio unless --no-audio. Exit codes: 0 all evaluated, 1 nothing could be
-    evaluated (or bad usage), 2 some levels or difficulties could not be
-    (listed on stderr).
+    evaluated, 2 some levels or difficulties could not be (listed on
+    stderr), 64 bad usage (LEVEL and --store, neither, an unknown difficulty).
 
     \b
     Example:
@@ -1076,7 +1089,7 @@ def evaluate_command(levels, reference, baseline, store, save_baseline_to, diffi
                           characteristic=characteristic, audio=not no_audio, plot_dir=plot_dir,
                           progress=not no_progress)
     except MapkitError as e:
-        fail(str(e))
+        fail_error(e)
     if as_json:
         click.echo(json_module.dumps(report.to_json(), allow_nan=False))
     elif report.items:

@@ -25,6 +25,10 @@ class MapkitError(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
+class UsageError(MapkitError):
+    """Arguments that are invalid or do not fit together (``path`` names the option): the CLI exits 64."""
+
+
 class LevelError(MapkitError):
     """A level (info or difficulty file) cannot be read or is corrupt."""
 

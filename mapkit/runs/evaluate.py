@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mapkit.errors import MapkitError
+from mapkit.errors import MapkitError, UsageError
 from mapkit.preprocess.alignment import beat_period_frames
 from mapkit.preprocess.baseline import BAND, Baseline, outside_band
 from mapkit.preprocess.difficulties import DIFFICULTIES, canonical_difficulty
@@ -540,17 +540,18 @@ def evaluate(levels=(), store=None, reference=None, baseline=None, save_baseline
     Raises
     ------
     MapkitError
-        Bad usage (levels and a store, neither), an unreadable baseline, a store without targets.
+        An unreadable baseline, a store without targets; :class:`~mapkit.errors.UsageError` for bad usage
+        (levels and a store, neither, an unknown difficulty).
     """
     levels = list(levels)
     if store is not None and levels:
-        raise MapkitError(store, "give LEVEL... or --store, not both")
+        raise UsageError(store, "give LEVEL... or --store, not both")
     if store is None and not levels:
-        raise MapkitError(".", "nothing to evaluate: give LEVEL... or --store")
+        raise UsageError(".", "nothing to evaluate: give LEVEL... or --store")
     try:
         wanted = [canonical_difficulty(d) for d in difficulties or ()]
     except ValueError as e:
-        raise MapkitError("--difficulty", str(e)) from None
+        raise UsageError("--difficulty", str(e)) from None
     base = load_baseline(baseline) if baseline is not None else None
     if store is not None:
         report = evaluate_store(store, wanted, characteristic, settings, progress, audio)

@@ -88,7 +88,11 @@ def test_bad_input_is_reported_and_the_run_goes_on(tmp_path):
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "good"), "--no-audio", "--baseline", str(bad)])
     assert r.exit_code == 1 and "bad.json" in r.stderr and "percentiles" in r.stderr
     r = CliRunner().invoke(main, ["evaluate", "--no-audio"])
-    assert r.exit_code == 1 and "nothing to evaluate" in r.stderr
+    assert r.exit_code == 64 and "nothing to evaluate" in r.stderr  # bad usage, as a wrong option is
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "good"), "--store", str(tmp_path), "--no-audio"])
+    assert r.exit_code == 64 and "not both" in r.stderr
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "good"), "--no-audio", "--difficulty", "Foo"])
+    assert r.exit_code == 64 and "Foo" in r.stderr
 
 
 def test_generate_evaluate_prints_metrics_and_percentiles(tiny, tmp_path, one_torch_thread):

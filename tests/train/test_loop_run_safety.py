@@ -40,6 +40,8 @@ def test_a_second_run_into_the_same_folder_is_refused_unless_resume_or_overwrite
     assert again.exit_code == 1
     assert "not empty" in again.output and "--resume" in again.output and "--overwrite" in again.output
     assert (out / "best.pt").read_bytes() == best and (out / "metrics.jsonl").read_text() == log
+    both = cli(*args, "--overwrite", "--resume")
+    assert both.exit_code == 64 and "give one of them" in both.output  # bad usage, not a failed run
     over = cli(*args, "--overwrite", "--max-steps", "2")
     assert over.exit_code == 0, over.output
     assert read_checkpoint(out / "last.pt")["step"] == 2
