@@ -942,8 +942,9 @@ def train_transformer_command(out, d_model, n_layers, n_heads, d_ff, dropout, ma
                    "for the difficulty, moved into the human note-density band of the object model).")
 @click.option("--no-snap", is_flag=True, help="Keep exact note times instead of snapping to 1/16 beat within 10 ms.")
 @click.option("--no-align-grid", is_flag=True,
-              help="Keep beat 0 of the tempo map at 0 s at the song's tempo (by default a one-beat lead-in tempo "
-                   "puts the map's whole beats on the music's estimated beats).")
+              help="Write the estimated tempo map as it is: the song's tempo from 0 s, changes on its whole beats "
+                   "(by default a one-beat lead-in tempo, and a one-beat bridge at each change, put the map's "
+                   "whole beats on the music's estimated beats).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device of the models (cpu, cuda...).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Torch CPU threads. 1 is fastest on small CPUs: decoding is a long chain of small steps.")

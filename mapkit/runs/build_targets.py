@@ -716,10 +716,11 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
     RunInterrupted
         SIGINT or SIGTERM: with a known vocabulary the levels written so far
         are committed and a report of them is written (``interrupted`` in its
-        JSON); while the vocabulary is being counted no level is written, and
-        the report lists only the levels that failed or were quarantined (with
-        a note that the rest were computed and discarded). Running again
-        finishes the job.
+        JSON). Without a known vocabulary every level is computed before any is
+        written: stopped in that pass, no level is written and the report lists
+        only the levels that failed or were quarantined; stopped later (counting
+        or writing), it also lists the levels its committed shards hold and says
+        how many computed ones were not written. Running again finishes the job.
     """
     from mapkit.preprocess.sources import discover
 

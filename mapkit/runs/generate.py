@@ -17,7 +17,7 @@ Timing. The level's tempo map is estimated from the audio
 (:func:`~mapkit.preprocess.beats.estimate_tempo_map`: one tempo for a steady
 song, changes only where the music's tempo really changes), ``_songTimeOffset``
 0 and beat 0 at audio time 0 (BeatSaver rejects offsets). It is written as v3
-``bpmEvents`` (Info ``_beatsPerMinute`` = the first tempo) or, with ``--format
+``bpmEvents`` (Info ``_beatsPerMinute`` = the song's first tempo, after the lead-in) or, with ``--format
 v4``, as the audio-data file's ``bpmData`` regions; for v4 the map used is the
 one those regions define (:meth:`TempoMap.to_regions`, starts on whole
 samples), so the notes' beats are exactly those of the file. A note at ``t``
@@ -31,8 +31,10 @@ way every note's time rounds to exactly the frame stage 1 chose, and the
 notes of :class:`GeneratedDifficulty` hold exactly the times the level plays
 (``tempo.seconds(beat)``). The grid's whole beats lie on the music's beats
 (``align_grid``, default): a one-beat lead-in tempo at beat 0 ends on the
-song's estimated first beat (:func:`~mapkit.preprocess.beats.grid_lead_in`),
-unless that beat is already within 1/16 beat of audio time 0.
+song's estimated first beat, and each tempo change becomes a one-beat bridge
+onto the next segment's beats (:func:`~mapkit.preprocess.beats.grid_lead_in`);
+a constant-tempo song whose first beat is within 1/16 beat of audio time 0
+keeps the plain map.
 
 Difficulties. One run makes any set of difficulties (``"all"``: the five):
 features, tempo, song.egg and cover once; stage 1 (conditioned on the
@@ -218,7 +220,7 @@ class GeneratedLevel:
     ``charts`` are the difficulties, easiest first (:class:`GeneratedDifficulty`);
     ``difficulty``, ``notes``, ``peak_frames``, ``snapped`` and ``score`` are
     those of the first (the only one when one was asked for). ``tempo`` is the
-    level's tempo map, ``bpm`` its first tempo. ``timings`` maps stage ->
+    level's tempo map, ``bpm`` the song's first tempo (the Info BPM). ``timings`` maps stage ->
     seconds (features, tempo, then stage1, peaks, stage2 summed over the
     difficulties, writing). ``warnings`` says what is off about a level that
     was still written (e.g. no notes found).
@@ -239,7 +241,8 @@ class GeneratedLevel:
 
     @property
     def bpm(self) -> float:
-        """The first tempo (Info ``_beatsPerMinute`` / ``audio.bpm``)."""
+        """The song's first tempo, the map's ``base_bpm`` (Info ``_beatsPerMinute`` / ``audio.bpm``); a lead-in
+        tempo before beat 1 is not it."""
         return self.tempo.base_bpm
 
     @property

@@ -40,7 +40,7 @@ def v3_difficulty(color_notes: list, bomb_notes: list, bpm_events: list, light_e
     }
 
 def bpm_events(tempo) -> list:
-    """v3 ``bpmEvents`` of a tempo: ``{b, m}`` at beat 0 with the first tempo, then one per change.
+    """v3 ``bpmEvents`` of a tempo: ``{b, m}`` at beat 0 with the tempo from 0 s, then one per change.
 
     ``tempo`` is a BPM or a :class:`~mapkit.preprocess.tempo.TempoMap` with
     beat 0 at 0 s; :meth:`TempoMap.from_bpm_events(first bpm, events)
@@ -126,8 +126,8 @@ def info_json(title: str, bpm: float, difficulty: str, beatmap_filename: str, du
 def info_json_levels(title: str, bpm: float, beatmaps: list, duration_s: float, author: str = "") -> dict:
     """An ``Info.dat`` v2.1.0 listing Standard difficulties: ``beatmaps`` is ``[(difficulty, file name), ...]``.
 
-    ``_beatsPerMinute`` is ``bpm`` (the first tempo: v3 ``bpmEvents`` carry
-    the changes). ``_songTimeOffset`` is 0 and ``_beatmapColorSchemeIdx`` 0 names the one
+    ``_beatsPerMinute`` is ``bpm`` (the map's base tempo, the song's: v3
+    ``bpmEvents`` carry the lead-in and the changes). ``_songTimeOffset`` is 0 and ``_beatmapColorSchemeIdx`` 0 names the one
     scheme in ``_colorSchemes`` (BeatSaver rejects an index out of range);
     that scheme has ``useOverride`` false, so the environment's own colours
     are used.

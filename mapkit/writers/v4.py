@@ -150,7 +150,7 @@ def v4_info(title: str, bpm: float, beatmaps: list, duration_s: float, author: s
     title, author : str
         Song title and artist.
     bpm : float
-        ``audio.bpm`` (the first tempo; the audio-data regions time the level).
+        ``audio.bpm`` (the map's base tempo, the song's; the audio-data regions time the level).
     beatmaps : list of (difficulty, beatmap file name)
         Easiest first; each gets its own lightshow (:func:`lightshow_filename`).
     duration_s : float
