@@ -127,33 +127,6 @@ item_timeout_option = click.option(
     help="Time limit of one item: past it, it fails with 'timed out after N s' and the run goes on.")
 
 
-@contextmanager
-def signals_stop_the_run():
-    """Inside, SIGINT and SIGTERM raise RunInterrupted, before and after the per-item work too.
-
-    (During the work, :func:`~mapkit.runs.runner.run_items` handles them
-    itself, so that no write is cut in half.) The old handlers come back after.
-    """
-    import signal
-    import threading
-
-    from mapkit.runs.runner import RunInterrupted
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-
-    def handler(signum, frame):
-        raise RunInterrupted(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def interrupted(e) -> None:
     """Print the one line of a run stopped by SIGINT/SIGTERM and exit with 128 + the signal number."""
     from mapkit.runs.runner import INTERRUPTED_MESSAGE
@@ -235,7 +208,7 @@ def extract_command(input_dir, store, jobs, force, backend, scheduler, shard_son
       mapkit extract ~/BeatSaber/CustomLevels --store data/ --jobs 8
       mapkit extract songs/ --backend dask --scheduler tcp://10.0.0.5:8786
     """
-    from mapkit.runs.runner import RunInterrupted
+    from mapkit.runs.runner import RunInterrupted, signals_stop_the_run
     from mapkit.errors import MapkitError
     from mapkit.runs.extract import extract
 
@@ -428,7 +401,7 @@ def build_targets_command(input_dir, store, characteristic, vocab_size, rebuild_
       mapkit build-targets CustomLevels/ --metadata beatsaver-maps.jsonl --force
     """
     from mapkit.runs.build_targets import build_targets
-    from mapkit.runs.runner import RunInterrupted
+    from mapkit.runs.runner import RunInterrupted, signals_stop_the_run
     from mapkit.errors import MapkitError
     from mapkit.settings import TargetSettings
 
@@ -483,7 +456,7 @@ def audit_command(store, as_json, plot, jobs, force, backend, scheduler, no_prog
     import json
 
     from mapkit.runs.audit import audit_store
-    from mapkit.runs.runner import RunInterrupted
+    from mapkit.runs.runner import RunInterrupted, signals_stop_the_run
     from mapkit.errors import MapkitError
 
     try:

@@ -697,6 +697,31 @@ def reason_lines(items, max_reasons: int = 8, max_named: int = 3) -> list[str]:
     return lines
 
 
+@contextmanager
+def signals_stop_the_run():
+    """Inside, SIGINT and SIGTERM raise RunInterrupted, before and after the per-item work too.
+
+    (During the work, :func:`~mapkit.runs.runner.run_items` handles them
+    itself, so that no write is cut in half.) The old handlers come back after.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def handler(signum, frame):
+        raise RunInterrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def write_interrupted_report(reports_dir, command: str, interrupted: RunInterrupted, settings=None,
                              ignored=(), extra: dict | None = None, results=None, detail: str = "") -> Path:
     """The report of a run a signal stopped: the items it handled, its note, ``"interrupted"`` and the exit code.

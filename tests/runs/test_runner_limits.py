@@ -279,7 +279,7 @@ def test_a_signal_inside_the_decoders_read_callback_is_not_a_truncated_song(monk
 
 
 def test_the_commands_stop_on_a_signal_outside_the_work_too():
-    from mapkit.cli import signals_stop_the_run
+    from mapkit.runs.runner import signals_stop_the_run
 
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(RunInterrupted) as e, signals_stop_the_run():
