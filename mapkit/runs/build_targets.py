@@ -830,6 +830,64 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                         written_ids.add(task.song_id)
                     return summary(results, task)
 
+                def count_and_write(spool, spooled: list, n_states_seen: list) -> Vocabulary:
+                    """Count the vocabulary over the training songs (writing ``vocab.json``), then write the spooled
+                    levels; the vocabulary."""
+                    # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
+                    kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
+                    # the songs the trainer will split: features and targets (after this run)
+                    split_ids = set(features) & (set(targets) | written_ids)
+                    groups = song_groups(features)
+                    train, val = training_songs(split_ids, val_fraction, seed, val_songs, groups)
+                    train = set(train)
+                    spooled.sort()
+                    counts, n_counted, n_difficulties = _count_training_states(spool, spooled, tasks, kept_stored,
+                                                                               train)
+                    vocab = Vocabulary.from_counts(counts, settings.vocab_size)
+                    if rebuild_vocab:
+                        n_states_seen[0] += sum(int(e.attrs.get("n_states", 0)) for e in kept_stored)
+                    if not counts and n_states_seen[0]:
+                        raise MapkitError(store.root, empty_vocabulary_reason(
+                            split_ids, train, val, val_songs is not None, n_states_seen[0]))
+                    unk_skip.update(val)
+                    if not rebuild_vocab:
+                        stale = sorted({str(e.file_attrs.get("vocab_hash")) for e in kept_stored if vocab_bound(e)}
+                                       - {vocab.hash})
+                        if stale:
+                            raise StoreError(store.vocab_path,
+                                             f"no vocab.json, and the vocabulary counted now (hash {vocab.hash}) is "
+                                             f"not the one of the stored targets (hash {', '.join(stale)}); add "
+                                             f"--rebuild-vocab to re-encode every stored level")
+                    # an empty vocabulary would turn every later level into UNK: never saved
+                    document = vocab_document(vocab, counts, settings, n_counted, n_difficulties=n_difficulties,
+                                              counted_songs=train, val_songs=val,
+                                              val_fraction=None if val_songs is not None else val_fraction,
+                                              seed=seed,
+                                              grouping=grouping_record(groups, split_ids)) if counts else None
+                    if document is not None and not rebuild_vocab:
+                        store.write_vocab(document)
+                    n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
+                    from mapkit.progress import progress_bar
+
+                    # --rebuild-vocab: the new shards stay partial files until vocab.json and they are published
+                    # together, and the old shards deleted, in one commit (Store.commit_rebuild)
+                    writer = new_writer(vocab)
+                    writer.publish = not rebuild_vocab
+                    with writer, progress_bar(total=n_write, desc=f"{COMMAND} write", unit="level",
+                                              file=sys.stderr, disable=not progress) as bar:
+                        for _k, offset in spooled:
+                            spool.seek(offset)
+                            write_item(writer, level_item(pickle.load(spool), vocab, selection, settings.fps, meta))
+                            bar.update(1)
+                        if rebuild_vocab:
+                            for e in kept_stored:
+                                write_item(writer, reencode_stored(e, vocab))
+                                bar.update(1)
+                    if rebuild_vocab:
+                        # every level the old shards held is now in a newer shard, encoded with the new vocabulary
+                        store.commit_rebuild(document, writer.pending, targets.shards)
+                    return vocab
+
                 try:
                     ran = run_items(tasks, work, collect, jobs=jobs, backend=backend, scheduler=scheduler,
                                     desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
@@ -840,58 +898,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                 # (a partial shard is abandoned), for library callers as for the CLI
                 with signals_stop_the_run():
                     try:
-                        # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
-                        kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
-                        # the songs the trainer will split: features and targets (after this run)
-                        split_ids = set(features) & (set(targets) | written_ids)
-                        groups = song_groups(features)
-                        train, val = training_songs(split_ids, val_fraction, seed, val_songs, groups)
-                        train = set(train)
-                        spooled.sort()
-                        counts, n_counted, n_difficulties = _count_training_states(spool, spooled, tasks, kept_stored,
-                                                                                   train)
-                        vocab = Vocabulary.from_counts(counts, settings.vocab_size)
-                        if rebuild_vocab:
-                            n_states_seen[0] += sum(int(e.attrs.get("n_states", 0)) for e in kept_stored)
-                        if not counts and n_states_seen[0]:
-                            raise MapkitError(store.root, empty_vocabulary_reason(
-                                split_ids, train, val, val_songs is not None, n_states_seen[0]))
-                        unk_skip.update(val)
-                        if not rebuild_vocab:
-                            stale = sorted({str(e.file_attrs.get("vocab_hash")) for e in kept_stored if vocab_bound(e)}
-                                           - {vocab.hash})
-                            if stale:
-                                raise StoreError(store.vocab_path,
-                                                 f"no vocab.json, and the vocabulary counted now (hash {vocab.hash}) "
-                                                 f"is not the one of the stored targets (hash {', '.join(stale)}); "
-                                                 f"add --rebuild-vocab to re-encode every stored level")
-                        # an empty vocabulary would turn every later level into UNK: never saved
-                        document = None if not counts else vocab_document(
-                            vocab, counts, settings, n_counted, n_difficulties=n_difficulties, counted_songs=train,
-                            val_songs=val, val_fraction=None if val_songs is not None else val_fraction, seed=seed,
-                            grouping=grouping_record(groups, split_ids))
-                        if document is not None and not rebuild_vocab:
-                            store.write_vocab(document)
-                        n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
-                        from mapkit.progress import progress_bar
-
-                        # --rebuild-vocab: the new shards stay partial files until vocab.json and they are published
-                        # together, and the old shards deleted, in one commit (Store.commit_rebuild)
-                        writer = new_writer(vocab)
-                        writer.publish = not rebuild_vocab
-                        with writer, progress_bar(total=n_write, desc=f"{COMMAND} write", unit="level",
-                                                  file=sys.stderr, disable=not progress) as bar:
-                            for _k, offset in spooled:
-                                spool.seek(offset)
-                                write_item(writer, level_item(pickle.load(spool), vocab, selection, settings.fps, meta))
-                                bar.update(1)
-                            if rebuild_vocab:
-                                for e in kept_stored:
-                                    write_item(writer, reencode_stored(e, vocab))
-                                    bar.update(1)
-                        if rebuild_vocab:
-                            # every level the old shards held is now in a newer shard, encoded with the new vocabulary
-                            store.commit_rebuild(document, writer.pending, targets.shards)
+                        vocab = count_and_write(spool, spooled, n_states_seen)
                     except RunInterrupted as e:  # counting or writing: committed shards stay, the partial one goes
                         _report_unwritten(store, e, tasks, per_task, spooled, targets, settings, ignored, input_dir)
                         raise
