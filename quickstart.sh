@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # mapkit quickstart: set up, then run the main job end to end on a small demo set:
-#   demo -> extract -> build-targets -> validate -> train ddc -> train transformer -> generate -> inspect
+#   demo -> extract -> build-targets -> validate -> train ddc -> train transformer -> train objects -> generate -> inspect
 # Everything goes under ./mapkit-demo (levels, store, runs, generated level). Run it again to
 # redo the main job: set-up, the demo set and extraction are then skipped (already there).
 # The main job is timed (wall clock and CPU seconds) and the times are printed at the end.
