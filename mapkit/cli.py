@@ -734,7 +734,7 @@ def _run_training(train_fn, config_fn, out, kw: dict, **config_overrides):
         sys.exit(SIGNAL_EXIT.get(result.interrupted, 1))
 
 
-@main.group("train", short_help="Train stage 1 (ddc), stage 2 (transformer) or the object model (objects).")
+@main.group("train", short_help="Train ddc, transformer or objects (the models).")
 def train_group():
     """Train the two models on a store: `ddc` (stage 1), then `transformer` (stage 2); `objects` fits the
     object model of generate (walls, arcs, chains, lights; counting, seconds).
