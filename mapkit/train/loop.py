@@ -269,6 +269,18 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     return info
 
 
+def _leave_distributed(dist_info: DistInfo) -> None:
+    """Wait for every rank, then leave the process group. A rank that exits while another still holds the
+    group can abort in gloo's threads ("terminate called without an active exception", SIGABRT), which
+    fails the whole torchrun job after a run that succeeded."""
+    if dist_info.active:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
 def _barrier(dist_info: DistInfo):
     if dist_info.active:
         import torch.distributed as dist
@@ -1080,22 +1092,26 @@ def fit(stage: Stage, store: Store, out_dir, config: TrainConfig, options: RunOp
 
     digests = _all_gather_object(parameter_digest(model), dist_info)
     plot_path = metrics_path = None
-    if dist_info.main:
-        metrics_path = out_dir / METRICS_FILE
-        if step >= total_steps and val_songs:
-            model.eval()
-            with torch.no_grad():
-                for record in stage.final_records(model, device, autocast):
-                    log.write({"step": step, "epoch": epoch, **record})
-        log.write({"split": "end", "step": step, "epoch": epoch, "rank_parameter_digests": digests,
-                   "elapsed_s": round(time.monotonic() - started, 3), "cpu_s": round(cpu_seconds() - cpu_started, 3)})
-        if len(set(digests)) > 1:
-            raise TrainingError(out_dir, f"the ranks' weights differ after training: {digests}")
-        plot_path = plot_metrics(metrics_path, out_dir / PLOT_FILE, stage.metric, stage.maximize)
-        if last_path is None and (out_dir / LAST).exists():
-            last_path = out_dir / LAST
-        if best_path is None and (out_dir / BEST).exists():
-            best_path = out_dir / BEST
+    try:
+        if dist_info.main:
+            metrics_path = out_dir / METRICS_FILE
+            if step >= total_steps and val_songs:
+                model.eval()
+                with torch.no_grad():
+                    for record in stage.final_records(model, device, autocast):
+                        log.write({"step": step, "epoch": epoch, **record})
+            log.write({"split": "end", "step": step, "epoch": epoch, "rank_parameter_digests": digests,
+                       "elapsed_s": round(time.monotonic() - started, 3),
+                       "cpu_s": round(cpu_seconds() - cpu_started, 3)})
+            if len(set(digests)) > 1:
+                raise TrainingError(out_dir, f"the ranks' weights differ after training: {digests}")
+            plot_path = plot_metrics(metrics_path, out_dir / PLOT_FILE, stage.metric, stage.maximize)
+            if last_path is None and (out_dir / LAST).exists():
+                last_path = out_dir / LAST
+            if best_path is None and (out_dir / BEST).exists():
+                best_path = out_dir / BEST
+    finally:
+        _leave_distributed(dist_info)
     stage.close()
     return TrainResult(step, last_path, best_path, last_metrics, metrics_path, plot_path, list(train_songs),
                        list(val_songs), stopped_early=step < total_steps, interrupted=interrupted)
