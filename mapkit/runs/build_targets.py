@@ -610,35 +610,30 @@ def _count_training_states(spool, spooled: list, tasks: list, kept_stored: list,
     return counts, n_counted, n_difficulties
 
 
-def _report_uncounted(store: Store, interrupted: RunInterrupted, settings, ignored, input_dir) -> None:
-    """The report of a run stopped while it counted the vocabulary: nothing was written, so it lists only
-    the levels that failed or were quarantined (their reasons hold), and says the rest were discarded."""
-    bad = [r for r in interrupted.results if r.status in ("failed", "quarantined")]
-    n_discarded = len(interrupted.results) - len(bad)
-    detail = f"stopped while counting the vocabulary: no level was written ({n_discarded} computed and discarded)"
-    write_interrupted_report(store.reports_dir, COMMAND, interrupted, settings, ignored,
-                             {"input": os.fspath(input_dir), "store": os.fspath(store.root)}, results=bad,
-                             detail=detail)
-
-
 def _report_unwritten(store: Store, interrupted: RunInterrupted, tasks: list, per_task: dict, spooled: list,
-                      before: dict, settings, ignored, input_dir) -> None:
-    """The report of a run stopped after its first pass, while it counted the vocabulary or wrote the levels.
+                      before: dict, settings, ignored, input_dir, counting: bool) -> None:
+    """The report of a run without a known vocabulary that a signal stopped: while it computed the levels
+    (``counting`` False: ``interrupted.results`` are the levels handled) or after (counting the vocabulary,
+    writing the levels: every level was handled).
 
     What counts as written is what the store's committed shards now hold that they did not before (a partial
     shard is abandoned; a ``--rebuild-vocab`` run commits nothing until it is whole). The report lists those
-    levels and the ones that failed or were quarantined, and says how many computed levels were not written."""
+    levels and every difficulty that failed or was quarantined, and says how many computed levels were not
+    written."""
     now = store.index("targets")
     spooled_tasks = {k for k, _ in spooled}
     written = {k for k in spooled_tasks if tasks[k].song_id in now
                and (tasks[k].song_id not in before or now[tasks[k].song_id].shard != before[tasks[k].song_id].shard)}
-    results = [r for k in sorted(per_task) for r in per_task[k]
-               if k in written or (k not in spooled_tasks and r.status in ("failed", "quarantined"))]
-    interrupted.results, interrupted.n_items = list(per_task), len(per_task)  # every level was handled
-    detail = (f"stopped after computing every level: {len(written)} written, "
+    handled = [r for k in sorted(per_task) for r in per_task[k]]
+    listed = [r for k in sorted(per_task) for r in per_task[k]
+              if k in written or r.status in ("failed", "quarantined")]
+    if counting:
+        interrupted.results, interrupted.n_items = handled, len(tasks)
+    phase = "counting the vocabulary or writing" if counting else "computing the levels"
+    detail = (f"stopped while {phase}: {plural(len(written), 'levels')} written, "
               f"{len(spooled_tasks) - len(written)} computed and not written")
     write_interrupted_report(store.reports_dir, COMMAND, interrupted, settings, ignored,
-                             {"input": os.fspath(input_dir), "store": os.fspath(store.root)}, results=results,
+                             {"input": os.fspath(input_dir), "store": os.fspath(store.root)}, results=listed,
                              detail=detail)
 
 
@@ -892,7 +887,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                     ran = run_items(tasks, work, collect, jobs=jobs, backend=backend, scheduler=scheduler,
                                     desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
                 except RunInterrupted as e:
-                    _report_uncounted(store, e, settings, ignored, input_dir)
+                    _report_unwritten(store, e, tasks, per_task, spooled, targets, settings, ignored, input_dir,
+                                      counting=False)
                     raise
                 # run_items handles signals only while it runs: from here on a signal stops the run at once
                 # (a partial shard is abandoned), for library callers as for the CLI
@@ -900,7 +896,8 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                     try:
                         vocab = count_and_write(spool, spooled, n_states_seen)
                     except RunInterrupted as e:  # counting or writing: committed shards stay, the partial one goes
-                        _report_unwritten(store, e, tasks, per_task, spooled, targets, settings, ignored, input_dir)
+                        _report_unwritten(store, e, tasks, per_task, spooled, targets, settings, ignored,
+                                          input_dir, counting=True)
                         raise
 
         items = _ordered_items(len(sources), early, task_pos, per_task, ran)

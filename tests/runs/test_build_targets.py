@@ -954,7 +954,7 @@ def test_a_run_stopped_while_counting_the_vocabulary_writes_nothing_but_its_repo
     doc = json.loads(open(e.value.report_path).read())
     assert doc["interrupted"] == signal.SIGTERM and doc["exit_code"] == 143
     assert doc["items"] == [] and doc["counts"].get("ok", 0) == 0  # the one computed level was not written
-    assert doc["notes"][1] == "stopped while counting the vocabulary: no level was written (1 computed and discarded)"
+    assert doc["notes"][1] == "stopped while computing the levels: 0 levels written, 1 computed and not written"
     assert doc["notes"][0].startswith("interrupted by signal 15 after 1 of 2 items")
     assert not Store(store).vocab_path.exists() and Store(store).shards("targets") == []
 
@@ -989,7 +989,8 @@ def test_a_run_stopped_while_writing_after_its_first_pass_reports_the_levels_it_
     assert doc["interrupted"] == signal.SIGINT and doc["exit_code"] == 130
     assert {item["song_id"].split("/")[0] for item in doc["items"]} == {encoded[0]}  # the one committed level
     assert doc["notes"] == ["interrupted by signal 2 after all 2 items were handled: run the same command again "
-                            "to finish", "stopped after computing every level: 1 written, 1 computed and not written"]
+                            "to finish", "stopped while counting the vocabulary or writing: 1 level written, 1 computed and "
+                            "not written"]
     assert set(read_levels(store)) == {encoded[0]}  # what the report says was written is in the store
     assert build_targets(real["levels"], store=store, settings=BIG_VOCAB, characteristic="all", jobs=1,
                          progress=False).exit_code == 0  # and a second run finishes the job
