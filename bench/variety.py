@@ -44,7 +44,7 @@ def note_times(song, p_model, s_model, p_ckpt, s_ckpt, priors, difficulties):
     out = {}
     for d in difficulties:
         probs = g._note_probabilities(p_model, p_setup, feats.placement, d)
-        th, band = thresholds[d], g._density_band(priors, d)
+        th, band = thresholds[d], g._band(priors, d, "note_density")
         if band is not None:
             th = threshold_for_density(probs, th, band, feats.duration_s, p_setup.min_gap_frames, p_setup.smoothing)
         frames, beats, _ = g._note_beats(probs, th, p_setup, tempo, feats.duration_s, True)

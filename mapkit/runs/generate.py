@@ -445,10 +445,10 @@ def generate_level(song, placement_model, selection_model, placement_ckpt: dict,
                   and _has_event_head(placement_model, placement_ckpt))
     for difficulty in difficulties:
         own = {}
-        band = None if threshold is not None else _density_band(object_priors, difficulty)
+        band = None if threshold is not None else _band(object_priors, difficulty, "note_density")
         t, p = sampling_for(difficulty, temperature, top_p) if sampling else (None, None)
-        variety = _variety_band(object_priors, difficulty) if _is_default(top_p) else None
-        nps = _nps_band(object_priors, difficulty) if band is not None else None
+        variety = _prior(object_priors, difficulty, "variety") if _is_default(top_p) else None
+        nps = _band(object_priors, difficulty, "nps_band") if band is not None else None
         th, *made, event_probs, used = _chart(placement_model, selection_model, p_setup, s_setup, feats, tempo,
                                               difficulty, thresholds[difficulty], snap, timings=own, density=band,
                                               events=events, variety=variety, nps=nps, temperature=t, top_p=p,
@@ -650,21 +650,16 @@ def _is_default(value) -> bool:
     return isinstance(value, str) and value == BY_DIFFICULTY
 
 
-def _variety_band(priors, difficulty: str) -> dict | None:
-    """The object model's variety band of ``difficulty`` (``variety``), or None (no model, an older one)."""
-    return ((priors.difficulties.get(difficulty) or {}) if priors is not None else {}).get("variety") or None
+def _prior(priors, difficulty: str, key: str):
+    """``key`` of the object model's entry for ``difficulty``, or None (no model, an older one without it, or
+    the difficulty not fitted)."""
+    return ((priors.difficulties.get(difficulty) or {}) if priors is not None else {}).get(key) or None
 
 
-def _nps_band(priors, difficulty: str):
-    """The human band of colour notes per second of ``difficulty`` from the object model (``nps_band``), or None."""
-    band = ((priors.difficulties.get(difficulty) or {}) if priors is not None else {}).get("nps_band")
-    return tuple(band) if band and band[1] > 0 else None
-
-
-def _density_band(priors, difficulty: str):
-    """The human band of note times per second of ``difficulty`` from the object model, or None (no model,
-    an older one, or the difficulty not fitted)."""
-    band = ((priors.difficulties.get(difficulty) or {}) if priors is not None else {}).get("note_density")
+def _band(priors, difficulty: str, key: str):
+    """A ``(low, high)`` human band of the object model (``note_density``: note times per second, ``nps_band``:
+    colour notes per second), or None (no model or entry, or an empty band)."""
+    band = _prior(priors, difficulty, key)
     return tuple(band) if band and band[1] > 0 else None
 
 
