@@ -274,5 +274,5 @@ def load_object_priors(path) -> ObjectPriors:
 
 
 __all__ = ["DEFAULT_PRIORS", "RATE_CAP_PERCENTILE", "VARIETY_METRICS", "event_thresholds", "fit_object_priors",
-           "level_rows", "load_object_priors", "max_rates", "nps_band", "presence", "priors_from_rows", "training_songs", "variety_band",
-           "variety_values"]
+           "level_rows", "load_object_priors", "max_rates", "nps_band", "presence", "priors_from_rows",
+           "training_songs", "variety_band", "variety_values"]
