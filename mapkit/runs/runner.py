@@ -474,22 +474,23 @@ def _run_joblib(items, work, handle, jobs, time_limit=None, signals=None):
                 dispatched.append(i)
                 yield delayed(_guarded)(work, i, items[i], time_limit, parent)
 
-        results = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks())
-        crashed = False
+        results, crashed = None, False
         try:
+            # Parallel() dispatches its first tasks at once: a worker can die before it returns
+            results = Parallel(n_jobs=jobs, return_as="generator_unordered", pre_dispatch="2*n_jobs")(tasks())
             while True:
                 try:
                     with signals.raising():
                         i, ok, value = next(results)
                 except StopIteration:
                     break
-                except (TerminatedWorkerError, BrokenProcessPool):
-                    crashed = True
-                    break
                 pending.discard(i)
                 handle(i, ok, value)
+        except (TerminatedWorkerError, BrokenProcessPool):
+            crashed = True
         finally:
-            results.close()  # on an interruption: joblib ends its workers
+            if results is not None:
+                results.close()  # on an interruption: joblib ends its workers
         if crashed:
             # Only the items in flight can have killed the pool: run each alone.
             for i in [i for i in dispatched if i in pending]:

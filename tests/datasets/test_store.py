@@ -1,4 +1,4 @@
-"""The store's reliability rules and the runner, on small synthetic items (no audio)."""
+"""The store's reliability rules, on small synthetic items (no audio)."""
 
 import json
 import os
@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 import mapkit
-from mapkit.runs.runner import ItemResult, RunReport, run_items, write_report
 from mapkit.datasets.store import (CHUNK_ROWS, Entry, attrs_checksum, ShardItem, ShardWriter, Store, feature_stats,
                                    shard_file_attrs, write_json_atomic)
-from mapkit.errors import AudioError, StoreError
-from mapkit.preprocess.sources import Source
+from mapkit.errors import StoreError
 from mapkit.settings import FeatureSettings, TargetSettings
 
 
@@ -189,77 +187,6 @@ def test_write_json_atomic_leaves_no_temporary(tmp_path):
     write_json_atomic(tmp_path / "x.json", {"a": 2})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 2}
     assert os.listdir(tmp_path) == ["x.json"]
-
-
-# --- the runner ---
-
-def square_or_fail(source):
-    """Work for the runner tests: named failures by song id."""
-    if source.song_id == "bad":
-        raise AudioError(source.path, "not a readable audio file: test")
-    if source.song_id == "buggy":
-        raise ZeroDivisionError("division by zero")
-    if source.song_id == "crash":
-        os._exit(3)  # a decoder crash kills the worker process
-    return int(source.song_id[1:]) ** 2
-
-
-def sources(*ids):
-    return [Source(i, f"/in/{i}.ogg", "audio") for i in ids]
-
-
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_runner_writes_in_parent_and_reports_failures(jobs):
-    items = sources("s1", "bad", "s2", "buggy", "s3")
-    written = {}
-
-    def write(item, value):
-        written[item.song_id] = (value, os.getpid())
-        return ItemResult(item.song_id, item.path, "ok")
-
-    results = run_items(items, square_or_fail, write, jobs=jobs, progress=False)
-    assert [r.song_id for r in results] == ["s1", "bad", "s2", "buggy", "s3"]
-    assert {k: v for k, (v, _) in written.items()} == {"s1": 1, "s2": 4, "s3": 9}
-    assert {pid for _, pid in written.values()} == {os.getpid()}
-    by_id = {r.song_id: r for r in results}
-    assert by_id["bad"].status == "failed" and by_id["bad"].reason == "not a readable audio file: test"
-    assert by_id["buggy"].reason == "ZeroDivisionError: division by zero"
-    assert by_id["s1"].status == "ok"
-
-
-def test_runner_survives_a_worker_process_that_dies():
-    items = sources(*[f"s{i}" for i in range(1, 7)], "crash")
-    items.insert(2, items.pop())  # the crash comes early, while other items are in flight
-    results = run_items(items, square_or_fail, lambda item, v: ItemResult(item.song_id, item.path, "ok", str(v)),
-                        jobs=2, progress=False)
-    by_id = {r.song_id: r for r in results}
-    assert by_id["crash"].status == "failed" and "worker process died" in by_id["crash"].reason
-    assert {k: r.reason for k, r in by_id.items() if r.status == "ok"} == {f"s{i}": str(i * i) for i in range(1, 7)}
-
-
-def test_write_errors_stop_the_run():
-    def write(item, value):
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(OSError, match="No space"):
-        run_items(sources("s1"), square_or_fail, write, jobs=1, progress=False)
-
-
-def test_report_counts_exit_code_summary_and_json(tmp_path):
-    report = RunReport("extract", [ItemResult("a", "/a", "ok"), ItemResult("b", "/b", "skipped", "present"),
-                                   ItemResult("c", "/c", "failed", "empty file (0 bytes)")])
-    assert report.counts == {"ok": 1, "skipped": 1, "failed": 1, "quarantined": 0}
-    assert report.exit_code == 2
-    path = write_report(tmp_path, report, FeatureSettings(), extra={"input": "/in"})
-    assert path.name.startswith("extract-") and path.name.endswith(f"-{os.getpid()}.json")
-    assert report.summary().splitlines() == [f"extract: 3 songs: 1 written, 1 already present, 1 failed (see {path})",
-                                             "  failed \u00d71: empty file (0 bytes): c"]
-    obj = json.loads(path.read_text())
-    assert obj["settings_hash"] == FeatureSettings().hash and obj["input"] == "/in"
-    assert obj["items"][2] == {"song_id": "c", "source": "/c", "status": "failed", "reason": "empty file (0 bytes)"}
-    assert RunReport("extract", [ItemResult("a", "/a", "skipped")]).exit_code == 0
-    with pytest.raises(ValueError):
-        ItemResult("a", "/a", "done")
 
 
 def test_a_finished_run_leaves_no_holder_line(tmp_path):
