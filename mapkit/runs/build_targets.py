@@ -610,31 +610,211 @@ def _count_training_states(spool, spooled: list, tasks: list, kept_stored: list,
     return counts, n_counted, n_difficulties
 
 
-def _report_unwritten(store: Store, interrupted: RunInterrupted, tasks: list, per_task: dict, spooled: list,
-                      before: dict, settings, ignored, input_dir, counting: bool) -> None:
-    """The report of a run without a known vocabulary that a signal stopped: while it computed the levels
-    (``counting`` False: ``interrupted.results`` are the levels handled) or after (counting the vocabulary,
-    writing the levels: every level was handled).
+@dataclass
+class _TargetsRun:
+    """One run's state under the store lock: its tasks, the indexes read at the start, what each task
+    gave (``per_task``), which levels it writes and the UNK totals of what it wrote.
 
-    What counts as written is what the store's committed shards now hold that they did not before (a partial
-    shard is abandoned; a ``--rebuild-vocab`` run commits nothing until it is whole). The report lists those
-    levels and every difficulty that failed or was quarantined, and says how many computed levels were not
-    written."""
-    now = store.index("targets")
-    spooled_tasks = {k for k, _ in spooled}
-    written = {k for k in spooled_tasks if tasks[k].song_id in now
-               and (tasks[k].song_id not in before or now[tasks[k].song_id].shard != before[tasks[k].song_id].shard)}
-    handled = [r for k in sorted(per_task) for r in per_task[k]]
-    listed = [r for k in sorted(per_task) for r in per_task[k]
-              if k in written or r.status in ("failed", "quarantined")]
-    if counting:
-        interrupted.results, interrupted.n_items = handled, len(tasks)
-    phase = "counting the vocabulary or writing" if counting else "computing the levels"
-    detail = (f"stopped while {phase}: {plural(len(written), 'levels')} written, "
-              f"{len(spooled_tasks) - len(written)} computed and not written")
-    write_interrupted_report(store.reports_dir, COMMAND, interrupted, settings, ignored,
-                             {"input": os.fspath(input_dir), "store": os.fspath(store.root)}, results=listed,
-                             detail=detail)
+    :meth:`write_as_computed` writes levels as they arrive (a known vocabulary);
+    :meth:`spool_count_write` computes every level first, then counts the
+    vocabulary over the training songs and writes them.
+    """
+
+    store: Store
+    tasks: list
+    features: object  # the features index
+    targets: object  # the targets index, as it was before this run
+    settings: TargetSettings
+    selection: str
+    meta: object
+    ignored: list
+    input_dir: object
+    shard_levels: int
+    shard_bytes: int
+    rebuild_vocab: bool
+    split: tuple  # (val_fraction, seed, val_songs): the trainer's split the vocabulary is counted over
+    unk_skip: set  # validation songs: their levels hold unseen states by design
+    progress: bool = True
+    per_task: dict = field(default_factory=dict)  # task position -> its ItemResults
+    written_ids: set = field(default_factory=set)
+    unk: list = field(default_factory=lambda: [0, 0])  # UNK state tokens, state tokens written
+
+    def __post_init__(self):
+        self.task_of = {t.song_id: k for k, t in enumerate(self.tasks)}
+        self.file_attrs = shard_file_attrs("targets", self.settings)
+
+    def new_writer(self, vocab: Vocabulary) -> ShardWriter:
+        return ShardWriter(self.store.targets_dir, {**self.file_attrs, "vocab_hash": vocab.hash},
+                           max_items=self.shard_levels, max_bytes=self.shard_bytes)
+
+    def record(self, task, value) -> ItemResult:
+        """Keep a task's per-difficulty results; its one-line summary for the runner."""
+        if isinstance(value, AlreadyPresent):
+            results = stored_level_results(self.targets[task.song_id], task.path)
+        else:
+            results = level_results(value)
+        self.per_task[self.task_of[task.song_id]] = results
+        bad = [r for r in results if r.status in ("failed", "quarantined")]
+        status = bad[0].status if bad else results[0].status
+        return ItemResult(task.song_id, task.path, status, bad[0].reason if bad else "")
+
+    def write_item(self, writer: ShardWriter, item: ShardItem) -> None:
+        writer.write(item)
+        if item.attrs["song_id"] not in self.unk_skip:
+            n_unk, n_states = item_unk_counts(item)
+            self.unk[0] += n_unk
+            self.unk[1] += n_states
+
+    def encoded(self, level: LevelTargets, vocab: Vocabulary) -> ShardItem:
+        return level_item(level, vocab, self.selection, self.settings.fps, self.meta)
+
+    def write_as_computed(self, run_all, vocab: Vocabulary) -> list[ItemResult]:
+        """Run every task, encoding and writing each level as it arrives; the runner's results."""
+        writer = self.new_writer(vocab)
+
+        def write(task, value) -> ItemResult:
+            summary = self.record(task, value)
+            if isinstance(value, LevelTargets):
+                self.write_item(writer, self.encoded(value, vocab))
+                self.written_ids.add(task.song_id)
+            return summary
+
+        with writer:
+            try:
+                return run_all(write=write)
+            except RunInterrupted as e:
+                writer.close()  # every level written so far is complete: keep them
+                write_interrupted_report(self.store.reports_dir, COMMAND, e, self.settings, self.ignored,
+                                         self.where())
+                raise
+
+    def spool_count_write(self, run_all) -> tuple[list[ItemResult], Vocabulary]:
+        """Run every task, spooling the levels to an unnamed temporary file in the store (bounded memory);
+        then count the vocabulary and write them. The runner's results and the vocabulary."""
+        with tempfile.TemporaryFile(dir=self.store.root, prefix=".build-targets-spool-") as spool:
+            spooled: list[tuple[int, int]] = []  # (task position, file offset)
+            n_states = [0]  # states of the levels to write: an empty vocabulary would make them UNK
+
+            def collect(task, value) -> ItemResult:
+                summary = self.record(task, value)
+                if isinstance(value, LevelTargets):
+                    n_states[0] += sum(len(d.states) for d in value.difficulties if d.quarantine is None)
+                    spooled.append((self.task_of[task.song_id], spool.tell()))
+                    try:
+                        pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
+                    except OSError as e:  # e.g. a full disk: the run stops, nothing was written yet
+                        raise StoreError(self.store.root, f"cannot spool levels: {os_error_reason(e)}") from None
+                    self.written_ids.add(task.song_id)
+                return summary
+
+            try:
+                ran = run_all(write=collect)
+            except RunInterrupted as e:
+                self.report_unwritten(e, spooled, counting=False)
+                raise
+            # run_items handles signals only while it runs: from here on a signal stops the run at once
+            # (a partial shard is abandoned), for library callers as for the CLI
+            with signals_stop_the_run():
+                try:
+                    return ran, self.count_and_write(spool, spooled, n_states[0])
+                except RunInterrupted as e:  # counting or writing: committed shards stay, the partial one goes
+                    self.report_unwritten(e, spooled, counting=True)
+                    raise
+
+    def count_and_write(self, spool, spooled: list, n_states: int) -> Vocabulary:
+        """Count the vocabulary over the training songs (writing ``vocab.json``), then write the spooled
+        levels (and, rebuilding, re-encode the stored ones); the vocabulary."""
+        # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
+        kept_stored = [e for sid, e in sorted(self.targets.items()) if sid not in self.written_ids]
+        vocab, document = self.counted_vocabulary(spool, spooled, kept_stored, n_states)
+        if document is not None and not self.rebuild_vocab:
+            self.store.write_vocab(document)
+        from mapkit.progress import progress_bar
+
+        # --rebuild-vocab: the new shards stay partial files until vocab.json and they are published
+        # together, and the old shards deleted, in one commit (Store.commit_rebuild)
+        writer = self.new_writer(vocab)
+        writer.publish = not self.rebuild_vocab
+        n_write = len(spooled) + (len(kept_stored) if self.rebuild_vocab else 0)
+        with writer, progress_bar(total=n_write, desc=f"{COMMAND} write", unit="level",
+                                  file=sys.stderr, disable=not self.progress) as bar:
+            for _k, offset in spooled:
+                spool.seek(offset)
+                self.write_item(writer, self.encoded(pickle.load(spool), vocab))
+                bar.update(1)
+            if self.rebuild_vocab:
+                for e in kept_stored:
+                    self.write_item(writer, reencode_stored(e, vocab))
+                    bar.update(1)
+        if self.rebuild_vocab:
+            # every level the old shards held is now in a newer shard, encoded with the new vocabulary
+            self.store.commit_rebuild(document, writer.pending, self.targets.shards)
+        return vocab
+
+    def counted_vocabulary(self, spool, spooled: list, kept_stored: list, n_states: int):
+        """``(vocabulary, vocab.json document or None)`` counted over the training songs' levels.
+
+        Raises when the count is empty but levels hold states (every state would be UNK), or when, without
+        ``rebuild_vocab``, kept stored levels were encoded with another vocabulary."""
+        val_fraction, seed, val_songs = self.split
+        # the songs the trainer will split: features and targets (after this run)
+        split_ids = set(self.features) & (set(self.targets) | self.written_ids)
+        groups = song_groups(self.features)
+        train, val = training_songs(split_ids, val_fraction, seed, val_songs, groups)
+        train = set(train)
+        spooled.sort()
+        counts, n_counted, n_difficulties = _count_training_states(spool, spooled, self.tasks, kept_stored, train)
+        vocab = Vocabulary.from_counts(counts, self.settings.vocab_size)
+        if self.rebuild_vocab:
+            n_states += sum(int(e.attrs.get("n_states", 0)) for e in kept_stored)
+        if not counts and n_states:
+            raise MapkitError(self.store.root, empty_vocabulary_reason(
+                split_ids, train, val, val_songs is not None, n_states))
+        self.unk_skip.update(val)
+        if not self.rebuild_vocab:
+            stale = sorted({str(e.file_attrs.get("vocab_hash")) for e in kept_stored if vocab_bound(e)}
+                           - {vocab.hash})
+            if stale:
+                raise StoreError(self.store.vocab_path,
+                                 f"no vocab.json, and the vocabulary counted now (hash {vocab.hash}) is "
+                                 f"not the one of the stored targets (hash {', '.join(stale)}); add "
+                                 f"--rebuild-vocab to re-encode every stored level")
+        # an empty vocabulary would turn every later level into UNK: never saved
+        document = vocab_document(vocab, counts, self.settings, n_counted, n_difficulties=n_difficulties,
+                                  counted_songs=train, val_songs=val,
+                                  val_fraction=None if val_songs is not None else val_fraction, seed=seed,
+                                  grouping=grouping_record(groups, split_ids)) if counts else None
+        return vocab, document
+
+    def where(self) -> dict:
+        """The input and the store, as every report of the run names them."""
+        return {"input": os.fspath(self.input_dir), "store": os.fspath(self.store.root)}
+
+    def report_unwritten(self, interrupted: RunInterrupted, spooled: list, counting: bool) -> None:
+        """The report of a run without a known vocabulary that a signal stopped: while it computed the
+        levels (``counting`` False: ``interrupted.results`` are the levels handled) or after (counting the
+        vocabulary, writing the levels: every level was handled).
+
+        What counts as written is what the store's committed shards now hold that they did not before (a
+        partial shard is abandoned; a ``--rebuild-vocab`` run commits nothing until it is whole). The report
+        lists those levels and every difficulty that failed or was quarantined, and says how many computed
+        levels were not written."""
+        now, before, tasks = self.store.index("targets"), self.targets, self.tasks
+        spooled_tasks = {k for k, _ in spooled}
+        written = {k for k in spooled_tasks if tasks[k].song_id in now
+                   and (tasks[k].song_id not in before
+                        or now[tasks[k].song_id].shard != before[tasks[k].song_id].shard)}
+        handled = [r for k in sorted(self.per_task) for r in self.per_task[k]]
+        listed = [r for k in sorted(self.per_task) for r in self.per_task[k]
+                  if k in written or r.status in ("failed", "quarantined")]
+        if counting:
+            interrupted.results, interrupted.n_items = handled, len(tasks)
+        phase = "counting the vocabulary or writing" if counting else "computing the levels"
+        detail = (f"stopped while {phase}: {plural(len(written), 'levels')} written, "
+                  f"{len(spooled_tasks) - len(written)} computed and not written")
+        write_interrupted_report(self.store.reports_dir, COMMAND, interrupted, self.settings, self.ignored,
+                                 self.where(), results=listed, detail=detail)
+
 
 
 def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = TargetSettings(),
@@ -645,10 +825,9 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
                   item_timeout: float | None = DEFAULT_ITEM_TIMEOUT_S, metadata=None) -> RunReport:
     """Build the targets of every level under ``input_dir`` into ``store``.
 
-    One function because the two ways of writing (as levels
-    arrive, or after counting the vocabulary from a spool) share the run's
-    state (lock, indexes, per-task results, UNK totals) through small
-    closures, and read in order as the steps of the module docstring.
+    Checks and plans under the store's lock, then hands the writing to
+    :class:`_TargetsRun` (as levels arrive, or after counting the vocabulary
+    from a spool), in the order of the module docstring's steps.
 
     Parameters
     ----------
@@ -729,13 +908,7 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
         raise MapkitError(input_dir, "no levels found (level folders or .zip files with an info file)")
     selection = characteristic_selection(characteristic)
     check_characteristic_present(sources, characteristic, input_dir)
-    meta = None
-    if metadata is not None:
-        from mapkit.preprocess.metadata import read_metadata
-
-        meta = read_metadata(metadata)
-        if meta.warning():
-            print(f"warning: {meta.warning()}", file=sys.stderr)
+    meta = _read_metadata(metadata)
     force = force or rebuild_vocab
     with store.lock(COMMAND):
         features = store.index("features")
@@ -754,165 +927,43 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
 
         intact = intact_levels(targets[s.song_id] for s in sources if s.song_id in targets) if not force else set()
         early, tasks, task_pos = _plan_tasks(sources, features, targets, settings, selection, vocab, intact, force)
-        task_of = {t.song_id: k for k, t in enumerate(tasks)}
-        per_task: dict[int, list[ItemResult]] = {}
-        written_ids: set = set()
+        run = _TargetsRun(store, tasks, features, targets, settings, selection, meta, ignored, input_dir,
+                          shard_levels, shard_bytes, rebuild_vocab, (val_fraction, seed, val_songs),
+                          unk_skip=set(loaded[1].get("val_songs") or ()) if loaded is not None else set(),
+                          progress=progress)
         work = functools.partial(targets_one, settings=settings, characteristic=characteristic)
-        file_attrs = shard_file_attrs("targets", settings)
-
-        def new_writer(v: Vocabulary) -> ShardWriter:
-            return ShardWriter(store.targets_dir, {**file_attrs, "vocab_hash": v.hash},
-                               max_items=shard_levels, max_bytes=shard_bytes)
-
-        def outcome(task, value) -> list[ItemResult]:
-            if isinstance(value, AlreadyPresent):
-                return stored_level_results(targets[task.song_id], task.path)
-            return level_results(value)
-
-        def summary(results: list[ItemResult], task) -> ItemResult:
-            bad = [r for r in results if r.status in ("failed", "quarantined")]
-            status = bad[0].status if bad else results[0].status
-            return ItemResult(task.song_id, task.path, status, bad[0].reason if bad else "")
-
-        unk = [0, 0]  # UNK state tokens, state tokens of the levels this run writes (validation songs aside)
-        unk_skip = set(loaded[1].get("val_songs") or ()) if loaded is not None else set()
-
-        def write_item(writer, item: ShardItem):
-            writer.write(item)
-            if item.attrs["song_id"] not in unk_skip:  # validation levels hold unseen states by design
-                n_unk, n_states = item_unk_counts(item)
-                unk[0] += n_unk
-                unk[1] += n_states
-
+        run_all = functools.partial(run_items, tasks, work, jobs=jobs, backend=backend, scheduler=scheduler,
+                                    desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
         if vocab is not None:
-            # the vocabulary is known: encode and write each level as it arrives
-            writer = new_writer(vocab)
-
-            def write(task, value) -> ItemResult:
-                results = outcome(task, value)
-                if isinstance(value, LevelTargets):
-                    write_item(writer, level_item(value, vocab, selection, settings.fps, meta))
-                    written_ids.add(task.song_id)
-                per_task[task_of[task.song_id]] = results
-                return summary(results, task)
-
-            with writer:
-                try:
-                    ran = run_items(tasks, work, write, jobs=jobs, backend=backend, scheduler=scheduler,
-                                    desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
-                except RunInterrupted as e:
-                    writer.close()  # every level written so far is complete: keep them
-                    write_interrupted_report(store.reports_dir, COMMAND, e, settings, ignored,
-                                             {"input": os.fspath(input_dir), "store": os.fspath(store.root)})
-                    raise
+            ran = run.write_as_computed(run_all, vocab)
         else:
-            # first pass: compute and count; results wait in an unnamed temporary file
-            with tempfile.TemporaryFile(dir=store.root, prefix=".build-targets-spool-") as spool:
-                spooled: list[tuple[int, int]] = []  # (task position, file offset)
-                n_states_seen = [0]  # states of the levels to write: an empty vocabulary would make them UNK
+            ran, vocab = run.spool_count_write(run_all)
 
-                def collect(task, value) -> ItemResult:
-                    k = task_of[task.song_id]
-                    results = outcome(task, value)
-                    per_task[k] = results
-                    if isinstance(value, LevelTargets):
-                        n_states_seen[0] += sum(len(d.states) for d in value.difficulties if d.quarantine is None)
-                        spooled.append((k, spool.tell()))
-                        try:
-                            pickle.dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
-                        except OSError as e:  # e.g. a full disk: the run stops, nothing was written yet
-                            raise StoreError(store.root, f"cannot spool levels: {os_error_reason(e)}") from None
-                        written_ids.add(task.song_id)
-                    return summary(results, task)
-
-                def count_and_write(spool, spooled: list, n_states_seen: list) -> Vocabulary:
-                    """Count the vocabulary over the training songs (writing ``vocab.json``), then write the spooled
-                    levels; the vocabulary."""
-                    # stored levels this run does not rewrite count too, and (rebuild) are re-encoded
-                    kept_stored = [e for sid, e in sorted(targets.items()) if sid not in written_ids]
-                    # the songs the trainer will split: features and targets (after this run)
-                    split_ids = set(features) & (set(targets) | written_ids)
-                    groups = song_groups(features)
-                    train, val = training_songs(split_ids, val_fraction, seed, val_songs, groups)
-                    train = set(train)
-                    spooled.sort()
-                    counts, n_counted, n_difficulties = _count_training_states(spool, spooled, tasks, kept_stored,
-                                                                               train)
-                    vocab = Vocabulary.from_counts(counts, settings.vocab_size)
-                    if rebuild_vocab:
-                        n_states_seen[0] += sum(int(e.attrs.get("n_states", 0)) for e in kept_stored)
-                    if not counts and n_states_seen[0]:
-                        raise MapkitError(store.root, empty_vocabulary_reason(
-                            split_ids, train, val, val_songs is not None, n_states_seen[0]))
-                    unk_skip.update(val)
-                    if not rebuild_vocab:
-                        stale = sorted({str(e.file_attrs.get("vocab_hash")) for e in kept_stored if vocab_bound(e)}
-                                       - {vocab.hash})
-                        if stale:
-                            raise StoreError(store.vocab_path,
-                                             f"no vocab.json, and the vocabulary counted now (hash {vocab.hash}) is "
-                                             f"not the one of the stored targets (hash {', '.join(stale)}); add "
-                                             f"--rebuild-vocab to re-encode every stored level")
-                    # an empty vocabulary would turn every later level into UNK: never saved
-                    document = vocab_document(vocab, counts, settings, n_counted, n_difficulties=n_difficulties,
-                                              counted_songs=train, val_songs=val,
-                                              val_fraction=None if val_songs is not None else val_fraction,
-                                              seed=seed,
-                                              grouping=grouping_record(groups, split_ids)) if counts else None
-                    if document is not None and not rebuild_vocab:
-                        store.write_vocab(document)
-                    n_write = len(spooled) + (len(kept_stored) if rebuild_vocab else 0)
-                    from mapkit.progress import progress_bar
-
-                    # --rebuild-vocab: the new shards stay partial files until vocab.json and they are published
-                    # together, and the old shards deleted, in one commit (Store.commit_rebuild)
-                    writer = new_writer(vocab)
-                    writer.publish = not rebuild_vocab
-                    with writer, progress_bar(total=n_write, desc=f"{COMMAND} write", unit="level",
-                                              file=sys.stderr, disable=not progress) as bar:
-                        for _k, offset in spooled:
-                            spool.seek(offset)
-                            write_item(writer, level_item(pickle.load(spool), vocab, selection, settings.fps, meta))
-                            bar.update(1)
-                        if rebuild_vocab:
-                            for e in kept_stored:
-                                write_item(writer, reencode_stored(e, vocab))
-                                bar.update(1)
-                    if rebuild_vocab:
-                        # every level the old shards held is now in a newer shard, encoded with the new vocabulary
-                        store.commit_rebuild(document, writer.pending, targets.shards)
-                    return vocab
-
-                try:
-                    ran = run_items(tasks, work, collect, jobs=jobs, backend=backend, scheduler=scheduler,
-                                    desc=COMMAND, progress=progress, unit="level", time_limit=item_timeout)
-                except RunInterrupted as e:
-                    _report_unwritten(store, e, tasks, per_task, spooled, targets, settings, ignored, input_dir,
-                                      counting=False)
-                    raise
-                # run_items handles signals only while it runs: from here on a signal stops the run at once
-                # (a partial shard is abandoned), for library callers as for the CLI
-                with signals_stop_the_run():
-                    try:
-                        vocab = count_and_write(spool, spooled, n_states_seen)
-                    except RunInterrupted as e:  # counting or writing: committed shards stay, the partial one goes
-                        _report_unwritten(store, e, tasks, per_task, spooled, targets, settings, ignored,
-                                          input_dir, counting=True)
-                        raise
-
-        items = _ordered_items(len(sources), early, task_pos, per_task, ran)
+        items = _ordered_items(len(sources), early, task_pos, run.per_task, ran)
         index = store.index("targets")
         report = RunReport(COMMAND, items, problems=index.problems, ignored=ignored)
         if store.recovered:  # flushed by a killed run, adopted when the lock was taken: not recomputed
             report.notes.append(f"recovered {plural(len(store.recovered), 'items')} flushed by an interrupted run")
-        line = unk_summary(*unk)
+        line = unk_summary(*run.unk)
         if line:
             report.notes.append(line)
         write_report(store.reports_dir, report, settings,
-                     extra={"input": os.fspath(input_dir), "store": os.fspath(store.root), "force": force,
+                     extra={**run.where(), "force": force,
                             "rebuild_vocab": rebuild_vocab, "characteristic": selection, "backend": backend,
                             "vocab_hash": vocab.hash, "vocab_tokens": len(vocab), "stored_levels": len(index),
-                            "unk_tokens": unk[0], "state_tokens": unk[1],
+                            "unk_tokens": run.unk[0], "state_tokens": run.unk[1],
                             "metadata": None if meta is None else {"file": meta.path, "maps": meta.n_maps,
                                                                    "bad_lines": len(meta.bad_lines)}})
     return report
+
+
+def _read_metadata(metadata):
+    """The BeatSaver metadata of ``metadata`` (a path), or None; warns on stderr about bad lines."""
+    if metadata is None:
+        return None
+    from mapkit.preprocess.metadata import read_metadata
+
+    meta = read_metadata(metadata)
+    if meta.warning():
+        print(f"warning: {meta.warning()}", file=sys.stderr)
+    return meta
