@@ -91,6 +91,28 @@ class Baseline:
         tables = self.tables.get(difficulty, {})
         return {k: percentile_rank(v, tables[k]) for k, v in values.items() if k in tables}
 
+    def short_level_warning(self, difficulty: str, ranks: dict) -> str | None:
+        """Why a level's counts read low, or None: it is shorter than the human band and counts
+        (:data:`~mapkit.preprocess.quality.COUNT_METRICS`) fall below the band.
+
+        ``ranks`` are the level's human percentiles (:meth:`ranks`).
+
+        Examples
+        --------
+        >>> b = Baseline.from_values([("Expert", {"duration_s": d, "distinct_states": d}) for d in range(60, 260)], "h")
+        >>> b.short_level_warning("Expert", b.ranks("Expert", {"duration_s": 21.0, "distinct_states": 30}))
+        'distinct_states below the human band: a count over the whole level, and the level is shorter than the human band (duration_s at the 0th percentile)'
+        """
+        from mapkit.preprocess.quality import COUNT_METRICS
+
+        length = ranks.get("duration_s", math.nan)
+        low = [k for k in COUNT_METRICS if ranks.get(k, math.nan) < BAND[0]]
+        if not (length < BAND[0] and low):
+            return None
+        what = "a count" if len(low) == 1 else "counts"
+        return (f"{', '.join(low)} below the human band: {what} over the whole level, and the level is shorter "
+                f"than the human band (duration_s at the {length:.0f}th percentile)")
+
     def to_json(self) -> dict:
         return {"format": BASELINE_FORMAT, "percentiles": PERCENTILES.tolist(), "band": list(BAND),
                 "settings_hash": self.settings_hash, "source": self.source, **self.extra,

@@ -119,6 +119,9 @@ METRICS = tuple(MetricInfo(*m) for m in (
     ("lights_per_min", "objects", "light events per minute"),
 ))
 METRIC_NAMES = tuple(m.name for m in METRICS)
+#: Metrics that count over the whole level (not per second, per swing or a share): a short level
+#: reads low on them against whole human songs.
+COUNT_METRICS = ("notes", "bombs", "distinct_states")
 GROUPS = ("timing", "density", "flow", "variety", "difficulty", "objects")
 
 

@@ -279,6 +279,9 @@ def _place(item: EvaluatedDifficulty, baseline: Baseline | None) -> EvaluatedDif
         item.flagged = [k for k, r in item.percentiles.items() if outside_band(r)]
         if item.difficulty not in baseline.tables:
             item.warnings.append(f"the baseline has no {item.difficulty} levels")
+        short = baseline.short_level_warning(item.difficulty, item.percentiles)
+        if short:
+            item.warnings.append(short)
     return item
 
 

@@ -33,3 +33,20 @@ def test_baseline_json_round_trip_and_ranks():
     assert again.ranks("Hard", {"nps_mean": 50.0}) == {}
     with pytest.raises(ValueError, match="not a mapkit baseline"):
         Baseline.from_json({"format": 99})
+
+
+def test_a_short_level_whose_counts_read_low_is_warned_about_and_no_other():
+    records = [("Expert", {"duration_s": float(d), "distinct_states": float(d), "notes": 4.0 * d, "nps_mean": 4.0})
+               for d in range(100, 300)]
+    b = Baseline.from_values(records, settings_hash="h")
+
+    def warning(**values):
+        return b.short_level_warning("Expert", b.ranks("Expert", values))
+
+    short = warning(duration_s=21.0, distinct_states=30.0, notes=600.0, nps_mean=4.0)
+    assert short.startswith("distinct_states below the human band: a count over the whole level")
+    assert "notes" not in short.split(":")[0]  # notes are in band: only the low count is named
+    assert warning(duration_s=21.0, distinct_states=30.0, notes=84.0).startswith("notes, distinct_states below")
+    assert warning(duration_s=200.0, distinct_states=30.0) is None  # a whole song with few states: no excuse
+    assert warning(duration_s=21.0, distinct_states=150.0) is None  # short, but its counts are in band
+    assert b.short_level_warning("Hard", b.ranks("Hard", {"duration_s": 0.0, "distinct_states": 0.0})) is None

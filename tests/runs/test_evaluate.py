@@ -34,6 +34,22 @@ def test_fixture_levels_json_every_difficulty(tmp_path):
     assert "align_lag_ms" not in journey["values"] and doc["failures"] == []
 
 
+def test_a_short_level_against_whole_songs_is_warned_that_its_counts_read_low(tmp_path):
+    from mapkit.preprocess.baseline import Baseline
+
+    long_songs = [("ExpertPlus", {"duration_s": float(d), "distinct_states": float(d), "nps_mean": 3.0})
+                  for d in range(1000, 1200)]
+    path = tmp_path / "long-songs.json"
+    path.write_text(json.dumps(Baseline.from_values(long_songs, settings_hash="other").to_json()))
+    report = evaluate([f"{FIXTURES}/werewolf howls"], baseline=path, difficulties=["Expert+"], audio=False)
+    (item,) = report.items
+    assert item.metrics.values["duration_s"] < 1000 and item.metrics.values["distinct_states"] < 1000
+    assert "distinct_states" in item.flagged
+    assert any(w.startswith("distinct_states below the human band: a count over the whole level")
+               for w in item.warnings)
+    assert "warning (werewolf howls): distinct_states below" in format_table(report)
+
+
 def test_table_and_reference_timing():
     report = evaluate([f"{FIXTURES}/werewolf howls"], reference=f"{FIXTURES}/werewolf howls", difficulties=["Expert+"],
                       audio=False)
