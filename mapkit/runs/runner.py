@@ -25,7 +25,10 @@ The shape of every batch command (``extract``, ``build-targets``):
   ignores it is ended by the worker's watchdog :data:`HARD_GRACE_S` seconds
   later (or one time limit later, when that is shorter), and the item fails
   the same way. With ``jobs=1`` nothing can end
-  native code that never returns; the Dask backend has no limit.
+  native code that never returns. On Dask the work runs in a worker thread:
+  the limit raises in that thread, and the same grace later ends the worker
+  process (its item fails with "worker process died ..."; a local cluster
+  does not retry it, a remote scheduler as often as its ``allowed-failures``).
 - **workers never outlive the run**: every joblib worker runs a watchdog
   thread that ends it within a second when the process that started the run
   is gone (SIGKILL included), so no worker lingers holding memory and the
@@ -364,7 +367,7 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
         What one item is, as the progress bar counts it (``"song"``, ``"level"``).
     time_limit : float or None
         Seconds one item's work may take before it fails with "timed out
-        after N s" (None: no limit; not applied on the Dask backend).
+        after N s" (None: no limit).
 
     Returns
     -------
@@ -392,7 +395,7 @@ def run_items(items, work, write, jobs=None, backend="joblib", scheduler=None, d
                 pass
             elif backend == "dask":
                 with signals.raising():
-                    _run_dask(items, work, recorder.handle, jobs, scheduler)
+                    _run_dask(items, work, recorder.handle, jobs, scheduler, time_limit)
             elif jobs == 1:
                 _run_here(items, work, recorder.handle, time_limit, signals)
             else:
@@ -559,12 +562,89 @@ def check_scheduler(address: str | None, timeout_s: float = DASK_CONNECT_TIMEOUT
                                 f"nothing was written. Start it, or check --scheduler") from None
 
 
-def _run_dask(items, work, handle, jobs, scheduler):
+class _ThreadDeadline:
+    """The time limit of an item run in a thread that is not the main one (a Dask worker's).
+
+    Past ``time_limit`` seconds it raises :class:`_ItemTimeout` in that thread
+    (at its next Python bytecode: Python code and returning native calls stop);
+    past the hard grace (as :class:`_Deadline`'s watchdog) it ends the worker
+    process, for native code that never returns. ``fired`` tells afterwards
+    whether the limit was reached.
+    """
+
+    def __init__(self, time_limit: float | None):
+        self.time_limit, self.fired, self._lock, self._timers = time_limit, False, threading.Lock(), []
+        self.active = False
+
+    def _raise_in(self, thread_id: int):
+        import ctypes
+
+        with self._lock:
+            if self.active:
+                self.fired = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(_ItemTimeout))
+
+    def _end_process(self):
+        with self._lock:
+            if self.active:
+                os._exit(70)  # stuck in native code past the limit: the scheduler reports the worker's death
+
+    def __enter__(self):
+        if self.time_limit:
+            self.active = True
+            self._timers = [threading.Timer(self.time_limit, self._raise_in, (threading.get_ident(),)),
+                            threading.Timer(self.time_limit + min(HARD_GRACE_S, self.time_limit), self._end_process)]
+            for t in self._timers:
+                t.daemon = True
+                t.start()
+        return self
+
+    def stop(self):
+        """The work is over: no exception is raised in this thread from now on."""
+        with self._lock:
+            self.active = False
+        for t in self._timers:
+            t.cancel()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+def _guarded_in_thread(work, i, item, time_limit: float | None = None):
+    """:func:`_guarded` for a Dask worker thread: the same outcomes, with :class:`_ThreadDeadline`."""
+    deadline = _ThreadDeadline(time_limit)
+    try:
+        with deadline:
+            try:
+                out = _guarded(work, i, item)
+            finally:
+                deadline.stop()  # an exception the deadline raised here is still caught below
+    except _ItemTimeout:
+        out = None
+    if deadline.fired:  # whatever the work made of the exception, the item ran out of time
+        return i, False, WorkFailure("TimeoutError", None, timed_out(time_limit))
+    return out
+
+
+def _dask_failure(e: BaseException, time_limit: float | None) -> WorkFailure:
+    """An item whose Dask task raised outside the guard: its workers died (KilledWorker) or another error."""
+    reason = f"{type(e).__name__}: {e}"
+    if type(e).__name__ == "KilledWorker":
+        limit = f", or stuck past the time limit of {time_limit:g} s" if time_limit else ""
+        reason = f"worker process died while processing this item (crash in a decoder or out of memory{limit})"
+    return WorkFailure(type(e).__name__, None, reason)
+
+
+def _run_dask(items, work, handle, jobs, scheduler, time_limit=None):
+    import dask
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+        # a worker that dies (a crash, or ended past the time limit) fails its item at once, not after retries
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
         scheduler = cluster
     try:
         try:
@@ -574,12 +654,12 @@ def _run_dask(items, work, handle, jobs, scheduler):
                                               f"{DASK_CONNECT_TIMEOUT_S:g} s ({type(e).__name__}: {e}); is "
                                               f"it a Dask scheduler?") from None
         with client:
-            futures = {client.submit(_guarded, work, i, item, pure=False): i for i, item in enumerate(items)}
+            futures = {client.submit(_guarded_in_thread, work, i, item, time_limit, pure=False): i
+                       for i, item in enumerate(items)}
             for future in as_completed(futures):
                 i = futures.pop(future)
                 if future.status == "error":  # e.g. KilledWorker: the item killed its workers
-                    e = future.exception()
-                    handle(i, False, WorkFailure(type(e).__name__, None, f"{type(e).__name__}: {e}"))
+                    handle(i, False, _dask_failure(future.exception(), time_limit))
                 else:
                     handle(*future.result())
                 future.release()

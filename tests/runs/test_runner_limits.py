@@ -233,6 +233,33 @@ def test_in_workers_slow_and_stuck_items_time_out_and_the_run_goes_on():
     assert sorted(written) == ["a", "b", "c"]
 
 
+def busy_or_asleep(item: Item):
+    """``busy``: a Python loop (stopped at its next bytecode); ``asleep``: a native call that never returns in
+    time (the worker process must be ended)."""
+    if item.song_id == "busy":
+        end = time.monotonic() + item.seconds
+        while time.monotonic() < end:
+            pass
+    elif item.song_id == "asleep":
+        time.sleep(item.seconds)
+    return item.song_id
+
+
+def test_on_dask_slow_and_stuck_items_time_out_and_the_run_goes_on():
+    items = [Item("a", "a"), Item("busy", "busy", 60.0), Item("asleep", "asleep", 60.0), Item("b", "b")]
+    written = []
+    t0 = time.monotonic()
+    results = run_items(items, busy_or_asleep, writer(written), jobs=2, backend="dask", progress=False,
+                        time_limit=1.0)
+    assert time.monotonic() - t0 < 40  # the limits end both; without them the run takes a minute
+    by_id = {r.song_id: r for r in results}
+    assert {k: r.status for k, r in by_id.items()} == {"a": "ok", "busy": "failed", "asleep": "failed", "b": "ok"}
+    assert by_id["busy"].reason == "timed out after 1 s"
+    assert by_id["asleep"].reason.startswith("worker process died while processing this item")
+    assert "stuck past the time limit of 1 s" in by_id["asleep"].reason
+    assert sorted(written) == ["a", "b"]
+
+
 class SignalOnRead:
     """A song file object that sends a signal to this process on its third read, as Ctrl-C would."""
 
