@@ -927,8 +927,10 @@ def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = T
 
         intact = intact_levels(targets[s.song_id] for s in sources if s.song_id in targets) if not force else set()
         early, tasks, task_pos = _plan_tasks(sources, features, targets, settings, selection, vocab, intact, force)
-        run = _TargetsRun(store, tasks, features, targets, settings, selection, meta, ignored, input_dir,
-                          shard_levels, shard_bytes, rebuild_vocab, (val_fraction, seed, val_songs),
+        run = _TargetsRun(store=store, tasks=tasks, features=features, targets=targets, settings=settings,
+                          selection=selection, meta=meta, ignored=ignored, input_dir=input_dir,
+                          shard_levels=shard_levels, shard_bytes=shard_bytes, rebuild_vocab=rebuild_vocab,
+                          split=(val_fraction, seed, val_songs),
                           unk_skip=set(loaded[1].get("val_songs") or ()) if loaded is not None else set(),
                           progress=progress)
         work = functools.partial(targets_one, settings=settings, characteristic=characteristic)
