@@ -160,6 +160,13 @@ class WorkFailure:
     reason: str
 
 
+def worker_died(time_limit: float | None = None) -> str:
+    """The reason of an item whose worker process died; with ``time_limit``, it may also have been ended for
+    being stuck past it (Dask: a killed worker's cause is not reported)."""
+    limit = f", or stuck past the time limit of {time_limit:g} s" if time_limit else ""
+    return f"worker process died while processing this item (crash in a decoder or out of memory{limit})"
+
+
 def timed_out(time_limit: float) -> str:
     """The failure reason of an item past its time limit."""
     return f"timed out after {time_limit:g} s"
@@ -187,6 +194,12 @@ def _quiet_unraisable():
         sys.unraisablehook = previous
 
 
+def _hard_limit_s(time_limit: float) -> float:
+    """Seconds after which an item stuck in native code has its worker process ended: the time limit plus
+    :data:`HARD_GRACE_S`, or twice the limit when that is shorter."""
+    return time_limit + min(HARD_GRACE_S, time_limit)
+
+
 class _Deadline:
     """SIGALRM after ``time_limit`` seconds while active (main thread only; else a no-op).
 
@@ -209,7 +222,7 @@ class _Deadline:
     def __enter__(self):
         global _HARD_DEADLINE
         if self.time_limit:
-            _HARD_DEADLINE = time.monotonic() + self.time_limit + min(HARD_GRACE_S, self.time_limit)
+            _HARD_DEADLINE = time.monotonic() + _hard_limit_s(self.time_limit)
             if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
                 self._old = signal.signal(signal.SIGALRM, self._alarm)
                 self.active = True
@@ -519,9 +532,7 @@ def _run_isolated(work, i, item, time_limit=None):
     except (TerminatedWorkerError, BrokenProcessPool) as e:
         if time_limit and time.monotonic() - start >= time_limit:
             return i, False, WorkFailure("TimeoutError", None, timed_out(time_limit))
-        return i, False, WorkFailure(type(e).__name__, None,
-                                     "worker process died while processing this item "
-                                     "(crash in a decoder or out of memory)")
+        return i, False, WorkFailure(type(e).__name__, None, worker_died())
     finally:
         ex.shutdown(wait=False, kill_workers=True)
 
@@ -593,7 +604,7 @@ class _ThreadDeadline:
         if self.time_limit:
             self.active = True
             self._timers = [threading.Timer(self.time_limit, self._raise_in, (threading.get_ident(),)),
-                            threading.Timer(self.time_limit + min(HARD_GRACE_S, self.time_limit), self._end_process)]
+                            threading.Timer(_hard_limit_s(self.time_limit), self._end_process)]
             for t in self._timers:
                 t.daemon = True
                 t.start()
@@ -619,7 +630,9 @@ def _guarded_in_thread(work, i, item, time_limit: float | None = None):
             try:
                 out = _guarded(work, i, item)
             finally:
-                deadline.stop()  # an exception the deadline raised here is still caught below
+                # an exception the deadline raised inside stop() is still caught below, and __exit__
+                # then stops it again (cancelling the process-ending timer)
+                deadline.stop()
     except _ItemTimeout:
         out = None
     if deadline.fired:  # whatever the work made of the exception, the item ran out of time
@@ -631,8 +644,7 @@ def _dask_failure(e: BaseException, time_limit: float | None) -> WorkFailure:
     """An item whose Dask task raised outside the guard: its workers died (KilledWorker) or another error."""
     reason = f"{type(e).__name__}: {e}"
     if type(e).__name__ == "KilledWorker":
-        limit = f", or stuck past the time limit of {time_limit:g} s" if time_limit else ""
-        reason = f"worker process died while processing this item (crash in a decoder or out of memory{limit})"
+        reason = worker_died(time_limit)
     return WorkFailure(type(e).__name__, None, reason)
 
 
@@ -785,9 +797,6 @@ def signals_stop_the_run():
     (During the work, :func:`~mapkit.runs.runner.run_items` handles them
     itself, so that no write is cut in half.) The old handlers come back after.
     """
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
