@@ -101,7 +101,7 @@ class Baseline:
         --------
         >>> b = Baseline.from_values([("Expert", {"duration_s": d, "distinct_states": d}) for d in range(60, 260)], "h")
         >>> b.short_level_warning("Expert", b.ranks("Expert", {"duration_s": 21.0, "distinct_states": 30}))
-        'distinct_states below the human band: a count over the whole level, and the level is shorter than the human band (duration_s at the 0th percentile)'
+        'distinct_states below the human band: a count over the whole level, and the level is shorter than the human band (duration_s at percentile 0)'
         """
         from mapkit.preprocess.quality import COUNT_METRICS
 
@@ -111,7 +111,7 @@ class Baseline:
             return None
         what = "a count" if len(low) == 1 else "counts"
         return (f"{', '.join(low)} below the human band: {what} over the whole level, and the level is shorter "
-                f"than the human band (duration_s at the {length:.0f}th percentile)")
+                f"than the human band (duration_s at percentile {length:.0f})")
 
     def to_json(self) -> dict:
         return {"format": BASELINE_FORMAT, "percentiles": PERCENTILES.tolist(), "band": list(BAND),

@@ -816,7 +816,6 @@ class _TargetsRun:
                                  self.where(), results=listed, detail=detail)
 
 
-
 def build_targets(input_dir, store="./mapkit-data", settings: TargetSettings = TargetSettings(),
                   characteristic="Standard", jobs=None, force: bool = False, rebuild_vocab: bool = False,
                   val_fraction: float = 0.1, val_songs=None, seed: int = 0,
